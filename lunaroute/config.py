@@ -1,0 +1,1048 @@
+"""
+LunaRoute's settings: one typed, validated, immutable object built from layers.
+
+The gateway is meant to run with no configuration at all (both dialects,
+client credentials forwarded), yet every knob can be set from a file, the
+environment or the command line.  Doing all of that in one pure function gives
+the rest of the code a single frozen L{Settings} value to depend on and turns
+every mistake into one readable L{ConfigError} line at startup, instead of a
+surprise in the middle of a streamed response.
+
+Layers, lowest to highest precedence::
+
+    built-in defaults < config file < environment variables < overrides (CLI)
+
+Errors name where the bad value came from: the dotted key path for the file,
+the variable name for the environment, the option (C{--port}) for overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+import tomllib
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import yaml
+
+from lunaroute.errors import ConfigError
+
+__all__ = [
+    "BUILTIN_BASE_URLS",
+    "CLI_OVERRIDES",
+    "ENV_VARIABLES",
+    "BypassSettings",
+    "HttpClientSettings",
+    "HttpServerSettings",
+    "LoggingSettings",
+    "MetricsSettings",
+    "ModelPricing",
+    "ProviderSettings",
+    "RecordingSettings",
+    "Settings",
+    "StatisticsSettings",
+    "UISettings",
+    "load_settings",
+    "mask_secret",
+    "setting_lines",
+    "settings_from_mapping",
+]
+
+DIALECTS = ("anthropic", "openai", "both")
+PROVIDER_TYPES = ("anthropic", "openai")
+
+# The two providers that always exist; their name doubles as their type.
+BUILTIN_BASE_URLS: Mapping[str, str] = types.MappingProxyType(
+    {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com/v1"}
+)
+
+DEFAULT_SESSIONS_DIR = "~/.lunaroute/sessions"
+
+
+# --------------------------------------------------------------------------
+# Secrets
+
+
+def mask_secret(value: str | None) -> str:
+    """
+    Render a secret so it can be logged: C{sk-a…xyz4} for long values, C{***}
+    for short ones (whose ends would reveal too much), C{<none>} when unset.
+    """
+    if not value:
+        return "<none>"
+    if len(value) > 12:
+        return f"{value[:4]}…{value[-4:]}"
+    return "***"
+
+
+# --------------------------------------------------------------------------
+# The settings objects.  Field defaults here are THE defaults: the loader and
+# the docs/example config are checked against them.
+
+
+@dataclass(frozen=True)
+class HttpClientSettings:
+    """The connection pool and retry policy used for one upstream provider."""
+
+    timeout_secs: float = 600.0
+    connect_timeout_secs: float = 10.0
+    pool_max_idle_per_host: int = 32
+    pool_idle_timeout_secs: float = 90.0
+    tcp_keepalive_secs: float = 60.0
+    max_retries: int = 3
+    enable_pool_metrics: bool = True
+
+
+@dataclass(frozen=True, repr=False)
+class ProviderSettings:
+    """
+    One upstream: a built-in (C{anthropic}, C{openai}) or a named
+    third-party backend speaking one of those two dialects.
+
+    C{api_key} is C{None} when the client's own credentials are forwarded.
+    """
+
+    name: str
+    provider_type: str
+    enabled: bool
+    api_key: str | None
+    base_url: str
+    model: str | None
+    http_client: HttpClientSettings
+
+    @property
+    def has_api_key(self) -> bool:
+        """Whether a server-side key replaces the client's credentials."""
+        return self.api_key is not None
+
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks: never print the key.
+        return (
+            f"ProviderSettings(name={self.name!r}, provider_type={self.provider_type!r}, "
+            f"enabled={self.enabled!r}, api_key={mask_secret(self.api_key)!r}, "
+            f"base_url={self.base_url!r}, model={self.model!r}, "
+            f"http_client={self.http_client!r})"
+        )
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Log verbosity (normalised to debug|info|warn|error) and request logging."""
+
+    level: str = "info"
+    log_requests: bool = False
+
+
+@dataclass(frozen=True)
+class HttpServerSettings:
+    """Limits of the client-facing HTTP server."""
+
+    max_request_body_bytes: int = 104_857_600
+
+
+@dataclass(frozen=True)
+class BypassSettings:
+    """
+    Forwarding of paths the gateway does not understand; C{provider} names the
+    provider that receives them (C{None}: chosen from the request's dialect).
+    """
+
+    enabled: bool = True
+    provider: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    """Session recording: where and how conversations are written."""
+
+    enabled: bool
+    sessions_dir: str
+    jsonl_enabled: bool
+    jsonl_dir: str
+    sqlite_enabled: bool
+    db_path: str
+    batch_size: int = 100
+    batch_interval_ms: int = 100
+    max_queue_events: int = 10_000
+
+
+@dataclass(frozen=True)
+class ModelPricing:
+    """
+    USD per million tokens for models matching a pattern.  Cache prices are
+    C{None} when not configured, leaving the rule to the statistics code.
+    """
+
+    input: float
+    output: float
+    cache_write: float | None = None
+    cache_read: float | None = None
+
+
+@dataclass(frozen=True)
+class StatisticsSettings:
+    """Per-session statistics and cost estimation."""
+
+    session_stats_max_sessions: int = 100
+    print_summary: bool = False
+    pricing_file: str | None = None
+    pricing: Mapping[str, ModelPricing] = field(default_factory=lambda: types.MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Whether Prometheus-style metrics are collected and served."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class UISettings:
+    """The (future) web UI; validated now so configs written today keep working."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8082
+    refresh_interval: int = 5
+    export_enabled: bool = True
+    delete_enabled: bool = False
+    log_requests: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """
+    Everything the gateway is configured with.
+
+    @ivar source: the configuration file used, or C{None} (zero-config).
+    """
+
+    host: str
+    port: int
+    api_dialect: str
+    shutdown_timeout_secs: float
+    providers: Mapping[str, ProviderSettings]
+    logging: LoggingSettings
+    http_server: HttpServerSettings
+    bypass: BypassSettings
+    session_recording: RecordingSettings
+    statistics: StatisticsSettings
+    metrics: MetricsSettings
+    ui: UISettings
+    routing: Mapping[str, Any]
+    source: str | None = None
+
+    @property
+    def serves_anthropic(self) -> bool:
+        """Whether the Anthropic Messages API endpoints are exposed."""
+        return self.api_dialect in ("anthropic", "both")
+
+    @property
+    def serves_openai(self) -> bool:
+        """Whether the OpenAI Chat Completions API endpoints are exposed."""
+        return self.api_dialect in ("openai", "both")
+
+    def provider_for(self, provider_type: str) -> ProviderSettings | None:
+        """
+        The provider that serves requests of C{provider_type}: the enabled
+        provider named like the type, else the first enabled one of that type
+        (built-ins first, then named providers in file order), else C{None}.
+        """
+        named = self.providers.get(provider_type)
+        if named is not None and named.enabled and named.provider_type == provider_type:
+            return named
+        for provider in self.providers.values():
+            if provider.enabled and provider.provider_type == provider_type:
+                return provider
+        return None
+
+
+# --------------------------------------------------------------------------
+# Where each setting can come from.
+
+_Path = tuple[str, ...]
+
+# Environment variable -> key path.  Public (as dotted paths) so the CLI help
+# and the documentation tests can enumerate them.
+_ENV_TABLE: dict[str, _Path] = {
+    "LUNAROUTE_HOST": ("host",),
+    "LUNAROUTE_PORT": ("port",),
+    "LUNAROUTE_DIALECT": ("api_dialect",),
+    "LUNAROUTE_LOG_LEVEL": ("logging", "level"),
+    "LUNAROUTE_LOG_REQUESTS": ("logging", "log_requests"),
+    "ANTHROPIC_API_KEY": ("providers", "anthropic", "api_key"),
+    "OPENAI_API_KEY": ("providers", "openai", "api_key"),
+    "LUNAROUTE_BYPASS_ENABLED": ("bypass", "enabled"),
+    "LUNAROUTE_BYPASS_PROVIDER": ("bypass", "provider"),
+    "LUNAROUTE_ENABLE_SESSION_RECORDING": ("session_recording", "enabled"),
+    "LUNAROUTE_SESSIONS_DIR": ("session_recording", "sessions_dir"),
+    "LUNAROUTE_ENABLE_JSONL_WRITER": ("session_recording", "jsonl", "enabled"),
+    "LUNAROUTE_ENABLE_SQLITE_WRITER": ("session_recording", "sqlite", "enabled"),
+    "LUNAROUTE_SESSIONS_DB_PATH": ("session_recording", "sqlite", "path"),
+    "LUNAROUTE_UI_ENABLED": ("ui", "enabled"),
+    "LUNAROUTE_UI_HOST": ("ui", "host"),
+    "LUNAROUTE_UI_PORT": ("ui", "port"),
+    "LUNAROUTE_UI_REFRESH_INTERVAL": ("ui", "refresh_interval"),
+}
+_POOL_ENV_SUFFIXES = {
+    "TIMEOUT_SECS": "timeout_secs",
+    "CONNECT_TIMEOUT_SECS": "connect_timeout_secs",
+    "POOL_MAX_IDLE": "pool_max_idle_per_host",
+    "POOL_IDLE_TIMEOUT_SECS": "pool_idle_timeout_secs",
+    "TCP_KEEPALIVE_SECS": "tcp_keepalive_secs",
+    "MAX_RETRIES": "max_retries",
+    "ENABLE_POOL_METRICS": "enable_pool_metrics",
+}
+for _provider in BUILTIN_BASE_URLS:
+    for _suffix, _key in _POOL_ENV_SUFFIXES.items():
+        _ENV_TABLE[f"LUNAROUTE_{_provider.upper()}_{_suffix}"] = (
+            "providers",
+            _provider,
+            "http_client",
+            _key,
+        )
+
+ENV_VARIABLES: Mapping[str, str] = types.MappingProxyType(
+    {name: ".".join(path) for name, path in _ENV_TABLE.items()}
+)
+
+# Override key (as passed by the command line) -> (key path, option name).
+_OVERRIDE_TABLE: dict[str, tuple[_Path, str]] = {
+    "host": (("host",), "--host"),
+    "port": (("port",), "--port"),
+    "dialect": (("api_dialect",), "--dialect"),
+    "log_level": (("logging", "level"), "--log-level"),
+    "log_requests": (("logging", "log_requests"), "--log-requests"),
+    "print_summary": (("statistics", "print_summary"), "--print-summary"),
+}
+CLI_OVERRIDES: Mapping[str, tuple[str, str]] = types.MappingProxyType(
+    {name: (".".join(path), option) for name, (path, option) in _OVERRIDE_TABLE.items()}
+)
+
+# The file's shape.  Providers, pricing and routing are handled separately
+# because their keys are user-chosen names.
+_TOP_SCALARS = ("host", "port", "api_dialect", "shutdown_timeout_secs")
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "logging": ("level", "log_requests"),
+    "http_server": ("max_request_body_bytes",),
+    "bypass": ("enabled", "provider"),
+    "session_recording": (
+        "enabled",
+        "sessions_dir",
+        "directory",
+        "jsonl",
+        "sqlite",
+        "batch_size",
+        "batch_interval_ms",
+        "max_queue_events",
+    ),
+    "statistics": ("session_stats_max_sessions", "print_summary", "pricing_file", "pricing"),
+    "metrics": ("enabled",),
+    "ui": (
+        "enabled",
+        "host",
+        "port",
+        "refresh_interval",
+        "export_enabled",
+        "delete_enabled",
+        "log_requests",
+    ),
+}
+_TOP_KEYS = (*_TOP_SCALARS, "providers", *_SECTIONS, "routing")
+_PROVIDER_KEYS = ("provider_type", "enabled", "api_key", "base_url", "model", "http_client")
+_HTTP_CLIENT_KEYS = tuple(f.name for f in dataclasses.fields(HttpClientSettings))
+_WRITER_KEYS = {"jsonl": ("enabled", "directory"), "sqlite": ("enabled", "path")}
+_PRICING_KEYS = ("input", "output", "cache_write", "cache_read")
+_PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+_LEVELS = {
+    "trace": "debug",
+    "debug": "debug",
+    "info": "info",
+    "warn": "warn",
+    "warning": "warn",
+    "error": "error",
+}
+
+
+# --------------------------------------------------------------------------
+# Value checks.  Each raises _Invalid with the problem only; the caller
+# prefixes the key path / variable / option it came from.
+
+
+class _Invalid(Exception):
+    """A value failed a check."""
+
+
+def _show(value: Any) -> str:
+    """A short, single-line rendering of a bad value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _kind(value: Any) -> str:
+    """The YAML-ish name of a value's type, for 'expected X, got a Y' messages."""
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return _show(value)
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+    raise _Invalid(f"expected a boolean (true/false/1/0/yes/no/on/off), got {_kind(value)}")
+
+
+def _range_problem(number: float, low: float | None, high: float | None, exclusive: bool) -> str | None:
+    if exclusive and low is not None and number <= low:
+        return f"must be greater than {low:g}, got {number:g}"
+    if low is not None and high is not None and not low <= number <= high:
+        return f"must be between {low:g} and {high:g}, got {number:g}"
+    if low is not None and number < low:
+        return f"must be at least {low:g}, got {number:g}"
+    return None
+
+
+def _integer(low: int | None = None, high: int | None = None) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        # bool is an int subclass; `port: true` is a mistake, not 1.
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str):
+            try:
+                number = int(value.strip(), 10)
+            except ValueError:
+                raise _Invalid(f"expected an integer, got {_show(value)}") from None
+        else:
+            raise _Invalid(f"expected an integer, got {_kind(value)}")
+        problem = _range_problem(number, low, high, exclusive=False)
+        if problem:
+            raise _Invalid(problem)
+        return number
+
+    return convert
+
+
+def _number(low: float | None = None, *, exclusive: bool = False) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise _Invalid(f"expected a number, got {_show(value)}") from None
+        else:
+            raise _Invalid(f"expected a number, got {_kind(value)}")
+        if not math.isfinite(number):
+            raise _Invalid(f"expected a finite number, got {_show(value)}")
+        problem = _range_problem(number, low, None, exclusive)
+        if problem:
+            raise _Invalid(problem)
+        return number
+
+    return convert
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {_kind(value)}")
+    if not value.strip():
+        raise _Invalid("must not be empty")
+    return value.strip()
+
+
+def _optional_text(value: Any) -> str | None:
+    # An empty string (typically an unset ${VAR}) means "not configured".
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {_kind(value)}")
+    return value.strip() or None
+
+
+def _choice(options: Mapping[str, str]) -> Callable[[Any], str]:
+    listed = ", ".join(dict.fromkeys(options))
+
+    def convert(value: Any) -> str:
+        if isinstance(value, str) and value.strip().lower() in options:
+            return options[value.strip().lower()]
+        raise _Invalid(f"must be one of {listed}; got {_kind(value)}")
+
+    return convert
+
+
+def _url(value: Any) -> str | None:
+    text = _optional_text(value)
+    if text is None:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise _Invalid(f"must be an http(s) URL, got {_show(text)}")
+    # Paths are appended to it, so a trailing slash would double up.
+    return text.rstrip("/")
+
+
+def _expand_home(path: str, env: Mapping[str, str]) -> str:
+    # Prefer HOME from the supplied environment so loading stays a pure
+    # function of its inputs; fall back to the process for ~user forms.
+    if (path == "~" or path.startswith("~/")) and env.get("HOME"):
+        return env["HOME"] + path[1:]
+    return os.path.expanduser(path)
+
+
+def _path(env: Mapping[str, str]) -> Callable[[Any], str | None]:
+    def convert(value: Any) -> str | None:
+        text = _optional_text(value)
+        if text is None:
+            return None
+        return os.path.abspath(_expand_home(text, env))
+
+    return convert
+
+
+def _suggest(name: Any, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --------------------------------------------------------------------------
+# ${VAR} expansion
+
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def _expand_variables(value: Any, env: Mapping[str, str]) -> Any:
+    """
+    Replace C{${VAR}} and C{${VAR:-default}} in every string of a parsed file.
+    As in the shell, the default applies when VAR is unset or empty, and an
+    unset VAR without a default becomes the empty string.
+    """
+    if isinstance(value, str):
+        return _VARIABLE.sub(lambda m: env.get(m["name"]) or (m["default"] or ""), value)
+    if isinstance(value, Mapping):
+        return {key: _expand_variables(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand_variables(item, env) for item in value]
+    return value
+
+
+def _freeze(value: Any) -> Any:
+    """Make a parsed structure immutable, so Settings really is frozen."""
+    if isinstance(value, Mapping):
+        return types.MappingProxyType({key: _freeze(item) for key, item in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
+# --------------------------------------------------------------------------
+# The layered store: flat key paths -> raw values, plus where each came from.
+
+
+class _Layers:
+    def __init__(self) -> None:
+        self.values: dict[_Path, Any] = {}
+        self.origins: dict[_Path, str] = {}
+        # Built-ins always exist and come first; others in file order.
+        self.provider_names: list[str] = list(BUILTIN_BASE_URLS)
+
+    def set(self, path: _Path, value: Any, origin: str | None = None) -> None:
+        self.values[path] = value
+        if origin is None:
+            self.origins.pop(path, None)
+        else:
+            self.origins[path] = origin
+
+    def label(self, path: _Path) -> str:
+        return self.origins.get(path) or ".".join(path)
+
+    def fail(self, path: _Path, problem: str) -> NoReturn:
+        raise ConfigError(problem, key=self.label(path))
+
+    def get(self, path: _Path, default: Any, convert: Callable[[Any], Any]) -> Any:
+        # Defaults go through the same conversion so they get normalised
+        # (float(600), ~ expansion) exactly like configured values.
+        try:
+            return convert(self.values.get(path, default))
+        except _Invalid as exc:
+            self.fail(path, str(exc))
+
+
+def _dotted(path: Iterable[Any]) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def _require_mapping(value: Any, path: _Path) -> Mapping[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"expected a mapping, got {_kind(value)}", key=_dotted(path))
+    return value
+
+
+def _check_keys(mapping: Mapping[Any, Any], path: _Path, allowed: tuple[str, ...]) -> None:
+    for key in mapping:
+        if key not in allowed:
+            hint = _suggest(key, allowed) or f" (expected one of: {', '.join(allowed)})"
+            raise ConfigError(f"unknown key{hint}", key=_dotted((*path, key)))
+
+
+def _flatten_file(data: Mapping[Any, Any], layers: _Layers) -> None:
+    """Check the file's shape and record each value under its key path."""
+    _check_keys(data, (), _TOP_KEYS)
+    for key, value in data.items():
+        # `null` (or an empty YAML section) means "use the default".
+        if value is None:
+            continue
+        if key == "providers":
+            _flatten_providers(value, layers)
+        elif key == "routing":
+            layers.set((key,), _require_mapping(value, (key,)))
+        elif key in _SECTIONS:
+            _flatten_section(key, value, layers)
+        else:
+            layers.set((key,), value)
+
+
+def _flatten_section(name: str, value: Any, layers: _Layers) -> None:
+    section = _require_mapping(value, (name,))
+    _check_keys(section, (name,), _SECTIONS[name])
+    for key, item in section.items():
+        if item is None:
+            continue
+        path = (name, key)
+        if path == ("session_recording", "directory"):
+            # `directory` is the original project's name for sessions_dir.
+            if section.get("sessions_dir") is not None:
+                raise ConfigError(
+                    "alias of sessions_dir; set only one of them",
+                    key="session_recording.directory",
+                )
+            layers.set((name, "sessions_dir"), item, origin="session_recording.directory")
+        elif name == "session_recording" and key in _WRITER_KEYS:
+            if isinstance(item, Mapping):
+                _check_keys(item, path, _WRITER_KEYS[key])
+                for sub, sub_value in item.items():
+                    if sub_value is not None:
+                        layers.set((*path, sub), sub_value)
+            else:
+                # Short form `jsonl: true` is the same as `jsonl: {enabled: true}`.
+                layers.set((*path, "enabled"), item, origin=_dotted(path))
+        else:
+            layers.set(path, item)
+
+
+def _flatten_providers(value: Any, layers: _Layers) -> None:
+    providers = _require_mapping(value, ("providers",))
+    for name, body in providers.items():
+        if not isinstance(name, str) or not _PROVIDER_NAME.match(name):
+            raise ConfigError(
+                "provider names must start with a letter or digit and contain only "
+                "letters, digits, '_', '.' and '-'",
+                key=_dotted(("providers", name)),
+            )
+        if name not in layers.provider_names:
+            layers.provider_names.append(name)
+        if body is None:
+            continue
+        path = ("providers", name)
+        _check_keys(_require_mapping(body, path), path, _PROVIDER_KEYS)
+        for key, item in body.items():
+            if item is None:
+                continue
+            if key == "http_client":
+                client_path = (*path, key)
+                client = _require_mapping(item, client_path)
+                _check_keys(client, client_path, _HTTP_CLIENT_KEYS)
+                for sub, sub_value in client.items():
+                    if sub_value is not None:
+                        layers.set((*client_path, sub), sub_value)
+            else:
+                layers.set((*path, key), item)
+
+
+def _apply_env(env: Mapping[str, str], layers: _Layers) -> None:
+    for variable, path in _ENV_TABLE.items():
+        raw = env.get(variable)
+        # `export LUNAROUTE_PORT=` should not be an error: empty means unset.
+        if raw is None or not raw.strip():
+            continue
+        layers.set(path, raw, origin=variable)
+
+
+def _apply_overrides(overrides: Mapping[str, Any], layers: _Layers) -> None:
+    for name, value in overrides.items():
+        # argparse leaves options that were not given as None.
+        if value is None:
+            continue
+        if name not in _OVERRIDE_TABLE:
+            raise ConfigError(
+                f"unknown override (expected one of: {', '.join(_OVERRIDE_TABLE)})",
+                key=str(name),
+            )
+        path, option = _OVERRIDE_TABLE[name]
+        layers.set(path, value, origin=option)
+
+
+# --------------------------------------------------------------------------
+# Building the typed objects
+
+
+def _build_providers(layers: _Layers) -> dict[str, ProviderSettings]:
+    defaults = HttpClientSettings()
+    checks: dict[str, Callable[[Any], Any]] = {
+        "timeout_secs": _number(0, exclusive=True),
+        "connect_timeout_secs": _number(0, exclusive=True),
+        "pool_max_idle_per_host": _integer(0),
+        "pool_idle_timeout_secs": _number(0, exclusive=True),
+        "tcp_keepalive_secs": _number(0),
+        "max_retries": _integer(0),
+        "enable_pool_metrics": _bool,
+    }
+    providers: dict[str, ProviderSettings] = {}
+    for name in layers.provider_names:
+        path = ("providers", name)
+        builtin = name in BUILTIN_BASE_URLS
+        provider_type = layers.get(
+            (*path, "provider_type"),
+            name if builtin else None,
+            lambda v: None if v is None else _choice({t: t for t in PROVIDER_TYPES})(v),
+        )
+        if provider_type is None:
+            hint = _suggest(name, BUILTIN_BASE_URLS) or " (anthropic or openai)"
+            layers.fail(
+                (*path, "provider_type"),
+                f"required for a provider not named anthropic or openai{hint}",
+            )
+        base_url = layers.get((*path, "base_url"), BUILTIN_BASE_URLS.get(name), _url)
+        if base_url is None:
+            layers.fail((*path, "base_url"), "required for a provider not named anthropic or openai")
+        client_path = (*path, "http_client")
+        client = HttpClientSettings(
+            **{
+                key: layers.get((*client_path, key), getattr(defaults, key), check)
+                for key, check in checks.items()
+            }
+        )
+        providers[name] = ProviderSettings(
+            name=name,
+            provider_type=provider_type,
+            enabled=layers.get((*path, "enabled"), True, _bool),
+            api_key=layers.get((*path, "api_key"), None, _optional_text),
+            base_url=base_url,
+            model=layers.get((*path, "model"), None, _optional_text),
+            http_client=client,
+        )
+    return providers
+
+
+def _build_recording(layers: _Layers, env: Mapping[str, str]) -> RecordingSettings:
+    section = "session_recording"
+    path = _path(env)
+    sessions_dir = layers.get((section, "sessions_dir"), DEFAULT_SESSIONS_DIR, path)
+    if sessions_dir is None:
+        layers.fail((section, "sessions_dir"), "must not be empty")
+    jsonl_dir = layers.get((section, "jsonl", "directory"), None, path) or sessions_dir
+    db_path = layers.get((section, "sqlite", "path"), None, path) or os.path.join(sessions_dir, "sessions.db")
+    return RecordingSettings(
+        enabled=layers.get((section, "enabled"), False, _bool),
+        sessions_dir=sessions_dir,
+        jsonl_enabled=layers.get((section, "jsonl", "enabled"), True, _bool),
+        jsonl_dir=jsonl_dir,
+        sqlite_enabled=layers.get((section, "sqlite", "enabled"), True, _bool),
+        db_path=db_path,
+        batch_size=layers.get((section, "batch_size"), 100, _integer(1)),
+        batch_interval_ms=layers.get((section, "batch_interval_ms"), 100, _integer(1)),
+        max_queue_events=layers.get((section, "max_queue_events"), 10_000, _integer(1)),
+    )
+
+
+def _build_pricing(raw: Any) -> Mapping[str, ModelPricing]:
+    base = ("statistics", "pricing")
+    table = _require_mapping(raw, base)
+    prices: dict[str, ModelPricing] = {}
+    for pattern, entry in table.items():
+        entry_path = (*base, str(pattern))
+        entry = _require_mapping(entry, entry_path)
+        _check_keys(entry, entry_path, _PRICING_KEYS)
+        values: dict[str, float | None] = {}
+        for key in _PRICING_KEYS:
+            item = entry.get(key)
+            if item is None:
+                if key in ("input", "output"):
+                    raise ConfigError("required (USD per million tokens)", key=_dotted((*entry_path, key)))
+                values[key] = None
+                continue
+            try:
+                values[key] = _number(0)(item)
+            except _Invalid as exc:
+                raise ConfigError(str(exc), key=_dotted((*entry_path, key))) from None
+        prices[str(pattern)] = ModelPricing(**values)  # type: ignore[arg-type]
+    return types.MappingProxyType(prices)
+
+
+def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Settings:
+    providers = _build_providers(layers)
+
+    bypass_provider = layers.get(("bypass", "provider"), None, _optional_text)
+    if bypass_provider is not None:
+        if bypass_provider not in providers:
+            hint = _suggest(bypass_provider, providers) or (f" (configured: {', '.join(providers)})")
+            layers.fail(("bypass", "provider"), f"unknown provider {bypass_provider!r}{hint}")
+        if not providers[bypass_provider].enabled:
+            layers.fail(("bypass", "provider"), f"provider {bypass_provider!r} is disabled")
+
+    ui_defaults = UISettings()
+    statistics_defaults = StatisticsSettings()
+    return Settings(
+        host=layers.get(("host",), "127.0.0.1", _text),
+        port=layers.get(("port",), 8081, _integer(0, 65535)),
+        api_dialect=layers.get(("api_dialect",), "both", _choice({d: d for d in DIALECTS})),
+        shutdown_timeout_secs=layers.get(("shutdown_timeout_secs",), 30, _number(0)),
+        providers=types.MappingProxyType(providers),
+        logging=LoggingSettings(
+            level=layers.get(("logging", "level"), "info", _choice(_LEVELS)),
+            log_requests=layers.get(("logging", "log_requests"), False, _bool),
+        ),
+        http_server=HttpServerSettings(
+            max_request_body_bytes=layers.get(
+                ("http_server", "max_request_body_bytes"),
+                HttpServerSettings().max_request_body_bytes,
+                _integer(1),
+            )
+        ),
+        bypass=BypassSettings(
+            enabled=layers.get(("bypass", "enabled"), True, _bool), provider=bypass_provider
+        ),
+        session_recording=_build_recording(layers, env),
+        statistics=StatisticsSettings(
+            session_stats_max_sessions=layers.get(
+                ("statistics", "session_stats_max_sessions"),
+                statistics_defaults.session_stats_max_sessions,
+                _integer(0),
+            ),
+            print_summary=layers.get(("statistics", "print_summary"), False, _bool),
+            pricing_file=layers.get(("statistics", "pricing_file"), None, _path(env)),
+            pricing=_build_pricing(layers.values.get(("statistics", "pricing"), {})),
+        ),
+        metrics=MetricsSettings(enabled=layers.get(("metrics", "enabled"), True, _bool)),
+        ui=UISettings(
+            enabled=layers.get(("ui", "enabled"), ui_defaults.enabled, _bool),
+            host=layers.get(("ui", "host"), ui_defaults.host, _text),
+            port=layers.get(("ui", "port"), ui_defaults.port, _integer(0, 65535)),
+            refresh_interval=layers.get(
+                ("ui", "refresh_interval"), ui_defaults.refresh_interval, _integer(1)
+            ),
+            export_enabled=layers.get(("ui", "export_enabled"), ui_defaults.export_enabled, _bool),
+            delete_enabled=layers.get(("ui", "delete_enabled"), ui_defaults.delete_enabled, _bool),
+            log_requests=layers.get(("ui", "log_requests"), ui_defaults.log_requests, _bool),
+        ),
+        routing=_freeze(layers.values.get(("routing",), {})),
+        source=source,
+    )
+
+
+# --------------------------------------------------------------------------
+# Public entry points
+
+_EMPTY: Mapping[str, Any] = types.MappingProxyType({})
+
+
+def settings_from_mapping(
+    data: Mapping[str, Any],
+    env: Mapping[str, str] = _EMPTY,
+    overrides: Mapping[str, Any] = _EMPTY,
+    *,
+    source: str | None = None,
+) -> Settings:
+    """
+    Build L{Settings} from an already-parsed configuration mapping (the file's
+    content), an environment and command-line overrides.  Pure: no file or
+    process-environment access (beyond C{~user} lookups and the working
+    directory for relative paths).
+
+    @raise ConfigError: on any invalid or unknown setting.
+    """
+    data = _require_mapping(data, ()) if data is not None else {}
+    layers = _Layers()
+    _flatten_file(_expand_variables(data, env), layers)
+    _apply_env(env, layers)
+    _apply_overrides(overrides, layers)
+    return _build(layers, env, source)
+
+
+def load_settings(
+    path: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    require_file: bool = False,
+) -> Settings:
+    """
+    Load the settings: built-in defaults, then the file at C{path} (or
+    C{$LUNAROUTE_CONFIG}), then C{env} (default: C{os.environ}), then
+    C{overrides} from the command line.
+
+    With no path and no C{LUNAROUTE_CONFIG} the defaults are used
+    (zero-config) unless C{require_file} is set.  A named file that does not
+    exist is always an error: silently running with defaults would hide a typo.
+
+    @raise ConfigError: on a missing/unreadable/unparsable file or any invalid
+        setting.
+    """
+    env = os.environ if env is None else env
+    if path is None:
+        path = env.get("LUNAROUTE_CONFIG") or None
+    if path is None:
+        if require_file:
+            raise ConfigError("no configuration file given (pass a path or set LUNAROUTE_CONFIG)")
+        return settings_from_mapping({}, env, overrides or _EMPTY)
+    full_path = os.path.abspath(_expand_home(path, env))
+    data = _read_file(full_path, shown=path)
+    return settings_from_mapping(data, env, overrides or _EMPTY, source=full_path)
+
+
+# --------------------------------------------------------------------------
+# Files
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool)):
+            continue  # unhashable keys are rejected later by the shape checks
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_file(path: str, *, shown: str) -> Mapping[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {shown}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {shown}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{shown}: not valid UTF-8") from None
+
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".toml":
+        try:
+            data: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            message = str(exc)
+            found = re.search(r"\s*\(at line (\d+), column \d+\)$", message)
+            if found:
+                detail = message[: found.start()]
+                raise ConfigError(f"{shown}: line {found[1]}: invalid TOML: {detail}") from None
+            raise ConfigError(f"{shown}: invalid TOML: {message}") from None
+    elif extension == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{shown}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    else:
+        # .yaml, .yml and anything else: YAML is a superset of JSON anyway.
+        try:
+            data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            detail = exc.problem or exc.context or "syntax error"
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            raise ConfigError(f"{shown}: {where}invalid YAML: {detail}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{shown}: invalid YAML: {exc}") from None
+
+    if data is None:  # an empty or all-comments file
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{shown}: the top level must be a mapping of settings, got {_kind(data)}")
+    return data
+
+
+# --------------------------------------------------------------------------
+# Startup summary
+
+
+def _onoff(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def setting_lines(settings: Settings) -> list[str]:
+    """A short human-readable summary for the startup log; secrets masked."""
+    lines = [
+        f"config: {settings.source or 'none (built-in defaults)'}",
+        f"listening on {settings.host}:{settings.port}, dialect {settings.api_dialect}",
+    ]
+    for provider in settings.providers.values():
+        if not provider.enabled:
+            lines.append(f"provider {provider.name}: disabled")
+            continue
+        key = (
+            f"server key {mask_secret(provider.api_key)}"
+            if provider.api_key
+            else "client credentials forwarded"
+        )
+        model = f", model {provider.model}" if provider.model else ""
+        client = provider.http_client
+        lines.append(
+            f"provider {provider.name} ({provider.provider_type}): {provider.base_url}, {key}{model}, "
+            f"timeout {client.timeout_secs:g}s, connect {client.connect_timeout_secs:g}s, "
+            f"retries {client.max_retries}"
+        )
+    bypass = settings.bypass
+    lines.append(
+        f"bypass: {_onoff(bypass.enabled)}"
+        + (f" (provider {bypass.provider})" if bypass.enabled and bypass.provider else "")
+    )
+    recording = settings.session_recording
+    if recording.enabled:
+        writers = []
+        if recording.jsonl_enabled:
+            writers.append(f"jsonl {recording.jsonl_dir}")
+        if recording.sqlite_enabled:
+            writers.append(f"sqlite {recording.db_path}")
+        lines.append(f"session recording: on ({', '.join(writers) or 'no writers'})")
+    else:
+        lines.append("session recording: off")
+    lines.append(
+        f"logging: level {settings.logging.level}, "
+        f"request logging {_onoff(settings.logging.log_requests)}; "
+        f"metrics {_onoff(settings.metrics.enabled)}; ui {_onoff(settings.ui.enabled)}"
+    )
+    return lines

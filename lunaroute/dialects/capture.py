@@ -1,0 +1,274 @@
+"""The proxy's single entry point for watching a response go by.
+
+The proxy hands every body chunk it relays to :meth:`ResponseCapture.feed`
+and calls :meth:`ResponseCapture.finish` when the body ends.  The capture
+undoes any content encoding, splits event streams into events, sends them to
+the dialect's accumulator (or buffers a JSON body) and produces a
+:class:`ResponseSummary`.  Recording is a side concern: whatever the bytes
+are, neither method raises; anything that cannot be understood just marks
+the summary ``partial``.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from lunaroute.dialects.anthropic import (
+    AnthropicStreamAccumulator,
+    summarize_anthropic_json,
+)
+from lunaroute.dialects.model import ResponseSummary
+from lunaroute.dialects.openai_chat import (
+    ChatCompletionAccumulator,
+    summarize_chat_json,
+)
+from lunaroute.dialects.openai_responses import (
+    ResponsesAccumulator,
+    summarize_responses_json,
+)
+from lunaroute.dialects.sse import SSEEvent, SSEParser
+
+__all__ = ["DIALECTS", "ResponseCapture"]
+
+_JSON_SUMMARIZERS: dict[str, Callable[[dict[str, Any]], ResponseSummary]] = {
+    "anthropic": summarize_anthropic_json,
+    "openai_chat": summarize_chat_json,
+    "openai_responses": summarize_responses_json,
+}
+
+DIALECTS = frozenset(_JSON_SUMMARIZERS)
+
+# While a deflate stream has produced nothing we keep its first bytes, so a
+# server sending raw deflate (no zlib header) under "deflate" can be retried.
+_PROBE_LIMIT = 64 * 1024
+
+
+class _UnsupportedEncoding(Exception):
+    """A Content-Encoding we cannot undo with the standard library."""
+
+
+class _Inflater:
+    """Incremental gzip / zlib / raw-deflate decoder for one encoding layer."""
+
+    def __init__(self) -> None:
+        # 32 + MAX_WBITS accepts both gzip and zlib headers, so a server that
+        # mislabels one as the other still decodes.
+        self._obj = zlib.decompressobj(32 + zlib.MAX_WBITS)
+        self._raw = False
+        self._probe: bytearray | None = bytearray()
+
+    def decompress(self, data: bytes) -> bytes:
+        if self._probe is not None:
+            self._probe += data
+            try:
+                out = self._obj.decompress(data)
+            except zlib.error:
+                # Nothing decoded yet, so the header was the problem: retry
+                # everything seen so far as headerless deflate (once).
+                self._raw = True
+                self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
+                data, self._probe = bytes(self._probe), None
+                return self._more(self._obj.decompress(data))
+            if out or len(self._probe) > _PROBE_LIMIT:
+                self._probe = None
+            return self._more(out)
+        return self._more(self._obj.decompress(data))
+
+    def _more(self, out: bytes) -> bytes:
+        # gzip allows several members back to back; each needs a new object.
+        while self._obj.eof and self._obj.unused_data and not self._raw:
+            rest = self._obj.unused_data
+            self._obj = zlib.decompressobj(32 + zlib.MAX_WBITS)
+            out += self._obj.decompress(rest)
+        return out
+
+    def flush(self) -> bytes:
+        return self._obj.flush()
+
+    @property
+    def truncated(self) -> bool:
+        return not self._obj.eof
+
+
+def _inflaters(content_encoding: str | None) -> list[_Inflater]:
+    """Decoders for each layer, outermost (last applied) first."""
+    names = [
+        name.strip().lower()
+        for name in (content_encoding or "").split(",")
+        if name.strip().lower() not in ("", "identity")
+    ]
+    for name in names:
+        if name not in ("gzip", "x-gzip", "deflate"):
+            raise _UnsupportedEncoding(name)
+    # Layers are listed in the order they were applied: undo the last first.
+    return [_Inflater() for _ in reversed(names)]
+
+
+class ResponseCapture:
+    """Watch one response body and summarise it.
+
+    ``dialect`` is ``"anthropic"``, ``"openai_chat"`` or
+    ``"openai_responses"`` (anything else raises ValueError here, the only
+    place that may raise).  The body is an event stream when
+    ``content_type`` starts with ``text/event-stream``, whatever
+    ``streaming`` says, since error responses to streaming requests are
+    plain JSON; only without a content type does ``streaming`` decide.
+    JSON bodies are buffered up to ``max_buffer_bytes`` (decoded size).
+    """
+
+    def __init__(
+        self,
+        dialect: str,
+        *,
+        streaming: bool,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        max_buffer_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"unknown dialect {dialect!r}")
+        self._dialect = dialect
+        if content_type is None:
+            self._sse = streaming
+        else:
+            self._sse = content_type.strip().lower().startswith("text/event-stream")
+        self._max = max_buffer_bytes
+        self._partial = False
+        # Set once the body can no longer be followed; later chunks are
+        # ignored and the summary says partial.
+        self._dead = False
+        self._summary: ResponseSummary | None = None
+        self._event_count = 0
+        try:
+            self._inflaters = _inflaters(content_encoding)
+        except _UnsupportedEncoding:
+            self._inflaters = []
+            self._partial = self._dead = True
+        self._parser = SSEParser()
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._anthropic = AnthropicStreamAccumulator()
+        self._chat = ChatCompletionAccumulator()
+        self._responses = ResponsesAccumulator()
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next body chunk exactly as relayed; never raises."""
+        if self._dead or self._summary is not None or not chunk:
+            return
+        try:
+            for inflater in self._inflaters:
+                chunk = inflater.decompress(chunk)
+            self._consume(chunk)
+        except Exception:  # recording must never break the relay
+            # Corrupt compressed data, or a bug here: stop following the body
+            # rather than risk the relay.
+            self._partial = self._dead = True
+
+    def finish(self) -> ResponseSummary:
+        """Summarise the body; never raises and returns the same object twice."""
+        if self._summary is None:
+            try:
+                self._summary = self._finish()
+            except Exception:  # finish() promises never to raise
+                self._summary = ResponseSummary(
+                    dialect=self._dialect, partial=True, event_count=self._event_count,
+                    streaming=self._sse,
+                )
+        return self._summary
+
+    def _finish(self) -> ResponseSummary:
+        if not self._dead:
+            try:
+                self._flush()
+            except Exception:  # a bad tail still leaves a summary
+                self._partial = self._dead = True
+        if self._sse:
+            summary = self._stream_summary()
+        else:
+            summary = self._json_summary()
+        summary.partial = summary.partial or self._partial
+        summary.event_count = self._event_count
+        summary.streaming = self._sse
+        return summary
+
+    def _flush(self) -> None:
+        tail = b""
+        for inflater in self._inflaters:
+            tail = inflater.decompress(tail) + inflater.flush()
+            if inflater.truncated:
+                self._partial = True
+        self._consume(tail)
+        if self._sse:
+            for event in self._parser.close():
+                self._dispatch(event)
+
+    def _consume(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._sse:
+            for event in self._parser.feed(data):
+                self._dispatch(event)
+            if self._parser.buffered_size > self._max:
+                # One endless line or event: give up rather than hoard memory.
+                self._partial = self._dead = True
+                self._parser = SSEParser()
+            return
+        self._size += len(data)
+        if self._size > self._max:
+            self._partial = self._dead = True
+            self._chunks = []
+            return
+        self._chunks.append(data)
+
+    def _dispatch(self, event: SSEEvent) -> None:
+        self._event_count += 1
+        payload = event.data.strip()
+        if not payload:
+            return  # an empty data line carries nothing, e.g. a bare keep-alive
+        if payload == "[DONE]":
+            # OpenAI's terminator; Anthropic never sends it.
+            if self._dialect == "anthropic":
+                self._partial = True
+            elif self._dialect == "openai_chat":
+                self._chat.mark_done()
+            return
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            self._partial = True
+            return
+        if not isinstance(data, dict):
+            self._partial = True
+            return
+        try:
+            if self._dialect == "anthropic":
+                self._anthropic.add(event.event, data)
+            elif self._dialect == "openai_chat":
+                self._chat.add(data)
+            else:
+                self._responses.add(event.event, data)
+        except Exception:  # one odd event must not end the capture
+            self._partial = True
+
+    def _stream_summary(self) -> ResponseSummary:
+        if self._dialect == "anthropic":
+            return self._anthropic.summary()
+        if self._dialect == "openai_chat":
+            return self._chat.summary()
+        return self._responses.summary()
+
+    def _json_summary(self) -> ResponseSummary:
+        body = b"".join(self._chunks)
+        self._chunks = []
+        if self._dead or not body.strip():
+            return ResponseSummary(dialect=self._dialect, partial=True)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return ResponseSummary(dialect=self._dialect, partial=True)
+        if not isinstance(data, dict):
+            return ResponseSummary(dialect=self._dialect, partial=True)
+        return _JSON_SUMMARIZERS[self._dialect](data)

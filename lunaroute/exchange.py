@@ -1,0 +1,130 @@
+"""
+The record of one request/response exchange, as the proxy hands it to the
+recorder, statistics and metrics in a single call once the stream has ended.
+
+Plain data, no I/O: everything downstream of the relay works on this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lunaroute.dialects.model import ResponseSummary
+
+
+@dataclass
+class Timings:
+    """
+    Reactor timestamps (seconds) of one exchange's milestones; C{None} for a
+    milestone that was never reached.
+    """
+
+    received: float
+    upstream_sent: float | None = None
+    headers_received: float | None = None
+    first_byte: float | None = None
+    last_byte: float | None = None
+    finished: float | None = None
+
+    def _ms(self, start: float | None, end: float | None) -> float | None:
+        if start is None or end is None:
+            return None
+        return max(0.0, (end - start) * 1000.0)
+
+    @property
+    def total_ms(self) -> float | None:
+        return self._ms(self.received, self.finished)
+
+    @property
+    def pre_proxy_ms(self) -> float | None:
+        """Time spent in the gateway before the request went upstream."""
+        return self._ms(self.received, self.upstream_sent)
+
+    @property
+    def provider_ms(self) -> float | None:
+        """Provider latency: request sent to last byte received."""
+        end = self.last_byte if self.last_byte is not None else self.headers_received
+        return self._ms(self.upstream_sent, end)
+
+    @property
+    def post_proxy_ms(self) -> float | None:
+        """Time spent in the gateway after the last upstream byte."""
+        end = self.last_byte if self.last_byte is not None else self.headers_received
+        return self._ms(end, self.finished)
+
+    @property
+    def ttft_ms(self) -> float | None:
+        """Time from receiving the request to the first response byte."""
+        return self._ms(self.received, self.first_byte)
+
+    @property
+    def proxy_overhead_ms(self) -> float | None:
+        pre, post = self.pre_proxy_ms, self.post_proxy_ms
+        if pre is None:
+            return None
+        return pre + (post or 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_ms": self.total_ms,
+            "pre_proxy_ms": self.pre_proxy_ms,
+            "provider_ms": self.provider_ms,
+            "post_proxy_ms": self.post_proxy_ms,
+            "proxy_overhead_ms": self.proxy_overhead_ms,
+            "ttft_ms": self.ttft_ms,
+        }
+
+
+@dataclass
+class Exchange:
+    """
+    Everything the gateway learnt about one request.
+
+    C{listener} is the ingress dialect (C{anthropic} or C{openai});
+    C{dialect} the wire format of the body (C{anthropic}, C{openai_chat},
+    C{openai_responses}).  C{outcome} is C{ok}, C{upstream_error} (the
+    provider answered non-2xx), C{unreachable}, C{timeout},
+    C{client_disconnected} or C{stream_error}.  C{kind} is C{conversation}
+    for a model call (recorded and counted in session statistics), or
+    C{count_tokens}, C{models} or C{bypass}, which only metrics look at.
+    """
+
+    request_id: str
+    session_id: str
+    listener: str
+    kind: str
+    dialect: str
+    path: str
+    method: str
+    timings: Timings
+    provider: str | None = None
+    model: str | None = None
+    streaming: bool = False
+    status: int | None = None
+    outcome: str = "ok"
+    error: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+    request_body: bytes = b""
+    request_json: dict[str, Any] | None = None
+    request_headers: dict[str, str] = field(default_factory=dict)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response: ResponseSummary | None = None
+    bytes_out: int = 0
+    chunk_count: int = 0
+    chunk_gaps_ms: list[float] = field(default_factory=list)
+    # Filled in by the statistics observer, which runs before the recorder:
+    # the estimated cost in USD (None when the model has no price), and the
+    # tool results this request carries back, each
+    # {"tool_call_id", "tool_name", "duration_ms"} (duration None if unknown).
+    cost_usd: float | None = None
+    tool_results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def is_conversation(self) -> bool:
+        return self.kind == "conversation"
+
+    @property
+    def success(self) -> bool:
+        return self.outcome == "ok" and self.status is not None and self.status < 400

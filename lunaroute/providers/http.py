@@ -1,0 +1,314 @@
+"""
+An upstream provider reached over HTTP(S) through a persistent connection pool.
+
+The relay needs the response bytes exactly as the provider sent them
+(compressed bodies included) and must never share state between users, so
+requests go straight to a pooled L{twisted.web.client.Agent}: treq's
+C{HTTPClient} would add a gzip decoder and a cookie jar shared by every
+client of the gateway.  treq remains the client for everything else
+(tests, health checks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from lunaroute.config import ProviderSettings, Settings
+from lunaroute.errors import UpstreamTimeout, UpstreamUnreachable
+from lunaroute.interfaces import IProvider
+from lunaroute.logs import log_observer
+
+log = Logger(observer=log_observer)
+
+# Backoff before retrying a request that never reached the provider.
+RETRY_BACKOFF_SECS = (0.1, 0.2, 0.4)
+
+_CONNECT_FAILURES = (
+    error.ConnectError,
+    error.DNSLookupError,
+    error.ConnectingCancelledError,
+)
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    Produce an in-memory body in one write.
+
+    L{twisted.web.client.FileBodyProducer} would hand the bytes over through
+    the global cooperator, a reactor turn later; the body is already in
+    memory, so write it at once.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        consumer.write(self._body)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IStreamClientEndpoint)
+class _KeepAliveEndpoint:
+    """
+    Wrap an endpoint so that its TCP connections use keep-alive probes:
+    long thinking pauses must not let a NAT or load balancer drop the socket.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, factory: Any) -> defer.Deferred[Protocol]:
+        def enable_keepalive(protocol: Protocol) -> Protocol:
+            transport = protocol.transport
+            # A TLS connection wraps the TCP transport; walk down to it.
+            for _ in range(3):
+                if transport is None:
+                    break
+                if hasattr(transport, "setTcpKeepAlive"):
+                    try:
+                        transport.setTcpKeepAlive(1)
+                    except OSError:
+                        pass
+                    break
+                transport = getattr(transport, "transport", None)
+            return protocol
+
+        return self._endpoint.connect(factory).addCallback(enable_keepalive)
+
+
+@implementer(IAgentEndpointFactory)
+class _EndpointFactory:
+    def __init__(self, reactor: Any, connect_timeout: float, keepalive: bool) -> None:
+        self._reactor = reactor
+        self._connect_timeout = connect_timeout
+        self._keepalive = keepalive
+        self._tls_policy = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, uri.host, uri.port, timeout=self._connect_timeout
+        )
+        if uri.scheme == b"https":
+            creator = self._tls_policy.creatorForNetloc(uri.host, uri.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        if self._keepalive:
+            endpoint = _KeepAliveEndpoint(endpoint)
+        return endpoint
+
+
+def _is_connect_failure(failure: Failure) -> bool:
+    """
+    True when the request certainly never reached the provider, so that
+    sending it again cannot run it twice.
+    """
+    if failure.check(*_CONNECT_FAILURES):
+        return True
+    if failure.check(ResponseNeverReceived):
+        # A pooled connection the provider had already closed: the request
+        # bytes went nowhere.
+        reasons = failure.value.reasons
+        return bool(reasons) and all(
+            r.check(error.ConnectionDone, error.ConnectionLost) for r in reasons
+        )
+    return False
+
+
+@implementer(IProvider)
+class HTTPProvider:
+    """
+    One configured provider: its base URL, auth rule and connection pool.
+    """
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        reactor: Any = None,
+        agent: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.settings = settings
+        self.name = settings.name
+        self.provider_type = settings.provider_type
+        self.has_server_key = bool(settings.api_key)
+        self._clock: IReactorTime = reactor
+        self._base_url = settings.base_url.rstrip("/").encode("utf-8")
+        client = settings.http_client
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = client.pool_max_idle_per_host
+        self.pool.cachedConnectionTimeout = client.pool_idle_timeout_secs
+        # Twisted retries idempotent requests on a dead pooled connection
+        # itself; POSTs are retried below, only when they never left.
+        self.pool.retryAutomatically = True
+        if agent is None:
+            agent = Agent.usingEndpointFactory(
+                reactor,
+                _EndpointFactory(
+                    reactor,
+                    client.connect_timeout_secs,
+                    keepalive=client.tcp_keepalive_secs > 0,
+                ),
+                pool=self.pool,
+            )
+        self._agent = agent
+        self._timeout = client.timeout_secs
+        self._max_retries = client.max_retries
+
+    def __repr__(self) -> str:
+        return f"<HTTPProvider {self.name} {self.provider_type} {self.settings.base_url}>"
+
+    def upstream_url(self, path: str, query: bytes = b"") -> bytes:
+        """
+        Map a client path onto this provider's base URL.
+
+        OpenAI base URLs end in C{/v1} (as in the OpenAI SDK), so the client's
+        C{/v1} prefix is dropped for them; Anthropic base URLs are the bare
+        origin and take the client's path whole.
+        """
+        raw = path.encode("utf-8")
+        if self.provider_type == "openai" and (raw == b"/v1" or raw.startswith(b"/v1/")):
+            raw = raw[3:]
+        url = self._base_url + raw
+        if query:
+            url += b"?" + query
+        return url
+
+    def apply_auth(self, headers: Headers) -> None:
+        """
+        With a server key, replace whatever credentials the client sent;
+        without one, leave the client's own key untouched.
+        """
+        key = self.settings.api_key
+        if not key:
+            return
+        headers.removeHeader(b"x-api-key")
+        headers.removeHeader(b"authorization")
+        if self.provider_type == "anthropic":
+            headers.setRawHeaders(b"x-api-key", [key.encode("utf-8")])
+        else:
+            headers.setRawHeaders(b"authorization", [b"Bearer " + key.encode("utf-8")])
+
+    def request(
+        self, method: bytes, path: str, query: bytes, headers: Headers, body: bytes
+    ) -> defer.Deferred[IResponse]:
+        url = self.upstream_url(path, query)
+        self.apply_auth(headers)
+        return defer.ensureDeferred(self._request_with_retries(method, url, headers, body))
+
+    async def _request_with_retries(
+        self, method: bytes, url: bytes, headers: Headers, body: bytes
+    ) -> IResponse:
+        attempt = 0
+        while True:
+            try:
+                return await self._request_once(method, url, headers, body)
+            except UpstreamUnreachable as exc:
+                if not getattr(exc, "retryable", False) or attempt >= self._max_retries:
+                    raise
+                delay = RETRY_BACKOFF_SECS[min(attempt, len(RETRY_BACKOFF_SECS) - 1)]
+                attempt += 1
+                log.info(
+                    "retrying {provider} in {delay}s after {reason} ({attempt}/{max})",
+                    provider=self.name,
+                    delay=delay,
+                    reason=str(exc),
+                    attempt=attempt,
+                    max=self._max_retries,
+                )
+                await defer.Deferred.fromCoroutine(_sleep(self._clock, delay))
+
+    def _request_once(
+        self, method: bytes, url: bytes, headers: Headers, body: bytes
+    ) -> defer.Deferred[IResponse]:
+        producer = BytesProducer(body) if body or method not in (b"GET", b"HEAD") else None
+        d = self._agent.request(method, url, headers, producer)
+        timed_out = []
+
+        def on_timeout() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self._clock.callLater(self._timeout, on_timeout)
+
+        def done(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        def translate(failure: Failure) -> Failure:
+            if timed_out:
+                raise UpstreamTimeout(
+                    f"{self.name} sent no response within {self._timeout:g}s",
+                    provider=self.name,
+                )
+            if failure.check(defer.CancelledError):
+                return failure
+            if failure.check(*_CONNECT_FAILURES, ResponseNeverReceived):
+                exc = UpstreamUnreachable(
+                    f"{self.name} unreachable: {_describe(failure)}", provider=self.name
+                )
+                # Only a request that never left may be sent again.
+                exc.retryable = _is_connect_failure(failure)
+                raise exc
+            return failure
+
+        d.addBoth(done)
+        d.addErrback(translate)
+        return d
+
+    def close(self) -> defer.Deferred[None]:
+        return self.pool.closeCachedConnections()
+
+
+def _describe(failure: Failure) -> str:
+    if failure.check(ResponseNeverReceived):
+        reasons = failure.value.reasons
+        if reasons:
+            return reasons[0].getErrorMessage() or reasons[0].type.__name__
+    return failure.getErrorMessage() or failure.type.__name__
+
+
+async def _sleep(clock: IReactorTime, seconds: float) -> None:
+    d: defer.Deferred[None] = defer.Deferred()
+    clock.callLater(seconds, d.callback, None)
+    await d
+
+
+def providers_from_settings(settings: Settings, reactor: Any = None) -> dict[str, HTTPProvider]:
+    """
+    Build one L{HTTPProvider} for each enabled provider in the settings.
+    """
+    return {
+        name: HTTPProvider(p, reactor=reactor)
+        for name, p in settings.providers.items()
+        if p.enabled
+    }

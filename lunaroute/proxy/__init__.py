@@ -1,0 +1,3 @@
+"""
+The ingress: Klein routes, the streaming relay and the request log.
+"""

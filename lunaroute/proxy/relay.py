@@ -1,0 +1,111 @@
+"""
+The streaming relay: upstream body bytes are written to the client as they
+arrive, with the upstream socket registered as the client request's producer
+so that a slow client pauses the provider (TCP backpressure end to end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.http import PotentialDataLoss as HTTPPotentialDataLoss
+
+from lunaroute.logs import log_observer
+
+log = Logger(observer=log_observer)
+
+
+class RelayProtocol(Protocol):
+    """
+    Receives the provider's body via C{IResponse.deliverBody} and writes each
+    chunk straight to the client's request.
+
+    C{done} fires with C{None} when the body ended normally, or with the
+    L{Failure} that cut it short (it never errbacks: by then the status line
+    is already on its way to the client).  Cancelling C{done} aborts the
+    upstream connection, which is how a client disconnect reaches the provider.
+    """
+
+    def __init__(
+        self,
+        request: Any,
+        clock: IReactorTime,
+        on_chunk: Callable[[bytes], None],
+        idle_timeout: float,
+    ) -> None:
+        self._request = request
+        self._clock = clock
+        self._on_chunk = on_chunk
+        self._idle_timeout = idle_timeout
+        self._idle_call: IDelayedCall | None = None
+        self._registered = False
+        self.first_byte: float | None = None
+        self.last_byte: float | None = None
+        self.bytes = 0
+        self.chunks = 0
+        self.gaps_ms: list[float] = []
+        self.timed_out = False
+        self.done: defer.Deferred[Failure | None] = defer.Deferred(self._cancel)
+
+    def connectionMade(self) -> None:
+        if self.transport is not None:
+            self._request.registerProducer(self.transport, True)
+            self._registered = True
+        self._arm_idle_timer()
+
+    def dataReceived(self, data: bytes) -> None:
+        now = self._clock.seconds()
+        if self.first_byte is None:
+            self.first_byte = now
+        elif self.last_byte is not None:
+            self.gaps_ms.append((now - self.last_byte) * 1000.0)
+        self.last_byte = now
+        self.bytes += len(data)
+        self.chunks += 1
+        self._request.write(data)
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(self._idle_timeout)
+        try:
+            self._on_chunk(data)
+        except Exception:
+            # The tap is best effort; the bytes already went to the client.
+            log.failure("stream tap failed")
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        if self._registered:
+            self._registered = False
+            try:
+                self._request.unregisterProducer()
+            except Exception:
+                pass
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.callback(reason)
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timeout and self._idle_timeout > 0:
+            self._idle_call = self._clock.callLater(self._idle_timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        log.warn("upstream sent nothing for {secs}s; aborting", secs=self._idle_timeout)
+        self.timed_out = True
+        self._abort()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def _cancel(self, d: defer.Deferred[Any]) -> None:
+        self._abort()

@@ -1,0 +1,131 @@
+"""
+Wiring: builds the gateway's C{MultiService} from settings.
+
+Children are started in order and stopped in an explicit order (a plain
+C{MultiService} stops them all at once and swallows errors): stop listening,
+let in-flight streams finish within C{shutdown_timeout_secs}, drain the
+recorder, close the connection pools.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from lunaroute.config import Settings, setting_lines
+from lunaroute.logs import log_observer, set_log_level
+from lunaroute.providers import providers_from_settings
+from lunaroute.proxy.app import GatewayApp
+from lunaroute.proxy.reqlog import RequestLogPrinter
+
+log = Logger(observer=log_observer)
+
+
+class QuietSite(Site):
+    """
+    A Site without per-request access logging: the request log is ours, and
+    an access line per streamed request is noise on the hot path.
+    """
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+def endpoint_description(host: str, port: int) -> str:
+    """A strports description for a TCP listener; IPv6 colons are escaped."""
+    return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+
+
+class GatewayService(MultiService):
+    """
+    The whole gateway: the proxy listener and its helpers, stopped in order.
+    """
+
+    def __init__(self, settings: Settings, reactor: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        self.providers = providers_from_settings(settings, reactor=reactor)
+        request_log = None
+        if settings.logging.log_requests:
+            request_log = RequestLogPrinter(debug=settings.logging.level == "debug")
+        self.gateway = GatewayApp(
+            settings, self.providers, clock=reactor, request_log=request_log
+        )
+        self.site = QuietSite(self.gateway.resource(), reactor=reactor)
+        self.proxy_listener = strports.service(
+            endpoint_description(settings.host, settings.port), self.site, reactor=reactor
+        )
+        self.proxy_listener.setName("proxy")
+        self.proxy_listener.setServiceParent(self)
+        # Services stopped after the proxy has drained, in this order.
+        self.drained_services: list[Any] = []
+
+    def listening_port(self) -> defer.Deferred[Any]:
+        """
+        A Deferred firing with the proxy's L{IListeningPort} once it listens
+        (useful with port 0).
+        """
+        # strports' service keeps the listen result here; there is no public
+        # accessor in Twisted for it.
+        result: defer.Deferred[Any] = defer.Deferred()
+
+        def forward(port: Any) -> Any:
+            result.callback(port)
+            return port
+
+        self.proxy_listener._waitingForPort.addCallback(forward)
+        return result
+
+    def add_drained_service(self, service: Any) -> None:
+        """Attach a child that must stop only after in-flight requests end."""
+        service.setServiceParent(self)
+        self.drained_services.append(service)
+
+    def startService(self) -> None:
+        for line in setting_lines(self.settings):
+            log.info("{line}", line=line)
+        super().startService()
+        log.info(
+            "LunaRoute listening on http://{host}:{port}",
+            host=self.settings.host,
+            port=self.settings.port,
+        )
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        self.running = False
+        log.info("LunaRoute stopping")
+        yield _quietly(self.proxy_listener.stopService(), "stop listening")
+        self.gateway.stop_accepting()
+        yield _quietly(
+            self.gateway.drain(self.settings.shutdown_timeout_secs), "drain in-flight requests"
+        )
+        for service in self.drained_services:
+            yield _quietly(defer.maybeDeferred(service.stopService), f"stop {service.name}")
+        for provider in self.providers.values():
+            yield _quietly(provider.close(), f"close {provider.name} pool")
+        log.info("LunaRoute stopped")
+
+
+def _quietly(d: defer.Deferred[Any], what: str) -> defer.Deferred[Any]:
+    def report(failure: Any) -> None:
+        log.failure("shutdown step failed: {what}", failure, what=what)
+
+    return d.addErrback(report)
+
+
+def make_gateway_service(settings: Settings, reactor: Any = None) -> GatewayService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    set_log_level(settings.logging.level)
+    return GatewayService(settings, reactor)

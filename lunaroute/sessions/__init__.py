@@ -1,0 +1,3 @@
+"""
+Sessions: the recorder service and its writers (JSONL, SQLite).
+"""

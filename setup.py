@@ -1,0 +1,48 @@
+"""
+Packaging for LunaRoute.
+
+Besides the C{lunaroute} package this installs the twistd plugin as
+C{twisted/plugins/lunaroute_plugin.py}.  A wheel install runs no code of ours,
+so the plugin cache (C{dropin.cache}) cannot be refreshed here; Twisted
+rebuilds it the first time anything scans for plugins, and C{lunaroute-server}
+and the test suite do that once (L{lunaroute.cli.refresh_plugin_cache}).
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lunaroute",
+    version="0.1.0",
+    description="LLM API gateway for AI coding assistants (Anthropic and OpenAI passthrough, "
+    "session recording, statistics)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["lunaroute", "lunaroute.*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/lunaroute_plugin.py"], "lunaroute": ["py.typed", "data/*"]},
+    include_package_data=True,
+    install_requires=[
+        "Twisted>=24.7",
+        "klein>=24.8",
+        "treq>=24.9",
+        "zope.interface>=6",
+        "PyYAML>=6",
+        "prometheus-client>=0.20",
+        "zstandard>=0.22",
+        "pyOpenSSL>=24",
+        "service-identity>=24",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "pytest-timeout>=2",
+            "httpx>=0.27",
+            "anthropic>=0.40",
+            "openai>=1.50",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={"console_scripts": ["lunaroute-server = lunaroute.cli:main"]},
+    zip_safe=False,
+)

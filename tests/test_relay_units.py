@@ -1,0 +1,170 @@
+"""
+Unit tests of the relay pieces that need no sockets: header rules, URL
+mapping, auth replacement, backpressure registration and the idle timeout.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+from zope.interface.verify import verifyObject
+
+from lunaroute.config import settings_from_mapping
+from lunaroute.interfaces import IProvider
+from lunaroute.providers.http import HTTPProvider
+from lunaroute.proxy.headers import masked_headers, relayed_response_headers, upstream_request_headers
+from lunaroute.proxy.relay import RelayProtocol
+
+
+class FakeRequest:
+    def __init__(self):
+        self.written = []
+        self.producer = None
+        self.streaming = None
+
+    def write(self, data):
+        self.written.append(data)
+
+    def registerProducer(self, producer, streaming):
+        self.producer, self.streaming = producer, streaming
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
+class FakeTransport:
+    def __init__(self):
+        self.stopped = False
+
+    def stopProducing(self):
+        self.stopped = True
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+
+def _provider(name="anthropic", **settings):
+    config = settings_from_mapping({"providers": {name: settings}} if settings else {}, env={})
+    return HTTPProvider(config.providers[name], reactor=Clock())
+
+
+def test_provider_provides_interface():
+    """HTTPProvider implements IProvider."""
+    assert verifyObject(IProvider, _provider())
+
+
+def test_openai_base_url_keeps_v1_once():
+    """The OpenAI base URL ends in /v1, so the client's /v1 prefix is not doubled."""
+    provider = _provider("openai", base_url="http://up:1/v1")
+    assert provider.upstream_url("/v1/chat/completions") == b"http://up:1/v1/chat/completions"
+    assert provider.upstream_url("/responses") == b"http://up:1/v1/responses"
+
+
+def test_anthropic_url_and_query():
+    """Anthropic paths are appended whole, with the query string kept."""
+    provider = _provider("anthropic", base_url="http://up:2")
+    assert provider.upstream_url("/v1/messages", b"beta=true") == b"http://up:2/v1/messages?beta=true"
+
+
+def test_server_key_replaces_client_auth():
+    """A configured key replaces both kinds of client credential."""
+    headers = Headers({b"x-api-key": [b"client"], b"authorization": [b"Bearer client"]})
+    _provider("anthropic", api_key="sk-ant-server-key-1234").apply_auth(headers)
+    assert headers.getRawHeaders(b"x-api-key") == [b"sk-ant-server-key-1234"]
+    assert not headers.hasHeader(b"authorization")
+    headers = Headers({b"authorization": [b"Bearer client"]})
+    _provider("openai", api_key="sk-server-key-123456").apply_auth(headers)
+    assert headers.getRawHeaders(b"authorization") == [b"Bearer sk-server-key-123456"]
+
+
+def test_client_auth_kept_without_server_key():
+    """Without a server key the client's own key goes upstream untouched."""
+    headers = Headers({b"x-api-key": [b"client"]})
+    _provider("anthropic").apply_auth(headers)
+    assert headers.getRawHeaders(b"x-api-key") == [b"client"]
+
+
+def test_hop_by_hop_headers_are_dropped():
+    """Connection-specific headers, and those named by Connection, stay on this hop."""
+    client = Headers(
+        {
+            b"connection": [b"keep-alive, x-private"],
+            b"x-private": [b"1"],
+            b"keep-alive": [b"timeout=5"],
+            b"host": [b"gateway"],
+            b"content-length": [b"10"],
+            b"anthropic-version": [b"2023-06-01"],
+            b"transfer-encoding": [b"chunked"],
+        }
+    )
+    out = upstream_request_headers(client)
+    assert [name for name, _ in out.getAllRawHeaders()] == [b"Anthropic-Version"]
+    upstream = Headers({b"content-type": [b"text/event-stream"], b"transfer-encoding": [b"chunked"],
+                        b"request-id": [b"req_1"], b"retry-after": [b"3"]})
+    relayed = dict(relayed_response_headers(upstream))
+    assert set(relayed) == {b"Content-Type", b"Request-Id", b"Retry-After"}
+
+
+def test_secrets_are_masked():
+    """API keys and bearer tokens never appear in clear in recorded headers."""
+    masked = masked_headers(
+        Headers({b"x-api-key": [b"sk-ant-api03-abcdefghijklmnop"], b"authorization": [b"Bearer sk-proj-secretsecret99"]})
+    )
+    assert "abcdefghijklmnop" not in masked["x-api-key"]
+    assert masked["authorization"].startswith("Bearer ")
+    assert "secretsecret" not in masked["authorization"]
+
+
+def test_relay_registers_upstream_as_streaming_producer():
+    """The upstream transport becomes the client's producer: a slow client pauses the provider."""
+    request, transport = FakeRequest(), FakeTransport()
+    relay = RelayProtocol(request, Clock(), lambda chunk: None, idle_timeout=60)
+    relay.makeConnection(transport)
+    assert request.producer is transport and request.streaming is True
+    relay.dataReceived(b"event: ping\n\n")
+    assert request.written == [b"event: ping\n\n"]
+    relay.connectionLost(Failure(ResponseDone()))
+    assert request.producer is None
+    assert relay.done.called
+
+
+def test_relay_aborts_a_silent_upstream():
+    """A stream that goes silent for the timeout is aborted."""
+    clock = Clock()
+    request, transport = FakeRequest(), FakeTransport()
+    relay = RelayProtocol(request, clock, lambda chunk: None, idle_timeout=5)
+    relay.makeConnection(transport)
+    clock.advance(4)
+    relay.dataReceived(b"x")
+    clock.advance(4)
+    assert not transport.stopped
+    clock.advance(2)
+    assert transport.stopped and relay.timed_out
+
+
+def test_cancelling_relay_stops_upstream():
+    """Cancelling (client gone) closes the upstream connection at once."""
+    request, transport = FakeRequest(), FakeTransport()
+    relay = RelayProtocol(request, Clock(), lambda chunk: None, idle_timeout=60)
+    relay.makeConnection(transport)
+    relay.done.addErrback(lambda f: None)
+    relay.done.cancel()
+    assert transport.stopped
+
+
+def test_tap_failure_never_reaches_the_client():
+    """A tap that raises does not stop the bytes."""
+    request, transport = FakeRequest(), FakeTransport()
+
+    def broken(chunk):
+        raise ValueError("boom")
+
+    relay = RelayProtocol(request, Clock(), broken, idle_timeout=60)
+    relay.makeConnection(transport)
+    relay.dataReceived(b"data")
+    assert request.written == [b"data"]

@@ -1,0 +1,173 @@
+"""
+End to end: the gateway started exactly as the README says,
+C{twistd -n lunaroute --config <file>}, as a subprocess, driven by the SDKs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.conftest import free_port, in_thread
+
+TWISTD = shutil.which("twistd") or str(Path(sys.executable).with_name("twistd"))
+
+
+def _plugin_installed() -> bool:
+    try:
+        out = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=60)
+    except OSError:
+        return False
+    return "lunaroute" in out.stdout
+
+
+pytestmark = pytest.mark.skipif(
+    not _plugin_installed(), reason="lunaroute is not installed where twistd can see it (pip install .)"
+)
+
+
+def _wait_until_listening(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"twistd exited early: {proc.stdout.read()}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("twistd did not start listening")
+
+
+def _start_twistd(tmp_path: Path, config: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(config.replace("PORT", str(port)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LUNAROUTE_", "ANTHROPIC_", "OPENAI_"))}
+    proc = subprocess.Popen(
+        [TWISTD, "-n", "lunaroute", "--config", str(config_file), *extra],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _config(fake_url: str) -> str:
+    return f"""
+host: 127.0.0.1
+port: PORT
+providers:
+  anthropic:
+    base_url: {fake_url}
+  openai:
+    base_url: {fake_url}/v1
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_serves_sdks_and_stops_gracefully_mid_stream(fake, tmp_path):
+    """
+    twistd -n lunaroute serves both SDKs; on SIGTERM a stream in flight is
+    allowed to finish and the process exits 0 without a traceback.
+    """
+    import anthropic
+    import openai
+
+    proc, url = _start_twistd(tmp_path, _config(fake.url))
+    try:
+        await in_thread(_wait_until_listening, url, proc)
+        claude = anthropic.Anthropic(base_url=url, api_key="sk-ant-test", max_retries=0)
+        message = await in_thread(
+            claude.messages.create, model="claude-sonnet-4-5", max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
+        )
+        assert message.content[0].text == fake.default_text
+        gpt = openai.OpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0)
+        completion = await in_thread(
+            gpt.chat.completions.create, model="gpt-4.1", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert completion.choices[0].message.content == fake.default_text
+
+        fake.gate = defer.Deferred()
+        first = threading.Event()
+
+        def stream():
+            with claude.messages.stream(
+                model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            ) as s:
+                parts = []
+                for text in s.text_stream:
+                    parts.append(text)
+                    first.set()
+                return "".join(parts)
+
+        streamed = in_thread(stream)
+        assert await in_thread(first.wait, 10)
+        proc.send_signal(signal.SIGTERM)
+        await in_thread(time.sleep, 0.3)
+        assert proc.poll() is None, "twistd quit with a stream still in flight"
+        fake.gate.callback(None)
+        assert await streamed == fake.default_text
+        code = await in_thread(proc.wait, 30)
+        output = proc.stdout.read()
+        assert code == 0, output
+        assert "Traceback" not in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ("port: 99999\n", "port"),
+        ("providers:\n  openai:\n    base_url: ftp://nope\n", "providers.openai.base_url"),
+        ("bogus_key: 1\n", "bogus_key"),
+        ("host: [unclosed\n", "line"),
+    ],
+)
+def test_bad_config_is_one_line_and_nonzero_exit(tmp_path, config, expected):
+    """A bad config file gives one readable line naming the problem, exit 1, no traceback."""
+    (tmp_path / "bad.yaml").write_text(config)
+    result = subprocess.run(
+        [TWISTD, "-n", "lunaroute", "--config", str(tmp_path / "bad.yaml")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    output = (result.stdout + result.stderr).strip()
+    assert "Traceback" not in output
+    assert len(output.splitlines()) == 1, output
+    assert expected in output
+
+
+def test_bad_environment_value_is_one_line(tmp_path):
+    """A bad environment value is reported by variable name."""
+    env = dict(os.environ, LUNAROUTE_LOG_REQUESTS="maybe")
+    result = subprocess.run(
+        [TWISTD, "-n", "lunaroute"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    output = (result.stdout + result.stderr).strip()
+    assert len(output.splitlines()) == 1 and "LUNAROUTE_LOG_REQUESTS" in output
+
+
+def test_twistd_help_lists_the_plugin():
+    """After pip install, twistd --help lists lunaroute."""
+    out = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "lunaroute" in out
