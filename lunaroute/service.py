@@ -22,6 +22,7 @@ from lunaroute.logs import log_observer, set_log_level
 from lunaroute.providers import providers_from_settings
 from lunaroute.proxy.app import GatewayApp
 from lunaroute.proxy.reqlog import RequestLogPrinter
+from lunaroute.proxy.request import DEFAULT_MAX_BODY, GatewayRequest
 
 log = Logger(observer=log_observer)
 
@@ -33,6 +34,8 @@ class QuietSite(Site):
     """
 
     noisy = False
+    requestFactory = GatewayRequest
+    max_request_body_bytes = DEFAULT_MAX_BODY
 
     def log(self, request: Any) -> None:
         pass
@@ -60,6 +63,7 @@ class GatewayService(MultiService):
             settings, self.providers, clock=reactor, request_log=request_log
         )
         self.site = QuietSite(self.gateway.resource(), reactor=reactor)
+        self.site.max_request_body_bytes = settings.http_server.max_request_body_bytes
         self.proxy_listener = strports.service(
             endpoint_description(settings.host, settings.port), self.site, reactor=reactor
         )
@@ -113,6 +117,10 @@ class GatewayService(MultiService):
         for provider in self.providers.values():
             yield _quietly(provider.close(), f"close {provider.name} pool")
         log.info("LunaRoute stopped")
+        # twistd re-raises the stop signal on exit (status -15/143).  A
+        # graceful stop that finished its work is a clean exit: status 0.
+        if getattr(self.reactor, "_exitSignal", None) is not None:
+            self.reactor._exitSignal = None
 
 
 def _quietly(d: defer.Deferred[Any], what: str) -> defer.Deferred[Any]:

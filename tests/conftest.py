@@ -13,12 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest_twisted
-from lunaroute.testing.fake_provider import FakeProvider
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from lunaroute.config import settings_from_mapping
 from lunaroute.service import make_gateway_service
+from lunaroute.testing.fake_provider import FakeProvider
 
 
 def free_port() -> int:
@@ -39,7 +39,7 @@ async def fake():
     port = provider.listen()
     provider.url = f"http://127.0.0.1:{port.getHost().port}"
     yield provider
-    await port.stopListening()
+    await provider.stop()
 
 
 class RunningGateway:

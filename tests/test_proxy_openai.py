@@ -22,7 +22,7 @@ async def test_chat_completion_non_streaming(gateway, fake):
         model="gpt-4.1",
         messages=[{"role": "user", "content": "hello"}],
     )
-    assert completion.choices[0].message.content == fake.default_text
+    assert completion.choices[0].message.content == fake.reply_text
     seen = fake.requests[-1]
     assert seen.path == "/v1/chat/completions"
     assert seen.headers["authorization"] == ["Bearer sk-client-key-123456789"]
@@ -66,7 +66,7 @@ async def test_chat_stream_text(gateway, fake):
         )
         return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
-    assert await in_thread(run) == fake.default_text
+    assert await in_thread(run) == fake.reply_text
 
 
 @pytest_twisted.ensureDeferred
@@ -81,7 +81,7 @@ async def test_responses_stream(gateway, fake):
             return stream.get_final_response()
 
     final = await in_thread(run)
-    assert final.output_text == fake.default_text
+    assert final.output_text == fake.reply_text
     assert final.usage.output_tokens > 0
     assert fake.requests[-1].path == "/v1/responses"
 

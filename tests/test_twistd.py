@@ -96,12 +96,12 @@ async def test_twistd_serves_sdks_and_stops_gracefully_mid_stream(fake, tmp_path
             claude.messages.create, model="claude-sonnet-4-5", max_tokens=10,
             messages=[{"role": "user", "content": "hi"}],
         )
-        assert message.content[0].text == fake.default_text
+        assert message.content[0].text == fake.reply_text
         gpt = openai.OpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0)
         completion = await in_thread(
             gpt.chat.completions.create, model="gpt-4.1", messages=[{"role": "user", "content": "hi"}]
         )
-        assert completion.choices[0].message.content == fake.default_text
+        assert completion.choices[0].message.content == fake.reply_text
 
         fake.gate = defer.Deferred()
         first = threading.Event()
@@ -122,7 +122,7 @@ async def test_twistd_serves_sdks_and_stops_gracefully_mid_stream(fake, tmp_path
         await in_thread(time.sleep, 0.3)
         assert proc.poll() is None, "twistd quit with a stream still in flight"
         fake.gate.callback(None)
-        assert await streamed == fake.default_text
+        assert await streamed == fake.reply_text
         code = await in_thread(proc.wait, 30)
         output = proc.stdout.read()
         assert code == 0, output

@@ -24,6 +24,7 @@ from twisted.web.client import (
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
@@ -44,6 +45,11 @@ _CONNECT_FAILURES = (
     error.DNSLookupError,
     error.ConnectingCancelledError,
 )
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # Twisted logs "Starting factory" for every new pooled connection.
+    noisy = False
 
 
 @implementer(IBodyProducer)
@@ -164,6 +170,7 @@ class HTTPProvider:
         self._base_url = settings.base_url.rstrip("/").encode("utf-8")
         client = settings.http_client
         self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool._factory = _QuietClientFactory
         self.pool.maxPersistentPerHost = client.pool_max_idle_per_host
         self.pool.cachedConnectionTimeout = client.pool_idle_timeout_secs
         # Twisted retries idempotent requests on a dead pooled connection

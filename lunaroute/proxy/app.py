@@ -225,6 +225,11 @@ class GatewayApp:
             return self._error(
                 request, listener, 404, f"{path} is not served: api_dialect is {self.settings.api_dialect}"
             )
+        if getattr(request, "body_too_large", False):
+            limit = self.settings.http_server.max_request_body_bytes
+            return self._error(
+                request, listener, 413, f"request body exceeds the {limit}-byte limit"
+            )
         d = defer.ensureDeferred(
             self._forward(request, listener, dialect, kind=kind, parse_json=parse_json)
         )
@@ -392,6 +397,20 @@ class GatewayApp:
         none of them may break or delay the client's response.
         """
         exchange.timings.finished = self.clock.seconds()
+        timings = exchange.timings
+        log.debug(
+            "{method} {path} -> {status} ({outcome}) pre-proxy {pre} ms, provider {provider_ms} ms, "
+            "post-proxy {post} ms; request headers {request_headers}; response headers {response_headers}",
+            method=exchange.method,
+            path=exchange.path,
+            status=exchange.status,
+            outcome=exchange.outcome,
+            pre=_fmt_ms(timings.pre_proxy_ms),
+            provider_ms=_fmt_ms(timings.provider_ms),
+            post=_fmt_ms(timings.post_proxy_ms),
+            request_headers=exchange.request_headers,
+            response_headers=exchange.response_headers,
+        )
         if self.request_log is not None:
             try:
                 self.request_log.finished(exchange)
@@ -467,6 +486,10 @@ def _client_ip(request: Any) -> str | None:
 
 def _client_gone(request: Any) -> bool:
     return bool(getattr(request, "_disconnected", False))
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _idle_timeout(provider: IProvider) -> float:

@@ -1,0 +1,48 @@
+"""
+The gateway's request class: enforces C{http_server.max_request_body_bytes}
+while the body arrives, so an oversized upload is never held in memory or on
+disk past the limit (Twisted would otherwise buffer all of it before any
+route runs).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from twisted.web.server import Request
+
+DEFAULT_MAX_BODY = 100 * 1024 * 1024
+
+
+class GatewayRequest(Request):
+    """
+    A request that stops storing its body once it passes the site's limit;
+    the route then answers 413 in the client's dialect.
+    """
+
+    body_too_large = False
+    _body_received = 0
+
+    def _limit(self) -> int:
+        site: Any = getattr(self.channel, "site", None)
+        return getattr(site, "max_request_body_bytes", DEFAULT_MAX_BODY)
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._limit():
+            self.body_too_large = True
+            self.content = io.BytesIO()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        self._body_received += len(data)
+        if self._body_received > self._limit():
+            # Chunked upload went over: drop what was kept.
+            self.body_too_large = True
+            self.content.close()
+            self.content = io.BytesIO()
+            return
+        super().handleContentChunk(data)

@@ -1,0 +1,374 @@
+"""
+Turn one finished L{Exchange} into the session events every writer stores.
+
+The JSONL files and the SQLite database are two views of the same events:
+the SQLite writer builds its rows from these dicts alone, so that the
+database can be rebuilt from the JSONL files.  This module is pure (no I/O,
+no clock of its own unless asked) so the recorder can call it from its
+writer thread and tests can call it directly.
+
+Event names follow the original project: C{started}, C{request_recorded},
+C{stream_started}, C{response_recorded}, C{tool_call_recorded} and
+C{completed}.  Credentials are masked here, before any writer sees them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from lunaroute.config import mask_secret
+from lunaroute.exchange import Exchange
+
+__all__ = [
+    "EVENT_SCHEMA_VERSION",
+    "EVENT_TYPES",
+    "SECRET_KEYS",
+    "exchange_events",
+    "iso_timestamp",
+    "request_text",
+    "scrub_secrets",
+    "tool_names",
+]
+
+# Bumped when an event's shape changes incompatibly, so an importer can tell
+# old files from new ones.
+EVENT_SCHEMA_VERSION = 1
+
+EVENT_TYPES = (
+    "started",
+    "request_recorded",
+    "stream_started",
+    "response_recorded",
+    "tool_call_recorded",
+    "completed",
+)
+
+# Keys whose values are credentials wherever they appear (headers, bodies,
+# provider options).  Compared lower-case, with '_' and '-' treated alike.
+SECRET_KEYS = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "x_api_key",
+        "authorization",
+        "proxy_authorization",
+        "cookie",
+        "set_cookie",
+        "x_goog_api_key",
+    }
+)
+
+
+# --------------------------------------------------------------------------
+# Secrets
+
+
+def _is_secret_key(key: Any) -> bool:
+    return isinstance(key, str) and key.lower().replace("-", "_") in SECRET_KEYS
+
+
+def _mask_value(value: Any) -> Any:
+    """
+    Mask one credential.  Values the proxy already masked (C{sk-a…xyz4},
+    C{***}) are kept as they are, so the recording shows the same hint as the
+    request log; anything else is masked here.
+    """
+    if not isinstance(value, str):
+        return "***" if value is not None else None
+    if "…" in value or value in ("***", "<none>") or value.endswith(" ***"):
+        return value
+    scheme, _, rest = value.partition(" ")
+    if rest and scheme.lower() in ("bearer", "basic"):
+        return f"{scheme} {mask_secret(rest.strip())}"
+    return mask_secret(value)
+
+
+def scrub_secrets(value: Any) -> Any:
+    """
+    Return a copy of C{value} (JSON-like data) in which every value stored
+    under a credential-like key (C{api_key}, C{x-api-key}, C{authorization},
+    ...) is masked, at any depth.  Other values are shared, not copied.
+    """
+    if isinstance(value, Mapping):
+        return {
+            key: _mask_value(item) if _is_secret_key(key) else scrub_secrets(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [scrub_secrets(item) for item in value]
+    return value
+
+
+# --------------------------------------------------------------------------
+# Request text, for full-text search
+
+
+def _content_text(content: Any) -> list[str]:
+    """Text parts of a message's content in any of the three dialects."""
+    if isinstance(content, str):
+        return [content]
+    out: list[str] = []
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, Mapping) and part.get("type") in (
+                "text",
+                "input_text",
+                "output_text",
+            ):
+                text = part.get("text")
+                if isinstance(text, str):
+                    out.append(text)
+    return out
+
+
+def request_text(body: Mapping[str, Any] | None) -> str:
+    """
+    The system and user text of a request, joined by blank lines.
+
+    Assistant turns, tool results and images are left out: the text is for
+    finding a conversation again, and tool output (file contents, command
+    output) would drown what the user actually wrote.
+    """
+    if not isinstance(body, Mapping):
+        return ""
+    parts: list[str] = []
+    for key in ("system", "instructions"):
+        parts += _content_text(body.get(key))
+    messages = body.get("messages")
+    if messages is None:
+        messages = body.get("input")  # OpenAI Responses
+        if isinstance(messages, str):
+            parts.append(messages)
+            messages = None
+    if isinstance(messages, list):
+        for message in messages:
+            if not isinstance(message, Mapping):
+                continue
+            if message.get("role") in ("user", "system", "developer"):
+                parts += _content_text(message.get("content"))
+    return "\n\n".join(p for p in parts if p)
+
+
+def tool_names(body: Mapping[str, Any] | None) -> list[str]:
+    """Names of the tools a request offers the model, in every dialect."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("tools"), list):
+        return []
+    names: list[str] = []
+    for tool in body["tools"]:
+        if not isinstance(tool, Mapping):
+            continue
+        function = tool.get("function")
+        name = tool.get("name")
+        if name is None and isinstance(function, Mapping):
+            name = function.get("name")  # OpenAI Chat
+        if name is None:
+            name = tool.get("type")  # built-in tools: web_search, ...
+        if isinstance(name, str):
+            names.append(name)
+    return names
+
+
+def _message_count(body: Mapping[str, Any] | None) -> int:
+    if not isinstance(body, Mapping):
+        return 0
+    for key in ("messages", "input"):
+        value = body.get(key)
+        if isinstance(value, list):
+            return len(value)
+        if isinstance(value, str):
+            return 1
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Timestamps
+
+
+def iso_timestamp(seconds: float) -> str:
+    """Epoch seconds as ISO-8601 UTC with milliseconds: C{2025-01-31T23:59:59.123Z}."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _now_iso() -> str:
+    return iso_timestamp(time.time())
+
+
+def _round(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 3)
+
+
+def _gap_summary(gaps: list[float]) -> dict[str, float] | None:
+    """Mean, median, 95th percentile and max of the gaps between chunks."""
+    if not gaps:
+        return None
+    ordered = sorted(gaps)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {
+        "mean": round(sum(ordered) / len(ordered), 3),
+        "p50": round(pick(0.5), 3),
+        "p95": round(pick(0.95), 3),
+        "max": round(ordered[-1], 3),
+    }
+
+
+# --------------------------------------------------------------------------
+# The events
+
+
+def exchange_events(
+    exchange: Exchange, now_iso: Callable[[], str] | None = None
+) -> list[dict[str, Any]]:
+    """
+    The events that record C{exchange}, in order, with secrets masked.
+
+    @param now_iso: returns the current time as an ISO string; used only for
+        a milestone the exchange never reached (an exchange that is recorded
+        always has C{received}, and normally C{finished}).
+    """
+    now = now_iso or _now_iso
+    t = exchange.timings
+
+    def stamp(*candidates: float | None) -> str:
+        for seconds in candidates:
+            if seconds is not None:
+                return iso_timestamp(seconds)
+        return now()
+
+    def event(kind: str, at: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "session_id": exchange.session_id,
+            "request_id": exchange.request_id,
+            "timestamp": at,
+            "schema_version": EVENT_SCHEMA_VERSION,
+            **fields,
+        }
+
+    received_at = stamp(t.received)
+    end_at = stamp(t.last_byte, t.headers_received, t.finished, t.received)
+    finished_at = stamp(t.finished, t.last_byte, t.received)
+
+    summary = exchange.response
+    usage = summary.usage if summary is not None else None
+    body = exchange.request_json
+    events: list[dict[str, Any]] = [
+        event(
+            "started",
+            received_at,
+            model_requested=exchange.model,
+            provider=exchange.provider,
+            listener=exchange.listener,
+            dialect=exchange.dialect,
+            streaming=exchange.streaming,
+            client_ip=exchange.client_ip,
+            user_agent=exchange.user_agent,
+            method=exchange.method,
+            path=exchange.path,
+        ),
+        event(
+            "request_recorded",
+            received_at,
+            request_text=request_text(body),
+            request_json=body,
+            body_bytes=len(exchange.request_body),
+            message_count=_message_count(body),
+            tools=tool_names(body),
+            request_headers=dict(exchange.request_headers),
+        ),
+    ]
+
+    # Only a stream that produced a byte has a time to first token.
+    if exchange.streaming and t.first_byte is not None:
+        events.append(event("stream_started", stamp(t.first_byte), ttft_ms=_round(t.ttft_ms)))
+
+    tool_calls = summary.tool_calls if summary is not None else []
+    if summary is not None or exchange.status is not None:
+        events.append(
+            event(
+                "response_recorded",
+                end_at,
+                status=exchange.status,
+                model_used=summary.model if summary is not None else None,
+                response_id=summary.response_id if summary is not None else None,
+                response_text=summary.text if summary is not None else "",
+                thinking=summary.thinking if summary is not None else "",
+                response_json=summary.message if summary is not None else None,
+                response_error=summary.error if summary is not None else None,
+                stop_reason=summary.stop_reason if summary is not None else None,
+                partial=summary.partial if summary is not None else False,
+                streaming=summary.streaming if summary is not None else exchange.streaming,
+                provider_latency_ms=_round(t.provider_ms),
+                pre_proxy_ms=_round(t.pre_proxy_ms),
+                post_proxy_ms=_round(t.post_proxy_ms),
+                proxy_overhead_ms=_round(t.proxy_overhead_ms),
+                input_tokens=usage.input_tokens if usage else 0,
+                output_tokens=usage.output_tokens if usage else 0,
+                thinking_tokens=usage.thinking_tokens if usage else 0,
+                cache_read_tokens=usage.cache_read_tokens if usage else 0,
+                cache_creation_tokens=usage.cache_creation_tokens if usage else 0,
+                thinking_tokens_exact=usage.thinking_tokens_exact if usage else False,
+                tool_calls=[
+                    {"id": call.id, "name": call.name, "input": call.input} for call in tool_calls
+                ],
+                chunk_count=exchange.chunk_count,
+                event_count=summary.event_count if summary is not None else 0,
+                bytes_out=exchange.bytes_out,
+                chunk_gap_ms=_gap_summary(exchange.chunk_gaps_ms),
+                response_headers=dict(exchange.response_headers),
+            )
+        )
+
+    for index, call in enumerate(tool_calls):
+        events.append(
+            event(
+                "tool_call_recorded",
+                end_at,
+                index=index,
+                tool_name=call.name,
+                tool_call_id=call.id,
+                input=call.input,
+            )
+        )
+
+    input_tokens = usage.input_tokens if usage else 0
+    output_tokens = usage.output_tokens if usage else 0
+    events.append(
+        event(
+            "completed",
+            finished_at,
+            success=exchange.success,
+            outcome=exchange.outcome,
+            error=exchange.error,
+            status=exchange.status,
+            finish_reason=summary.stop_reason if summary is not None else None,
+            model_used=summary.model if summary is not None else None,
+            final_stats={
+                "tokens": {
+                    "input": input_tokens,
+                    "output": output_tokens,
+                    "thinking": usage.thinking_tokens if usage else 0,
+                    "cache_read": usage.cache_read_tokens if usage else 0,
+                    "cache_creation": usage.cache_creation_tokens if usage else 0,
+                    "total": input_tokens + output_tokens,
+                    "thinking_estimated": bool(usage and not usage.thinking_tokens_exact),
+                },
+                "estimated_cost_usd": exchange.cost_usd,
+                "duration_ms": _round(t.total_ms),
+                "proxy_overhead_ms": _round(t.proxy_overhead_ms),
+                "provider_ms": _round(t.provider_ms),
+                "ttft_ms": _round(t.ttft_ms) if t.first_byte is not None else None,
+                "tool_calls": len(tool_calls),
+                "tool_results": [dict(result) for result in exchange.tool_results],
+            },
+        )
+    )
+    return [scrub_secrets(e) for e in events]

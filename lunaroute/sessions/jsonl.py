@@ -1,0 +1,229 @@
+"""
+Session events as JSON lines, one file per session per starting day.
+
+Plain files are the format people grep, tail and feed to C{jq}, and the one
+the database can be rebuilt from (C{lunaroute-server import-sessions}).
+Layout: C{<directory>/<YYYY-MM-DD>/session_<id>.jsonl}, the date being the
+UTC day the session's first recorded event happened.  A session that runs
+past midnight, or across a gateway restart, keeps appending to that file.
+
+Crash safety: each batch is appended to each file with a single C{write}
+call of whole lines, so a process killed between calls leaves only whole
+lines; a file whose tail is torn anyway (disk full mid-write) is cut back to
+its last complete line before anything is appended to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections import OrderedDict
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from lunaroute.dialects.session_id import is_valid_session_id
+from lunaroute.interfaces import ISessionWriter
+from lunaroute.logs import log_observer
+
+__all__ = ["JSONLWriter", "encode_event", "session_file_name"]
+
+log = Logger(observer=log_observer)
+
+# How many earlier day folders are searched for a session's existing file
+# after a restart.  Sessions idle for longer than this start a new file.
+LOOKBACK_DAYS = 7
+
+# Open handles kept between batches; a busy gateway has a few live sessions,
+# and an evicted one is simply reopened.
+MAX_OPEN_FILES = 32
+
+# Remembered session → file mappings (a dict entry is cheap, but a gateway
+# that runs for months must not grow it forever).
+MAX_KNOWN_SESSIONS = 10_000
+
+
+def session_file_name(session_id: Any) -> str:
+    """
+    The file name for a session.  An id that is not safe in a path (see
+    L{is_valid_session_id}) is replaced by a hash of itself, so it still gets
+    a stable file of its own but can never traverse directories.
+    """
+    if is_valid_session_id(session_id):
+        return f"session_{session_id}.jsonl"
+    digest = hashlib.sha256(repr(session_id).encode("utf-8", "backslashreplace")).hexdigest()
+    return f"session_unsafe-{digest[:32]}.jsonl"
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    """
+    One event as one UTF-8 line ending in a newline.
+
+    C{json.dumps} escapes newlines inside strings, so the line can never be
+    split; lone surrogates (from odd client JSON) cannot be encoded as UTF-8
+    and become C{\\uXXXX} escapes, which is still valid JSON.
+    """
+    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text.encode("utf-8", "backslashreplace") + b"\n"
+
+
+def _event_day(event: dict[str, Any]) -> date:
+    stamp = event.get("timestamp")
+    if isinstance(stamp, str):
+        try:
+            return date.fromisoformat(stamp[:10])
+        except ValueError:
+            pass
+    # An event without a usable timestamp still has to go somewhere.
+    return datetime.now(UTC).date()
+
+
+def _trim_torn_tail(handle: io.FileIO) -> None:
+    """Cut an existing file back to its last complete line."""
+    size = os.fstat(handle.fileno()).st_size
+    if size == 0:
+        return
+    if os.pread(handle.fileno(), 1, size - 1) == b"\n":
+        return
+    keep = 0
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(handle.fileno(), end - start, start)
+        at = chunk.rfind(b"\n")
+        if at >= 0:
+            keep = start + at + 1
+            break
+        end = start
+    os.ftruncate(handle.fileno(), keep)
+    log.warn(
+        "cut {n} bytes of an incomplete last line from {path}",
+        n=size - keep,
+        path=handle.name,
+    )
+
+
+@implementer(ISessionWriter)
+class JSONLWriter:
+    """
+    Appends session events to C{<directory>/<day>/session_<id>.jsonl}.
+
+    Not thread-safe: the recorder calls it from its single writer thread.
+    """
+
+    name = "jsonl"
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.abspath(os.path.expanduser(directory))
+        self._paths: OrderedDict[str, str] = OrderedDict()
+        self._files: OrderedDict[str, io.FileIO] = OrderedDict()
+
+    # -- where a session lives --------------------------------------------
+
+    def path_for(self, session_id: Any, day: date) -> str:
+        """
+        The file of C{session_id}: the one already used or found on disk in
+        the last L{LOOKBACK_DAYS} day folders, else a new one under C{day}.
+        """
+        file_name = session_file_name(session_id)
+        known = self._paths.get(file_name)
+        if known is not None:
+            self._paths.move_to_end(file_name)
+            return known
+        path = None
+        for back in range(LOOKBACK_DAYS + 1):
+            candidate = os.path.join(
+                self.directory, (day - timedelta(days=back)).isoformat(), file_name
+            )
+            if os.path.exists(candidate):
+                path = candidate
+                break
+        if path is None:
+            path = os.path.join(self.directory, day.isoformat(), file_name)
+        self._paths[file_name] = path
+        if len(self._paths) > MAX_KNOWN_SESSIONS:
+            self._paths.popitem(last=False)
+        return path
+
+    def _handle(self, path: str) -> io.FileIO:
+        handle = self._files.get(path)
+        if handle is not None:
+            self._files.move_to_end(path)
+            return handle
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Unbuffered: our single write() per batch goes straight to the
+        # kernel, so no half-flushed buffer can split a line.  Readable too,
+        # to check the tail left by an earlier run.
+        handle = open(path, "a+b", buffering=0)  # noqa: SIM115 - cached, closed in close()
+        try:
+            _trim_torn_tail(handle)
+        except OSError:
+            handle.close()
+            raise
+        self._files[path] = handle
+        while len(self._files) > MAX_OPEN_FILES:
+            _, old = self._files.popitem(last=False)
+            old.close()
+        return handle
+
+    def _forget(self, path: str) -> None:
+        handle = self._files.pop(path, None)
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError:
+                pass
+
+    # -- ISessionWriter ----------------------------------------------------
+
+    def write_batch(self, events: list[dict[str, Any]]) -> None:
+        """
+        Append the events, grouped by file, one write per file.  If one file
+        fails the others are still written, then the first error is raised.
+        """
+        lines: dict[str, list[bytes]] = {}
+        for event in events:
+            path = self.path_for(event.get("session_id"), _event_day(event))
+            lines.setdefault(path, []).append(encode_event(event))
+        first_error: BaseException | None = None
+        for path, chunks in lines.items():
+            try:
+                self._append(path, b"".join(chunks))
+            except OSError as exc:
+                self._forget(path)
+                if first_error is None:
+                    first_error = exc
+        if first_error is not None:
+            raise first_error
+
+    def _append(self, path: str, data: bytes) -> None:
+        handle = self._handle(path)
+        fd = handle.fileno()
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            # A regular file takes the whole buffer in one call; the loop only
+            # matters for short writes (e.g. the disk filling up).
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        except OSError:
+            # Take back a partial batch so the file still ends on a whole line.
+            try:
+                os.ftruncate(fd, before)
+            except OSError:
+                pass
+            raise
+
+    def close(self) -> None:
+        """Close every open file."""
+        while self._files:
+            _, handle = self._files.popitem()
+            try:
+                handle.close()
+            except OSError:
+                log.failure("closing a session file failed")

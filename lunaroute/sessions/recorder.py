@@ -1,0 +1,476 @@
+"""
+The recorder service: takes finished exchanges from the proxy and has the
+session writers store them, without ever making the relay wait.
+
+C{record()} runs on the reactor for every request, so it only appends to a
+bounded in-memory queue.  Batches (every C{batch_interval_ms}, or sooner
+once C{batch_size} events are waiting) are turned into events and handed to
+the writers on one dedicated thread, one batch at a time so files and
+database see events in order.  If the disk stalls the queue fills up and new
+exchanges are dropped and counted rather than buffered without limit; a
+writer that raises is logged and counted and the others carry on.  Stopping
+the service drains the queue, so every accepted exchange is on disk before
+the process exits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from lunaroute.exchange import Exchange
+from lunaroute.interfaces import ISessionWriter
+from lunaroute.logs import log_observer
+from lunaroute.sessions.events import exchange_events
+from lunaroute.sessions.jsonl import JSONLWriter
+from lunaroute.sessions.sqlite import SQLiteWriter
+
+__all__ = [
+    "InlineThreadPool",
+    "RecorderService",
+    "event_count",
+    "make_recorder",
+    "make_writers",
+]
+
+log = Logger(observer=log_observer)
+
+# Warnings about dropped events and failing writers repeat at most this
+# often (seconds): a stalled disk must not also flood the log.
+WARNING_INTERVAL = 10.0
+
+DEFAULT_MAX_QUEUE_BYTES = 256 * 1024 * 1024
+
+
+class InlineThreadPool:
+    """
+    A stand-in for L{ThreadPool} that runs work immediately in the calling
+    thread.  With it and a L{twisted.internet.task.Clock}, recorder tests
+    are deterministic: a batch is on disk when C{clock.advance()} returns.
+    """
+
+    inline = True
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.started = False
+
+    def callInThread(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        func(*args, **kwargs)
+
+    def callInThreadWithCallback(
+        self,
+        onResult: Callable[[bool, Any], None],
+        func: Callable[..., Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            result = func(*args, **kwargs)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class _SameThread:
+    """C{callFromThread} for an inline pool: we already are on that thread."""
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+def event_count(exchange: Exchange) -> int:
+    """How many events L{exchange_events} will make of C{exchange}."""
+    n = 3  # started, request_recorded, completed
+    if exchange.response is not None or exchange.status is not None:
+        n += 1
+        if exchange.response is not None:
+            n += len(exchange.response.tool_calls)
+    if exchange.streaming and exchange.timings.first_byte is not None:
+        n += 1
+    return n
+
+
+def _queued_bytes(exchange: Exchange) -> int:
+    # Only a rough measure of what the queued exchange keeps alive: the
+    # request body (its parsed JSON is of the same order) and the response.
+    return len(exchange.request_body) + exchange.bytes_out
+
+
+@dataclass
+class _BatchResult:
+    """What one batch did, computed in the writer thread."""
+
+    events: int = 0
+    failures: list[tuple[str, Failure]] = field(default_factory=list)
+
+
+class RecorderService(Service):
+    """
+    Queues exchanges and writes them in batches, off the reactor thread.
+
+    Metrics: L{queue_depth} (events waiting), C{dropped_events},
+    C{written_events} (events of batches every writer accepted),
+    C{write_failures} (failed writer calls, with C{write_failures_by_writer}).
+
+    @param clock: schedules the flushes; it must also provide
+        C{IReactorFromThreads} (the real reactor does) unless C{threadpool}
+        is an L{InlineThreadPool}.
+    @param threadpool: where batches run; by default a dedicated
+        C{ThreadPool(1, 1)} that the service starts and stops.  A pool passed
+        in is not started or stopped here.
+    """
+
+    name = "recorder"
+
+    def __init__(
+        self,
+        writers: list[ISessionWriter],
+        clock: IReactorTime,
+        batch_size: int = 100,
+        batch_interval_ms: int = 100,
+        max_queue_events: int = 10_000,
+        threadpool: Any = None,
+        max_queue_bytes: int | None = DEFAULT_MAX_QUEUE_BYTES,
+    ) -> None:
+        if batch_size < 1 or batch_interval_ms <= 0 or max_queue_events < 1:
+            raise ValueError("batch_size, batch_interval_ms and max_queue_events must be positive")
+        self.writers = list(writers)
+        self.clock = clock
+        self.batch_size = batch_size
+        self.batch_interval = batch_interval_ms / 1000.0
+        self.max_queue_events = max_queue_events
+        self.max_queue_bytes = max_queue_bytes
+        inline = getattr(threadpool, "inline", False)
+        if IReactorFromThreads.providedBy(clock):
+            self._threads: Any = clock
+        elif inline:
+            self._threads = _SameThread()
+        else:
+            raise ValueError("a clock without callFromThread needs an InlineThreadPool")
+        self._own_pool = threadpool is None
+        self._pool = threadpool if threadpool is not None else ThreadPool(1, 1, name="lunaroute-recorder")
+
+        self._queue: deque[tuple[Exchange, int, int]] = deque()
+        self._queued_events = 0
+        self._queued_bytes = 0
+        self._in_flight: Deferred[None] | None = None
+        self._flush_call: IDelayedCall | None = None
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+        self._closed = False
+        self._stopping: Deferred[None] | None = None
+        self._last_drop_warning: float | None = None
+        self._dropped_since_warning = 0
+        self._last_failure_log: dict[str, float] = {}
+
+        self.dropped_events = 0
+        self.written_events = 0
+        self.write_failures = 0
+        self.write_failures_by_writer: dict[str, int] = {}
+
+    # -- metrics -----------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Events accepted but not yet handed to the writers."""
+        return self._queued_events
+
+    # -- the hot path ------------------------------------------------------
+
+    def record(self, exchange: Exchange) -> None:
+        """
+        Accept a finished exchange for recording.  O(1), never blocks, never
+        raises; exchanges that are not conversations (token counting, model
+        lists) are not recorded.
+        """
+        try:
+            if not exchange.is_conversation:
+                return
+            n = event_count(exchange)
+            size = _queued_bytes(exchange)
+            if self._closed or self._queued_events + n > self.max_queue_events or (
+                self.max_queue_bytes is not None
+                and self._queue
+                and self._queued_bytes + size > self.max_queue_bytes
+            ):
+                self._drop(n)
+                return
+            self._queue.append((exchange, n, size))
+            self._queued_events += n
+            self._queued_bytes += size
+            if self._queued_events >= self.batch_size and self.running:
+                self._schedule_flush()
+        except Exception:
+            log.failure("recording an exchange failed")
+
+    def _drop(self, n: int) -> None:
+        self.dropped_events += n
+        self._dropped_since_warning += n
+        now = self.clock.seconds()
+        if self._last_drop_warning is None or now - self._last_drop_warning >= WARNING_INTERVAL:
+            log.warn(
+                "session recording queue is full ({depth} events waiting): dropped "
+                "{n} event(s), {total} in all",
+                depth=self._queued_events,
+                n=self._dropped_since_warning,
+                total=self.dropped_events,
+            )
+            self._last_drop_warning = now
+            self._dropped_since_warning = 0
+
+    def _schedule_flush(self) -> None:
+        # Never flush inside record(): it runs in the proxy's observer loop.
+        if self._flush_call is None or not self._flush_call.active():
+            self._flush_call = self.clock.callLater(0, self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_call = None
+        self._flush()
+
+    def _tick(self) -> None:
+        self._flush()
+
+    # -- batches -----------------------------------------------------------
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._threads, self._pool, fn, *args)
+
+    def _take_batch(self) -> list[Exchange]:
+        batch: list[Exchange] = []
+        events = 0
+        while self._queue and events < self.batch_size:
+            exchange, n, size = self._queue.popleft()
+            self._queued_events -= n
+            self._queued_bytes -= size
+            events += n
+            batch.append(exchange)
+        return batch
+
+    def _flush(self) -> Deferred[None] | None:
+        """Start writing the next batch unless one is already being written."""
+        if self._in_flight is not None or not self._queue:
+            return self._in_flight
+        batch = self._take_batch()
+        d = self._in_thread(self._write_batch, batch)
+        self._in_flight = d
+        d.addBoth(self._batch_done)
+        return d
+
+    def _write_batch(self, batch: list[Exchange]) -> _BatchResult:
+        """Runs in the writer thread: make the events, give them to each writer."""
+        result = _BatchResult()
+        events: list[dict[str, Any]] = []
+        for exchange in batch:
+            try:
+                events.extend(exchange_events(exchange))
+            except Exception:
+                failure = Failure()
+                failure.cleanFailure()
+                result.failures.append(("events", failure))
+        result.events = len(events)
+        if not events:
+            return result
+        for writer in self.writers:
+            try:
+                writer.write_batch(events)
+            except Exception:
+                failure = Failure()
+                failure.cleanFailure()
+                result.failures.append((getattr(writer, "name", repr(writer)), failure))
+        return result
+
+    def _batch_done(self, result: _BatchResult | Failure) -> None:
+        self._in_flight = None
+        if isinstance(result, Failure):
+            # Only a bug in this module gets here; the writers' own errors
+            # are in the result.
+            log.failure("session recording batch failed", failure=result)
+            self.write_failures += 1
+        else:
+            if not result.failures:
+                self.written_events += result.events
+            for writer_name, failure in result.failures:
+                self._writer_failed(writer_name, failure, result.events)
+        # A burst may have queued more than one batch: keep going promptly.
+        if self._queued_events >= self.batch_size and self.running:
+            self._schedule_flush()
+
+    def _writer_failed(self, writer_name: str, failure: Failure, events: int) -> None:
+        self.write_failures += 1
+        self.write_failures_by_writer[writer_name] = self.write_failures_by_writer.get(writer_name, 0) + 1
+        now = self.clock.seconds()
+        last = self._last_failure_log.get(writer_name)
+        if last is None or now - last >= WARNING_INTERVAL:
+            self._last_failure_log[writer_name] = now
+            log.failure(
+                "session writer {writer} failed ({count} failure(s) so far); "
+                "{events} event(s) of this batch not recorded by it",
+                failure=failure,
+                writer=writer_name,
+                count=self.write_failures_by_writer[writer_name],
+                events=events,
+            )
+
+    # -- thread-side lifecycle ---------------------------------------------
+
+    def _open_writers(self) -> _BatchResult:
+        """Let writers that can (SQLite: schema upgrade) open at start-up."""
+        result = _BatchResult()
+        for writer in self.writers:
+            opener = getattr(writer, "open", None)
+            if opener is None:
+                continue
+            try:
+                opener()
+            except Exception:
+                failure = Failure()
+                failure.cleanFailure()
+                result.failures.append((getattr(writer, "name", repr(writer)), failure))
+        return result
+
+    def _close_writers(self) -> _BatchResult:
+        result = _BatchResult()
+        for writer in self.writers:
+            try:
+                writer.close()
+            except Exception:
+                failure = Failure()
+                failure.cleanFailure()
+                result.failures.append((getattr(writer, "name", repr(writer)), failure))
+        return result
+
+    # -- IService ----------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if self._own_pool:
+            self._pool.start()
+        d = self._in_thread(self._open_writers)
+        self._in_flight = d
+        d.addBoth(self._batch_done)
+        self._loop.start(self.batch_interval, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop the timer, write everything still queued (in as many batches as
+        it takes), close the writers and the thread pool.  The Deferred fires
+        when all accepted events are on disk.
+        """
+        if self._stopping is not None:
+            return self._stopping
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self._stopping = self._shut_down()
+        return self._stopping
+
+    @inlineCallbacks
+    def _shut_down(self) -> Any:
+        if self._own_pool and not self._pool.started:
+            # Stopped without having been started: the queue still has to
+            # reach the disk.
+            self._pool.start()
+        try:
+            yield self._drain()
+            self._closed = True
+            result = yield self._in_thread(self._close_writers)
+            for writer_name, failure in result.failures:
+                self._writer_failed(writer_name, failure, 0)
+        finally:
+            self._closed = True
+            if self._own_pool:
+                self._pool.stop()
+        log.info(
+            "session recorder stopped: {written} event(s) written, {dropped} dropped, "
+            "{failures} writer failure(s)",
+            written=self.written_events,
+            dropped=self.dropped_events,
+            failures=self.write_failures,
+        )
+
+    @inlineCallbacks
+    def _drain(self) -> Any:
+        while True:
+            if self._in_flight is not None:
+                yield _when_done(self._in_flight)
+                continue
+            if not self._queue:
+                return
+            self._flush()
+
+    def flush(self) -> Deferred[None]:
+        """
+        Write everything queued now (for tests and for a future admin
+        command); fires when the queue is empty.
+        """
+        return self._drain()
+
+
+def _when_done(d: Deferred[Any]) -> Deferred[None]:
+    """A Deferred that fires when C{d} does, leaving C{d}'s result alone."""
+    if d.called:
+        return succeed(None)
+    waiter: Deferred[None] = Deferred()
+
+    def fire(result: Any) -> Any:
+        waiter.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return waiter
+
+
+# --------------------------------------------------------------------------
+# Wiring
+
+
+def make_writers(recording_settings: Any) -> list[ISessionWriter]:
+    """The writers C{session_recording} enables: JSONL, SQLite, both or none."""
+    writers: list[ISessionWriter] = []
+    if recording_settings.jsonl_enabled:
+        writers.append(JSONLWriter(os.path.expanduser(recording_settings.jsonl_dir)))
+    if recording_settings.sqlite_enabled:
+        writers.append(SQLiteWriter(os.path.expanduser(recording_settings.db_path)))
+    return writers
+
+
+def make_recorder(recording_settings: Any, clock: IReactorTime) -> RecorderService | None:
+    """
+    A recorder for the settings, or C{None} when recording is disabled or
+    no writer is enabled.
+    """
+    if not recording_settings.enabled:
+        return None
+    writers = make_writers(recording_settings)
+    if not writers:
+        log.warn("session recording is enabled but neither jsonl nor sqlite is; nothing is recorded")
+        return None
+    return RecorderService(
+        writers,
+        clock,
+        batch_size=recording_settings.batch_size,
+        batch_interval_ms=recording_settings.batch_interval_ms,
+        max_queue_events=recording_settings.max_queue_events,
+    )

@@ -1,0 +1,851 @@
+"""
+Session events in SQLite: one row per session, one per request, one per
+tool call, and a full-text index over what was asked and answered.
+
+The database is the queryable view of the recordings (the session API, the
+UI, ad-hoc C{sqlite3} queries).  Every row is built from the session events
+alone, never from L{Exchange} objects, and every write is an upsert keyed by
+request id, with the session rows recomputed from their request rows: so
+C{lunaroute-server import-sessions} can rebuild the database by replaying
+the JSONL files through L{SQLiteWriter.write_batch}, and replaying the same
+events twice changes nothing.
+
+WAL mode with C{synchronous=NORMAL} and one transaction per batch: a killed
+gateway leaves a consistent database (the last batch is either all there or
+not at all).  The schema version lives in C{PRAGMA user_version}; the
+ordered steps in L{MIGRATIONS} bring an older database up to date in place,
+each in its own transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from lunaroute.interfaces import ISessionStore, ISessionWriter
+from lunaroute.logs import log_observer
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SQLiteSessionStore",
+    "SQLiteWriter",
+    "SchemaTooNew",
+    "ThreadedSessionStore",
+    "connect",
+    "fts_query",
+    "migrate",
+]
+
+log = Logger(observer=log_observer)
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer LunaRoute; we must not touch it."""
+
+
+# --------------------------------------------------------------------------
+# Schema.  Append new steps; never edit a released one.
+
+_V1 = (
+    """
+    CREATE TABLE sessions (
+        session_id TEXT PRIMARY KEY,
+        started_at TEXT,
+        last_activity TEXT,
+        model_used TEXT,
+        provider TEXT,
+        listener TEXT,
+        request_count INTEGER NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        thinking_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
+        total_tokens INTEGER GENERATED ALWAYS AS (input_tokens + output_tokens) VIRTUAL,
+        tool_call_count INTEGER NOT NULL DEFAULT 0,
+        success INTEGER,
+        duration_ms REAL,
+        user_agent TEXT,
+        client_ip TEXT
+    )
+    """,
+    "CREATE INDEX sessions_started_at ON sessions (started_at)",
+    "CREATE INDEX sessions_last_activity ON sessions (last_activity)",
+    "CREATE INDEX sessions_model_used ON sessions (model_used)",
+    # An explicit INTEGER PRIMARY KEY (rather than request_id) gives the
+    # full-text index a rowid that VACUUM cannot renumber.
+    """
+    CREATE TABLE session_stats (
+        id INTEGER PRIMARY KEY,
+        request_id TEXT NOT NULL UNIQUE,
+        session_id TEXT NOT NULL,
+        started_at TEXT,
+        completed_at TEXT,
+        model_requested TEXT,
+        model_used TEXT,
+        provider TEXT,
+        listener TEXT,
+        dialect TEXT,
+        method TEXT,
+        path TEXT,
+        streaming INTEGER,
+        client_ip TEXT,
+        user_agent TEXT,
+        status INTEGER,
+        outcome TEXT,
+        success INTEGER,
+        error TEXT,
+        stop_reason TEXT,
+        partial INTEGER,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        thinking_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
+        total_tokens INTEGER GENERATED ALWAYS AS (input_tokens + output_tokens) VIRTUAL,
+        thinking_estimated INTEGER,
+        tool_call_count INTEGER NOT NULL DEFAULT 0,
+        chunk_count INTEGER,
+        bytes_out INTEGER,
+        duration_ms REAL,
+        ttft_ms REAL,
+        provider_ms REAL,
+        pre_proxy_ms REAL,
+        post_proxy_ms REAL,
+        proxy_overhead_ms REAL,
+        request_bytes INTEGER,
+        message_count INTEGER,
+        tools_offered TEXT,
+        request_text TEXT,
+        response_text TEXT,
+        thinking_text TEXT,
+        request_json TEXT,
+        response_json TEXT
+    )
+    """,
+    "CREATE INDEX session_stats_session ON session_stats (session_id, started_at)",
+    """
+    CREATE TABLE tool_call_executions (
+        request_id TEXT NOT NULL,
+        call_index INTEGER NOT NULL,
+        tool_call_id TEXT,
+        session_id TEXT NOT NULL,
+        tool_name TEXT,
+        input_json TEXT,
+        duration_ms REAL,
+        created_at TEXT,
+        PRIMARY KEY (request_id, call_index)
+    )
+    """,
+    "CREATE INDEX tool_call_executions_session ON tool_call_executions (session_id, tool_call_id)",
+    "CREATE INDEX tool_call_executions_tool ON tool_call_executions (tool_name)",
+    """
+    CREATE TABLE stream_metrics (
+        request_id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        ttft_ms REAL,
+        chunk_count INTEGER,
+        event_count INTEGER,
+        bytes_out INTEGER,
+        stream_ms REAL,
+        chunk_gap_mean_ms REAL,
+        chunk_gap_p50_ms REAL,
+        chunk_gap_p95_ms REAL,
+        chunk_gap_max_ms REAL
+    )
+    """,
+    "CREATE INDEX stream_metrics_session ON stream_metrics (session_id)",
+    # The original's tool_stats table, as a view so it can never disagree.
+    """
+    CREATE VIEW tool_stats AS
+    SELECT session_id, tool_name,
+           COUNT(*) AS call_count,
+           COUNT(duration_ms) AS timed_count,
+           AVG(duration_ms) AS avg_duration_ms,
+           MAX(duration_ms) AS max_duration_ms
+    FROM tool_call_executions
+    GROUP BY session_id, tool_name
+    """,
+)
+
+_V2 = (
+    # Statistics: estimated cost and tool result timings.
+    "ALTER TABLE sessions ADD COLUMN estimated_cost_usd REAL",
+    "ALTER TABLE sessions ADD COLUMN cost_complete INTEGER",
+    "ALTER TABLE session_stats ADD COLUMN estimated_cost_usd REAL",
+    "ALTER TABLE session_stats ADD COLUMN tool_results_json TEXT",
+    "ALTER TABLE tool_call_executions ADD COLUMN result_request_id TEXT",
+    # Full-text search.  External content: the text is stored once, in
+    # session_stats, and the writer keeps the index in step by hand.
+    """
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        request_id UNINDEXED,
+        session_id UNINDEXED,
+        request_text,
+        response_text,
+        thinking_text,
+        content='session_stats',
+        content_rowid='id',
+        tokenize='unicode61 remove_diacritics 2'
+    )
+    """,
+    "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_FTS_COLUMNS = ("request_id", "session_id", "request_text", "response_text", "thinking_text")
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """
+    Apply the missing schema steps up to C{target}, each in its own
+    transaction, and return the resulting version.  Safe against another
+    connection migrating at the same time (the version is re-read under the
+    write lock).  C{conn} must be in autocommit mode (C{isolation_level=None}).
+
+    @raise SchemaTooNew: the database is newer than this code.
+    """
+    while True:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"database schema version {version} is newer than this LunaRoute "
+                f"understands ({SCHEMA_VERSION})"
+            )
+        if version >= target:
+            return version
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < target:
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+                # PRAGMA does not take parameters; version is our own int.
+                conn.execute(f"PRAGMA user_version = {int(version) + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if version < target:
+            log.info("session database upgraded to schema version {version}", version=version + 1)
+
+
+def connect(db_path: str, target: int = SCHEMA_VERSION) -> sqlite3.Connection:
+    """
+    Open (creating if needed) the session database in WAL mode and bring its
+    schema up to C{target}.  The connection is in autocommit mode: callers
+    issue C{BEGIN}/C{COMMIT} themselves.
+    """
+    if db_path != ":memory:":
+        directory = os.path.dirname(os.path.abspath(db_path))
+        os.makedirs(directory, exist_ok=True)
+    conn = sqlite3.connect(db_path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        migrate(conn, target)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# --------------------------------------------------------------------------
+# Values
+
+
+def _text(value: Any) -> str | None:
+    """
+    A string SQLite can store.  Lone surrogates (from odd client JSON) cannot
+    be encoded as UTF-8 and become visible C{\\udXXX} escapes instead.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = str(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    return _text(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+
+
+def _bool(value: Any) -> int | None:
+    return None if value is None else int(bool(value))
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _dict(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+# --------------------------------------------------------------------------
+# Events → columns.  Each function gives the session_stats columns one
+# event type owns; the upsert sets exactly those, so events may arrive in
+# any grouping and replaying one is harmless.
+
+
+def _started_columns(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "started_at": _text(event.get("timestamp")),
+        "model_requested": _text(event.get("model_requested")),
+        "provider": _text(event.get("provider")),
+        "listener": _text(event.get("listener")),
+        "dialect": _text(event.get("dialect")),
+        "method": _text(event.get("method")),
+        "path": _text(event.get("path")),
+        "streaming": _bool(event.get("streaming")),
+        "client_ip": _text(event.get("client_ip")),
+        "user_agent": _text(event.get("user_agent")),
+    }
+
+
+def _request_columns(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "request_text": _text(event.get("request_text") or ""),
+        "request_json": _json(event.get("request_json")),
+        "request_bytes": _int(event.get("body_bytes")),
+        "message_count": _int(event.get("message_count")),
+        "tools_offered": _json(event.get("tools") or []),
+    }
+
+
+def _response_columns(event: Mapping[str, Any]) -> dict[str, Any]:
+    columns = {
+        "response_text": _text(event.get("response_text") or ""),
+        "thinking_text": _text(event.get("thinking") or ""),
+        "response_json": _json(event.get("response_json")),
+        "model_used": _text(event.get("model_used")),
+        "stop_reason": _text(event.get("stop_reason")),
+        "partial": _bool(event.get("partial")),
+        "provider_ms": _num(event.get("provider_latency_ms")),
+        "pre_proxy_ms": _num(event.get("pre_proxy_ms")),
+        "post_proxy_ms": _num(event.get("post_proxy_ms")),
+        "proxy_overhead_ms": _num(event.get("proxy_overhead_ms")),
+        "input_tokens": _int(event.get("input_tokens")),
+        "output_tokens": _int(event.get("output_tokens")),
+        "thinking_tokens": _int(event.get("thinking_tokens")),
+        "cache_read_tokens": _int(event.get("cache_read_tokens")),
+        "cache_creation_tokens": _int(event.get("cache_creation_tokens")),
+        "thinking_estimated": _bool(not event.get("thinking_tokens_exact", False)),
+        "tool_call_count": len(event.get("tool_calls") or []),
+        "chunk_count": _int(event.get("chunk_count")),
+        "bytes_out": _int(event.get("bytes_out")),
+    }
+    if event.get("status") is not None:
+        columns["status"] = _int(event.get("status"))
+    return columns
+
+
+def _completed_columns(event: Mapping[str, Any]) -> dict[str, Any]:
+    stats = _dict(event.get("final_stats"))
+    tokens = _dict(stats.get("tokens"))
+    columns: dict[str, Any] = {
+        "completed_at": _text(event.get("timestamp")),
+        "success": _bool(event.get("success")),
+        "outcome": _text(event.get("outcome")),
+        "error": _text(event.get("error")),
+        "duration_ms": _num(stats.get("duration_ms")),
+        "estimated_cost_usd": _num(stats.get("estimated_cost_usd")),
+        "tool_results_json": _json(stats.get("tool_results") or []),
+        # The token totals are repeated here so a request whose response
+        # event is missing (a file cut short) still counts.
+        "input_tokens": _int(tokens.get("input")),
+        "output_tokens": _int(tokens.get("output")),
+        "thinking_tokens": _int(tokens.get("thinking")),
+        "cache_read_tokens": _int(tokens.get("cache_read")),
+        "cache_creation_tokens": _int(tokens.get("cache_creation")),
+    }
+    # The response event owns these; only fill them when it said nothing.
+    for column, key in (("status", "status"), ("model_used", "model_used"), ("stop_reason", "finish_reason")):
+        if event.get(key) is not None:
+            columns[column] = _int(event[key]) if column == "status" else _text(event[key])
+    if stats.get("ttft_ms") is not None:
+        columns["ttft_ms"] = _num(stats.get("ttft_ms"))
+    return columns
+
+
+_COLUMNS_BY_TYPE: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "started": _started_columns,
+    "request_recorded": _request_columns,
+    "stream_started": lambda event: {"ttft_ms": _num(event.get("ttft_ms"))},
+    "response_recorded": _response_columns,
+    "tool_call_recorded": lambda event: {},
+    "completed": _completed_columns,
+}
+
+
+_SESSION_COLUMNS = (
+    "started_at",
+    "last_activity",
+    "model_used",
+    "provider",
+    "listener",
+    "request_count",
+    "input_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "tool_call_count",
+    "success",
+    "duration_ms",
+    "estimated_cost_usd",
+    "cost_complete",
+    "user_agent",
+    "client_ip",
+)
+
+# A session row is a pure function of its request rows, so it can be
+# recomputed after every batch instead of being incremented (which replays
+# would double).  The "latest" columns come from the most recent request.
+_RECOMPUTE_SESSION = f"""
+WITH reqs AS (
+    SELECT *, COALESCE(started_at, completed_at) AS at FROM session_stats WHERE session_id = :sid
+), latest AS (
+    SELECT * FROM reqs ORDER BY at DESC, id DESC LIMIT 1
+)
+INSERT INTO sessions (session_id, {", ".join(_SESSION_COLUMNS)})
+SELECT
+    :sid,
+    MIN(at),
+    MAX(COALESCE(completed_at, at)),
+    (SELECT COALESCE(model_used, model_requested) FROM latest),
+    (SELECT provider FROM latest),
+    (SELECT listener FROM latest),
+    COUNT(*),
+    SUM(input_tokens),
+    SUM(output_tokens),
+    SUM(thinking_tokens),
+    SUM(cache_read_tokens),
+    SUM(cache_creation_tokens),
+    SUM(tool_call_count),
+    MIN(success),
+    ROUND((julianday(MAX(COALESCE(completed_at, at))) - julianday(MIN(at))) * 86400000.0, 3),
+    SUM(estimated_cost_usd),
+    COUNT(*) = COUNT(estimated_cost_usd),
+    (SELECT user_agent FROM latest),
+    (SELECT client_ip FROM latest)
+FROM reqs
+WHERE 1
+ON CONFLICT (session_id) DO UPDATE SET
+    {", ".join(f"{c} = excluded.{c}" for c in _SESSION_COLUMNS)}
+"""
+
+
+@implementer(ISessionWriter)
+class SQLiteWriter:
+    """
+    Writes session events into the SQLite database at C{db_path}.
+
+    The connection is opened on first use, in the recorder's writer thread
+    (L{open} lets the recorder do it at start-up, so the schema is upgraded
+    then).  Not thread-safe: one writer thread at a time.
+    """
+
+    name = "sqlite"
+
+    def __init__(self, db_path: str) -> None:
+        self.db_path = db_path if db_path == ":memory:" else os.path.expanduser(db_path)
+        self._conn: sqlite3.Connection | None = None
+        self._sql_cache: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def open(self) -> None:
+        """Open the database and upgrade its schema now rather than lazily."""
+        self._connection()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.db_path)
+        return self._conn
+
+    # -- ISessionWriter ----------------------------------------------------
+
+    def write_batch(self, events: list[dict[str, Any]]) -> None:
+        """
+        Apply the events in one transaction: upsert request and tool-call
+        rows, keep the search index in step, recompute the touched sessions.
+        Events without a string C{type}, C{session_id} and C{request_id}, or
+        of an unknown type, are skipped.
+        """
+        by_request: dict[str, list[Mapping[str, Any]]] = {}
+        for event in events:
+            if not isinstance(event, Mapping) or event.get("type") not in _COLUMNS_BY_TYPE:
+                continue
+            request_id, session_id = event.get("request_id"), event.get("session_id")
+            if not isinstance(request_id, str) or not isinstance(session_id, str):
+                continue
+            by_request.setdefault(request_id, []).append(event)
+        if not by_request:
+            return
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            touched: set[str] = set()
+            for request_id, request_events in by_request.items():
+                touched |= self._apply_request(conn, request_id, request_events)
+            for session_id in touched:
+                self._recompute_session(conn, session_id)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.Error):
+                # The connection may be unusable (disk I/O error, file
+                # replaced); start afresh on the next batch.
+                self._drop_connection()
+            raise
+
+    def close(self) -> None:
+        """Close the connection (WAL is checkpointed by SQLite on close)."""
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                log.failure("closing the session database failed")
+
+    # -- rows --------------------------------------------------------------
+
+    def _upsert_sql(self, table: str, key: tuple[str, ...], columns: tuple[str, ...]) -> str:
+        cached = self._sql_cache.get((table, columns))
+        if cached is not None:
+            return cached
+        names = ", ".join(columns)
+        marks = ", ".join("?" for _ in columns)
+        updates = [f"{c} = excluded.{c}" for c in columns if c not in key]
+        action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
+        sql = f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({', '.join(key)}) {action}"
+        self._sql_cache[(table, columns)] = sql
+        return sql
+
+    def _upsert(
+        self, conn: sqlite3.Connection, table: str, key: tuple[str, ...], row: Mapping[str, Any]
+    ) -> None:
+        columns = tuple(row)
+        conn.execute(self._upsert_sql(table, key, columns), tuple(row.values()))
+
+    def _fts_row(self, conn: sqlite3.Connection, request_id: str) -> tuple[Any, ...] | None:
+        return conn.execute(
+            f"SELECT id, {', '.join(_FTS_COLUMNS)} FROM session_stats WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+
+    def _apply_request(
+        self, conn: sqlite3.Connection, request_id: str, events: Iterable[Mapping[str, Any]]
+    ) -> set[str]:
+        """Apply one request's events; return the sessions whose rows changed."""
+        before = self._fts_row(conn, request_id)
+        touched = {before["session_id"]} if before is not None else set()
+        for event in events:
+            session_id = event["session_id"]
+            touched.add(session_id)
+            row = {"request_id": request_id, "session_id": session_id}
+            row.update(_COLUMNS_BY_TYPE[event["type"]](event))
+            self._upsert(conn, "session_stats", ("request_id",), row)
+            kind = event["type"]
+            if kind == "tool_call_recorded":
+                self._tool_call(conn, event)
+            elif kind == "completed":
+                self._tool_results(conn, event)
+            if kind in ("stream_started", "response_recorded"):
+                self._stream_metrics(conn, event)
+        after = self._fts_row(conn, request_id)
+        # External-content FTS: the old entry must be deleted with exactly
+        # the values it was indexed with, then the new values indexed.
+        if before is None or tuple(before) != tuple(after):
+            placeholders = ", ".join("?" for _ in range(len(_FTS_COLUMNS) + 1))
+            names = ", ".join(_FTS_COLUMNS)
+            if before is not None:
+                conn.execute(
+                    f"INSERT INTO messages_fts (messages_fts, rowid, {names}) "
+                    f"VALUES ('delete', {placeholders})",
+                    tuple(before),
+                )
+            conn.execute(
+                f"INSERT INTO messages_fts (rowid, {names}) VALUES ({placeholders})",
+                tuple(after),
+            )
+        return touched
+
+    def _tool_call(self, conn: sqlite3.Connection, event: Mapping[str, Any]) -> None:
+        self._upsert(
+            conn,
+            "tool_call_executions",
+            ("request_id", "call_index"),
+            {
+                "request_id": event["request_id"],
+                "call_index": _int(event.get("index")),
+                "tool_call_id": _text(event.get("tool_call_id")),
+                "session_id": event["session_id"],
+                "tool_name": _text(event.get("tool_name")),
+                "input_json": _json(event.get("input")),
+                "created_at": _text(event.get("timestamp")),
+            },
+        )
+
+    def _tool_results(self, conn: sqlite3.Connection, event: Mapping[str, Any]) -> None:
+        """A request carrying tool results times the calls that asked for them."""
+        results = _dict(event.get("final_stats")).get("tool_results") or []
+        for result in results:
+            if not isinstance(result, Mapping) or not result.get("tool_call_id"):
+                continue
+            conn.execute(
+                "UPDATE tool_call_executions SET duration_ms = ?, result_request_id = ? "
+                "WHERE session_id = ? AND tool_call_id = ?",
+                (
+                    _num(result.get("duration_ms")),
+                    event["request_id"],
+                    event["session_id"],
+                    _text(result["tool_call_id"]),
+                ),
+            )
+
+    def _stream_metrics(self, conn: sqlite3.Connection, event: Mapping[str, Any]) -> None:
+        row: dict[str, Any] = {"request_id": event["request_id"], "session_id": event["session_id"]}
+        if event["type"] == "stream_started":
+            row["ttft_ms"] = _num(event.get("ttft_ms"))
+        else:
+            if not event.get("streaming"):
+                return
+            gaps = _dict(event.get("chunk_gap_ms"))
+            row.update(
+                chunk_count=_int(event.get("chunk_count")),
+                event_count=_int(event.get("event_count")),
+                bytes_out=_int(event.get("bytes_out")),
+                stream_ms=_num(event.get("provider_latency_ms")),
+                chunk_gap_mean_ms=_num(gaps.get("mean")),
+                chunk_gap_p50_ms=_num(gaps.get("p50")),
+                chunk_gap_p95_ms=_num(gaps.get("p95")),
+                chunk_gap_max_ms=_num(gaps.get("max")),
+            )
+        self._upsert(conn, "stream_metrics", ("request_id",), row)
+
+    def _recompute_session(self, conn: sqlite3.Connection, session_id: str) -> None:
+        count = conn.execute(
+            "SELECT COUNT(*) FROM session_stats WHERE session_id = ?", (session_id,)
+        ).fetchone()[0]
+        if count == 0:
+            conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            return
+        conn.execute(_RECOMPUTE_SESSION, {"sid": session_id})
+
+
+# --------------------------------------------------------------------------
+# Reading
+
+
+def fts_query(text: str) -> str:
+    """
+    Turn user text into an FTS5 query that matches rows containing every
+    word, with no FTS5 syntax (C{AND}, C{NEAR}, C{*}, quotes, column filters)
+    taking effect: each word becomes a quoted string.
+    """
+    words = text.split()
+    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
+
+
+_BODY_COLUMNS = ("request_json", "response_json")
+_JSON_COLUMNS = ("request_json", "response_json", "tools_offered", "tool_results_json", "input_json")
+
+
+def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for column in _JSON_COLUMNS:
+        if isinstance(out.get(column), str):
+            try:
+                out[column] = json.loads(out[column])
+            except ValueError:
+                pass
+    return out
+
+
+class SQLiteSessionStore:
+    """
+    Read-side queries over the session database, as plain blocking calls.
+    Each call opens its own short-lived connection, so calls may come from
+    any thread; WAL lets them read while the recorder writes.
+    """
+
+    def __init__(self, db_path: str) -> None:
+        self.db_path = os.path.expanduser(db_path)
+
+    def _connect(self) -> sqlite3.Connection:
+        return connect(self.db_path)
+
+    def list_sessions(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Session rows, most recently active first."""
+        conn = self._connect()
+        try:
+            rows = conn.execute(
+                "SELECT * FROM sessions ORDER BY last_activity DESC, session_id LIMIT ? OFFSET ?",
+                (int(limit), int(offset)),
+            ).fetchall()
+            return [_row_dict(r) for r in rows]
+        finally:
+            conn.close()
+
+    def get_session(self, session_id: str, include_bodies: bool = False) -> dict[str, Any] | None:
+        """
+        One session row with its C{requests} (oldest first) and
+        C{tool_calls}; the full request/response JSON only when
+        C{include_bodies} (they can be megabytes per request).
+        """
+        conn = self._connect()
+        try:
+            row = conn.execute("SELECT * FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+            if row is None:
+                return None
+            session = _row_dict(row)
+            requests = []
+            for request in conn.execute(
+                "SELECT * FROM session_stats WHERE session_id = ? "
+                "ORDER BY COALESCE(started_at, completed_at), id",
+                (session_id,),
+            ):
+                item = _row_dict(request)
+                if not include_bodies:
+                    for column in _BODY_COLUMNS:
+                        item.pop(column, None)
+                requests.append(item)
+            session["requests"] = requests
+            session["tool_calls"] = [
+                _row_dict(r)
+                for r in conn.execute(
+                    "SELECT * FROM tool_call_executions WHERE session_id = ? "
+                    "ORDER BY created_at, request_id, call_index",
+                    (session_id,),
+                )
+            ]
+            return session
+        finally:
+            conn.close()
+
+    def get_request(self, request_id: str) -> dict[str, Any] | None:
+        """One request row with its request and response JSON."""
+        conn = self._connect()
+        try:
+            row = conn.execute("SELECT * FROM session_stats WHERE request_id = ?", (request_id,)).fetchone()
+            return _row_dict(row) if row is not None else None
+        finally:
+            conn.close()
+
+    def search(self, text: str, limit: int = 20) -> list[dict[str, Any]]:
+        """
+        Sessions whose request, response or thinking text contains every
+        word of C{text}, best match first; each carries a C{match} with the
+        best matching C{request_id} and a C{snippet}.
+        """
+        query = fts_query(text)
+        if not query:
+            return []
+        conn = self._connect()
+        try:
+            # The hits are materialised first (FTS5 ranking functions cannot
+            # run inside an aggregate); then SQLite fills the bare columns of
+            # the MIN() aggregate from the row holding the minimum: the best
+            # hit of each session.
+            rows = conn.execute(
+                """
+                WITH hits AS MATERIALIZED (
+                    SELECT s.session_id, s.request_id,
+                           bm25(messages_fts) AS score,
+                           snippet(messages_fts, -1, '[', ']', '…', 12) AS snippet
+                    FROM messages_fts JOIN session_stats AS s ON s.id = messages_fts.rowid
+                    WHERE messages_fts MATCH ?
+                )
+                SELECT hits.session_id AS hit_session, hits.request_id AS hit_request,
+                       hits.snippet AS snippet, MIN(hits.score) AS score
+                FROM hits
+                GROUP BY hits.session_id
+                ORDER BY score
+                LIMIT ?
+                """,
+                (query, int(limit)),
+            ).fetchall()
+            out = []
+            for hit in rows:
+                session = conn.execute(
+                    "SELECT * FROM sessions WHERE session_id = ?", (hit["hit_session"],)
+                ).fetchone()
+                if session is None:
+                    continue
+                item = _row_dict(session)
+                item["match"] = {
+                    "request_id": hit["hit_request"],
+                    "snippet": hit["snippet"],
+                    "score": hit["score"],
+                }
+                out.append(item)
+            return out
+        finally:
+            conn.close()
+
+
+@implementer(ISessionStore)
+class ThreadedSessionStore:
+    """
+    L{ISessionStore} over L{SQLiteSessionStore}: each query runs in a thread
+    pool (the reactor's by default) and returns a L{Deferred}.
+    """
+
+    def __init__(self, store: SQLiteSessionStore, reactor: Any = None, threadpool: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.store = store
+        self._reactor = reactor
+        self._threadpool = threadpool
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        pool = self._threadpool or self._reactor.getThreadPool()
+        return deferToThreadPool(self._reactor, pool, fn, *args)
+
+    def list_sessions(self, limit: int = 50, offset: int = 0) -> Deferred[list[dict[str, Any]]]:
+        return self._run(self.store.list_sessions, limit, offset)
+
+    def search(self, text: str, limit: int = 20) -> Deferred[list[dict[str, Any]]]:
+        return self._run(self.store.search, text, limit)
+
+    def get_session(self, session_id: str, include_bodies: bool = False) -> Deferred[dict[str, Any] | None]:
+        return self._run(self.store.get_session, session_id, include_bodies)
+
+    def get_request(self, request_id: str) -> Deferred[dict[str, Any] | None]:
+        return self._run(self.store.get_request, request_id)

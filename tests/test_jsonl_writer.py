@@ -1,0 +1,168 @@
+"""Tests for the JSONL session writer (lunaroute.sessions.jsonl)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_session_events import NOON, RAW_API_KEY, RAW_BEARER, build_exchange
+from zope.interface.verify import verifyObject
+
+from lunaroute.interfaces import ISessionWriter
+from lunaroute.sessions.events import exchange_events
+from lunaroute.sessions.jsonl import JSONLWriter, encode_event, session_file_name
+
+# 2025-06-15T23:59:59Z and two seconds later, on the 16th.
+BEFORE_MIDNIGHT = 1750031999.0
+AFTER_MIDNIGHT = 1750032001.0
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def all_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.jsonl"))
+
+
+def test_writer_provides_the_interface(tmp_path: Path) -> None:
+    """JSONLWriter implements ISessionWriter."""
+    assert verifyObject(ISessionWriter, JSONLWriter(str(tmp_path)))
+
+
+def test_events_go_to_the_session_file_of_the_day(tmp_path: Path) -> None:
+    """Events land in <dir>/<YYYY-MM-DD>/session_<id>.jsonl, one JSON object per line."""
+    writer = JSONLWriter(str(tmp_path))
+    events = exchange_events(build_exchange("abc-123", received=NOON))
+    writer.write_batch(events)
+    writer.close()
+    path = tmp_path / "2025-06-15" / "session_abc-123.jsonl"
+    assert all_files(tmp_path) == [path]
+    assert read_lines(path) == json.loads(json.dumps(events))
+
+
+def test_session_spanning_midnight_stays_in_its_first_file(tmp_path: Path) -> None:
+    """An exchange at 00:00:01 of a session started at 23:59:59 goes to the earlier day's file."""
+    writer = JSONLWriter(str(tmp_path))
+    writer.write_batch(exchange_events(build_exchange("night", received=BEFORE_MIDNIGHT)))
+    writer.write_batch(exchange_events(build_exchange("night", received=AFTER_MIDNIGHT)))
+    writer.close()
+    assert all_files(tmp_path) == [tmp_path / "2025-06-15" / "session_night.jsonl"]
+    assert len({e["request_id"] for e in read_lines(all_files(tmp_path)[0])}) == 2
+
+
+def test_session_file_is_found_again_after_a_restart(tmp_path: Path) -> None:
+    """A new writer (gateway restart) finds yesterday's file instead of starting another."""
+    first = JSONLWriter(str(tmp_path))
+    first.write_batch(exchange_events(build_exchange("resumed", received=BEFORE_MIDNIGHT)))
+    first.close()
+    second = JSONLWriter(str(tmp_path))
+    second.write_batch(exchange_events(build_exchange("resumed", received=AFTER_MIDNIGHT + 3 * 86400)))
+    second.close()
+    assert all_files(tmp_path) == [tmp_path / "2025-06-15" / "session_resumed.jsonl"]
+
+
+def test_a_new_session_after_midnight_gets_the_new_day(tmp_path: Path) -> None:
+    """Only sessions already on disk stay in the old folder; new ones use their own day."""
+    writer = JSONLWriter(str(tmp_path))
+    writer.write_batch(exchange_events(build_exchange("old", received=BEFORE_MIDNIGHT)))
+    writer.write_batch(exchange_events(build_exchange("new", received=AFTER_MIDNIGHT)))
+    writer.close()
+    assert all_files(tmp_path) == [
+        tmp_path / "2025-06-15" / "session_old.jsonl",
+        tmp_path / "2025-06-16" / "session_new.jsonl",
+    ]
+
+
+def test_final_stats_token_totals_add_up_like_jq(tmp_path: Path) -> None:
+    """Summing final_stats.tokens.total over a day's lines gives the day's tokens."""
+    writer = JSONLWriter(str(tmp_path))
+    batch: list[dict[str, Any]] = []
+    for i in range(3):
+        batch += exchange_events(build_exchange("s1", received=NOON + i))
+    batch += exchange_events(build_exchange("s2", received=NOON + 10))
+    writer.write_batch(batch)
+    writer.close()
+    # jq -s '[.[] | select(.final_stats) | .final_stats.tokens.total] | add'
+    lines = [e for path in all_files(tmp_path / "2025-06-15") for e in read_lines(path)]
+    total = sum(e["final_stats"]["tokens"]["total"] for e in lines if e.get("final_stats"))
+    assert total == 4 * 1280
+    assert all({"session_id", "request_id", "type", "timestamp"} <= set(e) for e in lines)
+
+
+def test_raw_credentials_never_reach_the_file(tmp_path: Path) -> None:
+    """Neither the x-api-key value nor the bearer token appears in the file's bytes."""
+    writer = JSONLWriter(str(tmp_path))
+    writer.write_batch(exchange_events(build_exchange("secret")))
+    writer.close()
+    data = b"".join(path.read_bytes() for path in all_files(tmp_path))
+    assert RAW_API_KEY.encode() not in data
+    assert RAW_BEARER.encode() not in data
+    assert b"x-api-key" in data
+
+
+def test_unsafe_session_ids_cannot_escape_the_directory(tmp_path: Path) -> None:
+    """A session id with path characters is recorded under a hashed name inside the day folder."""
+    root = tmp_path / "sessions"
+    writer = JSONLWriter(str(root))
+    event = {"type": "started", "session_id": "../../etc/passwd", "request_id": "r", "timestamp": "2025-06-15T00:00:00.000Z"}
+    writer.write_batch([event])
+    writer.close()
+    files = all_files(tmp_path)
+    assert len(files) == 1
+    assert files[0].parent == root / "2025-06-15"
+    assert files[0].name.startswith("session_unsafe-")
+    assert session_file_name("../../etc/passwd") == session_file_name("../../etc/passwd")
+    assert session_file_name(None) != session_file_name("None")
+
+
+def test_each_line_is_whole_even_with_newlines_and_odd_unicode() -> None:
+    """Newlines in text are escaped and lone surrogates still encode: one event, one line."""
+    line = encode_event({"type": "x", "text": "a\nb\u2028c\ud800"})
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line)["text"].startswith("a\nb\u2028c")
+
+
+def test_torn_tail_is_cut_before_appending(tmp_path: Path) -> None:
+    """A file ending in half a line (disk full, crash) is cut back so every line parses."""
+    writer = JSONLWriter(str(tmp_path))
+    writer.write_batch(exchange_events(build_exchange("torn")))
+    writer.close()
+    path = all_files(tmp_path)[0]
+    with open(path, "ab") as handle:
+        handle.write(b'{"type":"half a li')
+    writer = JSONLWriter(str(tmp_path))
+    writer.write_batch(exchange_events(build_exchange("torn", received=NOON + 5)))
+    writer.close()
+    lines = read_lines(path)
+    assert len({e["request_id"] for e in lines}) == 2
+
+
+def test_a_failing_file_does_not_stop_the_others(tmp_path: Path) -> None:
+    """If one session's file cannot be written the rest of the batch still is, then it raises."""
+    writer = JSONLWriter(str(tmp_path))
+    # A directory where the file should be makes the open fail.
+    os.makedirs(tmp_path / "2025-06-15" / "session_blocked.jsonl")
+    batch = exchange_events(build_exchange("blocked")) + exchange_events(build_exchange("fine"))
+    with pytest.raises(OSError):
+        writer.write_batch(batch)
+    writer.close()
+    assert read_lines(tmp_path / "2025-06-15" / "session_fine.jsonl")
+
+
+def test_open_files_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a bounded number of handles stays open; evicted files reopen and append."""
+    import lunaroute.sessions.jsonl as jsonl
+
+    monkeypatch.setattr(jsonl, "MAX_OPEN_FILES", 2)
+    writer = JSONLWriter(str(tmp_path))
+    for round_ in range(2):
+        for i in range(5):
+            writer.write_batch(exchange_events(build_exchange(f"s{i}", received=NOON + round_)))
+            assert len(writer._files) <= 2
+    writer.close()
+    assert len(all_files(tmp_path)) == 5
+    assert all(len({e["request_id"] for e in read_lines(p)}) == 2 for p in all_files(tmp_path))
