@@ -778,7 +778,7 @@ ERRORS = [
         {},
         {},
         {"colour": "red"},
-        "colour: unknown override (expected one of: host, port, dialect, log_level, log_requests)",
+        "colour: unknown override (expected one of: host, port, dialect, log_level, log_requests, print_summary)",
     ),
 ]
 

@@ -429,6 +429,8 @@ _SESSION_COLUMNS = (
 # A session row is a pure function of its request rows, so it can be
 # recomputed after every batch instead of being incremented (which replays
 # would double).  The "latest" columns come from the most recent request.
+# duration_ms is the wall-clock span of the session, rounded to whole
+# milliseconds because julianday() is only precise to some microseconds.
 _RECOMPUTE_SESSION = f"""
 WITH reqs AS (
     SELECT *, COALESCE(started_at, completed_at) AS at FROM session_stats WHERE session_id = :sid
@@ -451,7 +453,7 @@ SELECT
     SUM(cache_creation_tokens),
     SUM(tool_call_count),
     MIN(success),
-    ROUND((julianday(MAX(COALESCE(completed_at, at))) - julianday(MIN(at))) * 86400000.0, 3),
+    ROUND((julianday(MAX(COALESCE(completed_at, at))) - julianday(MIN(at))) * 86400000.0),
     SUM(estimated_cost_usd),
     COUNT(*) = COUNT(estimated_cost_usd),
     (SELECT user_agent FROM latest),
