@@ -151,8 +151,9 @@ class HttpServerSettings:
 @dataclass(frozen=True)
 class BypassSettings:
     """
-    Forwarding of paths the gateway does not understand; C{provider} names the
-    provider that receives them (C{None}: chosen from the request's dialect).
+    Forwarding of paths the gateway does not serve itself; C{provider} names
+    the provider that receives them (C{None}: the OpenAI provider if enabled,
+    else the Anthropic one).
     """
 
     enabled: bool = True

@@ -197,10 +197,28 @@ class GatewayApp:
         return self.forward(request, listener, None, kind="models", parse_json=False)
 
     @app.route("/", branch=True)
-    def unknown(self, request: Any) -> Any:
+    def other_paths(self, request: Any) -> Any:
+        """
+        Everything without a route of its own (embeddings, files, audio,
+        batches, unknown paths) is bypassed verbatim to one provider, or is a
+        404 in the path's dialect when bypass is off.
+        """
         path = request.path.decode("utf-8", "replace")
         listener = listener_for_path(path, lambda n: _header(request, n))
-        return self._error(request, listener, 404, f"no route for {request.method.decode()} {path}")
+        provider = self.bypass_provider() if self.settings.bypass.enabled else None
+        if provider is None:
+            return self._error(
+                request, listener, 404, f"no route for {request.method.decode()} {path}"
+            )
+        return self.forward(
+            request, listener, None, kind="bypass", parse_json=False, provider=provider
+        )
+
+    def bypass_provider(self) -> IProvider | None:
+        name = self.settings.bypass.provider
+        if name:
+            return self.providers.get(name) or self.provider_for(name)
+        return self.provider_for("openai") or self.provider_for("anthropic")
 
     # -- forwarding ------------------------------------------------------
 
@@ -219,8 +237,9 @@ class GatewayApp:
         *,
         kind: str = "conversation",
         parse_json: bool = True,
+        provider: IProvider | None = None,
     ) -> Any:
-        if not self._serves(listener):
+        if kind != "bypass" and not self._serves(listener):
             path = request.path.decode("utf-8", "replace")
             return self._error(
                 request, listener, 404, f"{path} is not served: api_dialect is {self.settings.api_dialect}"
@@ -231,7 +250,9 @@ class GatewayApp:
                 request, listener, 413, f"request body exceeds the {limit}-byte limit"
             )
         d = defer.ensureDeferred(
-            self._forward(request, listener, dialect, kind=kind, parse_json=parse_json)
+            self._forward(
+                request, listener, dialect, kind=kind, parse_json=parse_json, provider=provider
+            )
         )
         self.in_flight.add(d)
         d.addBoth(self._untrack, d)
@@ -249,6 +270,7 @@ class GatewayApp:
         *,
         kind: str,
         parse_json: bool,
+        provider: IProvider | None,
     ) -> bytes | None:
         clock = self.clock
         timings = Timings(received=clock.seconds())
@@ -267,7 +289,8 @@ class GatewayApp:
             if not isinstance(body_json.get("model"), str) or not body_json["model"]:
                 return self._error(request, listener, 400, "model: field required")
 
-        provider = self.provider_for(listener)
+        if provider is None:
+            provider = self.provider_for(listener)
         if provider is None:
             return self._error(
                 request, listener, 503, f"no enabled {listener} provider is configured"

@@ -1,0 +1,407 @@
+"""Tests for the recorder service (lunaroute.sessions.recorder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from test_session_events import NOON, build_exchange, captured_summary
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import globalLogPublisher
+from zope.interface import implementer
+
+from lunaroute.config import RecordingSettings
+from lunaroute.interfaces import ISessionWriter
+from lunaroute.sessions import recorder as recorder_module
+from lunaroute.sessions.jsonl import JSONLWriter
+from lunaroute.sessions.recorder import (
+    InlineThreadPool,
+    RecorderService,
+    event_count,
+    make_recorder,
+    make_writers,
+)
+from lunaroute.sessions.sqlite import SQLiteWriter
+
+TESTS_DIR = Path(__file__).parent
+
+
+@implementer(ISessionWriter)
+class ListWriter:
+    """Keeps every batch in memory and notes the thread it ran on."""
+
+    name = "list"
+
+    def __init__(self) -> None:
+        self.batches: list[list[dict[str, Any]]] = []
+        self.threads: set[int] = set()
+        self.closed = False
+
+    def write_batch(self, events: list[dict[str, Any]]) -> None:
+        self.threads.add(threading.get_ident())
+        self.batches.append(list(events))
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [e for batch in self.batches for e in batch]
+
+
+@implementer(ISessionWriter)
+class BrokenWriter:
+    """A writer whose disk is full."""
+
+    name = "broken"
+
+    def write_batch(self, events: list[dict[str, Any]]) -> None:
+        raise OSError(28, "No space left on device")
+
+    def close(self) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def inline_recorder(*writers: Any, **kwargs: Any) -> tuple[RecorderService, Clock]:
+    clock = Clock()
+    service = RecorderService(list(writers), clock, threadpool=InlineThreadPool(), **kwargs)
+    return service, clock
+
+
+@pytest.fixture
+def logged() -> Any:
+    """Log events emitted while the test runs."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def test_nothing_is_written_before_the_interval() -> None:
+    """record() only queues; the batch is written when the 100 ms timer fires."""
+    writer = ListWriter()
+    service, clock = inline_recorder(writer)
+    service.startService()
+    service.record(build_exchange())
+    clock.advance(0.099)
+    assert writer.batches == []
+    assert service.queue_depth == 5
+    clock.advance(0.001)
+    assert [e["type"] for e in writer.events] == [
+        "started", "request_recorded", "stream_started", "response_recorded", "completed",
+    ]
+    assert service.queue_depth == 0
+    assert service.written_events == 5
+
+
+def test_a_full_batch_is_flushed_soon_but_not_inside_record() -> None:
+    """Reaching batch_size schedules a flush for the next reactor turn, not before."""
+    writer = ListWriter()
+    service, clock = inline_recorder(writer, batch_size=10)
+    service.startService()
+    service.record(build_exchange())
+    service.record(build_exchange())
+    assert writer.batches == []
+    clock.advance(0)
+    assert len(writer.batches) == 1 and len(writer.events) == 10
+
+
+def test_batches_are_at_most_batch_size_events() -> None:
+    """A burst is written in several batches of about batch_size events, in order."""
+    writer = ListWriter()
+    service, clock = inline_recorder(writer, batch_size=10)
+    service.startService()
+    exchanges = [build_exchange(received=NOON + i) for i in range(7)]
+    for exchange in exchanges:
+        service.record(exchange)
+    for _ in range(5):
+        clock.advance(0)
+    assert [len(b) for b in writer.batches] == [10, 10, 10]
+    clock.advance(0.1)  # the remainder waits for the timer
+    assert [len(b) for b in writer.batches] == [10, 10, 10, 5]
+    started = [e["request_id"] for e in writer.events if e["type"] == "started"]
+    assert started == [x.request_id for x in exchanges]
+
+
+def test_a_full_queue_drops_and_counts(logged: list[dict[str, Any]]) -> None:
+    """Past max_queue_events new exchanges are dropped, counted, and warned about once."""
+    writer = ListWriter()
+    service, clock = inline_recorder(writer, max_queue_events=12)
+    for _ in range(5):
+        service.record(build_exchange())
+    assert service.queue_depth == 10
+    assert service.dropped_events == 15
+    warnings = [e for e in logged if "queue is full" in e.get("log_format", "")]
+    assert len(warnings) == 1
+    clock.advance(20)
+    service.record(build_exchange())
+    assert len([e for e in logged if "queue is full" in e.get("log_format", "")]) == 2
+
+
+def test_the_queue_is_bounded_by_bytes_too() -> None:
+    """Huge request bodies cannot pile up beyond max_queue_bytes."""
+    service, _ = inline_recorder(ListWriter(), max_queue_bytes=10_000)
+    big = build_exchange()
+    big.request_body = b"x" * 8_000
+    service.record(big)  # the first always fits
+    service.record(big)
+    assert service.queue_depth == 5
+    assert service.dropped_events == 5
+
+
+def test_a_raising_writer_is_counted_and_others_still_write(logged: list[dict[str, Any]]) -> None:
+    """A writer that raises is logged and counted; the next writer gets the batch all the same."""
+    good = ListWriter()
+    service, clock = inline_recorder(BrokenWriter(), good)
+    service.startService()
+    service.record(build_exchange())
+    clock.advance(0.1)
+    service.record(build_exchange())
+    clock.advance(0.1)
+    assert len(good.batches) == 2
+    assert service.write_failures == 2
+    assert service.write_failures_by_writer == {"broken": 2}
+    assert service.written_events == 0
+    assert any("broken" in str(e.get("writer")) for e in logged if e.get("log_failure"))
+    assert service.running
+
+
+def test_non_conversation_exchanges_are_not_recorded() -> None:
+    """Token counting and model listing requests are left to metrics."""
+    writer = ListWriter()
+    service, clock = inline_recorder(writer)
+    service.startService()
+    service.record(build_exchange(kind="count_tokens"))
+    clock.advance(0.1)
+    assert writer.batches == [] and service.queue_depth == 0
+
+
+def test_stop_drains_every_queued_event_and_closes_writers() -> None:
+    """stopService writes the whole queue in several batches, closes the writers, then fires."""
+    writer = ListWriter()
+    service, clock = inline_recorder(writer, batch_size=10)
+    service.startService()
+    exchanges = [build_exchange(received=NOON + i) for i in range(23)]
+    for exchange in exchanges:
+        service.record(exchange)
+    done = service.stopService()
+    assert done.called
+    assert len(writer.events) == 23 * 5
+    assert writer.closed
+    assert service.queue_depth == 0
+    service.record(build_exchange())
+    assert service.dropped_events == 5  # after stop nothing is accepted
+
+
+def test_stop_without_start_still_writes_the_queue() -> None:
+    """Exchanges recorded before the service started are written on stop."""
+    writer = ListWriter()
+    service, _ = inline_recorder(writer)
+    service.record(build_exchange())
+    assert service.stopService().called
+    assert len(writer.events) == 5
+
+
+def test_event_count_matches_the_events() -> None:
+    """The queue's event estimate is exact, tool calls included."""
+    from lunaroute.sessions.events import exchange_events
+
+    for exchange in (
+        build_exchange(),
+        build_exchange(summary=captured_summary("anthropic_thinking_tools.sse", "anthropic")),
+        build_exchange(status=None, streaming=False),
+    ):
+        assert event_count(exchange) == len(exchange_events(exchange))
+
+
+def test_a_clock_without_threads_needs_an_inline_pool() -> None:
+    """A fake clock with a real thread pool is refused at construction."""
+    with pytest.raises(ValueError):
+        RecorderService([ListWriter()], Clock())
+
+
+def test_make_writers_and_make_recorder_follow_the_settings(tmp_path: Path) -> None:
+    """jsonl/sqlite switches pick the writers; disabled recording gives no recorder."""
+    settings = RecordingSettings(
+        enabled=True,
+        sessions_dir=str(tmp_path),
+        jsonl_enabled=True,
+        jsonl_dir=str(tmp_path / "jsonl"),
+        sqlite_enabled=True,
+        db_path=str(tmp_path / "sessions.db"),
+        batch_size=7,
+    )
+    writers = make_writers(settings)
+    assert [type(w) for w in writers] == [JSONLWriter, SQLiteWriter]
+    recorder = make_recorder(settings, reactor)
+    assert recorder is not None and recorder.batch_size == 7 and len(recorder.writers) == 2
+    from dataclasses import replace
+
+    assert make_recorder(replace(settings, enabled=False), reactor) is None
+    assert make_recorder(replace(settings, jsonl_enabled=False, sqlite_enabled=False), reactor) is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_real_thread_pool_writes_off_the_reactor_and_drains_on_stop(tmp_path: Path) -> Any:
+    """With the real reactor, events are made and written in the recorder thread; stop leaves all on disk."""
+    made_in: set[int] = set()
+    original = recorder_module.exchange_events
+
+    def spy(exchange: Any) -> Any:
+        made_in.add(threading.get_ident())
+        return original(exchange)
+
+    recorder_module.exchange_events = spy
+    try:
+        spy_writer = ListWriter()
+        jsonl = JSONLWriter(str(tmp_path / "jsonl"))
+        db = tmp_path / "sessions.db"
+        service = RecorderService([jsonl, SQLiteWriter(str(db)), spy_writer], reactor, batch_size=20)
+        service.startService()
+        for i in range(30):
+            service.record(build_exchange(f"s{i % 3}", received=NOON + i))
+        yield deferLater(reactor, 0.15, lambda: None)
+        for i in range(30, 45):
+            service.record(build_exchange(f"s{i % 3}", received=NOON + i))
+        yield service.stopService()
+    finally:
+        recorder_module.exchange_events = original
+    main = threading.get_ident()
+    assert made_in and main not in made_in
+    assert spy_writer.threads and main not in spy_writer.threads
+    lines = [json.loads(line) for p in (tmp_path / "jsonl").rglob("*.jsonl") for line in p.read_bytes().splitlines()]
+    assert len(lines) == 45 * 5
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*), SUM(request_count) FROM sessions").fetchone() == (3, 45)
+    conn.close()
+    assert service.written_events == 45 * 5
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_stalled_disk_never_blocks_record(tmp_path: Path) -> Any:
+    """While a write hangs, record() returns at once, batches do not overlap, and the excess is dropped."""
+    release = threading.Event()
+    active = [0]
+    overlap = [False]
+
+    @implementer(ISessionWriter)
+    class StalledWriter(ListWriter):
+        def write_batch(self, events: list[dict[str, Any]]) -> None:
+            active[0] += 1
+            overlap[0] = overlap[0] or active[0] > 1
+            release.wait(5)
+            super().write_batch(events)
+            active[0] -= 1
+
+    writer = StalledWriter()
+    service = RecorderService([writer], reactor, batch_size=5, max_queue_events=50)
+    service.startService()
+    service.record(build_exchange())
+    yield deferLater(reactor, 0.15, lambda: None)  # first batch now hangs in the thread
+    for _ in range(20):
+        service.record(build_exchange())
+    assert service.queue_depth == 50
+    assert service.dropped_events == 50
+    release.set()
+    yield service.stopService()
+    assert not overlap[0]
+    assert len(writer.events) == 55
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    from test_session_events import NOON, build_exchange
+    from lunaroute.sessions.events import exchange_events
+    from lunaroute.sessions.jsonl import JSONLWriter
+    from lunaroute.sessions.sqlite import SQLiteWriter
+
+    root = sys.argv[1]
+    writers = [JSONLWriter(root + "/jsonl"), SQLiteWriter(root + "/sessions.db")]
+    i = 0
+    while True:
+        batch = []
+        for _ in range(10):
+            batch += exchange_events(build_exchange("s%d" % (i % 4), received=NOON + i))
+            i += 1
+        for writer in writers:
+            writer.write_batch(batch)
+        print(i, flush=True)
+    """
+)
+
+
+def test_sigkill_leaves_whole_lines_and_a_consistent_database(tmp_path: Path) -> None:
+    """A writer process killed mid-way leaves parseable JSONL and a database whose sessions match their requests."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR.parent), str(TESTS_DIR)]))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path), str(TESTS_DIR)],
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd=str(TESTS_DIR.parent),
+    )
+    try:
+        assert child.stdout is not None
+        written = 0
+        while written < 150:
+            line = child.stdout.readline()
+            assert line, "writer process ended early"
+            written = int(line)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    files = list((tmp_path / "jsonl").rglob("*.jsonl"))
+    assert len(files) == 4
+    total = 0
+    for path in files:
+        *complete, tail = path.read_bytes().split(b"\n")
+        total += len([json.loads(line) for line in complete])
+        # Only a kill inside the write() call itself can leave a fragment
+        # after the last newline (the kernel stops copying on SIGKILL); the
+        # next writer to open the file cuts it off.
+        assert tail == b"" or not tail.endswith(b"}")
+    assert total >= 150 * 5
+    restarted = JSONLWriter(str(tmp_path / "jsonl"))
+    restarted.write_batch(
+        [dict(type="started", session_id=f"s{k}", request_id="after", timestamp="2025-06-15T13:00:00.000Z")
+         for k in range(4)]
+    )
+    restarted.close()
+    for path in files:
+        data = path.read_bytes()
+        assert data.endswith(b"\n")
+        assert json.loads(data.splitlines()[-1])["request_id"] == "after"
+        for line in data.splitlines():
+            json.loads(line)
+
+    conn = sqlite3.connect(tmp_path / "sessions.db")
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        conn.execute("INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)")
+        mismatched = conn.execute(
+            """
+            SELECT s.session_id FROM sessions AS s
+            JOIN (SELECT session_id, COUNT(*) AS n, SUM(input_tokens) AS i, SUM(output_tokens) AS o
+                  FROM session_stats GROUP BY session_id) AS r USING (session_id)
+            WHERE s.request_count != r.n OR s.input_tokens != r.i OR s.output_tokens != r.o
+            """
+        ).fetchall()
+        assert mismatched == []
+        requests = conn.execute("SELECT COUNT(*) FROM session_stats").fetchone()[0]
+        assert requests >= 150 and requests % 10 == 0  # whole batches only
+        assert conn.execute("SELECT SUM(request_count) FROM sessions").fetchone()[0] == requests
+    finally:
+        conn.close()
