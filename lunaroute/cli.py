@@ -1,13 +1,32 @@
 """
 C{lunaroute-server}: the console script users of the original LunaRoute know.
 
-With no sub-command it runs the gateway in the foreground, with the same
-options as C{twistd -n lunaroute}.
+    lunaroute-server [options]            run in the foreground (= twistd -n lunaroute)
+    lunaroute-server env [--host H] [--port P] [--config F]
+                                          start in the background, print exports
+    lunaroute-server stop                 stop the background gateway
+    lunaroute-server import-sessions ...  rebuild the SQLite store from JSONL
+
+C{eval $(lunaroute-server env)} must work in bash and zsh, so C{env} prints
+only C{export} lines on stdout; everything for a person goes to stderr.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import signal
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from lunaroute.errors import ConfigError
+
+STATE_DIR_NAME = ".lunaroute"
 
 
 def refresh_plugin_cache() -> None:
@@ -20,12 +39,188 @@ def refresh_plugin_cache() -> None:
     list(getPlugins(IPlugin))
 
 
+def state_dir() -> Path:
+    return Path(os.path.expanduser("~")) / STATE_DIR_NAME
+
+
+def _say(message: str) -> None:
+    print(f"# {message}", file=sys.stderr)
+
+
+def _fail(message: str) -> None:
+    print(f"lunaroute-server: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _client_host(host: str) -> str:
+    """The address a client on this machine uses for a listening host."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def _url(host: str, port: int) -> str:
+    host = _client_host(host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _healthy(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=timeout) as response:
+            return response.status == 200 and json.load(response).get("status") == "ok"
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+
+
+def _read_pid(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from lunaroute.config import load_settings
+
+    overrides = {"host": args.host, "port": args.port}
+    try:
+        return load_settings(args.config, env=os.environ, overrides=overrides)
+    except ConfigError as exc:
+        _fail(f"configuration error: {exc}")
+
+
+def cmd_env(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    url = _url(settings.host, settings.port)
+    directory = state_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    pidfile = directory / "lunaroute.pid"
+    logfile = directory / "lunaroute.log"
+    addrfile = directory / "lunaroute.addr"
+
+    running = _read_pid(pidfile)
+    if _healthy(url):
+        _say(f"LunaRoute is already running at {url}; reusing it")
+    elif running is not None:
+        where = addrfile.read_text().strip() if addrfile.exists() else "another address"
+        _fail(
+            f"a background LunaRoute (pid {running}) is already running on {where}; "
+            "run 'lunaroute-server stop' first"
+        )
+    else:
+        argv = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "--pidfile",
+            str(pidfile),
+            "--logfile",
+            str(logfile),
+            "lunaroute",
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.port),
+        ]
+        if args.config:
+            argv += ["--config", args.config]
+        # twistd daemonises: the parent returns once the child started (or
+        # reports why it could not).
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            _fail(detail[-1] if detail else f"twistd exited with status {result.returncode}")
+        deadline = time.monotonic() + args.wait
+        while not _healthy(url, timeout=0.5):
+            if time.monotonic() > deadline:
+                _fail(f"LunaRoute did not start accepting connections at {url}; see {logfile}")
+            if _read_pid(pidfile) is None and time.monotonic() > deadline - args.wait + 2:
+                _fail(f"LunaRoute exited during start-up; see {logfile}")
+            time.sleep(0.1)
+        addrfile.write_text(f"{settings.host}:{settings.port}\n")
+        _say(f"LunaRoute started at {url} (pid {_read_pid(pidfile)}, log {logfile})")
+    print(f"export ANTHROPIC_BASE_URL={url}")
+    print(f"export OPENAI_BASE_URL={url}/v1")
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    pidfile = state_dir() / "lunaroute.pid"
+    pid = _read_pid(pidfile)
+    if pid is None:
+        _say("no background LunaRoute is running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            _say(f"LunaRoute (pid {pid}) stopped")
+            (state_dir() / "lunaroute.addr").unlink(missing_ok=True)
+            return
+        time.sleep(0.1)
+    _fail(f"LunaRoute (pid {pid}) did not stop within {args.timeout:g}s")
+
+
+def cmd_import_sessions(args: argparse.Namespace) -> None:
+    from lunaroute.sessions.importer import run_import
+
+    raise SystemExit(run_import(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lunaroute-server",
+        description="LLM API gateway. With no command, runs in the foreground "
+        "(options as for 'twistd -n lunaroute'; see --help there).",
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    env = sub.add_parser("env", help="start in the background and print export lines for eval")
+    env.add_argument("--host", help="interface to listen on (default from config, 127.0.0.1)")
+    env.add_argument("--port", type=int, help="port (default from config, 8081)")
+    env.add_argument("--config", "-c", help="config file")
+    env.add_argument("--wait", type=float, default=30.0, help="seconds to wait for start-up")
+    env.set_defaults(func=cmd_env)
+
+    stop = sub.add_parser("stop", help="stop the gateway started by 'env'")
+    stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to exit")
+    stop.set_defaults(func=cmd_stop)
+
+    imp = sub.add_parser("import-sessions", help="rebuild the SQLite session store from JSONL files")
+    imp.add_argument("--sessions-dir", help="JSONL sessions directory (default from config)")
+    imp.add_argument("--db-path", help="SQLite database (default <sessions-dir>/sessions.db)")
+    imp.add_argument("--config", "-c", help="config file to take the defaults from")
+    imp.add_argument("--batch-size", type=int, default=500, help="events per transaction")
+    imp.add_argument(
+        "--skip-existing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="skip sessions already in the database (default: on)",
+    )
+    imp.add_argument("--dry-run", action="store_true", help="read and count, write nothing")
+    imp.set_defaults(func=cmd_import_sessions)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    commands = {"env", "stop", "import-sessions"}
+    if args_list and args_list[0] in commands or args_list[:1] in (["-h"], ["--help"]):
+        args = _parser().parse_args(args_list)
+        args.func(args)
+        return
     from lunaroute.tap import main as run_server
 
     refresh_plugin_cache()
-    run_server(args)
+    run_server(args_list)
 
 
 if __name__ == "__main__":

@@ -188,6 +188,19 @@ class GatewayApp:
     def responses(self, request: Any) -> Any:
         return self.forward(request, "openai", "openai_responses")
 
+    @app.route("/v1/responses", methods=["GET"])
+    @app.route("/responses", methods=["GET"])
+    def responses_websocket(self, request: Any) -> bytes:
+        # Codex can open a WebSocket here first; 426 makes it fall back to
+        # HTTP streaming at once (a 404 costs it seven retries).
+        request.setResponseCode(426)
+        request.setHeader(b"content-type", b"application/json")
+        return openai_error_body(
+            "WebSocket transport is not supported by this gateway; use HTTP streaming",
+            "invalid_request_error",
+            "websocket_not_supported",
+        )
+
     @app.route("/v1/models", methods=["GET"])
     @app.route("/models", methods=["GET"])
     def models(self, request: Any) -> Any:

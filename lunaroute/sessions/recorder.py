@@ -244,10 +244,14 @@ class RecorderService(Service):
 
     def _scheduled_flush(self) -> None:
         self._flush_call = None
-        self._flush()
+        self._tick()
 
     def _tick(self) -> None:
-        self._flush()
+        # An exception would stop the LoopingCall for good: log it instead.
+        try:
+            self._flush()
+        except Exception:
+            log.failure("starting a session recording batch failed")
 
     # -- batches -----------------------------------------------------------
 
@@ -322,8 +326,8 @@ class RecorderService(Service):
         if last is None or now - last >= WARNING_INTERVAL:
             self._last_failure_log[writer_name] = now
             log.failure(
-                "session writer {writer} failed ({count} failure(s) so far); "
-                "{events} event(s) of this batch not recorded by it",
+                "session writer {writer} failed ({count} failure(s) so far, "
+                "{events} event(s) in the batch)",
                 failure=failure,
                 writer=writer_name,
                 count=self.write_failures_by_writer[writer_name],
