@@ -72,6 +72,20 @@ def _healthy(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the gateway could not listen there (a clearer message than twistd's), or None."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def _read_pid(pidfile: Path) -> int | None:
     try:
         pid = int(pidfile.read_text().strip())
@@ -115,6 +129,9 @@ def cmd_env(args: argparse.Namespace) -> None:
             "run 'lunaroute-server stop' first"
         )
     else:
+        problem = _cannot_listen(settings.host, settings.port)
+        if problem:
+            _fail(f"cannot listen on {settings.host}:{settings.port}: {problem}")
         argv = [
             sys.executable,
             "-c",
@@ -135,8 +152,13 @@ def cmd_env(args: argparse.Namespace) -> None:
         # reports why it could not).
         result = subprocess.run(argv, capture_output=True, text=True)
         if result.returncode != 0:
-            detail = (result.stderr or result.stdout).strip().splitlines()
-            _fail(detail[-1] if detail else f"twistd exited with status {result.returncode}")
+            lines = [
+                line.strip()
+                for line in (result.stderr + result.stdout).splitlines()
+                if line.strip() and "look at log file" not in line
+            ]
+            detail = " ".join(lines) or f"twistd exited with status {result.returncode}"
+            _fail(f"could not start LunaRoute: {detail} (log: {logfile})")
         deadline = time.monotonic() + args.wait
         while not _healthy(url, timeout=0.5):
             if time.monotonic() > deadline:
