@@ -23,6 +23,7 @@ from lunaroute.providers import providers_from_settings
 from lunaroute.proxy.app import GatewayApp
 from lunaroute.proxy.reqlog import RequestLogPrinter
 from lunaroute.proxy.request import DEFAULT_MAX_BODY, GatewayRequest
+from lunaroute.sessions.recorder import make_recorder
 
 log = Logger(observer=log_observer)
 
@@ -71,6 +72,10 @@ class GatewayService(MultiService):
         self.proxy_listener.setServiceParent(self)
         # Services stopped after the proxy has drained, in this order.
         self.drained_services: list[Any] = []
+        self.recorder = make_recorder(settings.session_recording, reactor)
+        if self.recorder is not None:
+            self.add_drained_service(self.recorder)
+            self.gateway.observers.append(self.recorder.record)
 
     def listening_port(self) -> defer.Deferred[Any]:
         """

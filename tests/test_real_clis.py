@@ -143,3 +143,38 @@ async def test_codex_exec_completes_through_gateway(gateway, fake, tmp_path):
     match = re.search(r"session id:\s*([0-9a-f-]+)", result.stderr)
     assert match, result.stderr
     assert sent.header("session-id") == match.group(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_claude_code_session_recorded_under_its_own_id(fake, start_gateway, tmp_path):
+    """Two claude -p turns of one session are recorded under the session id Claude Code reports."""
+    sessions = tmp_path / "sessions"
+    gw = await start_gateway(fake, session_recording={"enabled": True, "sessions_dir": str(sessions)})
+    home = tmp_path / "home"
+    home.mkdir()
+    first = await in_thread(run_claude, gw.url, home, "say hi")
+    assert first.returncode == 0, first.stderr + first.stdout
+    session_id = json.loads(first.stdout)["session_id"]
+    second = await in_thread(run_claude, gw.url, home, "again", "--resume", session_id)
+    assert second.returncode == 0, second.stderr + second.stdout
+    assert json.loads(second.stdout)["session_id"] == session_id
+    await gw.service.stopService()
+    files = sorted(sessions.glob("*/session_*.jsonl"))
+    assert [f.name for f in files] == [f"session_{session_id}.jsonl"]
+    import sqlite3
+
+    db = sqlite3.connect(sessions / "sessions.db")
+    count = db.execute("SELECT request_count FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    assert count is not None and count[0] >= 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_codex_session_recorded_under_its_own_id(fake, start_gateway, tmp_path):
+    """A codex exec run is recorded under the session id Codex prints."""
+    sessions = tmp_path / "sessions"
+    gw = await start_gateway(fake, session_recording={"enabled": True, "sessions_dir": str(sessions)})
+    result = await in_thread(run_codex, gw.url, tmp_path, "say hi")
+    assert result.returncode == 0, result.stderr
+    session_id = re.search(r"session id:\s*([0-9a-f-]+)", result.stderr).group(1)
+    await gw.service.stopService()
+    assert [f.name for f in sessions.glob("*/session_*.jsonl")] == [f"session_{session_id}.jsonl"]

@@ -171,3 +171,42 @@ def test_twistd_help_lists_the_plugin():
     """After pip install, twistd --help lists lunaroute."""
     out = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=60).stdout
     assert "lunaroute" in out
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigkill_leaves_whole_lines_and_a_consistent_database(fake, tmp_path):
+    """After SIGKILL mid-traffic the JSONL files hold whole lines and the database checks out."""
+    import json
+    import sqlite3
+
+    import anthropic
+
+    sessions = tmp_path / "sessions"
+    config = _config(fake.url) + f"session_recording:\n  enabled: true\n  sessions_dir: {sessions}\n  batch_interval_ms: 10\n"
+    proc, url = _start_twistd(tmp_path, config)
+    try:
+        await in_thread(_wait_until_listening, url, proc)
+        client = anthropic.Anthropic(base_url=url, api_key="k", max_retries=0)
+        for i in range(20):
+            await in_thread(
+                client.messages.create, model="claude-sonnet-4", max_tokens=5,
+                messages=[{"role": "user", "content": f"turn {i}"}],
+                extra_headers={"x-session-id": f"s{i % 3}"},
+            )
+        proc.kill()
+        await in_thread(proc.wait, 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    files = list(sessions.glob("*/session_*.jsonl"))
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        complete, _, _tail = data.rpartition(b"\n")
+        for line in complete.splitlines():
+            json.loads(line)
+    db = sqlite3.connect(sessions / "sessions.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    for session_id, count in db.execute("SELECT session_id, request_count FROM sessions"):
+        rows = db.execute("SELECT count(*) FROM session_stats WHERE session_id=?", (session_id,)).fetchone()[0]
+        assert rows == count
