@@ -1,0 +1,460 @@
+"""
+Prometheus metrics for the gateway, served at C{GET /metrics}.
+
+Operators watch a gateway for the same few things: is traffic flowing and
+succeeding, how slow is the provider, how much does the gateway itself add,
+what is being spent, and is anything backing up.  L{GatewayMetrics} turns
+each finished L{Exchange} into those figures.  It owns a private
+C{CollectorRegistry} (so nothing else in the process leaks into the
+exposition and tests can build as many as they like) and reuses the metric
+names of the original LunaRoute so existing dashboards keep working.
+
+Two rules shape the code:
+
+  - Label values that come from clients (model names, tool names, paths)
+    are bounded: each label keeps the first N distinct values and reports
+    the rest as C{other}, so a client cannot create unbounded series.
+  - Metrics are off the relay's critical path in spirit: nothing here may
+    raise into the caller.  Failures are logged and counted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from twisted.logger import Logger
+
+from lunaroute.exchange import Exchange
+from lunaroute.logs import log_observer
+
+log = Logger(observer=log_observer)
+
+__all__ = ["BoundedLabels", "GatewayMetrics", "OTHER", "path_family"]
+
+OTHER = "other"
+UNKNOWN = "unknown"
+
+# Outcomes that mean the provider could not be used (as opposed to answering
+# with an error status, or the client leaving).
+_UPSTREAM_ERROR_KINDS = frozenset({"unreachable", "timeout", "stream_error"})
+
+# Buckets, in seconds, sized for what each histogram measures.
+_REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_TTFT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+_CHUNK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_TOOL_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+
+
+class BoundedLabels:
+    """
+    Keep label values bounded: per label name, the first C{max_values}
+    distinct values are reported as themselves and anything later as
+    C{other}.  Values are also cut to C{max_length} characters, and C{None}
+    or empty becomes C{unknown}.
+
+    C{admit=False} reports a value as itself only if it was admitted
+    before; metrics use it for model names on failed requests, so a client
+    sending random model names (which the provider rejects) cannot use up
+    the budget that real models need.
+    """
+
+    def __init__(self, max_values: int = 100, max_length: int = 128) -> None:
+        if max_values < 1:
+            raise ValueError("max_values must be >= 1")
+        self.max_values = max_values
+        self.max_length = max_length
+        self._seen: dict[str, set[str]] = {}
+
+    def __call__(self, label: str, value: Any, admit: bool = True) -> str:
+        if value is None or value == "":
+            return UNKNOWN
+        text = str(value)[: self.max_length]
+        seen = self._seen.setdefault(label, set())
+        if text in seen:
+            return text
+        if admit and len(seen) < self.max_values:
+            seen.add(text)
+            return text
+        return OTHER
+
+    def values(self, label: str) -> frozenset[str]:
+        """The values admitted so far for C{label}."""
+        return frozenset(self._seen.get(label, ()))
+
+
+def path_family(path: str) -> str:
+    """
+    The first two segments of a request path (C{/v1/embeddings},
+    C{/v1/audio}), the grouping used for bypassed requests; segments that do
+    not look like path words become C{other}.
+    """
+    segments = [s for s in path.split("?", 1)[0].split("/") if s][:2]
+    if not segments:
+        return "/"
+    return "/" + "/".join(s if _SEGMENT.match(s) else OTHER for s in segments)
+
+
+def _seconds(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1000.0
+
+
+class _RecorderCollector:
+    """Reads the recorder's queue figures when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.recorder: Any = None
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only, so the registry can detect clashes at registration.
+        yield GaugeMetricFamily("lunaroute_recorder_queue_depth", "")
+        yield CounterMetricFamily("lunaroute_recorder_dropped_events", "")
+        yield CounterMetricFamily("lunaroute_recorder_written_events", "")
+        yield CounterMetricFamily("lunaroute_recorder_write_failures", "")
+
+    def collect(self) -> Iterator[Metric]:
+        recorder = self.recorder
+        if recorder is None:
+            return
+        figures = (
+            (GaugeMetricFamily, "lunaroute_recorder_queue_depth", "queue_depth",
+             "Recording events accepted but not yet handed to the writers."),
+            (CounterMetricFamily, "lunaroute_recorder_dropped_events", "dropped_events",
+             "Recording events dropped because the queue was full or closed."),
+            (CounterMetricFamily, "lunaroute_recorder_written_events", "written_events",
+             "Recording events written by every writer."),
+            (CounterMetricFamily, "lunaroute_recorder_write_failures", "write_failures",
+             "Failed writer calls."),
+        )
+        for family, name, attribute, documentation in figures:
+            try:
+                value = getattr(recorder, attribute, None)
+                if value is None:
+                    continue
+                yield family(name, documentation, value=float(value))
+            except Exception:
+                log.failure("reading recorder figure {attribute} failed", attribute=attribute)
+
+
+class _PoolCollector:
+    """Reads idle connection counts from the providers' connection pools."""
+
+    def __init__(self) -> None:
+        self.providers: list[tuple[str, Any]] = []
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("http_pool_connections_idle", "")
+        yield GaugeMetricFamily("http_pool_max_idle_per_host", "")
+
+    def collect(self) -> Iterator[Metric]:
+        if not self.providers:
+            return
+        idle = GaugeMetricFamily(
+            "http_pool_connections_idle",
+            "Idle persistent connections kept in the provider's pool.",
+            labels=["provider"],
+        )
+        limit = GaugeMetricFamily(
+            "http_pool_max_idle_per_host",
+            "The most idle connections the pool keeps per host.",
+            labels=["provider"],
+        )
+        for name, provider in self.providers:
+            pool = getattr(provider, "pool", None)
+            if pool is None:
+                continue
+            try:
+                # HTTPConnectionPool keeps idle connections in a private dict
+                # of lists, keyed by (scheme, host, port); no public API.
+                connections = getattr(pool, "_connections", None) or {}
+                idle.add_metric([name], float(sum(len(c) for c in connections.values())))
+                per_host = getattr(pool, "maxPersistentPerHost", None)
+                if per_host is not None:
+                    limit.add_metric([name], float(per_host))
+            except Exception:
+                log.failure("reading the connection pool of {provider} failed", provider=name)
+        yield idle
+        yield limit
+
+
+class GatewayMetrics:
+    """
+    The gateway's metric families on a private registry.
+
+    Wire L{request_started} as a start observer and L{observe} as the last
+    exchange observer (after the statistics observer, which sets
+    C{exchange.cost_usd}); serve L{render} at C{/metrics}.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, max_label_values: int = 100) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.labels = BoundedLabels(max_label_values)
+        self._started: set[str] = set()
+        r = self.registry
+
+        self.requests = Counter(
+            "lunaroute_requests", "Requests handled, by HTTP status.",
+            ["listener", "provider", "model", "status"], registry=r,
+        )
+        self.requests_success = Counter(
+            "lunaroute_requests_success", "Requests the provider answered with a 2xx/3xx status.",
+            ["listener", "provider", "model"], registry=r,
+        )
+        self.requests_failure = Counter(
+            "lunaroute_requests_failure", "Requests that failed, by outcome.",
+            ["listener", "provider", "model", "error_type"], registry=r,
+        )
+        self.request_duration = Histogram(
+            "lunaroute_request_duration_seconds", "Time from receiving a request to finishing its response.",
+            ["listener", "provider", "model"], buckets=_REQUEST_BUCKETS, registry=r,
+        )
+        self.proxy_overhead = Histogram(
+            "lunaroute_proxy_overhead_seconds",
+            "Time spent in the gateway: before forwarding plus after the last upstream byte.",
+            ["listener", "provider"], buckets=_OVERHEAD_BUCKETS, registry=r,
+        )
+        self.in_flight = Gauge(
+            "lunaroute_in_flight_requests", "Requests forwarded upstream and not finished yet.", registry=r,
+        )
+        self.tokens = Counter(
+            "lunaroute_tokens", "Tokens reported by providers (Anthropic thinking is estimated).",
+            ["type", "model"], registry=r,
+        )
+        self.tokens_prompt = Counter(
+            "lunaroute_tokens_prompt", "Input (prompt) tokens as the provider counts them.",
+            ["provider", "model"], registry=r,
+        )
+        self.tokens_completion = Counter(
+            "lunaroute_tokens_completion", "Output (completion) tokens, thinking included.",
+            ["provider", "model"], registry=r,
+        )
+        self.cost = Counter(
+            "lunaroute_estimated_cost_usd", "Estimated cost in USD from the pricing table.",
+            ["provider", "model"], registry=r,
+        )
+        self.unpriced = Counter(
+            "lunaroute_unpriced_requests", "Requests with usage whose model has no price.",
+            ["model"], registry=r,
+        )
+        self.tool_calls = Counter(
+            "lunaroute_tool_calls", "Tool calls requested by the model.", ["provider", "tool"], registry=r,
+        )
+        self.tool_duration = Histogram(
+            "lunaroute_tool_duration_seconds",
+            "Time from the response asking for a tool to the request carrying its result.",
+            ["tool"], buckets=_TOOL_BUCKETS, registry=r,
+        )
+        self.streaming_requests = Counter(
+            "lunaroute_streaming_requests", "Streaming requests.", ["provider", "model"], registry=r,
+        )
+        self.streaming_chunks = Counter(
+            "lunaroute_streaming_chunks", "Body chunks relayed on streaming responses.", ["provider"], registry=r,
+        )
+        self.streaming_ttft = Histogram(
+            "lunaroute_streaming_ttft_seconds", "Time from receiving a streaming request to its first byte.",
+            ["provider", "model"], buckets=_TTFT_BUCKETS, registry=r,
+        )
+        self.streaming_chunk_latency = Histogram(
+            "lunaroute_streaming_chunk_latency_seconds", "Gaps between consecutive streamed chunks.",
+            ["provider"], buckets=_CHUNK_BUCKETS, registry=r,
+        )
+        self.streaming_duration = Histogram(
+            "lunaroute_streaming_duration_seconds", "Time from the first to the last streamed byte.",
+            ["provider", "model"], buckets=_REQUEST_BUCKETS, registry=r,
+        )
+        self.upstream_errors = Counter(
+            "lunaroute_upstream_errors", "Provider failures: unreachable, timeout, stream_error.",
+            ["provider", "kind"], registry=r,
+        )
+        self.rate_limits = Counter(
+            "lunaroute_rate_limits", "Responses with status 429 from the provider.", ["provider"], registry=r,
+        )
+        self.client_disconnects = Counter(
+            "lunaroute_client_disconnects", "Requests abandoned by the client before the response ended.",
+            registry=r,
+        )
+        self.bypass_requests = Counter(
+            "lunaroute_bypass_requests", "Requests proxied verbatim on the bypass path.",
+            ["provider", "path_family", "status"], registry=r,
+        )
+        self.metrics_errors = Counter(
+            "lunaroute_metrics_errors", "Failures while recording metrics (the request was unaffected).",
+            registry=r,
+        )
+        self._recorder = _RecorderCollector()
+        self._pools = _PoolCollector()
+        r.register(self._recorder)
+        r.register(self._pools)
+
+    # -- observers -------------------------------------------------------
+
+    def request_started(self, exchange: Exchange) -> None:
+        """A request is about to go upstream: one more in flight."""
+        try:
+            if exchange.request_id not in self._started:
+                self._started.add(exchange.request_id)
+                self.in_flight.inc()
+        except Exception:
+            self._failed("request_started")
+
+    def __call__(self, exchange: Exchange) -> None:
+        self.observe(exchange)
+
+    def observe(self, exchange: Exchange) -> None:
+        """Account for a finished exchange of any kind.  Never raises."""
+        try:
+            self._observe(exchange)
+        except Exception:
+            self._failed("observe")
+
+    def _failed(self, where: str) -> None:
+        log.failure("metrics {where} failed", where=where)
+        try:
+            self.metrics_errors.inc()
+        except Exception:
+            pass
+
+    def _observe(self, exchange: Exchange) -> None:
+        if exchange.request_id in self._started:
+            self._started.discard(exchange.request_id)
+            self.in_flight.dec()
+
+        label = self.labels
+        listener = label("listener", exchange.listener)
+        provider = label("provider", exchange.provider)
+        # Model names come from clients: only a request the provider accepted
+        # may add a new one (see BoundedLabels).
+        model = label("model", exchange.model, admit=exchange.success)
+        status = label("status", exchange.status if exchange.status is not None else "none")
+        timings = exchange.timings
+
+        self.requests.labels(listener, provider, model, status).inc()
+        if exchange.success:
+            self.requests_success.labels(listener, provider, model).inc()
+        else:
+            error_type = exchange.outcome if exchange.outcome != "ok" else "upstream_error"
+            self.requests_failure.labels(listener, provider, model, label("error_type", error_type)).inc()
+
+        total = _seconds(timings.total_ms)
+        if total is not None:
+            self.request_duration.labels(listener, provider, model).observe(total)
+        overhead = _seconds(timings.proxy_overhead_ms)
+        if overhead is not None:
+            self.proxy_overhead.labels(listener, provider).observe(overhead)
+
+        if exchange.outcome in _UPSTREAM_ERROR_KINDS:
+            self.upstream_errors.labels(provider, exchange.outcome).inc()
+        elif exchange.outcome == "client_disconnected":
+            self.client_disconnects.inc()
+        if exchange.status == 429:
+            self.rate_limits.labels(provider).inc()
+
+        if exchange.kind == "bypass":
+            family = label("path_family", path_family(exchange.path))
+            self.bypass_requests.labels(provider, family, status).inc()
+
+        if exchange.streaming:
+            self._observe_stream(exchange, provider, model)
+        if exchange.is_conversation:
+            self._observe_usage(exchange, provider, model)
+
+    def _observe_stream(self, exchange: Exchange, provider: str, model: str) -> None:
+        timings = exchange.timings
+        self.streaming_requests.labels(provider, model).inc()
+        if exchange.chunk_count:
+            self.streaming_chunks.labels(provider).inc(exchange.chunk_count)
+        ttft = _seconds(timings.ttft_ms)
+        if ttft is not None:
+            self.streaming_ttft.labels(provider, model).observe(ttft)
+        if exchange.chunk_gaps_ms:
+            histogram = self.streaming_chunk_latency.labels(provider)
+            for gap in exchange.chunk_gaps_ms:
+                histogram.observe(gap / 1000.0)
+        if timings.first_byte is not None and timings.last_byte is not None:
+            self.streaming_duration.labels(provider, model).observe(max(0.0, timings.last_byte - timings.first_byte))
+
+    def _observe_usage(self, exchange: Exchange, provider: str, model: str) -> None:
+        response = exchange.response
+        if response is None:
+            return
+        usage = response.usage
+        counts = (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("thinking", usage.thinking_tokens),
+            ("cache_read", usage.cache_read_tokens),
+            ("cache_creation", usage.cache_creation_tokens),
+        )
+        for kind, count in counts:
+            if count > 0:
+                self.tokens.labels(kind, model).inc(count)
+        if usage.input_tokens > 0:
+            self.tokens_prompt.labels(provider, model).inc(usage.input_tokens)
+        if usage.output_tokens > 0:
+            self.tokens_completion.labels(provider, model).inc(usage.output_tokens)
+
+        if exchange.cost_usd is not None:
+            if exchange.cost_usd > 0:
+                self.cost.labels(provider, model).inc(exchange.cost_usd)
+        elif usage.input_tokens or usage.output_tokens or usage.cache_read_tokens or usage.cache_creation_tokens:
+            self.unpriced.labels(model).inc()
+
+        for call in response.tool_calls:
+            self.tool_calls.labels(provider, self.labels("tool", call.name)).inc()
+        for result in exchange.tool_results:
+            duration = _seconds(result.get("duration_ms"))
+            if duration is not None:
+                self.tool_duration.labels(self.labels("tool", result.get("tool_name"))).observe(duration)
+
+    # -- bindings ----------------------------------------------------------
+
+    def bind_recorder(self, recorder: Any) -> None:
+        """
+        Report C{recorder.queue_depth} and C{recorder.dropped_events} (and
+        C{written_events}, C{write_failures} when present), read at scrape
+        time.
+        """
+        self._recorder.recorder = recorder
+
+    def bind_pools(self, providers: Mapping[str, Any] | Iterable[Any]) -> None:
+        """
+        Report the connection pools of the providers whose
+        C{settings.http_client.enable_pool_metrics} is on.
+        """
+        try:
+            items = providers.items() if isinstance(providers, Mapping) else (
+                (getattr(p, "name", None) or UNKNOWN, p) for p in providers
+            )
+            chosen: list[tuple[str, Any]] = []
+            for name, provider in items:
+                settings = getattr(provider, "settings", None)
+                client = getattr(settings, "http_client", None)
+                if getattr(client, "enable_pool_metrics", False):
+                    chosen.append((str(getattr(provider, "name", None) or name), provider))
+            self._pools.providers = chosen
+        except Exception:
+            self._failed("bind_pools")
+
+    # -- exposition --------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type."""
+        try:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        except Exception:
+            self._failed("render")
+            return b"# metrics are temporarily unavailable\n", CONTENT_TYPE_LATEST
