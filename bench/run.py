@@ -376,6 +376,23 @@ def machine_info() -> dict[str, Any]:
 # Measurements
 
 
+def settle(pids: list[int], timeout: float = 30.0, interval: float = 0.2, idle_share: float = 0.03) -> float:
+    """
+    Wait until the processes are (nearly) idle: a recording gateway keeps
+    writing after its load ended, and must not steal the CPU of the next
+    measurement.  Returns the seconds waited.
+    """
+    start = time.monotonic()
+    before = sum(cpu_seconds(p) for p in pids)
+    while time.monotonic() - start < timeout:
+        time.sleep(interval)
+        after = sum(cpu_seconds(p) for p in pids)
+        if (after - before) / interval < idle_share:
+            break
+        before = after
+    return time.monotonic() - start
+
+
 def timed_rounds(
     targets: dict[str, int],
     make_raw: Any,
@@ -383,11 +400,13 @@ def timed_rounds(
     n: int,
     rounds: int,
     time_limit: float,
+    quiet_pids: list[int] | None = None,
 ) -> dict[str, list[loadgen.Timed]]:
     """
     Sequential requests, one keep-alive connection per target: C{warmup}
     untimed ones each, then C{n} each in C{rounds} interleaved blocks (the
     target order rotates every round).  Stops early past C{time_limit}.
+    Before each block, waits for C{quiet_pids} to be idle.
     """
     clients = {name: loadgen.BlockingClient(port) for name, port in targets.items()}
     raws = {name: make_raw(port) for name, port in targets.items()}
@@ -402,6 +421,8 @@ def timed_rounds(
         for r in range(rounds):
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
+                if quiet_pids:
+                    settle(quiet_pids)
                 client, raw, out = clients[name], raws[name], results[name]
                 for _ in range(per_round):
                     timed = client.request(raw)
@@ -478,7 +499,9 @@ def run_pyload(port: int, body: bytes, conns: int, duration: float) -> dict[str,
     }
 
 
-def throughput(tmp: str, port: int, pid_of: list[int], body: bytes, conns: int, duration: float, tag: str, use_wrk: bool) -> dict[str, Any]:
+def throughput(tmp: str, port: int, pid_of: list[int], body: bytes, conns: int, duration: float, tag: str, use_wrk: bool, quiet_pids: list[int] | None = None) -> dict[str, Any]:
+    if quiet_pids:
+        settle(quiet_pids)
     cpu0 = sum(cpu_seconds(pid) for pid in pid_of)
     t0 = time.perf_counter()
     if use_wrk:
@@ -491,6 +514,20 @@ def throughput(tmp: str, port: int, pid_of: list[int], body: bytes, conns: int, 
         result["server_cpu_us_per_request"] = cpu / result["requests"] * 1e6
         result["server_cpu_share"] = cpu / wall
     return result
+
+
+def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of several throughput runs, keeping each run's numbers."""
+    out: dict[str, Any] = {"client": runs[0]["client"], "runs": runs}
+    for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "server_cpu_us_per_request", "server_cpu_share"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = sum(values) / len(values) if values else None
+    out["requests"] = sum(r.get("requests") or 0 for r in runs)
+    out["non_2xx"] = sum(r.get("non_2xx") or 0 for r in runs)
+    errors = [r.get("socket_errors") for r in runs if r.get("socket_errors")]
+    out["socket_errors"] = errors or None
+    out["rps_runs"] = [round(r["rps"] or 0) for r in runs]
+    return out
 
 
 def soak(port: int, pid: int, checkpoints: list[int], time_limit: float) -> list[dict[str, Any]]:
@@ -544,12 +581,12 @@ def recording_check(sessions_dir: str) -> dict[str, Any]:
         try:
             conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
             try:
-                db_rows = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+                db_rows = conn.execute("SELECT COUNT(*) FROM session_stats").fetchone()[0]
             finally:
                 conn.close()
         except sqlite3.Error as exc:
             db_rows = f"unreadable: {exc}"
-    return {"jsonl_files": files, "jsonl_events": lines, "sqlite_requests": db_rows}
+    return {"jsonl_files": files, "jsonl_events": lines, "sqlite_exchanges": db_rows}
 
 
 def metrics_served(port: int) -> bool:
@@ -617,20 +654,29 @@ def report(results: dict[str, Any]) -> str:
     thr = results.get("throughput", {})
     if thr:
         out.append("")
-        out.append(f"Throughput ({next(iter(thr.values()))['c16']['client']}, {results['params']['wrk_seconds']} s each)")
+        out.append(
+            f"Throughput ({next(iter(thr.values()))['c16']['client']}; mean of 2 runs of "
+            f"{results['params']['wrk_seconds'] / 2:.0f} s, in opposite target order)"
+        )
         rows = []
         for name, r in thr.items():
+            c16, c64, st = r["c16"], r["c64"], r["stream_c16"]
             rows.append(
                 [
-                    name, r["c16"]["rps"], r["c16"].get("p99_ms"), r["c64"]["rps"], r["c64"].get("p99_ms"),
-                    r["stream_c16"]["rps"], r["c16"].get("server_cpu_us_per_request"),
-                    (r["c16"]["non_2xx"] or 0) + (r["c64"]["non_2xx"] or 0) + (r["stream_c16"]["non_2xx"] or 0),
+                    name,
+                    f"{c16['rps']:.0f} ({'/'.join(map(str, c16.get('rps_runs', [])))})",
+                    fmt(c16.get("p99_ms"), 2),
+                    f"{c64['rps']:.0f} ({'/'.join(map(str, c64.get('rps_runs', [])))})",
+                    fmt(c64.get("p99_ms"), 2),
+                    f"{st['rps']:.0f}",
+                    fmt(c16.get("server_cpu_us_per_request"), 0),
+                    str((c16["non_2xx"] or 0) + (c64["non_2xx"] or 0) + (st["non_2xx"] or 0)),
                 ]
             )
         out.append(
             table(
-                ["target", "rps c16", "p99 ms c16", "rps c64", "p99 ms c64", "stream rps c16", "server CPU us/req", "non-2xx"],
-                [[r[0], fmt(r[1], 0), fmt(r[2], 2), fmt(r[3], 0), fmt(r[4], 2), fmt(r[5], 0), fmt(r[6], 0), str(r[7])] for r in rows],
+                ["target", "rps c16 (runs)", "p99 ms c16", "rps c64 (runs)", "p99 ms c64", "stream rps c16", "server CPU us/req c16", "non-2xx"],
+                rows,
             )
         )
     mem = results.get("memory", {})
@@ -742,9 +788,14 @@ def main(argv: list[str] | None = None) -> int:
         results["targets"] = {name: {"port": port, "pid": pids[name]} for name, port in targets.items()}
         time.sleep(0.5)
 
+        quiet = list(pids.values())
+        if "nginx" in pids:
+            quiet += _children(pids["nginx"])
+
         # -- 1. memory ----------------------------------------------------
         results["memory"] = {}
         for name in gateways:
+            settle(quiet)
             idle = rss_kb(pids[name])["VmRSS"]
             print(f"memory soak {name}: idle VmRSS {idle / 1024:.1f} MiB")
             points = soak(targets[name], pids[name], checkpoints, 240 if not quick else 60)
@@ -755,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
         body = request_body(False)
         seq = timed_rounds(
             targets, lambda p: loadgen.build_request(p, "/v1/messages", body, CLIENT_HEADERS),
-            300 if not quick else 50, n, 10, 180,
+            300 if not quick else 50, n, 10, 180, quiet,
         )
         lat = {name: loadgen.summarize_ms([t.total for t in timed]) for name, timed in seq.items()}
         for name in targets:
@@ -769,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
         sbody = request_body(True)
         seq = timed_rounds(
             targets, lambda p: loadgen.build_request(p, "/v1/messages", sbody, CLIENT_HEADERS),
-            100 if not quick else 20, n_stream, 10, 180,
+            100 if not quick else 20, n_stream, 10, 180, quiet,
         )
         ttfb: dict[str, Any] = {}
         for name, timed in seq.items():
@@ -792,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         large_targets = {k: v for k, v in targets.items() if k in ("direct", "nginx", "gateway")}
         seq = timed_rounds(
             large_targets, lambda p: loadgen.build_request(p, "/v1/messages", big, CLIENT_HEADERS),
-            50, n_large, 5, 120,
+            50, n_large, 5, 120, quiet,
         )
         large = {name: loadgen.summarize_ms([t.total for t in timed]) for name, timed in seq.items()}
         for name in large:
@@ -801,16 +852,24 @@ def main(argv: list[str] | None = None) -> int:
         results["large_body"] = large
 
         # -- 5. throughput ----------------------------------------------------
-        results["throughput"] = {}
-        for name, port in targets.items():
-            print(f"throughput {name}: 16 and 64 connections, streams at 16 ({wrk_seconds:.0f} s each)")
-            r = {}
-            for tag, b, conns in (("c16", body, 16), ("c64", body, 64), ("stream_c16", sbody, 16)):
-                r[tag] = throughput(tmp, port, [pids[name]], b, conns, wrk_seconds, f"{name}-{tag}", use_wrk)
-                r[tag].pop("raw", None)
-                print(f"  {tag}: {r[tag]['rps']:.0f} req/s, non-2xx {r[tag]['non_2xx']}, errors {r[tag]['socket_errors']}")
-                time.sleep(0.5)
-            results["throughput"][name] = r
+        # Two passes over all targets (the second in reverse order), each run
+        # half of --wrk-seconds; the mean is reported, both runs are kept.
+        passes = 2
+        run_seconds = wrk_seconds / passes
+        loads = (("c16", body, 16), ("c64", body, 64), ("stream_c16", sbody, 16))
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {tag: [] for tag, _, _ in loads} for name in targets}
+        for p in range(passes):
+            order = list(targets) if p % 2 == 0 else list(reversed(targets))
+            for name in order:
+                print(f"throughput {name} (pass {p + 1}/{passes}): 16 and 64 connections, streams at 16, {run_seconds:.0f} s each")
+                for tag, b, conns in loads:
+                    r = throughput(tmp, targets[name], [pids[name]], b, conns, run_seconds, f"{name}-{tag}", use_wrk, quiet)
+                    r.pop("raw", None)
+                    runs[name][tag].append(r)
+                    print(f"  {tag}: {r['rps']:.0f} req/s, non-2xx {r['non_2xx']}, errors {r['socket_errors']}")
+        results["throughput"] = {
+            name: {tag: combine_runs(rs) for tag, rs in by_tag.items()} for name, by_tag in runs.items()
+        }
 
         for name in gateways:
             results["memory"][name]["final_rss_kb"] = rss_kb(pids[name])["VmRSS"]
@@ -845,6 +904,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in gateways:
             rc = procs.stop(procs_by_pid(procs, pids[name]))
             results.setdefault("exit_status", {})[name] = rc
+        stopped = [
+            line for line in procs.log_tail("gateway-gateway-plus-recording", 50).splitlines()
+            if "session recorder stopped" in line
+        ]
+        if stopped:
+            results["recording"]["recorder_log"] = stopped[-1].split("] ", 1)[-1]
     finally:
         procs.stop_all()
 

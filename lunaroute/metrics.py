@@ -388,6 +388,11 @@ class GatewayMetrics:
             self.streaming_duration.labels(provider, model).observe(max(0.0, timings.last_byte - timings.first_byte))
 
     def _observe_usage(self, exchange: Exchange, provider: str, model: str) -> None:
+        # Tool results come with the request, whatever the response was.
+        for result in exchange.tool_results:
+            duration = _seconds(result.get("duration_ms"))
+            if duration is not None:
+                self.tool_duration.labels(self.labels("tool", result.get("tool_name"))).observe(duration)
         response = exchange.response
         if response is None:
             return
@@ -415,10 +420,6 @@ class GatewayMetrics:
 
         for call in response.tool_calls:
             self.tool_calls.labels(provider, self.labels("tool", call.name)).inc()
-        for result in exchange.tool_results:
-            duration = _seconds(result.get("duration_ms"))
-            if duration is not None:
-                self.tool_duration.labels(self.labels("tool", result.get("tool_name"))).observe(duration)
 
     # -- bindings ----------------------------------------------------------
 

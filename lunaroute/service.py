@@ -18,12 +18,15 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from lunaroute.config import Settings, setting_lines
+from lunaroute.errors import ConfigError
 from lunaroute.logs import log_observer, set_log_level
+from lunaroute.metrics import GatewayMetrics
 from lunaroute.providers import providers_from_settings
 from lunaroute.proxy.app import GatewayApp
 from lunaroute.proxy.reqlog import RequestLogPrinter
 from lunaroute.proxy.request import DEFAULT_MAX_BODY, GatewayRequest
 from lunaroute.sessions.recorder import make_recorder
+from lunaroute.stats import PricingTable, SessionStatsCollector
 
 log = Logger(observer=log_observer)
 
@@ -72,10 +75,26 @@ class GatewayService(MultiService):
         self.proxy_listener.setServiceParent(self)
         # Services stopped after the proxy has drained, in this order.
         self.drained_services: list[Any] = []
+        # Observers run in this order: statistics first (it fills in the
+        # exchange's cost and tool results), then the recorder, then metrics.
+        statistics = settings.statistics
+        self.pricing = PricingTable.load(statistics.pricing_file, statistics.pricing)
+        self.stats = SessionStatsCollector(statistics.session_stats_max_sessions, self.pricing)
+        self.gateway.observers.append(self.stats.observe)
+        self.gateway.stats = self.stats
         self.recorder = make_recorder(settings.session_recording, reactor)
         if self.recorder is not None:
             self.add_drained_service(self.recorder)
             self.gateway.observers.append(self.recorder.record)
+        self.metrics: GatewayMetrics | None = None
+        if settings.metrics.enabled:
+            self.metrics = GatewayMetrics()
+            self.gateway.start_observers.append(self.metrics.request_started)
+            self.gateway.observers.append(self.metrics.observe)
+            self.gateway.metrics_renderer = self.metrics.render
+            if self.recorder is not None:
+                self.metrics.bind_recorder(self.recorder)
+            self.metrics.bind_pools(self.providers)
 
     def listening_port(self) -> defer.Deferred[Any]:
         """
@@ -121,6 +140,11 @@ class GatewayService(MultiService):
             yield _quietly(defer.maybeDeferred(service.stopService), f"stop {service.name}")
         for provider in self.providers.values():
             yield _quietly(provider.close(), f"close {provider.name} pool")
+        if self.settings.statistics.print_summary or self.settings.logging.level == "debug":
+            try:
+                log.info("session summary\n{summary}", summary=self.stats.summary_text())
+            except Exception:
+                log.failure("could not build the session summary")
         log.info("LunaRoute stopped")
         # twistd re-raises the stop signal on exit (status -15/143).  A
         # graceful stop that finished its work is a clean exit: status 0.
@@ -141,4 +165,8 @@ def make_gateway_service(settings: Settings, reactor: Any = None) -> GatewayServ
 
         reactor = global_reactor
     set_log_level(settings.logging.level)
-    return GatewayService(settings, reactor)
+    try:
+        return GatewayService(settings, reactor)
+    except ConfigError as exc:
+        # Raised while loading the pricing table: one line, like other config errors.
+        raise SystemExit(f"lunaroute: configuration error: {exc}") from None

@@ -137,3 +137,25 @@ async def test_oversized_body_is_413_and_never_forwarded(fake, start_gateway):
     response = await in_thread(chunked)
     assert response.status_code == 413
     assert len(fake.requests) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_bypassed_calls_are_counted_but_not_recorded(fake, start_gateway, tmp_path):
+    """Bypassed requests appear in metrics by path family and never as recorded sessions."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sessions = tmp_path / "sessions"
+    gw = await start_gateway(fake, session_recording={"enabled": True, "sessions_dir": str(sessions)})
+    client = gw.openai()
+    for _ in range(2):
+        await in_thread(client.embeddings.create, model="text-embedding-3-small", input="hello")
+    text = (await in_thread(httpx.get, gw.url + "/metrics")).text
+    count = sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "lunaroute_bypass_requests_total" and s.labels.get("path_family") == "/v1/embeddings"
+    )
+    assert count == 2
+    await gw.service.stopService()
+    assert not list(sessions.glob("*/session_*.jsonl"))

@@ -178,3 +178,18 @@ async def test_codex_session_recorded_under_its_own_id(fake, start_gateway, tmp_
     session_id = re.search(r"session id:\s*([0-9a-f-]+)", result.stderr).group(1)
     await gw.service.stopService()
     assert [f.name for f in sessions.glob("*/session_*.jsonl")] == [f"session_{session_id}.jsonl"]
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5"])
+@pytest_twisted.ensureDeferred
+async def test_estimated_cost_agrees_with_claude_code(gateway, fake, tmp_path, model):
+    """Our estimated cost for a Claude Code session equals the total_cost_usd Claude Code reports."""
+    import httpx
+
+    result = await in_thread(run_claude, gateway.url, tmp_path, "say hi", "--model", model)
+    assert result.returncode == 0, result.stderr + result.stdout
+    output = json.loads(result.stdout)
+    stats = (await in_thread(httpx.get, gateway.url + "/_lunaroute/stats")).json()
+    session = next(s for s in stats["sessions"] if s["session_id"] == output["session_id"])
+    assert output["total_cost_usd"] > 0
+    assert session["estimated_cost_usd"] == pytest.approx(output["total_cost_usd"], rel=1e-6)

@@ -210,3 +210,37 @@ async def test_sigkill_leaves_whole_lines_and_a_consistent_database(fake, tmp_pa
     for session_id, count in db.execute("SELECT session_id, request_count FROM sessions"):
         rows = db.execute("SELECT count(*) FROM session_stats WHERE session_id=?", (session_id,)).fetchone()[0]
         assert rows == count
+
+
+@pytest_twisted.ensureDeferred
+async def test_zero_config_and_lunaroute_server(tmp_path):
+    """
+    With no config file at all (settings from the environment) both twistd
+    and lunaroute-server serve both dialects; a bad request is answered
+    locally without reaching any provider.
+    """
+    server = shutil.which("lunaroute-server") or str(Path(sys.executable).with_name("lunaroute-server"))
+    for command in ([TWISTD, "-n", "lunaroute"], [server]):
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LUNAROUTE_", "ANTHROPIC_", "OPENAI_"))}
+        env["LUNAROUTE_PORT"] = str(port)
+        proc = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            await in_thread(_wait_until_listening, url, proc)
+            ready = await in_thread(httpx.get, url + "/readyz")
+            assert ready.status_code == 200
+            assert set(ready.json()["dialects"]) == {"anthropic", "openai"}
+            bad = await in_thread(httpx.post, url + "/v1/messages", content=b"{", headers={"x-api-key": "k"})
+            assert bad.status_code == 400 and bad.json()["type"] == "error"
+            bad = await in_thread(httpx.post, url + "/v1/chat/completions", content=b"{")
+            assert bad.status_code == 400 and "error" in bad.json()
+            proc.send_signal(signal.SIGINT)
+            assert await in_thread(proc.wait, 30) == 0
+            assert "Traceback" not in proc.stdout.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

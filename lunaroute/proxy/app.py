@@ -103,6 +103,8 @@ class GatewayApp:
         self.start_observers: list[ExchangeObserver] = []
         # Renders the Prometheus exposition: () -> (body, content type).
         self.metrics_renderer: Callable[[], tuple[bytes, str]] | None = None
+        # The session statistics collector, when there is one (read-only here).
+        self.stats: Any = None
         self.request_log = request_log
         self.in_flight: set[defer.Deferred[Any]] = set()
         self._accepting = True
@@ -170,6 +172,16 @@ class GatewayApp:
         body, content_type = self.metrics_renderer()
         request.setHeader(b"content-type", content_type.encode("ascii"))
         return body
+
+    @app.route("/_lunaroute/stats", methods=["GET"])
+    def live_stats(self, request: Any) -> bytes:
+        """Session statistics while running: the aggregate and each kept session."""
+        request.setHeader(b"content-type", b"application/json")
+        if self.stats is None:
+            return b'{"aggregate":null,"sessions":[]}'
+        return json.dumps(
+            {"aggregate": self.stats.aggregate(), "sessions": self.stats.sessions()}, default=str
+        ).encode()
 
     @app.route("/v1/messages", methods=["POST"])
     def messages(self, request: Any) -> Any:

@@ -57,7 +57,7 @@ class _ToolTotals:
         return {
             "calls": self.calls,
             "results": self.results,
-            "avg_duration_ms": self.duration_ms / self.results if self.results else None,
+            "avg_duration_ms": _round(self.duration_ms / self.results) if self.results else None,
         }
 
 
@@ -68,7 +68,7 @@ class _Totals:
     requests: int = 0
     failed_requests: int = 0
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_KINDS, 0))
-    thinking_estimated: bool = False
+    thinking_estimated_tokens: int = 0
     tools: dict[str, _ToolTotals] = field(default_factory=dict)
     models: dict[str, int] = field(default_factory=dict)
     timed_requests: int = 0
@@ -105,7 +105,7 @@ class _Totals:
             self.tokens["cache_read"] += usage.cache_read_tokens
             self.tokens["cache_creation"] += usage.cache_creation_tokens
             if usage.thinking_tokens and not usage.thinking_tokens_exact:
-                self.thinking_estimated = True
+                self.thinking_estimated_tokens += usage.thinking_tokens
             for call in response.tool_calls:
                 self.tool(call.name or "unknown").calls += 1
 
@@ -145,6 +145,7 @@ class _Totals:
         # cache counts are not in it).
         tokens["total"] = tokens["input"] + tokens["output"]
         all_priced = self.cost_known_requests == self.requests
+        timed = self.timed_requests
         return {
             "requests": self.requests,
             "failed_requests": self.failed_requests,
@@ -152,17 +153,20 @@ class _Totals:
             "last_request_at": self.last_request_at,
             "models": dict(self.models),
             "tokens": tokens,
-            "thinking_estimated": self.thinking_estimated,
+            # Anthropic does not count thinking separately: its share is
+            # estimated from the thinking text (OpenAI's is exact).
+            "thinking_estimated": self.thinking_estimated_tokens > 0,
+            "thinking_estimated_tokens": self.thinking_estimated_tokens,
             "tools": {name: t.to_dict() for name, t in sorted(self.tools.items())},
             "tool_calls": sum(t.calls for t in self.tools.values()),
-            "avg_response_ms": self.total_ms / self.timed_requests if self.timed_requests else None,
-            "avg_ttft_ms": self.ttft_ms / self.ttft_requests if self.ttft_requests else None,
-            "request_ms": self.total_ms,
-            "proxy_overhead_ms": self.overhead_ms,
+            "avg_response_ms": _round(self.total_ms / timed) if timed else None,
+            "avg_ttft_ms": _round(self.ttft_ms / self.ttft_requests) if self.ttft_requests else None,
+            "request_ms": _round(self.total_ms),
+            "proxy_overhead_ms": _round(self.overhead_ms),
             "proxy_overhead_share": self.overhead_ms / self.total_ms if self.total_ms > 0 else None,
-            "avg_proxy_overhead_ms": self.overhead_ms / self.timed_requests if self.timed_requests else None,
-            "provider_ms": self.provider_ms,
-            "avg_provider_ms": self.provider_ms / self.timed_requests if self.timed_requests else None,
+            "avg_proxy_overhead_ms": _round(self.overhead_ms / timed) if timed else None,
+            "provider_ms": _round(self.provider_ms),
+            "avg_provider_ms": _round(self.provider_ms / timed) if timed else None,
             "estimated_cost_usd": self.cost_usd if all_priced else None,
             "priced_cost_usd": self.cost_usd,
             "cost_known_requests": self.cost_known_requests,
@@ -177,6 +181,11 @@ class _Session:
     pending: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)
     # tool call ids whose result has been seen (clients resend the history).
     resolved: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+
+def _round(ms: float) -> float:
+    # Microsecond resolution is plenty and keeps float noise out of the API.
+    return round(ms, 3)
 
 
 def _bounded_key(table: dict[str, Any], name: str) -> str:
@@ -245,7 +254,10 @@ class SessionStatsCollector:
                     if session is not None:
                         session.totals.add_tool_result(result["tool_name"] or "unknown", result["duration_ms"])
         except Exception:
-            log.failure("session statistics failed for request {request_id}", request_id=exchange.request_id)
+            log.failure(
+                "session statistics failed for request {request_id}",
+                request_id=getattr(exchange, "request_id", None),
+            )
 
     def _cost(self, exchange: Exchange) -> float | None:
         response = exchange.response
@@ -486,7 +498,13 @@ def _describe(data: dict[str, Any]) -> list[str]:
     if data["models"]:
         models = ", ".join(f"{name} ({count})" for name, count in sorted(data["models"].items()))
         lines.append(f"  Models:            {models}")
-    thinking_note = " (estimated)" if data["thinking_estimated"] else ""
+    estimated = data["thinking_estimated_tokens"]
+    if not estimated:
+        thinking_note = ""
+    elif estimated >= tokens["thinking"]:
+        thinking_note = " (estimated)"
+    else:
+        thinking_note = f" ({_int(estimated)} of them estimated)"
     lines += [
         "  Tokens:",
         f"    Input:           {_int(tokens['input'])}",
@@ -502,7 +520,8 @@ def _describe(data: dict[str, Any]) -> list[str]:
         for name, tool in data["tools"].items():
             average = tool["avg_duration_ms"]
             timing = f", avg {_ms(average)}" if average is not None else ""
-            lines.append(f"    {name.ljust(width)}  {_int(tool['calls'])} calls{timing}")
+            calls = "call" if tool["calls"] == 1 else "calls"
+            lines.append(f"    {name.ljust(width)}  {_int(tool['calls'])} {calls}{timing}")
     lines.append(f"  Avg response time: {_ms(data['avg_response_ms'])}")
     share = data["proxy_overhead_share"]
     share_text = f" ({share * 100:.2f}% of request time)" if share is not None else ""
