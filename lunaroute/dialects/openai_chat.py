@@ -257,19 +257,28 @@ def summarize_chat_json(body: dict[str, Any]) -> ResponseSummary:
     )
 
 
-def chat_usage(raw: dict[str, Any], thinking: str = "") -> Usage:
-    """Normalise a Chat Completions ``usage`` object (see :class:`Usage`)."""
-    details = as_dict(raw.get("completion_tokens_details"))
+def openai_usage(raw: dict[str, Any], input_name: str, output_name: str, thinking: str = "") -> Usage:
+    """
+    Normalise an OpenAI ``usage`` object (see :class:`Usage`).  Chat
+    Completions calls its counts ``prompt``/``completion``, the Responses API
+    ``input``/``output``; the details objects follow the same names.
+    """
+    details = as_dict(raw.get(f"{output_name}_tokens_details"))
     reasoning = details.get("reasoning_tokens")
     exact = as_int(reasoning, -1) >= 0
     return Usage(
-        input_tokens=as_int(raw.get("prompt_tokens")),
-        output_tokens=as_int(raw.get("completion_tokens")),
+        input_tokens=as_int(raw.get(f"{input_name}_tokens")),
+        output_tokens=as_int(raw.get(f"{output_name}_tokens")),
         thinking_tokens=as_int(reasoning) if exact else estimate_tokens(thinking),
-        cache_read_tokens=as_int(as_dict(raw.get("prompt_tokens_details")).get("cached_tokens")),
+        cache_read_tokens=as_int(as_dict(raw.get(f"{input_name}_tokens_details")).get("cached_tokens")),
         cache_creation_tokens=0,
         thinking_tokens_exact=exact,
     )
+
+
+def chat_usage(raw: dict[str, Any], thinking: str = "") -> Usage:
+    """Normalise a Chat Completions ``usage`` object (see :class:`Usage`)."""
+    return openai_usage(raw, "prompt", "completion", thinking)
 
 
 def _content_text(content: Any) -> str:

@@ -20,9 +20,9 @@ from lunaroute.dialects.model import (
     ResponseSummary,
     ToolCall,
     Usage,
-    estimate_tokens,
     parse_tool_input,
 )
+from lunaroute.dialects.openai_chat import openai_usage
 
 __all__ = ["ResponsesAccumulator", "responses_usage", "summarize_responses_json"]
 
@@ -297,14 +297,4 @@ def summarize_responses_json(body: dict[str, Any]) -> ResponseSummary:
 
 def responses_usage(raw: dict[str, Any], thinking: str = "") -> Usage:
     """Normalise a Responses API ``usage`` object (see :class:`Usage`)."""
-    details = as_dict(raw.get("output_tokens_details"))
-    reasoning = details.get("reasoning_tokens")
-    exact = as_int(reasoning, -1) >= 0
-    return Usage(
-        input_tokens=as_int(raw.get("input_tokens")),
-        output_tokens=as_int(raw.get("output_tokens")),
-        thinking_tokens=as_int(reasoning) if exact else estimate_tokens(thinking),
-        cache_read_tokens=as_int(as_dict(raw.get("input_tokens_details")).get("cached_tokens")),
-        cache_creation_tokens=0,
-        thinking_tokens_exact=exact,
-    )
+    return openai_usage(raw, "input", "output", thinking)
