@@ -327,3 +327,21 @@ async def test_gzip_body_reaches_client_intact(gateway, fake):
         messages=[{"role": "user", "content": "hi"}],
     )
     assert message.content[0].text == fake.reply_text
+
+
+@pytest_twisted.ensureDeferred
+async def test_provider_dropping_mid_stream_is_not_hidden(gateway, fake):
+    """If the provider cuts a stream short, the client's connection is cut too (not finished as if complete)."""
+
+    def run():
+        with httpx.stream(
+            "POST", gateway.url + "/v1/messages",
+            json={"model": "claude-sonnet-4-5-drop", "max_tokens": 10, "stream": True,
+                  "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-api-key": "k"},
+        ) as response:
+            return b"".join(response.iter_bytes())
+
+    with pytest.raises(httpx.HTTPError):
+        await in_thread(run)
+    assert not gateway.app.in_flight

@@ -397,7 +397,7 @@ class GatewayApp:
         relay = RelayProtocol(request, clock, on_chunk, idle_timeout=_idle_timeout(provider))
         response.deliverBody(relay)
         try:
-            failure = await relay.done
+            await relay.done
         except defer.CancelledError:
             exchange.outcome, exchange.error = "client_disconnected", "client went away mid-response"
             self._collect(exchange, relay, capture)
@@ -406,12 +406,12 @@ class GatewayApp:
         self._collect(exchange, relay, capture)
         if relay.timed_out:
             exchange.outcome, exchange.error = "timeout", "upstream stopped sending"
-        elif failure is not None:
+        elif relay.failure is not None:
             if _client_gone(request):
                 exchange.outcome, exchange.error = "client_disconnected", "client went away mid-response"
             else:
                 exchange.outcome = "stream_error"
-                exchange.error = f"upstream body cut short: {failure.getErrorMessage()}"
+                exchange.error = f"upstream body cut short: {relay.failure.getErrorMessage()}"
                 # The status is already sent; dropping the connection is the
                 # only way left to tell the client the body is incomplete.
                 if request.channel is not None and request.channel.transport is not None:

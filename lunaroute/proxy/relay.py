@@ -27,9 +27,9 @@ class RelayProtocol(Protocol):
     Receives the provider's body via C{IResponse.deliverBody} and writes each
     chunk straight to the client's request.
 
-    C{done} fires with C{None} when the body ended normally, or with the
-    L{Failure} that cut it short (it never errbacks: by then the status line
-    is already on its way to the client).  Cancelling C{done} aborts the
+    C{done} fires with C{None} when the body has ended; C{failure} then holds
+    what cut it short, if anything (C{done} never errbacks: by then the status
+    line is already on its way to the client).  Cancelling C{done} aborts the
     upstream connection, which is how a client disconnect reaches the provider.
     """
 
@@ -52,7 +52,8 @@ class RelayProtocol(Protocol):
         self.chunks = 0
         self.gaps_ms: list[float] = []
         self.timed_out = False
-        self.done: defer.Deferred[Failure | None] = defer.Deferred(self._cancel)
+        self.failure: Failure | None = None
+        self.done: defer.Deferred[None] = defer.Deferred(self._cancel)
 
     def connectionMade(self) -> None:
         if self.transport is not None:
@@ -89,10 +90,9 @@ class RelayProtocol(Protocol):
                 pass
         if self.done.called:
             return
-        if reason.check(ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss):
-            self.done.callback(None)
-        else:
-            self.done.callback(reason)
+        if not reason.check(ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss):
+            self.failure = reason
+        self.done.callback(None)
 
     def _arm_idle_timer(self) -> None:
         if self._idle_timeout and self._idle_timeout > 0:
