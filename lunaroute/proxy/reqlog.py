@@ -27,6 +27,8 @@ def _box(title: str, lines: list[str]) -> str:
 def _stream_text(dialect: str, event: str, data: dict[str, Any]) -> str:
     """The visible text one stream event adds, if any."""
     if dialect == "anthropic":
+        if data.get("type") == "content_block_start" and data.get("index"):
+            return "\n"  # thinking, text and tool blocks each on their own line
         if data.get("type") == "content_block_delta":
             delta = data.get("delta") or {}
             return delta.get("text") or delta.get("thinking") or ""
