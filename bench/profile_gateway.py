@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true", help="profile streaming requests instead")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", default=None, help="also write the report here")
+    parser.add_argument("--raw", default=None, help="keep py-spy's raw (collapsed) stacks here")
     args = parser.parse_args(argv)
 
     tmp = tempfile.mkdtemp(prefix="lunaroute-profile-")
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             spy.wait(args.seconds + 60)
             report = f"py-spy, {n} sequential {'streaming' if args.stream else 'non-streaming'} requests\n"
             report += analyse_pyspy(out_path, args.top)
+            if args.raw:
+                shutil.copyfile(out_path, args.raw)
         else:
             import pstats
 

@@ -344,6 +344,22 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def cpu_probe() -> float:
+    """
+    Milliseconds for a fixed pure-Python loop (best of 3): how fast this
+    (virtual) CPU runs Python right now.  Cloud cores vary over time; the
+    probe, taken at every phase, tells a slow machine from a slow gateway.
+    """
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(300_000):
+            total += i * i
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 2)
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {"nproc": os.cpu_count(), "kernel": platform.release()}
     try:
@@ -692,7 +708,7 @@ def report(results: dict[str, Any]) -> str:
             row.append(m.get("final_rss_kb", 0) / 1024)
             rows.append(row)
         counts = [f"after {p['requests']}" for p in next(iter(mem.values()))["points"]]
-        out.append(table(["gateway", "idle", *counts, "growth last 10k", "end of run"], [[r[0], *[fmt(v, 1) for v in r[1:]]] for r in rows]))
+        out.append(table(["gateway", "idle", *counts, "growth, last step", "end of run"], [[r[0], *[fmt(v, 1) for v in r[1:]]] for r in rows]))
     rec = results.get("recorder_throughput")
     if rec and "combined" in rec:
         out.append("")
@@ -708,6 +724,10 @@ def report(results: dict[str, Any]) -> str:
                 f"{s['written_events']} events written, {s['dropped_events']} dropped, "
                 f"max queue {s['max_queue_depth']} events, drain {s['drain_ms']:.0f} ms"
             )
+    if results.get("cpu_probe_ms"):
+        probes = ", ".join(f"{k} {v:.1f}" for k, v in results["cpu_probe_ms"].items())
+        out.append("")
+        out.append(f"CPU probe (ms for a fixed Python loop, lower is faster): {probes}")
     for note in results.get("notes", []):
         out.append(f"note: {note}")
     return "\n".join(out)
@@ -749,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
             "body_bytes": len(request_body(False)), "stream_body_bytes": len(request_body(True)),
         },
         "notes": [],
+        "cpu_probe_ms": {"start": cpu_probe()},
     }
     print(f"machine: {results['machine']}")
     try:
@@ -792,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         if "nginx" in pids:
             quiet += _children(pids["nginx"])
 
+        results["cpu_probe_ms"]["memory"] = cpu_probe()
         # -- 1. memory ----------------------------------------------------
         results["memory"] = {}
         for name in gateways:
@@ -801,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
             points = soak(targets[name], pids[name], checkpoints, 240 if not quick else 60)
             results["memory"][name] = {"idle_rss_kb": idle, "points": points}
 
+        results["cpu_probe_ms"]["latency"] = cpu_probe()
         # -- 2. latency -----------------------------------------------------
         print(f"latency: {n} sequential non-streaming requests per target")
         body = request_body(False)
@@ -814,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
                 lat[name].update(added(lat[name], lat["direct"]))
         results["latency"] = lat
 
+        results["cpu_probe_ms"]["ttfb"] = cpu_probe()
         # -- 3. TTFB of streams ---------------------------------------------
         n_stream = max(100, n // 2)
         print(f"ttfb: {n_stream} sequential streams per target")
@@ -834,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
                 ttfb[name].update(added(ttfb[name]["total"], ttfb["direct"]["total"], "total_"))
         results["ttfb"] = ttfb
 
+        results["cpu_probe_ms"]["large"] = cpu_probe()
         # -- 4. large request ------------------------------------------------
         large_kb = 100
         big = request_body(False, history_kb=large_kb)
@@ -851,6 +876,7 @@ def main(argv: list[str] | None = None) -> int:
                 large[name].update(added(large[name], large["direct"]))
         results["large_body"] = large
 
+        results["cpu_probe_ms"]["throughput"] = cpu_probe()
         # -- 5. throughput ----------------------------------------------------
         # Two passes over all targets (the second in reverse order), each run
         # half of --wrk-seconds; the mean is reported, both runs are kept.
@@ -873,6 +899,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for name in gateways:
             results["memory"][name]["final_rss_kb"] = rss_kb(pids[name])["VmRSS"]
+
+        results["cpu_probe_ms"]["end"] = cpu_probe()
 
         # -- what the configurations really did --------------------------
         time.sleep(0.5)

@@ -403,19 +403,23 @@ class GatewayApp:
             self._collect(exchange, relay, capture)
             self._finish(exchange)
             raise
-        self._collect(exchange, relay, capture)
-        if relay.timed_out:
-            exchange.outcome, exchange.error = "timeout", "upstream stopped sending"
-        elif relay.failure is not None:
-            if _client_gone(request):
+        if relay.timed_out or relay.failure is not None:
+            if relay.timed_out:
+                exchange.outcome, exchange.error = "timeout", "upstream stopped sending"
+            elif _client_gone(request):
                 exchange.outcome, exchange.error = "client_disconnected", "client went away mid-response"
             else:
                 exchange.outcome = "stream_error"
                 exchange.error = f"upstream body cut short: {relay.failure.getErrorMessage()}"
-                # The status is already sent; dropping the connection is the
-                # only way left to tell the client the body is incomplete.
-                if request.channel is not None and request.channel.transport is not None:
-                    request.channel.transport.abortConnection()
+            # The status is already sent; dropping the connection is the
+            # only way left to tell the client the body is incomplete.
+            if request.channel is not None and request.channel.transport is not None:
+                request.channel.transport.abortConnection()
+        elif not _client_gone(request):
+            # The client gets the end of its response before any bookkeeping.
+            timings.finished = clock.seconds()
+            request.finish()
+        self._collect(exchange, relay, capture)
         self._finish(exchange)
         return None
 
@@ -444,8 +448,9 @@ class GatewayApp:
         Hand the finished exchange to the observers.  They are best effort:
         none of them may break or delay the client's response.
         """
-        exchange.timings.finished = self.clock.seconds()
         timings = exchange.timings
+        if timings.finished is None:
+            timings.finished = self.clock.seconds()
         log.debug(
             "{method} {path} -> {status} ({outcome}) pre-proxy {pre} ms, provider {provider_ms} ms, "
             "post-proxy {post} ms; request headers {request_headers}; response headers {response_headers}",
