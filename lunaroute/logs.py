@@ -28,6 +28,16 @@ _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 log_observer = FilteringLogObserver(globalLogPublisher, [_predicate])
 
 
+_debug = False
+
+
 def set_log_level(level: str) -> None:
     """Set the lowest level LunaRoute logs at: debug, info, warn or error."""
+    global _debug
     _predicate.setLogLevelForNamespace(None, _LEVELS[level])
+    _debug = level == "debug"
+
+
+def debug_enabled() -> bool:
+    """Whether debug events are logged: lets hot paths skip building them."""
+    return _debug

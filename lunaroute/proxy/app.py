@@ -24,7 +24,7 @@ from lunaroute.dialects.session_id import extract_session_id, new_session_id
 from lunaroute.errors import UpstreamTimeout, UpstreamUnreachable
 from lunaroute.exchange import Exchange, Timings
 from lunaroute.interfaces import IProvider
-from lunaroute.logs import log_observer
+from lunaroute.logs import debug_enabled, log_observer
 from lunaroute.proxy.headers import (
     masked_headers,
     relayed_response_headers,
@@ -451,6 +451,21 @@ class GatewayApp:
         timings = exchange.timings
         if timings.finished is None:
             timings.finished = self.clock.seconds()
+        if debug_enabled():
+            self._log_debug(exchange)
+        if self.request_log is not None:
+            try:
+                self.request_log.finished(exchange)
+            except Exception:
+                log.failure("request log failed")
+        for observer in self.observers:
+            try:
+                observer(exchange)
+            except Exception:
+                log.failure("exchange observer {observer!r} failed", observer=observer)
+
+    def _log_debug(self, exchange: Exchange) -> None:
+        timings = exchange.timings
         log.debug(
             "{method} {path} -> {status} ({outcome}) pre-proxy {pre} ms, provider {provider_ms} ms, "
             "post-proxy {post} ms; request headers {request_headers}; response headers {response_headers}",
@@ -464,16 +479,6 @@ class GatewayApp:
             request_headers=exchange.request_headers,
             response_headers=exchange.response_headers,
         )
-        if self.request_log is not None:
-            try:
-                self.request_log.finished(exchange)
-            except Exception:
-                log.failure("request log failed")
-        for observer in self.observers:
-            try:
-                observer(exchange)
-            except Exception:
-                log.failure("exchange observer {observer!r} failed", observer=observer)
 
     # -- shutdown --------------------------------------------------------
 
