@@ -14,6 +14,7 @@ C{completed}.  Credentials are masked here, before any writer sees them.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -66,8 +67,14 @@ SECRET_KEYS = frozenset(
 # Secrets
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name(key: str) -> bool:
+    # Cached: the same few dozen key names recur in every request body.
+    return key.lower().replace("-", "_") in SECRET_KEYS
+
+
 def _is_secret_key(key: Any) -> bool:
-    return isinstance(key, str) and key.lower().replace("-", "_") in SECRET_KEYS
+    return isinstance(key, str) and _is_secret_name(key)
 
 
 def _mask_value(value: Any) -> Any:
@@ -88,17 +95,33 @@ def _mask_value(value: Any) -> Any:
 
 def scrub_secrets(value: Any) -> Any:
     """
-    Return a copy of C{value} (JSON-like data) in which every value stored
-    under a credential-like key (C{api_key}, C{x-api-key}, C{authorization},
-    ...) is masked, at any depth.  Other values are shared, not copied.
+    Return C{value} (JSON-like data) with every value stored under a
+    credential-like key (C{api_key}, C{x-api-key}, C{authorization}, ...)
+    masked, at any depth.  Containers without a secret inside are returned as
+    they are (shared, not copied): this walks every request body on the
+    recorder thread, so the common case must stay cheap.
     """
-    if isinstance(value, Mapping):
-        return {
-            key: _mask_value(item) if _is_secret_key(key) else scrub_secrets(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [scrub_secrets(item) for item in value]
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict or (kind is not list and kind is not tuple and isinstance(value, Mapping)):
+        out = None
+        for key, item in value.items():
+            new = _mask_value(item) if _is_secret_key(key) else scrub_secrets(item)
+            if new is not item:
+                if out is None:
+                    out = dict(value)
+                out[key] = new
+        return value if out is None else out
+    if kind is list or kind is tuple:
+        items = None
+        for index, item in enumerate(value):
+            new = scrub_secrets(item)
+            if new is not item:
+                if items is None:
+                    items = list(value)
+                items[index] = new
+        return value if items is None else items
     return value
 
 
