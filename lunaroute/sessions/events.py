@@ -93,21 +93,28 @@ def _mask_value(value: Any) -> Any:
     return mask_secret(value)
 
 
+_CONTAINERS = (dict, list, tuple)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def scrub_secrets(value: Any) -> Any:
     """
     Return C{value} (JSON-like data) with every value stored under a
     credential-like key (C{api_key}, C{x-api-key}, C{authorization}, ...)
     masked, at any depth.  Containers without a secret inside are returned as
     they are (shared, not copied): this walks every request body on the
-    recorder thread, so the common case must stay cheap.
+    recorder thread, so the common case must stay cheap (no call per leaf).
     """
     kind = type(value)
-    if kind is str or kind is int or kind is float or kind is bool or value is None:
-        return value
-    if kind is dict or (kind is not list and kind is not tuple and isinstance(value, Mapping)):
+    if kind is dict or (kind not in _CONTAINERS and isinstance(value, Mapping)):
         out = None
         for key, item in value.items():
-            new = _mask_value(item) if _is_secret_key(key) else scrub_secrets(item)
+            if type(key) is str and _is_secret_name(key):
+                new = _mask_value(item)
+            elif type(item) in _SCALARS:
+                continue
+            else:
+                new = scrub_secrets(item)
             if new is not item:
                 if out is None:
                     out = dict(value)
@@ -116,6 +123,8 @@ def scrub_secrets(value: Any) -> Any:
     if kind is list or kind is tuple:
         items = None
         for index, item in enumerate(value):
+            if type(item) in _SCALARS:
+                continue
             new = scrub_secrets(item)
             if new is not item:
                 if items is None:
