@@ -34,9 +34,7 @@ import sys
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 
-FIXTURES = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests", "fixtures", "streams"
-)
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests", "fixtures", "streams")
 
 # Headers close to what the Anthropic API sends (the gateway copies them all,
 # so their number matters to its cost).
@@ -92,7 +90,8 @@ class Answers:
             body = _read_fixture(prefix + ".json").strip()
             self.json[key] = (
                 b"HTTP/1.1 200 OK\r\n"
-                b"content-type: application/json\r\n" + extra
+                b"content-type: application/json\r\n"
+                + extra
                 + b"content-length: %d\r\n\r\n" % len(body)
                 + body
             )
@@ -100,7 +99,8 @@ class Answers:
             self.stream_head[key] = (
                 b"HTTP/1.1 200 OK\r\n"
                 b"content-type: text/event-stream; charset=utf-8\r\n"
-                b"cache-control: no-cache\r\n" + extra
+                b"cache-control: no-cache\r\n"
+                + extra
                 + b"transfer-encoding: chunked\r\n\r\n"
                 + _chunk(events[0])
             )
@@ -244,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument(
-        "--stream-gap-ms", type=float, default=2.0,
+        "--stream-gap-ms",
+        type=float,
+        default=2.0,
         help="delay between a stream's first event and the rest (0 = none)",
     )
     args = parser.parse_args(argv)

@@ -291,10 +291,7 @@ async def _run(
     start = time.perf_counter()
     deadline = time.monotonic() + duration
     await asyncio.gather(
-        *(
-            _worker(port, next_request, result, deadline, keep_latencies)
-            for _ in range(concurrency)
-        )
+        *(_worker(port, next_request, result, deadline, keep_latencies) for _ in range(concurrency))
     )
     result.seconds = time.perf_counter() - start
     return result

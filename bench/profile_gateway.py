@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import shutil
@@ -33,18 +34,31 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import loadgen  # noqa: E402
-from run import CLIENT_HEADERS, Procs, request_body, start_gateway, start_upstream  # noqa: E402
+from run import CLIENT_HEADERS, Procs, child_env, request_body, start_gateway, start_upstream  # noqa: E402
 
 # (area, substrings of a frame's file); the first match wins.
 AREAS = [
+    ("metrics (lunaroute.metrics, prometheus_client)", ("lunaroute/metrics.py", "prometheus_client/")),
+    ("statistics (lunaroute.stats)", ("lunaroute/stats/",)),
     ("lunaroute: capture/parse of the response", ("lunaroute/dialects/",)),
     ("lunaroute: headers", ("lunaroute/proxy/headers.py",)),
     ("lunaroute: session id", ("lunaroute/dialects/session_id.py",)),
     ("lunaroute: other", ("lunaroute/",)),
     ("content-type parsing (email.*)", ("email/",)),
     ("routing (klein/werkzeug)", ("klein/", "werkzeug/")),
-    ("HTTP client (twisted.web client)", ("twisted/web/_newclient.py", "twisted/web/client.py", "twisted/web/iweb.py")),
-    ("HTTP server (twisted.web http/server)", ("twisted/web/http.py", "twisted/web/server.py", "twisted/web/resource.py", "twisted/protocols/basic.py")),
+    (
+        "HTTP client (twisted.web client)",
+        ("twisted/web/_newclient.py", "twisted/web/client.py", "twisted/web/iweb.py"),
+    ),
+    (
+        "HTTP server (twisted.web http/server)",
+        (
+            "twisted/web/http.py",
+            "twisted/web/server.py",
+            "twisted/web/resource.py",
+            "twisted/protocols/basic.py",
+        ),
+    ),
     ("headers (twisted.web.http_headers)", ("twisted/web/http_headers.py",)),
     ("Deferreds/coroutines", ("twisted/internet/defer.py",)),
     ("reactor & sockets", ("twisted/internet/", "twisted/python/")),
@@ -150,9 +164,23 @@ def main(argv: list[str] | None = None) -> int:
             drive(port, raw, 3.0, 2000)  # warm-up
             out_path = os.path.join(tmp, "pyspy.txt")
             spy = subprocess.Popen(
-                [pyspy, "record", "-p", str(proc.pid), "-d", str(int(args.seconds)), "-r", "1000",
-                 "-f", "raw", "--function", "-o", out_path],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                [
+                    pyspy,
+                    "record",
+                    "-p",
+                    str(proc.pid),
+                    "-d",
+                    str(int(args.seconds)),
+                    "-r",
+                    "1000",
+                    "-f",
+                    "raw",
+                    "--function",
+                    "-o",
+                    out_path,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
             time.sleep(0.5)
             n = drive(port, raw, args.seconds)
@@ -171,14 +199,30 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             config = os.path.join(tmp, "gw.json")
             with open(config, "w") as handle:
-                handle.write(
-                    '{"host": "127.0.0.1", "port": %d, "providers": {"anthropic": {"base_url": '
-                    '"http://127.0.0.1:%d"}}}' % (port, upstream)
+                json.dump(
+                    {
+                        "host": "127.0.0.1",
+                        "port": port,
+                        "providers": {"anthropic": {"base_url": f"http://127.0.0.1:{upstream}"}},
+                    },
+                    handle,
                 )
             proc = procs.start(
                 "gateway-cprofile",
-                [twistd, "-n", "--pidfile=", "--profile", stats_path, "--profiler", "cprofile",
-                 "--savestats", "lunaroute", "--config", config],
+                [
+                    twistd,
+                    "-n",
+                    "--pidfile=",
+                    "--profile",
+                    stats_path,
+                    "--profiler",
+                    "cprofile",
+                    "--savestats",
+                    "lunaroute",
+                    "--config",
+                    config,
+                ],
+                env=child_env(),
             )
             wait_healthy(port, proc)
             raw = loadgen.build_request(port, "/v1/messages", body, CLIENT_HEADERS)

@@ -43,6 +43,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
+from run import CLIENT_HEADERS, request_body  # noqa: E402
 from twisted.web.http_headers import Headers  # noqa: E402
 
 from lunaroute.dialects.capture import ResponseCapture  # noqa: E402
@@ -51,7 +52,6 @@ from lunaroute.proxy.headers import masked_headers  # noqa: E402
 from lunaroute.sessions.events import exchange_events  # noqa: E402
 from lunaroute.sessions.jsonl import JSONLWriter  # noqa: E402
 from lunaroute.sessions.sqlite import SQLiteWriter  # noqa: E402
-from run import CLIENT_HEADERS, request_body  # noqa: E402
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "streams", "anthropic_thinking_tools.sse")
 
@@ -305,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Session recorder throughput (JSONL + SQLite)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the results as JSON only")
-    parser.add_argument("--exchanges", type=int, default=None, help="exchanges per measurement (default 3000; --quick 500)")
+    parser.add_argument(
+        "--exchanges", type=int, default=None, help="exchanges per measurement (default 3000; --quick 500)"
+    )
     parser.add_argument("--history-kb", type=int, default=100, help="history size of the large requests")
     parser.add_argument("--rate", type=int, default=2000, help="exchanges/s offered to RecorderService")
     parser.add_argument("--service-seconds", type=float, default=None)
@@ -332,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{small['events_per_exchange']} events per exchange (streamed thinking + text + 2 tool calls)")
     print(f"{'request':>16} | {'stage':>12} | {'exchanges/s':>12} | {'events/s':>10}")
-    for label, res in ((f"{small['request_bytes'] // 1024} KB", small), (f"{large['request_bytes'] // 1024} KB", large)):
+    for label, res in (
+        (f"{small['request_bytes'] // 1024} KB", small),
+        (f"{large['request_bytes'] // 1024} KB", large),
+    ):
         for stage in ("events_only", "jsonl_only", "sqlite_only", "combined"):
             r = res[stage]
             print(f"{label:>16} | {stage:>12} | {r['exchanges_per_s']:>12.0f} | {r['events_per_s']:>10.0f}")

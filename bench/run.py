@@ -100,7 +100,9 @@ def request_body(stream: bool, session: int = 0, history_kb: int = 0) -> bytes:
     )
     turn = 0
     while sum(len(json.dumps(m)) for m in messages) < history_kb * 1024:
-        messages.append({"role": "user", "content": [{"type": "text", "text": f"Step {turn}: " + filler * 8}]})
+        messages.append(
+            {"role": "user", "content": [{"type": "text", "text": f"Step {turn}: " + filler * 8}]}
+        )
         messages.append({"role": "assistant", "content": [{"type": "text", "text": filler * 6}]})
         turn += 1
     messages.append(
@@ -142,6 +144,32 @@ def request_body(stream: bool, session: int = 0, history_kb: int = 0) -> bytes:
 # Processes
 
 
+# By default the gateway runs this checkout's code (PYTHONPATH=<repo>), not
+# whatever copy of lunaroute happens to be installed; --installed switches.
+USE_CHECKOUT = True
+
+
+def child_env() -> dict[str, str]:
+    """Environment of the servers: no credentials or LunaRoute settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LUNAROUTE_", "ANTHROPIC_", "OPENAI_"))}
+    if USE_CHECKOUT:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def lunaroute_source(cwd: str) -> str:
+    """Where the servers import lunaroute from (as they will see it)."""
+    out = subprocess.run(
+        [PY, "-c", "import os, lunaroute; print(os.path.dirname(lunaroute.__file__))"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=child_env(),
+        timeout=60,
+    )
+    return out.stdout.strip() or out.stderr.strip()[-200:]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -155,11 +183,11 @@ class Procs:
         self.tmp = tmp
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str], cwd: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], cwd: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(os.path.join(self.tmp, f"{name}.log"), "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or self.tmp, env=env
-        )
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or self.tmp, env=env)
         log.close()
         self.procs.append((name, proc))
         return proc
@@ -219,7 +247,7 @@ def start_upstream(procs: Procs, kind: str) -> tuple[int, subprocess.Popen[bytes
         argv = [PY, os.path.join(HERE, "fast_upstream.py"), "--port", str(port)]
     else:
         argv = [PY, "-m", "lunaroute.testing.fake_provider", "--port", str(port)]
-    proc = procs.start(f"upstream-{kind}", argv)
+    proc = procs.start(f"upstream-{kind}", argv, env=child_env())
     wait_port(port, proc)
     return port, proc
 
@@ -273,14 +301,14 @@ def start_nginx(procs: Procs, upstream: int) -> tuple[int, subprocess.Popen[byte
     conf = os.path.join(prefix, "nginx.conf")
     with open(conf, "w") as handle:
         handle.write(NGINX_CONF.format(prefix=prefix, upstream=upstream, port=port))
-    proc = procs.start(
-        "nginx", [nginx, "-p", prefix, "-e", os.path.join(prefix, "error.log"), "-c", conf]
-    )
+    proc = procs.start("nginx", [nginx, "-p", prefix, "-e", os.path.join(prefix, "error.log"), "-c", conf])
     wait_port(port, proc)
     return port, proc
 
 
-def start_gateway(procs: Procs, name: str, upstream: int, extra: dict[str, Any]) -> tuple[int, subprocess.Popen[bytes]]:
+def start_gateway(
+    procs: Procs, name: str, upstream: int, extra: dict[str, Any]
+) -> tuple[int, subprocess.Popen[bytes]]:
     port = free_port()
     config: dict[str, Any] = {
         "host": HOST,
@@ -297,9 +325,8 @@ def start_gateway(procs: Procs, name: str, upstream: int, extra: dict[str, Any])
     twistd = os.path.join(os.path.dirname(PY), "twistd")
     if not os.path.exists(twistd):
         twistd = shutil.which("twistd") or "twistd"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LUNAROUTE_", "ANTHROPIC_", "OPENAI_"))}
     proc = procs.start(
-        f"gateway-{name}", [twistd, "-n", "--pidfile=", "lunaroute", "--config", path], env=env
+        f"gateway-{name}", [twistd, "-n", "--pidfile=", "lunaroute", "--config", path], env=child_env()
     )
     try:
         wait_healthy(port, proc)
@@ -435,7 +462,7 @@ def timed_rounds(
         names = list(targets)
         per_round = max(1, n // rounds)
         for r in range(rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 if quiet_pids:
                     settle(quiet_pids)
@@ -473,14 +500,20 @@ def run_wrk(tmp: str, port: int, body: bytes, conns: int, duration: float, tag: 
     with open(body_path, "wb") as handle:
         handle.write(body)
     script = os.path.join(tmp, f"wrk-{tag}.lua")
-    headers = "\n".join(
-        f'wrk.headers["{name}"] = "{value}"' for name, value in CLIENT_HEADERS
-    )
+    headers = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in CLIENT_HEADERS)
     with open(script, "w") as handle:
         handle.write(WRK_SCRIPT.format(body=body_path, headers=headers))
     argv = [
-        "wrk", "-t1", f"-c{conns}", f"-d{max(1, int(duration))}s", "--timeout", "10s",
-        "--latency", "-s", script, f"http://{HOST}:{port}/v1/messages",
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{max(1, int(duration))}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        script,
+        f"http://{HOST}:{port}/v1/messages",
     ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     text = out.stdout
@@ -515,7 +548,17 @@ def run_pyload(port: int, body: bytes, conns: int, duration: float) -> dict[str,
     }
 
 
-def throughput(tmp: str, port: int, pid_of: list[int], body: bytes, conns: int, duration: float, tag: str, use_wrk: bool, quiet_pids: list[int] | None = None) -> dict[str, Any]:
+def throughput(
+    tmp: str,
+    port: int,
+    pid_of: list[int],
+    body: bytes,
+    conns: int,
+    duration: float,
+    tag: str,
+    use_wrk: bool,
+    quiet_pids: list[int] | None = None,
+) -> dict[str, Any]:
     if quiet_pids:
         settle(quiet_pids)
     cpu0 = sum(cpu_seconds(pid) for pid in pid_of)
@@ -630,10 +673,10 @@ def fmt(value: Any, digits: int = 3) -> str:
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[fmt(c) if not isinstance(c, str) else c for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("-|-".join("-" * w for w in widths))
     for row in cells:
-        lines.append(" | ".join(c.rjust(w) for c, w in zip(row, widths)))
+        lines.append(" | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     return "\n".join(lines)
 
 
@@ -643,18 +686,38 @@ def report(results: dict[str, Any]) -> str:
     lat, ttfb = results["latency"], results["ttfb"]
     rows = []
     for name in targets:
-        l, t = lat[name], ttfb.get(name, {})
+        lt, t = lat[name], ttfb.get(name, {})
         rows.append(
             [
-                name, l["p50"], l["p90"], l["p99"], l.get("added_p50"), l.get("added_p99"),
-                t.get("ttfb", {}).get("p50"), t.get("ttfb", {}).get("p99"),
-                t.get("added_ttfb_p50"), t.get("added_ttfb_p99"), t.get("added_total_p50"),
+                name,
+                lt["p50"],
+                lt["p90"],
+                lt["p99"],
+                lt.get("added_p50"),
+                lt.get("added_p99"),
+                t.get("ttfb", {}).get("p50"),
+                t.get("ttfb", {}).get("p99"),
+                t.get("added_ttfb_p50"),
+                t.get("added_ttfb_p99"),
+                t.get("added_total_p50"),
             ]
         )
     out.append("Sequential latency over one keep-alive connection (ms)")
     out.append(
         table(
-            ["target", "p50", "p90", "p99", "+p50", "+p99", "TTFB p50", "TTFB p99", "+TTFB p50", "+TTFB p99", "+stream end p50"],
+            [
+                "target",
+                "p50",
+                "p90",
+                "p99",
+                "+p50",
+                "+p99",
+                "TTFB p50",
+                "TTFB p99",
+                "+TTFB p50",
+                "+TTFB p99",
+                "+stream end p50",
+            ],
             rows,
         )
     )
@@ -664,7 +727,10 @@ def report(results: dict[str, Any]) -> str:
         out.append(
             table(
                 ["target", "p50", "p99", "+p50", "+p99"],
-                [[n, r["p50"], r["p99"], r.get("added_p50"), r.get("added_p99")] for n, r in results["large_body"].items()],
+                [
+                    [n, r["p50"], r["p99"], r.get("added_p50"), r.get("added_p99")]
+                    for n, r in results["large_body"].items()
+                ],
             )
         )
     thr = results.get("throughput", {})
@@ -691,7 +757,16 @@ def report(results: dict[str, Any]) -> str:
             )
         out.append(
             table(
-                ["target", "rps c16 (runs)", "p99 ms c16", "rps c64 (runs)", "p99 ms c64", "stream rps c16", "server CPU us/req c16", "non-2xx"],
+                [
+                    "target",
+                    "rps c16 (runs)",
+                    "p99 ms c16",
+                    "rps c64 (runs)",
+                    "p99 ms c64",
+                    "stream rps c16",
+                    "server CPU us/req c16",
+                    "non-2xx",
+                ],
                 rows,
             )
         )
@@ -708,7 +783,12 @@ def report(results: dict[str, Any]) -> str:
             row.append(m.get("final_rss_kb", 0) / 1024)
             rows.append(row)
         counts = [f"after {p['requests']}" for p in next(iter(mem.values()))["points"]]
-        out.append(table(["gateway", "idle", *counts, "growth, last step", "end of run"], [[r[0], *[fmt(v, 1) for v in r[1:]]] for r in rows]))
+        out.append(
+            table(
+                ["gateway", "idle", *counts, "growth, last step", "end of run"],
+                [[r[0], *[fmt(v, 1) for v in r[1:]]] for r in rows],
+            )
+        )
     rec = results.get("recorder_throughput")
     if rec and "combined" in rec:
         out.append("")
@@ -743,14 +823,33 @@ def added(target: dict[str, float], direct: dict[str, float], prefix: str = "") 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="LunaRoute benchmark (127.0.0.1 only)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (about a minute)")
-    parser.add_argument("--requests", type=int, default=None, help="timed sequential requests per target (default 3000; --quick 300)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help="timed sequential requests per target (default 3000; --quick 300)",
+    )
     parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
-    parser.add_argument("--upstream", choices=("fast", "fake"), default="fast", help="bench/fast_upstream.py or LunaRoute's FakeProvider")
+    parser.add_argument(
+        "--upstream",
+        choices=("fast", "fake"),
+        default="fast",
+        help="bench/fast_upstream.py or LunaRoute's FakeProvider",
+    )
     parser.add_argument("--no-nginx", action="store_true")
-    parser.add_argument("--no-wrk", action="store_true", help="use the asyncio load generator even if wrk is installed")
+    parser.add_argument(
+        "--no-wrk", action="store_true", help="use the asyncio load generator even if wrk is installed"
+    )
     parser.add_argument("--no-recorder", action="store_true", help="skip bench/recorder_throughput.py")
     parser.add_argument("--wrk-seconds", type=float, default=None)
+    parser.add_argument(
+        "--installed",
+        action="store_true",
+        help="run the installed lunaroute rather than this checkout's code",
+    )
     args = parser.parse_args(argv)
+    global USE_CHECKOUT
+    USE_CHECKOUT = not args.installed
 
     quick = args.quick
     n = args.requests or (300 if quick else 3000)
@@ -764,14 +863,21 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "machine": machine_info(),
         "params": {
-            "quick": quick, "requests": n, "wrk_seconds": wrk_seconds, "soak_checkpoints": checkpoints,
-            "upstream": args.upstream, "load_client": "wrk -t1" if use_wrk else "bench/loadgen.py (asyncio)",
-            "body_bytes": len(request_body(False)), "stream_body_bytes": len(request_body(True)),
+            "quick": quick,
+            "requests": n,
+            "wrk_seconds": wrk_seconds,
+            "soak_checkpoints": checkpoints,
+            "upstream": args.upstream,
+            "load_client": "wrk -t1" if use_wrk else "bench/loadgen.py (asyncio)",
+            "body_bytes": len(request_body(False)),
+            "stream_body_bytes": len(request_body(True)),
         },
         "notes": [],
         "cpu_probe_ms": {"start": cpu_probe()},
     }
+    results["lunaroute_source"] = lunaroute_source(tmp)
     print(f"machine: {results['machine']}")
+    print(f"lunaroute from: {results['lunaroute_source']}")
     try:
         # -- upstream baseline check ----------------------------------------
         if not quick:
@@ -779,11 +885,24 @@ def main(argv: list[str] | None = None) -> int:
             check = {}
             for kind in ("fake", "fast"):
                 port, proc = start_upstream(procs, kind)
-                seq = timed_rounds({kind: port}, lambda p: loadgen.build_request(p, "/v1/messages", request_body(False), CLIENT_HEADERS), 200, 1000, 1, 60)
+                seq = timed_rounds(
+                    {kind: port},
+                    lambda p: loadgen.build_request(p, "/v1/messages", request_body(False), CLIENT_HEADERS),
+                    200,
+                    1000,
+                    1,
+                    60,
+                )
                 thr = throughput(tmp, port, [proc.pid], request_body(False), 16, 3, f"check-{kind}", use_wrk)
-                check[kind] = {"p50_ms": loadgen.summarize_ms([t.total for t in seq[kind]])["p50"], "rps_c16": thr["rps"], "cpu_us_per_request": thr.get("server_cpu_us_per_request")}
+                check[kind] = {
+                    "p50_ms": loadgen.summarize_ms([t.total for t in seq[kind]])["p50"],
+                    "rps_c16": thr["rps"],
+                    "cpu_us_per_request": thr.get("server_cpu_us_per_request"),
+                }
                 procs.stop(proc)
-                print(f"  {kind}: p50 {check[kind]['p50_ms']:.3f} ms, {thr['rps']:.0f} req/s at 16 connections, {check[kind]['cpu_us_per_request'] or 0:.0f} us CPU/request")
+                print(
+                    f"  {kind}: p50 {check[kind]['p50_ms']:.3f} ms, {thr['rps']:.0f} req/s at 16 connections, {check[kind]['cpu_us_per_request'] or 0:.0f} us CPU/request"
+                )
             results["upstream_check"] = check
 
         upstream, upstream_proc = start_upstream(procs, args.upstream)
@@ -828,8 +947,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latency: {n} sequential non-streaming requests per target")
         body = request_body(False)
         seq = timed_rounds(
-            targets, lambda p: loadgen.build_request(p, "/v1/messages", body, CLIENT_HEADERS),
-            300 if not quick else 50, n, 10, 180, quiet,
+            targets,
+            lambda p: loadgen.build_request(p, "/v1/messages", body, CLIENT_HEADERS),
+            300 if not quick else 50,
+            n,
+            10,
+            180,
+            quiet,
         )
         lat = {name: loadgen.summarize_ms([t.total for t in timed]) for name, timed in seq.items()}
         for name in targets:
@@ -843,8 +967,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ttfb: {n_stream} sequential streams per target")
         sbody = request_body(True)
         seq = timed_rounds(
-            targets, lambda p: loadgen.build_request(p, "/v1/messages", sbody, CLIENT_HEADERS),
-            100 if not quick else 20, n_stream, 10, 180, quiet,
+            targets,
+            lambda p: loadgen.build_request(p, "/v1/messages", sbody, CLIENT_HEADERS),
+            100 if not quick else 20,
+            n_stream,
+            10,
+            180,
+            quiet,
         )
         ttfb: dict[str, Any] = {}
         for name, timed in seq.items():
@@ -867,8 +996,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"large request: {len(big) // 1024} KB body, {n_large} requests per target")
         large_targets = {k: v for k, v in targets.items() if k in ("direct", "nginx", "gateway")}
         seq = timed_rounds(
-            large_targets, lambda p: loadgen.build_request(p, "/v1/messages", big, CLIENT_HEADERS),
-            50, n_large, 5, 120, quiet,
+            large_targets,
+            lambda p: loadgen.build_request(p, "/v1/messages", big, CLIENT_HEADERS),
+            50,
+            n_large,
+            5,
+            120,
+            quiet,
         )
         large = {name: loadgen.summarize_ms([t.total for t in timed]) for name, timed in seq.items()}
         for name in large:
@@ -883,16 +1017,32 @@ def main(argv: list[str] | None = None) -> int:
         passes = 2
         run_seconds = wrk_seconds / passes
         loads = (("c16", body, 16), ("c64", body, 64), ("stream_c16", sbody, 16))
-        runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {tag: [] for tag, _, _ in loads} for name in targets}
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+            name: {tag: [] for tag, _, _ in loads} for name in targets
+        }
         for p in range(passes):
             order = list(targets) if p % 2 == 0 else list(reversed(targets))
             for name in order:
-                print(f"throughput {name} (pass {p + 1}/{passes}): 16 and 64 connections, streams at 16, {run_seconds:.0f} s each")
+                print(
+                    f"throughput {name} (pass {p + 1}/{passes}): 16 and 64 connections, streams at 16, {run_seconds:.0f} s each"
+                )
                 for tag, b, conns in loads:
-                    r = throughput(tmp, targets[name], [pids[name]], b, conns, run_seconds, f"{name}-{tag}", use_wrk, quiet)
+                    r = throughput(
+                        tmp,
+                        targets[name],
+                        [pids[name]],
+                        b,
+                        conns,
+                        run_seconds,
+                        f"{name}-{tag}",
+                        use_wrk,
+                        quiet,
+                    )
                     r.pop("raw", None)
                     runs[name][tag].append(r)
-                    print(f"  {tag}: {r['rps']:.0f} req/s, non-2xx {r['non_2xx']}, errors {r['socket_errors']}")
+                    print(
+                        f"  {tag}: {r['rps']:.0f} req/s, non-2xx {r['non_2xx']}, errors {r['socket_errors']}"
+                    )
         results["throughput"] = {
             name: {tag: combine_runs(rs) for tag, rs in by_tag.items()} for name, by_tag in runs.items()
         }
@@ -927,13 +1077,16 @@ def main(argv: list[str] | None = None) -> int:
             if out.returncode == 0:
                 results["recorder_throughput"] = json.loads(out.stdout)
             else:
-                results["notes"].append(f"recorder_throughput.py failed: {out.stderr.strip().splitlines()[-1:]}")
+                results["notes"].append(
+                    f"recorder_throughput.py failed: {out.stderr.strip().splitlines()[-1:]}"
+                )
 
         for name in gateways:
             rc = procs.stop(procs_by_pid(procs, pids[name]))
             results.setdefault("exit_status", {})[name] = rc
         stopped = [
-            line for line in procs.log_tail("gateway-gateway-plus-recording", 50).splitlines()
+            line
+            for line in procs.log_tail("gateway-gateway-plus-recording", 50).splitlines()
             if "session recorder stopped" in line
         ]
         if stopped:
