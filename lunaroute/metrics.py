@@ -203,6 +203,7 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, max_label_values: int = 100) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.labels = BoundedLabels(max_label_values)
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._started: set[str] = set()
         r = self.registry
 
@@ -328,6 +329,18 @@ class GatewayMetrics:
         except Exception:
             pass
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        """
+        The labelled child of a metric, cached: C{labels()} validates and
+        locks on every call, and this runs for every request.  Label values
+        are bounded, so the cache is too.
+        """
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def _observe(self, exchange: Exchange) -> None:
         if exchange.request_id in self._started:
             self._started.discard(exchange.request_id)
@@ -342,30 +355,30 @@ class GatewayMetrics:
         status = label("status", exchange.status if exchange.status is not None else "none")
         timings = exchange.timings
 
-        self.requests.labels(listener, provider, model, status).inc()
+        self._child(self.requests, listener, provider, model, status).inc()
         if exchange.success:
-            self.requests_success.labels(listener, provider, model).inc()
+            self._child(self.requests_success, listener, provider, model).inc()
         else:
             error_type = exchange.outcome if exchange.outcome != "ok" else "upstream_error"
-            self.requests_failure.labels(listener, provider, model, label("error_type", error_type)).inc()
+            self._child(self.requests_failure, listener, provider, model, label("error_type", error_type)).inc()
 
         total = _seconds(timings.total_ms)
         if total is not None:
-            self.request_duration.labels(listener, provider, model).observe(total)
+            self._child(self.request_duration, listener, provider, model).observe(total)
         overhead = _seconds(timings.proxy_overhead_ms)
         if overhead is not None:
-            self.proxy_overhead.labels(listener, provider).observe(overhead)
+            self._child(self.proxy_overhead, listener, provider).observe(overhead)
 
         if exchange.outcome in _UPSTREAM_ERROR_KINDS:
-            self.upstream_errors.labels(provider, exchange.outcome).inc()
+            self._child(self.upstream_errors, provider, exchange.outcome).inc()
         elif exchange.outcome == "client_disconnected":
             self.client_disconnects.inc()
         if exchange.status == 429:
-            self.rate_limits.labels(provider).inc()
+            self._child(self.rate_limits, provider).inc()
 
         if exchange.kind == "bypass":
             family = label("path_family", path_family(exchange.path))
-            self.bypass_requests.labels(provider, family, status).inc()
+            self._child(self.bypass_requests, provider, family, status).inc()
 
         if exchange.streaming:
             self._observe_stream(exchange, provider, model)
@@ -374,25 +387,25 @@ class GatewayMetrics:
 
     def _observe_stream(self, exchange: Exchange, provider: str, model: str) -> None:
         timings = exchange.timings
-        self.streaming_requests.labels(provider, model).inc()
+        self._child(self.streaming_requests, provider, model).inc()
         if exchange.chunk_count:
-            self.streaming_chunks.labels(provider).inc(exchange.chunk_count)
+            self._child(self.streaming_chunks, provider).inc(exchange.chunk_count)
         ttft = _seconds(timings.ttft_ms)
         if ttft is not None:
-            self.streaming_ttft.labels(provider, model).observe(ttft)
+            self._child(self.streaming_ttft, provider, model).observe(ttft)
         if exchange.chunk_gaps_ms:
-            histogram = self.streaming_chunk_latency.labels(provider)
+            histogram = self._child(self.streaming_chunk_latency, provider)
             for gap in exchange.chunk_gaps_ms:
                 histogram.observe(gap / 1000.0)
         if timings.first_byte is not None and timings.last_byte is not None:
-            self.streaming_duration.labels(provider, model).observe(max(0.0, timings.last_byte - timings.first_byte))
+            self._child(self.streaming_duration, provider, model).observe(max(0.0, timings.last_byte - timings.first_byte))
 
     def _observe_usage(self, exchange: Exchange, provider: str, model: str) -> None:
         # Tool results come with the request, whatever the response was.
         for result in exchange.tool_results:
             duration = _seconds(result.get("duration_ms"))
             if duration is not None:
-                self.tool_duration.labels(self.labels("tool", result.get("tool_name"))).observe(duration)
+                self._child(self.tool_duration, self.labels("tool", result.get("tool_name"))).observe(duration)
         response = exchange.response
         if response is None:
             return
@@ -406,20 +419,20 @@ class GatewayMetrics:
         )
         for kind, count in counts:
             if count > 0:
-                self.tokens.labels(kind, model).inc(count)
+                self._child(self.tokens, kind, model).inc(count)
         if usage.input_tokens > 0:
-            self.tokens_prompt.labels(provider, model).inc(usage.input_tokens)
+            self._child(self.tokens_prompt, provider, model).inc(usage.input_tokens)
         if usage.output_tokens > 0:
-            self.tokens_completion.labels(provider, model).inc(usage.output_tokens)
+            self._child(self.tokens_completion, provider, model).inc(usage.output_tokens)
 
         if exchange.cost_usd is not None:
             if exchange.cost_usd > 0:
-                self.cost.labels(provider, model).inc(exchange.cost_usd)
+                self._child(self.cost, provider, model).inc(exchange.cost_usd)
         elif usage.input_tokens or usage.output_tokens or usage.cache_read_tokens or usage.cache_creation_tokens:
-            self.unpriced.labels(model).inc()
+            self._child(self.unpriced, model).inc()
 
         for call in response.tool_calls:
-            self.tool_calls.labels(provider, self.labels("tool", call.name)).inc()
+            self._child(self.tool_calls, provider, self.labels("tool", call.name)).inc()
 
     # -- bindings ----------------------------------------------------------
 

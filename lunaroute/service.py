@@ -66,7 +66,12 @@ class GatewayService(MultiService):
         self.gateway = GatewayApp(
             settings, self.providers, clock=reactor, request_log=request_log
         )
-        self.site = QuietSite(self.gateway.resource(), reactor=reactor)
+        # Bodies are forwarded as bytes: Twisted's form decoding of POSTs
+        # (content-type parsing on every request, multipart splitting of
+        # uploads) would be wasted work.
+        self.site = QuietSite(
+            self.gateway.resource(), reactor=reactor, parsePOSTFormSubmission=False
+        )
         self.site.max_request_body_bytes = settings.http_server.max_request_body_bytes
         self.proxy_listener = strports.service(
             endpoint_description(settings.host, settings.port), self.site, reactor=reactor

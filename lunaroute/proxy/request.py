@@ -17,16 +17,12 @@ DEFAULT_MAX_BODY = 100 * 1024 * 1024
 
 class GatewayRequest(Request):
     """
-    A request that stops storing its body once it passes the site's limit (the
-    route then answers 413 in the client's dialect), and never decodes forms.
+    A request that stops storing its body once it passes the site's limit;
+    the route then answers 413 in the client's dialect.
     """
 
     body_too_large = False
     _body_received = 0
-    # Bodies are forwarded as bytes: Twisted's form decoding of POSTs (which
-    # parses the content type and would split multipart uploads into
-    # arguments) is wasted work here.
-    _parsePOSTFormSubmission = False
 
     def _limit(self) -> int:
         site: Any = getattr(self.channel, "site", None)
