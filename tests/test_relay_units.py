@@ -166,5 +166,34 @@ def test_tap_failure_never_reaches_the_client():
 
     relay = RelayProtocol(request, Clock(), broken, idle_timeout=60)
     relay.makeConnection(transport)
-    relay.dataReceived(b"data")
-    assert request.written == [b"data"]
+    relay.dataReceived(b"one")
+    relay.dataReceived(b"two")
+    relay.connectionLost(Failure(ResponseDone()))
+    assert request.written == [b"one", b"two"]
+    assert relay.done.called and relay.failure is None
+
+
+def test_tap_sees_every_chunk_in_order_but_not_before_the_first_write():
+    """The first chunk's tap work waits for the next chunk; nothing is lost or reordered."""
+    request, transport = FakeRequest(), FakeTransport()
+    tapped = []
+    relay = RelayProtocol(request, Clock(), tapped.append, idle_timeout=60)
+    relay.makeConnection(transport)
+    relay.dataReceived(b"a")
+    assert request.written == [b"a"] and tapped == []
+    relay.dataReceived(b"b")
+    assert tapped == [b"a", b"b"]
+    relay.dataReceived(b"c")
+    relay.connectionLost(Failure(ResponseDone()))
+    assert tapped == [b"a", b"b", b"c"]
+
+
+def test_single_chunk_body_is_tapped_at_the_end():
+    """A one-chunk body still reaches the tap when the body ends."""
+    request, transport = FakeRequest(), FakeTransport()
+    tapped = []
+    relay = RelayProtocol(request, Clock(), tapped.append, idle_timeout=60)
+    relay.makeConnection(transport)
+    relay.dataReceived(b"only")
+    relay.connectionLost(Failure(ResponseDone()))
+    assert tapped == [b"only"]

@@ -383,7 +383,6 @@ class GatewayApp:
         request.defaultContentType = None
         for name, values in relayed_response_headers(response.headers):
             request.responseHeaders.setRawHeaders(name, values)
-        exchange.response_headers = masked_headers(response.headers)
 
         capture = None
         if dialect is not None:
@@ -400,7 +399,7 @@ class GatewayApp:
             await relay.done
         except defer.CancelledError:
             exchange.outcome, exchange.error = "client_disconnected", "client went away mid-response"
-            self._collect(exchange, relay, capture)
+            self._collect(exchange, relay, capture, response)
             self._finish(exchange)
             raise
         if relay.timed_out or relay.failure is not None:
@@ -419,7 +418,7 @@ class GatewayApp:
             # The client gets the end of its response before any bookkeeping.
             timings.finished = clock.seconds()
             request.finish()
-        self._collect(exchange, relay, capture)
+        self._collect(exchange, relay, capture, response)
         self._finish(exchange)
         return None
 
@@ -433,7 +432,15 @@ class GatewayApp:
             return lambda chunk: None
         return capture.feed
 
-    def _collect(self, exchange: Exchange, relay: RelayProtocol, capture: ResponseCapture | None) -> None:
+    def _collect(
+        self,
+        exchange: Exchange,
+        relay: RelayProtocol,
+        capture: ResponseCapture | None,
+        response: Any,
+    ) -> None:
+        """Gather what the relay saw, once the client has its answer."""
+        exchange.response_headers = masked_headers(response.headers)
         timings = exchange.timings
         timings.first_byte = relay.first_byte
         timings.last_byte = relay.last_byte

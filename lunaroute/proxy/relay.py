@@ -52,6 +52,10 @@ class RelayProtocol(Protocol):
         self.chunks = 0
         self.gaps_ms: list[float] = []
         self.timed_out = False
+        # The first chunk's tap work waits for the next chunk (or the end):
+        # it would otherwise run in the same reactor turn as the first write
+        # and delay the client's first byte.
+        self._held: bytes | None = None
         self.failure: Failure | None = None
         self.done: defer.Deferred[None] = defer.Deferred(self._cancel)
 
@@ -73,13 +77,26 @@ class RelayProtocol(Protocol):
         self._request.write(data)
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.reset(self._idle_timeout)
+        if self.chunks == 1:
+            self._held = data
+            return
+        self._release_held()
+        self._tap(data)
+
+    def _tap(self, data: bytes) -> None:
         try:
             self._on_chunk(data)
         except Exception:
             # The tap is best effort; the bytes already went to the client.
             log.failure("stream tap failed")
 
+    def _release_held(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._tap(held)
+
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        self._release_held()
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         if self._registered:
