@@ -17,7 +17,7 @@ request carries back (with how long each tool took on the client's side).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -394,7 +394,16 @@ def _new_tool_results(body: dict[str, Any], dialect: str) -> tuple[dict[str, str
     return {}, []
 
 
-def _anthropic_results(body: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+def _results_after_last_answer(
+    body: dict[str, Any],
+    calls_in: Callable[[dict[str, Any]], Iterable[tuple[str, str]]],
+    results_in: Callable[[dict[str, Any]], Iterable[str]],
+) -> tuple[dict[str, str], list[str]]:
+    """
+    For message-list dialects: the names of every tool call the assistant
+    made in the history, and the result ids carried by the messages after
+    its last answer (the newest turn).
+    """
     messages = body.get("messages")
     if not isinstance(messages, list):
         return {}, []
@@ -404,41 +413,50 @@ def _anthropic_results(body: dict[str, Any]) -> tuple[dict[str, str], list[str]]
         if not isinstance(message, dict) or message.get("role") != "assistant":
             continue
         last_assistant = index
-        for block in _blocks(message.get("content")):
-            if block.get("type") == "tool_use" and isinstance(block.get("id"), str):
-                names[block["id"]] = str(block.get("name") or "unknown")
-    results: list[str] = []
-    for message in messages[last_assistant + 1:]:
-        if not isinstance(message, dict) or message.get("role") != "user":
-            continue
-        for block in _blocks(message.get("content")):
-            if block.get("type") == "tool_result" and isinstance(block.get("tool_use_id"), str):
-                results.append(block["tool_use_id"])
+        names.update(calls_in(message))
+    results = [
+        call_id
+        for message in messages[last_assistant + 1:]
+        if isinstance(message, dict)
+        for call_id in results_in(message)
+    ]
     return names, results
+
+
+def _anthropic_calls(message: dict[str, Any]) -> Iterable[tuple[str, str]]:
+    for block in _blocks(message.get("content")):
+        if block.get("type") == "tool_use" and isinstance(block.get("id"), str):
+            yield block["id"], str(block.get("name") or "unknown")
+
+
+def _anthropic_result_ids(message: dict[str, Any]) -> Iterable[str]:
+    if message.get("role") != "user":
+        return
+    for block in _blocks(message.get("content")):
+        if block.get("type") == "tool_result" and isinstance(block.get("tool_use_id"), str):
+            yield block["tool_use_id"]
+
+
+def _chat_calls(message: dict[str, Any]) -> Iterable[tuple[str, str]]:
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        if isinstance(call, dict) and isinstance(call.get("id"), str):
+            function = call.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            yield call["id"], str(name or "unknown")
+
+
+def _chat_result_ids(message: dict[str, Any]) -> Iterable[str]:
+    if message.get("role") == "tool" and isinstance(message.get("tool_call_id"), str):
+        yield message["tool_call_id"]
+
+
+def _anthropic_results(body: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    return _results_after_last_answer(body, _anthropic_calls, _anthropic_result_ids)
 
 
 def _chat_results(body: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        return {}, []
-    names: dict[str, str] = {}
-    last_assistant = -1
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") != "assistant":
-            continue
-        last_assistant = index
-        calls = message.get("tool_calls")
-        for call in calls if isinstance(calls, list) else ():
-            if isinstance(call, dict) and isinstance(call.get("id"), str):
-                function = call.get("function")
-                name = function.get("name") if isinstance(function, dict) else None
-                names[call["id"]] = str(name or "unknown")
-    results = [
-        m["tool_call_id"]
-        for m in messages[last_assistant + 1:]
-        if isinstance(m, dict) and m.get("role") == "tool" and isinstance(m.get("tool_call_id"), str)
-    ]
-    return names, results
+    return _results_after_last_answer(body, _chat_calls, _chat_result_ids)
 
 
 def _responses_results(body: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
