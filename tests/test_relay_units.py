@@ -197,3 +197,28 @@ def test_single_chunk_body_is_tapped_at_the_end():
     relay.dataReceived(b"only")
     relay.connectionLost(Failure(ResponseDone()))
     assert tapped == [b"only"]
+
+
+def test_connect_failure_is_retried_after_backoff():
+    """A request that never reached the provider is sent again after 100 ms, on the injected clock."""
+    from twisted.internet import defer, error
+
+    clock = Clock()
+    attempts = []
+
+    class Agent:
+        def request(self, method, url, headers, body):
+            attempts.append(url)
+            if len(attempts) == 1:
+                return defer.fail(error.ConnectionRefusedError())
+            return defer.succeed("response")
+
+    config = settings_from_mapping({"providers": {"anthropic": {"base_url": "http://up:1"}}}, env={})
+    provider = HTTPProvider(config.providers["anthropic"], reactor=clock, agent=Agent())
+    d = provider.request(b"POST", "/v1/messages", b"", Headers(), b"{}")
+    assert len(attempts) == 1 and not d.called
+    clock.advance(0.1)
+    assert len(attempts) == 2
+    assert d.result == "response"
+    clock.advance(1000)  # the request timeout was cancelled: nothing left to fire
+    assert not clock.getDelayedCalls()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, error
+from twisted.internet import defer, error, task
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
@@ -262,7 +262,7 @@ class HTTPProvider:
                     attempt=attempt,
                     max=self._max_retries,
                 )
-                await defer.Deferred.fromCoroutine(_sleep(self._clock, delay))
+                await task.deferLater(self._clock, delay)
 
     def _request_once(
         self, method: bytes, url: bytes, headers: Headers, body: bytes
@@ -313,12 +313,6 @@ def _describe(failure: Failure) -> str:
         if reasons:
             return reasons[0].getErrorMessage() or reasons[0].type.__name__
     return failure.getErrorMessage() or failure.type.__name__
-
-
-async def _sleep(clock: IReactorTime, seconds: float) -> None:
-    d: defer.Deferred[None] = defer.Deferred()
-    clock.callLater(seconds, d.callback, None)
-    await d
 
 
 def providers_from_settings(settings: Settings, reactor: Any = None) -> dict[str, HTTPProvider]:

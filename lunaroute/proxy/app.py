@@ -115,14 +115,9 @@ class GatewayApp:
     # -- provider choice -------------------------------------------------
 
     def provider_for(self, provider_type: str) -> IProvider | None:
-        """The enabled provider that serves a dialect: the one named after it first."""
-        named = self.providers.get(provider_type)
-        if named is not None and named.provider_type == provider_type:
-            return named
-        for provider in self.providers.values():
-            if provider.provider_type == provider_type:
-                return provider
-        return None
+        """The provider that serves a dialect, chosen as L{Settings.provider_for} says."""
+        chosen = self.settings.provider_for(provider_type)
+        return self.providers.get(chosen.name) if chosen is not None else None
 
     def _serves(self, listener: str) -> bool:
         dialect = self.settings.api_dialect
