@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from lunaroute.errors import ConfigError
+from lunaroute.secrets import mask_secret
 
 __all__ = [
     "BUILTIN_BASE_URLS",
@@ -65,22 +66,6 @@ BUILTIN_BASE_URLS: Mapping[str, str] = types.MappingProxyType(
 )
 
 DEFAULT_SESSIONS_DIR = "~/.lunaroute/sessions"
-
-
-# --------------------------------------------------------------------------
-# Secrets
-
-
-def mask_secret(value: str | None) -> str:
-    """
-    Render a secret so it can be logged: C{sk-a…xyz4} for long values, C{***}
-    for short ones (whose ends would reveal too much), C{<none>} when unset.
-    """
-    if not value:
-        return "<none>"
-    if len(value) > 12:
-        return f"{value[:4]}…{value[-4:]}"
-    return "***"
 
 
 # --------------------------------------------------------------------------
@@ -143,9 +128,21 @@ class LoggingSettings:
 
 @dataclass(frozen=True)
 class HttpServerSettings:
-    """Limits of the client-facing HTTP server."""
+    """
+    Limits and access rules of the client-facing HTTP server.
+
+    C{cors_allowed_origins}: browser origins allowed to call the gateway
+    (requests carrying any other C{Origin} are refused with 403, so a web page
+    cannot spend the operator's key).  C{auth_token}: when set, every
+    non-provider route (metrics, statistics, session API) needs it as
+    C{Authorization: Bearer <token>} or C{x-lunaroute-token}; the provider
+    routes need it too when C{require_auth_for_proxy} is on.
+    """
 
     max_request_body_bytes: int = 104_857_600
+    cors_allowed_origins: tuple[str, ...] = ()
+    auth_token: str | None = field(default=None, repr=False)
+    require_auth_for_proxy: bool = False
 
 
 @dataclass(frozen=True)
@@ -288,6 +285,8 @@ _ENV_TABLE: dict[str, _Path] = {
     "LUNAROUTE_ENABLE_JSONL_WRITER": ("session_recording", "jsonl", "enabled"),
     "LUNAROUTE_ENABLE_SQLITE_WRITER": ("session_recording", "sqlite", "enabled"),
     "LUNAROUTE_SESSIONS_DB_PATH": ("session_recording", "sqlite", "path"),
+    "LUNAROUTE_AUTH_TOKEN": ("http_server", "auth_token"),
+    "LUNAROUTE_CORS_ALLOWED_ORIGINS": ("http_server", "cors_allowed_origins"),
     "LUNAROUTE_UI_ENABLED": ("ui", "enabled"),
     "LUNAROUTE_UI_HOST": ("ui", "host"),
     "LUNAROUTE_UI_PORT": ("ui", "port"),
@@ -333,7 +332,12 @@ CLI_OVERRIDES: Mapping[str, tuple[str, str]] = types.MappingProxyType(
 _TOP_SCALARS = ("host", "port", "api_dialect", "shutdown_timeout_secs")
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "logging": ("level", "log_requests"),
-    "http_server": ("max_request_body_bytes",),
+    "http_server": (
+        "max_request_body_bytes",
+        "cors_allowed_origins",
+        "auth_token",
+        "require_auth_for_proxy",
+    ),
     "bypass": ("enabled", "provider"),
     "session_recording": (
         "enabled",
@@ -482,6 +486,30 @@ def _optional_text(value: Any) -> str | None:
     if not isinstance(value, str):
         raise _Invalid(f"expected a string, got {_kind(value)}")
     return value.strip() or None
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    """
+    Browser origins (C{scheme://host[:port]}, or C{null}), as a list or a
+    comma-separated string (from an environment variable).
+    """
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(f"expected a list of origins, got {_kind(value)}")
+    origins = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise _Invalid(f"expected origins like 'http://localhost:3000', got {_show(item)}")
+        origin = item.strip().rstrip("/")
+        if origin != "null" and origin != "*":
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+                raise _Invalid(
+                    f"expected origins like 'http://localhost:3000' (scheme://host[:port]), got {_show(item)}"
+                )
+        origins.append(origin.lower() if origin != "null" else origin)
+    return tuple(origins)
 
 
 def _choice(options: Mapping[str, str]) -> Callable[[Any], str]:
@@ -831,7 +859,14 @@ def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Setti
                 ("http_server", "max_request_body_bytes"),
                 HttpServerSettings().max_request_body_bytes,
                 _integer(1),
-            )
+            ),
+            cors_allowed_origins=layers.get(
+                ("http_server", "cors_allowed_origins"), (), _origins
+            ),
+            auth_token=layers.get(("http_server", "auth_token"), None, _optional_text),
+            require_auth_for_proxy=layers.get(
+                ("http_server", "require_auth_for_proxy"), False, _bool
+            ),
         ),
         bypass=BypassSettings(
             enabled=layers.get(("bypass", "enabled"), True, _bool), provider=bypass_provider

@@ -57,7 +57,18 @@ class UpstreamError(LunaRouteError):
 
 
 class UpstreamUnreachable(UpstreamError):
-    """The upstream refused the connection, failed DNS or TLS, or dropped it."""
+    """
+    The upstream refused the connection, failed DNS or TLS, or dropped it.
+
+    @ivar retryable: C{True} only when the request certainly never reached
+        the provider (so sending it again cannot bill it twice).
+    """
+
+    def __init__(
+        self, message: str = "upstream unreachable", *, provider: str | None = None, retryable: bool = False
+    ) -> None:
+        self.retryable = retryable
+        super().__init__(message, provider=provider)
 
 
 class UpstreamTimeout(UpstreamError):

@@ -104,6 +104,9 @@ class Exchange:
     status: int | None = None
     outcome: str = "ok"
     error: str | None = None
+    # The provider's own error type (e.g. overloaded_error, rate_limit_error)
+    # when it reported one, in a body or an in-stream error event.
+    error_type: str | None = None
     client_ip: str | None = None
     user_agent: str | None = None
     request_body: bytes = b""

@@ -38,9 +38,22 @@ class IProvider(Interface):
         @param body: the request body (C{bytes}), forwarded byte for byte.
         @return: a L{Deferred} firing with an unbuffered
             L{twisted.web.iweb.IResponse} as soon as the response headers
-            arrive, or failing with L{lunaroute.errors.UpstreamUnreachable} or
-            L{lunaroute.errors.UpstreamTimeout}.  Cancelling it aborts the
-            upstream connection.
+            arrive, or failing with L{lunaroute.errors.UpstreamUnreachable}
+            (its C{retryable} is C{True} only if the request never left),
+            L{lunaroute.errors.UpstreamTimeout}, another
+            L{lunaroute.errors.UpstreamError}, or
+            L{lunaroute.providers.url.BadTarget} for a path not in origin
+            form.  A request that may have reached the provider is never sent
+            twice.  Cancelling it aborts the upstream connection.
+        """
+
+    def probe():
+        """
+        Check that the provider can be reached right now, cheaply (no model
+        call, nothing billed).
+
+        @return: a L{Deferred} firing with C{None} when it answered, or
+            failing with a L{lunaroute.errors.UpstreamError} saying why not.
         """
 
     def close():

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from lunaroute.exchange import Exchange
 from lunaroute.logs import log_observer
+from lunaroute.twisted_compat import idle_connection_count
 
 log = Logger(observer=log_observer)
 
@@ -178,10 +179,7 @@ class _PoolCollector:
             if pool is None:
                 continue
             try:
-                # HTTPConnectionPool keeps idle connections in a private dict
-                # of lists, keyed by (scheme, host, port); no public API.
-                connections = getattr(pool, "_connections", None) or {}
-                idle.add_metric([name], float(sum(len(c) for c in connections.values())))
+                idle.add_metric([name], float(idle_connection_count(pool)))
                 per_host = getattr(pool, "maxPersistentPerHost", None)
                 if per_host is not None:
                     limit.add_metric([name], float(per_host))

@@ -9,6 +9,7 @@ recorder, close the connection pools.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.application import strports
@@ -22,11 +23,14 @@ from lunaroute.errors import ConfigError
 from lunaroute.logs import log_observer, set_log_level
 from lunaroute.metrics import GatewayMetrics
 from lunaroute.providers import providers_from_settings
+from lunaroute.providers.health import ReadinessChecker
+from lunaroute.proxy.access import AccessPolicy, GuardedResource
 from lunaroute.proxy.app import GatewayApp
 from lunaroute.proxy.reqlog import RequestLogPrinter
 from lunaroute.proxy.request import DEFAULT_MAX_BODY, GatewayRequest
 from lunaroute.sessions.recorder import make_recorder
 from lunaroute.stats import PricingTable, SessionStatsCollector
+from lunaroute.twisted_compat import clear_exit_signal
 
 log = Logger(observer=log_observer)
 
@@ -60,46 +64,67 @@ class GatewayService(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.providers = providers_from_settings(settings, reactor=reactor)
+        # Services stopped after the proxy has drained, in this order.
+        self.drained_services: list[Any] = []
+
+        # The sinks, built first so the gateway receives them whole.  They
+        # run in this order: statistics first (it fills in the exchange's
+        # cost and tool results), then the recorder, then metrics.
+        statistics = settings.statistics
+        self.pricing = PricingTable.load(statistics.pricing_file, statistics.pricing)
+        self.stats = SessionStatsCollector(statistics.session_stats_max_sessions, self.pricing)
+        self.recorder = make_recorder(settings.session_recording, reactor)
+        self.metrics: GatewayMetrics | None = None
+        if settings.metrics.enabled:
+            self.metrics = GatewayMetrics()
+            if self.recorder is not None:
+                self.metrics.bind_recorder(self.recorder)
+            self.metrics.bind_pools(self.providers)
+        sinks: list[Any] = [self.stats.observe]
+        if self.recorder is not None:
+            sinks.append(self.recorder.record)
+        if self.metrics is not None:
+            sinks.append(self.metrics.observe)
+
         request_log = None
         if settings.logging.log_requests:
             request_log = RequestLogPrinter(debug=settings.logging.level == "debug")
         self.gateway = GatewayApp(
-            settings, self.providers, clock=reactor, request_log=request_log
+            settings,
+            self.providers,
+            clock=reactor,
+            sinks=sinks,
+            start_observers=[self.metrics.request_started] if self.metrics is not None else [],
+            metrics_renderer=self.metrics.render if self.metrics is not None else None,
+            live_stats=self.live_stats,
+            readiness=ReadinessChecker(reactor),
+            request_log=request_log,
         )
+        resource = GuardedResource(self.gateway.resource(), AccessPolicy(settings.http_server))
         # Bodies are forwarded as bytes: Twisted's form decoding of POSTs
         # (content-type parsing on every request, multipart splitting of
         # uploads) would be wasted work.
-        self.site = QuietSite(
-            self.gateway.resource(), reactor=reactor, parsePOSTFormSubmission=False
-        )
+        self.site = QuietSite(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.site.max_request_body_bytes = settings.http_server.max_request_body_bytes
         self.proxy_listener = strports.service(
             endpoint_description(settings.host, settings.port), self.site, reactor=reactor
         )
         self.proxy_listener.setName("proxy")
         self.proxy_listener.setServiceParent(self)
-        # Services stopped after the proxy has drained, in this order.
-        self.drained_services: list[Any] = []
-        # Observers run in this order: statistics first (it fills in the
-        # exchange's cost and tool results), then the recorder, then metrics.
-        statistics = settings.statistics
-        self.pricing = PricingTable.load(statistics.pricing_file, statistics.pricing)
-        self.stats = SessionStatsCollector(statistics.session_stats_max_sessions, self.pricing)
-        self.gateway.observers.append(self.stats.observe)
-        self.gateway.stats = self.stats
-        self.recorder = make_recorder(settings.session_recording, reactor)
         if self.recorder is not None:
             self.add_drained_service(self.recorder)
-            self.gateway.observers.append(self.recorder.record)
-        self.metrics: GatewayMetrics | None = None
-        if settings.metrics.enabled:
-            self.metrics = GatewayMetrics()
-            self.gateway.start_observers.append(self.metrics.request_started)
-            self.gateway.observers.append(self.metrics.observe)
-            self.gateway.metrics_renderer = self.metrics.render
-            if self.recorder is not None:
-                self.metrics.bind_recorder(self.recorder)
-            self.metrics.bind_pools(self.providers)
+
+    def live_stats(self) -> dict[str, Any]:
+        """What C{GET /_lunaroute/stats} shows: statistics and recording health."""
+        out: dict[str, Any] = {"aggregate": self.stats.aggregate(), "sessions": self.stats.sessions()}
+        if self.recorder is not None:
+            loss = getattr(self.recorder, "loss_counts", None)
+            out["recording"] = {
+                "queue_depth": self.recorder.queue_depth,
+                "dropped_events": self.recorder.dropped_events,
+                **({"lost_exchanges": loss()} if loss is not None else {}),
+            }
+        return out
 
     def listening_port(self) -> defer.Deferred[Any]:
         """
@@ -125,6 +150,9 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         for line in setting_lines(self.settings):
             log.info("{line}", line=line)
+        exposure = exposure_warning(self.settings)
+        if exposure:
+            log.warn("{warning}", warning=exposure)
         super().startService()
         log.info(
             "LunaRoute listening on http://{host}:{port}",
@@ -153,8 +181,37 @@ class GatewayService(MultiService):
         log.info("LunaRoute stopped")
         # twistd re-raises the stop signal on exit (status -15/143).  A
         # graceful stop that finished its work is a clean exit: status 0.
-        if getattr(self.reactor, "_exitSignal", None) is not None:
-            self.reactor._exitSignal = None
+        clear_exit_signal(self.reactor)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether C{host} only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(settings: Settings) -> str | None:
+    """
+    One line for the start-up log when the gateway listens beyond loopback:
+    what anyone who can reach the port can read, and the setting that
+    protects it.
+    """
+    if is_loopback(settings.host):
+        return None
+    if settings.http_server.auth_token:
+        guarded = "need the gateway token (http_server.auth_token)"
+        if not settings.http_server.require_auth_for_proxy:
+            guarded += "; the provider routes do not (http_server.require_auth_for_proxy: false)"
+        return f"listening on {settings.host}, beyond loopback: /metrics and /_lunaroute/stats {guarded}"
+    return (
+        f"listening on {settings.host}, beyond loopback: /metrics and /_lunaroute/stats are readable "
+        "by anyone who can reach this port, and so is the proxy; set http_server.auth_token "
+        "(and http_server.require_auth_for_proxy) to protect them"
+    )
 
 
 def _quietly(d: defer.Deferred[Any], what: str) -> defer.Deferred[Any]:

@@ -43,7 +43,11 @@ async def test_streamed_request_is_logged_with_text_usage_and_stop_reason(fake, 
 
 
 def test_stream_text_is_printed_as_it_arrives():
-    """Text deltas are written when their chunk arrives, before the stream ends."""
+    """
+    The printer subscribes to the capture's parsed events: text deltas are
+    written when the chunk completing their event arrives, before the stream ends.
+    """
+    from lunaroute.dialects.capture import ResponseCapture
     from lunaroute.exchange import Exchange, Timings
 
     out = io.StringIO()
@@ -54,12 +58,25 @@ def test_stream_text_is_printed_as_it_arrives():
         streaming=True, request_json={"messages": []},
     )
     printer.started(exchange)
-    printer.chunk(
-        exchange,
-        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-        b'"delta":{"type":"text_delta","text":"Hel',
-        None,
+    capture = ResponseCapture(
+        "anthropic", streaming=True, content_type="text/event-stream",
+        on_event=printer.listener(exchange),
     )
-    assert "Hel" not in out.getvalue().split("└")[-1]
-    printer.chunk(exchange, b'lo"}}\n\n', None)
+    capture.feed(
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"Hel'
+    )
+    assert "Hel" not in out.getvalue().split("\u2518")[-1].split("\u2514")[-1]
+    capture.feed(b'lo"}}\n\n')
     assert out.getvalue().endswith("Hello")
+
+
+def test_non_streaming_requests_get_no_event_listener():
+    """Only streams print as they go; other responses are printed in the final box."""
+    from lunaroute.exchange import Exchange, Timings
+
+    exchange = Exchange(
+        request_id="r1", session_id="s1", listener="anthropic", kind="conversation",
+        dialect="anthropic", path="/v1/messages", method="POST", timings=Timings(received=0.0),
+    )
+    assert RequestLogPrinter(out=io.StringIO()).listener(exchange) is None

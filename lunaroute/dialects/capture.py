@@ -117,6 +117,9 @@ class ResponseCapture:
     ``streaming`` says, since error responses to streaming requests are
     plain JSON; only without a content type does ``streaming`` decide.
     JSON bodies are buffered up to ``max_buffer_bytes`` (decoded size).
+    ``on_event``, if given, is called with each parsed stream event (and the
+    dialect) after the accumulator has seen it; the pretty request log
+    subscribes this way.  Whatever it raises is ignored.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class ResponseCapture:
         content_type: str | None = None,
         content_encoding: str | None = None,
         max_buffer_bytes: int = 64 * 1024 * 1024,
+        on_event: Callable[[SSEEvent, dict[str, Any]], None] | None = None,
     ) -> None:
         if dialect not in DIALECTS:
             raise ValueError(f"unknown dialect {dialect!r}")
@@ -136,6 +140,7 @@ class ResponseCapture:
         else:
             self._sse = content_type.strip().lower().startswith("text/event-stream")
         self._max = max_buffer_bytes
+        self._on_event = on_event
         self._partial = False
         # Set once the body can no longer be followed; later chunks are
         # ignored and the summary says partial.
@@ -252,6 +257,15 @@ class ResponseCapture:
                 self._responses.add(event.event, data)
         except Exception:  # one odd event must not end the capture
             self._partial = True
+        if self._on_event is not None:
+            try:
+                self._on_event(event, data)
+            except Exception:  # a listener's failure is not the capture's
+                pass
+
+    @property
+    def dialect(self) -> str:
+        return self._dialect
 
     def _stream_summary(self) -> ResponseSummary:
         if self._dialect == "anthropic":

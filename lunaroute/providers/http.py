@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import treq
 from twisted.internet import defer, error, task
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
@@ -23,17 +24,20 @@ from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
+    RequestNotSent,
+    ResponseFailed,
     ResponseNeverReceived,
-    _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from lunaroute.config import ProviderSettings, Settings
-from lunaroute.errors import UpstreamTimeout, UpstreamUnreachable
+from lunaroute.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from lunaroute.interfaces import IProvider
 from lunaroute.logs import log_observer
+from lunaroute.providers.url import UpstreamBase
+from lunaroute.twisted_compat import quiet_pool
 
 log = Logger(observer=log_observer)
 
@@ -45,11 +49,6 @@ _CONNECT_FAILURES = (
     error.DNSLookupError,
     error.ConnectingCancelledError,
 )
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # Twisted logs "Starting factory" for every new pooled connection.
-    noisy = False
 
 
 @implementer(IBodyProducer)
@@ -140,21 +139,16 @@ class _EndpointFactory:
         return endpoint
 
 
-def _is_connect_failure(failure: Failure) -> bool:
+def _never_sent(failure: Failure) -> bool:
     """
-    True when the request certainly never reached the provider, so that
-    sending it again cannot run it twice.
+    True only when the request certainly never reached the provider, so that
+    sending it again cannot run (and bill) it twice: the connection could not
+    be made, or Twisted says the request was not sent (a pooled connection
+    found closed before writing).  A connection that closed or reset after
+    the request was written (C{ResponseNeverReceived}) may have been read,
+    so it is never retried.
     """
-    if failure.check(*_CONNECT_FAILURES):
-        return True
-    if failure.check(ResponseNeverReceived):
-        # A pooled connection the provider had already closed: the request
-        # bytes went nowhere.
-        reasons = failure.value.reasons
-        return bool(reasons) and all(
-            r.check(error.ConnectionDone, error.ConnectionLost) for r in reasons
-        )
-    return False
+    return bool(failure.check(*_CONNECT_FAILURES, RequestNotSent))
 
 
 @implementer(IProvider)
@@ -178,10 +172,10 @@ class HTTPProvider:
         self.provider_type = settings.provider_type
         self.has_server_key = bool(settings.api_key)
         self._clock: IReactorTime = reactor
-        self._base_url = settings.base_url.rstrip("/").encode("utf-8")
+        self._base = UpstreamBase.parse(settings.base_url)
         client = settings.http_client
         self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool._factory = _QuietClientFactory
+        quiet_pool(self.pool)
         self.pool.maxPersistentPerHost = client.pool_max_idle_per_host
         self.pool.cachedConnectionTimeout = client.pool_idle_timeout_secs
         # Twisted retries idempotent requests on a dead pooled connection
@@ -206,19 +200,22 @@ class HTTPProvider:
 
     def upstream_url(self, path: str, query: bytes = b"") -> bytes:
         """
-        Map a client path onto this provider's base URL.
+        Map a client path onto this provider's base URL, from parsed parts:
+        no target can change the scheme, host or port (see
+        L{lunaroute.providers.url}).
 
         OpenAI base URLs end in C{/v1} (as in the OpenAI SDK), so the client's
         C{/v1} prefix is dropped for them; Anthropic base URLs are the bare
         origin and take the client's path whole.
+
+        @raise lunaroute.providers.url.BadTarget: for a path not in origin form.
         """
         raw = path.encode("utf-8")
-        if self.provider_type == "openai" and (raw == b"/v1" or raw.startswith(b"/v1/")):
-            raw = raw[3:]
-        url = self._base_url + raw
-        if query:
-            url += b"?" + query
-        return url
+        if self.provider_type == "openai" and self._base.prefix and (
+            raw == b"/v1" or raw.startswith(b"/v1/")
+        ):
+            raw = raw[3:] or b"/"
+        return self._base.url(raw, query)
 
     def apply_auth(self, headers: Headers) -> None:
         """
@@ -238,7 +235,10 @@ class HTTPProvider:
     def request(
         self, method: bytes, path: str, query: bytes, headers: Headers, body: bytes
     ) -> defer.Deferred[IResponse]:
-        url = self.upstream_url(path, query)
+        try:
+            url = self.upstream_url(path, query)
+        except Exception as exc:
+            return defer.fail(exc)
         self.apply_auth(headers)
         return defer.ensureDeferred(self._request_with_retries(method, url, headers, body))
 
@@ -250,7 +250,7 @@ class HTTPProvider:
             try:
                 return await self._request_once(method, url, headers, body)
             except UpstreamUnreachable as exc:
-                if not getattr(exc, "retryable", False) or attempt >= self._max_retries:
+                if not exc.retryable or attempt >= self._max_retries:
                     raise
                 delay = RETRY_BACKOFF_SECS[min(attempt, len(RETRY_BACKOFF_SECS) - 1)]
                 attempt += 1
@@ -288,19 +288,43 @@ class HTTPProvider:
                     f"{self.name} sent no response within {self._timeout:g}s",
                     provider=self.name,
                 )
-            if failure.check(defer.CancelledError):
+            if failure.check(defer.CancelledError, UpstreamError):
                 return failure
-            if failure.check(*_CONNECT_FAILURES, ResponseNeverReceived):
-                exc = UpstreamUnreachable(
-                    f"{self.name} unreachable: {_describe(failure)}", provider=self.name
+            if failure.check(*_CONNECT_FAILURES, RequestNotSent):
+                raise UpstreamUnreachable(
+                    f"{self.name} unreachable: {_describe(failure)}",
+                    provider=self.name,
+                    retryable=_never_sent(failure),
                 )
-                # Only a request that never left may be sent again.
-                exc.retryable = _is_connect_failure(failure)
-                raise exc
-            return failure
+            if failure.check(ResponseNeverReceived, ResponseFailed):
+                raise UpstreamUnreachable(
+                    f"{self.name} closed the connection without answering: {_describe(failure)}",
+                    provider=self.name,
+                )
+            raise UpstreamError(
+                f"{self.name} request failed: {_describe(failure)}", provider=self.name
+            )
 
         d.addBoth(done)
         d.addErrback(translate)
+        return d
+
+    def probe(self) -> defer.Deferred[None]:
+        """
+        Check the provider can be reached: a C{HEAD} of its base URL through
+        the pool (any HTTP status proves it; nothing is billed).
+        """
+        url = self._base.url(b"/")
+        d = self._agent.request(b"HEAD", url, Headers({b"user-agent": [b"lunaroute-readyz"]}), None)
+
+        def drain(response: IResponse) -> defer.Deferred[Any]:
+            return treq.content(response)
+
+        def explain(failure: Failure) -> None:
+            raise UpstreamUnreachable(_describe(failure), provider=self.name)
+
+        d.addCallback(drain)
+        d.addCallbacks(lambda _: None, explain)
         return d
 
     def close(self) -> defer.Deferred[None]:
@@ -308,11 +332,20 @@ class HTTPProvider:
 
 
 def _describe(failure: Failure) -> str:
-    if failure.check(ResponseNeverReceived):
-        reasons = failure.value.reasons
+    """A readable sentence for a failure, never a C{Failure} repr."""
+    if failure.check(ResponseNeverReceived, ResponseFailed, RequestNotSent):
+        reasons = getattr(failure.value, "reasons", None) or []
         if reasons:
-            return reasons[0].getErrorMessage() or reasons[0].type.__name__
-    return failure.getErrorMessage() or failure.type.__name__
+            inner = reasons[0]
+            if inner.check(error.ConnectionDone):
+                return "the connection was closed"
+            if inner.check(error.ConnectionLost):
+                return "the connection was lost (reset)"
+            return inner.getErrorMessage() or inner.type.__name__
+        if failure.check(RequestNotSent):
+            return "the request could not be sent on a closed connection"
+    message = failure.getErrorMessage()
+    return message if message and not message.startswith("[") else failure.type.__name__
 
 
 def providers_from_settings(settings: Settings, reactor: Any = None) -> dict[str, HTTPProvider]:

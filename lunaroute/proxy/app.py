@@ -3,6 +3,17 @@ The ingress: Klein routes for the Anthropic and OpenAI APIs, forwarding each
 request to its provider with full fidelity and relaying the answer as it
 streams, while a tap beside the stream rebuilds what passed for the recorder,
 statistics and metrics.
+
+One request is a short pipeline of named steps (see docs/architecture.md):
+
+    parse (dialects.request_view) -> choose (a provider) -> modify (model
+    rewrite) -> send (IProvider) -> relay (RelayProtocol) -> classify
+    (proxy.outcome) -> enrich + record (ExchangeRecord) -> sinks
+
+Domain errors raised before anything was sent are turned into an error in
+the client's dialect in one place (L{GatewayApp.domain_error}); once a request
+went upstream, the lifecycle answers every failure itself and produces
+exactly one finished record.
 """
 
 from __future__ import annotations
@@ -14,75 +25,78 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from lunaroute.config import Settings
 from lunaroute.dialects.capture import ResponseCapture
-from lunaroute.dialects.errors import anthropic_error_body, openai_error_body
-from lunaroute.dialects.session_id import extract_session_id, new_session_id
-from lunaroute.errors import UpstreamTimeout, UpstreamUnreachable
+from lunaroute.dialects.errors import openai_error_body
+from lunaroute.dialects.request_view import RequestView, bounded, parse_request, replace_model
+from lunaroute.dialects.session_id import new_session_id
+from lunaroute.errors import LunaRouteError, UpstreamError
 from lunaroute.exchange import Exchange, Timings
 from lunaroute.interfaces import IProvider
 from lunaroute.logs import debug_enabled, log_observer
+from lunaroute.proxy.errors import (
+    NoProvider,
+    first_header,
+    listener_for_path,
+    listener_for_request,
+    status_for,
+    write_error,
+)
 from lunaroute.proxy.headers import (
     masked_headers,
     relayed_response_headers,
     upstream_request_headers,
 )
+from lunaroute.proxy.outcome import Classification, RelayEnd, classify_relay
 from lunaroute.proxy.relay import RelayProtocol
 
 log = Logger(observer=log_observer)
 
 ExchangeObserver = Callable[[Exchange], None]
 
-# Anthropic's error type for each status the gateway itself answers with.
-_ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    502: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-}
-_OPENAI_ERROR_TYPES = {
-    400: "invalid_request_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    502: "server_error",
-    503: "server_error",
-    504: "server_error",
-}
+# After a stream is cut, the client gets what was relayed; one that does not
+# read it within this many seconds has its connection aborted.
+CUT_GRACE_SECS = 30.0
+
+__all__ = ["ExchangeObserver", "GatewayApp", "listener_for_path"]
 
 
-def error_body(listener: str, status: int, message: str, code: str | None = None) -> bytes:
-    """An error body in the dialect the client speaks."""
-    if listener == "anthropic":
-        return anthropic_error_body(_ANTHROPIC_ERROR_TYPES.get(status, "api_error"), message)
-    return openai_error_body(message, _OPENAI_ERROR_TYPES.get(status, "server_error"), code)
-
-
-def listener_for_path(path: str, header: Callable[[str], str | None]) -> str:
+class _InFlight:
     """
-    Guess the dialect of a request the gateway has no route for, so that even
-    a 404 speaks the client's language.
+    One request being forwarded: lets a stopping gateway cut it (the relay
+    if the body is streaming, the pending send otherwise).
     """
-    if path.startswith("/v1/messages") or path.startswith("/v1/complete"):
-        return "anthropic"
-    if header("anthropic-version") or header("x-api-key"):
-        return "anthropic"
-    return "openai"
+
+    def __init__(self) -> None:
+        self.relay: RelayProtocol | None = None
+        self.sending: defer.Deferred[Any] | None = None
+        self.cut_requested = False
+        self.finished: defer.Deferred[None] = defer.Deferred()
+
+    def cut(self) -> None:
+        self.cut_requested = True
+        if self.relay is not None:
+            self.relay.cut()
+        elif self.sending is not None:
+            self.sending.cancel()
 
 
 class GatewayApp:
     """
-    The proxy's HTTP surface.  Providers and observers are injected, so tests
-    drive it in memory with fakes and a L{twisted.internet.task.Clock}.
+    The proxy's HTTP surface.  Providers, sinks and helpers are passed in,
+    so tests drive it in memory (C{treq.testing.StubTreq}) with fakes and a
+    L{twisted.internet.task.Clock}.
+
+    @param sinks: called in order with each finished exchange (statistics,
+        recorder, metrics); each is best effort.
+    @param start_observers: called when a request is about to go upstream.
+    @param metrics_renderer: C{() -> (body, content type)} for C{/metrics}.
+    @param live_stats: C{() -> dict} for C{/_lunaroute/stats}.
+    @param readiness: a L{lunaroute.providers.health.ReadinessChecker}.
+    @param request_log: the pretty request log printer, if enabled.
     """
 
     app = Klein()
@@ -92,21 +106,24 @@ class GatewayApp:
         settings: Settings,
         providers: dict[str, IProvider],
         clock: IReactorTime,
-        observers: Iterable[ExchangeObserver] = (),
+        *,
+        sinks: Iterable[ExchangeObserver] = (),
+        start_observers: Iterable[ExchangeObserver] = (),
+        metrics_renderer: Callable[[], tuple[bytes, str]] | None = None,
+        live_stats: Callable[[], dict[str, Any]] | None = None,
+        readiness: Any = None,
         request_log: Any = None,
     ) -> None:
         self.settings = settings
         self.providers = providers
         self.clock = clock
-        self.observers: list[ExchangeObserver] = list(observers)
-        # Called when a request is about to go upstream (in-flight gauges).
-        self.start_observers: list[ExchangeObserver] = []
-        # Renders the Prometheus exposition: () -> (body, content type).
-        self.metrics_renderer: Callable[[], tuple[bytes, str]] | None = None
-        # The session statistics collector, when there is one (read-only here).
-        self.stats: Any = None
+        self._sinks = tuple(sinks)
+        self._start_observers = tuple(start_observers)
+        self._metrics_renderer = metrics_renderer
+        self._live_stats = live_stats
+        self._readiness = readiness
         self.request_log = request_log
-        self.in_flight: set[defer.Deferred[Any]] = set()
+        self.in_flight: dict[defer.Deferred[Any], _InFlight] = {}
         self._accepting = True
 
     def resource(self) -> Any:
@@ -122,6 +139,31 @@ class GatewayApp:
     def _serves(self, listener: str) -> bool:
         dialect = self.settings.api_dialect
         return dialect == "both" or dialect == listener
+
+    def bypass_provider(self) -> IProvider | None:
+        name = self.settings.bypass.provider
+        if name:
+            return self.providers.get(name) or self.provider_for(name)
+        return self.provider_for("openai") or self.provider_for("anthropic")
+
+    # -- errors ----------------------------------------------------------
+
+    @app.handle_errors(LunaRouteError)
+    def domain_error(self, request: Any, failure: Any) -> bytes:
+        """A domain error raised by a route: an error in the client's dialect."""
+        exc = failure.value
+        status, code = status_for(exc)
+        message = getattr(exc, "message", None) or str(exc)
+        return write_error(request, listener_for_request(request), status, message, code)
+
+    @app.handle_errors(Exception)
+    def unexpected_error(self, request: Any, failure: Any) -> bytes:
+        """A bug: logged, and still a JSON error in the client's dialect."""
+        log.failure("unexpected error handling {method} {path}", failure,
+                    method=request.method, path=request.path)
+        return write_error(
+            request, listener_for_request(request), 500, "internal gateway error", "internal_error"
+        )
 
     # -- routes ----------------------------------------------------------
 
@@ -139,21 +181,30 @@ class GatewayApp:
         return b'{"status":"ok"}'
 
     @app.route("/readyz", methods=["GET", "HEAD"])
-    def readyz(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"application/json")
+    async def readyz(self, request: Any) -> bytes:
+        """
+        Ready when, for some served dialect, a provider is configured and
+        answers (a cached connection probe); the body says which and why.
+        """
         report: dict[str, Any] = {}
         ready = False
         for listener in ("anthropic", "openai"):
             if not self._serves(listener):
                 continue
             provider = self.provider_for(listener)
+            if provider is None:
+                report[listener] = {"provider": None, "status": "no_provider"}
+                continue
+            problem = await self._readiness.check(provider) if self._readiness is not None else None
             report[listener] = {
-                "provider": provider.name if provider else None,
-                "status": "ready" if provider else "no_provider",
+                "provider": provider.name,
+                "status": "ready" if problem is None else "unreachable",
+                **({"reason": problem} if problem else {}),
             }
-            ready = ready or provider is not None
+            ready = ready or problem is None
         if not self._accepting:
             ready = False
+        request.setHeader(b"content-type", b"application/json")
         if not ready:
             request.setResponseCode(503)
         return json.dumps(
@@ -162,9 +213,9 @@ class GatewayApp:
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: Any) -> bytes:
-        if self.metrics_renderer is None:
-            return self._error(request, "openai", 404, "metrics are disabled")
-        body, content_type = self.metrics_renderer()
+        if self._metrics_renderer is None:
+            return write_error(request, "openai", 404, "metrics are disabled")
+        body, content_type = self._metrics_renderer()
         request.setHeader(b"content-type", content_type.encode("ascii"))
         return body
 
@@ -172,11 +223,9 @@ class GatewayApp:
     def live_stats(self, request: Any) -> bytes:
         """Session statistics while running: the aggregate and each kept session."""
         request.setHeader(b"content-type", b"application/json")
-        if self.stats is None:
+        if self._live_stats is None:
             return b'{"aggregate":null,"sessions":[]}'
-        return json.dumps(
-            {"aggregate": self.stats.aggregate(), "sessions": self.stats.sessions()}, default=str
-        ).encode()
+        return json.dumps(self._live_stats(), default=str).encode()
 
     @app.route("/v1/messages", methods=["POST"])
     def messages(self, request: Any) -> Any:
@@ -211,7 +260,7 @@ class GatewayApp:
     @app.route("/v1/models", methods=["GET"])
     @app.route("/models", methods=["GET"])
     def models(self, request: Any) -> Any:
-        listener = "anthropic" if _header(request, "anthropic-version") else "openai"
+        listener = "anthropic" if first_header(request, b"anthropic-version") else "openai"
         if self.settings.api_dialect != "both":
             listener = self.settings.api_dialect
         return self.forward(request, listener, None, kind="models", parse_json=False)
@@ -223,31 +272,18 @@ class GatewayApp:
         batches, unknown paths) is bypassed verbatim to one provider, or is a
         404 in the path's dialect when bypass is off.
         """
-        path = request.path.decode("utf-8", "replace")
-        listener = listener_for_path(path, lambda n: _header(request, n))
+        listener = listener_for_request(request)
         provider = self.bypass_provider() if self.settings.bypass.enabled else None
         if provider is None:
-            return self._error(
-                request, listener, 404, f"no route for {request.method.decode()} {path}"
+            path = request.path.decode("utf-8", "replace")
+            return write_error(
+                request, listener, 404, f"no route for {request.method.decode('latin-1')} {path}"
             )
         return self.forward(
             request, listener, None, kind="bypass", parse_json=False, provider=provider
         )
 
-    def bypass_provider(self) -> IProvider | None:
-        name = self.settings.bypass.provider
-        if name:
-            return self.providers.get(name) or self.provider_for(name)
-        return self.provider_for("openai") or self.provider_for("anthropic")
-
     # -- forwarding ------------------------------------------------------
-
-    def _error(
-        self, request: Any, listener: str, status: int, message: str, code: str | None = None
-    ) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        return error_body(listener, status, message, code)
 
     def forward(
         self,
@@ -261,118 +297,171 @@ class GatewayApp:
     ) -> Any:
         if kind != "bypass" and not self._serves(listener):
             path = request.path.decode("utf-8", "replace")
-            return self._error(
+            return write_error(
                 request, listener, 404, f"{path} is not served: api_dialect is {self.settings.api_dialect}"
             )
         if getattr(request, "body_too_large", False):
             limit = self.settings.http_server.max_request_body_bytes
-            return self._error(
+            return write_error(
                 request, listener, 413, f"request body exceeds the {limit}-byte limit"
             )
-        d = defer.ensureDeferred(
-            self._forward(
-                request, listener, dialect, kind=kind, parse_json=parse_json, provider=provider
-            )
-        )
-        self.in_flight.add(d)
-        d.addBoth(self._untrack, d)
-        return d
-
-    def _untrack(self, result: Any, d: defer.Deferred[Any]) -> Any:
-        self.in_flight.discard(d)
-        return result
-
-    async def _forward(
-        self,
-        request: Any,
-        listener: str,
-        dialect: str | None,
-        *,
-        kind: str,
-        parse_json: bool,
-        provider: IProvider | None,
-    ) -> bytes | None:
-        clock = self.clock
-        timings = Timings(received=clock.seconds())
-        path = request.path.decode("utf-8", "replace")
-        request_id = str(uuid.uuid4())
+        received = self.clock.seconds()
         body = request.content.read() if request.content is not None else b""
-        body_json: dict[str, Any] | None = None
-        if parse_json:
-            try:
-                parsed = json.loads(body)
-            except ValueError as exc:
-                return self._error(request, listener, 400, f"request body is not valid JSON: {exc}")
-            if not isinstance(parsed, dict):
-                return self._error(request, listener, 400, "request body must be a JSON object")
-            body_json = parsed
-            if not isinstance(body_json.get("model"), str) or not body_json["model"]:
-                return self._error(request, listener, 400, "model: field required")
-
+        # parse (raises BadRequestBody: a 400 via domain_error, nothing sent)
+        view = parse_request(
+            dialect,
+            body,
+            lambda name: first_header(request, name.encode("ascii")),
+            parse_json=parse_json,
+        )
+        # choose
         if provider is None:
             provider = self.provider_for(listener)
         if provider is None:
-            return self._error(
-                request, listener, 503, f"no enabled {listener} provider is configured"
-            )
+            raise NoProvider(f"no enabled {listener} provider is configured")
+        # modify: a provider's configured model replaces the client's.
+        configured = getattr(getattr(provider, "settings", None), "model", None)
+        if configured and view.json is not None and view.model != configured:
+            body = replace_model(body, configured)
 
-        def header(name: str) -> str | None:
-            return _header(request, name)
+        flight = _InFlight()
+        d = defer.ensureDeferred(
+            self._run(request, flight, listener, view, provider, body, received, kind)
+        )
+        self.in_flight[d] = flight
 
-        session_id = extract_session_id(body_json, header) or new_session_id()
-        streaming = bool(body_json and body_json.get("stream"))
+        def untrack(result: Any) -> Any:
+            self.in_flight.pop(d, None)
+            if not flight.finished.called:
+                flight.finished.callback(None)
+            return result
+
+        d.addBoth(untrack)
+        return d
+
+    async def _run(
+        self,
+        request: Any,
+        flight: _InFlight,
+        listener: str,
+        view: RequestView,
+        provider: IProvider,
+        body: bytes,
+        received: float,
+        kind: str,
+    ) -> bytes | None:
+        """
+        Send, relay, classify and record one request.  Answers every failure
+        itself, in the client's dialect, and hands exactly one finished
+        exchange to the sinks.
+        """
+        exchange = self._start_exchange(request, listener, view, provider, body, received, kind)
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        try:
+            return await self._send_and_relay(request, flight, exchange, view, provider, body, gone)
+        except defer.CancelledError:
+            # Klein cancels the handler when the client goes away.
+            if exchange.outcome == "ok" and exchange.error is None:
+                exchange.outcome, exchange.error = "client_disconnected", "the client went away"
+            raise
+        except Exception as exc:
+            log.failure("forwarding {path} failed unexpectedly", path=exchange.path)
+            exchange.outcome = "gateway_error"
+            exchange.error = f"internal gateway error: {type(exc).__name__}"
+            if not request.startedWriting and not gone:
+                exchange.status = 500
+                return write_error(request, listener, 500, "internal gateway error", "internal_error")
+            await self._end_incomplete(request, gone)
+            return None
+        finally:
+            self._finish(exchange)
+
+    def _start_exchange(
+        self,
+        request: Any,
+        listener: str,
+        view: RequestView,
+        provider: IProvider,
+        body: bytes,
+        received: float,
+        kind: str,
+    ) -> Exchange:
         exchange = Exchange(
-            request_id=request_id,
-            session_id=session_id,
+            request_id=str(uuid.uuid4()),
+            session_id=view.session_id or new_session_id(),
             listener=listener,
             kind=kind,
-            dialect=dialect or listener,
-            path=path,
-            method=request.method.decode("ascii", "replace"),
-            timings=timings,
+            dialect=view.dialect or listener,
+            path=request.path.decode("utf-8", "replace"),
+            method=request.method.decode("latin-1"),
+            timings=Timings(received=received),
             provider=provider.name,
-            model=body_json.get("model") if body_json else None,
-            streaming=streaming,
+            model=view.model_label,
+            streaming=view.stream,
             client_ip=_client_ip(request),
-            user_agent=header("user-agent"),
+            user_agent=bounded(first_header(request, b"user-agent")),
             request_body=body,
-            request_json=body_json,
+            request_json=view.json,
             request_headers=masked_headers(request.requestHeaders),
         )
         if self.request_log is not None:
-            self.request_log.started(exchange)
-        for observer in self.start_observers:
+            try:
+                self.request_log.started(exchange)
+            except Exception:
+                log.failure("request log failed")
+        for observer in self._start_observers:
             try:
                 observer(exchange)
             except Exception:
                 log.failure("start observer {observer!r} failed", observer=observer)
+        return exchange
 
+    async def _send_and_relay(
+        self,
+        request: Any,
+        flight: _InFlight,
+        exchange: Exchange,
+        view: RequestView,
+        provider: IProvider,
+        body: bytes,
+        gone: list[bool],
+    ) -> bytes | None:
+        clock = self.clock
+        timings = exchange.timings
+        listener = exchange.listener
+
+        # send
         headers = upstream_request_headers(request.requestHeaders)
         query = request.uri.partition(b"?")[2]
         timings.upstream_sent = clock.seconds()
+        flight.sending = provider.request(request.method, exchange.path, query, headers, body)
         try:
-            response = await provider.request(request.method, path, query, headers, body)
-        except UpstreamTimeout as exc:
-            exchange.outcome, exchange.error = "timeout", str(exc)
-            result = self._error(request, listener, 504, str(exc), "upstream_timeout")
-            exchange.status = 504
-            self._finish(exchange)
-            return result
-        except UpstreamUnreachable as exc:
-            exchange.outcome, exchange.error = "unreachable", str(exc)
-            result = self._error(request, listener, 502, str(exc), "upstream_unreachable")
-            exchange.status = 502
-            self._finish(exchange)
-            return result
+            response = await flight.sending
+        except UpstreamError as exc:
+            status, code = status_for(exc)
+            exchange.status = status
+            exchange.outcome = "timeout" if status == 504 else "unreachable"
+            exchange.error = str(exc)
+            return write_error(request, listener, status, str(exc), code)
         except defer.CancelledError:
-            exchange.outcome, exchange.error = "client_disconnected", "client went away"
-            self._finish(exchange)
-            raise
+            if not flight.cut_requested:
+                raise
+            exchange.status = 503
+            exchange.outcome, exchange.error = "interrupted", "the gateway stopped before the provider answered"
+            return write_error(request, listener, 503, "the gateway is shutting down", "shutting_down")
+        except LunaRouteError as exc:
+            # The provider refused the request before sending (a bad target).
+            status, code = status_for(exc)
+            exchange.status = status
+            exchange.outcome, exchange.error = "bad_request", str(exc)
+            return write_error(request, listener, status, str(exc), code)
+        finally:
+            flight.sending = None
 
+        # relay
         timings.headers_received = clock.seconds()
         exchange.status = response.code
-        if response.code >= 400:
-            exchange.outcome = "upstream_error"
         request.setResponseCode(response.code, response.phrase or None)
         # Relay exactly the provider's headers; no default content type.
         request.defaultContentType = None
@@ -380,52 +469,69 @@ class GatewayApp:
             request.responseHeaders.setRawHeaders(name, values)
 
         capture = None
-        if dialect is not None:
+        if view.dialect is not None:
             capture = ResponseCapture(
-                dialect,
-                streaming=streaming,
+                view.dialect,
+                streaming=view.stream,
                 content_type=_first(response.headers, b"content-type"),
                 content_encoding=_first(response.headers, b"content-encoding"),
+                on_event=self.request_log.listener(exchange) if self.request_log is not None else None,
             )
-        on_chunk = self._chunk_handler(capture, exchange)
+        on_chunk = capture.feed if capture is not None else _ignore
         relay = RelayProtocol(request, clock, on_chunk, idle_timeout=_idle_timeout(provider))
+        flight.relay = relay
+        if flight.cut_requested:
+            relay.cut_by_gateway = True
         response.deliverBody(relay)
         try:
             await relay.done
-        except defer.CancelledError:
-            exchange.outcome, exchange.error = "client_disconnected", "client went away mid-response"
+        finally:
+            # Whatever happens next, what the relay saw goes into the record.
             self._collect(exchange, relay, capture, response)
-            self._finish(exchange)
-            raise
-        if relay.timed_out or relay.failure is not None:
-            if relay.timed_out:
-                exchange.outcome, exchange.error = "timeout", "upstream stopped sending"
-            elif _client_gone(request):
-                exchange.outcome, exchange.error = "client_disconnected", "client went away mid-response"
-            else:
-                exchange.outcome = "stream_error"
-                exchange.error = f"upstream body cut short: {relay.failure.getErrorMessage()}"
-            # The status is already sent; dropping the connection is the
-            # only way left to tell the client the body is incomplete.
-            if request.channel is not None and request.channel.transport is not None:
-                request.channel.transport.abortConnection()
-        elif not _client_gone(request):
+
+        # classify
+        end = RelayEnd(
+            bytes_relayed=relay.bytes,
+            upstream_lost=relay.lost,
+            timed_out=relay.timed_out,
+            client_gone=bool(gone),
+            cut_by_gateway=relay.cut_by_gateway,
+        )
+        verdict: Classification = classify_relay(response.code, end, exchange.response)
+        exchange.outcome, exchange.error, exchange.error_type = (
+            verdict.outcome,
+            verdict.error,
+            verdict.error_type,
+        )
+        if verdict.complete:
             # The client gets the end of its response before any bookkeeping.
             timings.finished = clock.seconds()
             request.finish()
-        self._collect(exchange, relay, capture, response)
-        self._finish(exchange)
+        elif not gone:
+            await self._end_incomplete(request, gone)
         return None
 
-    def _chunk_handler(
-        self, capture: ResponseCapture | None, exchange: Exchange
-    ) -> Callable[[bytes], None]:
-        request_log = self.request_log
-        if request_log is not None:
-            return lambda chunk: request_log.chunk(exchange, chunk, capture)
-        if capture is None:
-            return lambda chunk: None
-        return capture.feed
+    async def _end_incomplete(self, request: Any, gone: list[bool]) -> None:
+        """
+        End a response whose body is incomplete: the client first gets every
+        byte already relayed, then the connection closes without the chunked
+        terminator, so it knows the body was cut.  Returns once the
+        connection is gone (so nothing finishes the response after all).
+        """
+        channel = getattr(request, "channel", None)
+        transport = getattr(channel, "transport", None)
+        if transport is None or gone:
+            return
+        closed = request.notifyFinish()
+        transport.loseConnection()
+        abort: IDelayedCall = self.clock.callLater(CUT_GRACE_SECS, transport.abortConnection)
+        try:
+            await closed
+        except Exception:
+            pass
+        finally:
+            if abort.active():
+                abort.cancel()
 
     def _collect(
         self,
@@ -447,8 +553,8 @@ class GatewayApp:
 
     def _finish(self, exchange: Exchange) -> None:
         """
-        Hand the finished exchange to the observers.  They are best effort:
-        none of them may break or delay the client's response.
+        Hand the finished exchange to the request log and the sinks.  They
+        are best effort: none of them may break or delay the response.
         """
         timings = exchange.timings
         if timings.finished is None:
@@ -460,11 +566,11 @@ class GatewayApp:
                 self.request_log.finished(exchange)
             except Exception:
                 log.failure("request log failed")
-        for observer in self.observers:
+        for sink in self._sinks:
             try:
-                observer(exchange)
+                sink(exchange)
             except Exception:
-                log.failure("exchange observer {observer!r} failed", observer=observer)
+                log.failure("exchange sink {sink!r} failed", sink=sink)
 
     def _log_debug(self, exchange: Exchange) -> None:
         timings = exchange.timings
@@ -490,21 +596,15 @@ class GatewayApp:
     def drain(self, timeout: float) -> defer.Deferred[None]:
         """
         Wait for in-flight requests to finish, at most C{timeout} seconds;
-        then cancel (abort) the ones still running.
+        then cut the ones still running (their clients get what was relayed
+        and a connection that ends without the body's terminator).
         """
-        pending = list(self.in_flight)
-        if not pending:
+        flights = list(self.in_flight.values())
+        if not flights:
             return defer.succeed(None)
-        log.info("waiting up to {timeout}s for {n} in-flight request(s)", timeout=timeout, n=len(pending))
-        waiter = defer.DeferredList(
-            [_quiet(d) for d in pending], consumeErrors=True
-        )
-
-        def expire() -> None:
-            for d in list(self.in_flight):
-                d.cancel()
-
-        call = self.clock.callLater(timeout, expire)
+        log.info("waiting up to {timeout}s for {n} in-flight request(s)", timeout=timeout, n=len(flights))
+        waiter = defer.DeferredList([_observe(f.finished) for f in flights], consumeErrors=True)
+        call = self.clock.callLater(timeout, self.cut_all)
 
         def done(_: Any) -> None:
             if call.active():
@@ -513,25 +613,27 @@ class GatewayApp:
         waiter.addBoth(done)
         return waiter
 
+    def cut_all(self) -> None:
+        """Cut every in-flight request now (shutdown deadline, or a second stop signal)."""
+        for flight in list(self.in_flight.values()):
+            flight.cut()
 
-def _quiet(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
-    """A Deferred that fires when C{d} does, without consuming its result."""
-    waiter: defer.Deferred[Any] = defer.Deferred()
 
-    def relay(result: Any) -> Any:
+def _observe(d: defer.Deferred[None]) -> defer.Deferred[None]:
+    """A Deferred that fires when C{d} does, without taking its result."""
+    waiter: defer.Deferred[None] = defer.Deferred()
+
+    def fire(result: Any) -> Any:
         if not waiter.called:
             waiter.callback(None)
         return result
 
-    d.addBoth(relay)
+    d.addBoth(fire)
     return waiter
 
 
-def _header(request: Any, name: str) -> str | None:
-    values = request.requestHeaders.getRawHeaders(name)
-    if not values:
-        return None
-    return values[0] if isinstance(values[0], str) else values[0].decode("latin-1")
+def _ignore(chunk: bytes) -> None:
+    pass
 
 
 def _first(headers: Any, name: bytes) -> str | None:
@@ -542,10 +644,6 @@ def _first(headers: Any, name: bytes) -> str | None:
 def _client_ip(request: Any) -> str | None:
     peer = request.getClientAddress()
     return getattr(peer, "host", None)
-
-
-def _client_gone(request: Any) -> bool:
-    return bool(getattr(request, "_disconnected", False))
 
 
 def _fmt_ms(value: float | None) -> str:

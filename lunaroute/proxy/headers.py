@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.web.http_headers import Headers
 
-from lunaroute.config import mask_secret
+from lunaroute.secrets import masked_header_items
 
 # RFC 9110 section 7.6.1 connection-specific headers, plus the ones that
 # describe this hop's framing (the gateway re-frames the body itself).
@@ -25,12 +25,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Not forwarded upstream: the agent sets Host and Content-Length itself.
-_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length"}
-
-SECRET_HEADERS = frozenset(
-    {b"authorization", b"x-api-key", b"proxy-authorization", b"cookie", b"set-cookie", b"api-key"}
-)
+# Not forwarded upstream: the agent sets Host and Content-Length itself, and
+# the gateway's own token is for the gateway only.
+_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"x-lunaroute-token"}
 
 
 def _connection_tokens(headers: Headers) -> set[bytes]:
@@ -59,28 +56,20 @@ def upstream_request_headers(client: Headers) -> Headers:
 def relayed_response_headers(upstream: Headers) -> list[tuple[bytes, list[bytes]]]:
     """
     The provider's end-to-end response headers, to send back to the client.
+    The provider's CORS headers are dropped: whether a browser origin may
+    read the gateway's answers is the gateway's policy, not the provider's.
     """
     drop = HOP_BY_HOP | _connection_tokens(upstream)
     return [
         (name, list(values))
         for name, values in upstream.getAllRawHeaders()
-        if name.lower() not in drop
+        if name.lower() not in drop and not name.lower().startswith(b"access-control-")
     ]
 
 
 def masked_headers(headers: Headers) -> dict[str, str]:
     """
-    Headers as a plain dict for logs and recordings, with credentials masked.
+    Headers as a plain dict for logs and recordings, with credentials masked
+    (by L{lunaroute.secrets}, the one place that decides what is a secret).
     """
-    out: dict[str, str] = {}
-    for name, values in headers.getAllRawHeaders():
-        key = name.decode("latin-1").lower()
-        value = ", ".join(v.decode("latin-1") for v in values)
-        if name.lower() in SECRET_HEADERS:
-            scheme, _, rest = value.partition(" ")
-            if rest and scheme.lower() in ("bearer", "basic"):
-                value = f"{scheme} {mask_secret(rest)}"
-            else:
-                value = mask_secret(value)
-        out[key] = value
-    return out
+    return masked_header_items(headers.getAllRawHeaders())

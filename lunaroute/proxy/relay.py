@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss as HTTPPotentialDataLoss
 
 from lunaroute.logs import log_observer
@@ -28,9 +28,11 @@ class RelayProtocol(Protocol):
     chunk straight to the client's request.
 
     C{done} fires with C{None} when the body has ended; C{failure} then holds
-    what cut it short, if anything (C{done} never errbacks: by then the status
-    line is already on its way to the client).  Cancelling C{done} aborts the
-    upstream connection, which is how a client disconnect reaches the provider.
+    what cut it short, if anything, and C{lost} says it in a sentence
+    (C{done} never errbacks: by then the status line is already on its way
+    to the client).  Cancelling C{done} aborts the upstream connection, which
+    is how a client disconnect reaches the provider; L{cut} does the same for
+    a gateway that is stopping.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class RelayProtocol(Protocol):
         self.chunks = 0
         self.gaps_ms: list[float] = []
         self.timed_out = False
+        self.cut_by_gateway = False
         # The first chunk's tap work waits for the next chunk (or the end):
         # it would otherwise run in the same reactor turn as the first write
         # and delay the client's first byte.
@@ -120,9 +123,40 @@ class RelayProtocol(Protocol):
         self.timed_out = True
         self._abort()
 
+    @property
+    def lost(self) -> str | None:
+        """Why the provider's body ended early, as a sentence; C{None} if it did not."""
+        if self.failure is None:
+            return None
+        return describe_loss(self.failure)
+
+    def cut(self) -> None:
+        """Stop relaying now (the gateway is stopping): abort the upstream body."""
+        self.cut_by_gateway = True
+        self._abort()
+
     def _abort(self) -> None:
         if self.transport is not None:
             self.transport.stopProducing()
 
     def _cancel(self, d: defer.Deferred[Any]) -> None:
         self._abort()
+
+
+def describe_loss(reason: Failure) -> str:
+    """A readable phrase for why an upstream body ended early (never a repr)."""
+    reasons = [reason]
+    if reason.check(ResponseFailed):
+        reasons = list(getattr(reason.value, "reasons", None) or []) or reasons
+    for inner in reasons:
+        if inner.check(error.ConnectionDone):
+            return "closed the connection"
+        if inner.check(error.ConnectionLost):
+            return "reset the connection"
+        if inner.check(defer.CancelledError):
+            return "was cancelled"
+    inner = reasons[0]
+    message = inner.getErrorMessage()
+    if message and not message.startswith("["):
+        return f"failed ({message})"
+    return f"failed ({inner.type.__name__})"

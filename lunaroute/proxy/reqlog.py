@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
-from lunaroute.dialects.sse import SSEParser
+from lunaroute.dialects.sse import SSEEvent
 from lunaroute.exchange import Exchange
 
 _WIDTH = 72
@@ -52,7 +53,8 @@ class RequestLogPrinter:
     def __init__(self, out: TextIO | None = None, debug: bool = False) -> None:
         self._out = out or sys.stdout
         self._debug = debug
-        self._parsers: dict[str, SSEParser] = {}
+        # Requests whose text was printed while streaming.
+        self._streamed: set[str] = set()
 
     def _write(self, text: str) -> None:
         self._out.write(text)
@@ -73,29 +75,27 @@ class RequestLogPrinter:
         if self._debug:
             lines += [f"> {k}: {v}" for k, v in exchange.request_headers.items()]
         self._write(_box("LunaRoute request", lines) + "\n")
-        if exchange.streaming:
-            self._parsers[exchange.request_id] = SSEParser()
 
-    def chunk(self, exchange: Exchange, chunk: bytes, capture: Any) -> None:
-        if capture is not None:
-            capture.feed(chunk)
-        parser = self._parsers.get(exchange.request_id)
-        if parser is None:
-            return
-        pieces = []
-        for event in parser.feed(chunk):
-            try:
-                data = json.loads(event.data)
-            except ValueError:
-                continue
-            if isinstance(data, dict):
-                pieces.append(_stream_text(exchange.dialect, event.event, data))
-        text = "".join(pieces)
-        if text:
-            self._write(text)
+    def listener(self, exchange: Exchange) -> Callable[[SSEEvent, dict[str, Any]], None] | None:
+        """
+        A listener for the response capture's parsed events that prints the
+        streamed text as it arrives (C{None} for a non-streaming request).
+        """
+        if not exchange.streaming:
+            return None
+        dialect = exchange.dialect
+
+        def on_event(event: SSEEvent, data: dict[str, Any]) -> None:
+            text = _stream_text(dialect, event.event, data)
+            if text:
+                self._streamed.add(exchange.request_id)
+                self._write(text)
+
+        return on_event
 
     def finished(self, exchange: Exchange) -> None:
-        streamed = self._parsers.pop(exchange.request_id, None) is not None
+        streamed = exchange.request_id in self._streamed
+        self._streamed.discard(exchange.request_id)
         summary = exchange.response
         lines = [f"status    {exchange.status} ({exchange.outcome})"]
         if exchange.error:

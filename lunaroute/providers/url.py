@@ -1,0 +1,94 @@
+"""
+Upstream URLs, built from parsed parts.
+
+The provider's scheme, host and port come from its configured base URL and
+nothing a client sends may change them: a request target is accepted only in
+origin form (C{/path?query}, printable ASCII), and the URL is assembled from
+components and parsed back to prove where it points before it is used.
+Gluing the client's target onto the base URL as a string let C{1/steal}
+reach port 10001 and C{.evil.example/x} another host, with the server key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from twisted.web.client import URI
+
+from lunaroute.errors import RequestError
+
+__all__ = ["BadTarget", "UpstreamBase", "split_target"]
+
+# Bytes allowed in a path or query: printable ASCII without space, '#', '\'.
+_FORBIDDEN = frozenset(range(0, 0x21)) | {0x7F, ord("#"), ord("\\")} | frozenset(range(0x80, 0x100))
+
+
+class BadTarget(RequestError):
+    """The request target is not an origin-form C{/path[?query]}."""
+
+    status = 400
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """
+    Split a request target into C{(path, query)}, refusing anything but
+    origin form: absolute form (C{http://host/x}), authority form (C{CONNECT
+    host:443}), relative paths, C{//host}, control characters, non-ASCII.
+
+    @raise BadTarget: with a message naming the problem.
+    """
+    if not target.startswith(b"/"):
+        raise BadTarget("the request target must be a path starting with '/'")
+    if target.startswith(b"//"):
+        raise BadTarget("the request target must not start with '//'")
+    bad = next((b for b in target if b in _FORBIDDEN), None)
+    if bad is not None:
+        raise BadTarget(f"the request target contains a forbidden byte 0x{bad:02x}")
+    path, _, query = target.partition(b"?")
+    return path, query
+
+
+@dataclass(frozen=True)
+class UpstreamBase:
+    """
+    A provider's base URL, parsed once: scheme, authority and path prefix.
+    """
+
+    scheme: str
+    netloc: str
+    host: bytes
+    port: int
+    prefix: str
+
+    @classmethod
+    def parse(cls, base_url: str) -> UpstreamBase:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) base URL: {base_url!r}")
+        checked = URI.fromBytes(urlunsplit((parts.scheme, parts.netloc, "/", "", "")).encode("ascii"))
+        return cls(
+            scheme=parts.scheme,
+            netloc=parts.netloc,
+            host=checked.host,
+            port=checked.port,
+            prefix=parts.path.rstrip("/"),
+        )
+
+    def url(self, path: bytes, query: bytes = b"") -> bytes:
+        """
+        The upstream URL for an origin-form C{path} (and raw C{query}): the
+        base's scheme and authority, the base's path prefix followed by
+        C{path}.  Checked by parsing it back.
+
+        @raise BadTarget: if C{path} is not origin form, or the result would
+            not point at this base's scheme, host and port.
+        """
+        split_target(path + (b"?" + query if query else b""))
+        url = urlunsplit(
+            (self.scheme, self.netloc, self.prefix + path.decode("ascii"), query.decode("ascii"), "")
+        ).encode("ascii")
+        parsed = URI.fromBytes(url)
+        if (parsed.scheme.decode("ascii"), parsed.host, parsed.port) != (self.scheme, self.host, self.port):
+            raise BadTarget("the request target would leave the provider's origin")
+        return url

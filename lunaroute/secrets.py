@@ -1,0 +1,103 @@
+"""
+What counts as a credential, and how one is shown: the one place that decides.
+
+Logs, recordings, metrics and the UI all mask through these functions, so a
+header or key that is a secret in one of them is a secret in all of them.
+A name is a secret when one of its words (split on C{-}, C{_} and camelCase)
+is a credential word: C{x-api-key}, C{X-Auth-Token}, C{x-goog-api-key},
+C{Authorization}, C{Cookie}, C{client_secret}, C{accessToken}.  Counting
+words (not substrings) keeps C{max_tokens} or C{input_tokens} readable.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["is_secret_name", "mask_secret", "mask_value", "masked_header_items"]
+
+# Words that make a name a credential's name.
+_SECRET_WORDS = frozenset(
+    {
+        "key",
+        "apikey",
+        "token",
+        "secret",
+        "auth",
+        "authorization",
+        "authentication",
+        "cookie",
+        "password",
+        "passwd",
+        "credential",
+        "credentials",
+    }
+)
+# Whole names that are credentials although no single word says so.
+_SECRET_NAMES = frozenset({"set_cookie", "proxy_authorization", "xapikey"})
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_SPLIT = re.compile(r"[-_.\s]+")
+
+# Values already masked by this module (so masking twice changes nothing).
+_MASKED_SUFFIXES = ("***", "<none>")
+
+
+@functools.lru_cache(maxsize=4096)
+def is_secret_name(name: str) -> bool:
+    """
+    Whether a header or JSON key of this name holds a credential.
+    Cached: the same few dozen names recur in every request.
+    """
+    words = _SPLIT.split(_CAMEL.sub("_", name).lower())
+    if "_".join(words) in _SECRET_NAMES:
+        return True
+    return any(word in _SECRET_WORDS for word in words)
+
+
+def mask_secret(value: str | None) -> str:
+    """
+    Render a secret so it can be logged: C{sk-a…xyz4} for long values, C{***}
+    for short ones (whose ends would reveal too much), C{<none>} when unset.
+    """
+    if not value:
+        return "<none>"
+    if len(value) > 12:
+        return f"{value[:4]}…{value[-4:]}"
+    return "***"
+
+
+def mask_value(value: Any) -> Any:
+    """
+    Mask one credential value.  An auth scheme (C{Bearer}, C{Basic}) stays
+    readable; a value this module already masked is returned unchanged.
+    Non-strings become C{***} (C{None} stays C{None}).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "***"
+    if "…" in value or value.endswith(_MASKED_SUFFIXES):
+        return value
+    scheme, _, rest = value.partition(" ")
+    if rest and scheme.lower() in ("bearer", "basic", "token", "digest"):
+        return f"{scheme} {mask_secret(rest.strip())}"
+    return mask_secret(value)
+
+
+def masked_header_items(items: Iterable[tuple[bytes, Iterable[bytes]]]) -> dict[str, str]:
+    """
+    Raw header pairs (as L{twisted.web.http_headers.Headers.getAllRawHeaders}
+    yields them) as a plain C{dict} of lower-case name to value, with every
+    credential masked and undecodable bytes kept readable.
+    """
+    out: dict[str, str] = {}
+    for name, values in items:
+        key = name.decode("latin-1").lower()
+        value = ", ".join(v.decode("latin-1") for v in values)
+        if is_secret_name(key):
+            value = mask_value(value)
+        out[key] = value
+    return out
