@@ -76,7 +76,7 @@ LOSS_EVENTS = "events_error"
 LOSS_RECORDER = "recorder_error"
 
 # Error numbers that mean the disk (or the user's quota) is full.
-_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SQLITE_FULL = 13
 
 
@@ -178,8 +178,8 @@ def _lost_in(error: BaseException, batch: list[Exchange]) -> int:
     named = getattr(error, "request_ids", None)
     if named is None:
         return len(batch)
-    named = set(named)
-    return sum(1 for exchange in batch if exchange.request_id in named)
+    lost = frozenset(named)
+    return sum(1 for exchange in batch if exchange.request_id in lost)
 
 
 class RecorderService(Service):
