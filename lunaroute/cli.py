@@ -216,7 +216,12 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to exit")
     stop.set_defaults(func=cmd_stop)
 
-    imp = sub.add_parser("import-sessions", help="rebuild the SQLite session store from JSONL files")
+    imp = sub.add_parser(
+        "import-sessions",
+        help="rebuild or complete the SQLite session store from the JSONL files",
+        description="Add to the SQLite session database every recorded request it is missing "
+        "(after a crash, a full disk or with SQLite recording off). Running it again changes nothing.",
+    )
     imp.add_argument("--sessions-dir", help="JSONL sessions directory (default from config)")
     imp.add_argument("--db-path", help="SQLite database (default <sessions-dir>/sessions.db)")
     imp.add_argument("--config", "-c", help="config file to take the defaults from")
@@ -225,7 +230,8 @@ def _parser() -> argparse.ArgumentParser:
         "--skip-existing",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="skip sessions already in the database (default: on)",
+        help="skip requests already in the database and add the missing ones, even in sessions "
+        "it partly holds (default: on); --no-skip-existing applies every event again",
     )
     imp.add_argument("--dry-run", action="store_true", help="read and count, write nothing")
     imp.set_defaults(func=cmd_import_sessions)

@@ -126,11 +126,30 @@ class _RecorderCollector:
         yield CounterMetricFamily("lunaroute_recorder_dropped_events", "")
         yield CounterMetricFamily("lunaroute_recorder_written_events", "")
         yield CounterMetricFamily("lunaroute_recorder_write_failures", "")
+        yield CounterMetricFamily("lunaroute_recorder_lost_exchanges", "", labels=["reason"])
 
     def collect(self) -> Iterator[Metric]:
         recorder = self.recorder
         if recorder is None:
             return
+        yield from self._figures(recorder)
+        loss_counts = getattr(recorder, "loss_counts", None)
+        if loss_counts is None:
+            return
+        try:
+            lost = CounterMetricFamily(
+                "lunaroute_recorder_lost_exchanges",
+                "Exchanges not written by a session writer, by reason (queue_full, closed, "
+                "disk_full:<writer>, writer_error:<writer>, events_error, recorder_error).",
+                labels=["reason"],
+            )
+            for reason, count in sorted(loss_counts().items()):
+                lost.add_metric([str(reason)], float(count))
+            yield lost
+        except Exception:
+            log.failure("reading the recorder's loss counts failed")
+
+    def _figures(self, recorder: Any) -> Iterator[Metric]:
         figures = (
             (GaugeMetricFamily, "lunaroute_recorder_queue_depth", "queue_depth",
              "Recording events accepted but not yet handed to the writers."),
@@ -437,8 +456,9 @@ class GatewayMetrics:
     def bind_recorder(self, recorder: Any) -> None:
         """
         Report C{recorder.queue_depth} and C{recorder.dropped_events} (and
-        C{written_events}, C{write_failures} when present), read at scrape
-        time.
+        C{written_events}, C{write_failures} and C{loss_counts()} as
+        C{lunaroute_recorder_lost_exchanges_total{reason}} when present),
+        read at scrape time.
         """
         self._recorder.recorder = recorder
 

@@ -17,8 +17,12 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from lunaroute.sessions.sqlite import SQLiteSessionStore
+from lunaroute.sessions.events import exchange_events
+from lunaroute.sessions.importer import import_sessions
+from lunaroute.sessions.jsonl import JSONLWriter
+from lunaroute.sessions.sqlite import SQLiteSessionStore, SQLiteWriter
 from tests.conftest import in_thread
+from tests.test_session_events import NOON, build_exchange
 
 SERVER = shutil.which("lunaroute-server") or str(Path(sys.executable).with_name("lunaroute-server"))
 
@@ -72,7 +76,8 @@ async def test_rebuilt_database_equals_the_live_one(fake, start_gateway, tmp_pat
 
     first = await in_thread(_import, "--sessions-dir", str(sessions), "--db-path", str(rebuilt))
     assert first.returncode == 0, first.stderr
-    assert "4 sessions" in first.stdout and "0 bad lines" in first.stdout
+    assert "6 requests (" in first.stdout and "in 4 sessions imported" in first.stdout
+    assert "0 bad lines" in first.stdout
     assert _snapshot(rebuilt) == _snapshot(live)
     live_hits = [h["session_id"] for h in SQLiteSessionStore(str(live)).search("weather", 10)]
     rebuilt_hits = [h["session_id"] for h in SQLiteSessionStore(str(rebuilt)).search("weather", 10)]
@@ -80,7 +85,9 @@ async def test_rebuilt_database_equals_the_live_one(fake, start_gateway, tmp_pat
 
     again = await in_thread(_import, "--sessions-dir", str(sessions), "--db-path", str(rebuilt))
     assert again.returncode == 0
-    assert "4 sessions (" in again.stdout  # all skipped as present
+    assert "0 requests (0 events) in 0 sessions imported" in again.stdout
+    assert "6 requests (" in again.stdout  # all skipped as present
+    assert _snapshot(rebuilt) == _snapshot(live)
     forced = await in_thread(
         _import, "--sessions-dir", str(sessions), "--db-path", str(rebuilt), "--no-skip-existing"
     )
@@ -107,3 +114,56 @@ def test_bad_lines_are_reported_and_the_rest_imported(tmp_path):
     dry = _import("--sessions-dir", str(tmp_path / "sessions"), "--db-path", str(tmp_path / "y.db"), "--dry-run")
     assert dry.returncode == 0 and "dry run" in dry.stdout
     assert not (tmp_path / "y.db").exists()
+
+
+def _request_ids(db_path: Path) -> list[str]:
+    conn = sqlite3.connect(db_path)
+    try:
+        return [row[0] for row in conn.execute("SELECT request_id FROM session_stats ORDER BY request_id")]
+    finally:
+        conn.close()
+
+
+def test_a_session_the_database_holds_in_part_is_completed(tmp_path):
+    """After a crash the database has the first request of a session; the import adds the others, once."""
+    sessions = tmp_path / "sessions"
+    db_path = tmp_path / "sessions.db"
+    exchanges = [
+        build_exchange("crashed", request_id=f"req-{i}", received=NOON + i) for i in range(3)
+    ] + [build_exchange("other", request_id="req-other", received=NOON + 5)]
+    jsonl = JSONLWriter(str(sessions))
+    live = SQLiteWriter(str(db_path))
+    # The database saw the first request, then the gateway crashed (or its
+    # disk filled): the JSONL file got everything.
+    live.write_batch(exchange_events(exchanges[0]))
+    live.close()
+    for exchange in exchanges:
+        jsonl.write_batch(exchange_events(exchange))
+    jsonl.close()
+    assert _request_ids(db_path) == ["req-0"]
+
+    report = import_sessions(sessions, db_path)
+    assert _request_ids(db_path) == ["req-0", "req-1", "req-2", "req-other"]
+    assert (report.requests, report.skipped_requests, report.sessions) == (3, 1, 2)
+    conn = sqlite3.connect(db_path)
+    assert conn.execute(
+        "SELECT request_count FROM sessions WHERE session_id = 'crashed'"
+    ).fetchone() == (3,)
+    conn.close()
+
+    before = _snapshot(db_path)
+    again = import_sessions(sessions, db_path)
+    assert (again.requests, again.events, again.skipped_requests) == (0, 0, 4)
+    assert _snapshot(db_path) == before
+    forced = import_sessions(sessions, db_path, skip_existing=False)
+    assert forced.requests == 4 and _snapshot(db_path) == before
+
+
+def test_the_help_says_missing_requests_are_added():
+    """The --skip-existing help talks about requests, not whole sessions."""
+    from lunaroute.cli import _parser
+
+    parser = _parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    text = sub.choices["import-sessions"].format_help()
+    assert "skip requests already in the database" in " ".join(text.split())

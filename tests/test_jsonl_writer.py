@@ -13,7 +13,13 @@ from zope.interface.verify import verifyObject
 
 from lunaroute.interfaces import ISessionWriter
 from lunaroute.sessions.events import exchange_events
-from lunaroute.sessions.jsonl import JSONLWriter, encode_event, session_file_name
+from lunaroute.sessions.jsonl import (
+    MAX_PLAIN_ID,
+    JSONLWriter,
+    SessionFilesError,
+    encode_event,
+    session_file_name,
+)
 
 # 2025-06-15T23:59:59Z and two seconds later, on the 16th.
 BEFORE_MIDNIGHT = 1750031999.0
@@ -166,3 +172,132 @@ def test_open_files_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     writer.close()
     assert len(all_files(tmp_path)) == 5
     assert all(len({e["request_id"] for e in read_lines(p)}) == 2 for p in all_files(tmp_path))
+
+
+def test_a_session_file_deleted_while_running_is_created_again(tmp_path: Path) -> None:
+    """The next batch after a delete (or a move) goes to a file at the expected path, not the lost handle."""
+    writer = JSONLWriter(str(tmp_path))
+    writer.write_batch(exchange_events(build_exchange("gone", received=NOON)))
+    path = tmp_path / "2025-06-15" / "session_gone.jsonl"
+    path.unlink()
+    writer.write_batch(exchange_events(build_exchange("gone", received=NOON + 1)))
+    assert len({e["request_id"] for e in read_lines(path)}) == 1
+    moved = tmp_path / "elsewhere.jsonl"
+    path.rename(moved)
+    writer.write_batch(exchange_events(build_exchange("gone", received=NOON + 2)))
+    writer.close()
+    assert len(read_lines(path)) == 5
+    assert len(read_lines(moved)) == 5  # the moved file is left as it was
+
+
+def test_a_deleted_day_folder_is_created_again(tmp_path: Path) -> None:
+    """Even the whole day folder removed (a clean-up script) is recreated."""
+    import shutil
+
+    writer = JSONLWriter(str(tmp_path))
+    writer.write_batch(exchange_events(build_exchange("s", received=NOON)))
+    shutil.rmtree(tmp_path / "2025-06-15")
+    writer.write_batch(exchange_events(build_exchange("s", received=NOON + 1)))
+    writer.close()
+    assert len(read_lines(tmp_path / "2025-06-15" / "session_s.jsonl")) == 5
+
+
+def test_the_open_file_is_checked_once_per_batch_not_per_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reopen detection costs one stat of the path per file per batch."""
+    import lunaroute.sessions.jsonl as jsonl
+
+    writer = JSONLWriter(str(tmp_path))
+    writer.write_batch(exchange_events(build_exchange("s", received=NOON)))
+    calls: list[str] = []
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(jsonl.os, "stat", stat)
+    batch = [e for i in range(10) for e in exchange_events(build_exchange("s", received=NOON + i))]
+    writer.write_batch(batch)
+    writer.close()
+    assert len(calls) == 1
+
+
+def test_long_session_ids_keep_their_file_and_full_id(tmp_path: Path) -> None:
+    """Ids of 242-255 characters (valid) get a name under 256 bytes; the events keep the whole id."""
+    assert MAX_PLAIN_ID == 241
+    plain = "p" * 241
+    assert session_file_name(plain) == f"session_{plain}.jsonl"
+    writer = JSONLWriter(str(tmp_path))
+    ids = ["a" * 242, "a" * 255, "a" * 254 + "b"]
+    for session_id in ids:
+        writer.write_batch(exchange_events(build_exchange(session_id)))
+    writer.close()
+    files = all_files(tmp_path)
+    assert len(files) == 3
+    for path in files:
+        assert len(path.name.encode()) < 256
+        assert path.name.startswith("session_" + "a" * 200 + "~")
+    found = sorted({e["session_id"] for path in files for e in read_lines(path)})
+    assert found == sorted(ids)
+    # Stable: the same id finds the same file again.
+    assert session_file_name("a" * 250) == session_file_name("a" * 250)
+
+
+def test_unsafe_characters_never_reach_the_file_name(tmp_path: Path) -> None:
+    """/, .., NUL, control characters and a trailing newline all give a hashed name in the day folder."""
+    root = tmp_path / "sessions"
+    writer = JSONLWriter(str(root))
+    unsafe = ["a/b", "..", "../x", "a\x00b", "tab\there", "line\n", "\x1b[31m", "a b", "é", "", 7]
+    for session_id in unsafe:
+        writer.write_batch(
+            [{"type": "started", "session_id": session_id, "request_id": "r", "timestamp": "2025-06-15T00:00:00.000Z"}]
+        )
+    writer.close()
+    files = all_files(tmp_path)
+    assert len(files) == len(unsafe)
+    for path in files:
+        assert path.parent == root / "2025-06-15"
+        assert path.name.startswith("session_unsafe-") and path.name.isascii() and path.name.isprintable()
+    assert sorted(json.dumps(e["session_id"]) for p in files for e in read_lines(p)) == sorted(
+        json.dumps(s) for s in unsafe
+    )
+
+
+def _strict_loads(line: bytes) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_nan_and_infinity_become_null_so_strict_parsers_read_the_line(tmp_path: Path) -> None:
+    """A request body with NaN/Infinity (Python's json.loads accepts them) still gives strict JSON lines."""
+    exchange = build_exchange("nan")
+    exchange.request_body = b'{"model":"m","temperature":NaN,"top_p":Infinity,"x":[-Infinity,1.5]}'
+    body = json.loads(exchange.request_body)
+    exchange.request_json = body
+    writer = JSONLWriter(str(tmp_path))
+    writer.write_batch(exchange_events(exchange))
+    writer.close()
+    lines = (tmp_path / "2025-06-15" / "session_nan.jsonl").read_bytes().splitlines()
+    events = [_strict_loads(line) for line in lines]
+    recorded = next(e for e in events if e["type"] == "request_recorded")["request_json"]
+    assert recorded == {"model": "m", "temperature": None, "top_p": None, "x": [None, 1.5]}
+    assert body["x"][1] == 1.5 and body["temperature"] != body["temperature"]  # the input is not changed
+    assert encode_event({"a": 1.0, "b": [2]}) == b'{"a":1.0,"b":[2]}\n'
+
+
+def test_a_write_error_names_the_requests_not_written(tmp_path: Path) -> None:
+    """The error raised for a batch is an OSError that names exactly the requests that were not written."""
+    os.makedirs(tmp_path / "2025-06-15" / "session_blocked.jsonl")
+    batch = exchange_events(build_exchange("blocked", request_id="r-blocked")) + exchange_events(
+        build_exchange("fine", request_id="r-fine")
+    )
+    writer = JSONLWriter(str(tmp_path))
+    with pytest.raises(SessionFilesError) as caught:
+        writer.write_batch(batch)
+    writer.close()
+    assert isinstance(caught.value, OSError) and caught.value.errno is not None
+    assert caught.value.request_ids == frozenset({"r-blocked"})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,7 +24,9 @@ from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
 from lunaroute.config import RecordingSettings
+from lunaroute.errors import ConfigError
 from lunaroute.interfaces import ISessionWriter
+from lunaroute.metrics import GatewayMetrics
 from lunaroute.sessions import recorder as recorder_module
 from lunaroute.sessions.jsonl import JSONLWriter
 from lunaroute.sessions.recorder import (
@@ -405,3 +409,244 @@ def test_sigkill_leaves_whole_lines_and_a_consistent_database(tmp_path: Path) ->
         assert conn.execute("SELECT SUM(request_count) FROM sessions").fetchone()[0] == requests
     finally:
         conn.close()
+
+
+# -- nothing is lost silently ---------------------------------------------------
+
+
+def stop_line(logged: list[dict[str, Any]]) -> str:
+    from twisted.logger import formatEvent
+
+    lines = [formatEvent(e) for e in logged if "session recorder stopped" in e.get("log_format", "")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_a_full_disk_counts_every_lost_exchange(logged: list[dict[str, Any]]) -> None:
+    """ENOSPC from a writer: each exchange of the failed batches is counted as lost, and the stop line says so."""
+    good = ListWriter()
+    service, clock = inline_recorder(BrokenWriter(), good)
+    service.startService()
+    for i in range(3):
+        service.record(build_exchange(received=NOON + i))
+    clock.advance(0.1)
+    service.record(build_exchange(received=NOON + 5))
+    clock.advance(0.1)
+    lost = service.loss_counts()
+    assert lost["disk_full:broken"] == 4
+    assert lost["queue_full"] == 0 and lost["closed"] == 0
+    assert lost["writer_error:list"] == 0 and lost["disk_full:list"] == 0
+    service.stopService()
+    line = stop_line(logged)
+    assert "4 exchange(s) dropped (disk_full:broken 4)" in line
+    assert "0 dropped" not in line
+
+
+def test_losses_are_counted_per_reason_and_reported_on_stop(logged: list[dict[str, Any]]) -> None:
+    """Queue overflow, a generic writer error and recording after stop each get their own reason."""
+
+    @implementer(ISessionWriter)
+    class LockedWriter(ListWriter):
+        name = "locked"
+
+        def write_batch(self, events: list[dict[str, Any]]) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+    service, clock = inline_recorder(LockedWriter(), max_queue_events=10)
+    service.startService()
+    service.record(build_exchange())
+    service.record(build_exchange())
+    service.record(build_exchange())  # 15 events > 10: refused
+    clock.advance(0.1)
+    service.stopService()
+    service.record(build_exchange())
+    lost = service.loss_counts()
+    assert {k: v for k, v in lost.items() if v} == {
+        "queue_full": 1, "writer_error:locked": 2, "closed": 1,
+    }
+    assert "3 exchange(s) dropped (queue_full 1, writer_error:locked 2)" in stop_line(logged)
+
+
+def test_sqlite_disk_full_is_reported_as_disk_full() -> None:
+    """SQLite's SQLITE_FULL and the errno of a full disk or quota map to disk_full."""
+    from lunaroute.sessions.recorder import loss_reason
+
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = 13  # type: ignore[attr-defined]
+    assert loss_reason("sqlite", full) == "disk_full:sqlite"
+    assert loss_reason("jsonl", OSError(errno.EDQUOT, "quota")) == "disk_full:jsonl"
+    assert loss_reason("jsonl", OSError(errno.EACCES, "denied")) == "writer_error:jsonl"
+
+
+def test_a_real_sqlite_disk_full_error_is_counted(tmp_path: Path) -> None:
+    """A database that cannot grow (max_page_count) raises SQLITE_FULL: counted as disk_full:sqlite."""
+    writer = SQLiteWriter(str(tmp_path / "full.db"))
+    writer.open()
+    conn = writer._connection()
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    service, clock = inline_recorder(writer)
+    service.startService()
+    service.record(build_exchange(user_text="x" * 100_000))
+    clock.advance(0.1)
+    assert service.loss_counts()["disk_full:sqlite"] == 1
+    service.stopService()
+
+
+def test_a_jsonl_file_write_failing_with_enospc_counts_only_its_exchanges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One session's file hits ENOSPC: its exchanges are lost (and counted), the other session's are written."""
+    from lunaroute.sessions import jsonl as jsonl_module
+
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("session_full.jsonl"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(jsonl_module.os, "write", write)
+    writer = JSONLWriter(str(tmp_path))
+    service, clock = inline_recorder(writer)
+    service.startService()
+    service.record(build_exchange("full", received=NOON))
+    service.record(build_exchange("full", received=NOON + 1))
+    service.record(build_exchange("fine", received=NOON + 2))
+    clock.advance(0.1)
+    service.stopService()
+    assert service.loss_counts()["disk_full:jsonl"] == 2
+    assert len((tmp_path / "2025-06-15" / "session_fine.jsonl").read_bytes().splitlines()) == 5
+    assert (tmp_path / "2025-06-15" / "session_full.jsonl").read_bytes() == b""
+
+
+def test_exchanges_that_cannot_become_events_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exchange whose events cannot be made is lost under events_error; the rest of the batch is written."""
+    original = recorder_module.exchange_events
+
+    def events(exchange: Any) -> Any:
+        if exchange.session_id == "bad":
+            raise ValueError("odd exchange")
+        return original(exchange)
+
+    monkeypatch.setattr(recorder_module, "exchange_events", events)
+    writer = ListWriter()
+    service, clock = inline_recorder(writer)
+    service.startService()
+    service.record(build_exchange("bad"))
+    service.record(build_exchange("good"))
+    clock.advance(0.1)
+    assert service.loss_counts()["events_error"] == 1
+    assert len(writer.events) == 5
+
+
+def test_losses_are_in_metrics_by_reason() -> None:
+    """/metrics has lunaroute_recorder_lost_exchanges_total{reason}; the older families are still there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    service, clock = inline_recorder(BrokenWriter(), max_queue_events=10)
+    metrics = GatewayMetrics()
+    metrics.bind_recorder(service)
+    service.startService()
+    for _ in range(3):
+        service.record(build_exchange())
+    clock.advance(0.1)
+    body, _ = metrics.render()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    assert samples[("lunaroute_recorder_lost_exchanges_total", (("reason", "disk_full:broken"),))] == 2
+    assert samples[("lunaroute_recorder_lost_exchanges_total", (("reason", "queue_full"),))] == 1
+    assert samples[("lunaroute_recorder_lost_exchanges_total", (("reason", "closed"),))] == 0
+    assert samples[("lunaroute_recorder_dropped_events_total", ())] == 5
+    assert ("lunaroute_recorder_write_failures_total", ()) in samples
+    service.stopService()
+
+
+# -- unusable paths stop the start-up -------------------------------------------
+
+
+def recording_settings(tmp_path: Path, **changes: Any) -> RecordingSettings:
+    from dataclasses import replace
+
+    sessions = str(tmp_path / "sessions")
+    settings = RecordingSettings(
+        enabled=True,
+        sessions_dir=sessions,
+        jsonl_enabled=True,
+        jsonl_dir=sessions,
+        sqlite_enabled=True,
+        db_path=os.path.join(sessions, "sessions.db"),
+    )
+    return replace(settings, **changes)
+
+
+def test_an_uncreatable_sessions_dir_is_a_config_error(tmp_path: Path) -> None:
+    """A sessions_dir under a regular file cannot be created: ConfigError naming the key."""
+    (tmp_path / "afile").write_text("")
+    bad = str(tmp_path / "afile" / "sessions")
+    settings = recording_settings(tmp_path, sessions_dir=bad, jsonl_dir=bad, db_path=bad + "/sessions.db")
+    with pytest.raises(ConfigError) as caught:
+        make_recorder(settings, reactor)
+    assert caught.value.key == "session_recording.sessions_dir"
+    assert str(caught.value).startswith(f"session_recording.sessions_dir: cannot create '{bad}'")
+    assert "\n" not in str(caught.value)
+
+
+def test_each_writer_path_is_checked_under_its_own_key(tmp_path: Path) -> None:
+    """A separate jsonl.directory or sqlite.path that cannot be used is named by its own key."""
+    (tmp_path / "afile").write_text("")
+    bad = str(tmp_path / "afile" / "x")
+    with pytest.raises(ConfigError) as caught:
+        make_recorder(recording_settings(tmp_path, jsonl_dir=bad), reactor)
+    assert caught.value.key == "session_recording.jsonl.directory"
+    with pytest.raises(ConfigError) as caught:
+        make_recorder(recording_settings(tmp_path, db_path=bad + "/s.db"), reactor)
+    assert caught.value.key == "session_recording.sqlite.path"
+    # Only enabled writers are checked.
+    assert make_recorder(recording_settings(tmp_path, db_path=bad + "/s.db", sqlite_enabled=False), reactor)
+
+
+def test_a_database_path_that_is_no_database_is_a_config_error(tmp_path: Path) -> None:
+    """A directory, or a file that is not SQLite, at the database path stops the start-up."""
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(ConfigError, match="is a directory"):
+        make_recorder(recording_settings(tmp_path, db_path=str(tmp_path / "dir.db")), reactor)
+    (tmp_path / "text.db").write_bytes(b"this is not a database, just some text long enough" * 100)
+    with pytest.raises(ConfigError, match="session_recording.sqlite.path: cannot open"):
+        make_recorder(recording_settings(tmp_path, db_path=str(tmp_path / "text.db")), reactor)
+
+
+def test_usable_paths_are_created_and_left_clean(tmp_path: Path) -> None:
+    """The check creates the folders and leaves no probe file behind."""
+    settings = recording_settings(tmp_path)
+    assert make_recorder(settings, reactor) is not None
+    assert os.listdir(settings.sessions_dir) == []
+
+
+TWISTD = shutil.which("twistd") or str(Path(sys.executable).with_name("twistd"))
+
+
+@pytest.mark.skipif(not Path(TWISTD).exists(), reason="twistd is not installed")
+def test_twistd_with_an_uncreatable_sessions_dir_exits_with_one_line(tmp_path: Path) -> None:
+    """`twistd -n lunaroute` with recording on and a sessions dir under a file: exit != 0, one line, no traceback."""
+    (tmp_path / "afile").write_text("")
+    bad = tmp_path / "afile" / "sessions"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LUNAROUTE_", "ANTHROPIC_", "OPENAI_"))}
+    env.update(LUNAROUTE_ENABLE_SESSION_RECORDING="true", LUNAROUTE_SESSIONS_DIR=str(bad))
+    result = subprocess.run(
+        [TWISTD, "-n", "lunaroute", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode != 0
+    assert "Traceback" not in output
+    assert output.splitlines() == [
+        f"lunaroute: configuration error: session_recording.sessions_dir: cannot create '{bad}': Not a directory"
+    ]

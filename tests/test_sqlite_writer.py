@@ -299,3 +299,27 @@ def test_threaded_store_answers_with_deferreds(db: Path) -> Any:
     assert [s["session_id"] for s in found] == ["async"]
     session = yield store.get_session("async")
     assert session["request_count"] == 1
+
+
+def test_nan_and_infinity_in_a_request_are_stored_as_strict_json(tmp_path: Path) -> None:
+    """request_json with NaN/Infinity is stored so SQLite's JSON functions and strict parsers read it."""
+    import json
+
+    exchange = build_exchange("nan")
+    exchange.request_json = json.loads('{"model":"m","temperature":NaN,"stop":[Infinity]}')
+    db = tmp_path / "s.db"
+    writer = SQLiteWriter(str(db))
+    writer.write_batch(exchange_events(exchange))
+    writer.close()
+    conn = sqlite3.connect(db)
+    stored, valid, temperature = conn.execute(
+        "SELECT request_json, json_valid(request_json), json_extract(request_json, '$.temperature') "
+        "FROM session_stats"
+    ).fetchone()
+    conn.close()
+
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    assert json.loads(stored, parse_constant=refuse) == {"model": "m", "temperature": None, "stop": [None]}
+    assert valid == 1 and temperature is None

@@ -15,6 +15,7 @@ C{completed}.  Credentials are masked here, before any writer sees them.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ __all__ = [
     "EVENT_TYPES",
     "SECRET_KEYS",
     "exchange_events",
+    "finite_json",
     "iso_timestamp",
     "request_text",
     "scrub_secrets",
@@ -126,6 +128,43 @@ def scrub_secrets(value: Any) -> Any:
             if type(item) in _SCALARS:
                 continue
             new = scrub_secrets(item)
+            if new is not item:
+                if items is None:
+                    items = list(value)
+                items[index] = new
+        return value if items is None else items
+    return value
+
+
+# --------------------------------------------------------------------------
+# Numbers JSON can hold
+
+
+def finite_json(value: Any) -> Any:
+    """
+    C{value} with every C{NaN}, C{Infinity} and C{-Infinity} (which Python's
+    C{json.loads} accepts in a request body) replaced by C{None}, as
+    JavaScript's C{JSON.stringify} does, so what the writers store parses
+    with strict JSON parsers.  Only called after a strict C{json.dumps} has
+    refused the value, so the common case pays nothing; containers are
+    copied only where something changed.
+    """
+    kind = type(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if kind is dict or (kind not in _CONTAINERS and isinstance(value, Mapping)):
+        out = None
+        for key, item in value.items():
+            new = finite_json(item)
+            if new is not item:
+                if out is None:
+                    out = dict(value)
+                out[key] = new
+        return value if out is None else out
+    if kind is list or kind is tuple:
+        items = None
+        for index, item in enumerate(value):
+            new = finite_json(item)
             if new is not item:
                 if items is None:
                     items = list(value)

@@ -5,6 +5,10 @@ from the JSONL files, after a crash, an upgrade or with SQLite recording off.
 The SQLite writer builds every row from events alone and upserts by request
 id, so feeding it the JSONL events gives the same database the gateway would
 have written live, and importing twice changes nothing.
+
+What is already there is skipped request by request, not session by
+session: after a crash (or a disk that filled up) the database may hold part
+of a session, and the import adds exactly the requests it is missing.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from lunaroute.errors import ConfigError
 class ImportReport:
     files: int = 0
     sessions: int = 0
+    requests: int = 0
     events: int = 0
-    skipped_sessions: int = 0
+    skipped_requests: int = 0
     skipped_events: int = 0
     failed_lines: int = 0
     problems: list[str] = field(default_factory=list)
@@ -35,9 +40,10 @@ class ImportReport:
     def summary(self, dry_run: bool) -> str:
         verb = "would import" if dry_run else "imported"
         return (
-            f"{self.files} files, {self.sessions} sessions, {self.events} events {verb}; "
-            f"{self.skipped_sessions} sessions ({self.skipped_events} events) skipped as already "
-            f"present; {self.failed_lines} bad lines"
+            f"{self.files} files; {self.requests} requests ({self.events} events) in "
+            f"{self.sessions} sessions {verb}; {self.skipped_requests} requests "
+            f"({self.skipped_events} events) skipped as already present; "
+            f"{self.failed_lines} bad lines"
         )
 
 
@@ -73,14 +79,47 @@ def read_events(path: Path, report: ImportReport) -> Iterator[dict[str, Any]]:
         yield event
 
 
-def _existing_sessions(db_path: Path) -> set[str]:
-    if not db_path.exists():
-        return set()
-    try:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
-            return {row[0] for row in conn.execute("SELECT session_id FROM sessions")}
-    except sqlite3.Error:
-        return set()
+# Request ids looked up per query (SQLite allows 999+ parameters).
+_LOOKUP_CHUNK = 500
+
+
+class _ExistingRequests:
+    """
+    Which requests the database already holds complete (a row with its
+    C{completed} event applied), looked up per file so memory stays flat
+    however big the database is.  A request with a row but no completion
+    (never the case for rows the gateway wrote, each request being one
+    transaction) is imported again, which the upserts make harmless.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self._conn: sqlite3.Connection | None = None
+        if db_path.exists():
+            try:
+                self._conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+                self._conn.execute("SELECT 1 FROM session_stats LIMIT 1").fetchall()
+            except sqlite3.Error:
+                self.close()
+
+    def among(self, request_ids: list[str]) -> set[str]:
+        if self._conn is None:
+            return set()
+        found: set[str] = set()
+        for start in range(0, len(request_ids), _LOOKUP_CHUNK):
+            chunk = request_ids[start:start + _LOOKUP_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self._conn.execute(
+                f"SELECT request_id FROM session_stats WHERE completed_at IS NOT NULL "
+                f"AND request_id IN ({marks})",
+                chunk,
+            )
+            found.update(row[0] for row in rows)
+        return found
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 class _Progress:
@@ -117,9 +156,16 @@ def import_sessions(
 ) -> ImportReport:
     from lunaroute.sessions.sqlite import SQLiteWriter
 
+    """
+    Import the JSONL files under C{sessions_dir} into C{db_path}.
+
+    @param skip_existing: leave out the requests the database already holds
+        (checked per request id, so a session recorded partly is completed);
+        when false every event is applied again.
+    """
     report = ImportReport()
     files = session_files(sessions_dir)
-    existing = _existing_sessions(db_path) if skip_existing else set()
+    existing = _ExistingRequests(db_path) if skip_existing else None
     writer = None if dry_run else SQLiteWriter(str(db_path))
     if writer is not None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,24 +173,29 @@ def import_sessions(
     progress = _Progress(len(files), progress_out or sys.stderr)
     batch: list[dict[str, Any]] = []
     seen_sessions: set[str] = set()
+    seen_requests: set[str] = set()
     try:
         for index, path in enumerate(files, start=1):
             report.files += 1
             progress.update(index, path.name)
-            events = list(read_events(path, report))
-            by_session: dict[str, list[dict[str, Any]]] = {}
-            for event in events:
-                by_session.setdefault(event["session_id"], []).append(event)
-            for session_id, session_events in by_session.items():
-                if session_id in existing:
-                    report.skipped_sessions += 1
-                    report.skipped_events += len(session_events)
+            by_request: dict[str, list[dict[str, Any]]] = {}
+            for event in read_events(path, report):
+                by_request.setdefault(event["request_id"], []).append(event)
+            present = existing.among(list(by_request)) if existing is not None else set()
+            for request_id, request_events in by_request.items():
+                if request_id in present:
+                    report.skipped_requests += 1
+                    report.skipped_events += len(request_events)
                     continue
-                if session_id not in seen_sessions:
-                    seen_sessions.add(session_id)
-                    report.sessions += 1
-                report.events += len(session_events)
-                for event in session_events:
+                if request_id not in seen_requests:
+                    seen_requests.add(request_id)
+                    report.requests += 1
+                for event in request_events:
+                    if event["session_id"] not in seen_sessions:
+                        seen_sessions.add(event["session_id"])
+                        report.sessions += 1
+                report.events += len(request_events)
+                for event in request_events:
                     batch.append(event)
                     if len(batch) >= batch_size:
                         if writer is not None:
@@ -154,6 +205,8 @@ def import_sessions(
             writer.write_batch(batch)
     finally:
         progress.close()
+        if existing is not None:
+            existing.close()
         if writer is not None:
             writer.close()
     return report

@@ -11,6 +11,10 @@ Crash safety: each batch is appended to each file with a single C{write}
 call of whole lines, so a process killed between calls leaves only whole
 lines; a file whose tail is torn anyway (disk full mid-write) is cut back to
 its last complete line before anything is appended to it.
+
+A file moved or deleted while the gateway runs is noticed at the next batch
+for it (its open handle no longer is the file at its path) and created
+again, so events always go to a file that exists where it is expected.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections import OrderedDict
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -26,11 +31,11 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lunaroute.dialects.session_id import is_valid_session_id
 from lunaroute.interfaces import ISessionWriter
 from lunaroute.logs import log_observer
+from lunaroute.sessions.events import finite_json
 
-__all__ = ["JSONLWriter", "encode_event", "session_file_name"]
+__all__ = ["JSONLWriter", "SessionFilesError", "encode_event", "session_file_name"]
 
 log = Logger(observer=log_observer)
 
@@ -47,16 +52,51 @@ MAX_OPEN_FILES = 32
 MAX_KNOWN_SESSIONS = 10_000
 
 
+# Characters a session id may keep in its file name.  fullmatch, not a `$`
+# anchor: `$` would also accept a trailing newline.
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+# Most file systems allow 255 bytes per name.  Ids up to this length keep
+# their plain name (session_<id>.jsonl is then at most 255 bytes); longer
+# ones are cut and given a hash of the whole id.
+MAX_PLAIN_ID = 255 - len("session_") - len(".jsonl")
+_CUT_ID = 200
+
+
 def session_file_name(session_id: Any) -> str:
     """
-    The file name for a session.  An id that is not safe in a path (see
-    L{is_valid_session_id}) is replaced by a hash of itself, so it still gets
-    a stable file of its own but can never traverse directories.
+    The file name for a session, always a single path component shorter
+    than 256 bytes.
+
+    An id that is not safe in a path (anything but letters, digits, C{-} and
+    C{_}: C{/}, C{..}, NUL, control characters, ...) is replaced by a hash
+    of itself, so it still gets a stable file of its own but can never
+    traverse directories.  A safe id too long for a file name is cut to
+    200 characters followed by C{~} and a hash of the whole id (C{~} cannot
+    occur in a safe id, so the name cannot be another session's).  The
+    events inside always carry the full id.
     """
-    if is_valid_session_id(session_id):
-        return f"session_{session_id}.jsonl"
+    if isinstance(session_id, str) and _SAFE_ID.fullmatch(session_id):
+        if len(session_id) <= MAX_PLAIN_ID:
+            return f"session_{session_id}.jsonl"
+        digest = hashlib.sha256(session_id.encode("ascii")).hexdigest()
+        return f"session_{session_id[:_CUT_ID]}~{digest[:16]}.jsonl"
     digest = hashlib.sha256(repr(session_id).encode("utf-8", "backslashreplace")).hexdigest()
     return f"session_unsafe-{digest[:32]}.jsonl"
+
+
+class SessionFilesError(OSError):
+    """
+    Some session files of a batch could not be written (the others were).
+
+    An C{OSError} with the first error's C{errno}, message and file name,
+    plus C{request_ids}: the requests with at least one event not written,
+    so the recorder counts exactly the exchanges that were lost.
+    """
+
+    def __init__(self, first: OSError, request_ids: frozenset[str]) -> None:
+        super().__init__(first.errno, first.strerror or str(first), first.filename)
+        self.request_ids = request_ids
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -64,10 +104,17 @@ def encode_event(event: dict[str, Any]) -> bytes:
     One event as one UTF-8 line ending in a newline.
 
     C{json.dumps} escapes newlines inside strings, so the line can never be
-    split; lone surrogates (from odd client JSON) cannot be encoded as UTF-8
+    split; C{NaN} and C{Infinity} become C{null}; lone surrogates (from odd client JSON) cannot be encoded as UTF-8
     and become C{\\uXXXX} escapes, which is still valid JSON.
     """
-    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
+    try:
+        text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:
+        # NaN or Infinity (Python's json.loads accepts them in a request
+        # body) are not JSON: store them as null so strict parsers read the line.
+        text = json.dumps(
+            finite_json(event), ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
+        )
     return text.encode("utf-8", "backslashreplace") + b"\n"
 
 
@@ -105,6 +152,16 @@ def _trim_torn_tail(handle: io.FileIO) -> None:
         n=size - keep,
         path=handle.name,
     )
+
+
+def _still_at(handle: io.FileIO, path: str) -> bool:
+    """Whether the open C{handle} is still the file found at C{path}."""
+    try:
+        at_path = os.stat(path)
+    except OSError:
+        return False
+    mine = os.fstat(handle.fileno())
+    return (mine.st_ino, mine.st_dev) == (at_path.st_ino, at_path.st_dev)
 
 
 @implementer(ISessionWriter)
@@ -152,8 +209,11 @@ class JSONLWriter:
     def _handle(self, path: str) -> io.FileIO:
         handle = self._files.get(path)
         if handle is not None:
-            self._files.move_to_end(path)
-            return handle
+            if _still_at(handle, path):
+                self._files.move_to_end(path)
+                return handle
+            log.warn("session file {path} was moved or deleted; creating it again", path=path)
+            self._forget(path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         # Unbuffered: our single write() per batch goes straight to the
         # kernel, so no half-flushed buffer can split a line.  Readable too,
@@ -183,22 +243,29 @@ class JSONLWriter:
     def write_batch(self, events: list[dict[str, Any]]) -> None:
         """
         Append the events, grouped by file, one write per file.  If one file
-        fails the others are still written, then the first error is raised.
+        fails the others are still written, then a L{SessionFilesError}
+        (the first error, and which requests were not written) is raised.
         """
         lines: dict[str, list[bytes]] = {}
+        requests: dict[str, set[str]] = {}
         for event in events:
             path = self.path_for(event.get("session_id"), _event_day(event))
             lines.setdefault(path, []).append(encode_event(event))
-        first_error: BaseException | None = None
+            request_id = event.get("request_id")
+            if isinstance(request_id, str):
+                requests.setdefault(path, set()).add(request_id)
+        first_error: OSError | None = None
+        failed: set[str] = set()
         for path, chunks in lines.items():
             try:
                 self._append(path, b"".join(chunks))
             except OSError as exc:
                 self._forget(path)
+                failed |= requests.get(path, set())
                 if first_error is None:
                     first_error = exc
         if first_error is not None:
-            raise first_error
+            raise SessionFilesError(first_error, frozenset(failed))
 
     def _append(self, path: str, data: bytes) -> None:
         handle = self._handle(path)

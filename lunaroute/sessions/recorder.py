@@ -11,11 +11,18 @@ exchanges are dropped and counted rather than buffered without limit; a
 writer that raises is logged and counted and the others carry on.  Stopping
 the service drains the queue, so every accepted exchange is on disk before
 the process exits.
+
+Nothing is lost silently: every exchange a writer did not store is counted
+under a reason (L{RecorderService.loss_counts}), shown in C{/metrics}, the
+stats endpoint and the line logged when the recorder stops.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from lunaroute.errors import ConfigError
 from lunaroute.exchange import Exchange
 from lunaroute.interfaces import ISessionWriter
 from lunaroute.logs import log_observer
@@ -38,9 +46,16 @@ from lunaroute.sessions.jsonl import JSONLWriter
 from lunaroute.sessions.sqlite import SQLiteWriter
 
 __all__ = [
+    "LOSS_CLOSED",
+    "LOSS_QUEUE_FULL",
     "InlineThreadPool",
     "RecorderService",
+    "check_database",
+    "check_directory",
+    "check_writers",
     "event_count",
+    "loss_reason",
+    "loss_summary",
     "make_recorder",
     "make_writers",
 ]
@@ -52,6 +67,31 @@ log = Logger(observer=log_observer)
 WARNING_INTERVAL = 10.0
 
 DEFAULT_MAX_QUEUE_BYTES = 256 * 1024 * 1024
+
+# Reasons an exchange was not written (the keys of loss_counts()).  Writer
+# failures are "disk_full:<writer>" or "writer_error:<writer>".
+LOSS_QUEUE_FULL = "queue_full"
+LOSS_CLOSED = "closed"
+LOSS_EVENTS = "events_error"
+LOSS_RECORDER = "recorder_error"
+
+# Error numbers that mean the disk (or the user's quota) is full.
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = 13
+
+
+def loss_reason(writer_name: str, error: BaseException) -> str:
+    """
+    The loss reason for a writer failure: C{disk_full:<writer>} when the
+    disk or quota is full (C{ENOSPC}, C{EDQUOT}, SQLite's C{SQLITE_FULL}),
+    else C{writer_error:<writer>}.
+    """
+    full = (isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS) or (
+        isinstance(error, sqlite3.Error)
+        and getattr(error, "sqlite_errorcode", None) is not None
+        and error.sqlite_errorcode & 0xFF == _SQLITE_FULL
+    )
+    return f"{'disk_full' if full else 'writer_error'}:{writer_name}"
 
 
 class InlineThreadPool:
@@ -121,15 +161,36 @@ class _BatchResult:
 
     events: int = 0
     failures: list[tuple[str, Failure]] = field(default_factory=list)
+    # Exchanges not written, by reason.
+    lost: dict[str, int] = field(default_factory=dict)
+
+    def lose(self, reason: str, n: int) -> None:
+        if n > 0:
+            self.lost[reason] = self.lost.get(reason, 0) + n
+
+
+def _lost_in(error: BaseException, batch: list[Exchange]) -> int:
+    """
+    How many of the batch's exchanges a failed C{write_batch} did not store:
+    those the error names (C{request_ids}, see L{SessionFilesError}), else
+    all of them.
+    """
+    named = getattr(error, "request_ids", None)
+    if named is None:
+        return len(batch)
+    lost = frozenset(named)
+    return sum(1 for exchange in batch if exchange.request_id in lost)
 
 
 class RecorderService(Service):
     """
     Queues exchanges and writes them in batches, off the reactor thread.
 
-    Metrics: L{queue_depth} (events waiting), C{dropped_events},
-    C{written_events} (events of batches every writer accepted),
-    C{write_failures} (failed writer calls, with C{write_failures_by_writer}).
+    Metrics: L{queue_depth} (events waiting), C{dropped_events} (events
+    refused by a full or closed queue), C{written_events} (events of batches
+    every writer accepted), C{write_failures} (failed writer calls, with
+    C{write_failures_by_writer}) and L{loss_counts} (exchanges not written,
+    by reason, whatever the cause).
 
     @param clock: schedules the flushes; it must also provide
         C{IReactorFromThreads} (the real reactor does) unless C{threadpool}
@@ -186,6 +247,12 @@ class RecorderService(Service):
         self.written_events = 0
         self.write_failures = 0
         self.write_failures_by_writer: dict[str, int] = {}
+        # Known reasons start at 0, so dashboards see the series before a loss.
+        self._lost: dict[str, int] = {LOSS_QUEUE_FULL: 0, LOSS_CLOSED: 0}
+        for writer in self.writers:
+            name = getattr(writer, "name", repr(writer))
+            self._lost[f"disk_full:{name}"] = 0
+            self._lost[f"writer_error:{name}"] = 0
 
     # -- metrics -----------------------------------------------------------
 
@@ -193,6 +260,22 @@ class RecorderService(Service):
     def queue_depth(self) -> int:
         """Events accepted but not yet handed to the writers."""
         return self._queued_events
+
+    def loss_counts(self) -> dict[str, int]:
+        """
+        Exchanges not written, by reason: C{queue_full} (refused because the
+        queue was full), C{closed} (recorded after the recorder stopped),
+        C{disk_full:<writer>} and C{writer_error:<writer>} (that writer
+        failed the batch holding them), C{events_error} (they could not be
+        turned into events), C{recorder_error} (a bug in the recorder).  An
+        exchange that two writers failed counts once for each.  A copy:
+        safe to keep or change.
+        """
+        return dict(self._lost)
+
+    def _count_loss(self, reason: str, n: int) -> None:
+        if n > 0:
+            self._lost[reason] = self._lost.get(reason, 0) + n
 
     # -- the hot path ------------------------------------------------------
 
@@ -207,12 +290,15 @@ class RecorderService(Service):
                 return
             n = event_count(exchange)
             size = _queued_bytes(exchange)
-            if self._closed or self._queued_events + n > self.max_queue_events or (
+            if self._closed:
+                self._drop(n, LOSS_CLOSED)
+                return
+            if self._queued_events + n > self.max_queue_events or (
                 self.max_queue_bytes is not None
                 and self._queue
                 and self._queued_bytes + size > self.max_queue_bytes
             ):
-                self._drop(n)
+                self._drop(n, LOSS_QUEUE_FULL)
                 return
             self._queue.append((exchange, n, size))
             self._queued_events += n
@@ -222,14 +308,17 @@ class RecorderService(Service):
         except Exception:
             log.failure("recording an exchange failed")
 
-    def _drop(self, n: int) -> None:
+    def _drop(self, n: int, reason: str) -> None:
         self.dropped_events += n
+        self._count_loss(reason, 1)
         self._dropped_since_warning += n
         now = self.clock.seconds()
         if self._last_drop_warning is None or now - self._last_drop_warning >= WARNING_INTERVAL:
             log.warn(
                 "session recording queue is full ({depth} events waiting): dropped "
-                "{n} event(s), {total} in all",
+                "{n} event(s), {total} in all"
+                if reason == LOSS_QUEUE_FULL
+                else "session recorder is stopped: dropped {n} event(s), {total} in all",
                 depth=self._queued_events,
                 n=self._dropped_since_warning,
                 total=self.dropped_events,
@@ -276,13 +365,14 @@ class RecorderService(Service):
         batch = self._take_batch()
         d = self._in_thread(self._write_batch, batch)
         self._in_flight = d
-        d.addBoth(self._batch_done)
+        d.addBoth(self._batch_done, len(batch))
         return d
 
     def _write_batch(self, batch: list[Exchange]) -> _BatchResult:
         """Runs in the writer thread: make the events, give them to each writer."""
         result = _BatchResult()
         events: list[dict[str, Any]] = []
+        made: list[Exchange] = []
         for exchange in batch:
             try:
                 events.extend(exchange_events(exchange))
@@ -290,28 +380,36 @@ class RecorderService(Service):
                 failure = Failure()
                 failure.cleanFailure()
                 result.failures.append(("events", failure))
+                result.lose(LOSS_EVENTS, 1)
+            else:
+                made.append(exchange)
         result.events = len(events)
         if not events:
             return result
         for writer in self.writers:
+            name = getattr(writer, "name", repr(writer))
             try:
                 writer.write_batch(events)
-            except Exception:
+            except Exception as error:
+                result.lose(loss_reason(name, error), _lost_in(error, made))
                 failure = Failure()
                 failure.cleanFailure()
-                result.failures.append((getattr(writer, "name", repr(writer)), failure))
+                result.failures.append((name, failure))
         return result
 
-    def _batch_done(self, result: _BatchResult | Failure) -> None:
+    def _batch_done(self, result: _BatchResult | Failure, exchanges: int = 0) -> None:
         self._in_flight = None
         if isinstance(result, Failure):
             # Only a bug in this module gets here; the writers' own errors
             # are in the result.
             log.failure("session recording batch failed", failure=result)
             self.write_failures += 1
+            self._count_loss(LOSS_RECORDER, exchanges)
         else:
             if not result.failures:
                 self.written_events += result.events
+            for reason, n in result.lost.items():
+                self._count_loss(reason, n)
             for writer_name, failure in result.failures:
                 self._writer_failed(writer_name, failure, result.events)
         # A burst may have queued more than one batch: keep going promptly.
@@ -406,12 +504,15 @@ class RecorderService(Service):
             self._closed = True
             if self._own_pool:
                 self._pool.stop()
+        lost = self.loss_counts()
         log.info(
-            "session recorder stopped: {written} event(s) written, {dropped} dropped, "
-            "{failures} writer failure(s)",
+            "session recorder stopped: {written} event(s) written, {dropped} exchange(s) "
+            "dropped{reasons}, {failures} writer failure(s)",
             written=self.written_events,
-            dropped=self.dropped_events,
+            dropped=sum(lost.values()),
+            reasons=loss_summary(lost),
             failures=self.write_failures,
+            lost=lost,
         )
 
     @inlineCallbacks
@@ -430,6 +531,14 @@ class RecorderService(Service):
         command); fires when the queue is empty.
         """
         return self._drain()
+
+
+def loss_summary(lost: dict[str, int]) -> str:
+    """C{" (disk_full:jsonl 3, queue_full 1)"} for the stop line; empty when nothing was lost."""
+    if not any(lost.values()):
+        return ""
+    parts = [f"{reason} {n}" for reason, n in sorted(lost.items()) if n]
+    return " (" + ", ".join(parts) + ")"
 
 
 def _when_done(d: Deferred[Any]) -> Deferred[None]:
@@ -460,10 +569,91 @@ def make_writers(recording_settings: Any) -> list[ISessionWriter]:
     return writers
 
 
+def _first_problem(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def check_directory(directory: str, key: str) -> None:
+    """
+    Make sure C{directory} exists (creating it) and a file can be created in
+    it, by creating and removing one.  Raises L{ConfigError} naming C{key}
+    otherwise: better one clear line at start-up than a gateway that says
+    "recording: on" and writes nothing.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {directory!r}: {_first_problem(exc)}", key=key) from None
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{directory!r} is not a directory", key=key)
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".lunaroute-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write in {directory!r}: {_first_problem(exc)}", key=key) from None
+
+
+def check_database(db_path: str, key: str) -> None:
+    """
+    Make sure the session database can be opened for writing: its folder can
+    be created and written (SQLite adds C{-wal} and C{-journal} files beside
+    it) and an existing file is an SQLite database.  Raises L{ConfigError}
+    naming C{key}.
+    """
+    if db_path == ":memory:":
+        return
+    check_directory(os.path.dirname(os.path.abspath(db_path)), key)
+    if not os.path.exists(db_path):
+        return
+    if os.path.isdir(db_path):
+        raise ConfigError(f"{db_path!r} is a directory, not a database file", key=key)
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=rw", uri=True)
+        try:
+            # Reads the header only: cheap even for a big database.
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot open {db_path!r}: {exc}", key=key) from None
+
+
+def _setting_key(recording_settings: Any, which: str) -> str:
+    """The config key the user set for the JSONL folder or the database path."""
+    sessions_dir = recording_settings.sessions_dir
+    if which == "jsonl":
+        if recording_settings.jsonl_dir == sessions_dir:
+            return "session_recording.sessions_dir"
+        return "session_recording.jsonl.directory"
+    if recording_settings.db_path == os.path.join(sessions_dir, "sessions.db"):
+        return "session_recording.sessions_dir"
+    return "session_recording.sqlite.path"
+
+
+def check_writers(recording_settings: Any) -> None:
+    """
+    Check, before anything starts, that every enabled writer can write
+    where it is told to; raise L{ConfigError} naming the key otherwise.
+    """
+    if recording_settings.jsonl_enabled:
+        check_directory(
+            os.path.expanduser(recording_settings.jsonl_dir), _setting_key(recording_settings, "jsonl")
+        )
+    if recording_settings.sqlite_enabled:
+        check_database(
+            os.path.expanduser(recording_settings.db_path), _setting_key(recording_settings, "sqlite")
+        )
+
+
 def make_recorder(recording_settings: Any, clock: IReactorTime) -> RecorderService | None:
     """
     A recorder for the settings, or C{None} when recording is disabled or
     no writer is enabled.
+
+    @raise ConfigError: a sessions directory or database cannot be created
+        or written (see L{check_writers}).
     """
     if not recording_settings.enabled:
         return None
@@ -471,6 +661,7 @@ def make_recorder(recording_settings: Any, clock: IReactorTime) -> RecorderServi
     if not writers:
         log.warn("session recording is enabled but neither jsonl nor sqlite is; nothing is recorded")
         return None
+    check_writers(recording_settings)
     return RecorderService(
         writers,
         clock,

@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from lunaroute.interfaces import ISessionStore, ISessionWriter
 from lunaroute.logs import log_observer
+from lunaroute.sessions.events import finite_json
 
 __all__ = [
     "MIGRATIONS",
@@ -285,7 +286,15 @@ def _text(value: Any) -> str | None:
 def _json(value: Any) -> str | None:
     if value is None:
         return None
-    return _text(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:
+        # NaN or Infinity from a request body: SQLite's JSON functions (and
+        # every strict parser) reject them.
+        text = json.dumps(
+            finite_json(value), ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
+        )
+    return _text(text)
 
 
 def _bool(value: Any) -> int | None:
