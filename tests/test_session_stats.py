@@ -132,6 +132,8 @@ def test_anthropic_session_tokens_and_cost(pricing: PricingTable) -> None:
         "thinking": 50,
         "cache_read": 16384,
         "cache_creation": 1024,
+        "cache_creation_5m": 1024,
+        "cache_creation_1h": 0,
         "total": 2868,
     }
     assert snap["thinking_estimated"] is True
@@ -140,6 +142,23 @@ def test_anthropic_session_tokens_and_cost(pricing: PricingTable) -> None:
     assert snap["models"] == {"claude-sonnet-4-5-20250929": 2}
     assert snap["tools"]["get_weather"]["calls"] == 4
     json.dumps(snap)  # plain data for the API
+
+
+def test_one_hour_cache_writes_are_counted_and_priced_apart(pricing: PricingTable) -> None:
+    """
+    1-hour cache writes show in their own token count, the summary and the
+    cost: 1000 written for 5 minutes and 3000 for an hour on Sonnet 4.5 cost
+    (10*3 + 1000*3.75 + 3000*6) / 1e6.
+    """
+    stats = SessionStatsCollector(100, pricing)
+    usage = Usage(input_tokens=10, cache_creation_tokens=4000, cache_creation_1h_tokens=3000)
+    response = ResponseSummary(dialect="anthropic", model="claude-sonnet-4-5", usage=usage)
+    ex = exchange(response=response)
+    stats.observe(ex)
+    assert ex.cost_usd == pytest.approx((10 * 3 + 1000 * 3.75 + 3000 * 6) / 1e6)
+    tokens = stats.aggregate()["tokens"]
+    assert (tokens["cache_creation"], tokens["cache_creation_5m"], tokens["cache_creation_1h"]) == (4000, 1000, 3000)
+    assert "Cache creation:  4,000 (1,000 for 5 min, 3,000 for 1 h)" in stats.summary_text()
 
 
 def test_openai_reasoning_tokens_are_exact(pricing: PricingTable) -> None:

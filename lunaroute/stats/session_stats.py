@@ -31,7 +31,7 @@ log = Logger(observer=log_observer)
 
 __all__ = ["SessionStatsCollector", "TOKEN_KINDS"]
 
-TOKEN_KINDS = ("input", "output", "thinking", "cache_read", "cache_creation")
+TOKEN_KINDS = ("input", "output", "thinking", "cache_read", "cache_creation", "cache_creation_5m", "cache_creation_1h")
 
 # Bounds on per-session bookkeeping fed by client-controlled data, so one
 # pathological session cannot grow without limit.
@@ -104,6 +104,9 @@ class _Totals:
             self.tokens["thinking"] += usage.thinking_tokens
             self.tokens["cache_read"] += usage.cache_read_tokens
             self.tokens["cache_creation"] += usage.cache_creation_tokens
+            five_minutes = usage.cache_creation_5m_tokens
+            self.tokens["cache_creation_5m"] += five_minutes
+            self.tokens["cache_creation_1h"] += usage.cache_creation_tokens - five_minutes
             if usage.thinking_tokens and not usage.thinking_tokens_exact:
                 self.thinking_estimated_tokens += usage.thinking_tokens
             for call in response.tool_calls:
@@ -509,6 +512,12 @@ def _usd(value: float) -> str:
     return f"${value:,.4f}" if value >= 0.0001 or value == 0 else f"${value:.6f}"
 
 
+def _ttl_split(tokens: dict[str, int]) -> str:
+    if not tokens["cache_creation_1h"]:
+        return ""
+    return f" ({_int(tokens['cache_creation_5m'])} for 5 min, {_int(tokens['cache_creation_1h'])} for 1 h)"
+
+
 def _describe(data: dict[str, Any]) -> list[str]:
     tokens = data["tokens"]
     failed = f" ({data['failed_requests']} failed)" if data["failed_requests"] else ""
@@ -529,7 +538,7 @@ def _describe(data: dict[str, Any]) -> list[str]:
         f"    Output:          {_int(tokens['output'])}",
         f"    Thinking:        {_int(tokens['thinking'])}{thinking_note}",
         f"    Cache read:      {_int(tokens['cache_read'])}",
-        f"    Cache creation:  {_int(tokens['cache_creation'])}",
+        f"    Cache creation:  {_int(tokens['cache_creation'])}{_ttl_split(tokens)}",
         f"    Total:           {_int(tokens['total'])}",
     ]
     if data["tools"]:
