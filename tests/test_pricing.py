@@ -264,6 +264,14 @@ def test_lookup_cache_is_bounded() -> None:
     assert len(table._cache) <= PricingTable._CACHE_LIMIT
 
 
+def test_huge_model_names_are_priced_but_not_kept() -> None:
+    """A 1 MB model name is still priced by its pattern, but never held in the lookup cache."""
+    table = PricingTable([ModelPrice("x*", 1.0, 1.0, 1.0, 1.0)])
+    for n in range(20):
+        assert table.price_for("x" + str(n) * 1_000_000) is not None
+    assert sum(len(name) for name in table._cache) < 10_000
+
+
 # -- loading and overriding -----------------------------------------------
 
 

@@ -287,8 +287,11 @@ class PricingTable:
     be shared by everything that estimates cost.
     """
 
-    # Lookups come from untrusted model names: remember at most this many.
+    # Lookups come from untrusted model names: remember at most this many,
+    # and none longer than any real model name (a 1 MB name is looked up
+    # every time rather than kept).
     _CACHE_LIMIT = 4096
+    _CACHE_NAME_CHARS = 256
 
     def __init__(self, prices: Iterable[ModelPrice] = (), *, source: str = "<table>") -> None:
         self._entries: list[_Entry] = []
@@ -387,6 +390,8 @@ class PricingTable:
         if price is None and "/" in model:
             # Routers and clouds prefix the vendor ("anthropic/claude-...").
             price = self._lookup(model.rsplit("/", 1)[1].strip().lower())
+        if len(model) > self._CACHE_NAME_CHARS:
+            return price
         if len(self._cache) >= self._CACHE_LIMIT:
             self._cache.clear()
         self._cache[model] = price
