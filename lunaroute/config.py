@@ -183,6 +183,10 @@ class ModelPricing:
     output: float
     cache_write: float | None = None
     cache_read: float | None = None
+    cache_write_1h: float | None = None
+    # The optional long-context tier, checked by the pricing table when it
+    # is built: above (prompt tokens) and the rates that apply past it.
+    long_context: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -365,7 +369,8 @@ _TOP_KEYS = (*_TOP_SCALARS, "providers", *_SECTIONS, "routing")
 _PROVIDER_KEYS = ("provider_type", "enabled", "api_key", "base_url", "model", "http_client")
 _HTTP_CLIENT_KEYS = tuple(f.name for f in dataclasses.fields(HttpClientSettings))
 _WRITER_KEYS = {"jsonl": ("enabled", "directory"), "sqlite": ("enabled", "path")}
-_PRICING_KEYS = ("input", "output", "cache_write", "cache_read")
+_PRICING_RATES = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
+_PRICING_KEYS = (*_PRICING_RATES, "long_context")
 _PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 _LEVELS = {
@@ -815,8 +820,12 @@ def _build_pricing(raw: Any) -> Mapping[str, ModelPricing]:
         entry_path = (*base, str(pattern))
         entry = _require_mapping(entry, entry_path)
         _check_keys(entry, entry_path, _PRICING_KEYS)
-        values: dict[str, float | None] = {}
-        for key in _PRICING_KEYS:
+        values: dict[str, Any] = {}
+        tier = entry.get("long_context")
+        if tier is not None:
+            tier = types.MappingProxyType(dict(_require_mapping(tier, (*entry_path, "long_context"))))
+        values["long_context"] = tier
+        for key in _PRICING_RATES:
             item = entry.get(key)
             if item is None:
                 if key in ("input", "output"):
@@ -827,7 +836,7 @@ def _build_pricing(raw: Any) -> Mapping[str, ModelPricing]:
                 values[key] = _number(0)(item)
             except _Invalid as exc:
                 raise ConfigError(str(exc), key=_dotted((*entry_path, key))) from None
-        prices[str(pattern)] = ModelPricing(**values)  # type: ignore[arg-type]
+        prices[str(pattern)] = ModelPricing(**values)
     return types.MappingProxyType(prices)
 
 

@@ -250,3 +250,82 @@ def test_error_before_message_start_has_no_message() -> None:
     assert summary.error == payload
     assert summary.message is None
     assert summary.partial is True
+
+
+def _cache_usage(five_minutes: int, one_hour: int) -> dict[str, Any]:
+    """An Anthropic usage object with cache writes split by lifetime."""
+    return {
+        "input_tokens": 12,
+        "cache_creation_input_tokens": five_minutes + one_hour,
+        "cache_read_input_tokens": 3000,
+        "cache_creation": {"ephemeral_5m_input_tokens": five_minutes, "ephemeral_1h_input_tokens": one_hour},
+        "output_tokens": 1,
+    }
+
+
+def _stream_events(start_usage: dict[str, Any], delta_usage: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    message = {
+        "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage,
+    }
+    return [
+        ("message_start", {"type": "message_start", "message": message}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": "hi"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": delta_usage}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+
+
+def test_stream_usage_splits_cache_writes_by_lifetime() -> None:
+    """
+    message_start's cache_creation split (5-minute vs 1-hour writes) survives
+    a message_delta that only updates the output count.
+    """
+    usage = accumulate(_stream_events(_cache_usage(200, 800), {"output_tokens": 40})).summary().usage
+    assert usage.cache_creation_tokens == 1000
+    assert (usage.cache_creation_5m_tokens, usage.cache_creation_1h_tokens) == (200, 800)
+    assert usage.output_tokens == 40
+
+
+def test_message_delta_cache_split_replaces_message_start() -> None:
+    """A message_delta repeating the cache counts (newer API versions) wins."""
+    delta = _cache_usage(0, 1500) | {"output_tokens": 40}
+    usage = accumulate(_stream_events(_cache_usage(200, 800), delta)).summary().usage
+    assert (usage.cache_creation_tokens, usage.cache_creation_1h_tokens, usage.cache_creation_5m_tokens) == (
+        1500, 1500, 0,
+    )
+
+
+def test_json_usage_splits_cache_writes_by_lifetime() -> None:
+    """A non-streaming response carries the same split."""
+    body = {"type": "message", "model": "claude-sonnet-4-5", "content": [], "usage": _cache_usage(300, 700)}
+    usage = summarize_anthropic_json(body).usage
+    assert (usage.cache_creation_tokens, usage.cache_creation_5m_tokens, usage.cache_creation_1h_tokens) == (
+        1000, 300, 700,
+    )
+    assert summarize_anthropic_json(body).to_dict()["usage"]["cache_creation_5m_tokens"] == 300
+
+
+def test_cache_writes_without_a_split_are_five_minute_writes() -> None:
+    """Only cache_creation_input_tokens reported: every write is a 5-minute one."""
+    body = {"type": "message", "content": [], "usage": {"input_tokens": 1, "cache_creation_input_tokens": 900}}
+    usage = summarize_anthropic_json(body).usage
+    assert (usage.cache_creation_5m_tokens, usage.cache_creation_1h_tokens) == (900, 0)
+
+
+def test_cache_split_without_a_total_adds_up() -> None:
+    """Only the split reported: the total is its sum."""
+    raw = {"input_tokens": 1, "cache_creation": {"ephemeral_5m_input_tokens": 5, "ephemeral_1h_input_tokens": 7}}
+    usage = summarize_anthropic_json({"type": "message", "content": [], "usage": raw}).usage
+    assert (usage.cache_creation_tokens, usage.cache_creation_5m_tokens, usage.cache_creation_1h_tokens) == (12, 5, 7)
+
+
+def test_one_hour_writes_above_the_total_are_capped() -> None:
+    """A 1-hour count larger than all writes (a confused relay) is cut to the total."""
+    raw = _cache_usage(0, 0) | {"cache_creation_input_tokens": 10, "cache_creation": {"ephemeral_1h_input_tokens": 99}}
+    usage = summarize_anthropic_json({"type": "message", "content": [], "usage": raw}).usage
+    assert (usage.cache_creation_tokens, usage.cache_creation_1h_tokens, usage.cache_creation_5m_tokens) == (10, 10, 0)

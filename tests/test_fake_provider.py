@@ -773,3 +773,20 @@ def test_standalone_command_prints_its_port() -> None:
     finally:
         process.terminate()
         process.wait(WAIT)
+
+
+def test_cache_write_1h_share_reports_one_hour_writes() -> None:
+    """C{cache_write_1h_share} moves that share of the cache writes to C{ephemeral_1h_input_tokens}."""
+    provider = FakeProvider(Clock())
+    provider.cache_write_1h_share = 0.5
+    stub = StubTreq(provider.resource())
+    payload = {"model": "fake-cache", "max_tokens": 8, "messages": HELLO * 40}
+    results: list[Any] = []
+    stub.post("http://fake/v1/messages", json=payload).addCallback(treq.json_content).addCallback(results.append)
+    stub.flush()
+    usage = results[0]["usage"]
+    written = usage["cache_creation_input_tokens"]
+    split = usage["cache_creation"]
+    assert written > 1
+    assert split["ephemeral_1h_input_tokens"] == round(written / 2) > 0
+    assert split["ephemeral_5m_input_tokens"] + split["ephemeral_1h_input_tokens"] == written

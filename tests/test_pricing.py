@@ -91,6 +91,76 @@ def test_matches_claude_code_total_cost(table: PricingTable) -> None:
     assert expected == pytest.approx(0.027009)
 
 
+def test_one_hour_cache_writes_cost_twice_input(table: PricingTable) -> None:
+    """
+    Anthropic bills 1-hour cache writes at 2x input and 5-minute writes at
+    1.25x: on Sonnet 4.5, 3 in, 150 out, 20000 read, 1000 written for 5
+    minutes and 4000 for an hour cost
+    (3*3 + 150*15 + 20000*0.30 + 1000*3.75 + 4000*6) / 1e6 = $0.036009.
+    """
+    usage = Usage(
+        input_tokens=3, output_tokens=150, cache_read_tokens=20_000,
+        cache_creation_tokens=5_000, cache_creation_1h_tokens=4_000,
+    )
+    assert table.cost_usd(usage, "claude-sonnet-4-5-20250929", "anthropic") == pytest.approx(0.036009)
+    every_write_1h = Usage(cache_creation_tokens=1_000_000, cache_creation_1h_tokens=1_000_000)
+    for model, input_price in [("claude-opus-4-1", 15.0), ("claude-haiku-4-5", 1.0), ("claude-opus-4-5", 5.0)]:
+        assert table.cost_usd(every_write_1h, model, "anthropic") == pytest.approx(2 * input_price)
+
+
+def test_one_hour_writes_are_capped_at_all_writes(table: PricingTable) -> None:
+    """A 1-hour count above the total never makes writes cost more than 1-hour writes of the total."""
+    usage = Usage(cache_creation_tokens=100, cache_creation_1h_tokens=900)
+    assert table.cost_usd(usage, "claude-sonnet-4-5", "anthropic") == pytest.approx(100 * 6.0 / 1e6)
+
+
+def test_openai_cached_input_is_not_billed_twice(table: PricingTable) -> None:
+    """
+    OpenAI's cached tokens are part of prompt_tokens: they are billed once,
+    at the cached-input price (gpt-5: 10000 prompt with 8000 cached =
+    2000*1.25 + 8000*0.125 = 3500 µ$), never also as full-price input.
+    """
+    usage = Usage(input_tokens=10_000, cache_read_tokens=8_000)
+    for dialect in ("openai_chat", "openai_responses"):
+        assert table.cost_usd(usage, "gpt-5", dialect) == pytest.approx(0.0035)
+
+
+def test_long_context_tier_prices_every_token_of_a_long_prompt(table: PricingTable) -> None:
+    """
+    Sonnet 4.5 above 200K prompt tokens (input + cache reads + writes) pays
+    $6 in, $22.50 out, $0.60 read, $7.50 / $12 writes on all tokens; at
+    exactly 200K it pays the standard rates.
+    """
+    long = Usage(
+        input_tokens=50_001, output_tokens=1_000, cache_read_tokens=100_000,
+        cache_creation_tokens=50_000, cache_creation_1h_tokens=10_000,
+    )
+    expected = (50_001 * 6 + 1_000 * 22.5 + 100_000 * 0.6 + 40_000 * 7.5 + 10_000 * 12) / 1e6
+    assert table.cost_usd(long, "claude-sonnet-4-5-20250929", "anthropic") == pytest.approx(expected)
+    assert table.cost_usd(long, "claude-sonnet-4-20250514", "anthropic") == pytest.approx(expected)
+    at_threshold = Usage(input_tokens=50_000, cache_read_tokens=100_000, cache_creation_tokens=50_000)
+    standard = (50_000 * 3 + 100_000 * 0.3 + 50_000 * 3.75) / 1e6
+    assert table.cost_usd(at_threshold, "claude-sonnet-4-5", "anthropic") == pytest.approx(standard)
+    # Sonnet 4.6 has no long-context surcharge.
+    assert table.cost_usd(long, "claude-sonnet-4-6", "anthropic") == pytest.approx(
+        (50_001 * 3 + 1_000 * 15 + 100_000 * 0.3 + 40_000 * 3.75 + 10_000 * 6) / 1e6
+    )
+
+
+def test_long_context_threshold_counts_openai_cached_tokens_once() -> None:
+    """For OpenAI the prompt size is input_tokens, which already holds the cached ones."""
+    table = PricingTable.load(
+        overrides={"house": {"input": 1.0, "output": 1.0, "long_context": {"above": 1000, "input": 2.0, "output": 3.0}}}
+    )
+    assert table.cost_usd(Usage(input_tokens=1000, cache_read_tokens=600), "house", "openai_chat") == pytest.approx(
+        (400 * 1.0 + 600 * 0.1) / 1e6
+    )
+    # Past the threshold, the tier's cache read defaults to the entry's, scaled like input (0.1 -> 0.2).
+    assert table.cost_usd(Usage(input_tokens=1001, cache_read_tokens=600), "house", "openai_chat") == pytest.approx(
+        (401 * 2.0 + 600 * 0.2) / 1e6
+    )
+
+
 def test_dialect_decides_how_cached_tokens_count(table: PricingTable) -> None:
     """
     The same counts cost less under OpenAI's accounting, where the cached
@@ -194,6 +264,14 @@ def test_lookup_cache_is_bounded() -> None:
     assert len(table._cache) <= PricingTable._CACHE_LIMIT
 
 
+def test_huge_model_names_are_priced_but_not_kept() -> None:
+    """A 1 MB model name is still priced by its pattern, but never held in the lookup cache."""
+    table = PricingTable([ModelPrice("x*", 1.0, 1.0, 1.0, 1.0)])
+    for n in range(20):
+        assert table.price_for("x" + str(n) * 1_000_000) is not None
+    assert sum(len(name) for name in table._cache) < 10_000
+
+
 # -- loading and overriding -----------------------------------------------
 
 
@@ -215,6 +293,37 @@ def test_missing_cache_prices_follow_the_multipliers() -> None:
     assert (price.cache_write, price.cache_read) == (pytest.approx(5.0), pytest.approx(0.4))
 
 
+def test_missing_one_hour_write_price_is_twice_input() -> None:
+    """cache_write_1h left out is 2x input; given, it is taken as is."""
+    table = PricingTable.load(
+        overrides={"a": {"input": 4.0, "output": 8.0}, "b": {"input": 4.0, "output": 8.0, "cache_write_1h": 5.0}}
+    )
+    assert table.price_for("a").cache_write_1h == pytest.approx(8.0)  # type: ignore[union-attr]
+    assert table.price_for("b").cache_write_1h == pytest.approx(5.0)  # type: ignore[union-attr]
+
+
+def test_config_long_context_tier_reaches_the_table() -> None:
+    """statistics.pricing accepts cache_write_1h and a long_context tier."""
+    settings = settings_from_mapping(
+        {
+            "statistics": {
+                "pricing": {
+                    "house-*": {
+                        "input": 1.0, "output": 2.0, "cache_write_1h": 3.0,
+                        "long_context": {"above": 10, "input": 4.0, "output": 5.0, "cache_write_1h": 9.0},
+                    }
+                }
+            }
+        },
+        env={},
+    )
+    price = PricingTable.load(overrides=settings.statistics.pricing).price_for("house-x")
+    assert price is not None and price.long_context is not None
+    assert (price.cache_write_1h, price.long_context.above, price.long_context.cache_write_1h) == (3.0, 10, 9.0)
+    assert price.long_context.cache_write == pytest.approx(1.25 * 4.0)
+    assert price.to_dict()["long_context"]["output"] == 5.0
+
+
 def test_config_pricing_overrides_shipped_entries() -> None:
     """
     statistics.pricing from the config file (ModelPricing objects) replaces
@@ -232,7 +341,7 @@ def test_config_pricing_overrides_shipped_entries() -> None:
         env={},
     )
     table = PricingTable.load(overrides=settings.statistics.pricing)
-    price = table.price_for("claude-sonnet-4-5-20250929")
+    price = table.price_for("claude-sonnet-4-6")
     assert price is not None
     assert (price.input, price.output, price.cache_write, price.cache_read) == (1.0, 2.0, 0.5, 0.25)
     usage = Usage(input_tokens=10, output_tokens=10)
@@ -269,6 +378,12 @@ def test_pricing_file_extends_and_replaces(tmp_path: Path) -> None:
         ('"m": {input: 1, output: 1, price_per_call: 2}\n', "unknown price field"),
         ('"re:^(unclosed": {input: 1, output: 1}\n', "invalid regular expression"),
         ('"m": 3\n', "must be a mapping"),
+        ('"m": {input: 1, output: 1, long_context: {input: 2, output: 2}}\n', "m.long_context.above"),
+        ('"m": {input: 1, output: 1, long_context: {above: -5, input: 2, output: 2}}\n', "m.long_context.above"),
+        ('"m": {input: 1, output: 1, long_context: {above: 5, input: 2}}\n', "m.long_context.output: required"),
+        ('"m": {input: 1, output: 1, long_context: {above: 5, input: 2, output: 2, x: 1}}\n', "unknown long_context"),
+        ('"m": {input: 1, output: 1, long_context: 7}\n', "m.long_context: must be a mapping"),
+        ('"m": {input: 1, output: 1, cache_write_1h: -1}\n', "m.cache_write_1h"),
     ],
 )
 def test_bad_pricing_file_is_one_line_config_error(tmp_path: Path, content: str, fragment: str) -> None:

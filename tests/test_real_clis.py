@@ -193,3 +193,24 @@ async def test_estimated_cost_agrees_with_claude_code(gateway, fake, tmp_path, m
     session = next(s for s in stats["sessions"] if s["session_id"] == output["session_id"])
     assert output["total_cost_usd"] > 0
     assert session["estimated_cost_usd"] == pytest.approx(output["total_cost_usd"], rel=1e-6)
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-1"])
+@pytest_twisted.ensureDeferred
+async def test_estimated_cost_agrees_with_claude_code_on_one_hour_cache_writes(gateway, fake, tmp_path, model):
+    """
+    With half of the cache writes reported as 1-hour writes (billed at 2x
+    input, 5-minute ones at 1.25x), our estimate still equals Claude Code's
+    total_cost_usd, which prices each lifetime at its own rate.
+    """
+    import httpx
+
+    fake.cache_write_1h_share = 0.5
+    result = await in_thread(run_claude, gateway.url, tmp_path, "say hi", "--model", model)
+    assert result.returncode == 0, result.stderr + result.stdout
+    output = json.loads(result.stdout)
+    stats = (await in_thread(httpx.get, gateway.url + "/_lunaroute/stats")).json()
+    session = next(s for s in stats["sessions"] if s["session_id"] == output["session_id"])
+    assert session["tokens"]["cache_creation_1h"] > 0
+    assert session["tokens"]["cache_creation_5m"] > 0
+    assert session["estimated_cost_usd"] == pytest.approx(output["total_cost_usd"], rel=1e-6)

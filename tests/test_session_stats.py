@@ -132,6 +132,8 @@ def test_anthropic_session_tokens_and_cost(pricing: PricingTable) -> None:
         "thinking": 50,
         "cache_read": 16384,
         "cache_creation": 1024,
+        "cache_creation_5m": 1024,
+        "cache_creation_1h": 0,
         "total": 2868,
     }
     assert snap["thinking_estimated"] is True
@@ -140,6 +142,23 @@ def test_anthropic_session_tokens_and_cost(pricing: PricingTable) -> None:
     assert snap["models"] == {"claude-sonnet-4-5-20250929": 2}
     assert snap["tools"]["get_weather"]["calls"] == 4
     json.dumps(snap)  # plain data for the API
+
+
+def test_one_hour_cache_writes_are_counted_and_priced_apart(pricing: PricingTable) -> None:
+    """
+    1-hour cache writes show in their own token count, the summary and the
+    cost: 1000 written for 5 minutes and 3000 for an hour on Sonnet 4.5 cost
+    (10*3 + 1000*3.75 + 3000*6) / 1e6.
+    """
+    stats = SessionStatsCollector(100, pricing)
+    usage = Usage(input_tokens=10, cache_creation_tokens=4000, cache_creation_1h_tokens=3000)
+    response = ResponseSummary(dialect="anthropic", model="claude-sonnet-4-5", usage=usage)
+    ex = exchange(response=response)
+    stats.observe(ex)
+    assert ex.cost_usd == pytest.approx((10 * 3 + 1000 * 3.75 + 3000 * 6) / 1e6)
+    tokens = stats.aggregate()["tokens"]
+    assert (tokens["cache_creation"], tokens["cache_creation_5m"], tokens["cache_creation_1h"]) == (4000, 1000, 3000)
+    assert "Cache creation:  4,000 (1,000 for 5 min, 3,000 for 1 h)" in stats.summary_text()
 
 
 def test_openai_reasoning_tokens_are_exact(pricing: PricingTable) -> None:
@@ -496,3 +515,87 @@ def test_summary_text_with_unknown_cost(pricing: PricingTable) -> None:
     text = stats.summary_text()
     assert "unknown (no price for claude-x" in text
     assert "$0.0000 for 0 priced requests" in text
+
+
+# -- bounded memory from hostile values ------------------------------------
+
+
+def _hostile(model: str, tool: str = "Bash", session_id: str = "s1", call_id: str = "toolu_1") -> Exchange:
+    """An Anthropic turn naming C{model} and asking for C{tool} with id C{call_id}."""
+    response = ResponseSummary(
+        dialect="anthropic", model=model, usage=Usage(input_tokens=10, output_tokens=10),
+        tool_calls=[ToolCall(id=call_id, name=tool, input={}, raw_input="{}")],
+    )
+    return exchange(session_id, response=response, model=model)
+
+
+def test_one_megabyte_model_name_gives_a_narrow_summary(pricing: PricingTable) -> None:
+    """
+    A 1 MB model name (and tool name) is cut in the statistics and in the
+    summary, which stays a fixed-width box whose lines are all short (it
+    used to pad every line to the longest value: 2.8 GB for this).
+    """
+    stats = SessionStatsCollector(100, pricing)
+    huge = "claude-sonnet-4-5-" + "x" * 1_000_000
+    stats.observe(_hostile(huge, tool="T" * 1_000_000))
+    stats.observe(exchange(response=captured("anthropic_thinking_tools.sse", "anthropic")))
+    snap = stats.snapshot("s1")
+    assert snap is not None
+    assert max(len(name) for name in snap["models"]) <= 200
+    assert max(len(name) for name in snap["tools"]) <= 200
+    assert snap["estimated_cost_usd"] is not None  # still priced by its family
+    text = stats.summary_text()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) < 200
+    assert len({len(line) for line in lines}) == 1  # still a closed box
+    assert "…" in text
+    assert len(text) < 20_000
+
+
+def test_summary_width_does_not_follow_the_values(pricing: PricingTable) -> None:
+    """The box has the same width for short and long values, and control characters cannot break it."""
+    short = SessionStatsCollector(10, pricing)
+    short.observe(exchange(response=captured("anthropic_thinking_tools.sse", "anthropic")))
+    long = SessionStatsCollector(10, pricing)
+    long.observe(_hostile("m\n" + "y" * 500, tool="tool\x1b[31m" + "z" * 300))
+    widths = {len(line) for text in (short.summary_text(), long.summary_text()) for line in text.splitlines()}
+    assert len(widths) == 1
+    assert "\x1b" not in long.summary_text()
+
+
+def test_many_huge_model_names_keep_the_statistics_small(pricing: PricingTable) -> None:
+    """
+    60 distinct 1 MB model names, tool names and tool call ids in one
+    session keep the collector's JSON (what /_lunaroute/stats serves) small;
+    it used to reach 16.8 MB.
+    """
+    stats = SessionStatsCollector(100, pricing)
+    for n in range(60):
+        filler = chr(ord("a") + n % 26) * 1_000_000
+        stats.observe(_hostile(f"{n}-{filler}", tool=f"{n}-{filler}", call_id=f"{n}-{filler}"))
+    body = json.dumps({"aggregate": stats.aggregate(), "sessions": stats.sessions()})
+    assert len(body) < 100_000
+    session = stats.snapshot("s1")
+    assert session is not None
+    assert len(session["models"]) <= 21  # a per-session bound, the rest folded into "other"
+    assert session["models"]["other"] == 40
+    assert sum(stats.aggregate()["models"].values()) == 60
+
+
+def test_long_tool_call_ids_still_time_their_results() -> None:
+    """A tool call id longer than the kept form still matches its result exactly."""
+    stats = SessionStatsCollector(10, PricingTable([]))
+    long_id = "toolu_" + "q" * 100_000
+    other_id = "toolu_" + "q" * 99_999 + "r"
+    stats.observe(_hostile("m", tool="Read", call_id=long_id))
+    follow_up = {
+        "messages": [
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": other_id, "content": "x"}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": long_id, "content": "x"}]},
+        ]
+    }
+    ex = exchange(request_json=follow_up, timings=timings_at(5.0))
+    stats.observe(ex)
+    timed = {r["tool_call_id"]: r for r in ex.tool_results}
+    assert timed[long_id]["tool_name"] == "Read" and timed[long_id]["duration_ms"] is not None
+    assert timed[other_id]["duration_ms"] is None

@@ -244,6 +244,14 @@ def _summarize(message: dict[str, Any], raws: list[str | None]) -> ResponseSumma
     thinking_text = "".join(thinking)
     raw_usage = as_dict(message.get("usage"))
     output_tokens = as_int(raw_usage.get("output_tokens"))
+    # cache_creation_input_tokens is every write; cache_creation splits it by
+    # lifetime (5-minute and 1-hour writes are billed at different rates).
+    by_ttl = as_dict(raw_usage.get("cache_creation"))
+    one_hour = max(0, as_int(by_ttl.get("ephemeral_1h_input_tokens")))
+    five_minutes = max(0, as_int(by_ttl.get("ephemeral_5m_input_tokens")))
+    creation = as_int(raw_usage.get("cache_creation_input_tokens"), -1)
+    if creation < 0:
+        creation = one_hour + five_minutes
     usage = Usage(
         input_tokens=as_int(raw_usage.get("input_tokens")),
         output_tokens=output_tokens,
@@ -252,7 +260,8 @@ def _summarize(message: dict[str, Any], raws: list[str | None]) -> ResponseSumma
         if output_tokens
         else estimate_tokens(thinking_text),
         cache_read_tokens=as_int(raw_usage.get("cache_read_input_tokens")),
-        cache_creation_tokens=as_int(raw_usage.get("cache_creation_input_tokens")),
+        cache_creation_tokens=creation,
+        cache_creation_1h_tokens=min(one_hour, creation),
         thinking_tokens_exact=False,
     )
     return ResponseSummary(

@@ -41,7 +41,12 @@ class Usage:
 
     * Anthropic: ``input_tokens`` excludes cached prompt tokens, which are
       reported separately as ``cache_read_tokens`` (read from the cache) and
-      ``cache_creation_tokens`` (written to it).  ``output_tokens`` includes
+      ``cache_creation_tokens`` (written to it, all lifetimes together).  Of
+      the writes, ``cache_creation_1h_tokens`` went to the 1-hour cache
+      (``usage.cache_creation.ephemeral_1h_input_tokens``, billed at 2x
+      input) and :attr:`cache_creation_5m_tokens`, the rest, to the 5-minute
+      cache (1.25x input); a response giving only the total wrote 5-minute
+      entries.  ``output_tokens`` includes
       thinking, which the API does not break out, so ``thinking_tokens`` is an
       estimate from the thinking text and ``thinking_tokens_exact`` is False.
     * OpenAI (Chat and Responses): ``input_tokens`` is ``prompt_tokens`` /
@@ -60,11 +65,18 @@ class Usage:
     cache_read_tokens: int = 0
     cache_creation_tokens: int = 0
     thinking_tokens_exact: bool = False
+    cache_creation_1h_tokens: int = 0
 
     @property
     def total(self) -> int:
         """Input plus output tokens (see the class docstring for caveats)."""
         return self.input_tokens + self.output_tokens
+
+    @property
+    def cache_creation_5m_tokens(self) -> int:
+        """5-minute cache writes: every write that is not a 1-hour one."""
+        one_hour = max(0, min(self.cache_creation_1h_tokens, self.cache_creation_tokens))
+        return max(0, self.cache_creation_tokens - one_hour)
 
 
 @dataclass
@@ -99,6 +111,7 @@ class ResponseSummary:
         """Return a plain, ``json.dumps``-able dict of every field."""
         out = dataclasses.asdict(self)
         out["usage"]["total"] = self.usage.total
+        out["usage"]["cache_creation_5m_tokens"] = self.usage.cache_creation_5m_tokens
         return out
 
 

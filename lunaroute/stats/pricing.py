@@ -32,14 +32,21 @@ from lunaroute.logs import log_observer
 
 log = Logger(observer=log_observer)
 
-__all__ = ["ModelPrice", "PricingTable", "PRICE_FIELDS"]
+__all__ = ["ModelPrice", "PriceTier", "PricingTable", "PRICE_FIELDS", "TIER_KEY"]
 
-PRICE_FIELDS = ("input", "output", "cache_write", "cache_read")
+PRICE_FIELDS = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
+# The optional long-context tier of an entry: a mapping with "above" (prompt
+# tokens) and the PRICE_FIELDS that apply once a request's prompt is larger.
+TIER_KEY = "long_context"
+_ENTRY_KEYS = (*PRICE_FIELDS, TIER_KEY)
+_TIER_KEYS = ("above", *PRICE_FIELDS)
 
 # Anthropic's published multipliers, used when an entry leaves a cache price
-# out: a 5-minute cache write costs 1.25x input, a cache hit 0.1x input (also
-# OpenAI's cached-input discount on the GPT-5 family).
+# out: a 5-minute cache write costs 1.25x input, a 1-hour cache write 2x
+# input, a cache hit 0.1x input (also OpenAI's cached-input discount on the
+# GPT-5 family).
 CACHE_WRITE_FACTOR = 1.25
+CACHE_WRITE_1H_FACTOR = 2.0
 CACHE_READ_FACTOR = 0.1
 
 _REGEX_PREFIX = "re:"
@@ -47,10 +54,37 @@ _PER_TOKEN = 1_000_000.0
 
 
 @dataclass(frozen=True)
+class PriceTier:
+    """
+    The rates (USD per million tokens) for requests whose prompt has more
+    than C{above} tokens: Anthropic's long-context pricing, where a request
+    above the threshold pays these rates on all of its tokens.
+    """
+
+    above: int
+    input: float
+    output: float
+    cache_write: float
+    cache_write_1h: float
+    cache_read: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "above": self.above,
+            "input": self.input,
+            "output": self.output,
+            "cache_write": self.cache_write,
+            "cache_write_1h": self.cache_write_1h,
+            "cache_read": self.cache_read,
+        }
+
+
+@dataclass(frozen=True)
 class ModelPrice:
     """
-    USD per million tokens for the models matching C{pattern}, with both
-    cache prices resolved (never C{None}).
+    USD per million tokens for the models matching C{pattern}, with every
+    cache price resolved (never C{None} once built: C{cache_write_1h} left
+    out is 2x input), and an optional long-context tier.
     """
 
     pattern: str
@@ -58,6 +92,19 @@ class ModelPrice:
     output: float
     cache_write: float
     cache_read: float
+    cache_write_1h: float = -1.0  # < 0: not given, 2x input
+    long_context: PriceTier | None = None
+
+    def __post_init__(self) -> None:
+        if self.cache_write_1h < 0:
+            object.__setattr__(self, "cache_write_1h", self.input * CACHE_WRITE_1H_FACTOR)
+
+    def rates_for(self, prompt_tokens: int) -> ModelPrice | PriceTier:
+        """The rates that apply to a request whose prompt has C{prompt_tokens}."""
+        tier = self.long_context
+        if tier is not None and prompt_tokens > tier.above:
+            return tier
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,7 +112,9 @@ class ModelPrice:
             "input": self.input,
             "output": self.output,
             "cache_write": self.cache_write,
+            "cache_write_1h": self.cache_write_1h,
             "cache_read": self.cache_read,
+            TIER_KEY: self.long_context.to_dict() if self.long_context is not None else None,
         }
 
 
@@ -137,46 +186,81 @@ def _number(value: Any, where: str) -> float:
     return number
 
 
-def _price_from(pattern: str, entry: Any, where: str) -> ModelPrice:
+def _fields_of(entry: Any, names: tuple[str, ...], where: str, what: str) -> dict[str, Any]:
     """
-    Build a L{ModelPrice} from a mapping (file or config) or from an object
-    with the four price attributes (L{lunaroute.config.ModelPricing}).
+    The values of C{names} in a mapping (file or config) or in an object with
+    those attributes (L{lunaroute.config.ModelPricing}); absent ones are C{None}.
     """
     if isinstance(entry, Mapping):
-        unknown = sorted(str(k) for k in entry if k not in PRICE_FIELDS)
+        unknown = sorted(str(k) for k in entry if k not in names)
         if unknown:
             raise ConfigError(
-                f"unknown price field {unknown[0]!r} (expected: {', '.join(PRICE_FIELDS)})",
+                f"unknown {what} field {unknown[0]!r} (expected: {', '.join(names)})",
                 key=f"{where}.{unknown[0]}",
             )
-        values = {name: entry.get(name) for name in PRICE_FIELDS}
-    elif all(hasattr(entry, name) for name in PRICE_FIELDS):
-        values = {name: getattr(entry, name) for name in PRICE_FIELDS}
-    else:
-        raise ConfigError(
-            f"must be a mapping with {', '.join(PRICE_FIELDS)}, got {type(entry).__name__}", key=where
-        )
+        return {name: entry.get(name) for name in names}
+    if all(hasattr(entry, name) for name in ("input", "output")):
+        return {name: getattr(entry, name, None) for name in names}
+    raise ConfigError(f"must be a mapping with {', '.join(names)}, got {type(entry).__name__}", key=where)
+
+
+def _rates(values: Mapping[str, Any], where: str, cache_base: tuple[float, float, float, float] | None) -> tuple[
+    float, float, float, float, float
+]:
+    """
+    Input, output, 5-minute write, 1-hour write and read prices from
+    C{values}.  A missing cache price follows the multipliers of input, or,
+    with C{cache_base} (the base entry's input and cache prices, for a tier),
+    the base cache price scaled like input.
+    """
     for required in ("input", "output"):
         if values[required] is None:
             raise ConfigError("required (USD per million tokens)", key=f"{where}.{required}")
     input_price = _number(values["input"], f"{where}.input")
     output_price = _number(values["output"], f"{where}.output")
-    cache_write = values["cache_write"]
-    cache_read = values["cache_read"]
+    if cache_base is not None and cache_base[0] > 0:
+        scale = input_price / cache_base[0]
+        defaults = (cache_base[1] * scale, cache_base[2] * scale, cache_base[3] * scale)
+    else:
+        defaults = (
+            input_price * CACHE_WRITE_FACTOR,
+            input_price * CACHE_WRITE_1H_FACTOR,
+            input_price * CACHE_READ_FACTOR,
+        )
+    cache = [
+        default if values[name] is None else _number(values[name], f"{where}.{name}")
+        for name, default in zip(("cache_write", "cache_write_1h", "cache_read"), defaults, strict=True)
+    ]
+    return input_price, output_price, cache[0], cache[1], cache[2]
+
+
+def _tier_from(entry: Any, base: tuple[float, float, float, float], where: str) -> PriceTier:
+    values = _fields_of(entry, _TIER_KEYS, where, "long_context")
+    above = values["above"]
+    if isinstance(above, bool) or not isinstance(above, int) or above < 0:
+        raise ConfigError(f"must be a whole number of prompt tokens >= 0, got {above!r}", key=f"{where}.above")
+    input_price, output_price, write, write_1h, read = _rates(values, where, base)
+    return PriceTier(above, input_price, output_price, write, write_1h, read)
+
+
+def _price_from(pattern: str, entry: Any, where: str) -> ModelPrice:
+    """
+    Build a L{ModelPrice} from a mapping (file or config) or from an object
+    with the price attributes (L{lunaroute.config.ModelPricing}).
+    """
+    values = _fields_of(entry, _ENTRY_KEYS, where, "price")
+    input_price, output_price, write, write_1h, read = _rates(values, where, None)
+    tier = None
+    if values[TIER_KEY] is not None:
+        tier = _tier_from(values[TIER_KEY], (input_price, write, write_1h, read), f"{where}.{TIER_KEY}")
     return ModelPrice(
         pattern=pattern,
         input=input_price,
         output=output_price,
-        cache_write=(
-            input_price * CACHE_WRITE_FACTOR
-            if cache_write is None
-            else _number(cache_write, f"{where}.cache_write")
-        ),
-        cache_read=(
-            input_price * CACHE_READ_FACTOR
-            if cache_read is None
-            else _number(cache_read, f"{where}.cache_read")
-        ),
+        cache_write=write,
+        cache_read=read,
+        cache_write_1h=write_1h,
+        long_context=tier,
     )
 
 
@@ -203,8 +287,11 @@ class PricingTable:
     be shared by everything that estimates cost.
     """
 
-    # Lookups come from untrusted model names: remember at most this many.
+    # Lookups come from untrusted model names: remember at most this many,
+    # and none longer than any real model name (a 1 MB name is looked up
+    # every time rather than kept).
     _CACHE_LIMIT = 4096
+    _CACHE_NAME_CHARS = 256
 
     def __init__(self, prices: Iterable[ModelPrice] = (), *, source: str = "<table>") -> None:
         self._entries: list[_Entry] = []
@@ -303,6 +390,8 @@ class PricingTable:
         if price is None and "/" in model:
             # Routers and clouds prefix the vendor ("anthropic/claude-...").
             price = self._lookup(model.rsplit("/", 1)[1].strip().lower())
+        if len(model) > self._CACHE_NAME_CHARS:
+            return price
         if len(self._cache) >= self._CACHE_LIMIT:
             self._cache.clear()
         self._cache[model] = price
@@ -325,9 +414,13 @@ class PricingTable:
         no price.  Pure.
 
         Anthropic (C{dialect} C{anthropic}) reports input without the cached
-        tokens, so every count is billed at its own rate.  OpenAI
+        tokens, so every count is billed at its own rate: cache reads,
+        5-minute and 1-hour cache writes each have theirs.  OpenAI
         (C{openai_chat}, C{openai_responses}) includes the cached tokens in
         the input count, so they are taken out and billed at the cached rate.
+        A request whose prompt (cached tokens included) is larger than the
+        entry's C{long_context} threshold pays that tier's rates on all of
+        its tokens.
         """
         price = self.price_for(model)
         if price is None:
@@ -342,13 +435,22 @@ def cost_for_price(usage: Usage, price: ModelPrice, dialect: str) -> float:
     """Apply C{price} to C{usage} (see L{PricingTable.cost_usd})."""
     input_tokens = max(0, int(usage.input_tokens or 0))
     cache_read = max(0, int(usage.cache_read_tokens or 0))
+    creation = max(0, int(usage.cache_creation_tokens or 0))
+    one_hour = min(max(0, int(usage.cache_creation_1h_tokens or 0)), creation)
     if dialect.startswith("openai"):
         # OpenAI's prompt_tokens / input_tokens already contain the cached ones.
+        prompt = max(input_tokens, cache_read)
         input_tokens = max(0, input_tokens - cache_read)
+    else:
+        # Anthropic's long-context threshold counts every prompt token,
+        # cached or not.
+        prompt = input_tokens + cache_read + creation
+    rates = price.rates_for(prompt)
     total = (
-        input_tokens * price.input
-        + max(0, int(usage.output_tokens or 0)) * price.output
-        + cache_read * price.cache_read
-        + max(0, int(usage.cache_creation_tokens or 0)) * price.cache_write
+        input_tokens * rates.input
+        + max(0, int(usage.output_tokens or 0)) * rates.output
+        + cache_read * rates.cache_read
+        + (creation - one_hour) * rates.cache_write
+        + one_hour * rates.cache_write_1h
     )
     return total / _PER_TOKEN

@@ -16,6 +16,7 @@ request carries back (with how long each tool took on the client's side).
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,17 +30,32 @@ from lunaroute.stats.pricing import PricingTable
 
 log = Logger(observer=log_observer)
 
-__all__ = ["SessionStatsCollector", "TOKEN_KINDS"]
+__all__ = ["MAX_LABEL_CHARS", "SessionStatsCollector", "SUMMARY_WIDTH", "TOKEN_KINDS"]
 
-TOKEN_KINDS = ("input", "output", "thinking", "cache_read", "cache_creation")
+TOKEN_KINDS = ("input", "output", "thinking", "cache_read", "cache_creation", "cache_creation_5m", "cache_creation_1h")
 
 # Bounds on per-session bookkeeping fed by client-controlled data, so one
 # pathological session cannot grow without limit.
 _MAX_PENDING_TOOL_CALLS = 512
 _MAX_RESOLVED_TOOL_CALLS = 2048
-_MAX_NAMES = 100  # distinct tool or model names per session; the rest is "other"
+_MAX_NAMES = 100  # distinct tool or model names; the rest is "other"
+_MAX_SESSION_MODELS = 20  # distinct models per session (the aggregate keeps _MAX_NAMES)
 _MAX_UNPRICED_MODELS = 10
 _OTHER = "other"
+
+#: Model and tool names (every label-like value the collector keeps) are cut
+#: to this many characters: a client choosing a 1 MB model name must not make
+#: the statistics, their JSON or the summary grow with it.
+MAX_LABEL_CHARS = 200
+# Tool call ids are matched exactly, so a longer one is kept as a prefix
+# plus a digest of the whole id.
+_MAX_ID_CHARS = 200
+_ELLIPSIS = "…"
+
+#: Characters between the borders of the shutdown summary's box: every line
+#: is this wide, longer values are cut with an ellipsis.
+SUMMARY_WIDTH = 96
+_TOOL_COLUMN = 32
 
 # Responses API input items the model produced (as opposed to results the
 # client sends back, or user/developer messages).
@@ -65,6 +81,7 @@ class _ToolTotals:
 class _Totals:
     """Running sums over a set of exchanges (one session, or all of them)."""
 
+    max_models: int = _MAX_NAMES
     requests: int = 0
     failed_requests: int = 0
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_KINDS, 0))
@@ -93,7 +110,8 @@ class _Totals:
         self.last_request_at = timings.received
         model = _model_of(exchange)
         if model is not None:
-            key = _bounded_key(self.models, model)
+            model = _label(model)
+            key = _bounded_key(self.models, model, self.max_models)
             self.models[key] = self.models.get(key, 0) + 1
 
         response = exchange.response
@@ -104,6 +122,9 @@ class _Totals:
             self.tokens["thinking"] += usage.thinking_tokens
             self.tokens["cache_read"] += usage.cache_read_tokens
             self.tokens["cache_creation"] += usage.cache_creation_tokens
+            five_minutes = usage.cache_creation_5m_tokens
+            self.tokens["cache_creation_5m"] += five_minutes
+            self.tokens["cache_creation_1h"] += usage.cache_creation_tokens - five_minutes
             if usage.thinking_tokens and not usage.thinking_tokens_exact:
                 self.thinking_estimated_tokens += usage.thinking_tokens
             for call in response.tool_calls:
@@ -120,7 +141,7 @@ class _Totals:
             self.ttft_ms += timings.ttft_ms
 
         if exchange.cost_usd is None:
-            name = model or "unknown"
+            name = model or "unknown"  # already cut by _label
             if name not in self.unpriced_models and len(self.unpriced_models) < _MAX_UNPRICED_MODELS:
                 self.unpriced_models.append(name)
         else:
@@ -133,7 +154,7 @@ class _Totals:
         tool.duration_ms += duration_ms
 
     def tool(self, name: str) -> _ToolTotals:
-        key = _bounded_key(self.tools, name)
+        key = _bounded_key(self.tools, _label(name), _MAX_NAMES)
         totals = self.tools.get(key)
         if totals is None:
             totals = self.tools[key] = _ToolTotals()
@@ -176,7 +197,7 @@ class _Totals:
 
 @dataclass
 class _Session:
-    totals: _Totals = field(default_factory=_Totals)
+    totals: _Totals = field(default_factory=lambda: _Totals(max_models=_MAX_SESSION_MODELS))
     # tool call id -> (tool name, when the response asking for it ended)
     pending: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)
     # tool call ids whose result has been seen (clients resend the history).
@@ -188,10 +209,25 @@ def _round(ms: float) -> float:
     return round(ms, 3)
 
 
-def _bounded_key(table: dict[str, Any], name: str) -> str:
-    if name in table or len(table) < _MAX_NAMES:
+def _bounded_key(table: dict[str, Any], name: str, limit: int) -> str:
+    if name in table or len(table) < limit:
         return name
     return _OTHER
+
+
+def _label(value: str) -> str:
+    """C{value} cut to L{MAX_LABEL_CHARS}, ending in an ellipsis when cut."""
+    if len(value) <= MAX_LABEL_CHARS:
+        return value
+    return value[: MAX_LABEL_CHARS - 1] + _ELLIPSIS
+
+
+def _id_key(value: str) -> str:
+    """A tool call id as kept for matching: itself, or a prefix and a digest of a long one."""
+    if len(value) <= _MAX_ID_CHARS:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{value[:64]}{_ELLIPSIS}{digest}"
 
 
 def _model_of(exchange: Exchange) -> str | None:
@@ -300,8 +336,9 @@ class SessionStatsCollector:
         for call in response.tool_calls:
             if not call.id:
                 continue
-            session.pending[call.id] = (call.name or "unknown", asked_at)
-            session.pending.move_to_end(call.id)
+            key = _id_key(call.id)
+            session.pending[key] = (_label(call.name or "unknown"), asked_at)
+            session.pending.move_to_end(key)
             while len(session.pending) > _MAX_PENDING_TOOL_CALLS:
                 session.pending.popitem(last=False)
 
@@ -317,16 +354,19 @@ class SessionStatsCollector:
                 continue
             seen.add(call_id)
             name: str | None = names.get(call_id)
+            if name is not None:
+                name = _label(name)
             duration: float | None = None
             if session is not None:
-                if call_id in session.resolved:
+                key = _id_key(call_id)
+                if key in session.resolved:
                     # Already counted: a retried request resends the same turn.
                     continue
-                asked = session.pending.pop(call_id, None)
+                asked = session.pending.pop(key, None)
                 if asked is not None:
                     name = asked[0]
                     duration = max(0.0, (exchange.timings.received - asked[1]) * 1000.0)
-                session.resolved[call_id] = None
+                session.resolved[key] = None
                 while len(session.resolved) > _MAX_RESOLVED_TOOL_CALLS:
                     session.resolved.popitem(last=False)
             out.append({"tool_call_id": call_id, "tool_name": name, "duration_ms": duration})
@@ -509,12 +549,18 @@ def _usd(value: float) -> str:
     return f"${value:,.4f}" if value >= 0.0001 or value == 0 else f"${value:.6f}"
 
 
+def _ttl_split(tokens: dict[str, int]) -> str:
+    if not tokens["cache_creation_1h"]:
+        return ""
+    return f" ({_int(tokens['cache_creation_5m'])} for 5 min, {_int(tokens['cache_creation_1h'])} for 1 h)"
+
+
 def _describe(data: dict[str, Any]) -> list[str]:
     tokens = data["tokens"]
     failed = f" ({data['failed_requests']} failed)" if data["failed_requests"] else ""
     lines = [f"  Requests:          {_int(data['requests'])}{failed}"]
     if data["models"]:
-        models = ", ".join(f"{name} ({count})" for name, count in sorted(data["models"].items()))
+        models = ", ".join(f"{_fit(name, _TOOL_COLUMN)} ({count})" for name, count in sorted(data["models"].items()))
         lines.append(f"  Models:            {models}")
     estimated = data["thinking_estimated_tokens"]
     if not estimated:
@@ -529,17 +575,17 @@ def _describe(data: dict[str, Any]) -> list[str]:
         f"    Output:          {_int(tokens['output'])}",
         f"    Thinking:        {_int(tokens['thinking'])}{thinking_note}",
         f"    Cache read:      {_int(tokens['cache_read'])}",
-        f"    Cache creation:  {_int(tokens['cache_creation'])}",
+        f"    Cache creation:  {_int(tokens['cache_creation'])}{_ttl_split(tokens)}",
         f"    Total:           {_int(tokens['total'])}",
     ]
     if data["tools"]:
         lines.append(f"  Tool calls:        {_int(data['tool_calls'])}")
-        width = max(len(name) for name in data["tools"])
+        width = min(_TOOL_COLUMN, max(len(name) for name in data["tools"]))
         for name, tool in data["tools"].items():
             average = tool["avg_duration_ms"]
             timing = f", avg {_ms(average)}" if average is not None else ""
             calls = "call" if tool["calls"] == 1 else "calls"
-            lines.append(f"    {name.ljust(width)}  {_int(tool['calls'])} {calls}{timing}")
+            lines.append(f"    {_fit(name, width).ljust(width)}  {_int(tool['calls'])} {calls}{timing}")
     lines.append(f"  Avg response time: {_ms(data['avg_response_ms'])}")
     share = data["proxy_overhead_share"]
     share_text = f" ({share * 100:.2f}% of request time)" if share is not None else ""
@@ -556,13 +602,27 @@ def _describe(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _fit(text: str, width: int) -> str:
+    """C{text} on one line of at most C{width} characters, cut with an ellipsis."""
+    if len(text) > width:
+        text = text[: width - 1] + _ELLIPSIS
+    if not text.isprintable():
+        # A newline or escape code in a model name must not break the box.
+        text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text
+
+
 def _box(title: str, blocks: list[list[str]]) -> str:
-    width = max([len(title)] + [len(line) for block in blocks for line in block]) + 2
+    """
+    A box of fixed width (L{SUMMARY_WIDTH} between the borders), whatever
+    the values: a long one is cut, never makes every line longer.
+    """
+    width = SUMMARY_WIDTH + 2
     rule = "═" * width
-    out = [f"╔{rule}╗", f"║ {title.ljust(width - 1)}║", f"╠{rule}╣"]
+    out = [f"╔{rule}╗", f"║ {_fit(title, SUMMARY_WIDTH).ljust(width - 1)}║", f"╠{rule}╣"]
     for index, block in enumerate(blocks):
         if index:
             out.append(f"╟{'─' * width}╢")
-        out.extend(f"║ {line.ljust(width - 1)}║" for line in block)
+        out.extend(f"║ {_fit(line, SUMMARY_WIDTH).ljust(width - 1)}║" for line in block)
     out.append(f"╚{rule}╝")
     return "\n".join(out)

@@ -644,6 +644,10 @@ class FakeProvider:
         self.next_response: ResponseOverride | None = None
         #: Further overrides, used in order once C{next_response} is spent.
         self.queued_responses: list[ResponseOverride] = []
+        #: Share (0 to 1) of the Anthropic cache writes reported as 1-hour
+        #: writes (C{usage.cache_creation.ephemeral_1h_input_tokens}); the
+        #: rest are 5-minute writes.
+        self.cache_write_1h_share: float = 0.0
         #: C{http://host:port} of the last L{listen}, for building client URLs.
         self.url: str | None = None
         self._ids = _Ids()
@@ -1060,11 +1064,15 @@ class FakeProvider:
 
     def _anthropic_usage(self, answer: _Answer, output_tokens: int) -> dict[str, Any]:
         creation = answer.cache_creation_tokens
+        one_hour = round(creation * min(1.0, max(0.0, self.cache_write_1h_share)))
         return {
             "input_tokens": answer.prompt_tokens - answer.cache_read_tokens - creation,
             "cache_creation_input_tokens": creation,
             "cache_read_input_tokens": answer.cache_read_tokens,
-            "cache_creation": {"ephemeral_5m_input_tokens": creation, "ephemeral_1h_input_tokens": 0},
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": creation - one_hour,
+                "ephemeral_1h_input_tokens": one_hour,
+            },
             "output_tokens": output_tokens,
             "service_tier": "standard",
         }
