@@ -37,6 +37,11 @@ _SECRET_WORDS = frozenset(
 )
 # Whole names that are credentials although no single word says so.
 _SECRET_NAMES = frozenset({"set_cookie", "proxy_authorization", "xapikey"})
+# Names with a credential word that are not credentials (request fields the
+# recordings should keep readable).
+_NOT_SECRET_NAMES = frozenset(
+    {"prompt_cache_key", "idempotency_key", "cache_key", "x_stainless_retry_count"}
+)
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SPLIT = re.compile(r"[-_.\s]+")
@@ -52,7 +57,10 @@ def is_secret_name(name: str) -> bool:
     Cached: the same few dozen names recur in every request.
     """
     words = _SPLIT.split(_CAMEL.sub("_", name).lower())
-    if "_".join(words) in _SECRET_NAMES:
+    joined = "_".join(words)
+    if joined in _NOT_SECRET_NAMES:
+        return False
+    if joined in _SECRET_NAMES:
         return True
     return any(word in _SECRET_WORDS for word in words)
 

@@ -118,11 +118,10 @@ class GatewayService(MultiService):
         """What C{GET /_lunaroute/stats} shows: statistics and recording health."""
         out: dict[str, Any] = {"aggregate": self.stats.aggregate(), "sessions": self.stats.sessions()}
         if self.recorder is not None:
-            loss = getattr(self.recorder, "loss_counts", None)
             out["recording"] = {
                 "queue_depth": self.recorder.queue_depth,
                 "dropped_events": self.recorder.dropped_events,
-                **({"lost_exchanges": loss()} if loss is not None else {}),
+                "lost_exchanges": self.recorder.loss_counts(),
             }
         return out
 

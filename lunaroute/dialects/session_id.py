@@ -29,7 +29,7 @@ SESSION_HEADERS = (
 
 def is_valid_session_id(value: Any) -> bool:
     """Letters, digits, C{-} and C{_}, 1 to 255 of them: safe in a path."""
-    return isinstance(value, str) and bool(_VALID.match(value))
+    return isinstance(value, str) and bool(_VALID.fullmatch(value))
 
 
 def session_id_from_user_id(user_id: Any) -> str | None:

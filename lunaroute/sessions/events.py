@@ -14,20 +14,18 @@ C{completed}.  Credentials are masked here, before any writer sees them.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from lunaroute.config import mask_secret
+from lunaroute.secrets import is_secret_name, mask_value
 from lunaroute.exchange import Exchange
 
 __all__ = [
     "EVENT_SCHEMA_VERSION",
     "EVENT_TYPES",
-    "SECRET_KEYS",
     "exchange_events",
     "finite_json",
     "iso_timestamp",
@@ -49,50 +47,16 @@ EVENT_TYPES = (
     "completed",
 )
 
-# Keys whose values are credentials wherever they appear (headers, bodies,
-# provider options).  Compared lower-case, with '_' and '-' treated alike.
-SECRET_KEYS = frozenset(
-    {
-        "api_key",
-        "apikey",
-        "x_api_key",
-        "authorization",
-        "proxy_authorization",
-        "cookie",
-        "set_cookie",
-        "x_goog_api_key",
-    }
-)
-
-
 # --------------------------------------------------------------------------
-# Secrets
+# Secrets: what is one, and how it is shown, is decided by lunaroute.secrets
+# (the same rules as the request log and the UI).
 
-
-@functools.lru_cache(maxsize=4096)
-def _is_secret_name(key: str) -> bool:
-    # Cached: the same few dozen key names recur in every request body.
-    return key.lower().replace("-", "_") in SECRET_KEYS
+_is_secret_name = is_secret_name
+_mask_value = mask_value
 
 
 def _is_secret_key(key: Any) -> bool:
-    return isinstance(key, str) and _is_secret_name(key)
-
-
-def _mask_value(value: Any) -> Any:
-    """
-    Mask one credential.  Values the proxy already masked (C{sk-a…xyz4},
-    C{***}) are kept as they are, so the recording shows the same hint as the
-    request log; anything else is masked here.
-    """
-    if not isinstance(value, str):
-        return "***" if value is not None else None
-    if "…" in value or value in ("***", "<none>") or value.endswith(" ***"):
-        return value
-    scheme, _, rest = value.partition(" ")
-    if rest and scheme.lower() in ("bearer", "basic"):
-        return f"{scheme} {mask_secret(rest.strip())}"
-    return mask_secret(value)
+    return isinstance(key, str) and is_secret_name(key)
 
 
 _CONTAINERS = (dict, list, tuple)
@@ -419,6 +383,7 @@ def exchange_events(
             success=exchange.success,
             outcome=exchange.outcome,
             error=exchange.error,
+            error_type=exchange.error_type,
             status=exchange.status,
             finish_reason=summary.stop_reason if summary is not None else None,
             model_used=summary.model if summary is not None else None,
@@ -429,6 +394,7 @@ def exchange_events(
                     "thinking": usage.thinking_tokens if usage else 0,
                     "cache_read": usage.cache_read_tokens if usage else 0,
                     "cache_creation": usage.cache_creation_tokens if usage else 0,
+                    "cache_creation_1h": usage.cache_creation_1h_tokens if usage else 0,
                     "total": input_tokens + output_tokens,
                     "thinking_estimated": bool(usage and not usage.thinking_tokens_exact),
                 },

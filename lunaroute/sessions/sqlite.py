@@ -301,6 +301,14 @@ def _bool(value: Any) -> int | None:
     return None if value is None else int(bool(value))
 
 
+def _error_text(event: dict[str, Any]) -> Any:
+    """The error column: the provider's error type, then its message."""
+    error, error_type = event.get("error"), event.get("error_type")
+    if isinstance(error_type, str) and error_type and isinstance(error, str) and error != error_type:
+        return f"{error_type}: {error}"
+    return error if error is not None else error_type
+
+
 def _int(value: Any) -> int:
     try:
         return int(value or 0)
@@ -383,7 +391,7 @@ def _completed_columns(event: Mapping[str, Any]) -> dict[str, Any]:
         "completed_at": _text(event.get("timestamp")),
         "success": _bool(event.get("success")),
         "outcome": _text(event.get("outcome")),
-        "error": _text(event.get("error")),
+        "error": _text(_error_text(event)),
         "duration_ms": _num(stats.get("duration_ms")),
         "estimated_cost_usd": _num(stats.get("estimated_cost_usd")),
         "tool_results_json": _json(stats.get("tool_results") or []),
