@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from lunaroute.secrets import is_secret_name, mask_value
 from lunaroute.exchange import Exchange
+from lunaroute.secrets import is_secret_name, mask_value
 
 __all__ = [
     "EVENT_SCHEMA_VERSION",
