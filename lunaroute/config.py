@@ -1088,6 +1088,9 @@ def setting_lines(settings: Settings) -> list[str]:
     lines.append(
         f"logging: level {settings.logging.level}, "
         f"request logging {_onoff(settings.logging.log_requests)}; "
-        f"metrics {_onoff(settings.metrics.enabled)}; ui {_onoff(settings.ui.enabled)}"
+        f"metrics {_onoff(settings.metrics.enabled)}"
     )
+    if settings.ui.enabled:
+        # Say only what runs: there is no UI listener in this version.
+        lines.append("ui: not available in this version; ui.enabled has no effect")
     return lines

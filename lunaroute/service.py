@@ -10,6 +10,7 @@ recorder, close the connection pools.
 from __future__ import annotations
 
 import ipaddress
+import signal
 from typing import Any
 
 from twisted.application import strports
@@ -59,10 +60,13 @@ class GatewayService(MultiService):
     The whole gateway: the proxy listener and its helpers, stopped in order.
     """
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(self, settings: Settings, reactor: Any, *, second_signal_cuts: bool = False) -> None:
         super().__init__()
         self.settings = settings
         self.reactor = reactor
+        # Under twistd: a second SIGINT/SIGTERM during the graceful stop cuts
+        # the streams still running instead of waiting for them.
+        self._second_signal_cuts = second_signal_cuts
         self.providers = providers_from_settings(settings, reactor=reactor)
         # Services stopped after the proxy has drained, in this order.
         self.drained_services: list[Any] = []
@@ -114,6 +118,12 @@ class GatewayService(MultiService):
         if self.recorder is not None:
             self.add_drained_service(self.recorder)
 
+    def _cut_on_second_signal(self) -> None:
+        try:
+            _install_cut_handlers(self.reactor, self.gateway.cut_all)
+        except ValueError:  # not the main thread: nothing to install
+            pass
+
     def live_stats(self) -> dict[str, Any]:
         """What C{GET /_lunaroute/stats} shows: statistics and recording health."""
         out: dict[str, Any] = {"aggregate": self.stats.aggregate(), "sessions": self.stats.sessions()}
@@ -163,6 +173,8 @@ class GatewayService(MultiService):
     def stopService(self) -> Any:
         self.running = False
         log.info("LunaRoute stopping")
+        if self._second_signal_cuts:
+            self._cut_on_second_signal()
         yield _quietly(self.proxy_listener.stopService(), "stop listening")
         self.gateway.stop_accepting()
         yield _quietly(
@@ -181,6 +193,20 @@ class GatewayService(MultiService):
         # twistd re-raises the stop signal on exit (status -15/143).  A
         # graceful stop that finished its work is a clean exit: status 0.
         clear_exit_signal(self.reactor)
+
+
+def _install_cut_handlers(reactor: Any, cut: Any) -> None:
+    """
+    Make the next SIGINT or SIGTERM cut in-flight streams at once (the
+    recorder still flushes what it accepted), without a traceback.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        log.warn("second stop signal: cutting in-flight requests now")
+        reactor.callFromThread(cut)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
 
 
 def is_loopback(host: str) -> bool:
@@ -220,14 +246,16 @@ def _quietly(d: defer.Deferred[Any], what: str) -> defer.Deferred[Any]:
     return d.addErrback(report)
 
 
-def make_gateway_service(settings: Settings, reactor: Any = None) -> GatewayService:
+def make_gateway_service(
+    settings: Settings, reactor: Any = None, *, second_signal_cuts: bool = False
+) -> GatewayService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     set_log_level(settings.logging.level)
     try:
-        return GatewayService(settings, reactor)
+        return GatewayService(settings, reactor, second_signal_cuts=second_signal_cuts)
     except ConfigError as exc:
         # Raised while loading the pricing table: one line, like other config errors.
         raise SystemExit(f"lunaroute: configuration error: {exc}") from None

@@ -73,7 +73,7 @@ class Options(usage.Options):
 def makeService(options: Options, reactor: Any = None) -> Any:
     from lunaroute.service import make_gateway_service
 
-    return make_gateway_service(options["settings"], reactor=reactor)
+    return make_gateway_service(options["settings"], reactor=reactor, second_signal_cuts=True)
 
 
 def main(argv: list[str] | None = None) -> None:

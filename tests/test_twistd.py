@@ -244,3 +244,53 @@ async def test_zero_config_and_lunaroute_server(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_second_stop_signal_cuts_streams_at_once(fake, tmp_path):
+    """
+    With a long shutdown_timeout_secs, a first SIGTERM waits for the stream in
+    flight; a second one cuts it at once: the client keeps what it got, the
+    body ends unterminated (never an HTML error page), and twistd exits 0
+    without a traceback.
+    """
+    proc, url = _start_twistd(tmp_path, _config(fake.url) + "shutdown_timeout_secs: 120\n")
+    try:
+        await in_thread(_wait_until_listening, url, proc)
+        fake.gate = defer.Deferred()
+        received = bytearray()
+        first = threading.Event()
+        outcome: list[str] = []
+
+        def stream() -> None:
+            body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}]}
+            try:
+                with httpx.stream("POST", url + "/v1/messages", json=body,
+                                  headers={"x-api-key": "k"}, timeout=30) as response:
+                    for chunk in response.iter_raw():
+                        received.extend(chunk)
+                        first.set()
+                outcome.append("complete")
+            except httpx.HTTPError as exc:
+                outcome.append(type(exc).__name__)
+
+        streamed = in_thread(stream)
+        assert await in_thread(first.wait, 10)
+        proc.send_signal(signal.SIGTERM)
+        await in_thread(time.sleep, 0.3)
+        assert proc.poll() is None, "twistd quit with a stream still in flight"
+        proc.send_signal(signal.SIGTERM)
+        code = await in_thread(proc.wait, 15)
+        await streamed
+        output = proc.stdout.read()
+        assert code == 0, output
+        assert "Traceback" not in output
+        assert outcome and outcome[0] != "complete"
+        assert b"event: message_start" in received
+        assert b"<html" not in received.lower()
+        fake.gate.callback(None)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
