@@ -143,9 +143,16 @@ class LoggingSettings:
 
 @dataclass(frozen=True)
 class HttpServerSettings:
-    """Limits of the client-facing HTTP server."""
+    """
+    Limits of the client-facing HTTP server: body size, and the deadlines and
+    per-client connection cap that keep slow or hostile clients from holding
+    every socket.
+    """
 
     max_request_body_bytes: int = 104_857_600
+    header_timeout_secs: float = 10.0
+    idle_timeout_secs: float = 60.0
+    max_connections_per_client: int = 256
 
 
 @dataclass(frozen=True)
@@ -333,7 +340,12 @@ CLI_OVERRIDES: Mapping[str, tuple[str, str]] = types.MappingProxyType(
 _TOP_SCALARS = ("host", "port", "api_dialect", "shutdown_timeout_secs")
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "logging": ("level", "log_requests"),
-    "http_server": ("max_request_body_bytes",),
+    "http_server": (
+        "max_request_body_bytes",
+        "header_timeout_secs",
+        "idle_timeout_secs",
+        "max_connections_per_client",
+    ),
     "bypass": ("enabled", "provider"),
     "session_recording": (
         "enabled",
@@ -803,6 +815,23 @@ def _build_pricing(raw: Any) -> Mapping[str, ModelPricing]:
     return types.MappingProxyType(prices)
 
 
+def _build_http_server(layers: _Layers) -> HttpServerSettings:
+    defaults = HttpServerSettings()
+    checks: dict[str, Callable[[Any], Any]] = {
+        "max_request_body_bytes": _integer(1),
+        "header_timeout_secs": _number(0, exclusive=True),
+        "idle_timeout_secs": _number(0, exclusive=True),
+        # 0 turns the cap off.
+        "max_connections_per_client": _integer(0),
+    }
+    return HttpServerSettings(
+        **{
+            key: layers.get(("http_server", key), getattr(defaults, key), check)
+            for key, check in checks.items()
+        }
+    )
+
+
 def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Settings:
     providers = _build_providers(layers)
 
@@ -826,13 +855,7 @@ def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Setti
             level=layers.get(("logging", "level"), "info", _choice(_LEVELS)),
             log_requests=layers.get(("logging", "log_requests"), False, _bool),
         ),
-        http_server=HttpServerSettings(
-            max_request_body_bytes=layers.get(
-                ("http_server", "max_request_body_bytes"),
-                HttpServerSettings().max_request_body_bytes,
-                _integer(1),
-            )
-        ),
+        http_server=_build_http_server(layers),
         bypass=BypassSettings(
             enabled=layers.get(("bypass", "enabled"), True, _bool), provider=bypass_provider
         ),
