@@ -20,6 +20,7 @@ exit status 1 instead of a traceback.
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from typing import Any
 
@@ -209,6 +210,23 @@ def gateway_site(resource: IResource, http_server: Any, reactor: Any) -> QuietSi
         idle_timeout_secs=http_server.idle_timeout_secs,
         max_connections_per_client=http_server.max_connections_per_client,
     )
+
+
+def cannot_listen(host: str, port: int) -> str | None:
+    """
+    Why a TCP listener on C{host}:C{port} would fail right now (the OS's
+    words), or C{None}.  Binds and closes a socket the way Twisted's TCP port
+    does (C{SO_REUSEADDR}, IPv6 for an address with a colon), so start-up can
+    report a taken port or a foreign address in one line before twistd runs.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except (OSError, UnicodeError, OverflowError) as exc:
+            return cannot_listen_reason(exc)
+    return None
 
 
 def cannot_listen_reason(error: BaseException) -> str:
