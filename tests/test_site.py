@@ -263,3 +263,35 @@ def test_listening_port_fires_once_listening():
     endpoint.result.callback(port)
     assert early.result is port
     assert service.listening_port().result is port
+
+
+# --------------------------------------------------------------------------
+# The settings
+
+
+def test_connection_limit_defaults():
+    """Without configuration: 10 s head deadline, 60 s idle timeout, 256 connections per client."""
+    http_server = settings_from_mapping({}, env={}).http_server
+    assert (
+        http_server.header_timeout_secs,
+        http_server.idle_timeout_secs,
+        http_server.max_connections_per_client,
+    ) == (10.0, 60.0, 256)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"header_timeout_secs": 0}, "http_server.header_timeout_secs: must be greater than 0, got 0"),
+        ({"idle_timeout_secs": "soon"}, "http_server.idle_timeout_secs: expected a number, got 'soon'"),
+        ({"max_connections_per_client": -1}, "http_server.max_connections_per_client: must be at least 0, got -1"),
+        ({"max_connections_per_client": 1.5}, "http_server.max_connections_per_client: expected an integer, got 1.5"),
+    ],
+)
+def test_bad_connection_limits_are_one_line(values, message):
+    """A bad limit is one ConfigError line naming the key."""
+    from lunaroute.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        settings_from_mapping({"http_server": values}, env={})
+    assert str(error.value) == message
