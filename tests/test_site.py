@@ -295,3 +295,24 @@ def test_bad_connection_limits_are_one_line(values, message):
     with pytest.raises(ConfigError) as error:
         settings_from_mapping({"http_server": values}, env={})
     assert str(error.value) == message
+
+
+def test_timeouts_close_quietly_and_abort_a_peer_that_does_not_let_go():
+    """
+    An idle timeout is not an info line per connection (every kept-alive
+    connection ends this way); a peer that does not close is aborted after
+    abortTimeout.
+    """
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        site, clock = _site(header_timeout_secs=10, idle_timeout_secs=60)
+        channel, transport = _connect(site)
+        channel.dataReceived(REQUEST)
+        clock.advance(61)
+        assert transport.disconnecting and not transport.disconnected
+        clock.advance(channel.abortTimeout)
+        assert transport.disconnected
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if "Timing out client" in e.get("log_format", "")]

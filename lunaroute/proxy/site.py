@@ -87,8 +87,13 @@ class GatewayChannel(HTTPChannel):
         self._awaiting_head = True
         super().requestDone(request)
 
+    _abort_call: Any = None
+
     def connectionLost(self, reason: Failure) -> None:
         self._cancel_head_deadline()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         self.site.client_disconnected(self.client_host)
         super().connectionLost(reason)
 
@@ -110,9 +115,19 @@ class GatewayChannel(HTTPChannel):
             secs=self.site.header_timeout_secs,
         )
         self.transport.write(REQUEST_TIMEOUT_RESPONSE)
-        # Twisted's own timeout path: close after the 408 is written, and
-        # abort if the peer does not read it within abortTimeout.
         self.timeoutConnection()
+
+    def timeoutConnection(self) -> None:
+        """
+        Close a timed-out connection (idle, or late head): as Twisted does,
+        close after what is buffered is written and abort if the peer has not
+        let go within C{abortTimeout}; but logged at debug level, since every
+        idle keep-alive connection ends this way.
+        """
+        log.debug("closing a timed-out connection from {client}", client=self.client_host)
+        if self.abortTimeout is not None:
+            self._abort_call = self.callLater(self.abortTimeout, self.transport.abortConnection)
+        self.loseConnection()
 
 
 class QuietSite(Site):
