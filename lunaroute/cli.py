@@ -2,6 +2,7 @@
 C{lunaroute-server}: the console script users of the original LunaRoute know.
 
     lunaroute-server [options]            run in the foreground (= twistd -n lunaroute)
+    lunaroute-server --help | --version
     lunaroute-server env [--host H] [--port P] [--config F]
                                           start in the background, print exports
     lunaroute-server stop                 stop the background gateway
@@ -74,16 +75,9 @@ def _healthy(url: str, timeout: float = 1.0) -> bool:
 
 def _cannot_listen(host: str, port: int) -> str | None:
     """Why the gateway could not listen there (a clearer message than twistd's), or None."""
-    import socket
+    from lunaroute.proxy.site import cannot_listen
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    return None
+    return cannot_listen(host, port)
 
 
 def _read_pid(pidfile: Path) -> int | None:
@@ -197,13 +191,36 @@ def cmd_import_sessions(args: argparse.Namespace) -> None:
     raise SystemExit(run_import(args))
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """
+    List the options of a foreground run (those of C{twistd -n lunaroute},
+    read from L{lunaroute.tap.Options}) in the help; twistd parses them.
+    """
+    from lunaroute.tap import Options
+
+    run = parser.add_argument_group(
+        "run options (lunaroute-server [options]: run in the foreground, as 'twistd -n lunaroute')"
+    )
+    for long, short, _default, doc in Options.optParameters:
+        names = [f"--{long}"] + ([f"-{short}"] if short else [])
+        run.add_argument(*names, metavar=long.upper().replace("-", "_"), help=doc)
+    for long, short, doc in Options.optFlags:
+        names = [f"--{long}"] + ([f"-{short}"] if short else [])
+        run.add_argument(*names, action="store_true", help=doc)
+    run.add_argument("--version", action="store_true", help="print LunaRoute's version and exit")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lunaroute-server",
-        description="LLM API gateway. With no command, runs in the foreground "
-        "(options as for 'twistd -n lunaroute'; see --help there).",
+        usage="lunaroute-server [run options]\n"
+        "       lunaroute-server {env,stop,import-sessions} [options]",
+        description="LLM API gateway for Claude Code, Codex CLI and the Anthropic/OpenAI SDKs. "
+        "With no command it runs in the foreground; a command manages a background "
+        "gateway or the session store ('lunaroute-server COMMAND --help' for its options).",
     )
-    sub = parser.add_subparsers(dest="command")
+    _add_run_options(parser)
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="{env,stop,import-sessions}")
 
     env = sub.add_parser("env", help="start in the background and print export lines for eval")
     env.add_argument("--host", help="interface to listen on (default from config, 127.0.0.1)")
@@ -241,9 +258,18 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args_list = list(sys.argv[1:] if argv is None else argv)
     commands = {"env", "stop", "import-sessions"}
-    if args_list and args_list[0] in commands or args_list[:1] in (["-h"], ["--help"]):
+    if args_list and args_list[0] in commands:
         args = _parser().parse_args(args_list)
         args.func(args)
+        return
+    run_args = args_list[: args_list.index("--")] if "--" in args_list else args_list
+    if "-h" in run_args or "--help" in run_args:
+        _parser().print_help()
+        return
+    if "--version" in run_args:
+        from lunaroute.tap import lunaroute_version
+
+        print(f"lunaroute {lunaroute_version()}")
         return
     from lunaroute.tap import main as run_server
 

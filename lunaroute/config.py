@@ -129,7 +129,9 @@ class LoggingSettings:
 @dataclass(frozen=True)
 class HttpServerSettings:
     """
-    Limits and access rules of the client-facing HTTP server.
+    Limits and access rules of the client-facing HTTP server: body size,
+    the deadlines and per-client connection cap that keep slow or hostile
+    clients from holding every socket, and who may call it.
 
     C{cors_allowed_origins}: browser origins allowed to call the gateway
     (requests carrying any other C{Origin} are refused with 403, so a web page
@@ -140,6 +142,9 @@ class HttpServerSettings:
     """
 
     max_request_body_bytes: int = 104_857_600
+    header_timeout_secs: float = 10.0
+    idle_timeout_secs: float = 60.0
+    max_connections_per_client: int = 256
     cors_allowed_origins: tuple[str, ...] = ()
     auth_token: str | None = field(default=None, repr=False)
     require_auth_for_proxy: bool = False
@@ -338,6 +343,9 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "logging": ("level", "log_requests"),
     "http_server": (
         "max_request_body_bytes",
+        "header_timeout_secs",
+        "idle_timeout_secs",
+        "max_connections_per_client",
         "cors_allowed_origins",
         "auth_token",
         "require_auth_for_proxy",
@@ -840,6 +848,26 @@ def _build_pricing(raw: Any) -> Mapping[str, ModelPricing]:
     return types.MappingProxyType(prices)
 
 
+def _build_http_server(layers: _Layers) -> HttpServerSettings:
+    defaults = HttpServerSettings()
+    checks: dict[str, Callable[[Any], Any]] = {
+        "max_request_body_bytes": _integer(1),
+        "header_timeout_secs": _number(0, exclusive=True),
+        "idle_timeout_secs": _number(0, exclusive=True),
+        # 0 turns the cap off.
+        "max_connections_per_client": _integer(0),
+        "cors_allowed_origins": _origins,
+        "auth_token": _optional_text,
+        "require_auth_for_proxy": _bool,
+    }
+    return HttpServerSettings(
+        **{
+            key: layers.get(("http_server", key), getattr(defaults, key), check)
+            for key, check in checks.items()
+        }
+    )
+
+
 def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Settings:
     providers = _build_providers(layers)
 
@@ -863,20 +891,7 @@ def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Setti
             level=layers.get(("logging", "level"), "info", _choice(_LEVELS)),
             log_requests=layers.get(("logging", "log_requests"), False, _bool),
         ),
-        http_server=HttpServerSettings(
-            max_request_body_bytes=layers.get(
-                ("http_server", "max_request_body_bytes"),
-                HttpServerSettings().max_request_body_bytes,
-                _integer(1),
-            ),
-            cors_allowed_origins=layers.get(
-                ("http_server", "cors_allowed_origins"), (), _origins
-            ),
-            auth_token=layers.get(("http_server", "auth_token"), None, _optional_text),
-            require_auth_for_proxy=layers.get(
-                ("http_server", "require_auth_for_proxy"), False, _bool
-            ),
-        ),
+        http_server=_build_http_server(layers),
         bypass=BypassSettings(
             enabled=layers.get(("bypass", "enabled"), True, _bool), provider=bypass_provider
         ),

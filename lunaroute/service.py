@@ -13,11 +13,10 @@ import ipaddress
 import signal
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from lunaroute.config import Settings, setting_lines
 from lunaroute.errors import ConfigError
@@ -28,26 +27,12 @@ from lunaroute.providers.health import ReadinessChecker
 from lunaroute.proxy.access import AccessPolicy, GuardedResource
 from lunaroute.proxy.app import GatewayApp
 from lunaroute.proxy.reqlog import RequestLogPrinter
-from lunaroute.proxy.request import DEFAULT_MAX_BODY, GatewayRequest
+from lunaroute.proxy.site import ListenerService, gateway_site
 from lunaroute.sessions.recorder import make_recorder
 from lunaroute.stats import PricingTable, SessionStatsCollector
 from lunaroute.twisted_compat import clear_exit_signal
 
 log = Logger(observer=log_observer)
-
-
-class QuietSite(Site):
-    """
-    A Site without per-request access logging: the request log is ours, and
-    an access line per streamed request is noise on the hot path.
-    """
-
-    noisy = False
-    requestFactory = GatewayRequest
-    max_request_body_bytes = DEFAULT_MAX_BODY
-
-    def log(self, request: Any) -> None:
-        pass
 
 
 def endpoint_description(host: str, port: int) -> str:
@@ -105,13 +90,12 @@ class GatewayService(MultiService):
             request_log=request_log,
         )
         resource = GuardedResource(self.gateway.resource(), AccessPolicy(settings.http_server))
-        # Bodies are forwarded as bytes: Twisted's form decoding of POSTs
-        # (content-type parsing on every request, multipart splitting of
-        # uploads) would be wasted work.
-        self.site = QuietSite(resource, reactor=reactor, parsePOSTFormSubmission=False)
-        self.site.max_request_body_bytes = settings.http_server.max_request_body_bytes
-        self.proxy_listener = strports.service(
-            endpoint_description(settings.host, settings.port), self.site, reactor=reactor
+        self.site = gateway_site(resource, settings.http_server, reactor)
+        self.proxy_listener = ListenerService(
+            serverFromString(reactor, endpoint_description(settings.host, settings.port)),
+            self.site,
+            f"{settings.host}:{settings.port}",
+            reactor,
         )
         self.proxy_listener.setName("proxy")
         self.proxy_listener.setServiceParent(self)
@@ -140,16 +124,7 @@ class GatewayService(MultiService):
         A Deferred firing with the proxy's L{IListeningPort} once it listens
         (useful with port 0).
         """
-        # strports' service keeps the listen result here; there is no public
-        # accessor in Twisted for it.
-        result: defer.Deferred[Any] = defer.Deferred()
-
-        def forward(port: Any) -> Any:
-            result.callback(port)
-            return port
-
-        self.proxy_listener._waitingForPort.addCallback(forward)
-        return result
+        return self.proxy_listener.listening_port()
 
     def add_drained_service(self, service: Any) -> None:
         """Attach a child that must stop only after in-flight requests end."""
