@@ -2,19 +2,54 @@
 The record of one request/response exchange, as the proxy hands it to the
 recorder, statistics and metrics in a single call once the stream has ended.
 
-Plain data, no I/O: everything downstream of the relay works on this.
+Plain data, no I/O: everything downstream of the relay works on this.  The
+lifecycle fills an L{Exchange} in as the request goes, enriches it once
+(L{Enrichment}: cost and tool results) and seals it (L{Exchange.complete});
+from then on it is a finished record that no sink can change, so the
+recorder can read it on its own thread while metrics read it on the reactor.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Any
+
+
+class _Sealable:
+    """Attribute assignment raises once L{seal} was called."""
+
+    _sealed = False
+
+    def seal(self) -> None:
+        object.__setattr__(self, "_sealed", True)
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealed
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._sealed:
+            raise FrozenInstanceError(f"cannot set {name!r}: the exchange record is finished")
+        object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True)
+class Enrichment:
+    """
+    What the enrich step adds to an exchange: the estimated cost in USD
+    (C{None} when the model has no price) and the tool results the request
+    carries back, each C{{"tool_call_id", "tool_name", "duration_ms"}}
+    (duration C{None} if unknown).
+    """
+
+    cost_usd: float | None = None
+    tool_results: tuple[dict[str, Any], ...] = ()
 
 from lunaroute.dialects.model import ResponseSummary
 
 
 @dataclass
-class Timings:
+class Timings(_Sealable):
     """
     Reactor timestamps (seconds) of one exchange's milestones; C{None} for a
     milestone that was never reached.
@@ -77,7 +112,7 @@ class Timings:
 
 
 @dataclass
-class Exchange:
+class Exchange(_Sealable):
     """
     Everything the gateway learnt about one request.
 
@@ -117,12 +152,20 @@ class Exchange:
     bytes_out: int = 0
     chunk_count: int = 0
     chunk_gaps_ms: list[float] = field(default_factory=list)
-    # Filled in by the statistics observer, which runs before the recorder:
-    # the estimated cost in USD (None when the model has no price), and the
-    # tool results this request carries back, each
-    # {"tool_call_id", "tool_name", "duration_ms"} (duration None if unknown).
+    # Set by the enrich step (see Enrichment) just before sealing.
     cost_usd: float | None = None
     tool_results: list[dict[str, Any]] = field(default_factory=list)
+
+    def complete(self, enrichment: Enrichment | None = None) -> None:
+        """
+        Take the enrich step's results and seal the record (and its
+        timings): sinks get an exchange nothing can change any more.
+        """
+        if enrichment is not None:
+            self.cost_usd = enrichment.cost_usd
+            self.tool_results = [dict(result) for result in enrichment.tool_results]
+        self.timings.seal()
+        self.seal()
 
     @property
     def is_conversation(self) -> bool:

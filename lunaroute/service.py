@@ -56,9 +56,10 @@ class GatewayService(MultiService):
         # Services stopped after the proxy has drained, in this order.
         self.drained_services: list[Any] = []
 
-        # The sinks, built first so the gateway receives them whole.  They
-        # run in this order: statistics first (it fills in the exchange's
-        # cost and tool results), then the recorder, then metrics.
+        # The sinks, built first so the gateway receives them whole.  The
+        # statistics collector also provides the enrich step (cost, tool
+        # results), which runs before the record is sealed; the sinks then
+        # only read it.
         statistics = settings.statistics
         self.pricing = PricingTable.load(statistics.pricing_file, statistics.pricing)
         self.stats = SessionStatsCollector(statistics.session_stats_max_sessions, self.pricing)
@@ -83,6 +84,7 @@ class GatewayService(MultiService):
             self.providers,
             clock=reactor,
             sinks=sinks,
+            enricher=self.stats.enrich,
             start_observers=[self.metrics.request_started] if self.metrics is not None else [],
             metrics_renderer=self.metrics.render if self.metrics is not None else None,
             live_stats=self.live_stats,

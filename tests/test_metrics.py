@@ -112,6 +112,7 @@ def test_request_token_cost_and_tool_counters(metrics: GatewayMetrics) -> None:
     stats = SessionStatsCollector(10, PricingTable.load())
     ex = exchange(response=captured("anthropic_thinking_tools.sse", "anthropic"))
     metrics.request_started(ex)
+    ex.complete(stats.enrich(ex))
     stats.observe(ex)
     metrics.observe(ex)
     f = scrape(metrics)
@@ -148,6 +149,7 @@ def test_openai_counters_and_unpriced_models(metrics: GatewayMetrics) -> None:
                             dialect="openai_responses", model="house-model",
                             usage=captured("openai_chat_tools.sse", "openai_chat").usage))
     for ex in (chat, responses, unpriced):
+        ex.complete(stats.enrich(ex))
         stats.observe(ex)
         metrics.observe(ex)
     f = scrape(metrics)

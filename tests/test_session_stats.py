@@ -54,6 +54,12 @@ def timings_at(start: float, pre: float = 0.002, provider: float = 1.0, post: fl
     )
 
 
+def observe(collector: SessionStatsCollector, ex: Exchange) -> None:
+    """The lifecycle's last steps: enrich, seal the record, hand it to the sink."""
+    ex.complete(collector.enrich(ex))
+    collector.observe(ex)
+
+
 def exchange(
     session_id: str = "s1",
     *,
@@ -121,7 +127,7 @@ def test_anthropic_session_tokens_and_cost(pricing: PricingTable) -> None:
     stats = SessionStatsCollector(100, pricing)
     for start in (0.0, 10.0):
         ex = exchange(response=captured("anthropic_thinking_tools.sse", "anthropic"), timings=timings_at(start))
-        stats.observe(ex)
+        observe(stats, ex)
         assert ex.cost_usd == pytest.approx(ANTHROPIC_COST)
     snap = stats.snapshot("s1")
     assert snap is not None
@@ -154,7 +160,7 @@ def test_one_hour_cache_writes_are_counted_and_priced_apart(pricing: PricingTabl
     usage = Usage(input_tokens=10, cache_creation_tokens=4000, cache_creation_1h_tokens=3000)
     response = ResponseSummary(dialect="anthropic", model="claude-sonnet-4-5", usage=usage)
     ex = exchange(response=response)
-    stats.observe(ex)
+    observe(stats, ex)
     assert ex.cost_usd == pytest.approx((10 * 3 + 1000 * 3.75 + 3000 * 6) / 1e6)
     tokens = stats.aggregate()["tokens"]
     assert (tokens["cache_creation"], tokens["cache_creation_5m"], tokens["cache_creation_1h"]) == (4000, 1000, 3000)
@@ -172,7 +178,7 @@ def test_openai_reasoning_tokens_are_exact(pricing: PricingTable) -> None:
         response=captured("openai_responses_tools.sse", "openai_responses"),
         request_json={"model": "gpt-5", "input": "hi"},
     )
-    stats.observe(ex)
+    observe(stats, ex)
     snap = stats.snapshot("s1")
     assert snap is not None
     assert snap["tokens"]["thinking"] == 192
@@ -188,10 +194,10 @@ def test_unknown_price_makes_session_cost_unknown(pricing: PricingTable) -> None
     count of priced requests are still reported.
     """
     stats = SessionStatsCollector(100, pricing)
-    stats.observe(exchange(response=captured("anthropic_thinking_tools.sse", "anthropic")))
+    observe(stats, exchange(response=captured("anthropic_thinking_tools.sse", "anthropic")))
     mystery = ResponseSummary(dialect="anthropic", model="claude-mystery-9", usage=Usage(100, 50))
     ex = exchange(response=mystery)
-    stats.observe(ex)
+    observe(stats, ex)
     assert ex.cost_usd is None
     snap = stats.snapshot("s1")
     assert snap is not None
@@ -213,8 +219,8 @@ def test_failed_request_without_usage_costs_nothing(pricing: PricingTable) -> No
         response=ResponseSummary(dialect="anthropic", model=None), model="no-such-model", status=404,
         outcome="upstream_error",
     )
-    stats.observe(unreachable)
-    stats.observe(rejected)
+    observe(stats, unreachable)
+    observe(stats, rejected)
     assert unreachable.cost_usd == 0.0 and rejected.cost_usd == 0.0
     snap = stats.snapshot("s1")
     assert snap is not None
@@ -227,7 +233,7 @@ def test_non_conversation_exchanges_are_ignored(pricing: PricingTable) -> None:
     stats = SessionStatsCollector(100, pricing)
     for kind in ("count_tokens", "models", "bypass"):
         ex = exchange(kind=kind, response=captured("anthropic_thinking_tools.sse", "anthropic"))
-        stats.observe(ex)
+        observe(stats, ex)
         assert ex.cost_usd is None
     assert stats.sessions() == []
     assert stats.aggregate()["requests"] == 0
@@ -240,8 +246,8 @@ def test_timing_totals_and_overhead_share(pricing: PricingTable) -> None:
     a share of the request time, next to the provider's latency.
     """
     stats = SessionStatsCollector(100, pricing)
-    stats.observe(exchange(timings=timings_at(0.0, pre=0.002, provider=1.0, post=0.003)))
-    stats.observe(exchange(timings=timings_at(5.0, pre=0.004, provider=3.0, post=0.001)))
+    observe(stats, exchange(timings=timings_at(0.0, pre=0.002, provider=1.0, post=0.003)))
+    observe(stats, exchange(timings=timings_at(5.0, pre=0.004, provider=3.0, post=0.001)))
     snap = stats.snapshot("s1")
     assert snap is not None
     assert snap["avg_response_ms"] == pytest.approx((1005 + 3005) / 2)
@@ -271,7 +277,7 @@ def test_tool_duration_from_response_to_result() -> None:
     asking.last_byte = clock.seconds()
     asking.finished = clock.seconds()
     first = exchange(response=captured("anthropic_thinking_tools.sse", "anthropic"), timings=asking)
-    stats.observe(first)
+    observe(stats, first)
     assert first.tool_results == []
 
     clock.advance(2.5)  # the client runs both tools
@@ -279,7 +285,7 @@ def test_tool_duration_from_response_to_result() -> None:
         request_json=anthropic_tool_result_request("toolu_01A09q90qw90lq917835lq9", "toolu_01B7aXgQkxB3nR8M2pZ4c6Yv"),
         timings=Timings(received=clock.seconds()),
     )
-    stats.observe(answer)
+    observe(stats, answer)
     assert answer.tool_results == [
         {"tool_call_id": "toolu_01A09q90qw90lq917835lq9", "tool_name": "get_weather", "duration_ms": 2500.0},
         {"tool_call_id": "toolu_01B7aXgQkxB3nR8M2pZ4c6Yv", "tool_name": "get_weather", "duration_ms": 2500.0},
@@ -299,20 +305,20 @@ def test_resent_history_is_not_counted_twice() -> None:
     clock = Clock()
     stats = SessionStatsCollector(100, PricingTable.load())
     timings = Timings(received=0.0, upstream_sent=0.0, last_byte=1.0, finished=1.0)
-    stats.observe(exchange(response=captured("anthropic_thinking_tools.sse", "anthropic"), timings=timings))
+    observe(stats, exchange(response=captured("anthropic_thinking_tools.sse", "anthropic"), timings=timings))
     clock.advance(4)
     body = anthropic_tool_result_request("toolu_01A09q90qw90lq917835lq9")
     first = exchange(request_json=body, timings=Timings(received=clock.seconds()))
     retry = exchange(request_json=body, timings=Timings(received=clock.seconds() + 1))
-    stats.observe(first)
-    stats.observe(retry)
+    observe(stats, first)
+    observe(stats, retry)
     later_body = json.loads(json.dumps(body))
     later_body["messages"] += [
         {"role": "assistant", "content": [{"type": "text", "text": "Sunny in Tokyo."}]},
         {"role": "user", "content": "Thanks!"},
     ]
     later = exchange(request_json=later_body, timings=Timings(received=clock.seconds() + 2))
-    stats.observe(later)
+    observe(stats, later)
     assert [r["duration_ms"] for r in first.tool_results] == [3000.0]
     assert retry.tool_results == [] and later.tool_results == []
     snap = stats.snapshot("s1")
@@ -326,7 +332,7 @@ def test_openai_chat_tool_results() -> None:
     stats = SessionStatsCollector(100, PricingTable.load())
     response = captured("openai_chat_tools.sse", "openai_chat")
     asked = Timings(received=0.0, upstream_sent=0.0, last_byte=2.0, finished=2.0)
-    stats.observe(exchange(dialect="openai_chat", response=response, timings=asked))
+    observe(stats, exchange(dialect="openai_chat", response=response, timings=asked))
     clock.advance(2.75)
     body = {
         "model": "gpt-4.1",
@@ -343,7 +349,7 @@ def test_openai_chat_tool_results() -> None:
         ],
     }
     answer = exchange(dialect="openai_chat", request_json=body, timings=Timings(received=clock.seconds()))
-    stats.observe(answer)
+    observe(stats, answer)
     assert answer.tool_results == [
         {"tool_call_id": "call_Xk2sL9vQp3mN7rT1yB4wZ8cD", "tool_name": "get_weather", "duration_ms": 750.0}
     ]
@@ -370,11 +376,11 @@ def test_responses_function_call_output_from_codex() -> None:
     clock.advance(50)
     asked = Timings(received=clock.seconds() - 3, upstream_sent=clock.seconds() - 3, last_byte=clock.seconds())
     asked.finished = clock.seconds()
-    stats.observe(exchange("codex", dialect="openai_responses", response=previous, timings=asked))
+    observe(stats, exchange("codex", dialect="openai_responses", response=previous, timings=asked))
     clock.advance(0.25)
     answer = exchange("codex", dialect="openai_responses", request_json=body,
                       timings=Timings(received=clock.seconds()))
-    stats.observe(answer)
+    observe(stats, answer)
     assert answer.tool_results == [
         {"tool_call_id": "call_2c080e03cdb44346aef5", "tool_name": "exec_command", "duration_ms": 250.0}
     ]
@@ -389,7 +395,7 @@ def test_result_for_unseen_call_is_reported_without_duration() -> None:
     stats = SessionStatsCollector(100, PricingTable.load())
     body = json.loads((CLIENTS / "claude_code_messages_tool_result_request.json").read_text())
     answer = exchange(request_json=body)
-    stats.observe(answer)
+    observe(stats, answer)
     assert answer.tool_results == [
         {"tool_call_id": "toolu_7b822992361b4217a664682a", "tool_name": "Read", "duration_ms": None}
     ]
@@ -402,10 +408,10 @@ def test_tool_calls_are_per_session() -> None:
     """A result in another session does not match this session's call."""
     stats = SessionStatsCollector(100, PricingTable.load())
     asked = Timings(received=0.0, upstream_sent=0.0, last_byte=1.0, finished=1.0)
-    stats.observe(exchange("a", response=captured("anthropic_thinking_tools.sse", "anthropic"), timings=asked))
+    observe(stats, exchange("a", response=captured("anthropic_thinking_tools.sse", "anthropic"), timings=asked))
     other = exchange("b", request_json=anthropic_tool_result_request("toolu_01A09q90qw90lq917835lq9"),
                      timings=Timings(received=3.0))
-    stats.observe(other)
+    observe(stats, other)
     assert other.tool_results[0]["duration_ms"] is None
     assert stats.snapshot("a")["pending_tool_calls"] == 2  # type: ignore[index]
 
@@ -420,7 +426,7 @@ def test_lru_keeps_the_most_recently_active_sessions(pricing: PricingTable) -> N
     """
     stats = SessionStatsCollector(3, pricing)
     for n, session in enumerate(["a", "b", "c", "a", "d", "e"]):
-        stats.observe(exchange(session, timings=timings_at(float(n))))
+        observe(stats, exchange(session, timings=timings_at(float(n))))
     assert stats.session_ids() == ["e", "d", "a"]
     assert stats.snapshot("b") is None and stats.snapshot("c") is None
     assert stats.snapshot("a")["requests"] == 2  # type: ignore[index]
@@ -435,7 +441,7 @@ def test_lru_bound_holds_under_many_sessions(pricing: PricingTable) -> None:
     """Ten thousand one-request sessions never keep more than the bound."""
     stats = SessionStatsCollector(100, pricing)
     for n in range(10_000):
-        stats.observe(exchange(f"session-{n}"))
+        observe(stats, exchange(f"session-{n}"))
     assert len(stats.sessions()) == 100
     assert stats.session_ids()[0] == "session-9999"
     assert stats.aggregate()["requests"] == 10_000
@@ -445,7 +451,7 @@ def test_zero_sessions_keeps_only_the_aggregate(pricing: PricingTable) -> None:
     """With session_stats_max_sessions 0 no session is kept, the total is."""
     stats = SessionStatsCollector(0, pricing)
     ex = exchange(response=captured("anthropic_thinking_tools.sse", "anthropic"))
-    stats.observe(ex)
+    observe(stats, ex)
     assert stats.sessions() == []
     assert ex.cost_usd == pytest.approx(ANTHROPIC_COST)
     assert stats.aggregate()["requests"] == 1
@@ -472,9 +478,9 @@ def test_observe_never_raises(pricing: PricingTable) -> None:
         {"input": [{"type": "function_call_output", "call_id": None}]},
     ]
     for body in weird_bodies:
-        stats.observe(exchange(request_json=body, response=captured("anthropic_thinking_tools.sse", "anthropic")))
+        observe(stats, exchange(request_json=body, response=captured("anthropic_thinking_tools.sse", "anthropic")))
     broken = SessionStatsCollector(10, BrokenPricing())  # type: ignore[arg-type]
-    broken.observe(exchange(response=captured("anthropic_thinking_tools.sse", "anthropic")))
+    observe(broken, exchange(response=captured("anthropic_thinking_tools.sse", "anthropic")))
     stats.observe(None)  # type: ignore[arg-type]
 
 
@@ -486,11 +492,11 @@ def test_summary_text(pricing: PricingTable) -> None:
     """
     stats = SessionStatsCollector(100, pricing)
     asked = Timings(received=0.0, upstream_sent=0.002, first_byte=0.5, last_byte=1.0, finished=1.001)
-    stats.observe(exchange("claude-1", response=captured("anthropic_thinking_tools.sse", "anthropic"),
+    observe(stats, exchange("claude-1", response=captured("anthropic_thinking_tools.sse", "anthropic"),
                            timings=asked))
-    stats.observe(exchange("claude-1", request_json=anthropic_tool_result_request(
+    observe(stats, exchange("claude-1", request_json=anthropic_tool_result_request(
         "toolu_01A09q90qw90lq917835lq9", "toolu_01B7aXgQkxB3nR8M2pZ4c6Yv"), timings=timings_at(3.0)))
-    stats.observe(exchange("codex-1", dialect="openai_responses",
+    observe(stats, exchange("codex-1", dialect="openai_responses",
                            response=captured("openai_responses_tools.sse", "openai_responses"),
                            request_json={"input": "hi"}))
     text = stats.summary_text()
@@ -511,7 +517,7 @@ def test_summary_text(pricing: PricingTable) -> None:
 def test_summary_text_with_unknown_cost(pricing: PricingTable) -> None:
     """An unpriced model shows as unknown cost with the model named, never $0."""
     stats = SessionStatsCollector(100, pricing)
-    stats.observe(exchange(response=ResponseSummary(dialect="anthropic", model="claude-x", usage=Usage(10, 10))))
+    observe(stats, exchange(response=ResponseSummary(dialect="anthropic", model="claude-x", usage=Usage(10, 10))))
     text = stats.summary_text()
     assert "unknown (no price for claude-x" in text
     assert "$0.0000 for 0 priced requests" in text
@@ -537,8 +543,8 @@ def test_one_megabyte_model_name_gives_a_narrow_summary(pricing: PricingTable) -
     """
     stats = SessionStatsCollector(100, pricing)
     huge = "claude-sonnet-4-5-" + "x" * 1_000_000
-    stats.observe(_hostile(huge, tool="T" * 1_000_000))
-    stats.observe(exchange(response=captured("anthropic_thinking_tools.sse", "anthropic")))
+    observe(stats, _hostile(huge, tool="T" * 1_000_000))
+    observe(stats, exchange(response=captured("anthropic_thinking_tools.sse", "anthropic")))
     snap = stats.snapshot("s1")
     assert snap is not None
     assert max(len(name) for name in snap["models"]) <= 200
@@ -555,9 +561,9 @@ def test_one_megabyte_model_name_gives_a_narrow_summary(pricing: PricingTable) -
 def test_summary_width_does_not_follow_the_values(pricing: PricingTable) -> None:
     """The box has the same width for short and long values, and control characters cannot break it."""
     short = SessionStatsCollector(10, pricing)
-    short.observe(exchange(response=captured("anthropic_thinking_tools.sse", "anthropic")))
+    observe(short, exchange(response=captured("anthropic_thinking_tools.sse", "anthropic")))
     long = SessionStatsCollector(10, pricing)
-    long.observe(_hostile("m\n" + "y" * 500, tool="tool\x1b[31m" + "z" * 300))
+    observe(long, _hostile("m\n" + "y" * 500, tool="tool\x1b[31m" + "z" * 300))
     widths = {len(line) for text in (short.summary_text(), long.summary_text()) for line in text.splitlines()}
     assert len(widths) == 1
     assert "\x1b" not in long.summary_text()
@@ -572,7 +578,7 @@ def test_many_huge_model_names_keep_the_statistics_small(pricing: PricingTable) 
     stats = SessionStatsCollector(100, pricing)
     for n in range(60):
         filler = chr(ord("a") + n % 26) * 1_000_000
-        stats.observe(_hostile(f"{n}-{filler}", tool=f"{n}-{filler}", call_id=f"{n}-{filler}"))
+        observe(stats, _hostile(f"{n}-{filler}", tool=f"{n}-{filler}", call_id=f"{n}-{filler}"))
     body = json.dumps({"aggregate": stats.aggregate(), "sessions": stats.sessions()})
     assert len(body) < 100_000
     session = stats.snapshot("s1")
@@ -587,7 +593,7 @@ def test_long_tool_call_ids_still_time_their_results() -> None:
     stats = SessionStatsCollector(10, PricingTable([]))
     long_id = "toolu_" + "q" * 100_000
     other_id = "toolu_" + "q" * 99_999 + "r"
-    stats.observe(_hostile("m", tool="Read", call_id=long_id))
+    observe(stats, _hostile("m", tool="Read", call_id=long_id))
     follow_up = {
         "messages": [
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": other_id, "content": "x"}]},
@@ -595,7 +601,34 @@ def test_long_tool_call_ids_still_time_their_results() -> None:
         ]
     }
     ex = exchange(request_json=follow_up, timings=timings_at(5.0))
-    stats.observe(ex)
+    observe(stats, ex)
     timed = {r["tool_call_id"]: r for r in ex.tool_results}
     assert timed[long_id]["tool_name"] == "Read" and timed[long_id]["duration_ms"] is not None
     assert timed[other_id]["duration_ms"] is None
+
+
+def test_sinks_get_a_sealed_record_they_cannot_change(pricing: PricingTable) -> None:
+    """
+    After the enrich step the record is sealed: a sink assigning to it (or
+    to its timings) raises, so the recorder's thread and metrics read the
+    same values.
+    """
+    import dataclasses
+
+    stats = SessionStatsCollector(10, pricing)
+    ex = exchange(response=captured("anthropic_thinking_tools.sse", "anthropic"))
+    observe(stats, ex)
+    assert ex.sealed and ex.cost_usd == pytest.approx(ANTHROPIC_COST)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ex.cost_usd = 0.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ex.timings.finished = 1.0
+
+
+def test_observe_only_reads_the_record(pricing: PricingTable) -> None:
+    """observe() accounts what the enrich step put on the record; it computes nothing itself."""
+    stats = SessionStatsCollector(10, pricing)
+    ex = exchange(response=captured("anthropic_thinking_tools.sse", "anthropic"))
+    ex.complete()  # sealed without enrichment: no cost on the record
+    stats.observe(ex)
+    assert stats.aggregate()["estimated_cost_usd"] in (0, 0.0, None)

@@ -34,7 +34,7 @@ from lunaroute.dialects.errors import openai_error_body
 from lunaroute.dialects.request_view import RequestView, bounded, parse_request, replace_model
 from lunaroute.dialects.session_id import new_session_id
 from lunaroute.errors import LunaRouteError, UpstreamError
-from lunaroute.exchange import Exchange, Timings
+from lunaroute.exchange import Enrichment, Exchange, Timings
 from lunaroute.interfaces import IProvider
 from lunaroute.logs import debug_enabled, log_observer
 from lunaroute.proxy.errors import (
@@ -90,8 +90,11 @@ class GatewayApp:
     so tests drive it in memory (C{treq.testing.StubTreq}) with fakes and a
     L{twisted.internet.task.Clock}.
 
-    @param sinks: called in order with each finished exchange (statistics,
-        recorder, metrics); each is best effort.
+    @param sinks: called in order with each finished, sealed exchange
+        (statistics, recorder, metrics); each is best effort and none can
+        change the record.
+    @param enricher: the enrich step: C{exchange -> Enrichment} (cost, tool
+        results), run once before the record is sealed.
     @param start_observers: called when a request is about to go upstream.
     @param metrics_renderer: C{() -> (body, content type)} for C{/metrics}.
     @param live_stats: C{() -> dict} for C{/_lunaroute/stats}.
@@ -108,6 +111,7 @@ class GatewayApp:
         clock: IReactorTime,
         *,
         sinks: Iterable[ExchangeObserver] = (),
+        enricher: Callable[[Exchange], Enrichment] | None = None,
         start_observers: Iterable[ExchangeObserver] = (),
         metrics_renderer: Callable[[], tuple[bytes, str]] | None = None,
         live_stats: Callable[[], dict[str, Any]] | None = None,
@@ -118,6 +122,7 @@ class GatewayApp:
         self.providers = providers
         self.clock = clock
         self._sinks = tuple(sinks)
+        self._enricher = enricher
         self._start_observers = tuple(start_observers)
         self._metrics_renderer = metrics_renderer
         self._live_stats = live_stats
@@ -553,12 +558,20 @@ class GatewayApp:
 
     def _finish(self, exchange: Exchange) -> None:
         """
-        Hand the finished exchange to the request log and the sinks.  They
-        are best effort: none of them may break or delay the response.
+        Enrich and seal the exchange, then hand the finished record to the
+        request log and the sinks.  They are best effort: none of them may
+        break or delay the response.
         """
         timings = exchange.timings
         if timings.finished is None:
             timings.finished = self.clock.seconds()
+        enrichment = None
+        if self._enricher is not None:
+            try:
+                enrichment = self._enricher(exchange)
+            except Exception:
+                log.failure("enriching {request_id} failed", request_id=exchange.request_id)
+        exchange.complete(enrichment)
         if debug_enabled():
             self._log_debug(exchange)
         if self.request_log is not None:

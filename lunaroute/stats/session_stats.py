@@ -24,7 +24,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from lunaroute.exchange import Exchange
+from lunaroute.exchange import Enrichment, Exchange
 from lunaroute.logs import log_observer
 from lunaroute.stats.pricing import PricingTable
 
@@ -267,22 +267,42 @@ class SessionStatsCollector:
     def __call__(self, exchange: Exchange) -> None:
         self.observe(exchange)
 
+    def enrich(self, exchange: Exchange) -> Enrichment:
+        """
+        The enrich step of the request lifecycle: the exchange's estimated
+        cost and the tool results it carries back, timed against the
+        responses that asked for them (this collector remembers each
+        session's pending tool calls).  Other kinds than C{conversation}
+        get nothing.  Never raises.
+        """
+        try:
+            if not exchange.is_conversation:
+                return Enrichment()
+            cost = self._cost(exchange)
+            session = self._session(exchange.session_id)
+            results = self._tool_results(exchange, session)
+            if session is not None:
+                self._remember_tool_calls(exchange, session)
+            return Enrichment(cost_usd=cost, tool_results=tuple(results))
+        except Exception:
+            log.failure(
+                "enriching request {request_id} failed",
+                request_id=getattr(exchange, "request_id", None),
+            )
+            return Enrichment()
+
     def observe(self, exchange: Exchange) -> None:
         """
-        Account for a finished exchange: set C{exchange.cost_usd} and
-        C{exchange.tool_results}, then add it to its session and to the
-        aggregate.  Other kinds than C{conversation} are ignored.  Never
-        raises.
+        Account for a finished (enriched and sealed) exchange: add it to
+        its session and to the aggregate.  Reads the record, never changes
+        it.  Other kinds than C{conversation} are ignored.  Never raises.
         """
         try:
             if not exchange.is_conversation:
                 return
-            exchange.cost_usd = self._cost(exchange)
             session = self._session(exchange.session_id)
-            exchange.tool_results = self._tool_results(exchange, session)
             if session is not None:
                 session.totals.add_exchange(exchange)
-                self._remember_tool_calls(exchange, session)
             self._aggregate.add_exchange(exchange)
             for result in exchange.tool_results:
                 if result["duration_ms"] is not None:
