@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Any
 
+from lunaroute.dialects.model import ResponseSummary
+
 
 class _Sealable:
     """Attribute assignment raises once L{seal} was called."""
@@ -44,8 +46,6 @@ class Enrichment:
 
     cost_usd: float | None = None
     tool_results: tuple[dict[str, Any], ...] = ()
-
-from lunaroute.dialects.model import ResponseSummary
 
 
 @dataclass
