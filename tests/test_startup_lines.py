@@ -1,0 +1,69 @@
+"""
+What the start-up log says: only what runs, and a warning when the gateway
+is reachable beyond this machine.  Also the access settings' validation.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lunaroute.config import setting_lines, settings_from_mapping
+from lunaroute.errors import ConfigError
+from lunaroute.service import exposure_warning, is_loopback
+
+
+def test_ui_enabled_is_not_reported_as_running():
+    """There is no UI listener yet: the start-up lines must not claim 'ui on'."""
+    lines = setting_lines(settings_from_mapping({"ui": {"enabled": True}}, env={}))
+    text = "\n".join(lines)
+    assert "ui on" not in text
+    assert "ui.enabled has no effect" in text
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_loopback_binding_gives_no_warning(host):
+    """On loopback only this machine can connect: nothing to warn about."""
+    assert is_loopback(host)
+    assert exposure_warning(settings_from_mapping({"host": host}, env={})) is None
+
+
+def test_binding_beyond_loopback_warns_and_names_the_setting():
+    """0.0.0.0 exposes /metrics and stats: one line naming http_server.auth_token."""
+    warning = exposure_warning(settings_from_mapping({"host": "0.0.0.0"}, env={}))
+    assert warning is not None and "\n" not in warning
+    assert "/metrics" in warning and "/_lunaroute/stats" in warning
+    assert "http_server.auth_token" in warning
+
+
+def test_with_a_token_the_warning_says_what_is_protected():
+    """With a token set, the warning says the gateway's own routes need it."""
+    settings = settings_from_mapping(
+        {"host": "0.0.0.0", "http_server": {"auth_token": "t0ken"}}, env={}
+    )
+    warning = exposure_warning(settings)
+    assert warning is not None and "need the gateway token" in warning
+    assert "require_auth_for_proxy" in warning
+
+
+def test_access_settings_from_environment():
+    """Origins come comma-separated from the environment; the token is never shown."""
+    settings = settings_from_mapping(
+        {},
+        env={
+            "LUNAROUTE_CORS_ALLOWED_ORIGINS": "http://localhost:3000, https://app.example",
+            "LUNAROUTE_AUTH_TOKEN": "s3cret-token-value",
+        },
+    )
+    assert settings.http_server.cors_allowed_origins == ("http://localhost:3000", "https://app.example")
+    assert settings.http_server.auth_token == "s3cret-token-value"
+    assert "s3cret-token-value" not in repr(settings)
+
+
+@pytest.mark.parametrize("origin", ["localhost:3000", "http://x/path", "ftp://x", ""])
+def test_a_malformed_origin_is_one_readable_line(origin):
+    """A bad origin names the key and the expected shape."""
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping({"http_server": {"cors_allowed_origins": [origin]}}, env={})
+    message = str(info.value)
+    assert message.startswith("http_server.cors_allowed_origins")
+    assert "\n" not in message
