@@ -37,10 +37,14 @@ _PREFLIGHT_MAX_AGE = b"600"
 _ALLOWED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
-def route_class(path: bytes) -> str:
-    """C{health}, C{admin} (the gateway's own data) or C{proxy} (everything forwarded)."""
+def route_class(path: bytes, method: bytes = b"GET") -> str:
+    """
+    C{health} (a GET or HEAD of a probe path), C{admin} (the gateway's own
+    data) or C{proxy} (everything that may be forwarded: any other method on
+    a probe path goes to the bypass provider, so it is proxy too).
+    """
     if path in HEALTH_PATHS:
-        return "health"
+        return "health" if method in (b"GET", b"HEAD") else "proxy"
     if path == b"/metrics" or path.startswith(ADMIN_PREFIXES):
         return "admin"
     return "proxy"
@@ -102,7 +106,10 @@ class GuardedResource(Resource):
         )
         try:
             split_target(request.uri)
-            unquote_to_bytes(path).decode("utf-8")
+            decoded = unquote_to_bytes(path)
+            decoded.decode("utf-8")
+            if any(byte < 0x20 or byte == 0x7F for byte in decoded):
+                raise BadTarget("the request path contains an encoded control character")
         except BadTarget as exc:
             return write_error(request, listener, 400, exc.message, "invalid_request_target")
         except UnicodeDecodeError:
@@ -127,7 +134,7 @@ class GuardedResource(Resource):
             ):
                 return self._preflight(request)
 
-        kind = route_class(path)
+        kind = route_class(path, request.method)
         if self._policy.needs_token(kind) and not self._policy.token_presented(request):
             request.setHeader(b"www-authenticate", b'Bearer realm="lunaroute"')
             return write_error(

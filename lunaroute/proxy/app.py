@@ -27,6 +27,7 @@ from klein import Klein
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException
 
 from lunaroute.config import Settings
 from lunaroute.dialects.capture import ResponseCapture
@@ -160,6 +161,18 @@ class GatewayApp:
         status, code = status_for(exc)
         message = getattr(exc, "message", None) or str(exc)
         return write_error(request, listener_for_request(request), status, message, code)
+
+    @app.handle_errors(HTTPException)
+    def routing_error(self, request: Any, failure: Any) -> bytes:
+        """No route matched (404) or the method is not served there (405)."""
+        exc = failure.value
+        status = exc.code or 404
+        path = request.path.decode("utf-8", "replace")
+        if status == 405:
+            message = f"{request.method.decode('latin-1')} is not allowed on {path}"
+        else:
+            message = f"no route for {request.method.decode('latin-1')} {path}"
+        return write_error(request, listener_for_request(request), status, message)
 
     @app.handle_errors(Exception)
     def unexpected_error(self, request: Any, failure: Any) -> bytes:
