@@ -18,7 +18,7 @@ import pytest
 import pytest_twisted
 
 from lunaroute.sessions.sqlite import SQLiteSessionStore
-from tests.conftest import in_thread
+from lunaroute.testing.helpers import in_thread
 
 SERVER = shutil.which("lunaroute-server") or str(Path(sys.executable).with_name("lunaroute-server"))
 

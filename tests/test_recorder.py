@@ -160,8 +160,11 @@ def test_the_queue_is_bounded_by_bytes_too() -> None:
     assert service.dropped_events == 5
 
 
-def test_a_raising_writer_is_counted_and_others_still_write(logged: list[dict[str, Any]]) -> None:
+def test_a_raising_writer_is_counted_and_others_still_write(
+    logged: list[dict[str, Any]], logged_failures: Any
+) -> None:
     """A writer that raises is logged and counted; the next writer gets the batch all the same."""
+    logged_failures.expect(OSError)
     good = ListWriter()
     service, clock = inline_recorder(BrokenWriter(), good)
     service.startService()
