@@ -23,8 +23,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from lunaroute.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lunaroute.config import Settings
 
 STATE_DIR_NAME = ".lunaroute"
 
@@ -47,7 +51,7 @@ def _say(message: str) -> None:
     print(f"# {message}", file=sys.stderr)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"lunaroute-server: {message}", file=sys.stderr)
     raise SystemExit(1)
 
@@ -100,7 +104,7 @@ def _read_pid(pidfile: Path) -> int | None:
     return pid
 
 
-def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _settings(args: argparse.Namespace) -> Settings:
     from lunaroute.config import load_settings
 
     overrides = {"host": args.host, "port": args.port}

@@ -563,7 +563,7 @@ class SQLiteWriter:
         columns = tuple(row)
         conn.execute(self._upsert_sql(table, key, columns), tuple(row.values()))
 
-    def _fts_row(self, conn: sqlite3.Connection, request_id: str) -> tuple[Any, ...] | None:
+    def _fts_row(self, conn: sqlite3.Connection, request_id: str) -> sqlite3.Row | None:
         return conn.execute(
             f"SELECT id, {', '.join(_FTS_COLUMNS)} FROM session_stats WHERE request_id = ?",
             (request_id,),
@@ -589,6 +589,8 @@ class SQLiteWriter:
             if kind in ("stream_started", "response_recorded"):
                 self._stream_metrics(conn, event)
         after = self._fts_row(conn, request_id)
+        if after is None:  # no event for this request: nothing was written
+            return touched
         # External-content FTS: the old entry must be deleted with exactly
         # the values it was indexed with, then the new values indexed.
         if before is None or tuple(before) != tuple(after):
