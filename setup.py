@@ -18,8 +18,15 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["lunaroute", "lunaroute.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/lunaroute_plugin.py"], "lunaroute": ["py.typed", "data/*"]},
+    # lunaroute/data (the shipped pricing table) holds no Python: listed as a
+    # package of its own so setuptools ships it without its "package would be
+    # ignored" warning.
+    packages=find_packages(include=["lunaroute", "lunaroute.*"]) + ["lunaroute.data", "twisted.plugins"],
+    package_data={
+        "twisted": ["plugins/lunaroute_plugin.py"],
+        "lunaroute": ["py.typed"],
+        "lunaroute.data": ["*.yaml"],
+    },
     include_package_data=True,
     install_requires=[
         "Twisted>=24.7",
@@ -41,6 +48,11 @@ setup(
             "anthropic>=0.40",
             "openai>=1.50",
             "ruff>=0.6",
+            "mypy>=1.11",
+            "mypy-zope>=1.0.5",
+            "types-PyYAML>=6",
+            # 7.10.3: [run] patch = subprocess, complete in subprocesses started elsewhere
+            "coverage>=7.10.3",
         ],
     },
     entry_points={"console_scripts": ["lunaroute-server = lunaroute.cli:main"]},

@@ -24,8 +24,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from lunaroute.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lunaroute.config import Settings
 
 STATE_DIR_NAME = ".lunaroute"
 
@@ -48,7 +52,7 @@ def _say(message: str) -> None:
     print(f"# {message}", file=sys.stderr)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"lunaroute-server: {message}", file=sys.stderr)
     raise SystemExit(1)
 
@@ -94,7 +98,7 @@ def _read_pid(pidfile: Path) -> int | None:
     return pid
 
 
-def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _settings(args: argparse.Namespace) -> Settings:
     from lunaroute.config import load_settings
 
     overrides = {"host": args.host, "port": args.port}
@@ -203,7 +207,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     for long, short, _default, doc in Options.optParameters:
         names = [f"--{long}"] + ([f"-{short}"] if short else [])
-        run.add_argument(*names, metavar=long.upper().replace("-", "_"), help=doc)
+        run.add_argument(*names, metavar=str(long).upper().replace("-", "_"), help=doc)
     for long, short, doc in Options.optFlags:
         names = [f"--{long}"] + ([f"-{short}"] if short else [])
         run.add_argument(*names, action="store_true", help=doc)

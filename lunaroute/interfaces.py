@@ -4,10 +4,20 @@ The contracts between LunaRoute's parts.
 The proxy depends on these interfaces, never on concrete classes, so that
 routing, translation, other stores and detectors can be added without touching
 the relay.  Each implementation is declared with ``@implementer`` and checked
-with ``verifyObject`` in the tests.
+with ``verifyObject`` in the tests; mypy (with the mypy-zope plugin) checks
+that each implementation's methods match the annotated signatures below.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.web.http_headers import Headers
+    from twisted.web.iweb import IResponse
 
 
 class IProvider(Interface):
@@ -24,8 +34,21 @@ class IProvider(Interface):
         "C{True} when a server-side API key is configured; the client's own "
         "credentials are then replaced by it."
     )
+    settings = Attribute(
+        "The provider's configuration (L{lunaroute.config.ProviderSettings}): "
+        "callers read C{settings.http_client} (the request timeout bounds how "
+        "long a stream may stay silent; C{enable_pool_metrics} selects the "
+        "providers whose pool C{/metrics} reports)."
+    )
+    pool = Attribute(
+        "The provider's L{twisted.web.client.HTTPConnectionPool}, read by the "
+        "metrics for its idle-connection figures; C{None} when the provider "
+        "keeps no pool."
+    )
 
-    def request(method, path, query, headers, body):
+    def request(
+        method: bytes, path: str, query: bytes, headers: Headers, body: bytes
+    ) -> Deferred[IResponse]:
         """
         Send one request upstream.
 
@@ -56,7 +79,7 @@ class IProvider(Interface):
             failing with a L{lunaroute.errors.UpstreamError} saying why not.
         """
 
-    def close():
+    def close() -> Deferred[None]:
         """
         Close idle pooled connections.
 
@@ -74,7 +97,7 @@ class ISessionWriter(Interface):
 
     name = Attribute("A short name for logs and metrics (C{str}), e.g. 'jsonl'.")
 
-    def write_batch(events):
+    def write_batch(events: list[dict[str, Any]]) -> None:
         """
         Persist a batch of events, in order.
 
@@ -84,7 +107,7 @@ class ISessionWriter(Interface):
             the recorder logs and counts it and keeps serving.
         """
 
-    def close():
+    def close() -> None:
         """
         Flush and release files and connections.  Called once, from the
         writer thread, after the last batch.
@@ -98,13 +121,13 @@ class ISessionStore(Interface):
     Read access to recorded sessions, for the session API and the UI.
     """
 
-    def list_sessions(limit, offset):
+    def list_sessions(limit: int, offset: int) -> Deferred[list[dict[str, Any]]]:
         """
         @return: a L{Deferred} firing with a C{list} of session summary
             C{dict}s, newest first.
         """
 
-    def search(text, limit):
+    def search(text: str, limit: int) -> Deferred[list[dict[str, Any]]]:
         """
         Full-text search over request and response text.
 
@@ -121,7 +144,7 @@ class IDetector(Interface):
 
     name = Attribute("A short name for the kind of thing detected (C{str}).")
 
-    def detect(text):
+    def detect(text: str) -> list[tuple[int, int, str]]:
         """
         @param text: the text to inspect (C{str}).
         @return: a C{list} of C{(start, end, kind)} tuples, possibly empty.

@@ -34,7 +34,8 @@ _debug = False
 def set_log_level(level: str) -> None:
     """Set the lowest level LunaRoute logs at: debug, info, warn or error."""
     global _debug
-    _predicate.setLogLevelForNamespace(None, _LEVELS[level])
+    # The empty namespace sets the default level (every LunaRoute logger).
+    _predicate.setLogLevelForNamespace("", _LEVELS[level])
     _debug = level == "debug"
 
 

@@ -2,35 +2,102 @@
 Shared fixtures: a fake provider on 127.0.0.1 and a gateway in front of it,
 both on the real reactor (pytest-twisted), driven by the official SDKs.
 
-SDK calls block, so tests run them with C{deferToThread} while the reactor
-keeps serving both servers.
+SDK calls block, so tests run them with C{in_thread} (C{deferToThread}) while
+the reactor keeps serving both servers.
+
+Every test also watches Twisted's log: a failure (C{log.failure}) or any
+critical event logged while it runs fails the test, unless the test declared
+it with the C{logged_failures} fixture: C{logged_failures.expect(OSError)}.
 """
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.threads import deferToThread
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 
 from lunaroute.config import settings_from_mapping
 from lunaroute.service import make_gateway_service
 from lunaroute.testing.fake_provider import FakeProvider
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (for subprocess servers)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class LoggedFailures:
+    """
+    A log observer that keeps the failures and critical events logged during
+    one test, and which of them the test expects.
+
+    A test that provokes a logged failure on purpose declares it, by exception
+    type: C{logged_failures.expect(OSError)}; C{expect(message="...")} accepts
+    a critical event without a failure whose text contains C{message}.  (A
+    fixture rather than a marker: pytest takes a lone class passed to a marker
+    for the object it decorates.)
+    """
+
+    def __init__(self) -> None:
+        self.events: list[LogEvent] = []
+        self._types: list[type[BaseException]] = []
+        self._messages: list[str] = []
+
+    def __call__(self, event: LogEvent) -> None:
+        if event.get("log_failure") is not None or event.get("log_level") is LogLevel.critical:
+            self.events.append(event)
+
+    def expect(self, *types: type[BaseException], message: str | None = None) -> None:
+        """Declare failures of these exception types (or this message) expected."""
+        self._types.extend(types)
+        if message is not None:
+            self._messages.append(message)
+
+    def matching(self, *types: type[BaseException]) -> list[LogEvent]:
+        """The logged failures whose exception is one of C{types}."""
+        return [e for e in self.events if e.get("log_failure") is not None and e["log_failure"].check(*types)]
+
+    def _expected(self, event: LogEvent) -> bool:
+        failure = event.get("log_failure")
+        if failure is not None:
+            return bool(self._types) and failure.check(*self._types) is not None
+        text = formatEvent(event)
+        return any(m in text for m in self._messages)
+
+    def unexpected(self) -> list[LogEvent]:
+        """The logged failures and critical events no declaration covers."""
+        return [e for e in self.events if not self._expected(e)]
 
 
-def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a blocking call (an SDK request) off the reactor thread."""
-    return deferToThread(fn, *args, **kwargs)
+def _describe(event: LogEvent) -> str:
+    failure = event.get("log_failure")
+    text = f"{event.get('log_namespace')}: {formatEvent(event)}"
+    if failure is not None:
+        text += "\n" + failure.getTraceback()
+    return text
+
+
+@pytest.fixture(autouse=True)
+def logged_failures() -> Iterator[LoggedFailures]:
+    """
+    Fail the test when something logged a failure it did not expect: the
+    gateway logs errors it survives (a broken writer, a failing observer, an
+    exception in a route) instead of raising them, so without this check a
+    test could pass while the gateway is quietly broken.
+    """
+    watcher = LoggedFailures()
+    globalLogPublisher.addObserver(watcher)
+    try:
+        yield watcher
+    finally:
+        globalLogPublisher.removeObserver(watcher)
+    unexpected = watcher.unexpected()
+    if unexpected:
+        pytest.fail(
+            f"{len(unexpected)} unexpected failure(s) logged (declare expected ones with the "
+            "logged_failures fixture: logged_failures.expect(SomeError)):\n\n"
+            + "\n\n".join(_describe(e) for e in unexpected),
+            pytrace=False,
+        )
 
 
 @pytest_twisted.async_yield_fixture

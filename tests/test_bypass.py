@@ -13,7 +13,7 @@ import openai
 import pytest
 import pytest_twisted
 
-from tests.conftest import in_thread
+from lunaroute.testing.helpers import in_thread
 
 
 @pytest_twisted.ensureDeferred

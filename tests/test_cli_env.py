@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from tests.conftest import free_port, in_thread
+from lunaroute.testing.helpers import free_port, in_thread
 
 SERVER = shutil.which("lunaroute-server") or str(Path(sys.executable).with_name("lunaroute-server"))
 

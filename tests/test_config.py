@@ -248,6 +248,17 @@ def test_shipped_configs_load(name: str) -> None:
     assert dataclasses.replace(loaded, source=None) == settings_from_mapping({}, env)
 
 
+def test_fake_provider_config_points_both_providers_at_the_fake() -> None:
+    """conf/fake-provider.yaml (the README's keyless setup) sends both dialects to the fake on 9999."""
+    loaded = load_settings(str(REPO / "conf" / "fake-provider.yaml"), env={"HOME": "/home/u"})
+    assert loaded.port == 8081
+    assert loaded.providers["anthropic"].base_url == "http://127.0.0.1:9999"
+    assert loaded.providers["openai"].base_url == "http://127.0.0.1:9999/v1"
+    readme = (REPO / "README.md").read_text()
+    assert "python -m lunaroute.testing.fake_provider --port 9999" in readme
+    assert "--config conf/fake-provider.yaml" in readme
+
+
 def test_docs_list_every_env_variable_and_option() -> None:
     """docs/configuration.md mentions every environment variable, CLI option and top-level key."""
     text = (REPO / "docs" / "configuration.md").read_text()

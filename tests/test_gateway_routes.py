@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest_twisted
 
-from tests.conftest import in_thread
+from lunaroute.testing.helpers import in_thread
 
 
 @pytest_twisted.ensureDeferred

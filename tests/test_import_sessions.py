@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from test_session_events import NOON, build_exchange  # tests/ is on sys.path under pytest
 
 from lunaroute.sessions.events import exchange_events
 from lunaroute.sessions.importer import import_sessions
 from lunaroute.sessions.jsonl import JSONLWriter
 from lunaroute.sessions.sqlite import SQLiteSessionStore, SQLiteWriter
-from tests.conftest import in_thread
-from tests.test_session_events import NOON, build_exchange
+from lunaroute.testing.helpers import in_thread
 
 SERVER = shutil.which("lunaroute-server") or str(Path(sys.executable).with_name("lunaroute-server"))
 

@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from tests.conftest import in_thread
+from lunaroute.testing.helpers import in_thread
 
 
 @pytest_twisted.ensureDeferred
@@ -221,7 +221,7 @@ async def test_missing_model_is_rejected(gateway, fake):
 @pytest_twisted.ensureDeferred
 async def test_unreachable_upstream_is_502(fake, start_gateway):
     """A provider that refuses connections gives a 502 in the client's dialect."""
-    from tests.conftest import free_port
+    from lunaroute.testing.helpers import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     gw = await start_gateway(

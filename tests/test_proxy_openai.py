@@ -10,7 +10,7 @@ import openai
 import pytest
 import pytest_twisted
 
-from tests.conftest import in_thread
+from lunaroute.testing.helpers import in_thread
 
 
 @pytest_twisted.ensureDeferred
@@ -124,7 +124,7 @@ async def test_invalid_json_in_openai_dialect(gateway, fake):
 @pytest_twisted.ensureDeferred
 async def test_openai_sdk_sees_502_for_unreachable_provider(fake, start_gateway):
     """An unreachable OpenAI provider is a 502 with an OpenAI error body."""
-    from tests.conftest import free_port
+    from lunaroute.testing.helpers import free_port
 
     gw = await start_gateway(
         fake,

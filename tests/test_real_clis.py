@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from tests.conftest import in_thread
+from lunaroute.testing.helpers import in_thread
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / ".cache" / "npm" / "node_modules" / ".bin"

@@ -164,8 +164,11 @@ def test_the_queue_is_bounded_by_bytes_too() -> None:
     assert service.dropped_events == 5
 
 
-def test_a_raising_writer_is_counted_and_others_still_write(logged: list[dict[str, Any]]) -> None:
+def test_a_raising_writer_is_counted_and_others_still_write(
+    logged: list[dict[str, Any]], logged_failures: Any
+) -> None:
     """A writer that raises is logged and counted; the next writer gets the batch all the same."""
+    logged_failures.expect(OSError)
     good = ListWriter()
     service, clock = inline_recorder(BrokenWriter(), good)
     service.startService()
@@ -422,8 +425,9 @@ def stop_line(logged: list[dict[str, Any]]) -> str:
     return lines[0]
 
 
-def test_a_full_disk_counts_every_lost_exchange(logged: list[dict[str, Any]]) -> None:
+def test_a_full_disk_counts_every_lost_exchange(logged: list[dict[str, Any]], logged_failures: Any) -> None:
     """ENOSPC from a writer: each exchange of the failed batches is counted as lost, and the stop line says so."""
+    logged_failures.expect(OSError)
     good = ListWriter()
     service, clock = inline_recorder(BrokenWriter(), good)
     service.startService()
@@ -442,8 +446,9 @@ def test_a_full_disk_counts_every_lost_exchange(logged: list[dict[str, Any]]) ->
     assert "0 dropped" not in line
 
 
-def test_losses_are_counted_per_reason_and_reported_on_stop(logged: list[dict[str, Any]]) -> None:
+def test_losses_are_counted_per_reason_and_reported_on_stop(logged: list[dict[str, Any]], logged_failures: Any) -> None:
     """Queue overflow, a generic writer error and recording after stop each get their own reason."""
+    logged_failures.expect(Exception)
 
     @implementer(ISessionWriter)
     class LockedWriter(ListWriter):
@@ -478,8 +483,9 @@ def test_sqlite_disk_full_is_reported_as_disk_full() -> None:
     assert loss_reason("jsonl", OSError(errno.EACCES, "denied")) == "writer_error:jsonl"
 
 
-def test_a_real_sqlite_disk_full_error_is_counted(tmp_path: Path) -> None:
+def test_a_real_sqlite_disk_full_error_is_counted(tmp_path: Path, logged_failures: Any) -> None:
     """A database that cannot grow (max_page_count) raises SQLITE_FULL: counted as disk_full:sqlite."""
+    logged_failures.expect(Exception)
     writer = SQLiteWriter(str(tmp_path / "full.db"))
     writer.open()
     conn = writer._connection()
@@ -494,9 +500,10 @@ def test_a_real_sqlite_disk_full_error_is_counted(tmp_path: Path) -> None:
 
 
 def test_a_jsonl_file_write_failing_with_enospc_counts_only_its_exchanges(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged_failures: Any
 ) -> None:
     """One session's file hits ENOSPC: its exchanges are lost (and counted), the other session's are written."""
+    logged_failures.expect(OSError)
     from lunaroute.sessions import jsonl as jsonl_module
 
     real_write = os.write
@@ -520,8 +527,9 @@ def test_a_jsonl_file_write_failing_with_enospc_counts_only_its_exchanges(
     assert (tmp_path / "2025-06-15" / "session_full.jsonl").read_bytes() == b""
 
 
-def test_exchanges_that_cannot_become_events_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exchanges_that_cannot_become_events_are_counted(monkeypatch: pytest.MonkeyPatch, logged_failures: Any) -> None:
     """An exchange whose events cannot be made is lost under events_error; the rest of the batch is written."""
+    logged_failures.expect(Exception)
     original = recorder_module.exchange_events
 
     def events(exchange: Any) -> Any:
@@ -540,8 +548,9 @@ def test_exchanges_that_cannot_become_events_are_counted(monkeypatch: pytest.Mon
     assert len(writer.events) == 5
 
 
-def test_losses_are_in_metrics_by_reason() -> None:
+def test_losses_are_in_metrics_by_reason(logged_failures: Any) -> None:
     """/metrics has lunaroute_recorder_lost_exchanges_total{reason}; the older families are still there."""
+    logged_failures.expect(Exception)
     from prometheus_client.parser import text_string_to_metric_families
 
     service, clock = inline_recorder(BrokenWriter(), max_queue_events=10)

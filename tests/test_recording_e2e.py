@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from lunaroute.interfaces import ISessionWriter
 from lunaroute.sessions.sqlite import SQLiteSessionStore
-from tests.conftest import in_thread
+from lunaroute.testing.helpers import in_thread
 
 SESSION = "7d3c3a5e-1f0b-4c59-9a55-2b1f7c1e9a01"
 USER_ID = json.dumps({"device_id": "ab" * 32, "account_uuid": "", "session_id": SESSION})
@@ -114,8 +114,9 @@ class BrokenWriter:
 
 
 @pytest_twisted.ensureDeferred
-async def test_failing_writer_does_not_break_requests(fake, start_gateway, tmp_path):
+async def test_failing_writer_does_not_break_requests(fake, start_gateway, tmp_path, logged_failures):
     """A writer that raises (disk full) is counted; the SDK still gets its answer and JSONL still records."""
+    logged_failures.expect(OSError)
     gw = await start_gateway(fake, **_recording(tmp_path))
     broken = BrokenWriter()
     gw.service.recorder.writers.insert(0, broken)

@@ -157,8 +157,9 @@ def test_cancelling_relay_stops_upstream():
     assert transport.stopped
 
 
-def test_tap_failure_never_reaches_the_client():
-    """A tap that raises does not stop the bytes."""
+def test_tap_failure_never_reaches_the_client(logged_failures):
+    """A tap that raises does not stop the bytes; the failure is logged."""
+    logged_failures.expect(ValueError)
     request, transport = FakeRequest(), FakeTransport()
 
     def broken(chunk):
@@ -171,6 +172,7 @@ def test_tap_failure_never_reaches_the_client():
     relay.connectionLost(Failure(ResponseDone()))
     assert request.written == [b"one", b"two"]
     assert relay.done.called and relay.failure is None
+    assert logged_failures.matching(ValueError)
 
 
 def test_tap_sees_every_chunk_in_order_but_not_before_the_first_write():

@@ -10,7 +10,7 @@ import io
 import pytest_twisted
 
 from lunaroute.proxy.reqlog import RequestLogPrinter
-from tests.conftest import in_thread
+from lunaroute.testing.helpers import in_thread
 
 
 @pytest_twisted.ensureDeferred

@@ -460,11 +460,12 @@ def test_zero_sessions_keeps_only_the_aggregate(pricing: PricingTable) -> None:
 # -- robustness and output ---------------------------------------------------------
 
 
-def test_observe_never_raises(pricing: PricingTable) -> None:
+def test_observe_never_raises(pricing: PricingTable, logged_failures: Any) -> None:
     """
     Malformed request bodies, missing fields and a failing pricing table
     are logged, never raised into the proxy.
     """
+    logged_failures.expect(AttributeError, RuntimeError)
 
     class BrokenPricing:
         def cost_usd(self, *args: Any) -> float:

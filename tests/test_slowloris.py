@@ -14,7 +14,7 @@ import httpx
 import pytest
 import pytest_twisted
 
-from tests.conftest import in_thread
+from lunaroute.testing.helpers import in_thread
 
 ATTACKER = "127.0.0.2"
 ATTACKS = 50

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
-from tests.conftest import in_thread
+from lunaroute.testing.helpers import in_thread
 
 
 def _samples(text: str) -> list:
@@ -72,7 +72,7 @@ async def test_metrics_count_real_sdk_requests(gateway, fake):
 @pytest_twisted.ensureDeferred
 async def test_metrics_count_disconnects_and_upstream_errors(fake, start_gateway):
     """A client that leaves and an unreachable provider show up in their counters."""
-    from tests.conftest import free_port
+    from lunaroute.testing.helpers import free_port
 
     gw = await start_gateway(
         fake, providers={"openai": {"base_url": f"http://127.0.0.1:{free_port()}/v1",

@@ -19,7 +19,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from tests.conftest import free_port, in_thread
+from lunaroute.testing.helpers import free_port, in_thread
 
 TWISTD = shutil.which("twistd") or str(Path(sys.executable).with_name("twistd"))
 

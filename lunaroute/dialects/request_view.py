@@ -117,7 +117,7 @@ def _top_level_values(text: str, key: str) -> list[tuple[int, int]]:
     """The C{(start, end)} spans of every top-level value stored under C{key}."""
     decoder = json.JSONDecoder()
     whitespace = " \t\n\r"
-    spans = []
+    spans: list[tuple[int, int]] = []
     i = 0
     while i < len(text) and text[i] in whitespace:
         i += 1

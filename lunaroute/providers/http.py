@@ -16,8 +16,7 @@ from typing import Any
 import treq
 from twisted.internet import defer, error, task
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -89,9 +88,9 @@ class _KeepAliveEndpoint:
     def __init__(self, endpoint: IStreamClientEndpoint) -> None:
         self._endpoint = endpoint
 
-    def connect(self, factory: Any) -> defer.Deferred[Protocol]:
-        def enable_keepalive(protocol: Protocol) -> Protocol:
-            transport = protocol.transport
+    def connect(self, factory: Any) -> defer.Deferred[IProtocol]:
+        def enable_keepalive(protocol: IProtocol) -> IProtocol:
+            transport = getattr(protocol, "transport", None)
             # A TLS connection wraps the TCP transport; walk down to it.
             for _ in range(3):
                 if transport is None:
@@ -177,7 +176,7 @@ class HTTPProvider:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         quiet_pool(self.pool)
         self.pool.maxPersistentPerHost = client.pool_max_idle_per_host
-        self.pool.cachedConnectionTimeout = client.pool_idle_timeout_secs
+        self.pool.cachedConnectionTimeout = int(client.pool_idle_timeout_secs)
         # Twisted retries idempotent requests on a dead pooled connection
         # itself; POSTs are retried below, only when they never left.
         self.pool.retryAutomatically = True
@@ -345,7 +344,7 @@ def _describe(failure: Failure) -> str:
         if failure.check(RequestNotSent):
             return "the request could not be sent on a closed connection"
     message = failure.getErrorMessage()
-    return message if message and not message.startswith("[") else failure.type.__name__
+    return message if message and not message.startswith("[") else getattr(failure.type, "__name__", "error")
 
 
 def providers_from_settings(settings: Settings, reactor: Any = None) -> dict[str, HTTPProvider]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from klein import Klein
@@ -108,7 +108,7 @@ class GatewayApp:
     def __init__(
         self,
         settings: Settings,
-        providers: dict[str, IProvider],
+        providers: Mapping[str, IProvider],
         clock: IReactorTime,
         *,
         sinks: Iterable[ExchangeObserver] = (),
@@ -636,8 +636,7 @@ class GatewayApp:
             if call.active():
                 call.cancel()
 
-        waiter.addBoth(done)
-        return waiter
+        return waiter.addBoth(done)
 
     def cut_all(self) -> None:
         """Cut every in-flight request now (shutdown deadline, or a second stop signal)."""

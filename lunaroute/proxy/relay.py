@@ -136,8 +136,11 @@ class RelayProtocol(Protocol):
         self._abort()
 
     def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+        # The transport deliverBody gives us is the upstream connection's,
+        # which is also a producer (IPushProducer.stopProducing aborts it).
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
 
     def _cancel(self, d: defer.Deferred[Any]) -> None:
         self._abort()
@@ -159,4 +162,4 @@ def describe_loss(reason: Failure) -> str:
     message = inner.getErrorMessage()
     if message and not message.startswith("["):
         return f"failed ({message})"
-    return f"failed ({inner.type.__name__})"
+    return f"failed ({getattr(inner.type, '__name__', 'error')})"

@@ -42,7 +42,8 @@ class GatewayRequest(Request):
         if self._body_received > self._limit():
             # Chunked upload went over: drop what was kept.
             self.body_too_large = True
-            self.content.close()
+            if self.content is not None:
+                self.content.close()
             self.content = io.BytesIO()
             return
         super().handleContentChunk(data)

@@ -26,7 +26,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IAddress, IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -49,6 +49,9 @@ REFUSAL_LOG_INTERVAL = 60.0
 REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 )
+
+
+_CLEAN_CLOSE = Failure(ConnectionDone())
 
 
 class GatewayChannel(HTTPChannel):
@@ -89,7 +92,7 @@ class GatewayChannel(HTTPChannel):
 
     _abort_call: Any = None
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = _CLEAN_CLOSE) -> None:
         self._cancel_head_deadline()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
@@ -114,7 +117,8 @@ class GatewayChannel(HTTPChannel):
             client=self.client_host,
             secs=self.site.header_timeout_secs,
         )
-        self.transport.write(REQUEST_TIMEOUT_RESPONSE)
+        if self.transport is not None:
+            self.transport.write(REQUEST_TIMEOUT_RESPONSE)
         self.timeoutConnection()
 
     def timeoutConnection(self) -> None:
@@ -125,8 +129,9 @@ class GatewayChannel(HTTPChannel):
         idle keep-alive connection ends this way.
         """
         log.debug("closing a timed-out connection from {client}", client=self.client_host)
-        if self.abortTimeout is not None:
-            self._abort_call = self.callLater(self.abortTimeout, self.transport.abortConnection)
+        transport: Any = self.transport
+        if self.abortTimeout is not None and transport is not None:
+            self._abort_call = self.callLater(self.abortTimeout, transport.abortConnection)
         self.loseConnection()
 
 
@@ -168,7 +173,7 @@ class QuietSite(Site):
     def log(self, request: Any) -> None:
         pass
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         host = getattr(addr, "host", None)
         cap = self.max_connections_per_client
         if cap and host is not None and self.connections_per_client[host] >= cap:
@@ -313,7 +318,7 @@ class ListenerService(Service):
             log.error("{line}", line=self.failure_line(failed[0].value))
             raise SystemExit(1)
 
-    def failure_line(self, error: BaseException) -> str:
+    def failure_line(self, error: BaseException | None) -> str:
         """The one line shown when listening failed."""
         if isinstance(error, CannotListenError):
             return f"lunaroute: cannot listen on {self.address}: {cannot_listen_reason(error)}"
@@ -332,4 +337,5 @@ class ListenerService(Service):
         port, self._port, self._listening = self._port, None, None
         if port is None:
             return defer.succeed(None)
-        return defer.maybeDeferred(port.stopListening)
+        stopped: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)  # type: ignore[call-overload]
+        return stopped

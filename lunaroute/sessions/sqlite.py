@@ -301,7 +301,7 @@ def _bool(value: Any) -> int | None:
     return None if value is None else int(bool(value))
 
 
-def _error_text(event: dict[str, Any]) -> Any:
+def _error_text(event: Mapping[str, Any]) -> Any:
     """The error column: the provider's error type, then its message."""
     error, error_type = event.get("error"), event.get("error_type")
     if isinstance(error_type, str) and error_type and isinstance(error, str) and error != error_type:
@@ -580,7 +580,7 @@ class SQLiteWriter:
         columns = tuple(row)
         conn.execute(self._upsert_sql(table, key, columns), tuple(row.values()))
 
-    def _fts_row(self, conn: sqlite3.Connection, request_id: str) -> tuple[Any, ...] | None:
+    def _fts_row(self, conn: sqlite3.Connection, request_id: str) -> sqlite3.Row | None:
         return conn.execute(
             f"SELECT id, {', '.join(_FTS_COLUMNS)} FROM session_stats WHERE request_id = ?",
             (request_id,),
@@ -606,6 +606,8 @@ class SQLiteWriter:
             if kind in ("stream_started", "response_recorded"):
                 self._stream_metrics(conn, event)
         after = self._fts_row(conn, request_id)
+        if after is None:  # no event for this request: nothing was written
+            return touched
         # External-content FTS: the old entry must be deleted with exactly
         # the values it was indexed with, then the new values indexed.
         if before is None or tuple(before) != tuple(after):

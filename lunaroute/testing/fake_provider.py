@@ -62,6 +62,7 @@ from email import message_from_bytes
 from email.message import Message
 from typing import Any, cast
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTCP, IReactorTime
 from twisted.logger import Logger
@@ -516,7 +517,9 @@ class _Exchange:
         """Close the TCP connection without finishing the response."""
         if self.active:
             self.done = True
-            self.request.channel.transport.loseConnection()
+            transport = self.request.channel.transport
+            assert transport is not None, "an active request has a connection"
+            transport.loseConnection()
 
 
 class _Streamer:
@@ -676,9 +679,12 @@ class FakeProvider:
 
     def listen(self, port: int = 0, interface: str = "127.0.0.1") -> IListeningPort:
         """Listen with C{self.reactor.listenTCP}; C{getHost().port} tells the port."""
-        listening = cast(IReactorTCP, self.reactor).listenTCP(port, self.site(), interface=interface)
+        # Twisted's annotation of listenTCP does not accept a Site (generic variance).
+        listening = cast(IReactorTCP, self.reactor).listenTCP(
+            port, self.site(), interface=interface  # type: ignore[arg-type]
+        )
         self._ports.append(listening)
-        self.url = f"http://{interface}:{listening.getHost().port}"
+        self.url = f"http://{interface}:{cast(IPv4Address, listening.getHost()).port}"
         return listening
 
     def stop(self) -> Deferred[None]:
@@ -733,8 +739,10 @@ class FakeProvider:
         for name, values in request.requestHeaders.getAllRawHeaders():
             key = name.decode("latin-1").lower()
             headers.setdefault(key, []).extend(v.decode("latin-1") for v in values)
-        request.content.seek(0)
-        body = request.content.read()
+        content = request.content
+        assert content is not None, "Request.gotLength made it before the request was handled"
+        content.seek(0)
+        body = content.read()
         parsed: Any = None
         if body:
             try:
@@ -1106,7 +1114,7 @@ class FakeProvider:
         }
 
     def _anthropic_events(self, answer: _Answer, message_id: str, tool_ids: list[str]) -> list[_Event]:
-        start = {
+        start: dict[str, Any] = {
             "id": message_id,
             "type": "message",
             "role": "assistant",
@@ -1659,7 +1667,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if options["text"] is not None:
         provider.default_text = options["text"]
     provider.chunk_delay = options["chunk-delay"]
-    port = provider.listen(options["port"], options["interface"]).getHost().port
+    port = cast(IPv4Address, provider.listen(options["port"], options["interface"]).getHost()).port
     sys.stdout.write(f"{port}\n")
     sys.stdout.flush()
     base = f"http://{options['interface']}:{port}"

@@ -1,0 +1,33 @@
+"""
+Small helpers for tests and hand-driven runs that drive LunaRoute from
+blocking code (the official SDKs, subprocesses) while the reactor runs.
+
+They live in the package, beside the fake provider, so the test modules import
+them like any other module instead of importing C{tests/conftest.py} (which
+pytest loads under its own name and which is not importable once the package
+is installed elsewhere, as under tox).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+
+__all__ = ["free_port", "in_thread"]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for subprocess servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+    """Run a blocking call (an SDK request) off the reactor thread."""
+    return deferToThread(fn, *args, **kwargs)
