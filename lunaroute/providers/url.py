@@ -11,6 +11,7 @@ reach port 10001 and C{.evil.example/x} another host, with the server key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,8 +21,9 @@ from lunaroute.errors import RequestError
 
 __all__ = ["BadTarget", "UpstreamBase", "split_target"]
 
-# Bytes allowed in a path or query: printable ASCII without space, '#', '\'.
-_FORBIDDEN = frozenset(range(0, 0x21)) | {0x7F, ord("#"), ord("\\")} | frozenset(range(0x80, 0x100))
+# Bytes not allowed in a path or query: anything but printable ASCII, and
+# '#' or '\' (which some parsers treat as the end of the path).
+_FORBIDDEN = re.compile(rb"[^\x21-\x7e]|[#\\]")
 
 
 class BadTarget(RequestError):
@@ -42,9 +44,9 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
         raise BadTarget("the request target must be a path starting with '/'")
     if target.startswith(b"//"):
         raise BadTarget("the request target must not start with '//'")
-    bad = next((b for b in target if b in _FORBIDDEN), None)
+    bad = _FORBIDDEN.search(target)
     if bad is not None:
-        raise BadTarget(f"the request target contains a forbidden byte 0x{bad:02x}")
+        raise BadTarget(f"the request target contains a forbidden byte 0x{bad.group()[0]:02x}")
     path, _, query = target.partition(b"?")
     return path, query
 

@@ -17,6 +17,7 @@ Who may use the gateway, checked before any route runs.
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -32,6 +33,8 @@ HEALTH_PATHS = frozenset({b"/healthz", b"/readyz", b"/"})
 ADMIN_PREFIXES = (b"/metrics", b"/_lunaroute/", b"/api/")
 
 TOKEN_HEADER = b"x-lunaroute-token"
+
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 _PREFLIGHT_MAX_AGE = b"600"
 _ALLOWED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
@@ -106,10 +109,11 @@ class GuardedResource(Resource):
         )
         try:
             split_target(request.uri)
-            decoded = unquote_to_bytes(path)
-            decoded.decode("utf-8")
-            if any(byte < 0x20 or byte == 0x7F for byte in decoded):
-                raise BadTarget("the request path contains an encoded control character")
+            if b"%" in path:
+                decoded = unquote_to_bytes(path)
+                decoded.decode("utf-8")
+                if _CONTROL.search(decoded):
+                    raise BadTarget("the request path contains an encoded control character")
         except BadTarget as exc:
             return write_error(request, listener, 400, exc.message, "invalid_request_target")
         except UnicodeDecodeError:
