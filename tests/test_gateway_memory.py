@@ -15,6 +15,7 @@ import pytest
 import treq
 from treq.testing import StubTreq
 from twisted.internet import defer, error
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -707,3 +708,92 @@ def test_provider_dropping_mid_stream_keeps_the_bytes_and_ends_without_terminato
     assert exchange.outcome == "stream_error"
     total = sum(len(c) for c in chunks)
     assert exchange.error == f"the provider closed the connection after {total:,} bytes"
+
+
+class BackedUpTransport(FileDescriptor):
+    """
+    A transport with Twisted's real write buffering and producer logic
+    (L{FileDescriptor}) whose socket accepts nothing until C{drain} is
+    called: a client that is slow to read.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(reactor=Clock())
+        self.connected = 1
+        self.accepting = False
+        self.received = bytearray()
+        self.lost: Failure | None = None
+        self.protocol: Any = None
+
+    def writeSomeData(self, data: bytes) -> int:
+        if not self.accepting:
+            return 0
+        self.received += data
+        return len(data)
+
+    def startWriting(self) -> None:
+        pass
+
+    def stopWriting(self) -> None:
+        pass
+
+    def startReading(self) -> None:
+        pass
+
+    def stopReading(self) -> None:
+        pass
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 40001)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 8081)
+
+    def abortConnection(self) -> None:
+        if self.lost is None:
+            self.connectionLost(Failure(error.ConnectionAborted()))
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = reason
+        super().connectionLost(reason)
+        self.protocol.connectionLost(reason)
+
+    def drain(self) -> None:
+        """Let the client read everything, as the reactor would drive it."""
+        self.accepting = True
+        for _ in range(100):
+            if self.lost is not None:
+                return
+            why = self.doWrite()
+            if why:
+                self.connectionLost(Failure(why))
+                return
+            if not self.dataBuffer and not self._tempDataBuffer:
+                return
+
+
+def test_cut_response_to_a_slow_client_still_closes_once_flushed() -> None:
+    """A dropped stream whose bytes are backed up in the client's socket buffer: once the client reads them, the connection closes (no terminator), not after the 30 s abort."""
+    chunks = tuple(b"data: " + b"m" * 16_000 + b"\n\n" for _ in range(12))
+    response = FakeResponse(
+        chunks=chunks,
+        headers={b"content-type": [b"text/event-stream"]},
+        end=ResponseFailed([Failure(error.ConnectionDone())]),
+    )
+    gateway = Gateway(outcome=response)
+    site = QuietSite(gateway.resource, reactor=gateway.clock)
+    transport = BackedUpTransport()
+    protocol = site.buildProtocol(transport.getPeer())
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    protocol.dataReceived(_post_bytes())
+    assert transport.producerPaused, "the client's buffer should be full"
+    transport.drain()
+    assert transport.lost is not None, "the connection should close once the client has read everything"
+    assert transport.lost.check(error.ConnectionDone), "closed cleanly, not aborted"
+    body = bytes(transport.received).partition(b"\r\n\r\n")[2]
+    assert b"".join(chunks) in body.replace(b"\r\n", b"\n") or all(chunk in body for chunk in chunks)
+    assert not body.endswith(b"0\r\n\r\n")
+    [exchange] = gateway.exchanges
+    assert exchange.outcome == "stream_error"
+    assert gateway.in_flight == 0
