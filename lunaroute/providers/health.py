@@ -50,7 +50,12 @@ class ReadinessChecker:
             return defer.succeed(cached[1])
         pending = self._pending.get(provider.name)
         if pending is None:
-            pending = self._pending[provider.name] = self._probe(provider)
+            pending = self._probe(provider)
+            # A probe that already finished (it failed or answered at once)
+            # has stored its result; keeping it as pending would serve that
+            # result for good, past the TTL.
+            if not pending.called:
+                self._pending[provider.name] = pending
         waiter: defer.Deferred[str | None] = defer.Deferred()
 
         def share(result: Any) -> Any:

@@ -541,7 +541,11 @@ class GatewayApp:
         if transport is None or gone:
             return
         closed = request.notifyFinish()
-        transport.loseConnection()
+        # Through the request (its channel), not the transport: the channel
+        # is the transport's producer, and a transport whose producer was
+        # paused by a full buffer (a slow client) never closes after
+        # flushing while that producer stays registered.
+        request.loseConnection()
         abort: IDelayedCall = self.clock.callLater(CUT_GRACE_SECS, transport.abortConnection)
         try:
             await closed

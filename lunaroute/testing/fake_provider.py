@@ -25,7 +25,11 @@ and lets a test choose the behaviour through the request's C{model}:
     error-midstream  an error event after two content deltas (a plain error
                    response when not streaming)
     drop           the provider closes the TCP connection after two content
-                   deltas, in the middle of the chunked body
+                   deltas, in the middle of the chunked body (when not
+                   streaming: right after reading the request, no answer)
+    burst          a long answer (about 120 kB in 60 deltas) written at once;
+                   with C{drop}, the stream is cut after its last content
+                   delta instead of its second
     overloaded     HTTP 529 C{overloaded_error} (503 on OpenAI routes)
     rate-limit     HTTP 429 with C{retry-after: 1}
     server-error   HTTP 500
@@ -116,6 +120,9 @@ _DEFAULT_TOOL_INPUTS = (
 _DEFAULT_TOOL_NAME = "get_weather"
 _SAFE_COMMAND = "echo hello from the fake provider"
 _SLOW_DELAY = 0.5
+# A long answer in few deltas (60 words of 2,000 characters): the stream is
+# written without pauses, one event after another.
+_BURST_TEXT = "".join(" " + "moon" * 500 for _ in range(60))
 _RATE_LIMIT = 4000
 _TOKEN_LIMIT = 400000
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -196,6 +203,7 @@ class _Scenario:
     slow: bool = False
     hang: bool = False
     cache: bool = False
+    burst: bool = False
 
     @classmethod
     def parse(cls, model: str, body: Mapping[str, Any], raw: bytes) -> _Scenario:
@@ -223,6 +231,7 @@ class _Scenario:
             gzip="gzip" in m,
             slow="slow" in m,
             hang="hang" in m,
+            burst="burst" in m,
             cache="cache" in m or b'"cache_control"' in raw or b'"prompt_cache_key"' in raw,
         )
 
@@ -438,6 +447,7 @@ class _Exchange:
         self.path = path
         self.done = False
         self.lost = False
+        self.sent = bytearray()
         self._call: IDelayedCall | None = None
         provider._open.add(self)
         request.notifyFinish().addCallbacks(self._finished, self._connection_lost)
@@ -506,6 +516,7 @@ class _Exchange:
 
     def write(self, data: bytes) -> None:
         if self.active:
+            self.sent += data
             self.request.write(data)
 
     def finish(self) -> None:
@@ -517,9 +528,11 @@ class _Exchange:
         """Close the TCP connection without finishing the response."""
         if self.active:
             self.done = True
-            transport = self.request.channel.transport
-            assert transport is not None, "an active request has a connection"
-            transport.loseConnection()
+            self.provider.dropped_bodies.append(bytes(self.sent))
+            # The channel's loseConnection, not the transport's: it
+            # unregisters the channel as the transport's producer first, so a
+            # close while the socket is backed up still happens once flushed.
+            self.request.channel.loseConnection()
 
 
 class _Streamer:
@@ -651,6 +664,10 @@ class FakeProvider:
         #: writes (C{usage.cache_creation.ephemeral_1h_input_tokens}); the
         #: rest are 5-minute writes.
         self.cache_write_1h_share: float = 0.0
+        #: The body bytes of each response the fake cut short by closing the
+        #: connection (C{drop}, or L{stop} while it was open), in order: what
+        #: a relay should have passed on.
+        self.dropped_bodies: list[bytes] = []
         #: C{http://host:port} of the last L{listen}, for building client URLs.
         self.url: str | None = None
         self._ids = _Ids()
@@ -966,7 +983,7 @@ class FakeProvider:
                 blocks.append(_Text(_PARALLEL_PREFACE))
             blocks.extend(calls)
         else:
-            blocks.append(_Text(self.reply_text))
+            blocks.append(_Text(self.reply_text + _BURST_TEXT if scenario.burst else self.reply_text))
         log.info(
             "fake provider: {dialect} answer for model {model}: {kinds}",
             dialect=dialect,
@@ -1064,7 +1081,7 @@ class FakeProvider:
             return
         events = self._anthropic_events(answer, message_id, tool_ids)
         if scenario.error_midstream or scenario.drop:
-            events = _cut_midstream(events)
+            events = _cut_midstream(events, len(events) if scenario.burst else 2)
         if scenario.error_midstream:
             error = {"type": "overloaded_error", "message": "Overloaded"}
             events.append(_Event("error", {"type": "error", "error": error}))
@@ -1208,7 +1225,7 @@ class FakeProvider:
         include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
         events = self._chat_events(answer, completion_id, call_ids, created, include_usage)
         if scenario.error_midstream or scenario.drop:
-            events = _cut_midstream(events)
+            events = _cut_midstream(events, len(events) if scenario.burst else 2)
         if scenario.error_midstream:
             error = json.loads(openai_error_body("Overloaded", "server_error"))
             events.append(_Event(None, error))
@@ -1361,7 +1378,7 @@ class FakeProvider:
             events.extend(self._response_item_events(output_index, item))
         events.append(_Event("response.completed", {"response": response("completed", items, True)}))
         if scenario.error_midstream or scenario.drop:
-            events = _cut_midstream(events)
+            events = _cut_midstream(events, len(events) if scenario.burst else 2)
         if scenario.error_midstream:
             error = {"code": "server_error", "message": "Overloaded", "param": None}
             failed = response("failed", [], False)

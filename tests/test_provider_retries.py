@@ -1,0 +1,223 @@
+"""
+HTTPProvider's send step with a fake agent and a Clock: only a request that
+certainly never reached the provider is sent again (no double billing), every
+failure becomes a domain error, and the server key only ever goes to the base
+URL's host.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet import defer, error
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import URI, RequestNotSent, ResponseFailed, ResponseNeverReceived
+from twisted.web.http_headers import Headers
+
+from lunaroute.config import settings_from_mapping
+from lunaroute.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from lunaroute.providers.http import RETRY_BACKOFF_SECS, HTTPProvider
+from lunaroute.providers.url import BadTarget
+
+SERVER_KEY = "sk-ant-server-key-never-elsewhere-0001"
+
+
+class ScriptedAgent:
+    """
+    An IAgent whose C{request} answers with the next scripted outcome: an
+    exception instance (a failed Deferred), a Deferred, or a value.
+    """
+
+    def __init__(self, *outcomes: Any) -> None:
+        self.outcomes = list(outcomes)
+        self.calls: list[tuple[bytes, bytes, Headers, Any]] = []
+
+    def request(self, method: bytes, url: bytes, headers: Headers, body: Any = None) -> defer.Deferred[Any]:
+        self.calls.append((method, url, headers.copy(), body))
+        outcome = self.outcomes.pop(0) if self.outcomes else "response"
+        if isinstance(outcome, defer.Deferred):
+            return outcome
+        if isinstance(outcome, BaseException):
+            return defer.fail(outcome)
+        return defer.succeed(outcome)
+
+
+def _provider(agent: ScriptedAgent, clock: Clock, max_retries: int = 3, **extra: Any) -> HTTPProvider:
+    config = settings_from_mapping(
+        {
+            "providers": {
+                "anthropic": {
+                    "base_url": "http://127.0.0.1:1000",
+                    "api_key": SERVER_KEY,
+                    "http_client": {"max_retries": max_retries, "timeout_secs": 30, **extra},
+                }
+            }
+        },
+        env={},
+    )
+    return HTTPProvider(config.providers["anthropic"], reactor=clock, agent=agent)
+
+
+def _post(provider: HTTPProvider, path: str = "/v1/messages", query: bytes = b"") -> defer.Deferred[Any]:
+    return provider.request(b"POST", path, query, Headers({b"x-api-key": [b"client-key"]}), b'{"model":"m"}')
+
+
+def _failure_of(d: defer.Deferred[Any]) -> Failure:
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    assert failures, "the request should have failed by now"
+    return failures[0]
+
+
+@pytest.mark.parametrize(
+    "make_failure",
+    [
+        lambda: error.ConnectionRefusedError(),
+        lambda: error.ConnectError("no route"),
+        lambda: error.DNSLookupError("up"),
+        lambda: RequestNotSent(),
+    ],
+    ids=["refused", "connect-error", "dns", "request-not-sent"],
+)
+def test_never_sent_failures_are_retried_up_to_max_retries(make_failure: Any) -> None:
+    """Connect failures and RequestNotSent are sent again after each backoff, max_retries times, then a retryable UpstreamUnreachable."""
+    clock = Clock()
+    agent = ScriptedAgent(*[make_failure() for _ in range(4)])
+    d = _post(_provider(agent, clock, max_retries=3))
+    assert len(agent.calls) == 1 and not d.called
+    for attempt, delay in enumerate(RETRY_BACKOFF_SECS, start=2):
+        clock.advance(delay - 0.001)
+        assert len(agent.calls) == attempt - 1, "no retry before the backoff elapsed"
+        clock.advance(0.001)
+        assert len(agent.calls) == attempt
+    failure = _failure_of(d)
+    assert failure.check(UpstreamUnreachable)
+    assert failure.value.retryable is True
+    assert "Failure" not in str(failure.value) and "<" not in str(failure.value)
+    assert len(agent.calls) == 4
+    assert not clock.getDelayedCalls()
+
+
+def test_a_retry_that_succeeds_returns_the_response() -> None:
+    """A RequestNotSent on a stale pooled connection, then an answer: the caller gets the answer."""
+    clock = Clock()
+    agent = ScriptedAgent(RequestNotSent(), "the response")
+    d = _post(_provider(agent, clock))
+    clock.advance(RETRY_BACKOFF_SECS[0])
+    assert d.result == "the response"
+    assert len(agent.calls) == 2
+    assert [call[1] for call in agent.calls] == [b"http://127.0.0.1:1000/v1/messages"] * 2
+
+
+def test_max_retries_zero_means_one_attempt() -> None:
+    """With max_retries 0 a connect failure is reported at once."""
+    clock = Clock()
+    agent = ScriptedAgent(error.ConnectionRefusedError())
+    failure = _failure_of(_post(_provider(agent, clock, max_retries=0)))
+    assert failure.check(UpstreamUnreachable) and len(agent.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "make_failure",
+    [
+        lambda: ResponseNeverReceived([Failure(error.ConnectionDone())]),
+        lambda: ResponseNeverReceived([Failure(error.ConnectionLost())]),
+        lambda: ResponseFailed([Failure(error.ConnectionDone())]),
+        lambda: ResponseFailed([Failure(error.ConnectionLost("reset"))]),
+    ],
+    ids=["never-received-closed", "never-received-reset", "failed-closed", "failed-reset"],
+)
+def test_a_request_that_may_have_reached_the_provider_is_never_sent_again(make_failure: Any) -> None:
+    """ResponseNeverReceived / ResponseFailed after the body left: exactly one agent call, a non-retryable UpstreamUnreachable (no double billing)."""
+    clock = Clock()
+    agent = ScriptedAgent(*[make_failure() for _ in range(4)])
+    d = _post(_provider(agent, clock, max_retries=3))
+    clock.advance(60)
+    failure = _failure_of(d)
+    assert failure.check(UpstreamUnreachable)
+    assert failure.value.retryable is False
+    assert len(agent.calls) == 1
+    message = str(failure.value)
+    assert "closed the connection" in message
+    assert "Failure" not in message and "<" not in message and "[" not in message
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [RuntimeError("kaboom"), ValueError(), KeyError("x"), error.ConnectionLost()],
+    ids=["runtime", "value", "key", "connection-lost"],
+)
+def test_any_other_failure_is_an_upstream_error_not_a_raw_exception(exc: Exception) -> None:
+    """An unexpected agent failure becomes an UpstreamError (a 502 in the client's dialect), once, without a Failure repr."""
+    clock = Clock()
+    agent = ScriptedAgent(exc, exc, exc, exc)
+    failure = _failure_of(_post(_provider(agent, clock)))
+    assert failure.check(UpstreamError)
+    assert not isinstance(failure.value, UpstreamUnreachable) or failure.value.retryable is False
+    assert len(agent.calls) == 1
+    assert "Failure" not in str(failure.value) and "<" not in str(failure.value)
+
+
+def test_no_answer_within_the_timeout_is_an_upstream_timeout_and_not_retried() -> None:
+    """A provider that never answers: after timeout_secs the agent's Deferred is cancelled and UpstreamTimeout raised, once."""
+    clock = Clock()
+    cancelled: list[bool] = []
+    pending: defer.Deferred[Any] = defer.Deferred(lambda d: cancelled.append(True))
+    agent = ScriptedAgent(pending)
+    d = _post(_provider(agent, clock))
+    clock.advance(29.9)
+    assert not d.called
+    clock.advance(0.1)
+    failure = _failure_of(d)
+    assert failure.check(UpstreamTimeout)
+    assert cancelled == [True]
+    clock.advance(60)
+    assert len(agent.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["1/steal", ".evil.example/x", "@evil/x", "//evil/x", "http://evil/x", "evil:443", "/x\r\nHost: evil", "/x\\y"],
+)
+def test_hostile_path_never_reaches_the_agent(path: str) -> None:
+    """A path that is not origin form fails with BadTarget before the agent (and the server key) is used."""
+    clock = Clock()
+    agent = ScriptedAgent()
+    failure = _failure_of(_post(_provider(agent, clock), path))
+    assert failure.check(BadTarget)
+    assert agent.calls == []
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/v1/messages", b"beta=true"),
+        ("/@evil.example/x", b""),
+        ("/:10001/steal", b""),
+        ("/v1/%0d%0aHost:%20evil", b"x=%0d%0a"),
+        ("/.evil.example", b"u=http://evil/"),
+    ],
+)
+def test_the_server_key_only_goes_to_the_base_urls_host(path: str, query: bytes) -> None:
+    """Whatever origin-form target, the agent is asked for 127.0.0.1:1000 over http, carrying the server key (not the client's)."""
+    clock = Clock()
+    agent = ScriptedAgent()
+    _post(_provider(agent, clock), path, query)
+    [(method, url, headers, _)] = agent.calls
+    parsed = URI.fromBytes(url)
+    assert (parsed.scheme, parsed.host, parsed.port) == (b"http", b"127.0.0.1", 1000)
+    assert headers.getRawHeaders(b"x-api-key") == [SERVER_KEY.encode()]
+
+
+def test_probe_heads_the_base_url_and_explains_failures() -> None:
+    """probe() sends one HEAD to the base URL's origin; a refused connection is a readable UpstreamUnreachable."""
+    clock = Clock()
+    agent = ScriptedAgent(error.ConnectionRefusedError())
+    failure = _failure_of(_provider(agent, clock).probe())
+    assert failure.check(UpstreamUnreachable)
+    assert "Failure" not in str(failure.value)
+    [(method, url, headers, body)] = agent.calls
+    assert (method, url, body) == (b"HEAD", b"http://127.0.0.1:1000/", None)
+    assert not headers.hasHeader(b"x-api-key")
