@@ -14,11 +14,12 @@ from lunaroute.testing.helpers import in_thread
 
 
 @pytest_twisted.ensureDeferred
-async def test_streamed_request_is_logged_with_text_usage_and_stop_reason(fake, start_gateway):
-    """A streamed request prints its summary, the text as it arrives, tool calls, usage and stop reason."""
+async def test_streamed_request_is_logged_with_text_usage_and_stop_reason(fake, start_gateway, capsys):
+    """
+    With logging.log_requests on, a streamed request prints its summary, the
+    text as it arrives, tool calls, usage and stop reason on stdout.
+    """
     gw = await start_gateway(fake, logging={"log_requests": True, "level": "debug"})
-    out = io.StringIO()
-    gw.app.request_log = RequestLogPrinter(out=out, debug=True)
     client = gw.anthropic(api_key="sk-ant-api03-supersecretvalue42")
 
     def run():
@@ -30,7 +31,7 @@ async def test_streamed_request_is_logged_with_text_usage_and_stop_reason(fake, 
             return stream.get_final_message()
 
     await in_thread(run)
-    text = out.getvalue()
+    text = capsys.readouterr().out
     assert "LunaRoute request" in text
     assert "model     claude-sonnet-4-5-tools" in text
     assert "streaming yes" in text
