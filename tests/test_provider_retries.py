@@ -221,3 +221,52 @@ def test_probe_heads_the_base_url_and_explains_failures() -> None:
     [(method, url, headers, body)] = agent.calls
     assert (method, url, body) == (b"HEAD", b"http://127.0.0.1:1000/", None)
     assert not headers.hasHeader(b"x-api-key")
+
+
+def test_a_client_leaving_during_connect_is_a_cancellation_not_a_retry(logged_failures: Any) -> None:
+    """
+    Cancelling the send while the connection is being opened (Twisted reports
+    ConnectingCancelledError) is a cancellation: no retry after the backoff,
+    so no upstream call with nobody waiting, and nothing logged as a failure.
+    """
+    clock = Clock()
+
+    def cancel_connect(d: defer.Deferred[Any]) -> None:
+        d.errback(error.ConnectingCancelledError(None))
+
+    connecting: defer.Deferred[Any] = defer.Deferred(cancel_connect)
+    agent = ScriptedAgent(connecting)
+    d = _post(_provider(agent, clock))
+    d.cancel()
+    assert _failure_of(d).check(defer.CancelledError)
+    clock.advance(sum(RETRY_BACKOFF_SECS) * 10)
+    assert len(agent.calls) == 1
+    assert logged_failures.events == []
+
+
+def test_a_relay_whose_client_already_left_aborts_instead_of_crashing() -> None:
+    """
+    The body starts after the client's request was cleaned up (channel None):
+    the relay stops the upstream transport rather than failing with an
+    AttributeError in registerProducer.
+    """
+    from twisted.internet.testing import StringTransport
+
+    from lunaroute.proxy.relay import RelayProtocol
+
+    class GoneRequest:
+        channel = None
+
+        def registerProducer(self, producer: Any, streaming: bool) -> None:
+            raise AssertionError("must not register on a request whose client left")
+
+    class Upstream(StringTransport):
+        stopped = False
+
+        def stopProducing(self) -> None:
+            self.stopped = True
+
+    relay = RelayProtocol(GoneRequest(), Clock(), lambda chunk: None, idle_timeout=600)
+    transport = Upstream()
+    relay.makeConnection(transport)
+    assert transport.stopped

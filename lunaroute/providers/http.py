@@ -46,7 +46,6 @@ RETRY_BACKOFF_SECS = (0.1, 0.2, 0.4)
 _CONNECT_FAILURES = (
     error.ConnectError,
     error.DNSLookupError,
-    error.ConnectingCancelledError,
 )
 
 
@@ -289,6 +288,11 @@ class HTTPProvider:
                 )
             if failure.check(defer.CancelledError, UpstreamError):
                 return failure
+            if failure.check(error.ConnectingCancelledError):
+                # The caller cancelled (the client went away) while the
+                # connection was being opened: a cancellation, never a
+                # failure to retry.
+                raise defer.CancelledError()
             if failure.check(*_CONNECT_FAILURES, RequestNotSent):
                 raise UpstreamUnreachable(
                     f"{self.name} unreachable: {_describe(failure)}",

@@ -63,6 +63,10 @@ class RelayProtocol(Protocol):
         self.done: defer.Deferred[None] = defer.Deferred(self._cancel)
 
     def connectionMade(self) -> None:
+        if getattr(self._request, "channel", None) is None:
+            # The client left before the body started: nobody to relay to.
+            self._abort()
+            return
         if self.transport is not None:
             self._request.registerProducer(self.transport, True)
             self._registered = True
