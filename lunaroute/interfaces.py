@@ -46,6 +46,14 @@ class IProvider(Interface):
         "keeps no pool."
     )
 
+    def note_in_flight(count: int) -> None:
+        """
+        Told, as each request starts, how many requests to this provider are
+        in flight (sent and not yet fully relayed).  A pooled provider keeps
+        at least that many idle connections, so the connections of a burst
+        are reused instead of closed and reopened (TIME-WAIT churn).
+        """
+
     def request(
         method: bytes, path: str, query: bytes, headers: Headers, body: bytes
     ) -> Deferred[IResponse]:

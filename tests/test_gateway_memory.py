@@ -107,6 +107,7 @@ class FakeProvider:
         self.settings = settings
         self.pool = None  # in memory: no connection pool
         self.calls: list[dict[str, Any]] = []
+        self.in_flight_seen: list[int] = []
         self.probes = 0
         self.probe_result: Any = None
 
@@ -118,6 +119,9 @@ class FakeProvider:
         if isinstance(outcome, BaseException):
             return defer.fail(outcome)
         return defer.succeed(outcome)
+
+    def note_in_flight(self, count: int) -> None:
+        self.in_flight_seen.append(count)
 
     def probe(self) -> defer.Deferred[None]:
         self.probes += 1
@@ -801,3 +805,27 @@ def test_cut_response_to_a_slow_client_still_closes_once_flushed() -> None:
     [exchange] = gateway.exchanges
     assert exchange.outcome == "stream_error"
     assert gateway.in_flight == 0
+
+
+def test_providers_are_told_how_many_requests_are_in_flight() -> None:
+    """
+    Each request tells its provider how many of its requests are in flight
+    (so the pool keeps that many idle connections): two held requests are
+    seen as 1 then 2; once both finish, the next one counts 1 again.
+    """
+    held: list[defer.Deferred[Any]] = [defer.Deferred(), defer.Deferred()]
+    gateway = Gateway()
+    provider = gateway.providers["anthropic"]
+    provider.outcome = held[0]
+    first = gateway.stub.request("POST", "http://gateway.test/v1/messages", data=ANTHROPIC_BODY)
+    provider.outcome = held[1]
+    second = gateway.stub.request("POST", "http://gateway.test/v1/messages", data=ANTHROPIC_BODY)
+    gateway.stub.flush()
+    assert provider.in_flight_seen == [1, 2]
+    for d in held:
+        d.errback(UpstreamUnreachable("down", provider="anthropic"))
+    gateway.stub.flush()
+    assert first.called and second.called
+    provider.outcome = FakeResponse()
+    gateway.call("POST", "/v1/messages", ANTHROPIC_BODY)
+    assert provider.in_flight_seen == [1, 2, 1]

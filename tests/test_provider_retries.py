@@ -270,3 +270,23 @@ def test_a_relay_whose_client_already_left_aborts_instead_of_crashing() -> None:
     transport = Upstream()
     relay.makeConnection(transport)
     assert transport.stopped
+
+
+def test_the_idle_pool_grows_to_the_concurrency_seen_within_bounds() -> None:
+    """
+    With 64 requests in flight and pool_max_idle_per_host 32, the pool keeps
+    64 idle connections (not closing half of them after each burst); the
+    configured value is the floor and MAX_IDLE_PER_HOST the ceiling.
+    """
+    from lunaroute.providers.http import MAX_IDLE_PER_HOST
+
+    provider = _provider(ScriptedAgent(), Clock(), pool_max_idle_per_host=32)
+    assert provider.pool.maxPersistentPerHost == 32
+    provider.note_in_flight(10)
+    assert provider.pool.maxPersistentPerHost == 32
+    provider.note_in_flight(64)
+    assert provider.pool.maxPersistentPerHost == 64
+    provider.note_in_flight(5)
+    assert provider.pool.maxPersistentPerHost == 64
+    provider.note_in_flight(MAX_IDLE_PER_HOST + 1)
+    assert provider.pool.maxPersistentPerHost == 64

@@ -54,6 +54,6 @@ def test_mypy_zope_checks_implementers_against_the_interfaces(tmp_path: Path) ->
     assert any('incompatible with "write_batch" of supertype "ISessionWriter"' in e for e in errors), errors
     assert any("'HalfProvider' is missing following 'IProvider' interface members" in e for e in errors), errors
     missing = next(e for e in errors if "HalfProvider" in e)
-    for member in ("close", "has_server_key", "pool", "provider_type", "request", "settings"):
+    for member in ("close", "has_server_key", "note_in_flight", "pool", "provider_type", "request", "settings"):
         assert member in missing
     assert len(errors) == 2, errors

@@ -130,6 +130,8 @@ class GatewayApp:
         self._readiness = readiness
         self.request_log = request_log
         self.in_flight: dict[defer.Deferred[Any], _InFlight] = {}
+        # Requests in flight per provider name (for the pools' sizing).
+        self._provider_load: dict[str, int] = {}
         self._accepting = True
 
     def resource(self) -> Any:
@@ -343,12 +345,16 @@ class GatewayApp:
             body = replace_model(body, configured)
 
         flight = _InFlight()
+        name = provider.name
+        load = self._provider_load[name] = self._provider_load.get(name, 0) + 1
+        provider.note_in_flight(load)
         d = defer.ensureDeferred(
             self._run(request, flight, listener, view, provider, body, received, kind)
         )
         self.in_flight[d] = flight
 
         def untrack(result: Any) -> Any:
+            self._provider_load[name] -= 1
             self.in_flight.pop(d, None)
             if not flight.finished.called:
                 flight.finished.callback(None)
