@@ -11,6 +11,7 @@ recorder can read it on its own thread while metrics read it on the reactor.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Any
 
@@ -18,21 +19,35 @@ from lunaroute.dialects.model import ResponseSummary
 
 
 class _Sealable:
-    """Attribute assignment raises once L{seal} was called."""
+    """
+    Attribute assignment raises once L{seal} was called.  Sealing swaps the
+    instance's class for a subclass that refuses assignment, so the many
+    assignments made while a request is in flight cost nothing extra.
+    """
 
-    _sealed = False
+    sealed = False
 
     def seal(self) -> None:
-        object.__setattr__(self, "_sealed", True)
+        self.__class__ = _sealed_class(type(self))
 
-    @property
-    def sealed(self) -> bool:
-        return self._sealed
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if self._sealed:
-            raise FrozenInstanceError(f"cannot set {name!r}: the exchange record is finished")
-        object.__setattr__(self, name, value)
+def _refuse(self: Any, name: str, value: Any) -> None:
+    raise FrozenInstanceError(f"cannot set {name!r}: the exchange record is finished")
+
+
+_SEALED_CLASSES: dict[type, type] = {}
+
+
+def _sealed_class(cls: type[_Sealable]) -> type:
+    """The read-only twin of C{cls} (made once per class)."""
+    if cls.sealed:
+        return cls
+    sealed = _SEALED_CLASSES.get(cls)
+    if sealed is None:
+        sealed = _SEALED_CLASSES[cls] = type(
+            cls.__name__, (cls,), {"sealed": True, "__setattr__": _refuse, "__module__": cls.__module__}
+        )
+    return sealed
 
 
 @dataclass(frozen=True)
@@ -146,8 +161,10 @@ class Exchange(_Sealable):
     user_agent: str | None = None
     request_body: bytes = b""
     request_json: dict[str, Any] | None = None
-    request_headers: dict[str, str] = field(default_factory=dict)
-    response_headers: dict[str, str] = field(default_factory=dict)
+    # Credentials masked (lunaroute.secrets); the proxy passes lazy views
+    # (proxy.headers.MaskedHeaders) so masking runs where headers are read.
+    request_headers: Mapping[str, str] = field(default_factory=dict)
+    response_headers: Mapping[str, str] = field(default_factory=dict)
     response: ResponseSummary | None = None
     bytes_out: int = 0
     chunk_count: int = 0

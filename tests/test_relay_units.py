@@ -20,6 +20,7 @@ from lunaroute.proxy.relay import RelayProtocol
 
 class FakeRequest:
     def __init__(self):
+        self.channel = object()  # connected: the client is still there
         self.written = []
         self.producer = None
         self.streaming = None

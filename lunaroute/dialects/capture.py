@@ -155,9 +155,14 @@ class ResponseCapture:
         self._parser = SSEParser()
         self._chunks: list[bytes] = []
         self._size = 0
-        self._anthropic = AnthropicStreamAccumulator()
-        self._chat = ChatCompletionAccumulator()
-        self._responses = ResponsesAccumulator()
+        # Only a stream needs an accumulator, and only its dialect's.
+        if self._sse:
+            if dialect == "anthropic":
+                self._anthropic = AnthropicStreamAccumulator()
+            elif dialect == "openai_chat":
+                self._chat = ChatCompletionAccumulator()
+            else:
+                self._responses = ResponsesAccumulator()
 
     def feed(self, chunk: bytes) -> None:
         """Take the next body chunk exactly as relayed; never raises."""

@@ -12,7 +12,7 @@ reach port 10001 and C{.evil.example/x} another host, with the server key.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.web.client import URI
@@ -24,6 +24,9 @@ __all__ = ["BadTarget", "UpstreamBase", "split_target"]
 # Bytes not allowed in a path or query: anything but printable ASCII, and
 # '#' or '\' (which some parsers treat as the end of the path).
 _FORBIDDEN = re.compile(rb"[^\x21-\x7e]|[#\\]")
+
+
+_MAX_CHECKED_URLS = 512
 
 
 class BadTarget(RequestError):
@@ -62,6 +65,11 @@ class UpstreamBase:
     host: bytes
     port: int
     prefix: str
+    # Checked URLs by (path, query): clients send the same few targets
+    # (/v1/messages?beta=true) over and over.  Bounded.
+    _checked: dict[tuple[bytes, bytes], bytes] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def parse(cls, base_url: str) -> UpstreamBase:
@@ -86,6 +94,16 @@ class UpstreamBase:
         @raise BadTarget: if C{path} is not origin form, or the result would
             not point at this base's scheme, host and port.
         """
+        key = (path, query)
+        url = self._checked.get(key)
+        if url is None:
+            url = self._build(path, query)
+            if len(self._checked) >= _MAX_CHECKED_URLS:
+                self._checked.clear()
+            self._checked[key] = url
+        return url
+
+    def _build(self, path: bytes, query: bytes) -> bytes:
         split_target(path + (b"?" + query if query else b""))
         url = urlunsplit(
             (self.scheme, self.netloc, self.prefix + path.decode("ascii"), query.decode("ascii"), "")

@@ -47,7 +47,7 @@ from lunaroute.proxy.errors import (
     write_error,
 )
 from lunaroute.proxy.headers import (
-    masked_headers,
+    MaskedHeaders,
     relayed_response_headers,
     upstream_request_headers,
 )
@@ -427,7 +427,7 @@ class GatewayApp:
             user_agent=bounded(first_header(request, b"user-agent")),
             request_body=body,
             request_json=view.json,
-            request_headers=masked_headers(request.requestHeaders),
+            request_headers=MaskedHeaders(request.requestHeaders),
         )
         if self.request_log is not None:
             try:
@@ -569,7 +569,7 @@ class GatewayApp:
         response: Any,
     ) -> None:
         """Gather what the relay saw, once the client has its answer."""
-        exchange.response_headers = masked_headers(response.headers)
+        exchange.response_headers = MaskedHeaders(response.headers)
         timings = exchange.timings
         timings.first_byte = relay.first_byte
         timings.last_byte = relay.last_byte

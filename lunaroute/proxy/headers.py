@@ -5,6 +5,8 @@ and recordings.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from twisted.web.http_headers import Headers
 
 from lunaroute.secrets import masked_header_items
@@ -65,6 +67,40 @@ def relayed_response_headers(upstream: Headers) -> list[tuple[bytes, list[bytes]
         for name, values in upstream.getAllRawHeaders()
         if name.lower() not in drop and not name.lower().startswith(b"access-control-")
     ]
+
+
+class MaskedHeaders(Mapping[str, str]):
+    """
+    A read-only view of a message's headers, credentials masked, computed
+    the first time it is read: the request path only keeps a reference, and
+    the masking runs where the headers are used (the recorder's thread, the
+    debug log), not on every request.  The L{Headers} must not change after
+    (true once the request was sent and the response received).
+    """
+
+    __slots__ = ("_headers", "_masked")
+
+    def __init__(self, headers: Headers) -> None:
+        self._headers = headers
+        self._masked: dict[str, str] | None = None
+
+    def _view(self) -> dict[str, str]:
+        masked = self._masked
+        if masked is None:
+            masked = self._masked = masked_header_items(self._headers.getAllRawHeaders())
+        return masked
+
+    def __getitem__(self, name: str) -> str:
+        return self._view()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._view())
+
+    def __len__(self) -> int:
+        return len(self._view())
+
+    def __repr__(self) -> str:
+        return repr(self._view())
 
 
 def masked_headers(headers: Headers) -> dict[str, str]:

@@ -68,6 +68,19 @@ class GatewayChannel(HTTPChannel):
     _head_deadline: Any = None
     _awaiting_head = True
 
+    _host: IAddress | None = None
+
+    def getHost(self) -> IAddress:
+        """
+        This connection's local address, asked of the socket once: Twisted's
+        request asks on every request (a C{getsockname} system call each),
+        and it cannot change while the connection lives.
+        """
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.client_connected(self.client_host)
