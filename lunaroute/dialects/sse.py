@@ -90,6 +90,22 @@ class SSEParser:
             self._skip_lf = False
             text = text.removeprefix("\n")
         events: list[SSEEvent] = []
+        if "\r" not in text:
+            # The usual case (providers end lines with "\n"): split in C.
+            lines = text.split("\n")
+            rest = lines.pop()
+            if lines and self._partial:
+                self._partial.append(lines[0])
+                lines[0] = "".join(self._partial)
+                self._partial.clear()
+                self._partial_size = 0
+            line_of = self._line
+            for line in lines:
+                line_of(line, events)
+            if rest:
+                self._partial.append(rest)
+                self._partial_size += len(rest)
+            return events
         pos = 0
         for match in _EOL.finditer(text):
             line = text[pos : match.start()]
