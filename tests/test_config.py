@@ -117,14 +117,14 @@ def test_defaults() -> None:
 
 def test_settings_are_immutable() -> None:
     """Settings and its collections cannot be modified after loading."""
-    s = settings_from_mapping({"routing": {"rules": [{"model": "x"}]}})
+    s = settings_from_mapping({"routing": {"rules": [{"model_pattern": "x", "primary": "openai"}]}})
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.port = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         s.providers["x"] = s.providers["openai"]  # type: ignore[index]
-    assert s.routing["rules"] == ({"model": "x"},)
+    assert s.routing["rules"] == ({"model_pattern": "x", "primary": "openai"},)
     with pytest.raises(TypeError):
-        s.routing["rules"][0]["model"] = "y"  # type: ignore[index]
+        s.routing["rules"][0]["model_pattern"] = "y"  # type: ignore[index]
 
 
 def test_no_path_and_no_env_is_zero_config() -> None:
@@ -476,14 +476,14 @@ def test_variable_expansion() -> None:
         "providers": {
             "openai": {"base_url": "https://${GW_HOST}/v1", "model": "${MODEL:-gpt-x}"},
         },
-        "routing": {"note": "${BIND}-${MISSING}"},
+        "routing": {"rules": [{"name": "${BIND}-${MISSING}", "primary": "openai"}]},
     }
     s = settings_from_mapping(data, {"BIND": "0.0.0.0", "GW_HOST": "gw.local", "MODEL": ""})
     assert s.host == "0.0.0.0" and s.port == 8500
     assert s.providers["openai"].base_url == "https://gw.local/v1"
     # As in the shell, the default also applies to a variable set to "".
     assert s.providers["openai"].model == "gpt-x"
-    assert s.routing["note"] == "0.0.0.0-"
+    assert s.routing["rules"][0]["name"] == "0.0.0.0-"
 
 
 def test_unset_variable_leaves_api_key_unconfigured() -> None:
