@@ -21,11 +21,18 @@ setup(
     # lunaroute/data (the shipped pricing table) holds no Python: listed as a
     # package of its own so setuptools ships it without its "package would be
     # ignored" warning.
-    packages=find_packages(include=["lunaroute", "lunaroute.*"]) + ["lunaroute.data", "twisted.plugins"],
+    # The example configurations of examples/configs/ are installed inside
+    # the package (lunaroute/examples/configs/), so `--config
+    # examples/configs/<name>` works from any directory
+    # (lunaroute.config.shipped_example); one copy in the tree, mapped here.
+    packages=find_packages(include=["lunaroute", "lunaroute.*"])
+    + ["lunaroute.data", "lunaroute.examples", "lunaroute.examples.configs", "twisted.plugins"],
+    package_dir={"lunaroute.examples": "examples"},
     package_data={
         "twisted": ["plugins/lunaroute_plugin.py"],
         "lunaroute": ["py.typed"],
         "lunaroute.data": ["*.yaml"],
+        "lunaroute.examples.configs": ["*.yaml", "README.md"],
     },
     include_package_data=True,
     install_requires=[

@@ -41,18 +41,24 @@ __all__ = [
     "CLI_OVERRIDES",
     "ENV_VARIABLES",
     "BypassSettings",
+    "CustomPiiPattern",
     "HttpClientSettings",
     "HttpServerSettings",
     "LoggingSettings",
     "MetricsSettings",
     "ModelPricing",
+    "PiiSettings",
     "ProviderSettings",
     "RecordingSettings",
+    "RequestBodySettings",
+    "RetentionSettings",
     "Settings",
     "StatisticsSettings",
     "UISettings",
     "load_settings",
     "mask_secret",
+    "pending_feature_warnings",
+    "shipped_examples_dir",
     "setting_lines",
     "settings_from_mapping",
 ]
@@ -86,6 +92,25 @@ class HttpClientSettings:
     enable_pool_metrics: bool = True
 
 
+@dataclass(frozen=True)
+class RequestBodySettings:
+    """
+    Changes to a provider's request bodies, in the original guide's shape:
+    C{defaults} (set when absent), C{overrides} (forced), C{prepend_messages}.
+
+    Accepted and checked, not applied yet: a non-empty value stops start-up
+    (L{settings_from_mapping}) until request modification is built.  Strings
+    keep their C{${...}} templates unexpanded for that work.
+    """
+
+    defaults: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+    overrides: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+    prepend_messages: tuple[Mapping[str, Any], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.defaults or self.overrides or self.prepend_messages)
+
+
 @dataclass(frozen=True, repr=False)
 class ProviderSettings:
     """
@@ -102,6 +127,12 @@ class ProviderSettings:
     base_url: str
     model: str | None
     http_client: HttpClientSettings
+    # The guide's request modification (headers added to, and body changes
+    # made to, every request to this provider): kept for the privacy work;
+    # non-empty values stop start-up until it lands.  Header values keep
+    # their ${...} templates.
+    request_headers: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+    request_body: RequestBodySettings = field(default_factory=RequestBodySettings)
 
     @property
     def has_api_key(self) -> bool:
@@ -114,7 +145,10 @@ class ProviderSettings:
             f"ProviderSettings(name={self.name!r}, provider_type={self.provider_type!r}, "
             f"enabled={self.enabled!r}, api_key={mask_secret(self.api_key)!r}, "
             f"base_url={self.base_url!r}, model={self.model!r}, "
-            f"http_client={self.http_client!r})"
+            f"http_client={self.http_client!r}, "
+            # Header values may hold credentials: names only.
+            f"request_headers={sorted(self.request_headers)!r}, "
+            f"request_body={self.request_body!r})"
         )
 
 
@@ -162,6 +196,58 @@ class BypassSettings:
     provider: str | None = None
 
 
+PII_REDACTION_MODES = ("mask", "remove", "tokenize", "partial")
+
+
+@dataclass(frozen=True)
+class CustomPiiPattern:
+    """One user-defined PII detector of C{session_recording.pii.custom_patterns}."""
+
+    name: str
+    pattern: str
+    confidence: float = 1.0
+    # None: the section's redaction_mode.
+    redaction_mode: str | None = None
+    placeholder: str | None = None
+
+
+@dataclass(frozen=True)
+class PiiSettings:
+    """
+    PII redaction of what is recorded, in the original guide's shape.
+
+    Accepted and checked, not available yet: C{enabled: true} stops start-up
+    (L{settings_from_mapping}) until redaction is built, so nobody believes
+    their recordings are redacted when they are not.
+    """
+
+    enabled: bool = False
+    detect_email: bool = True
+    detect_phone: bool = True
+    detect_ssn: bool = True
+    detect_credit_card: bool = True
+    detect_ip_address: bool = True
+    redaction_mode: str = "mask"
+    hmac_secret: str | None = field(default=None, repr=False)
+    min_confidence: float = 0.0
+    apply_to_upstream: bool = False
+    custom_patterns: tuple[CustomPiiPattern, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """
+    C{session_recording.cleanup.retention}: when session files are
+    compressed and deleted.  Accepted, not applied yet (a start-up warning,
+    L{pending_feature_warnings}).  Unset keys keep these defaults.
+    """
+
+    max_age_days: int = 30
+    max_total_size_gb: float = 10.0
+    compress_after_days: int = 7
+    cleanup_interval_minutes: int = 60
+
+
 @dataclass(frozen=True)
 class RecordingSettings:
     """Session recording: where and how conversations are written."""
@@ -175,6 +261,9 @@ class RecordingSettings:
     batch_size: int = 100
     batch_interval_ms: int = 100
     max_queue_events: int = 10_000
+    pii: PiiSettings = field(default_factory=PiiSettings)
+    # None: no retention configured (files are kept).
+    retention: RetentionSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -360,6 +449,9 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "batch_size",
         "batch_interval_ms",
         "max_queue_events",
+        # Checked now, built by the privacy and storage work.
+        "pii",
+        "cleanup",
     ),
     "statistics": ("session_stats_max_sessions", "print_summary", "pricing_file", "pricing"),
     "metrics": ("enabled",),
@@ -373,8 +465,61 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "log_requests",
     ),
 }
-_TOP_KEYS = (*_TOP_SCALARS, "providers", *_SECTIONS, "routing")
-_PROVIDER_KEYS = ("provider_type", "enabled", "api_key", "base_url", "model", "http_client")
+# `session_stats_max_sessions` at the top level is the original's spelling
+# of statistics.session_stats_max_sessions.
+_TOP_KEYS = (*_TOP_SCALARS, "providers", *_SECTIONS, "routing", "session_stats_max_sessions")
+_PROVIDER_KEYS = (
+    "provider_type",
+    "enabled",
+    "api_key",
+    "base_url",
+    "model",
+    "http_client",
+    "request_headers",
+    "request_body",
+)
+# Provider keys whose strings are templates for the request-modification
+# work (${session_id}, ${model}...): ${VAR} expansion leaves them alone.
+_TEMPLATE_KEYS = ("request_headers", "request_body")
+_PII_FLAGS = (
+    "enabled",
+    "detect_email",
+    "detect_phone",
+    "detect_ssn",
+    "detect_credit_card",
+    "detect_ip_address",
+    "apply_to_upstream",
+)
+_PII_KEYS = (*_PII_FLAGS, "redaction_mode", "hmac_secret", "min_confidence", "custom_patterns")
+_PII_PATTERN_KEYS = tuple(f.name for f in dataclasses.fields(CustomPiiPattern))
+_RETENTION_KEYS = tuple(f.name for f in dataclasses.fields(RetentionSettings))
+_REQUEST_BODY_KEYS = tuple(f.name for f in dataclasses.fields(RequestBodySettings))
+# routing: the rule list is checked now; the other sections the routing work
+# will read (breaker, health, switch notice) are kept as written.
+_ROUTING_KEYS = ("rules", "circuit_breaker", "health_monitor", "provider_switch_notification")
+_RULE_KEYS = (
+    "name",
+    "priority",
+    "model_pattern",
+    "listener",
+    "header",
+    "always",
+    "primary",
+    "fallbacks",
+    "strategy",
+    "providers",
+    "weights",
+    "primary_providers",
+    "alternative_providers",
+)
+ROUTING_STRATEGIES = ("round_robin", "weighted_round_robin", "limits_alternative")
+# What each strategy needs besides itself.
+_STRATEGY_NEEDS = {
+    "round_robin": ("providers",),
+    "weighted_round_robin": ("weights",),
+    "limits_alternative": ("primary_providers", "alternative_providers"),
+}
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HTTP_CLIENT_KEYS = tuple(f.name for f in dataclasses.fields(HttpClientSettings))
 _WRITER_KEYS = {"jsonl": ("enabled", "directory"), "sqlite": ("enabled", "path")}
 _PRICING_RATES = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
@@ -591,6 +736,31 @@ def _expand_variables(value: Any, env: Mapping[str, str]) -> Any:
     return value
 
 
+def _expand_file(data: Mapping[Any, Any], env: Mapping[str, str]) -> dict[Any, Any]:
+    """
+    L{_expand_variables} over a whole file, except the request-modification
+    blocks of providers: their C{${session_id}}-style templates are filled
+    per request by that feature, not from the environment at start-up.
+    """
+    expanded: dict[Any, Any] = {}
+    for key, value in data.items():
+        if key == "providers" and isinstance(value, Mapping):
+            expanded[key] = {
+                name: (
+                    {
+                        item_key: item if item_key in _TEMPLATE_KEYS else _expand_variables(item, env)
+                        for item_key, item in body.items()
+                    }
+                    if isinstance(body, Mapping)
+                    else _expand_variables(body, env)
+                )
+                for name, body in value.items()
+            }
+        else:
+            expanded[key] = _expand_variables(value, env)
+    return expanded
+
+
 def _freeze(value: Any) -> Any:
     """Make a parsed structure immutable, so Settings really is frozen."""
     if isinstance(value, Mapping):
@@ -657,6 +827,8 @@ def _flatten_file(data: Mapping[Any, Any], layers: _Layers) -> None:
         # `null` (or an empty YAML section) means "use the default".
         if value is None:
             continue
+        if key == "session_stats_max_sessions":
+            continue  # after the statistics section, which it must agree with
         if key == "providers":
             _flatten_providers(value, layers)
         elif key == "routing":
@@ -665,6 +837,33 @@ def _flatten_file(data: Mapping[Any, Any], layers: _Layers) -> None:
             _flatten_section(key, value, layers)
         else:
             layers.set((key,), value)
+    _flatten_top_level_stats_limit(data, layers)
+
+
+def _flatten_top_level_stats_limit(data: Mapping[Any, Any], layers: _Layers) -> None:
+    """
+    The original's top-level C{session_stats_max_sessions} is the same
+    setting as C{statistics.session_stats_max_sessions}; both given with
+    different values is a mistake worth one line.
+    """
+    top = data.get("session_stats_max_sessions")
+    if top is None:
+        return
+    path = ("statistics", "session_stats_max_sessions")
+    if path in layers.values:
+        nested = layers.values[path]
+        try:
+            same = _integer(0)(top) == _integer(0)(nested)
+        except _Invalid:
+            same = False
+        if not same:
+            raise ConfigError(
+                f"conflicts with statistics.session_stats_max_sessions ({_show(top)} vs {_show(nested)}): "
+                "they are the same setting; set only one of them",
+                key="session_stats_max_sessions",
+            )
+        return
+    layers.set(path, top, origin="session_stats_max_sessions")
 
 
 def _flatten_section(name: str, value: Any, layers: _Layers) -> None:
@@ -682,6 +881,9 @@ def _flatten_section(name: str, value: Any, layers: _Layers) -> None:
                     key="session_recording.directory",
                 )
             layers.set((name, "sessions_dir"), item, origin="session_recording.directory")
+        elif name == "session_recording" and key in ("pii", "cleanup"):
+            # Nested blocks, checked when built.
+            layers.set(path, item)
         elif name == "session_recording" and key in _WRITER_KEYS:
             if isinstance(item, Mapping):
                 _check_keys(item, path, _WRITER_KEYS[key])
@@ -713,7 +915,9 @@ def _flatten_providers(value: Any, layers: _Layers) -> None:
         for key, item in body.items():
             if item is None:
                 continue
-            if key == "http_client":
+            if key in _TEMPLATE_KEYS:
+                layers.set((*path, key), item)  # a nested block, checked when built
+            elif key == "http_client":
                 client_path = (*path, key)
                 client = _require_mapping(item, client_path)
                 _check_keys(client, client_path, _HTTP_CLIENT_KEYS)
@@ -795,6 +999,10 @@ def _build_providers(layers: _Layers) -> dict[str, ProviderSettings]:
             base_url=base_url,
             model=layers.get((*path, "model"), None, _optional_text),
             http_client=client,
+            request_headers=_build_request_headers(
+                layers.values.get((*path, "request_headers"), {}), (*path, "request_headers")
+            ),
+            request_body=_build_request_body(layers.values.get((*path, "request_body"), {}), (*path, "request_body")),
         )
     return providers
 
@@ -817,7 +1025,218 @@ def _build_recording(layers: _Layers, env: Mapping[str, str]) -> RecordingSettin
         batch_size=layers.get((section, "batch_size"), 100, _integer(1)),
         batch_interval_ms=layers.get((section, "batch_interval_ms"), 100, _integer(1)),
         max_queue_events=layers.get((section, "max_queue_events"), 10_000, _integer(1)),
+        pii=_build_pii(layers.values[(section, "pii")]) if (section, "pii") in layers.values else PiiSettings(),
+        retention=(
+            _build_retention(layers.values[(section, "cleanup")]) if (section, "cleanup") in layers.values else None
+        ),
     )
+
+
+def _checked(value: Any, path: Iterable[Any], convert: Callable[[Any], Any]) -> Any:
+    """C{convert(value)}, a failure reported as one line naming C{path}."""
+    try:
+        return convert(value)
+    except _Invalid as exc:
+        raise ConfigError(str(exc), key=_dotted(path)) from None
+
+
+def _regex(value: Any) -> str:
+    text = _text(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise _Invalid(f"invalid regular expression: {exc}") from None
+    return text
+
+
+def _fraction(value: Any) -> float:
+    number = _number(0)(value)
+    if number > 1:
+        raise _Invalid(f"must be between 0 and 1, got {number:g}")
+    return number
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A list of provider names (a lone name is a list of one)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _Invalid(f"expected a non-empty list of provider names, got {_kind(value)}")
+    return tuple(_text(item) for item in value)
+
+
+def _build_pii(raw: Any) -> PiiSettings:
+    base = ("session_recording", "pii")
+    section = _require_mapping(raw, base)
+    _check_keys(section, base, _PII_KEYS)
+    defaults = PiiSettings()
+    values: dict[str, Any] = {}
+    for key in _PII_FLAGS:
+        values[key] = _checked(section.get(key, getattr(defaults, key)), (*base, key), _bool)
+    mode_choice = _choice({m: m for m in PII_REDACTION_MODES})
+    values["redaction_mode"] = _checked(section.get("redaction_mode", defaults.redaction_mode), (*base, "redaction_mode"), mode_choice)
+    values["hmac_secret"] = _checked(section.get("hmac_secret"), (*base, "hmac_secret"), _optional_text)
+    values["min_confidence"] = _checked(
+        section.get("min_confidence", defaults.min_confidence), (*base, "min_confidence"), _fraction
+    )
+    raw_patterns = section.get("custom_patterns") or []
+    if not isinstance(raw_patterns, (list, tuple)):
+        raise ConfigError(f"expected a list of patterns, got {_kind(raw_patterns)}", key=_dotted((*base, "custom_patterns")))
+    patterns = []
+    for index, entry in enumerate(raw_patterns):
+        where = (*base, f"custom_patterns[{index}]")
+        entry = _require_mapping(entry, where)
+        _check_keys(entry, where, _PII_PATTERN_KEYS)
+        for required in ("name", "pattern"):
+            if entry.get(required) is None:
+                raise ConfigError("required", key=_dotted((*where, required)))
+        patterns.append(
+            CustomPiiPattern(
+                name=_checked(entry["name"], (*where, "name"), _text),
+                pattern=_checked(entry["pattern"], (*where, "pattern"), _regex),
+                confidence=_checked(entry.get("confidence", 1.0), (*where, "confidence"), _fraction),
+                redaction_mode=_checked(
+                    entry.get("redaction_mode"),
+                    (*where, "redaction_mode"),
+                    lambda v: None if v is None else mode_choice(v),
+                ),
+                placeholder=_checked(entry.get("placeholder"), (*where, "placeholder"), _optional_text),
+            )
+        )
+    values["custom_patterns"] = tuple(patterns)
+    return PiiSettings(**values)
+
+
+def _build_retention(raw: Any) -> RetentionSettings | None:
+    base = ("session_recording", "cleanup")
+    cleanup = _require_mapping(raw, base)
+    _check_keys(cleanup, base, ("retention",))
+    raw_retention = cleanup.get("retention")
+    if raw_retention is None:
+        return None
+    where = (*base, "retention")
+    retention = _require_mapping(raw_retention, where)
+    _check_keys(retention, where, _RETENTION_KEYS)
+    defaults = RetentionSettings()
+    checks: dict[str, Callable[[Any], Any]] = {
+        "max_age_days": _integer(1),
+        "max_total_size_gb": _number(0, exclusive=True),
+        "compress_after_days": _integer(0),
+        "cleanup_interval_minutes": _integer(1),
+    }
+    return RetentionSettings(
+        **{
+            key: _checked(retention.get(key, getattr(defaults, key)), (*where, key), check)
+            for key, check in checks.items()
+        }
+    )
+
+
+def _build_request_headers(raw: Any, path: _Path) -> Mapping[str, str]:
+    block = _require_mapping(raw, path)
+    _check_keys(block, path, ("headers",))
+    headers = _require_mapping(block.get("headers") or {}, (*path, "headers"))
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        where = (*path, "headers", str(name))
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise ConfigError("not a valid HTTP header name", key=_dotted(where))
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"expected a string, got {_kind(value)}", key=_dotted(where))
+        out[name] = str(value)
+    return types.MappingProxyType(out)
+
+
+def _build_request_body(raw: Any, path: _Path) -> RequestBodySettings:
+    block = _require_mapping(raw, path)
+    _check_keys(block, path, _REQUEST_BODY_KEYS)
+    defaults = _require_mapping(block.get("defaults") or {}, (*path, "defaults"))
+    overrides = _require_mapping(block.get("overrides") or {}, (*path, "overrides"))
+    raw_messages = block.get("prepend_messages") or []
+    if not isinstance(raw_messages, (list, tuple)):
+        raise ConfigError(f"expected a list of messages, got {_kind(raw_messages)}", key=_dotted((*path, "prepend_messages")))
+    messages = []
+    for index, message in enumerate(raw_messages):
+        where = (*path, f"prepend_messages[{index}]")
+        message = _require_mapping(message, where)
+        _checked(message.get("role"), (*where, "role"), _text)
+        if not isinstance(message.get("content"), (str, list)):
+            raise ConfigError(
+                f"expected the message text (or a list of content blocks), got {_kind(message.get('content'))}",
+                key=_dotted((*where, "content")),
+            )
+        messages.append(_freeze(message))
+    return RequestBodySettings(
+        defaults=_freeze(defaults), overrides=_freeze(overrides), prepend_messages=tuple(messages)
+    )
+
+
+def _build_routing(raw: Any) -> Mapping[str, Any]:
+    """
+    Check C{routing} against the shape the original's guide documents
+    (rules with C{model_pattern}, C{primary} + C{fallbacks}, or a
+    C{strategy} with its providers or C{weights}) and return it frozen, as
+    written, for the routing work.  Provider names are not resolved yet:
+    the guide's own example names providers it does not define.
+    """
+    routing = _require_mapping(raw, ("routing",))
+    _check_keys(routing, ("routing",), _ROUTING_KEYS)
+    for key in ("circuit_breaker", "health_monitor", "provider_switch_notification"):
+        if routing.get(key) is not None:
+            _require_mapping(routing[key], ("routing", key))
+    rules = routing.get("rules")
+    if rules is None:
+        return _freeze(routing)
+    if not isinstance(rules, (list, tuple)):
+        raise ConfigError(f"expected a list of rules, got {_kind(rules)}", key="routing.rules")
+    for index, rule in enumerate(rules):
+        where: _Path = ("routing", f"rules[{index}]")
+        rule = _require_mapping(rule, where)
+        _check_keys(rule, where, _RULE_KEYS)
+        checks: dict[str, Callable[[Any], Any]] = {
+            "name": _text,
+            "priority": _integer(),
+            "model_pattern": _regex,
+            "listener": _choice({t: t for t in PROVIDER_TYPES}),
+            "always": _bool,
+            "primary": _text,
+            "fallbacks": _names,
+            "providers": _names,
+            "primary_providers": _names,
+            "alternative_providers": _names,
+            "strategy": _choice(
+                {**{s: s for s in ROUTING_STRATEGIES}, **{s.replace("_", "-"): s for s in ROUTING_STRATEGIES}}
+            ),
+        }
+        for key, check in checks.items():
+            if rule.get(key) is not None:
+                _checked(rule[key], (*where, key), check)
+        if rule.get("header") is not None:
+            header = _require_mapping(rule["header"], (*where, "header"))
+            for name, value in header.items():
+                if not isinstance(name, str) or not _HEADER_NAME.match(name):
+                    raise ConfigError("not a valid HTTP header name", key=_dotted((*where, "header", str(name))))
+                _checked(value, (*where, "header", name), _text)
+        if rule.get("weights") is not None:
+            weights = _require_mapping(rule["weights"], (*where, "weights"))
+            if not weights:
+                raise ConfigError("expected at least one provider: weight", key=_dotted((*where, "weights")))
+            for name, weight in weights.items():
+                _checked(weight, (*where, "weights", str(name)), _number(0, exclusive=True))
+        strategy = rule.get("strategy")
+        if strategy is None:
+            if rule.get("primary") is None:
+                raise ConfigError(
+                    "needs a target: primary (with optional fallbacks) or a strategy "
+                    f"({', '.join(ROUTING_STRATEGIES)})",
+                    key=_dotted(where),
+                )
+        else:
+            strategy = checks["strategy"](strategy)
+            for needed in _STRATEGY_NEEDS[strategy]:
+                if rule.get(needed) is None:
+                    raise ConfigError(f"required by strategy {strategy}", key=_dotted((*where, needed)))
+    return _freeze(routing)
 
 
 def _build_pricing(raw: Any) -> Mapping[str, ModelPricing]:
@@ -918,7 +1337,7 @@ def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Setti
             delete_enabled=layers.get(("ui", "delete_enabled"), ui_defaults.delete_enabled, _bool),
             log_requests=layers.get(("ui", "log_requests"), ui_defaults.log_requests, _bool),
         ),
-        routing=_freeze(layers.values.get(("routing",), {})),
+        routing=_build_routing(layers.values.get(("routing",), {})),
         source=source,
     )
 
@@ -946,10 +1365,69 @@ def settings_from_mapping(
     """
     data = _require_mapping(data, ()) if data is not None else {}
     layers = _Layers()
-    _flatten_file(_expand_variables(data, env), layers)
+    _flatten_file(_expand_file(data, env), layers)
     _apply_env(env, layers)
     _apply_overrides(overrides, layers)
-    return _build(layers, env, source)
+    settings = _build(layers, env, source)
+    _refuse_unavailable_features(settings)
+    return settings
+
+
+# --------------------------------------------------------------------------
+# Documented features that are not built yet.  Their settings are accepted
+# and checked so the original's configs keep their meaning, and never
+# silently ignored: one that would change what is recorded or sent stops
+# start-up; one that only tidies up later starts with a warning.
+
+_PRIVACY_WORK = "coming with the privacy work"
+
+
+def _refuse_unavailable_features(settings: Settings) -> None:
+    """
+    Raise L{ConfigError} (one line naming the key) when the settings ask for
+    privacy- or correctness-relevant behaviour this version cannot honour.
+    """
+    if settings.session_recording.pii.enabled:
+        raise ConfigError(
+            f"PII redaction is not available in this version yet ({_PRIVACY_WORK}); "
+            "remove the block or set enabled: false",
+            key="session_recording.pii",
+        )
+    for provider in settings.providers.values():
+        if provider.request_headers:
+            raise ConfigError(
+                f"request header modification is not available in this version yet ({_PRIVACY_WORK}); "
+                "remove the block",
+                key=f"providers.{provider.name}.request_headers",
+            )
+        if provider.request_body:
+            raise ConfigError(
+                f"request body modification is not available in this version yet ({_PRIVACY_WORK}); "
+                "remove the block",
+                key=f"providers.{provider.name}.request_body",
+            )
+
+
+def pending_feature_warnings(settings: Settings) -> list[str]:
+    """
+    Warning lines for the start-up log: settings that are accepted but not
+    applied yet (routing rules, session file retention), one line each.
+    Empty when nothing is pending.
+    """
+    lines = []
+    if settings.routing:
+        rules = settings.routing.get("rules") or ()
+        what = f"{len(rules)} rule{'s' if len(rules) != 1 else ''}" if rules else "the section"
+        lines.append(
+            f"routing: {what} accepted but not applied yet (rule-based routing is coming with the "
+            "routing work); every request goes to the provider of its dialect"
+        )
+    if settings.session_recording.retention is not None:
+        lines.append(
+            "session_recording.cleanup.retention: accepted but not applied yet (retention and "
+            f"compression are {_PRIVACY_WORK}); session files are kept as they are"
+        )
+    return lines
 
 
 def load_settings(
@@ -979,8 +1457,44 @@ def load_settings(
             raise ConfigError("no configuration file given (pass a path or set LUNAROUTE_CONFIG)")
         return settings_from_mapping({}, env, overrides or _EMPTY)
     full_path = os.path.abspath(_expand_home(path, env))
+    if not os.path.exists(full_path):
+        # `--config examples/configs/<name>` as the guide writes it, run
+        # away from a checkout: use the copy installed with the package.
+        shipped = shipped_example(path)
+        if shipped is not None:
+            full_path = shipped
     data = _read_file(full_path, shown=path)
     return settings_from_mapping(data, env, overrides or _EMPTY, source=full_path)
+
+
+_EXAMPLE_PATH = re.compile(r"^(?:\./)*examples/configs/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)$")
+
+
+def shipped_examples_dir() -> str:
+    """
+    Where the example configurations (C{examples/configs/} of the source
+    tree) are installed: C{lunaroute/examples/configs/} inside the package.
+    Run from a source checkout without installing, the checkout's own
+    C{examples/configs/}.
+    """
+    package = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(package, "examples", "configs")
+    if os.path.isdir(installed):
+        return installed
+    return os.path.join(os.path.dirname(package), "examples", "configs")
+
+
+def shipped_example(path: str) -> str | None:
+    """
+    The installed copy of C{examples/configs/<name>} when C{path} is of that
+    form (relative, as the documentation writes it) and the copy exists,
+    else C{None}.
+    """
+    found = _EXAMPLE_PATH.match(path.replace(os.sep, "/"))
+    if found is None:
+        return None
+    candidate = os.path.join(shipped_examples_dir(), found["name"])
+    return candidate if os.path.isfile(candidate) else None
 
 
 # --------------------------------------------------------------------------
@@ -1065,8 +1579,11 @@ def _onoff(flag: bool) -> str:
 
 def setting_lines(settings: Settings) -> list[str]:
     """A short human-readable summary for the startup log; secrets masked."""
+    config = settings.source or "none (built-in defaults)"
+    if settings.source and os.path.dirname(settings.source) == shipped_examples_dir():
+        config += " (the example shipped with LunaRoute)"
     lines = [
-        f"config: {settings.source or 'none (built-in defaults)'}",
+        f"config: {config}",
         f"listening on {settings.host}:{settings.port}, dialect {settings.api_dialect}",
     ]
     for provider in settings.providers.values():

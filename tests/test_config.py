@@ -117,14 +117,14 @@ def test_defaults() -> None:
 
 def test_settings_are_immutable() -> None:
     """Settings and its collections cannot be modified after loading."""
-    s = settings_from_mapping({"routing": {"rules": [{"model": "x"}]}})
+    s = settings_from_mapping({"routing": {"rules": [{"model_pattern": "x", "primary": "openai"}]}})
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.port = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         s.providers["x"] = s.providers["openai"]  # type: ignore[index]
-    assert s.routing["rules"] == ({"model": "x"},)
+    assert s.routing["rules"] == ({"model_pattern": "x", "primary": "openai"},)
     with pytest.raises(TypeError):
-        s.routing["rules"][0]["model"] = "y"  # type: ignore[index]
+        s.routing["rules"][0]["model_pattern"] = "y"  # type: ignore[index]
 
 
 def test_no_path_and_no_env_is_zero_config() -> None:
@@ -476,14 +476,14 @@ def test_variable_expansion() -> None:
         "providers": {
             "openai": {"base_url": "https://${GW_HOST}/v1", "model": "${MODEL:-gpt-x}"},
         },
-        "routing": {"note": "${BIND}-${MISSING}"},
+        "routing": {"rules": [{"name": "${BIND}-${MISSING}", "primary": "openai"}]},
     }
     s = settings_from_mapping(data, {"BIND": "0.0.0.0", "GW_HOST": "gw.local", "MODEL": ""})
     assert s.host == "0.0.0.0" and s.port == 8500
     assert s.providers["openai"].base_url == "https://gw.local/v1"
     # As in the shell, the default also applies to a variable set to "".
     assert s.providers["openai"].model == "gpt-x"
-    assert s.routing["note"] == "0.0.0.0-"
+    assert s.routing["rules"][0]["name"] == "0.0.0.0-"
 
 
 def test_unset_variable_leaves_api_key_unconfigured() -> None:
@@ -872,3 +872,199 @@ def test_error_hierarchy() -> None:
     too_large = RequestTooLarge("too big")
     assert isinstance(too_large, RequestError)
     assert (too_large.status, too_large.error_type, str(too_large)) == (413, "request_too_large", "too big")
+
+
+# --------------------------------------------------------------------------
+# The original's keys: top-level session_stats_max_sessions, and keys of
+# features still being built (accepted, checked, never silently ignored).
+
+
+def test_top_level_session_stats_max_sessions_is_the_statistics_setting() -> None:
+    """The original README's top-level key sets statistics.session_stats_max_sessions."""
+    assert settings_from_mapping({"session_stats_max_sessions": 50}).statistics.session_stats_max_sessions == 50
+    both = {"session_stats_max_sessions": "50", "statistics": {"session_stats_max_sessions": 50}}
+    assert settings_from_mapping(both).statistics.session_stats_max_sessions == 50
+
+
+def test_top_level_and_statistics_limits_that_differ_are_one_line_naming_both() -> None:
+    """Both spellings with different values: one line naming both keys."""
+    error = config_error({"statistics": {"session_stats_max_sessions": 100}, "session_stats_max_sessions": 50})
+    assert str(error) == (
+        "session_stats_max_sessions: conflicts with statistics.session_stats_max_sessions (50 vs 100): "
+        "they are the same setting; set only one of them"
+    )
+
+
+def test_a_bad_top_level_limit_names_the_top_level_key() -> None:
+    """A bad value given at the top level is reported under the key the user wrote."""
+    assert str(config_error({"session_stats_max_sessions": -1})) == (
+        "session_stats_max_sessions: must be at least 0, got -1"
+    )
+
+
+GUIDE_PII = {
+    "enabled": False,
+    "detect_email": True,
+    "detect_ip_address": "no",
+    "redaction_mode": "tokenize",
+    "hmac_secret": "${PII_SECRET}",
+    "custom_patterns": [
+        {"name": "api_key", "pattern": "sk-[a-zA-Z0-9]{32,}", "confidence": 0.95,
+         "redaction_mode": "mask", "placeholder": "[API_KEY]"},
+    ],
+}
+
+
+def test_pii_block_is_parsed_in_the_guides_shape() -> None:
+    """session_recording.pii is kept, typed and frozen, for the privacy work."""
+    s = settings_from_mapping({"session_recording": {"pii": GUIDE_PII}}, {"PII_SECRET": "s3cret-value"})
+    pii = s.session_recording.pii
+    assert (pii.enabled, pii.detect_email, pii.detect_phone, pii.detect_ip_address) == (False, True, True, False)
+    assert (pii.redaction_mode, pii.hmac_secret) == ("tokenize", "s3cret-value")
+    assert "s3cret-value" not in repr(s)
+    (pattern,) = pii.custom_patterns
+    assert (pattern.name, pattern.pattern, pattern.confidence, pattern.redaction_mode, pattern.placeholder) == (
+        "api_key", "sk-[a-zA-Z0-9]{32,}", 0.95, "mask", "[API_KEY]",
+    )
+    assert settings_from_mapping({}).session_recording.pii == config_module.PiiSettings()
+
+
+def test_pii_enabled_refuses_to_start_with_one_line() -> None:
+    """PII redaction cannot be honoured yet: enabled: true stops start-up, naming the key."""
+    error = config_error({"session_recording": {"pii": {**GUIDE_PII, "enabled": True}}})
+    assert str(error) == (
+        "session_recording.pii: PII redaction is not available in this version yet (coming with the "
+        "privacy work); remove the block or set enabled: false"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pii", "message"),
+    [
+        ({"redaction_mode": "blur"}, "session_recording.pii.redaction_mode: must be one of mask, remove, tokenize, partial; got 'blur'"),
+        ({"detect_emails": True}, "session_recording.pii.detect_emails: unknown key (did you mean 'detect_email'?)"),
+        ({"custom_patterns": [{"name": "x", "pattern": "("}]}, "session_recording.pii.custom_patterns[0].pattern: invalid regular expression: missing ), unterminated subpattern at position 0"),
+        ({"custom_patterns": [{"pattern": "x"}]}, "session_recording.pii.custom_patterns[0].name: required"),
+        ({"custom_patterns": [{"name": "x", "pattern": "x", "confidence": 2}]}, "session_recording.pii.custom_patterns[0].confidence: must be between 0 and 1, got 2"),
+        ("yes", "session_recording.pii: expected a mapping, got 'yes'"),
+    ],
+)
+def test_pii_block_is_checked(pii: Any, message: str) -> None:
+    """Mistakes in the pii block are one line each, even while the feature is pending."""
+    assert str(config_error({"session_recording": {"pii": pii}})) == message
+
+
+def test_request_headers_keep_their_templates_and_refuse_to_start() -> None:
+    """request_headers templates are not expanded from the environment; a non-empty block is refused."""
+    block = {"headers": {"X-Session-Context": "claude-code-${session_id}", "X-Developer-ID": "${env.USER}"}}
+    error = config_error({"providers": {"anthropic": {"request_headers": block}}}, {"session_id": "nope"})
+    assert str(error) == (
+        "providers.anthropic.request_headers: request header modification is not available in this "
+        "version yet (coming with the privacy work); remove the block"
+    )
+    s = settings_from_mapping({"providers": {"anthropic": {"request_headers": {"headers": {}}}}})
+    assert dict(s.providers["anthropic"].request_headers) == {}
+    parsed = config_module._build_request_headers(block, ("providers", "anthropic", "request_headers"))
+    assert parsed["X-Session-Context"] == "claude-code-${session_id}"
+
+
+def test_request_body_is_checked_and_refused_when_not_empty() -> None:
+    """request_body in the guide's shape is refused with one line; an empty one is accepted."""
+    body = {"defaults": {"temperature": 0.7}, "overrides": {"top_p": 0.9},
+            "prepend_messages": [{"role": "user", "content": "Be concise."}]}
+    error = config_error({"providers": {"openai": {"request_body": body}}})
+    assert str(error).startswith("providers.openai.request_body: request body modification is not available")
+    parsed = config_module._build_request_body(body, ("providers", "openai", "request_body"))
+    assert parsed.prepend_messages == ({"role": "user", "content": "Be concise."},) and parsed
+    assert not settings_from_mapping({"providers": {"openai": {"request_body": {}}}}).providers["openai"].request_body
+    bad = {"prepend_messages": [{"role": "user"}]}
+    assert str(config_error({"providers": {"openai": {"request_body": bad}}})) == (
+        "providers.openai.request_body.prepend_messages[0].content: expected the message text "
+        "(or a list of content blocks), got None"
+    )
+    assert str(config_error({"providers": {"openai": {"request_headers": {"headers": {"bad name": "x"}}}}})) == (
+        "providers.openai.request_headers.headers.bad name: not a valid HTTP header name"
+    )
+
+
+def test_retention_keeps_defaults_for_unset_keys_and_warns() -> None:
+    """cleanup.retention: partial config keeps the defaults; start-up warns it is not applied."""
+    s = settings_from_mapping({"session_recording": {"cleanup": {"retention": {"max_total_size_gb": 5}}}})
+    assert s.session_recording.retention == config_module.RetentionSettings(max_total_size_gb=5.0)
+    assert config_module.pending_feature_warnings(s) == [
+        "session_recording.cleanup.retention: accepted but not applied yet (retention and compression "
+        "are coming with the privacy work); session files are kept as they are"
+    ]
+    assert settings_from_mapping({}).session_recording.retention is None
+    assert str(config_error({"session_recording": {"cleanup": {"retention": {"max_age_days": 0}}}})) == (
+        "session_recording.cleanup.retention.max_age_days: must be at least 1, got 0"
+    )
+    assert str(config_error({"session_recording": {"cleanup": {"retain": {}}}})) == (
+        "session_recording.cleanup.retain: unknown key (expected one of: retention)"
+    )
+
+
+def test_routing_rules_are_kept_and_warned_about() -> None:
+    """Routing rules load as written, frozen, with one start-up warning line."""
+    rules = [
+        {"name": "claude-with-fallback", "model_pattern": "^claude-.*", "primary": "anthropic",
+         "fallbacks": ["openai"]},
+        {"name": "weighted", "model_pattern": "^gpt-.*", "strategy": "weighted_round_robin",
+         "weights": {"openai_primary": 80, "openai_backup": 20}},
+    ]
+    s = settings_from_mapping({"routing": {"rules": rules}})
+    assert s.routing["rules"][1]["weights"]["openai_primary"] == 80
+    assert config_module.pending_feature_warnings(s) == [
+        "routing: 2 rules accepted but not applied yet (rule-based routing is coming with the routing "
+        "work); every request goes to the provider of its dialect"
+    ]
+    assert config_module.pending_feature_warnings(settings_from_mapping({})) == []
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"model_pattern": "^gpt-.*"}, "routing.rules[0]: needs a target: primary (with optional fallbacks) or a strategy (round_robin, weighted_round_robin, limits_alternative)"),
+        ({"model_pattern": "(", "primary": "openai"}, "routing.rules[0].model_pattern: invalid regular expression: missing ), unterminated subpattern at position 0"),
+        ({"strategy": "weighted_round_robin", "weights": {"a": 0}}, "routing.rules[0].weights.a: must be greater than 0, got 0"),
+        ({"strategy": "weighted_round_robin"}, "routing.rules[0].weights: required by strategy weighted_round_robin"),
+        ({"strategy": "round-robin"}, "routing.rules[0].providers: required by strategy round_robin"),
+        ({"strategy": "random", "primary": "x"}, "routing.rules[0].strategy: must be one of round_robin, weighted_round_robin, limits_alternative, round-robin, weighted-round-robin, limits-alternative; got 'random'"),
+        ({"primary": "x", "fallback": ["y"]}, "routing.rules[0].fallback: unknown key (did you mean 'fallbacks'?)"),
+        ({"primary": "x", "listener": "gemini"}, "routing.rules[0].listener: must be one of anthropic, openai; got 'gemini'"),
+    ],
+)
+def test_routing_rules_are_checked(rule: dict[str, Any], message: str) -> None:
+    """A malformed rule is one line naming it, although rules are not applied yet."""
+    assert str(config_error({"routing": {"rules": [rule]}})) == message
+
+
+def test_unknown_routing_section_is_an_error() -> None:
+    """Keys under routing are checked too: a typo is never stored and ignored."""
+    assert str(config_error({"routing": {"rule": []}})) == "routing.rule: unknown key (did you mean 'rules'?)"
+
+
+def test_examples_path_falls_back_to_the_shipped_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--config examples/configs/<name> away from a checkout loads the installed example."""
+    monkeypatch.chdir(tmp_path)
+    s = load_settings("examples/configs/claude-code-proxy.yaml", env={"HOME": str(tmp_path)})
+    assert s.source == os.path.join(config_module.shipped_examples_dir(), "claude-code-proxy.yaml")
+    assert s.api_dialect == "anthropic" and s.port == 8081
+    assert setting_lines(s)[0] == f"config: {s.source} (the example shipped with LunaRoute)"
+    # A local file of that name wins; other paths never fall back.
+    local = tmp_path / "examples" / "configs"
+    local.mkdir(parents=True)
+    (local / "claude-code-proxy.yaml").write_text("port: 9999\n")
+    assert load_settings("examples/configs/claude-code-proxy.yaml", env={}).port == 9999
+    for missing in ("configs/claude-code-proxy.yaml", "examples/configs/nope.yaml", "/examples/configs/development.yaml"):
+        with pytest.raises(ConfigError, match="config file not found"):
+            load_settings(missing, env={})
+
+
+def test_every_shipped_example_is_in_the_source_tree() -> None:
+    """The installed examples are the checkout's examples/configs, file for file."""
+    installed = Path(config_module.shipped_examples_dir())
+    source = REPO / "examples" / "configs"
+    assert sorted(p.name for p in installed.iterdir()) == sorted(p.name for p in source.iterdir())
+    for path in source.iterdir():
+        assert (installed / path.name).read_text() == path.read_text(), path.name
