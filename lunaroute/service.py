@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from lunaroute.config import Settings, setting_lines
+from lunaroute.config import Settings, pending_feature_warnings, setting_lines
 from lunaroute.errors import ConfigError
 from lunaroute.logs import log_observer, set_log_level
 from lunaroute.metrics import GatewayMetrics
@@ -136,6 +136,8 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         for line in setting_lines(self.settings):
             log.info("{line}", line=line)
+        for warning in pending_feature_warnings(self.settings):
+            log.warn("{warning}", warning=warning)
         exposure = exposure_warning(self.settings)
         if exposure:
             log.warn("{warning}", warning=exposure)

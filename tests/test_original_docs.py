@@ -256,11 +256,6 @@ def test_every_yaml_block_starts_the_gateway_or_names_its_missing_feature(
 
 
 @needs_install
-@pytest.mark.xfail(
-    strict=True,
-    reason="service.py does not log config.pending_feature_warnings() yet (the lead wires it); "
-    "once it does, drop this mark",
-)
 @pytest.mark.parametrize(
     ("doc", "line"),
     [pytest.param(doc, line, id=block_id(doc, line)) for doc, line in WARNED],
