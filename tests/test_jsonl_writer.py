@@ -301,3 +301,23 @@ def test_a_write_error_names_the_requests_not_written(tmp_path: Path) -> None:
     writer.close()
     assert isinstance(caught.value, OSError) and caught.value.errno is not None
     assert caught.value.request_ids == frozenset({"r-blocked"})
+
+
+def test_bodies_are_serialised_once_per_batch_and_written_last() -> None:
+    """
+    Inside shared_json() a body is serialised once (both writers reuse the
+    text); the JSONL line puts bodies after the short fields and still
+    parses to the event.
+    """
+    from lunaroute.sessions.events import json_text, shared_json
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "t": float("nan")}
+    event = {"type": "request_recorded", "request_json": body, "session_id": "s", "request_id": "r"}
+    with shared_json():
+        line = encode_event(event)
+        body["model"] = "changed"  # the same object: its text is not made again
+        assert json_text(body) == '{"model":"m","messages":[{"role":"user","content":"hi"}],"t":null}'
+    assert json_text(body).startswith('{"model":"changed"')
+    assert line.index(b'"session_id"') < line.index(b'"request_json"')
+    body["model"] = "m"
+    assert json.loads(line) == dict(event, request_json=dict(body, t=None))

@@ -41,7 +41,7 @@ from lunaroute.errors import ConfigError
 from lunaroute.exchange import Exchange
 from lunaroute.interfaces import ISessionWriter
 from lunaroute.logs import log_observer
-from lunaroute.sessions.events import exchange_events
+from lunaroute.sessions.events import exchange_events, shared_json
 from lunaroute.sessions.jsonl import JSONLWriter
 from lunaroute.sessions.sqlite import SQLiteWriter
 
@@ -386,15 +386,17 @@ class RecorderService(Service):
         result.events = len(events)
         if not events:
             return result
-        for writer in self.writers:
-            name = getattr(writer, "name", repr(writer))
-            try:
-                writer.write_batch(events)
-            except Exception as error:
-                result.lose(loss_reason(name, error), _lost_in(error, made))
-                failure = Failure()
-                failure.cleanFailure()
-                result.failures.append((name, failure))
+        # Each body is serialised once, whichever writer gets to it first.
+        with shared_json():
+            for writer in self.writers:
+                name = getattr(writer, "name", repr(writer))
+                try:
+                    writer.write_batch(events)
+                except Exception as error:
+                    result.lose(loss_reason(name, error), _lost_in(error, made))
+                    failure = Failure()
+                    failure.cleanFailure()
+                    result.failures.append((name, failure))
         return result
 
     def _batch_done(self, result: _BatchResult | Failure, exchanges: int = 0) -> None:

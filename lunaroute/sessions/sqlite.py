@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -40,7 +41,7 @@ from zope.interface import implementer
 
 from lunaroute.interfaces import ISessionStore, ISessionWriter
 from lunaroute.logs import log_observer
-from lunaroute.sessions.events import finite_json
+from lunaroute.sessions.events import json_text
 
 __all__ = [
     "MIGRATIONS",
@@ -307,25 +308,20 @@ def _text(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         value = str(value)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
+    if value.isascii() or not _SURROGATE.search(value):
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# Lone surrogates: the only str content UTF-8 cannot encode.  Searching for
+# them costs far less than encoding a body just to find out.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _json(value: Any) -> str | None:
     if value is None:
         return None
-    try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False)
-    except ValueError:
-        # NaN or Infinity from a request body: SQLite's JSON functions (and
-        # every strict parser) reject them.
-        text = json.dumps(
-            finite_json(value), ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
-        )
-    return _text(text)
+    return _text(json_text(value))
 
 
 def _bool(value: Any) -> int | None:
