@@ -15,6 +15,7 @@ C{completed}.  Credentials are masked here, before any writer sees them.
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 import threading
 import time
@@ -167,15 +168,32 @@ def shared_json() -> Iterator[None]:
         _shared.cache = previous
 
 
+def _make_encoder() -> Callable[[Any], str]:
+    """
+    Compact, not ASCII-escaped, strict JSON (C{NaN} raises C{ValueError}).
+    C{json.dumps} with these options builds a new encoder on every call,
+    which costs as much as encoding a small event: build the C encoder once.
+    Cycles are not looked for: event values come from JSON or from us.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the plain way
+        return lambda value: json.dumps(
+            value, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
+        )
+    encode = make(None, str, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    return lambda value: "".join(encode(value, 0))
+
+
+_encode = _make_encoder()
+
+
 def _dumps(value: Any) -> str:
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False)
+        return _encode(value)
     except ValueError:
         # NaN or Infinity (Python's json.loads accepts them in a request
         # body) are not JSON: store them as null so strict parsers read it.
-        return json.dumps(
-            finite_json(value), ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
-        )
+        return _encode(finite_json(value))
 
 
 def json_text(value: Any) -> str:
