@@ -50,6 +50,11 @@ from lunaroute.dialects.capture import ResponseCapture  # noqa: E402
 from lunaroute.exchange import Exchange, Timings  # noqa: E402
 from lunaroute.proxy.headers import masked_headers  # noqa: E402
 from lunaroute.sessions.events import exchange_events  # noqa: E402
+
+try:
+    from lunaroute.sessions.events import shared_json
+except ImportError:  # an older checkout, for before/after comparisons
+    from contextlib import nullcontext as shared_json  # type: ignore[assignment]
 from lunaroute.sessions.jsonl import JSONLWriter  # noqa: E402
 from lunaroute.sessions.sqlite import SQLiteWriter  # noqa: E402
 
@@ -247,11 +252,12 @@ def measure(history_kb: int, n: int, tmp: str, batch_events: int = 100) -> dict[
     t0 = time.perf_counter()
     written = 0
     for group in batches_of_events(fresh, batch_events):
-        events: list[dict[str, Any]] = []
-        for exchange in group:
-            events.extend(exchange_events(exchange))
-        jsonl.write_batch(events)
-        sqlite.write_batch(events)
+        with shared_json():  # as RecorderService does
+            events: list[dict[str, Any]] = []
+            for exchange in group:
+                events.extend(exchange_events(exchange))
+            jsonl.write_batch(events)
+            sqlite.write_batch(events)
         written += len(events)
     dt = time.perf_counter() - t0
     jsonl.close()
@@ -295,10 +301,6 @@ def shape_run(
     """
     from lunaroute.sessions.recorder import event_count
 
-    try:
-        from lunaroute.sessions.events import shared_json
-    except ImportError:  # an older checkout, for before/after comparisons
-        from contextlib import nullcontext as shared_json  # type: ignore[assignment]
 
     factory = ExchangeFactory(history_kb, stream_every=4)
     folder = os.path.join(tmp, f"shape-{label}")
@@ -318,10 +320,10 @@ def shape_run(
             events_in += event_count(exchange)
             i += 1
         w0, c0 = time.perf_counter(), time.thread_time()
-        events: list[dict[str, Any]] = []
-        for exchange in group:
-            events.extend(exchange_events(exchange))
-        with shared_json():
+        with shared_json():  # as RecorderService does
+            events: list[dict[str, Any]] = []
+            for exchange in group:
+                events.extend(exchange_events(exchange))
             jsonl.write_batch(events)
             sqlite.write_batch(events)
         dw, dc = time.perf_counter() - w0, time.thread_time() - c0

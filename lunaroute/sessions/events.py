@@ -196,6 +196,29 @@ def _dumps(value: Any) -> str:
         return _encode(finite_json(value))
 
 
+def _share_text(value: Any, text: str) -> None:
+    """Tell the open L{shared_json} block that C{value} serialises as C{text}."""
+    cache = getattr(_shared, "cache", None)
+    if cache is not None:
+        cache[id(value)] = (value, text)
+
+
+def _body_text(raw: bytes) -> str | None:
+    """
+    The request body's own bytes as the JSON text of its parsed value (the
+    proxy parsed exactly these bytes), when they can stand for it on one
+    line: UTF-8, an object, no line break, no C{NaN}/C{Infinity} (which
+    strict JSON has not).  Spares serialising a body of up to megabytes
+    again; C{None} means "serialise it".
+    """
+    if not raw.startswith(b"{") or b"\n" in raw or b"\r" in raw or b"NaN" in raw or b"Infinity" in raw:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def json_text(value: Any) -> str:
     """
     C{value} as compact JSON text (not ASCII-escaped; C{NaN} and
@@ -384,6 +407,11 @@ def exchange_events(
     summary = exchange.response
     usage = summary.usage if summary is not None else None
     body = clean(exchange.request_json)
+    if body is not None and body is exchange.request_json:
+        # Nothing was masked: the body's bytes are its JSON text.
+        text = _body_text(exchange.request_body)
+        if text is not None:
+            _share_text(body, text)
     events: list[dict[str, Any]] = [
         event(
             "started",

@@ -370,6 +370,12 @@ class RecorderService(Service):
 
     def _write_batch(self, batch: list[Exchange]) -> _BatchResult:
         """Runs in the writer thread: make the events, give them to each writer."""
+        # Each body is serialised once (or not at all: a request body's own
+        # bytes are its JSON text), whichever writer gets to it first.
+        with shared_json():
+            return self._write_events(batch)
+
+    def _write_events(self, batch: list[Exchange]) -> _BatchResult:
         result = _BatchResult()
         events: list[dict[str, Any]] = []
         made: list[Exchange] = []
@@ -386,17 +392,15 @@ class RecorderService(Service):
         result.events = len(events)
         if not events:
             return result
-        # Each body is serialised once, whichever writer gets to it first.
-        with shared_json():
-            for writer in self.writers:
-                name = getattr(writer, "name", repr(writer))
-                try:
-                    writer.write_batch(events)
-                except Exception as error:
-                    result.lose(loss_reason(name, error), _lost_in(error, made))
-                    failure = Failure()
-                    failure.cleanFailure()
-                    result.failures.append((name, failure))
+        for writer in self.writers:
+            name = getattr(writer, "name", repr(writer))
+            try:
+                writer.write_batch(events)
+            except Exception as error:
+                result.lose(loss_reason(name, error), _lost_in(error, made))
+                failure = Failure()
+                failure.cleanFailure()
+                result.failures.append((name, failure))
         return result
 
     def _batch_done(self, result: _BatchResult | Failure, exchanges: int = 0) -> None:
