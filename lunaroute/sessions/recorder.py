@@ -206,7 +206,7 @@ class RecorderService(Service):
         self,
         writers: list[ISessionWriter],
         clock: IReactorTime,
-        batch_size: int = 100,
+        batch_size: int = 1000,
         batch_interval_ms: int = 100,
         max_queue_events: int = 10_000,
         threadpool: Any = None,
