@@ -258,7 +258,7 @@ class RecordingSettings:
     jsonl_dir: str
     sqlite_enabled: bool
     db_path: str
-    batch_size: int = 100
+    batch_size: int = 1000
     batch_interval_ms: int = 100
     max_queue_events: int = 10_000
     pii: PiiSettings = field(default_factory=PiiSettings)
@@ -1022,7 +1022,7 @@ def _build_recording(layers: _Layers, env: Mapping[str, str]) -> RecordingSettin
         jsonl_dir=jsonl_dir,
         sqlite_enabled=layers.get((section, "sqlite", "enabled"), True, _bool),
         db_path=db_path,
-        batch_size=layers.get((section, "batch_size"), 100, _integer(1)),
+        batch_size=layers.get((section, "batch_size"), 1000, _integer(1)),
         batch_interval_ms=layers.get((section, "batch_interval_ms"), 100, _integer(1)),
         max_queue_events=layers.get((section, "max_queue_events"), 10_000, _integer(1)),
         pii=_build_pii(layers.values[(section, "pii")]) if (section, "pii") in layers.values else PiiSettings(),

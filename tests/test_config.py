@@ -100,7 +100,7 @@ def test_defaults() -> None:
     assert rec.sessions_dir == "/home/u/.lunaroute/sessions"
     assert (rec.jsonl_enabled, rec.jsonl_dir) == (True, "/home/u/.lunaroute/sessions")
     assert (rec.sqlite_enabled, rec.db_path) == (True, "/home/u/.lunaroute/sessions/sessions.db")
-    assert (rec.batch_size, rec.batch_interval_ms, rec.max_queue_events) == (100, 100, 10_000)
+    assert (rec.batch_size, rec.batch_interval_ms, rec.max_queue_events) == (1000, 100, 10_000)
     st = s.statistics
     assert (st.session_stats_max_sessions, st.print_summary, st.pricing_file, dict(st.pricing)) == (
         100,

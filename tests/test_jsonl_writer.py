@@ -301,3 +301,54 @@ def test_a_write_error_names_the_requests_not_written(tmp_path: Path) -> None:
     writer.close()
     assert isinstance(caught.value, OSError) and caught.value.errno is not None
     assert caught.value.request_ids == frozenset({"r-blocked"})
+
+
+def test_bodies_are_serialised_once_per_batch_and_written_last() -> None:
+    """
+    Inside shared_json() a body is serialised once (both writers reuse the
+    text); the JSONL line puts bodies after the short fields and still
+    parses to the event.
+    """
+    from lunaroute.sessions.events import json_text, shared_json
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "t": float("nan")}
+    event = {"type": "request_recorded", "request_json": body, "session_id": "s", "request_id": "r"}
+    with shared_json():
+        line = encode_event(event)
+        body["model"] = "changed"  # the same object: its text is not made again
+        assert json_text(body) == '{"model":"m","messages":[{"role":"user","content":"hi"}],"t":null}'
+    assert json_text(body).startswith('{"model":"changed"')
+    assert line.index(b'"session_id"') < line.index(b'"request_json"')
+    body["model"] = "m"
+    assert json.loads(line) == dict(event, request_json=dict(body, t=None))
+
+
+@pytest.mark.parametrize(
+    ("raw", "verbatim"),
+    [
+        (b'{"model": "m",  "max_tokens": 5, "note": "caf\\u00e9"}', True),
+        (b'{"model": "m",\n "max_tokens": 5}', False),  # a line break would split the line
+        (b'{"model": "m", "temperature": NaN}', False),  # not strict JSON
+        (b'{"model": "m", "api_key": "' + RAW_API_KEY.encode() + b'"}', False),  # masked
+    ],
+)
+def test_a_request_body_is_stored_as_its_own_bytes_when_it_can_be(raw: bytes, verbatim: bool) -> None:
+    """
+    Inside shared_json() (as the recorder writes), a request body whose bytes
+    are one line of strict JSON with nothing masked is stored as those
+    bytes, not serialised again; otherwise it is serialised (masked,
+    NaN as null, on one line).  Either way the line parses to the masked body.
+    """
+    from lunaroute.sessions.events import shared_json
+
+    exchange = build_exchange("raw")
+    exchange.request_body = raw
+    exchange.request_json = json.loads(raw)
+    with shared_json():
+        events = exchange_events(exchange)
+        line = next(encode_event(e) for e in events if e["type"] == "request_recorded")
+    assert line.count(b"\n") == 1
+    assert (raw in line) is verbatim
+    stored = json.loads(line)["request_json"]
+    assert RAW_API_KEY not in json.dumps(stored)
+    assert stored["model"] == "m" and "NaN" not in line.decode()

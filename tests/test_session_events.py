@@ -247,6 +247,28 @@ def test_secrets_are_masked_in_headers_and_bodies() -> None:
     assert headers["anthropic-version"] == "2023-06-01"
 
 
+def test_secrets_are_masked_in_every_container_of_every_event() -> None:
+    """
+    Credentials in tool inputs, tool results, an in-stream error and the
+    response headers are masked too: masking the events again finds nothing
+    left to mask, and no raw secret is anywhere.
+    """
+    call = ToolCall(id="toolu_1", name="deploy", raw_input="", input={"token": RAW_BEARER, "env": "prod"})
+    summary = simple_summary(tool_calls=[call])
+    assert summary.message is not None
+    summary.message["content"].append({"type": "tool_use", "id": "toolu_1", "input": call.input})
+    summary.error = {"type": "error", "error": {"api_key": RAW_API_KEY}}
+    exchange = build_exchange(
+        summary=summary, tool_results=[{"tool_call_id": "toolu_0", "password": RAW_API_KEY}]
+    )
+    exchange.response_headers = {"set-cookie": RAW_BEARER, "content-type": "text/event-stream"}
+    events = exchange_events(exchange)
+    assert scrub_secrets(events) == events
+    text = json.dumps(events)
+    assert RAW_API_KEY not in text and RAW_BEARER not in text
+    assert call.input["token"] == RAW_BEARER  # the exchange itself is left alone
+
+
 def test_already_masked_values_keep_their_hint() -> None:
     """A value the proxy masked already (sk-a…xyz4) is left as it is."""
     assert scrub_secrets({"x-api-key": "sk-a…xyz4"}) == {"x-api-key": "sk-a…xyz4"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -323,3 +324,115 @@ def test_nan_and_infinity_in_a_request_are_stored_as_strict_json(tmp_path: Path)
 
     assert json.loads(stored, parse_constant=refuse) == {"model": "m", "temperature": None, "stop": [None]}
     assert valid == 1 and temperature is None
+
+
+# --------------------------------------------------------------------------
+# Constant cost per batch, and session rows kept by difference
+
+
+def _shape(statement: str) -> str:
+    """A traced statement with its literal values (ids, texts, numbers) replaced by C{?}."""
+    statement = re.sub(r"'(?:[^']|'')*'", "?", statement)
+    return re.sub(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?", "?", statement)
+
+
+def traced_batch(writer: SQLiteWriter, events: list[dict[str, Any]], work: list[int] | None = None) -> list[str]:
+    """
+    The shapes of the statements one write_batch issues, in order; the
+    number of SQLite virtual machine instructions they ran is appended to
+    C{work}.
+    """
+    statements: list[str] = []
+    steps = [0]
+
+    def step() -> int:
+        steps[0] += 1
+        return 0
+
+    conn = writer.connection()
+    conn.set_trace_callback(statements.append)
+    conn.set_progress_handler(step, 1)
+    try:
+        writer.write_batch(events)
+    finally:
+        conn.set_trace_callback(None)
+        conn.set_progress_handler(None, 1)
+    if work is not None:
+        work.append(steps[0])
+    return [_shape(s) for s in statements]
+
+
+def test_statements_per_batch_do_not_depend_on_session_length(tmp_path: Path) -> None:
+    """
+    A batch into a 2,000-request session issues the same statements, as
+    many, as the same batch into a 10-request one: nothing reads the
+    session's other requests.
+    """
+    writer = SQLiteWriter(str(tmp_path / "s.db"))
+    writer.write_batch(session_events("short", 10))
+    for chunk in range(0, 2000, 250):
+        writer.write_batch(session_events("long", 250, start=NOON + 10 * chunk))
+    assert query(tmp_path / "s.db", "SELECT request_count FROM sessions ORDER BY session_id") == [(2000,), (10,)]
+
+    later = NOON + 100_000
+    summary = captured_summary("anthropic_thinking_tools.sse", "anthropic")
+
+    def one_exchange(session_id: str) -> list[dict[str, Any]]:
+        return exchange_events(build_exchange(session_id, received=later, summary=summary, cost_usd=0.01))
+
+    into_short, into_long = one_exchange("short"), one_exchange("long")
+    work: list[int] = []
+    short_statements = traced_batch(writer, into_short, work)
+    long_statements = traced_batch(writer, into_long, work)
+    assert long_statements == short_statements
+    # And SQLite does the same work for both (not a scan of 2,000 rows).
+    short_work, long_work = work
+    assert abs(long_work - short_work) <= short_work // 20, work
+    assert any(s.startswith("INSERT INTO session_stats") for s in short_statements)
+    assert not any("WITH reqs" in s for s in short_statements)
+    # Replaying an existing request (the update path) is just as constant.
+    assert traced_batch(writer, into_long) == traced_batch(writer, into_short)
+    writer.close()
+    assert query(tmp_path / "s.db", "SELECT request_count FROM sessions ORDER BY session_id") == [(2001,), (11,)]
+
+
+def _sessions(db: Path) -> list[tuple[Any, ...]]:
+    rows = query(db, "SELECT * FROM sessions ORDER BY session_id")
+    # Costs are summed in another order by the recomputation.
+    return [tuple(round(v, 9) if isinstance(v, float) else v for v in row) for row in rows]
+
+
+def test_incremental_session_rows_equal_a_full_recomputation(tmp_path: Path) -> None:
+    """
+    Sessions built batch by batch (requests split across batches, replays,
+    failures, unknown costs, tool calls, a request moved to another session,
+    a start time rewritten) equal what recomputing them from all their
+    requests gives.
+    """
+    db = tmp_path / "s.db"
+    summary = captured_summary("anthropic_thinking_tools.sse", "anthropic")
+    events: list[dict[str, Any]] = []
+    for i in range(30):
+        exchange = build_exchange(
+            f"s{i % 4}",
+            received=NOON + 7 * ((i * 13) % 30),  # not in time order
+            summary=summary if i % 3 == 0 else simple_summary(input_tokens=100 + i),
+            cost_usd=None if i % 5 == 0 else 0.001 * (i + 1),
+            status=529 if i % 7 == 3 else 200,
+            outcome="upstream_error" if i % 7 == 3 else "ok",
+            model="claude-opus-4" if i % 2 else "claude-sonnet-4",
+        )
+        events += exchange_events(exchange)
+    writer = SQLiteWriter(str(db))
+    for start in range(0, len(events), 9):  # batches cut through requests
+        writer.write_batch(events[start : start + 9])
+    writer.write_batch(events[20:60])  # a replay
+    moved = [dict(e, session_id="s-moved") for e in events if e["request_id"] == events[0]["request_id"]]
+    writer.write_batch(moved)
+    rewritten = [dict(e, timestamp="2025-06-15T11:00:00.000Z") for e in events[7:12] if e["type"] == "started"]
+    writer.write_batch(rewritten)
+    incremental = _sessions(db)
+    assert len(incremental) == 5
+    writer.recompute_sessions()
+    writer.close()
+    assert _sessions(db) == incremental

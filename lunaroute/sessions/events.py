@@ -14,9 +14,13 @@ C{completed}.  Credentials are masked here, before any writer sees them.
 
 from __future__ import annotations
 
+import json
+import json.encoder
 import math
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,8 +33,10 @@ __all__ = [
     "exchange_events",
     "finite_json",
     "iso_timestamp",
+    "json_text",
     "request_text",
     "scrub_secrets",
+    "shared_json",
     "tool_names",
 ]
 
@@ -135,6 +141,99 @@ def finite_json(value: Any) -> Any:
                 items[index] = new
         return value if items is None else items
     return value
+
+
+# --------------------------------------------------------------------------
+# JSON text, serialised once per batch
+
+# The big values of an event (bodies, tool inputs) are stored by both
+# writers: inside the JSONL line and in their own SQLite column.  While a
+# shared_json() block is open on a thread, json_text() remembers the text of
+# each value it serialised (by identity, keeping the value alive so its id
+# cannot be reused), so the second writer gets it for free.
+_shared = threading.local()
+
+
+@contextmanager
+def shared_json() -> Iterator[None]:
+    """
+    Within the block, L{json_text} serialises each value (by identity) once
+    on this thread.  The recorder opens one per batch around its writers.
+    """
+    previous = getattr(_shared, "cache", None)
+    _shared.cache = {}
+    try:
+        yield
+    finally:
+        _shared.cache = previous
+
+
+def _make_encoder() -> Callable[[Any], str]:
+    """
+    Compact, not ASCII-escaped, strict JSON (C{NaN} raises C{ValueError}).
+    C{json.dumps} with these options builds a new encoder on every call,
+    which costs as much as encoding a small event: build the C encoder once.
+    Cycles are not looked for: event values come from JSON or from us.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the plain way
+        return lambda value: json.dumps(
+            value, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
+        )
+    encode = make(None, str, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    return lambda value: "".join(encode(value, 0))
+
+
+_encode = _make_encoder()
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return _encode(value)
+    except ValueError:
+        # NaN or Infinity (Python's json.loads accepts them in a request
+        # body) are not JSON: store them as null so strict parsers read it.
+        return _encode(finite_json(value))
+
+
+def _share_text(value: Any, text: str) -> None:
+    """Tell the open L{shared_json} block that C{value} serialises as C{text}."""
+    cache = getattr(_shared, "cache", None)
+    if cache is not None:
+        cache[id(value)] = (value, text)
+
+
+def _body_text(raw: bytes) -> str | None:
+    """
+    The request body's own bytes as the JSON text of its parsed value (the
+    proxy parsed exactly these bytes), when they can stand for it on one
+    line: UTF-8, an object, no line break, no C{NaN}/C{Infinity} (which
+    strict JSON has not).  Spares serialising a body of up to megabytes
+    again; C{None} means "serialise it".
+    """
+    if not raw.startswith(b"{") or b"\n" in raw or b"\r" in raw or b"NaN" in raw or b"Infinity" in raw:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def json_text(value: Any) -> str:
+    """
+    C{value} as compact JSON text (not ASCII-escaped; C{NaN} and
+    C{Infinity} as C{null}), from the batch's cache when L{shared_json} is
+    active and the same object was serialised before.
+    """
+    cache = getattr(_shared, "cache", None)
+    if cache is None or type(value) not in _CONTAINERS:
+        return _dumps(value)
+    hit = cache.get(id(value))
+    if hit is not None:
+        return hit[1]
+    text = _dumps(value)
+    cache[id(value)] = (value, text)
+    return text
 
 
 # --------------------------------------------------------------------------
@@ -271,6 +370,19 @@ def exchange_events(
     """
     now = now_iso or _now_iso
     t = exchange.timings
+    masked: dict[int, tuple[Any, Any]] = {}
+
+    def clean(value: Any) -> Any:
+        # Secrets are masked in the containers only (the events' own keys
+        # are never credential names), each object once even when it
+        # appears in several events (a tool call's input is in the response
+        # message, the response event and its own event).
+        if type(value) not in _CONTAINERS:
+            return value
+        hit = masked.get(id(value))
+        if hit is None:
+            hit = masked[id(value)] = (value, scrub_secrets(value))
+        return hit[1]
 
     def stamp(*candidates: float | None) -> str:
         for seconds in candidates:
@@ -294,7 +406,12 @@ def exchange_events(
 
     summary = exchange.response
     usage = summary.usage if summary is not None else None
-    body = exchange.request_json
+    body = clean(exchange.request_json)
+    if body is not None and body is exchange.request_json:
+        # Nothing was masked: the body's bytes are its JSON text.
+        text = _body_text(exchange.request_body)
+        if text is not None:
+            _share_text(body, text)
     events: list[dict[str, Any]] = [
         event(
             "started",
@@ -317,7 +434,7 @@ def exchange_events(
             body_bytes=len(exchange.request_body),
             message_count=_message_count(body),
             tools=tool_names(body),
-            request_headers=dict(exchange.request_headers),
+            request_headers=clean(dict(exchange.request_headers)),
         ),
     ]
 
@@ -336,8 +453,8 @@ def exchange_events(
                 response_id=summary.response_id if summary is not None else None,
                 response_text=summary.text if summary is not None else "",
                 thinking=summary.thinking if summary is not None else "",
-                response_json=summary.message if summary is not None else None,
-                response_error=summary.error if summary is not None else None,
+                response_json=clean(summary.message) if summary is not None else None,
+                response_error=clean(summary.error) if summary is not None else None,
                 stop_reason=summary.stop_reason if summary is not None else None,
                 partial=summary.partial if summary is not None else False,
                 streaming=summary.streaming if summary is not None else exchange.streaming,
@@ -352,13 +469,13 @@ def exchange_events(
                 cache_creation_tokens=usage.cache_creation_tokens if usage else 0,
                 thinking_tokens_exact=usage.thinking_tokens_exact if usage else False,
                 tool_calls=[
-                    {"id": call.id, "name": call.name, "input": call.input} for call in tool_calls
+                    {"id": call.id, "name": call.name, "input": clean(call.input)} for call in tool_calls
                 ],
                 chunk_count=exchange.chunk_count,
                 event_count=summary.event_count if summary is not None else 0,
                 bytes_out=exchange.bytes_out,
                 chunk_gap_ms=_gap_summary(exchange.chunk_gaps_ms),
-                response_headers=dict(exchange.response_headers),
+                response_headers=clean(dict(exchange.response_headers)),
             )
         )
 
@@ -370,7 +487,7 @@ def exchange_events(
                 index=index,
                 tool_name=call.name,
                 tool_call_id=call.id,
-                input=call.input,
+                input=clean(call.input),
             )
         )
 
@@ -404,8 +521,8 @@ def exchange_events(
                 "provider_ms": _round(t.provider_ms),
                 "ttft_ms": _round(t.ttft_ms) if t.first_byte is not None else None,
                 "tool_calls": len(tool_calls),
-                "tool_results": [dict(result) for result in exchange.tool_results],
+                "tool_results": [clean(dict(result)) for result in exchange.tool_results],
             },
         )
     )
-    return [scrub_secrets(e) for e in events]
+    return events

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
 from collections import OrderedDict
@@ -33,7 +32,7 @@ from zope.interface import implementer
 
 from lunaroute.interfaces import ISessionWriter
 from lunaroute.logs import log_observer
-from lunaroute.sessions.events import finite_json
+from lunaroute.sessions.events import json_text
 
 __all__ = ["JSONLWriter", "SessionFilesError", "encode_event", "session_file_name"]
 
@@ -43,9 +42,11 @@ log = Logger(observer=log_observer)
 # after a restart.  Sessions idle for longer than this start a new file.
 LOOKBACK_DAYS = 7
 
-# Open handles kept between batches; a busy gateway has a few live sessions,
-# and an evicted one is simply reopened.
-MAX_OPEN_FILES = 32
+# Open handles kept between batches, so a session's file is opened once, not
+# once per batch: enough for every session a busy shared gateway has going
+# at once (an evicted one is simply reopened).  Far below the usual
+# descriptor limits.
+MAX_OPEN_FILES = 256
 
 # Remembered session → file mappings (a dict entry is cheap, but a gateway
 # that runs for months must not grow it forever).
@@ -99,22 +100,33 @@ class SessionFilesError(OSError):
         self.request_ids = request_ids
 
 
+# Event fields that hold bodies: serialised through json_text(), so the
+# SQLite writer reuses the text, and written last on the line, so the short
+# fields stay at the start where C{head} and C{cut} see them.
+_BODY_FIELDS = ("request_json", "response_json", "input")
+
+
 def encode_event(event: dict[str, Any]) -> bytes:
     """
     One event as one UTF-8 line ending in a newline.
 
     C{json.dumps} escapes newlines inside strings, so the line can never be
     split; C{NaN} and C{Infinity} become C{null}; lone surrogates (from odd client JSON) cannot be encoded as UTF-8
-    and become C{\\uXXXX} escapes, which is still valid JSON.
+    and become C{\\uXXXX} escapes, which is still valid JSON.  Bodies
+    (C{request_json}, C{response_json}, a tool call's C{input}) come last.
     """
-    try:
-        text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False)
-    except ValueError:
-        # NaN or Infinity (Python's json.loads accepts them in a request
-        # body) are not JSON: store them as null so strict parsers read the line.
-        text = json.dumps(
-            finite_json(event), ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
-        )
+    bodies = [key for key in _BODY_FIELDS if isinstance(event.get(key), dict | list)]
+    if not bodies:
+        text = json_text(event)
+    else:
+        rest = {key: value for key, value in event.items() if key not in bodies}
+        head = json_text(rest)[:-1]
+        parts = [head]
+        for key in bodies:
+            parts.append(f'{"," if len(parts) > 1 or head != "{" else ""}{json_text(key)}:')
+            parts.append(json_text(event[key]))
+        parts.append("}")
+        text = "".join(parts)
     return text.encode("utf-8", "backslashreplace") + b"\n"
 
 
@@ -154,14 +166,18 @@ def _trim_torn_tail(handle: io.FileIO) -> None:
     )
 
 
-def _still_at(handle: io.FileIO, path: str) -> bool:
-    """Whether the open C{handle} is still the file found at C{path}."""
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return (info.st_ino, info.st_dev)
+
+
+def _still_at(identity: tuple[int, int], path: str) -> bool:
+    """Whether the file of that C{(inode, device)} is still the one found at C{path}."""
     try:
         at_path = os.stat(path)
     except OSError:
         return False
-    mine = os.fstat(handle.fileno())
-    return (mine.st_ino, mine.st_dev) == (at_path.st_ino, at_path.st_dev)
+    return identity == (at_path.st_ino, at_path.st_dev)
 
 
 @implementer(ISessionWriter)
@@ -178,6 +194,7 @@ class JSONLWriter:
         self.directory = os.path.abspath(os.path.expanduser(directory))
         self._paths: OrderedDict[str, str] = OrderedDict()
         self._files: OrderedDict[str, io.FileIO] = OrderedDict()
+        self._identities: dict[str, tuple[int, int]] = {}
 
     # -- where a session lives --------------------------------------------
 
@@ -209,7 +226,7 @@ class JSONLWriter:
     def _handle(self, path: str) -> io.FileIO:
         handle = self._files.get(path)
         if handle is not None:
-            if _still_at(handle, path):
+            if _still_at(self._identities[path], path):
                 self._files.move_to_end(path)
                 return handle
             log.warn("session file {path} was moved or deleted; creating it again", path=path)
@@ -225,12 +242,15 @@ class JSONLWriter:
             handle.close()
             raise
         self._files[path] = handle
+        self._identities[path] = _identity(handle.fileno())
         while len(self._files) > MAX_OPEN_FILES:
-            _, old = self._files.popitem(last=False)
+            old_path, old = self._files.popitem(last=False)
+            self._identities.pop(old_path, None)
             old.close()
         return handle
 
     def _forget(self, path: str) -> None:
+        self._identities.pop(path, None)
         handle = self._files.pop(path, None)
         if handle is not None:
             try:
@@ -270,24 +290,26 @@ class JSONLWriter:
     def _append(self, path: str, data: bytes) -> None:
         handle = self._handle(path)
         fd = handle.fileno()
-        before = os.fstat(fd).st_size
+        done = 0
         try:
             view = memoryview(data)
             # A regular file takes the whole buffer in one call; the loop only
             # matters for short writes (e.g. the disk filling up).
             while view:
                 written = os.write(fd, view)
+                done += written
                 view = view[written:]
         except OSError:
             # Take back a partial batch so the file still ends on a whole line.
             try:
-                os.ftruncate(fd, before)
+                os.ftruncate(fd, os.fstat(fd).st_size - done)
             except OSError:
                 pass
             raise
 
     def close(self) -> None:
         """Close every open file."""
+        self._identities.clear()
         while self._files:
             _, handle = self._files.popitem()
             try:

@@ -41,7 +41,7 @@ from lunaroute.errors import ConfigError
 from lunaroute.exchange import Exchange
 from lunaroute.interfaces import ISessionWriter
 from lunaroute.logs import log_observer
-from lunaroute.sessions.events import exchange_events
+from lunaroute.sessions.events import exchange_events, shared_json
 from lunaroute.sessions.jsonl import JSONLWriter
 from lunaroute.sessions.sqlite import SQLiteWriter
 
@@ -206,7 +206,7 @@ class RecorderService(Service):
         self,
         writers: list[ISessionWriter],
         clock: IReactorTime,
-        batch_size: int = 100,
+        batch_size: int = 1000,
         batch_interval_ms: int = 100,
         max_queue_events: int = 10_000,
         threadpool: Any = None,
@@ -370,6 +370,12 @@ class RecorderService(Service):
 
     def _write_batch(self, batch: list[Exchange]) -> _BatchResult:
         """Runs in the writer thread: make the events, give them to each writer."""
+        # Each body is serialised once (or not at all: a request body's own
+        # bytes are its JSON text), whichever writer gets to it first.
+        with shared_json():
+            return self._write_events(batch)
+
+    def _write_events(self, batch: list[Exchange]) -> _BatchResult:
         result = _BatchResult()
         events: list[dict[str, Any]] = []
         made: list[Exchange] = []

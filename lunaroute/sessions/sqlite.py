@@ -4,11 +4,19 @@ tool call, and a full-text index over what was asked and answered.
 
 The database is the queryable view of the recordings (the session API, the
 UI, ad-hoc C{sqlite3} queries).  Every row is built from the session events
-alone, never from L{Exchange} objects, and every write is an upsert keyed by
-request id, with the session rows recomputed from their request rows: so
-C{lunaroute-server import-sessions} can rebuild the database by replaying
-the JSONL files through L{SQLiteWriter.write_batch}, and replaying the same
-events twice changes nothing.
+alone, never from L{Exchange} objects, and every write is keyed by request
+id: so C{lunaroute-server import-sessions} can rebuild the database by
+replaying the JSONL files through L{SQLiteWriter.write_batch}, and replaying
+the same events twice changes nothing.
+
+Recording cost must not grow with a session's length (real sessions run to
+thousands of requests): a batch reads only the rows of the requests it
+carries, writes each request row once, and brings each touched session row
+up to date by the difference between the stored and the new request rows
+(counts kept in the session row make C{success} and C{cost_complete}
+differences too).  A full recomputation from the request rows remains for
+the rare change that is not a difference (a request moved to another
+session, or its start time rewritten).
 
 WAL mode with C{synchronous=NORMAL} and one transaction per batch: a killed
 gateway leaves a consistent database (the last batch is either all there or
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -32,7 +41,7 @@ from zope.interface import implementer
 
 from lunaroute.interfaces import ISessionStore, ISessionWriter
 from lunaroute.logs import log_observer
-from lunaroute.sessions.events import finite_json
+from lunaroute.sessions.events import json_text
 
 __all__ = [
     "MIGRATIONS",
@@ -202,7 +211,30 @@ _V2 = (
     "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+_V3 = (
+    # Incremental session aggregates: the counts that MIN(success) and
+    # cost_complete are derived from, and the request the "latest" columns
+    # come from, so a batch updates its sessions without reading their
+    # other requests.
+    "ALTER TABLE sessions ADD COLUMN success_count INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sessions ADD COLUMN failed_count INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sessions ADD COLUMN priced_count INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sessions ADD COLUMN last_request_id TEXT",
+    """
+    UPDATE sessions SET
+        success_count = (SELECT COUNT(*) FROM session_stats AS r
+                         WHERE r.session_id = sessions.session_id AND r.success = 1),
+        failed_count = (SELECT COUNT(*) FROM session_stats AS r
+                        WHERE r.session_id = sessions.session_id AND r.success = 0),
+        priced_count = (SELECT COUNT(r.estimated_cost_usd) FROM session_stats AS r
+                        WHERE r.session_id = sessions.session_id),
+        last_request_id = (SELECT r.request_id FROM session_stats AS r
+                           WHERE r.session_id = sessions.session_id
+                           ORDER BY COALESCE(r.started_at, r.completed_at) DESC, r.id DESC LIMIT 1)
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _FTS_COLUMNS = ("request_id", "session_id", "request_text", "response_text", "thinking_text")
@@ -276,25 +308,20 @@ def _text(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         value = str(value)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
+    if value.isascii() or not _SURROGATE.search(value):
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# Lone surrogates: the only str content UTF-8 cannot encode.  Searching for
+# them costs far less than encoding a body just to find out.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _json(value: Any) -> str | None:
     if value is None:
         return None
-    try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False)
-    except ValueError:
-        # NaN or Infinity from a request body: SQLite's JSON functions (and
-        # every strict parser) reject them.
-        text = json.dumps(
-            finite_json(value), ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
-        )
-    return _text(text)
+    return _text(json_text(value))
 
 
 def _bool(value: Any) -> int | None:
@@ -441,16 +468,28 @@ _SESSION_COLUMNS = (
     "cost_complete",
     "user_agent",
     "client_ip",
+    "success_count",
+    "failed_count",
+    "priced_count",
+    "last_request_id",
 )
 
-# A session row is a pure function of its request rows, so it can be
-# recomputed after every batch instead of being incremented (which replays
-# would double).  The "latest" columns come from the most recent request.
-# duration_ms is the wall-clock span of the session, rounded to whole
-# milliseconds because julianday() is only precise to some microseconds.
+# The reference definition of a session row as a function of its request
+# rows.  The writer keeps the rows up to date incrementally (see
+# _SessionTotals); this full recomputation is only run in the rare cases a
+# batch changes a request in a way that cannot be applied as a difference
+# (a request moving to another session, or its start time changing), and by
+# SQLiteWriter.recompute_sessions.  The "latest" columns come from the most
+# recent request.  duration_ms is the wall-clock span of the session,
+# rounded to whole milliseconds because julianday() is only precise to some
+# microseconds.
 _RECOMPUTE_SESSION = f"""
 WITH reqs AS (
-    SELECT *, COALESCE(started_at, completed_at) AS at FROM session_stats WHERE session_id = :sid
+    SELECT id, request_id, started_at, completed_at, model_used, model_requested, provider,
+           listener, user_agent, client_ip, input_tokens, output_tokens, thinking_tokens,
+           cache_read_tokens, cache_creation_tokens, tool_call_count, success,
+           estimated_cost_usd, COALESCE(started_at, completed_at) AS at
+    FROM session_stats WHERE session_id = :sid
 ), latest AS (
     SELECT * FROM reqs ORDER BY at DESC, id DESC LIMIT 1
 )
@@ -474,12 +513,278 @@ SELECT
     SUM(estimated_cost_usd),
     COUNT(*) = COUNT(estimated_cost_usd),
     (SELECT user_agent FROM latest),
-    (SELECT client_ip FROM latest)
+    (SELECT client_ip FROM latest),
+    COUNT(CASE WHEN success = 1 THEN 1 END),
+    COUNT(CASE WHEN success = 0 THEN 1 END),
+    COUNT(estimated_cost_usd),
+    (SELECT request_id FROM latest)
 FROM reqs
 WHERE 1
 ON CONFLICT (session_id) DO UPDATE SET
     {", ".join(f"{c} = excluded.{c}" for c in _SESSION_COLUMNS)}
 """
+
+# Writing a session row computed by the writer: duration_ms is computed by
+# SQLite from the two timestamps, exactly as in _RECOMPUTE_SESSION.
+_WRITE_SESSION = f"""
+INSERT INTO sessions (session_id, {", ".join(_SESSION_COLUMNS)})
+VALUES ({", ".join(
+    "ROUND((julianday(?) - julianday(?)) * 86400000.0)" if c == "duration_ms" else "?"
+    for c in ("session_id", *_SESSION_COLUMNS)
+)})
+ON CONFLICT (session_id) DO UPDATE SET
+    {", ".join(f"{c} = excluded.{c}" for c in _SESSION_COLUMNS)}
+"""
+
+# Every stored column of session_stats but id and the generated total_tokens.
+_STATS_COLUMNS = (
+    "request_id",
+    "session_id",
+    "started_at",
+    "completed_at",
+    "model_requested",
+    "model_used",
+    "provider",
+    "listener",
+    "dialect",
+    "method",
+    "path",
+    "streaming",
+    "client_ip",
+    "user_agent",
+    "status",
+    "outcome",
+    "success",
+    "error",
+    "stop_reason",
+    "partial",
+    "input_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "thinking_estimated",
+    "tool_call_count",
+    "chunk_count",
+    "bytes_out",
+    "duration_ms",
+    "ttft_ms",
+    "provider_ms",
+    "pre_proxy_ms",
+    "post_proxy_ms",
+    "proxy_overhead_ms",
+    "request_bytes",
+    "message_count",
+    "tools_offered",
+    "request_text",
+    "response_text",
+    "thinking_text",
+    "request_json",
+    "response_json",
+    "estimated_cost_usd",
+    "tool_results_json",
+)
+
+# Summed into the session row.
+_SUMMED_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "tool_call_count",
+)
+
+# A new request row before its events are applied: the table's defaults.
+_EMPTY_ROW: dict[str, Any] = {c: (0 if c in _SUMMED_COLUMNS else None) for c in _STATS_COLUMNS}
+
+_INSERT_STATS = (
+    f"INSERT INTO session_stats (id, {', '.join(_STATS_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in range(len(_STATS_COLUMNS) + 1))})"
+)
+
+# What a batch reads of the requests it touches that are already stored:
+# what the session totals and the search index need, never the bodies.
+_STORED_COLUMNS = (
+    "id",
+    "request_id",
+    "session_id",
+    "started_at",
+    "completed_at",
+    "model_used",
+    "model_requested",
+    "provider",
+    "listener",
+    "user_agent",
+    "client_ip",
+    *_SUMMED_COLUMNS,
+    "success",
+    "estimated_cost_usd",
+    "request_text",
+    "response_text",
+    "thinking_text",
+)
+
+_FTS_INSERT = (
+    f"INSERT INTO messages_fts (rowid, {', '.join(_FTS_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in range(len(_FTS_COLUMNS) + 1))})"
+)
+# External-content FTS: an entry is deleted with exactly the values it was
+# indexed with.
+_FTS_DELETE = (
+    f"INSERT INTO messages_fts (messages_fts, rowid, {', '.join(_FTS_COLUMNS)}) "
+    f"VALUES ('delete', {', '.join('?' for _ in range(len(_FTS_COLUMNS) + 1))})"
+)
+
+# Ids per "IN (...)" lookup; SQLite allows at least 999 parameters.
+_LOOKUP_CHUNK = 500
+
+
+def _at(row: Mapping[str, Any]) -> Any:
+    """When a request happened, for ordering: its start, else its end."""
+    started = row["started_at"]
+    return started if started is not None else row["completed_at"]
+
+
+def _end(row: Mapping[str, Any]) -> Any:
+    completed = row["completed_at"]
+    return completed if completed is not None else _at(row)
+
+
+def _latest_key(at: Any, row_id: int) -> tuple[bool, str, int]:
+    """Sort key of "the most recent request": ORDER BY at DESC, id DESC (NULLs last)."""
+    return (at is not None, at or "", row_id)
+
+
+class _Batch:
+    """
+    A batch of events merged per request: the columns each request's events
+    set (later events win, as one upsert per event would), its tool calls,
+    tool results and stream metrics.
+    """
+
+    def __init__(self, events: Iterable[Any]) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.tool_calls: dict[tuple[str, int], tuple[Any, ...]] = {}
+        self.tool_results: list[tuple[Any, ...]] = []
+        self.streams: dict[str, dict[str, Any]] = {}
+        for event in events:
+            if not isinstance(event, Mapping):
+                continue
+            kind = event.get("type")
+            columns_of = _COLUMNS_BY_TYPE.get(kind) if isinstance(kind, str) else None
+            if columns_of is None:
+                continue
+            request_id, session_id = event.get("request_id"), event.get("session_id")
+            if not isinstance(request_id, str) or not isinstance(session_id, str):
+                continue
+            row = self.rows.get(request_id)
+            if row is None:
+                row = self.rows[request_id] = {}
+            row["session_id"] = session_id
+            row.update(columns_of(event))
+            if kind == "tool_call_recorded":
+                index = _int(event.get("index"))
+                self.tool_calls[(request_id, index)] = (
+                    request_id,
+                    index,
+                    _text(event.get("tool_call_id")),
+                    session_id,
+                    _text(event.get("tool_name")),
+                    _json(event.get("input")),
+                    _text(event.get("timestamp")),
+                )
+            elif kind == "completed":
+                self._tool_results(event, request_id, session_id)
+            elif kind == "stream_started":
+                self.streams.setdefault(request_id, {"session_id": session_id})["ttft_ms"] = _num(
+                    event.get("ttft_ms")
+                )
+            elif kind == "response_recorded" and event.get("streaming"):
+                gaps = _dict(event.get("chunk_gap_ms"))
+                stream = self.streams.setdefault(request_id, {})
+                stream["session_id"] = session_id
+                stream.update(
+                    chunk_count=_int(event.get("chunk_count")),
+                    event_count=_int(event.get("event_count")),
+                    bytes_out=_int(event.get("bytes_out")),
+                    stream_ms=_num(event.get("provider_latency_ms")),
+                    chunk_gap_mean_ms=_num(gaps.get("mean")),
+                    chunk_gap_p50_ms=_num(gaps.get("p50")),
+                    chunk_gap_p95_ms=_num(gaps.get("p95")),
+                    chunk_gap_max_ms=_num(gaps.get("max")),
+                )
+
+    def _tool_results(self, event: Mapping[str, Any], request_id: str, session_id: str) -> None:
+        """A request carrying tool results times the calls that asked for them."""
+        for result in _dict(event.get("final_stats")).get("tool_results") or []:
+            if not isinstance(result, Mapping) or not result.get("tool_call_id"):
+                continue
+            self.tool_results.append(
+                (_num(result.get("duration_ms")), request_id, session_id, _text(result["tool_call_id"]))
+            )
+
+
+class _SessionTotals:
+    """
+    One session row being brought up to date, in memory: every request a
+    batch adds or changes is applied as the difference between its stored
+    and its new values, so the cost does not depend on how many requests
+    the session already has.
+    """
+
+    def __init__(self, session_id: str, stored: Any) -> None:
+        self.session_id = session_id
+        if stored is None:
+            self.row: dict[str, Any] = {c: None for c in _SESSION_COLUMNS}
+            for column in (*_SUMMED_COLUMNS, "request_count", "success_count", "failed_count", "priced_count"):
+                self.row[column] = 0
+            self.latest: tuple[bool, str, int] | None = None
+        else:
+            self.row = {c: stored[c] for c in _SESSION_COLUMNS}
+            latest_id = stored["latest_id"]
+            self.latest = None if latest_id is None else _latest_key(stored["latest_at"], latest_id)
+
+    def apply(self, old: Any, new: Mapping[str, Any]) -> None:
+        """Count C{new} in, C{old} (its stored version, if any) out."""
+        row = self.row
+        if old is None:
+            row["request_count"] += 1
+        for column in _SUMMED_COLUMNS:
+            row[column] += (new[column] or 0) - ((old[column] or 0) if old is not None else 0)
+        was = old["success"] if old is not None else None
+        row["success_count"] += (new["success"] == 1) - (was == 1)
+        row["failed_count"] += (new["success"] == 0) - (was == 0)
+        cost, old_cost = new["estimated_cost_usd"], old["estimated_cost_usd"] if old is not None else None
+        row["priced_count"] += (cost is not None) - (old_cost is not None)
+        if cost != old_cost:
+            total = (row["estimated_cost_usd"] or 0.0) + (cost or 0.0) - (old_cost or 0.0)
+            row["estimated_cost_usd"] = total if row["priced_count"] else None
+        at, end = _at(new), _end(new)
+        if at is not None and (row["started_at"] is None or at < row["started_at"]):
+            row["started_at"] = at
+        if end is not None and (row["last_activity"] is None or end > row["last_activity"]):
+            row["last_activity"] = end
+        key = _latest_key(at, new["id"])
+        if row["last_request_id"] == new["request_id"] or self.latest is None or key > self.latest:
+            self.latest = key
+            row["last_request_id"] = new["request_id"]
+            model = new["model_used"]
+            row["model_used"] = model if model is not None else new["model_requested"]
+            for column in ("provider", "listener", "user_agent", "client_ip"):
+                row[column] = new[column]
+
+    def params(self) -> tuple[Any, ...]:
+        row = self.row
+        row["success"] = 0 if row["failed_count"] else (1 if row["success_count"] else None)
+        row["cost_complete"] = int(row["request_count"] == row["priced_count"])
+        out: list[Any] = [self.session_id]
+        for column in _SESSION_COLUMNS:
+            if column == "duration_ms":
+                out += [row["last_activity"], row["started_at"]]
+            else:
+                out.append(row[column])
+        return tuple(out)
 
 
 @implementer(ISessionWriter)
@@ -503,6 +808,13 @@ class SQLiteWriter:
         """Open the database and upgrade its schema now rather than lazily."""
         self._connection()
 
+    def connection(self) -> sqlite3.Connection:
+        """
+        The writer's connection, opened if needed (for tools and tests: use
+        it only from the thread that writes).
+        """
+        return self._connection()
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = connect(self.db_path)
@@ -512,29 +824,47 @@ class SQLiteWriter:
 
     def write_batch(self, events: list[dict[str, Any]]) -> None:
         """
-        Apply the events in one transaction: upsert request and tool-call
-        rows, keep the search index in step, recompute the touched sessions.
-        Events without a string C{type}, C{session_id} and C{request_id}, or
-        of an unknown type, are skipped.
+        Apply the events in one transaction: insert or update one
+        C{session_stats} row per request (each row written once per batch,
+        however many events it has), its tool calls and stream metrics,
+        keep the search index in step, and bring the touched sessions' rows
+        up to date by difference.  The statements issued depend on the
+        batch, never on how long its sessions already are.  Events without
+        a string C{type}, C{session_id} and C{request_id}, or of an unknown
+        type, are skipped.
         """
-        by_request: dict[str, list[Mapping[str, Any]]] = {}
-        for event in events:
-            if not isinstance(event, Mapping) or event.get("type") not in _COLUMNS_BY_TYPE:
-                continue
-            request_id, session_id = event.get("request_id"), event.get("session_id")
-            if not isinstance(request_id, str) or not isinstance(session_id, str):
-                continue
-            by_request.setdefault(request_id, []).append(event)
-        if not by_request:
+        batch = _Batch(events)
+        if not batch.rows:
             return
+        self._transaction(lambda conn: self._apply(conn, batch))
+
+    def recompute_sessions(self, session_ids: Iterable[str] | None = None) -> None:
+        """
+        Recompute session rows from all their requests (every session when
+        C{session_ids} is C{None}): a repair tool, and the reference the
+        incremental updates are tested against.
+        """
+
+        def run(conn: sqlite3.Connection) -> None:
+            ids = (
+                [r[0] for r in conn.execute("SELECT DISTINCT session_id FROM session_stats")]
+                if session_ids is None
+                else list(session_ids)
+            )
+            for session_id in ids:
+                self._recompute_session(conn, session_id)
+
+        self._transaction(run)
+
+    def close(self) -> None:
+        """Close the connection (WAL is checkpointed by SQLite on close)."""
+        self._drop_connection()
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            touched: set[str] = set()
-            for request_id, request_events in by_request.items():
-                touched |= self._apply_request(conn, request_id, request_events)
-            for session_id in touched:
-                self._recompute_session(conn, session_id)
+            work(conn)
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
@@ -547,10 +877,6 @@ class SQLiteWriter:
                 # replaced); start afresh on the next batch.
                 self._drop_connection()
             raise
-
-    def close(self) -> None:
-        """Close the connection (WAL is checkpointed by SQLite on close)."""
-        self._drop_connection()
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -574,109 +900,135 @@ class SQLiteWriter:
         self._sql_cache[(table, columns)] = sql
         return sql
 
-    def _upsert(
-        self, conn: sqlite3.Connection, table: str, key: tuple[str, ...], row: Mapping[str, Any]
-    ) -> None:
-        columns = tuple(row)
-        conn.execute(self._upsert_sql(table, key, columns), tuple(row.values()))
+    def _update_sql(self, columns: tuple[str, ...]) -> str:
+        cached = self._sql_cache.get(("session_stats:update", columns))
+        if cached is None:
+            sets = ", ".join(f"{c} = ?" for c in columns)
+            cached = f"UPDATE session_stats SET {sets} WHERE request_id = ?"
+            self._sql_cache[("session_stats:update", columns)] = cached
+        return cached
 
-    def _fts_row(self, conn: sqlite3.Connection, request_id: str) -> sqlite3.Row | None:
-        return conn.execute(
-            f"SELECT id, {', '.join(_FTS_COLUMNS)} FROM session_stats WHERE request_id = ?",
-            (request_id,),
-        ).fetchone()
+    def _select_in(self, conn: sqlite3.Connection, sql: str, keys: list[str]) -> list[sqlite3.Row]:
+        """C{sql} ending in C{IN ({marks})}, run over C{keys} in chunks."""
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start : start + _LOOKUP_CHUNK]
+            rows += conn.execute(sql.format(marks=", ".join("?" for _ in chunk)), chunk).fetchall()
+        return rows
 
-    def _apply_request(
-        self, conn: sqlite3.Connection, request_id: str, events: Iterable[Mapping[str, Any]]
-    ) -> set[str]:
-        """Apply one request's events; return the sessions whose rows changed."""
-        before = self._fts_row(conn, request_id)
-        touched = {before["session_id"]} if before is not None else set()
-        for event in events:
-            session_id = event["session_id"]
-            touched.add(session_id)
-            row = {"request_id": request_id, "session_id": session_id}
-            row.update(_COLUMNS_BY_TYPE[event["type"]](event))
-            self._upsert(conn, "session_stats", ("request_id",), row)
-            kind = event["type"]
-            if kind == "tool_call_recorded":
-                self._tool_call(conn, event)
-            elif kind == "completed":
-                self._tool_results(conn, event)
-            if kind in ("stream_started", "response_recorded"):
-                self._stream_metrics(conn, event)
-        after = self._fts_row(conn, request_id)
-        if after is None:  # no event for this request: nothing was written
-            return touched
-        # External-content FTS: the old entry must be deleted with exactly
-        # the values it was indexed with, then the new values indexed.
-        if before is None or tuple(before) != tuple(after):
-            placeholders = ", ".join("?" for _ in range(len(_FTS_COLUMNS) + 1))
-            names = ", ".join(_FTS_COLUMNS)
-            if before is not None:
-                conn.execute(
-                    f"INSERT INTO messages_fts (messages_fts, rowid, {names}) "
-                    f"VALUES ('delete', {placeholders})",
-                    tuple(before),
-                )
-            conn.execute(
-                f"INSERT INTO messages_fts (rowid, {names}) VALUES ({placeholders})",
-                tuple(after),
+    def _apply(self, conn: sqlite3.Connection, batch: _Batch) -> None:
+        stored = {
+            row["request_id"]: row
+            for row in self._select_in(
+                conn,
+                f"SELECT {', '.join(_STORED_COLUMNS)} FROM session_stats WHERE request_id IN ({{marks}})",
+                list(batch.rows),
             )
-        return touched
+        }
+        session_ids = {row["session_id"] for row in batch.rows.values()}
+        session_ids |= {row["session_id"] for row in stored.values()}
+        sessions = {
+            row["session_id"]: row
+            for row in self._select_in(
+                conn,
+                "SELECT s.*, l.id AS latest_id, COALESCE(l.started_at, l.completed_at) AS latest_at "
+                "FROM sessions AS s LEFT JOIN session_stats AS l ON l.request_id = s.last_request_id "
+                "WHERE s.session_id IN ({marks})",
+                sorted(session_ids),
+            )
+        }
 
-    def _tool_call(self, conn: sqlite3.Connection, event: Mapping[str, Any]) -> None:
-        self._upsert(
-            conn,
-            "tool_call_executions",
-            ("request_id", "call_index"),
-            {
-                "request_id": event["request_id"],
-                "call_index": _int(event.get("index")),
-                "tool_call_id": _text(event.get("tool_call_id")),
-                "session_id": event["session_id"],
-                "tool_name": _text(event.get("tool_name")),
-                "input_json": _json(event.get("input")),
-                "created_at": _text(event.get("timestamp")),
-            },
-        )
+        next_id: int | None = None
+        inserts: list[tuple[Any, ...]] = []
+        updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        fts_delete: list[tuple[Any, ...]] = []
+        fts_insert: list[tuple[Any, ...]] = []
+        changes: list[tuple[Any, dict[str, Any]]] = []
+        for request_id, columns in batch.rows.items():
+            old = stored.get(request_id)
+            if old is None:
+                if next_id is None:
+                    next_id = conn.execute("SELECT MAX(id) FROM session_stats").fetchone()[0] or 0
+                next_id += 1
+                new = dict(_EMPTY_ROW)
+                new.update(columns)
+                new["request_id"] = request_id
+                new["id"] = next_id
+                inserts.append((next_id, *[new[c] for c in _STATS_COLUMNS]))
+                fts_insert.append((next_id, *[new[c] for c in _FTS_COLUMNS]))
+            else:
+                new = dict(old)
+                new.update(columns)
+                updates.setdefault(tuple(columns), []).append((*columns.values(), request_id))
+                before = tuple(old[c] for c in _FTS_COLUMNS)
+                after = tuple(new[c] for c in _FTS_COLUMNS)
+                if before != after:
+                    fts_delete.append((old["id"], *before))
+                    fts_insert.append((old["id"], *after))
+            changes.append((old, new))
 
-    def _tool_results(self, conn: sqlite3.Connection, event: Mapping[str, Any]) -> None:
-        """A request carrying tool results times the calls that asked for them."""
-        results = _dict(event.get("final_stats")).get("tool_results") or []
-        for result in results:
-            if not isinstance(result, Mapping) or not result.get("tool_call_id"):
-                continue
-            conn.execute(
+        if inserts:
+            conn.executemany(_INSERT_STATS, inserts)
+        for names, params in updates.items():
+            conn.executemany(self._update_sql(names), params)
+        if fts_delete:
+            conn.executemany(_FTS_DELETE, fts_delete)
+        if fts_insert:
+            conn.executemany(_FTS_INSERT, fts_insert)
+        if batch.tool_calls:
+            conn.executemany(
+                self._upsert_sql(
+                    "tool_call_executions",
+                    ("request_id", "call_index"),
+                    ("request_id", "call_index", "tool_call_id", "session_id", "tool_name",
+                     "input_json", "created_at"),
+                ),
+                list(batch.tool_calls.values()),
+            )
+        if batch.tool_results:
+            conn.executemany(
                 "UPDATE tool_call_executions SET duration_ms = ?, result_request_id = ? "
                 "WHERE session_id = ? AND tool_call_id = ?",
-                (
-                    _num(result.get("duration_ms")),
-                    event["request_id"],
-                    event["session_id"],
-                    _text(result["tool_call_id"]),
-                ),
+                batch.tool_results,
             )
+        streams: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for request_id, stream in batch.streams.items():
+            streams.setdefault(("request_id", *stream), []).append((request_id, *stream.values()))
+        for names, params in streams.items():
+            conn.executemany(self._upsert_sql("stream_metrics", ("request_id",), names), params)
+        self._update_sessions(conn, sessions, changes)
 
-    def _stream_metrics(self, conn: sqlite3.Connection, event: Mapping[str, Any]) -> None:
-        row: dict[str, Any] = {"request_id": event["request_id"], "session_id": event["session_id"]}
-        if event["type"] == "stream_started":
-            row["ttft_ms"] = _num(event.get("ttft_ms"))
-        else:
-            if not event.get("streaming"):
-                return
-            gaps = _dict(event.get("chunk_gap_ms"))
-            row.update(
-                chunk_count=_int(event.get("chunk_count")),
-                event_count=_int(event.get("event_count")),
-                bytes_out=_int(event.get("bytes_out")),
-                stream_ms=_num(event.get("provider_latency_ms")),
-                chunk_gap_mean_ms=_num(gaps.get("mean")),
-                chunk_gap_p50_ms=_num(gaps.get("p50")),
-                chunk_gap_p95_ms=_num(gaps.get("p95")),
-                chunk_gap_max_ms=_num(gaps.get("max")),
-            )
-        self._upsert(conn, "stream_metrics", ("request_id",), row)
+    def _update_sessions(
+        self,
+        conn: sqlite3.Connection,
+        sessions: Mapping[str, sqlite3.Row],
+        changes: list[tuple[Any, dict[str, Any]]],
+    ) -> None:
+        totals: dict[str, _SessionTotals] = {}
+        recompute: set[str] = set()
+        for old, new in changes:
+            session_id = new["session_id"]
+            if old is not None and (
+                old["session_id"] != session_id
+                or _at(old) != _at(new)
+                or (_end(old) is not None and (_end(new) is None or _end(new) < _end(old)))
+                or session_id not in sessions
+            ):
+                # Not expressible as a difference (the session's first or
+                # last moment may move back, or its latest request change):
+                # recompute those sessions from their rows.
+                recompute.add(old["session_id"])
+                recompute.add(session_id)
+                continue
+            total = totals.get(session_id)
+            if total is None:
+                total = totals[session_id] = _SessionTotals(session_id, sessions.get(session_id))
+            total.apply(old, new)
+        rows = [total.params() for session_id, total in totals.items() if session_id not in recompute]
+        if rows:
+            conn.executemany(_WRITE_SESSION, rows)
+        for session_id in sorted(recompute):
+            self._recompute_session(conn, session_id)
 
     def _recompute_session(self, conn: sqlite3.Connection, session_id: str) -> None:
         count = conn.execute(
