@@ -3,6 +3,7 @@ LunaRoute benchmark: direct-to-provider versus through the gateway, on
 127.0.0.1 against a fast fake provider.
 
     python bench/run.py [--quick] [--requests N] [--out bench/results.json]
+                        [--peers litellm,ccr]
 
 Starts, each as its own process:
 
@@ -11,9 +12,16 @@ Starts, each as its own process:
   - nginx as a reference reverse proxy, when C{nginx} is on the PATH;
   - the gateway (C{twistd -n lunaroute}) in three configurations: C{plain}
     (defaults), C{recording} (JSONL + SQLite into a temporary directory) and
-    C{no-metrics} (C{metrics.enabled: false}).
+    C{no-metrics} (C{metrics.enabled: false});
+  - with C{--peers}, peer gateways (C{bench/peer_targets.py}): the LiteLLM
+    proxy (targets C{litellm} and C{litellm-passthrough}) and
+    claude-code-router (C{ccr}), each installed in its own directory under
+    C{.cache/bench-peers} and configured from C{bench/peers/}; a peer that
+    cannot be installed or started is skipped with a note.
 
-then measures, for every target:
+checks that every target answers valid Anthropic messages (and whether
+they are byte-identical to the upstream's), then measures, for every
+target:
 
   1. memory (gateways): VmRSS after a warm-up, after 10,000 and after 20,000
      requests (a mix of plain and streaming requests over 1,000 sessions);
@@ -23,7 +31,9 @@ then measures, for every target:
   3. time to first body byte of streams, the same way;
   4. the latency of a large (~100 KB, Claude Code sized) request;
   5. throughput at 16 and 64 connections (wrk when installed, else the
-     asyncio generator of C{bench/loadgen.py}), and of streams at 16;
+     asyncio generator of C{bench/loadgen.py}), and of streams at 16, with
+     the sockets each run left in TIME-WAIT on the upstream's port
+     (connection churn) and on the target's;
   6. the recorder's own throughput (C{bench/recorder_throughput.py}).
 
 "Added" numbers are the target's percentile minus the direct percentile.
@@ -1227,6 +1237,15 @@ def main(argv: list[str] | None = None) -> int:
                     )
         results["throughput"] = {
             name: {tag: combine_runs(rs) for tag, rs in by_tag.items()} for name, by_tag in runs.items()
+        }
+        results["time_wait"] = {
+            name: {
+                f"{key}_{tag}": thr.get(f"time_wait_{key}")
+                for tag, thr in by_tag.items()
+                for key in ("upstream", "client")
+                if thr.get(f"time_wait_{key}") is not None
+            }
+            for name, by_tag in results["throughput"].items()
         }
 
         for name in gateways:
