@@ -523,7 +523,11 @@ def timed_rounds(
                 print(f"  (time limit reached after {r + 1} of {rounds} rounds)")
                 break
     finally:
-        for client in clients.values():
+        for name, client in clients.items():
+            if client.reconnects:
+                print(
+                    f"  ({name}: {client.reconnects} idle connections closed by the server, reopened untimed)"
+                )
             client.close()
     return results
 
