@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import select
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -103,10 +104,13 @@ class BlockingClient:
     def _closed_by_peer(self) -> bool:
         """Whether the server closed this idle connection (a peek, no wait)."""
         assert self.sock is not None
+        # select() first: with a timeout set, socket.recv() waits for data
+        # whatever its flags.
         try:
-            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            if not readable:
+                return False
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
 
