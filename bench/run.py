@@ -985,6 +985,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = tempfile.mkdtemp(prefix="lunaroute-bench-")
     procs = Procs(tmp)
+    # SIGTERM stops the run through its finally: every process it started
+    # is stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     results: dict[str, Any] = {
         "machine": machine_info(),
         "params": {
