@@ -314,15 +314,24 @@ def _dechunk(body: bytes) -> bytes:
 
 
 def fetch(
-    port: int, path: str, body: bytes, headers: Sequence[tuple[str, str]], timeout: float = 30.0
+    port: int,
+    path: str,
+    body: bytes,
+    headers: Sequence[tuple[str, str]],
+    timeout: float = 30.0,
+    method: str = "POST",
+    local_ports: list[int] | None = None,
 ) -> bytes:
     """
     One request on a fresh connection; the whole raw answer (head and body),
     read up to the end its framing gives (C{content-length} or the last
-    chunk), not to the connection's close, which some servers delay.
+    chunk), not to the connection's close, which some servers delay.  The
+    connection's local port is appended to C{local_ports} when given.
     """
     with socket.create_connection((HOST, port), timeout=timeout) as sock:
-        sock.sendall(loadgen.build_request(port, path, body, headers))
+        if local_ports is not None:
+            local_ports.append(sock.getsockname()[1])
+        sock.sendall(loadgen.build_request(port, path, body, headers, method))
         buf = b""
         while True:
             data = sock.recv(65536)

@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -390,16 +391,36 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def upstream_accepted(port: int, local_ports: list[int]) -> int | None:
+    """
+    Connections C{bench/fast_upstream.py} accepted so far, this request's
+    included (None for another upstream).  The local port of the request's
+    connection is appended to C{local_ports}: its TIME-WAIT is not the
+    target's.
+    """
+    try:
+        raw = peer_targets.fetch(
+            port, "/_bench/connections", b"", [], timeout=10, method="GET", local_ports=local_ports
+        )
+        head, _, body = raw.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            return None
+        return int(json.loads(body)["accepted"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 TCP_TIME_WAIT = "06"
 
 
-def time_wait_sockets(ports: set[int]) -> set[tuple[str, str]]:
+def time_wait_sockets(ports: set[int], exclude: Collection[int] = ()) -> set[tuple[str, str]]:
     """
     The TCP sockets now in TIME-WAIT with either end on one of C{ports}, as
     (local, remote) address pairs from /proc/net/tcp and tcp6 (the same as
     C{ss -tan state time-wait}).  A closed connection stays in TIME-WAIT on
     the side that closed it first for 60 s; the difference of two snapshots
-    is what a run left behind.
+    is what a run left behind.  Sockets with a port in C{exclude} (the
+    benchmark's own connections) are left out.
     """
     found: set[tuple[str, str]] = set()
     for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -413,7 +434,8 @@ def time_wait_sockets(ports: set[int]) -> set[tuple[str, str]]:
             if len(fields) < 4 or fields[3] != TCP_TIME_WAIT:
                 continue
             local, remote = fields[1], fields[2]
-            if int(local.rsplit(":", 1)[1], 16) in ports or int(remote.rsplit(":", 1)[1], 16) in ports:
+            lport, rport = int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)
+            if (lport in ports or rport in ports) and lport not in exclude and rport not in exclude:
                 found.add((local, remote))
     return found
 
@@ -622,7 +644,9 @@ def throughput(
     left in TIME-WAIT (L{time_wait_sockets}): C{time_wait_upstream}, on the
     upstream's port (connections to the provider closed during the run, by
     either side; for C{direct} these are the load client's own connections),
-    and C{time_wait_client}, on the target's port (client connections).
+    and C{time_wait_client}, on the target's port (client connections);
+    and C{upstream_connections_opened}, the connections the upstream
+    accepted during the run (C{bench/fast_upstream.py} only).
     """
     if quiet_pids:
         settle(quiet_pids)
@@ -631,6 +655,8 @@ def throughput(
         tw_ports["upstream"] = upstream_port
         if port != upstream_port:
             tw_ports["client"] = port
+    own_ports: list[int] = []
+    accepted_before = upstream_accepted(upstream_port, own_ports) if upstream_port is not None else None
     tw_before = {key: time_wait_sockets({p}) for key, p in tw_ports.items()}
     cpu0 = sum(cpu_seconds(pid) for pid in pid_of)
     t0 = time.perf_counter()
@@ -640,8 +666,13 @@ def throughput(
         result = run_pyload(port, body, conns, duration, path)
     wall = time.perf_counter() - t0
     cpu = sum(cpu_seconds(pid) for pid in pid_of) - cpu0
+    if accepted_before is not None and upstream_port is not None:
+        accepted_after = upstream_accepted(upstream_port, own_ports)
+        if accepted_after is not None:
+            # The second count's own request is one more accepted connection.
+            result["upstream_connections_opened"] = accepted_after - accepted_before - 1
     for key, before in tw_before.items():
-        result[f"time_wait_{key}"] = len(time_wait_sockets({tw_ports[key]}) - before)
+        result[f"time_wait_{key}"] = len(time_wait_sockets({tw_ports[key]}, own_ports) - before)
     if result.get("requests"):
         result["server_cpu_us_per_request"] = cpu / result["requests"] * 1e6
         result["server_cpu_share"] = cpu / wall
@@ -659,7 +690,7 @@ def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     errors = [r.get("socket_errors") for r in runs if r.get("socket_errors")]
     out["socket_errors"] = errors or None
     out["rps_runs"] = [round(r["rps"] or 0) for r in runs]
-    for key in ("time_wait_upstream", "time_wait_client"):
+    for key in ("time_wait_upstream", "time_wait_client", "upstream_connections_opened"):
         counts = [r[key] for r in runs if r.get(key) is not None]
         if counts:
             out[key] = round(sum(counts) / len(counts))
@@ -834,6 +865,7 @@ def report(results: dict[str, Any]) -> str:
                     fmt(c16.get("time_wait_upstream")),
                     fmt(c64.get("time_wait_upstream")),
                     fmt(c64.get("time_wait_client")),
+                    fmt(c64.get("upstream_connections_opened")),
                     str((c16["non_2xx"] or 0) + (c64["non_2xx"] or 0) + (st["non_2xx"] or 0)),
                 ]
             )
@@ -851,6 +883,7 @@ def report(results: dict[str, Any]) -> str:
                     "TIME-WAIT upstream c16",
                     "c64",
                     "TIME-WAIT client c64",
+                    "upstream conns opened c64",
                     "non-2xx",
                 ],
                 rows,
@@ -859,7 +892,8 @@ def report(results: dict[str, Any]) -> str:
         out.append(
             "TIME-WAIT: sockets a run left in TIME-WAIT (mean per run), on the upstream's port "
             "(connections to the provider closed during the run; for direct, the load client's own) "
-            "and on the target's port (client connections)"
+            "and on the target's port (client connections); upstream connections opened: accepted by the "
+            "upstream during the run (for direct, the load client's own)"
         )
     mem = results.get("memory", {})
     if mem:
@@ -1240,7 +1274,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs[name][tag].append(r)
                     print(
                         f"  {tag}: {r['rps']:.0f} req/s, non-2xx {r['non_2xx']}, errors {r['socket_errors']}, "
-                        f"TIME-WAIT upstream {r.get('time_wait_upstream')} client {r.get('time_wait_client')}"
+                        f"TIME-WAIT upstream {r.get('time_wait_upstream')} client {r.get('time_wait_client')}, "
+                        f"upstream connections opened {r.get('upstream_connections_opened')}"
                     )
         results["throughput"] = {
             name: {tag: combine_runs(rs) for tag, rs in by_tag.items()} for name, by_tag in runs.items()
@@ -1251,6 +1286,11 @@ def main(argv: list[str] | None = None) -> int:
                 for tag, thr in by_tag.items()
                 for key in ("upstream", "client")
                 if thr.get(f"time_wait_{key}") is not None
+            }
+            | {
+                f"upstream_connections_opened_{tag}": thr["upstream_connections_opened"]
+                for tag, thr in by_tag.items()
+                if thr.get("upstream_connections_opened") is not None
             }
             for name, by_tag in results["throughput"].items()
         }
