@@ -19,6 +19,9 @@ HTTP/1.1 and answers with bytes prepared at start-up:
     first byte measures the path of the first event alone rather than of the
     whole body;
   - C{POST /v1/chat/completions}: the OpenAI fixtures the same way;
+  - C{GET /_bench/connections}: C{{"accepted": N}}, the connections accepted
+    since start (this one included), so that C{run.py} can count the
+    upstream connections a proxy opened during a run;
   - anything else: a 404 JSON error.
 
 Run: C{python bench/fast_upstream.py --port N} (prints the port on stdout).
@@ -82,6 +85,7 @@ class Answers:
         self.json: dict[str, bytes] = {}
         self.stream_head: dict[str, bytes] = {}
         self.stream_rest: dict[str, bytes] = {}
+        self.accepted = 0  # connections accepted since start
         for route, prefix, extra in (
             (b"/v1/messages", "anthropic_thinking_tools", _ANTHROPIC_HEADERS),
             (b"/v1/chat/completions", "openai_chat_tools", _OPENAI_HEADERS),
@@ -124,6 +128,7 @@ class UpstreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
+        self.answers.accepted += 1
 
     def connectionLost(self, reason: object = None) -> None:
         self.closed = True
@@ -183,7 +188,13 @@ class UpstreamProtocol(Protocol):
 
     def _answer(self, method: bytes, path: bytes, body: bytes, close: bool) -> None:
         key = path.decode("latin-1")
-        if method != b"POST" or key not in self.answers.json:
+        if method == b"GET" and path == b"/_bench/connections":
+            count = b'{"accepted":%d}' % self.answers.accepted
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(count), count)
+            )
+        elif method != b"POST" or key not in self.answers.json:
             self.transport.write(self.answers.not_found)
         elif b'"stream":true' in body or b'"stream": true' in body:
             self.transport.write(self.answers.stream_head[key])

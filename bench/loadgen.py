@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import select
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -63,6 +64,10 @@ class ProtocolError(Exception):
     pass
 
 
+class ClosedBeforeAnswer(ProtocolError):
+    """The server closed the connection before sending any byte of the answer."""
+
+
 @dataclass
 class Timed:
     """One timed request: status, seconds to first body byte and to the end."""
@@ -96,7 +101,41 @@ class BlockingClient:
             self.sock.close()
             self.sock = None
 
+    def _closed_by_peer(self) -> bool:
+        """Whether the server closed this idle connection (a peek, no wait)."""
+        assert self.sock is not None
+        # select() first: with a timeout set, socket.recv() waits for data
+        # whatever its flags.
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            if not readable:
+                return False
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     def request(self, raw: bytes) -> Timed:
+        """
+        Send C{raw} and read the whole answer.  Servers close idle keep-alive
+        connections (uvicorn and Node after 5 s) while other targets of an
+        interleaved round run: such a connection is replaced, untimed, and
+        a request the server dropped before answering is sent once more on
+        a new connection (timed from its new start).
+        """
+        if self.sock is not None and self._closed_by_peer():
+            self.close()
+            self.reconnects += 1
+        reused = self.sock is not None
+        try:
+            return self._request_once(raw)
+        except (ClosedBeforeAnswer, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            self.close()
+            self.reconnects += 1
+            return self._request_once(raw)
+
+    def _request_once(self, raw: bytes) -> Timed:
         if self.sock is None:
             self.sock = self._connect()
         sock = self.sock
@@ -119,6 +158,8 @@ class BlockingClient:
             now = time.perf_counter()
             if n == 0:
                 self.close()
+                if not buf:
+                    raise ClosedBeforeAnswer("connection closed before the answer")
                 raise ProtocolError("connection closed mid-response")
             buf += view[:n]
             if head_end < 0:

@@ -3,6 +3,7 @@ LunaRoute benchmark: direct-to-provider versus through the gateway, on
 127.0.0.1 against a fast fake provider.
 
     python bench/run.py [--quick] [--requests N] [--out bench/results.json]
+                        [--peers litellm,ccr]
 
 Starts, each as its own process:
 
@@ -11,9 +12,16 @@ Starts, each as its own process:
   - nginx as a reference reverse proxy, when C{nginx} is on the PATH;
   - the gateway (C{twistd -n lunaroute}) in three configurations: C{plain}
     (defaults), C{recording} (JSONL + SQLite into a temporary directory) and
-    C{no-metrics} (C{metrics.enabled: false}).
+    C{no-metrics} (C{metrics.enabled: false});
+  - with C{--peers}, peer gateways (C{bench/peer_targets.py}): the LiteLLM
+    proxy (targets C{litellm} and C{litellm-passthrough}) and
+    claude-code-router (C{ccr}), each installed in its own directory under
+    C{.cache/bench-peers} and configured from C{bench/peers/}; a peer that
+    cannot be installed or started is skipped with a note.
 
-then measures, for every target:
+checks that every target answers valid Anthropic messages (and whether
+they are byte-identical to the upstream's), then measures, for every
+target:
 
   1. memory (gateways): VmRSS after a warm-up, after 10,000 and after 20,000
      requests (a mix of plain and streaming requests over 1,000 sessions);
@@ -23,7 +31,9 @@ then measures, for every target:
   3. time to first body byte of streams, the same way;
   4. the latency of a large (~100 KB, Claude Code sized) request;
   5. throughput at 16 and 64 connections (wrk when installed, else the
-     asyncio generator of C{bench/loadgen.py}), and of streams at 16;
+     asyncio generator of C{bench/loadgen.py}), and of streams at 16, with
+     the sockets each run left in TIME-WAIT on the upstream's port
+     (connection churn) and on the target's;
   6. the recorder's own throughput (C{bench/recorder_throughput.py}).
 
 "Added" numbers are the target's percentile minus the direct percentile.
@@ -46,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,6 +64,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import loadgen  # noqa: E402
+import peer_targets  # noqa: E402
 
 PY = sys.executable
 HOST = "127.0.0.1"
@@ -147,6 +159,14 @@ def request_body(stream: bool, session: int = 0, history_kb: int = 0) -> bytes:
 # By default the gateway runs this checkout's code (PYTHONPATH=<repo>), not
 # whatever copy of lunaroute happens to be installed; --installed switches.
 USE_CHECKOUT = True
+
+# The request path of each target: "/v1/messages" unless a peer serves the
+# Anthropic Messages API elsewhere (LiteLLM's pass-through route).
+ROUTES: dict[str, str] = {}
+
+
+def route(name: str) -> str:
+    return ROUTES.get(name, "/v1/messages")
 
 
 def child_env() -> dict[str, str]:
@@ -371,6 +391,55 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def upstream_accepted(port: int, local_ports: list[int]) -> int | None:
+    """
+    Connections C{bench/fast_upstream.py} accepted so far, this request's
+    included (None for another upstream).  The local port of the request's
+    connection is appended to C{local_ports}: its TIME-WAIT is not the
+    target's.
+    """
+    try:
+        raw = peer_targets.fetch(
+            port, "/_bench/connections", b"", [], timeout=10, method="GET", local_ports=local_ports
+        )
+        head, _, body = raw.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            return None
+        return int(json.loads(body)["accepted"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+TCP_TIME_WAIT = "06"
+
+
+def time_wait_sockets(ports: set[int], exclude: Collection[int] = ()) -> set[tuple[str, str]]:
+    """
+    The TCP sockets now in TIME-WAIT with either end on one of C{ports}, as
+    (local, remote) address pairs from /proc/net/tcp and tcp6 (the same as
+    C{ss -tan state time-wait}).  A closed connection stays in TIME-WAIT on
+    the side that closed it first for 60 s; the difference of two snapshots
+    is what a run left behind.  Sockets with a port in C{exclude} (the
+    benchmark's own connections) are left out.
+    """
+    found: set[tuple[str, str]] = set()
+    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table_path) as handle:
+                lines = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4 or fields[3] != TCP_TIME_WAIT:
+                continue
+            local, remote = fields[1], fields[2]
+            lport, rport = int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)
+            if (lport in ports or rport in ports) and lport not in exclude and rport not in exclude:
+                found.add((local, remote))
+    return found
+
+
 def cpu_probe() -> float:
     """
     Milliseconds for a fixed pure-Python loop (best of 3): how fast this
@@ -452,7 +521,7 @@ def timed_rounds(
     Before each block, waits for C{quiet_pids} to be idle.
     """
     clients = {name: loadgen.BlockingClient(port) for name, port in targets.items()}
-    raws = {name: make_raw(port) for name, port in targets.items()}
+    raws = {name: make_raw(port, route(name)) for name, port in targets.items()}
     results: dict[str, list[loadgen.Timed]] = {name: [] for name in targets}
     deadline = time.monotonic() + time_limit
     try:
@@ -476,7 +545,11 @@ def timed_rounds(
                 print(f"  (time limit reached after {r + 1} of {rounds} rounds)")
                 break
     finally:
-        for client in clients.values():
+        for name, client in clients.items():
+            if client.reconnects:
+                print(
+                    f"  ({name}: {client.reconnects} idle connections closed by the server, reopened untimed)"
+                )
             client.close()
     return results
 
@@ -495,7 +568,9 @@ def _wrk_ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def run_wrk(tmp: str, port: int, body: bytes, conns: int, duration: float, tag: str) -> dict[str, Any]:
+def run_wrk(
+    tmp: str, port: int, body: bytes, conns: int, duration: float, tag: str, path: str = "/v1/messages"
+) -> dict[str, Any]:
     body_path = os.path.join(tmp, f"wrk-{tag}.json")
     with open(body_path, "wb") as handle:
         handle.write(body)
@@ -513,7 +588,7 @@ def run_wrk(tmp: str, port: int, body: bytes, conns: int, duration: float, tag: 
         "--latency",
         "-s",
         script,
-        f"http://{HOST}:{port}/v1/messages",
+        f"http://{HOST}:{port}{path}",
     ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     text = out.stdout
@@ -532,8 +607,10 @@ def run_wrk(tmp: str, port: int, body: bytes, conns: int, duration: float, tag: 
     return result
 
 
-def run_pyload(port: int, body: bytes, conns: int, duration: float) -> dict[str, Any]:
-    raw = loadgen.build_request(port, "/v1/messages", body, CLIENT_HEADERS)
+def run_pyload(
+    port: int, body: bytes, conns: int, duration: float, path: str = "/v1/messages"
+) -> dict[str, Any]:
+    raw = loadgen.build_request(port, path, body, CLIENT_HEADERS)
     res = loadgen.run_load(port, [raw], conns, duration=duration, keep_latencies=True)
     summary = loadgen.summarize_ms(res.latencies)
     return {
@@ -558,17 +635,48 @@ def throughput(
     tag: str,
     use_wrk: bool,
     quiet_pids: list[int] | None = None,
+    path: str = "/v1/messages",
+    upstream_port: int | None = None,
 ) -> dict[str, Any]:
+    """
+    One load run against C{port}: requests/s, latency percentiles, the
+    server's CPU per request and, with C{upstream_port}, the sockets the run
+    left in TIME-WAIT (L{time_wait_sockets}): C{time_wait_upstream}, on the
+    upstream's port (connections to the provider closed during the run, by
+    either side; for C{direct} these are the load client's own connections),
+    and C{time_wait_client}, on the target's port (client connections);
+    and C{upstream_connections_opened}, the connections the upstream
+    accepted during the run (C{bench/fast_upstream.py} only).
+    """
     if quiet_pids:
         settle(quiet_pids)
+    tw_ports: dict[str, int] = {}
+    if upstream_port is not None:
+        tw_ports["upstream"] = upstream_port
+        if port != upstream_port:
+            tw_ports["client"] = port
+    own_ports: list[int] = []
+    accepted_before = upstream_accepted(upstream_port, own_ports) if upstream_port is not None else None
+    tw_before = {key: time_wait_sockets({p}) for key, p in tw_ports.items()}
     cpu0 = sum(cpu_seconds(pid) for pid in pid_of)
     t0 = time.perf_counter()
     if use_wrk:
-        result = run_wrk(tmp, port, body, conns, duration, tag)
+        result = run_wrk(tmp, port, body, conns, duration, tag, path)
     else:
-        result = run_pyload(port, body, conns, duration)
+        result = run_pyload(port, body, conns, duration, path)
     wall = time.perf_counter() - t0
     cpu = sum(cpu_seconds(pid) for pid in pid_of) - cpu0
+    # Closes the end of the load set off (a proxy dropping the upstream
+    # connections of requests wrk left in flight) take a moment to reach
+    # TIME-WAIT: count them in this run, not the next.
+    time.sleep(0.5)
+    if accepted_before is not None and upstream_port is not None:
+        accepted_after = upstream_accepted(upstream_port, own_ports)
+        if accepted_after is not None:
+            # The second count's own request is one more accepted connection.
+            result["upstream_connections_opened"] = accepted_after - accepted_before - 1
+    for key, before in tw_before.items():
+        result[f"time_wait_{key}"] = len(time_wait_sockets({tw_ports[key]}, own_ports) - before)
     if result.get("requests"):
         result["server_cpu_us_per_request"] = cpu / result["requests"] * 1e6
         result["server_cpu_share"] = cpu / wall
@@ -586,6 +694,11 @@ def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     errors = [r.get("socket_errors") for r in runs if r.get("socket_errors")]
     out["socket_errors"] = errors or None
     out["rps_runs"] = [round(r["rps"] or 0) for r in runs]
+    for key in ("time_wait_upstream", "time_wait_client", "upstream_connections_opened"):
+        counts = [r[key] for r in runs if r.get(key) is not None]
+        if counts:
+            out[key] = round(sum(counts) / len(counts))
+            out[f"{key}_runs"] = counts
     return out
 
 
@@ -752,6 +865,11 @@ def report(results: dict[str, Any]) -> str:
                     fmt(c64.get("p99_ms"), 2),
                     f"{st['rps']:.0f}",
                     fmt(c16.get("server_cpu_us_per_request"), 0),
+                    fmt(c64.get("server_cpu_us_per_request"), 0),
+                    fmt(c16.get("time_wait_upstream")),
+                    fmt(c64.get("time_wait_upstream")),
+                    fmt(c64.get("time_wait_client")),
+                    fmt(c64.get("upstream_connections_opened")),
                     str((c16["non_2xx"] or 0) + (c64["non_2xx"] or 0) + (st["non_2xx"] or 0)),
                 ]
             )
@@ -765,10 +883,21 @@ def report(results: dict[str, Any]) -> str:
                     "p99 ms c64",
                     "stream rps c16",
                     "server CPU us/req c16",
+                    "c64",
+                    "TIME-WAIT upstream c16",
+                    "c64",
+                    "TIME-WAIT client c64",
+                    "upstream conns opened c64",
                     "non-2xx",
                 ],
                 rows,
             )
+        )
+        out.append(
+            "TIME-WAIT: sockets a run left in TIME-WAIT (mean per run), on the upstream's port "
+            "(connections to the provider closed during the run; for direct, the load client's own) "
+            "and on the target's port (client connections); upstream connections opened: accepted by the "
+            "upstream during the run (for direct, the load client's own)"
         )
     mem = results.get("memory", {})
     if mem:
@@ -808,6 +937,26 @@ def report(results: dict[str, Any]) -> str:
         probes = ", ".join(f"{k} {v:.1f}" for k, v in results["cpu_probe_ms"].items())
         out.append("")
         out.append(f"CPU probe (ms for a fixed Python loop, lower is faster): {probes}")
+    peers = results.get("peers")
+    if peers:
+        out.append("")
+        out.append("Peers")
+        for name, info in peers.items():
+            routes = ", ".join(f"{t} {v['path']}" for t, v in info.get("targets", {}).items())
+            extra = f", node {info['node']}" if info.get("node") else ""
+            out.append(
+                f"  {name}: {info.get('package')} {info.get('version')}{extra}; config {info.get('config')}; "
+                f"targets {routes or 'none'}; RSS at the end {info.get('final_rss_kb', 0) / 1024:.1f} MiB"
+            )
+    answers = results.get("answers")
+    if answers:
+        out.append("")
+        out.append("Answers (checked before timing, against the upstream's own bodies)")
+        for name, checked in answers.items():
+            if "error" in checked:
+                out.append(f"  {name}: INVALID: {checked['error']}")
+            else:
+                out.append(f"  {name}: JSON {checked['plain']}, stream {checked['stream']}")
     for note in results.get("notes", []):
         out.append(f"note: {note}")
     return "\n".join(out)
@@ -843,11 +992,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-recorder", action="store_true", help="skip bench/recorder_throughput.py")
     parser.add_argument("--wrk-seconds", type=float, default=None)
     parser.add_argument(
+        "--peers",
+        default="",
+        help="peer gateways to measure in the same run, comma-separated: litellm, ccr (default none)",
+    )
+    parser.add_argument(
+        "--peers-dir",
+        default=peer_targets.DEFAULT_DIR,
+        help="where the peers are installed (default .cache/bench-peers)",
+    )
+    parser.add_argument(
         "--installed",
         action="store_true",
         help="run the installed lunaroute rather than this checkout's code",
     )
     args = parser.parse_args(argv)
+    try:
+        peer_names = peer_targets.parse_peers(args.peers)
+    except ValueError as exc:
+        parser.error(str(exc))
     global USE_CHECKOUT
     USE_CHECKOUT = not args.installed
 
@@ -860,6 +1023,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = tempfile.mkdtemp(prefix="lunaroute-bench-")
     procs = Procs(tmp)
+    # SIGTERM stops the run through its finally: every process it started
+    # is stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     results: dict[str, Any] = {
         "machine": machine_info(),
         "params": {
@@ -868,6 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
             "wrk_seconds": wrk_seconds,
             "soak_checkpoints": checkpoints,
             "upstream": args.upstream,
+            "peers": peer_names,
             "load_client": "wrk -t1" if use_wrk else "bench/loadgen.py (asyncio)",
             "body_bytes": len(request_body(False)),
             "stream_body_bytes": len(request_body(True)),
@@ -887,7 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
                 port, proc = start_upstream(procs, kind)
                 seq = timed_rounds(
                     {kind: port},
-                    lambda p: loadgen.build_request(p, "/v1/messages", request_body(False), CLIENT_HEADERS),
+                    lambda p, path: loadgen.build_request(p, path, request_body(False), CLIENT_HEADERS),
                     200,
                     1000,
                     1,
@@ -925,12 +1092,77 @@ def main(argv: list[str] | None = None) -> int:
             port, proc = start_gateway(procs, name.replace("+", "-plus-"), upstream, extra)
             targets[name], pids[name] = port, proc.pid
             gateways.append(name)
-        results["targets"] = {name: {"port": port, "pid": pids[name]} for name, port in targets.items()}
+        peer_started: dict[str, peer_targets.Peer] = {}
+        for peer_name in peer_names:
+            print(f"peer {peer_name}: starting")
+            try:
+                peer = peer_targets.start_peer(
+                    peer_name, procs, upstream, args.peers_dir, PY, free_port, wait_port
+                )
+            except (peer_targets.PeerUnavailable, OSError, subprocess.SubprocessError) as exc:
+                note = f"peer {peer_name} skipped: {str(exc).splitlines()[0]}"
+                print(f"  {note}")
+                results["notes"].append(note)
+                continue
+            peer_started[peer_name] = peer
+            for tname, (tport, tpath) in peer.targets.items():
+                targets[tname], pids[tname] = tport, peer.proc.pid
+                ROUTES[tname] = tpath
         time.sleep(0.5)
 
         quiet = list(pids.values())
         if "nginx" in pids:
             quiet += _children(pids["nginx"])
+        # A peer that is busy while idle (timers, background tasks) would make
+        # every settle() wait its full timeout: leave it out of the wait.
+        for peer_name, peer in peer_started.items():
+            share = peer_targets.idle_cpu_share([peer.proc.pid], cpu_seconds)
+            peer.info["idle_cpu_share"] = round(share, 3)
+            if share >= 0.03:
+                quiet = [p for p in quiet if p != peer.proc.pid]
+                results["notes"].append(
+                    f"peer {peer_name} uses {share:.0%} of a core while idle: not waited for between blocks"
+                )
+
+        # -- answers: every target must answer valid Anthropic messages -----
+        print("answers: checking every target against the upstream's own answers")
+        reference = peer_targets.reference_bodies(
+            upstream, "/v1/messages", request_body(False), request_body(True), CLIENT_HEADERS
+        )
+        results["answers"] = {}
+        for name in list(targets):
+            if name == "direct":
+                continue
+            try:
+                checked = peer_targets.check_answer(
+                    targets[name],
+                    route(name),
+                    request_body(False),
+                    request_body(True),
+                    CLIENT_HEADERS,
+                    reference,
+                )
+            except (ValueError, OSError, loadgen.ProtocolError) as exc:
+                checked = {"error": str(exc)[:300]}
+                if name in gateways or name == "nginx":
+                    results["notes"].append(f"{name}: invalid answer: {checked['error']}")
+                else:
+                    results["notes"].append(f"peer target {name} skipped: invalid answer: {checked['error']}")
+                    del targets[name]
+            results["answers"][name] = checked
+            print(f"  {name}: {checked}")
+        results["peers"] = {
+            peer_name: {
+                **peer.info,
+                "targets": {
+                    t: {"port": p, "path": path} for t, (p, path) in peer.targets.items() if t in targets
+                },
+            }
+            for peer_name, peer in peer_started.items()
+        }
+        results["targets"] = {
+            name: {"port": port, "pid": pids[name], "path": route(name)} for name, port in targets.items()
+        }
 
         results["cpu_probe_ms"]["memory"] = cpu_probe()
         # -- 1. memory ----------------------------------------------------
@@ -948,7 +1180,7 @@ def main(argv: list[str] | None = None) -> int:
         body = request_body(False)
         seq = timed_rounds(
             targets,
-            lambda p: loadgen.build_request(p, "/v1/messages", body, CLIENT_HEADERS),
+            lambda p, path: loadgen.build_request(p, path, body, CLIENT_HEADERS),
             300 if not quick else 50,
             n,
             10,
@@ -968,7 +1200,7 @@ def main(argv: list[str] | None = None) -> int:
         sbody = request_body(True)
         seq = timed_rounds(
             targets,
-            lambda p: loadgen.build_request(p, "/v1/messages", sbody, CLIENT_HEADERS),
+            lambda p, path: loadgen.build_request(p, path, sbody, CLIENT_HEADERS),
             100 if not quick else 20,
             n_stream,
             10,
@@ -994,10 +1226,12 @@ def main(argv: list[str] | None = None) -> int:
         results["large_body_kb"] = round(len(big) / 1024)
         n_large = max(100, n // 4)
         print(f"large request: {len(big) // 1024} KB body, {n_large} requests per target")
-        large_targets = {k: v for k, v in targets.items() if k in ("direct", "nginx", "gateway")}
+        large_targets = {
+            k: v for k, v in targets.items() if k in ("direct", "nginx", "gateway") or k not in gateways
+        }
         seq = timed_rounds(
             large_targets,
-            lambda p: loadgen.build_request(p, "/v1/messages", big, CLIENT_HEADERS),
+            lambda p, path: loadgen.build_request(p, path, big, CLIENT_HEADERS),
             50,
             n_large,
             5,
@@ -1037,18 +1271,40 @@ def main(argv: list[str] | None = None) -> int:
                         f"{name}-{tag}",
                         use_wrk,
                         quiet,
+                        route(name),
+                        upstream,
                     )
                     r.pop("raw", None)
                     runs[name][tag].append(r)
                     print(
-                        f"  {tag}: {r['rps']:.0f} req/s, non-2xx {r['non_2xx']}, errors {r['socket_errors']}"
+                        f"  {tag}: {r['rps']:.0f} req/s, non-2xx {r['non_2xx']}, errors {r['socket_errors']}, "
+                        f"TIME-WAIT upstream {r.get('time_wait_upstream')} client {r.get('time_wait_client')}, "
+                        f"upstream connections opened {r.get('upstream_connections_opened')}"
                     )
         results["throughput"] = {
             name: {tag: combine_runs(rs) for tag, rs in by_tag.items()} for name, by_tag in runs.items()
         }
+        results["time_wait"] = {
+            name: {
+                f"{key}_{tag}": thr.get(f"time_wait_{key}")
+                for tag, thr in by_tag.items()
+                for key in ("upstream", "client")
+                if thr.get(f"time_wait_{key}") is not None
+            }
+            | {
+                f"upstream_connections_opened_{tag}": thr["upstream_connections_opened"]
+                for tag, thr in by_tag.items()
+                if thr.get("upstream_connections_opened") is not None
+            }
+            for name, by_tag in results["throughput"].items()
+        }
 
         for name in gateways:
             results["memory"][name]["final_rss_kb"] = rss_kb(pids[name])["VmRSS"]
+        for peer_name, peer in peer_started.items():
+            results["peers"][peer_name]["final_rss_kb"] = sum(
+                rss_kb(p)["VmRSS"] for p in [peer.proc.pid, *_children(peer.proc.pid)]
+            )
 
         results["cpu_probe_ms"]["end"] = cpu_probe()
 
