@@ -6,8 +6,8 @@ retry-after in seconds and as an HTTP-date.
 
 from __future__ import annotations
 
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import pytest
 from twisted.internet.defer import CancelledError
