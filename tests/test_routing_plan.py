@@ -297,3 +297,19 @@ def test_stop_cancels_breaker_timers() -> None:
     assert clock.getDelayedCalls()
     r.stop()
     assert clock.getDelayedCalls() == []
+
+
+def test_every_yaml_block_of_the_routing_doc_loads() -> None:
+    """docs/routing.md's examples are configs the loader accepts (and the router builds)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "routing.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    assert len(blocks) >= 7
+    for block in blocks:
+        settings = settings_from_mapping(yaml.safe_load(block), {"HOME": "/nonexistent"})
+        providers = {name: StubProvider(p) for name, p in settings.providers.items() if p.enabled}
+        Router(settings, providers, Clock()).stop()
