@@ -11,6 +11,7 @@ tests use L{twisted.internet.task.Clock}:
   - L{lunaroute.routing.markers}: C{[LUNAROUTE:<name>]} markers in prompts.
   - L{lunaroute.routing.plan}: rules -> an ordered plan of attempts.
   - L{lunaroute.routing.retry}: which outcome is retried, moved on from, or final.
+  - L{lunaroute.routing.notice}: the switch notice put into a fallback's request.
 
 The request lifecycle (L{lunaroute.proxy}) calls them; nothing here does I/O.
 """
