@@ -173,6 +173,8 @@ def test_every_provider_open_gives_an_empty_plan() -> None:
             r.record(Attempt(name, "claude", "primary"), Outcome.from_status(503))
     plan = r.plan(view("claude-x"), "anthropic", no_headers)
     assert plan.attempts == () and len(plan.skipped) == 2
+    assert r.retry_at(plan) == 60
+    assert r.retry_at(r.plan(view("gpt", "openai_chat"), "openai", no_headers)) is None
 
 
 def test_without_routing_the_default_provider_is_never_skipped() -> None:

@@ -314,6 +314,15 @@ class Router:
             template, plan.attempts[0].provider_name, served.provider_name, switch_reason(first_failure), model
         )
 
+    def retry_at(self, plan: Plan) -> float | None:
+        """
+        For an empty plan (every candidate's breaker open): the clock time
+        the first of them turns half-open (for a C{retry-after}), or C{None}.
+        """
+        times = [self.breakers[name].retry_at for name, _ in plan.skipped]
+        known = [t for t in times if t is not None]
+        return min(known) if known else None
+
     def stop(self) -> None:
         """Cancel the breakers' timers (at shutdown)."""
         for breaker in self.breakers.values():
