@@ -41,7 +41,9 @@ __all__ = [
     "CLI_OVERRIDES",
     "ENV_VARIABLES",
     "BypassSettings",
+    "CircuitBreakerSettings",
     "CustomPiiPattern",
+    "HealthSettings",
     "HttpClientSettings",
     "HttpServerSettings",
     "LoggingSettings",
@@ -52,8 +54,11 @@ __all__ = [
     "RecordingSettings",
     "RequestBodySettings",
     "RetentionSettings",
+    "RoutingSettings",
+    "RuleSettings",
     "Settings",
     "StatisticsSettings",
+    "SwitchNotificationSettings",
     "UISettings",
     "load_settings",
     "mask_secret",
@@ -133,6 +138,10 @@ class ProviderSettings:
     # their ${...} templates.
     request_headers: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
     request_body: RequestBodySettings = field(default_factory=RequestBodySettings)
+    # The original's per-provider override of the switch notice, used when
+    # this provider serves a request another one failed (a template:
+    # ${original_provider}, ${new_provider}, ${reason}, ${model}).
+    switch_notification_message: str | None = None
 
     @property
     def has_api_key(self) -> bool:
@@ -148,7 +157,8 @@ class ProviderSettings:
             f"http_client={self.http_client!r}, "
             # Header values may hold credentials: names only.
             f"request_headers={sorted(self.request_headers)!r}, "
-            f"request_body={self.request_body!r})"
+            f"request_body={self.request_body!r}, "
+            f"switch_notification_message={self.switch_notification_message!r})"
         )
 
 
@@ -313,6 +323,129 @@ class UISettings:
     log_requests: bool = False
 
 
+ROUTING_STRATEGIES = ("round_robin", "weighted_round_robin", "limits_alternative")
+LISTENERS = ("anthropic", "openai")
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    """
+    One C{routing.rules} entry: when it matches (every condition given must
+    hold; none given matches every request) and where the request goes.
+
+    @ivar index: the rule's position in the file (ties of C{priority} keep
+        file order).
+    @ivar model_pattern: a regular expression searched in the requested
+        model (checked to compile at start).
+    @ivar listener: C{anthropic} or C{openai}: the dialect family the
+        request arrived in.
+    @ivar header: lower-case header name -> the exact value it must have.
+    @ivar weights: provider name -> positive weight, in file order.
+    @ivar exponential_backoff_base_secs: C{limits_alternative}: how long a
+        primary stays rate-limited after a 429 without C{retry-after}
+        (doubling on each consecutive 429, up to four times this).
+    """
+
+    name: str
+    index: int = 0
+    priority: int = 0
+    model_pattern: str | None = None
+    listener: str | None = None
+    header: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+    always: bool = False
+    primary: str | None = None
+    fallbacks: tuple[str, ...] = ()
+    strategy: str | None = None
+    providers: tuple[str, ...] = ()
+    weights: Mapping[str, float] = field(default_factory=lambda: types.MappingProxyType({}))
+    primary_providers: tuple[str, ...] = ()
+    alternative_providers: tuple[str, ...] = ()
+    exponential_backoff_base_secs: float = 60.0
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Every provider the rule may send to, each once, in the order written."""
+        names = (
+            *((self.primary,) if self.primary else ()),
+            *self.providers,
+            *self.weights,
+            *self.primary_providers,
+            *self.alternative_providers,
+            *self.fallbacks,
+        )
+        return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class CircuitBreakerSettings:
+    """
+    C{routing.circuit_breaker}: one breaker per provider.  Closed until
+    C{failure_threshold} consecutive failures; then open (the provider is
+    skipped) for C{open_timeout_secs}; then half-open, letting
+    C{half_open_max_requests} probes through at a time; closed again after
+    C{success_threshold} successes, open again on a failure.
+    """
+
+    enabled: bool = True
+    failure_threshold: int = 5
+    success_threshold: int = 2
+    open_timeout_secs: float = 60.0
+    half_open_max_requests: int = 1
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """
+    C{routing.health_monitor}: a provider's success rate over the last
+    C{window_secs}; with at least C{min_requests} in the window it is healthy
+    at C{healthy_threshold} or above, unhealthy below C{unhealthy_threshold},
+    degraded in between (unknown with fewer requests).
+    """
+
+    window_secs: float = 60.0
+    min_requests: int = 10
+    healthy_threshold: float = 0.95
+    unhealthy_threshold: float = 0.75
+
+
+DEFAULT_SWITCH_MESSAGE = (
+    "IMPORTANT: Please inform the user that due to temporary service constraints, their request "
+    "is being handled by an alternative AI service provider. Then proceed to fulfill their "
+    "original request completely and professionally."
+)
+
+
+@dataclass(frozen=True)
+class SwitchNotificationSettings:
+    """
+    C{routing.provider_switch_notification}, the original's shape: a note
+    for the user, injected once when a fallback serves a request.  The
+    message is a template (C{${original_provider}}, C{${new_provider}},
+    C{${reason}}, C{${model}}), never expanded from the environment.
+    """
+
+    enabled: bool = True
+    default_message: str = DEFAULT_SWITCH_MESSAGE
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """
+    The C{routing} section.  False when the file has none (or an empty
+    one): every request then goes to the provider of its dialect.
+    """
+
+    rules: tuple[RuleSettings, ...] = ()
+    circuit_breaker: CircuitBreakerSettings = field(default_factory=CircuitBreakerSettings)
+    health_monitor: HealthSettings = field(default_factory=HealthSettings)
+    # None: no notice (the section was not given).
+    provider_switch_notification: SwitchNotificationSettings | None = None
+    configured: bool = False
+
+    def __bool__(self) -> bool:
+        return self.configured
+
+
 @dataclass(frozen=True)
 class Settings:
     """
@@ -333,7 +466,7 @@ class Settings:
     statistics: StatisticsSettings
     metrics: MetricsSettings
     ui: UISettings
-    routing: Mapping[str, Any]
+    routing: RoutingSettings
     source: str | None = None
 
     @property
@@ -470,6 +603,8 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
 _TOP_KEYS = (*_TOP_SCALARS, "providers", *_SECTIONS, "routing", "session_stats_max_sessions")
 _PROVIDER_KEYS = (
     "provider_type",
+    # The original's spelling of provider_type (its routing documents).
+    "type",
     "enabled",
     "api_key",
     "base_url",
@@ -477,10 +612,12 @@ _PROVIDER_KEYS = (
     "http_client",
     "request_headers",
     "request_body",
+    "switch_notification_message",
 )
-# Provider keys whose strings are templates for the request-modification
-# work (${session_id}, ${model}...): ${VAR} expansion leaves them alone.
-_TEMPLATE_KEYS = ("request_headers", "request_body")
+# Provider keys whose strings are templates filled per request
+# (${session_id}, ${model}, ${new_provider}...): ${VAR} expansion leaves
+# them alone.
+_TEMPLATE_KEYS = ("request_headers", "request_body", "switch_notification_message")
 _PII_FLAGS = (
     "enabled",
     "detect_email",
@@ -511,8 +648,8 @@ _RULE_KEYS = (
     "weights",
     "primary_providers",
     "alternative_providers",
+    "exponential_backoff_base_secs",
 )
-ROUTING_STRATEGIES = ("round_robin", "weighted_round_robin", "limits_alternative")
 # What each strategy needs besides itself.
 _STRATEGY_NEEDS = {
     "round_robin": ("providers",),
@@ -756,6 +893,11 @@ def _expand_file(data: Mapping[Any, Any], env: Mapping[str, str]) -> dict[Any, A
                 )
                 for name, body in value.items()
             }
+        elif key == "routing" and isinstance(value, Mapping):
+            expanded[key] = {
+                item_key: item if item_key == "provider_switch_notification" else _expand_variables(item, env)
+                for item_key, item in value.items()
+            }
         else:
             expanded[key] = _expand_variables(value, env)
     return expanded
@@ -912,10 +1054,14 @@ def _flatten_providers(value: Any, layers: _Layers) -> None:
             continue
         path = ("providers", name)
         _check_keys(_require_mapping(body, path), path, _PROVIDER_KEYS)
+        if body.get("type") is not None and body.get("provider_type") is not None:
+            raise ConfigError("alias of provider_type; set only one of them", key=_dotted((*path, "type")))
         for key, item in body.items():
             if item is None:
                 continue
-            if key in _TEMPLATE_KEYS:
+            if key == "type":
+                layers.set((*path, "provider_type"), item, origin=_dotted((*path, "type")))
+            elif key in _TEMPLATE_KEYS:
                 layers.set((*path, key), item)  # a nested block, checked when built
             elif key == "http_client":
                 client_path = (*path, key)
@@ -1003,6 +1149,7 @@ def _build_providers(layers: _Layers) -> dict[str, ProviderSettings]:
                 layers.values.get((*path, "request_headers"), {}), (*path, "request_headers")
             ),
             request_body=_build_request_body(layers.values.get((*path, "request_body"), {}), (*path, "request_body")),
+            switch_notification_message=layers.get((*path, "switch_notification_message"), None, _optional_text),
         )
     return providers
 
@@ -1171,72 +1318,229 @@ def _build_request_body(raw: Any, path: _Path) -> RequestBodySettings:
     )
 
 
-def _build_routing(raw: Any) -> Mapping[str, Any]:
+_STRATEGY_CHOICE = _choice(
+    {**{s: s for s in ROUTING_STRATEGIES}, **{s.replace("_", "-"): s for s in ROUTING_STRATEGIES}}
+)
+_TRANSLATION_WORK = "coming with the translation work"
+
+
+def _build_rule(rule: Mapping[Any, Any], index: int) -> RuleSettings:
+    """One rule, checked for shape and values (provider names come later)."""
+    where: _Path = ("routing", f"rules[{index}]")
+    _check_keys(rule, where, _RULE_KEYS)
+    checks: dict[str, Callable[[Any], Any]] = {
+        "name": _text,
+        "priority": _integer(),
+        "model_pattern": _regex,
+        "listener": _choice({t: t for t in LISTENERS}),
+        "always": _bool,
+        "primary": _text,
+        "fallbacks": _names,
+        "providers": _names,
+        "primary_providers": _names,
+        "alternative_providers": _names,
+        "strategy": _STRATEGY_CHOICE,
+        "exponential_backoff_base_secs": _number(0, exclusive=True),
+    }
+    values: dict[str, Any] = {
+        key: _checked(rule[key], (*where, key), check) for key, check in checks.items() if rule.get(key) is not None
+    }
+    if rule.get("header") is not None:
+        header = _require_mapping(rule["header"], (*where, "header"))
+        matches: dict[str, str] = {}
+        for name, value in header.items():
+            if not isinstance(name, str) or not _HEADER_NAME.match(name):
+                raise ConfigError("not a valid HTTP header name", key=_dotted((*where, "header", str(name))))
+            matches[name.lower()] = _checked(value, (*where, "header", name), _text)
+        values["header"] = types.MappingProxyType(matches)
+    if rule.get("weights") is not None:
+        raw_weights = _require_mapping(rule["weights"], (*where, "weights"))
+        if not raw_weights:
+            raise ConfigError("expected at least one provider: weight", key=_dotted((*where, "weights")))
+        values["weights"] = types.MappingProxyType(
+            {
+                str(name): _checked(weight, (*where, "weights", str(name)), _number(0, exclusive=True))
+                for name, weight in raw_weights.items()
+            }
+        )
+    strategy = values.get("strategy")
+    if strategy is None:
+        if values.get("primary") is None:
+            raise ConfigError(
+                "needs a target: primary (with optional fallbacks) or a strategy "
+                f"({', '.join(ROUTING_STRATEGIES)})",
+                key=_dotted(where),
+            )
+    else:
+        for needed in _STRATEGY_NEEDS[strategy]:
+            if values.get(needed) is None:
+                raise ConfigError(f"required by strategy {strategy}", key=_dotted((*where, needed)))
+        if values.get("primary") is not None:
+            raise ConfigError(
+                f"a rule has either primary or a strategy, not both (strategy {strategy})",
+                key=_dotted((*where, "primary")),
+            )
+    for key in ("providers", "weights", "primary_providers", "alternative_providers"):
+        if key in values and key not in _STRATEGY_NEEDS.get(strategy or "", ()):
+            raise ConfigError(
+                f"only used by strategy {_NEEDED_BY[key]}" + (f", not {strategy}" if strategy else ""),
+                key=_dotted((*where, key)),
+            )
+    values.setdefault("name", f"rule-{index}")
+    return RuleSettings(index=index, **values)
+
+
+# The strategy that reads each strategy-only key.
+_NEEDED_BY = {needed: strategy for strategy, keys in _STRATEGY_NEEDS.items() for needed in keys}
+
+
+def _rule_target_paths(rule: RuleSettings) -> Iterable[tuple[str, _Path]]:
+    """(provider name, key path) of every provider a rule names, in file order."""
+    where: _Path = ("routing", f"rules[{rule.index}]")
+    if rule.primary:
+        yield rule.primary, (*where, "primary")
+    for key in ("providers", "primary_providers", "alternative_providers", "fallbacks"):
+        for name in getattr(rule, key):
+            yield name, (*where, key)
+    for name in rule.weights:
+        yield name, (*where, "weights", name)
+
+
+def _resolve_rule_providers(rules: tuple[RuleSettings, ...], providers: Mapping[str, ProviderSettings]) -> None:
     """
-    Check C{routing} against the shape the original's guide documents
-    (rules with C{model_pattern}, C{primary} + C{fallbacks}, or a
-    C{strategy} with its providers or C{weights}) and return it frozen, as
-    written, for the routing work.  Provider names are not resolved yet:
-    the guide's own example names providers it does not define.
+    Every provider a rule names is configured and enabled (checked for all
+    rules first), then every rule stays within one dialect: a request is
+    never sent to a provider that speaks another wire format, since there is
+    no translation yet.
+    """
+    for rule in rules:
+        for name, path in _rule_target_paths(rule):
+            provider = providers.get(name)
+            if provider is None:
+                hint = _suggest(name, providers) or f" (configured: {', '.join(providers)})"
+                raise ConfigError(
+                    f"unknown provider {name!r}{hint}; define it under providers", key=_dotted(path)
+                )
+            if not provider.enabled:
+                raise ConfigError(f"provider {name!r} is disabled", key=_dotted(path))
+    for rule in rules:
+        first: ProviderSettings | None = None
+        for name, path in _rule_target_paths(rule):
+            provider = providers[name]
+            if first is None:
+                first = provider
+            elif provider.provider_type != first.provider_type:
+                raise ConfigError(
+                    f"provider {name!r} speaks {provider.provider_type} and {first.name!r} speaks "
+                    f"{first.provider_type}: routing one request across dialects is not available in this "
+                    f"version yet ({_TRANSLATION_WORK})",
+                    key=_dotted(path),
+                )
+        if first is not None and rule.listener is not None and rule.listener != first.provider_type:
+            raise ConfigError(
+                f"the rule's providers speak {first.provider_type}: sending {rule.listener} requests to "
+                f"them is not available in this version yet ({_TRANSLATION_WORK})",
+                key=_dotted(("routing", f"rules[{rule.index}]", "listener")),
+            )
+
+
+def _build_section(raw: Any, path: _Path, cls: type[Any], checks: Mapping[str, Callable[[Any], Any]]) -> Any:
+    section = _require_mapping(raw, path)
+    _check_keys(section, path, tuple(checks))
+    defaults = cls()
+    return cls(
+        **{
+            key: _checked(section[key], (*path, key), check) if section.get(key) is not None else getattr(defaults, key)
+            for key, check in checks.items()
+        }
+    )
+
+
+def _build_routing(raw: Any, providers: Mapping[str, ProviderSettings]) -> RoutingSettings:
+    """
+    The C{routing} section (the original guide's shape: rules with
+    C{model_pattern}, C{primary} + C{fallbacks}, or a C{strategy} with its
+    providers or C{weights}; breaker, health and switch-notice settings),
+    typed and frozen.  Every provider a rule names must be configured and
+    enabled, and a rule's providers must speak one dialect.
     """
     routing = _require_mapping(raw, ("routing",))
     _check_keys(routing, ("routing",), _ROUTING_KEYS)
-    for key in ("circuit_breaker", "health_monitor", "provider_switch_notification"):
-        if routing.get(key) is not None:
-            _require_mapping(routing[key], ("routing", key))
-    rules = routing.get("rules")
-    if rules is None:
-        return _freeze(routing)
-    if not isinstance(rules, (list, tuple)):
-        raise ConfigError(f"expected a list of rules, got {_kind(rules)}", key="routing.rules")
-    for index, rule in enumerate(rules):
-        where: _Path = ("routing", f"rules[{index}]")
-        rule = _require_mapping(rule, where)
-        _check_keys(rule, where, _RULE_KEYS)
-        checks: dict[str, Callable[[Any], Any]] = {
-            "name": _text,
-            "priority": _integer(),
-            "model_pattern": _regex,
-            "listener": _choice({t: t for t in PROVIDER_TYPES}),
-            "always": _bool,
-            "primary": _text,
-            "fallbacks": _names,
-            "providers": _names,
-            "primary_providers": _names,
-            "alternative_providers": _names,
-            "strategy": _choice(
-                {**{s: s for s in ROUTING_STRATEGIES}, **{s.replace("_", "-"): s for s in ROUTING_STRATEGIES}}
-            ),
-        }
-        for key, check in checks.items():
-            if rule.get(key) is not None:
-                _checked(rule[key], (*where, key), check)
-        if rule.get("header") is not None:
-            header = _require_mapping(rule["header"], (*where, "header"))
-            for name, value in header.items():
-                if not isinstance(name, str) or not _HEADER_NAME.match(name):
-                    raise ConfigError("not a valid HTTP header name", key=_dotted((*where, "header", str(name))))
-                _checked(value, (*where, "header", name), _text)
-        if rule.get("weights") is not None:
-            weights = _require_mapping(rule["weights"], (*where, "weights"))
-            if not weights:
-                raise ConfigError("expected at least one provider: weight", key=_dotted((*where, "weights")))
-            for name, weight in weights.items():
-                _checked(weight, (*where, "weights", str(name)), _number(0, exclusive=True))
-        strategy = rule.get("strategy")
-        if strategy is None:
-            if rule.get("primary") is None:
-                raise ConfigError(
-                    "needs a target: primary (with optional fallbacks) or a strategy "
-                    f"({', '.join(ROUTING_STRATEGIES)})",
-                    key=_dotted(where),
-                )
-        else:
-            strategy = checks["strategy"](strategy)
-            for needed in _STRATEGY_NEEDS[strategy]:
-                if rule.get(needed) is None:
-                    raise ConfigError(f"required by strategy {strategy}", key=_dotted((*where, needed)))
-    return _freeze(routing)
+    raw_rules = routing.get("rules")
+    if raw_rules is None:
+        raw_rules = []
+    if not isinstance(raw_rules, (list, tuple)):
+        raise ConfigError(f"expected a list of rules, got {_kind(raw_rules)}", key="routing.rules")
+    rules = tuple(
+        _build_rule(_require_mapping(rule, ("routing", f"rules[{index}]")), index)
+        for index, rule in enumerate(raw_rules)
+    )
+    seen: dict[str, int] = {}
+    for rule in rules:
+        if rule.name in seen:
+            raise ConfigError(
+                f"rule name {rule.name!r} is also the name of rules[{seen[rule.name]}]; names must be unique",
+                key=f"routing.rules[{rule.index}].name",
+            )
+        seen[rule.name] = rule.index
+    _resolve_rule_providers(rules, providers)
+
+    breaker_raw = routing.get("circuit_breaker")
+    breaker = (
+        CircuitBreakerSettings()
+        if breaker_raw is None
+        else _build_section(
+            breaker_raw,
+            ("routing", "circuit_breaker"),
+            CircuitBreakerSettings,
+            {
+                "enabled": _bool,
+                "failure_threshold": _integer(1),
+                "success_threshold": _integer(1),
+                "open_timeout_secs": _number(0, exclusive=True),
+                "half_open_max_requests": _integer(1),
+            },
+        )
+    )
+    health_raw = routing.get("health_monitor")
+    health = (
+        HealthSettings()
+        if health_raw is None
+        else _build_section(
+            health_raw,
+            ("routing", "health_monitor"),
+            HealthSettings,
+            {
+                "window_secs": _number(0, exclusive=True),
+                "min_requests": _integer(1),
+                "healthy_threshold": _fraction,
+                "unhealthy_threshold": _fraction,
+            },
+        )
+    )
+    if health.unhealthy_threshold > health.healthy_threshold:
+        raise ConfigError(
+            f"must not be above healthy_threshold ({health.unhealthy_threshold:g} > {health.healthy_threshold:g})",
+            key="routing.health_monitor.unhealthy_threshold",
+        )
+    notice_raw = routing.get("provider_switch_notification")
+    notice = (
+        None
+        if notice_raw is None
+        else _build_section(
+            notice_raw,
+            ("routing", "provider_switch_notification"),
+            SwitchNotificationSettings,
+            {"enabled": _bool, "default_message": _text},
+        )
+    )
+    return RoutingSettings(
+        rules=rules,
+        circuit_breaker=breaker,
+        health_monitor=health,
+        provider_switch_notification=notice,
+        configured=bool(routing),
+    )
 
 
 def _build_pricing(raw: Any) -> Mapping[str, ModelPricing]:
@@ -1337,7 +1641,7 @@ def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Setti
             delete_enabled=layers.get(("ui", "delete_enabled"), ui_defaults.delete_enabled, _bool),
             log_requests=layers.get(("ui", "log_requests"), ui_defaults.log_requests, _bool),
         ),
-        routing=_build_routing(layers.values.get(("routing",), {})),
+        routing=_build_routing(layers.values.get(("routing",), {}), providers),
         source=source,
     )
 
@@ -1416,7 +1720,7 @@ def pending_feature_warnings(settings: Settings) -> list[str]:
     """
     lines = []
     if settings.routing:
-        rules = settings.routing.get("rules") or ()
+        rules = settings.routing.rules
         what = f"{len(rules)} rule{'s' if len(rules) != 1 else ''}" if rules else "the section"
         lines.append(
             f"routing: {what} accepted but not applied yet (rule-based routing is coming with the "
