@@ -297,6 +297,10 @@ class RecorderService(Service):
         if callback in self._listeners:
             self._listeners.remove(callback)
 
+    def listeners(self) -> tuple[Callable[[list[tuple[str, str]]], None], ...]:
+        """The callbacks L{add_listener} registered, in order."""
+        return tuple(self._listeners)
+
     def _notify(self, written: list[tuple[str, str]]) -> None:
         for callback in list(self._listeners):
             try:
