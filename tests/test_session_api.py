@@ -381,3 +381,41 @@ async def test_recording_off_answers_404_json(tmp_path: Path) -> None:
         {"session_recording": {"enabled": True, "sessions_dir": str(tmp_path), "sqlite": {"enabled": False}}}, env={}
     )
     assert isinstance(session_api_resource(on, object(), Clock()), RecordingOff)
+
+
+def test_cost_by_kind_adds_up_to_the_pricing_tables_cost() -> None:
+    """The split by kind sums to cost_for_price for Anthropic and OpenAI counting, long context included."""
+    from lunaroute.api.costs import cost_by_kind
+    from lunaroute.dialects.model import Usage
+    from lunaroute.stats.pricing import PricingTable
+
+    pricing = PricingTable.load()
+    for model, dialect, usage in (
+        ("claude-sonnet-4-5", "anthropic", Usage(1200, 300, 0, 9000, 1500, False, 500)),
+        ("claude-sonnet-4-5", "anthropic", Usage(150_000, 300, 0, 60_000, 0)),  # long context
+        ("gpt-5", "openai_responses", Usage(5000, 50, 10, 4000, 0)),
+    ):
+        turn = {"model_used": model, "dialect": dialect, "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens, "cache_read_tokens": usage.cache_read_tokens,
+                "cache_creation_tokens": usage.cache_creation_tokens,
+                "cache_creation_1h_tokens": usage.cache_creation_1h_tokens}
+        parts = cost_by_kind(turn, pricing)
+        assert parts is not None
+        assert sum(parts.values()) == pytest.approx(pricing.cost_usd(usage, model, dialect)), model
+    assert cost_by_kind({"model_used": "no-such-model"}, pricing) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_and_timeline_carry_cost_by_kind(api: Api) -> None:
+    """Each request of a session and each timeline response says what its tokens cost, by kind."""
+    _, session = await api.get(f"/sessions/{CC}")
+    parts = session["requests"][0]["cost_by_kind"]
+    assert set(parts) == {"input", "output", "cache_read", "cache_write_5m", "cache_write_1h"}
+    assert parts["cache_write_1h"] > 0 and parts["cache_read"] > 0
+    _, timeline = await api.get(f"/sessions/{CC}/timeline")
+    responses = [e for e in timeline["events"] if e["type"] == "response"]
+    assert responses[0]["cost_by_kind"] == pytest.approx(parts)
+    # OpenAI's input includes the cached tokens: only the 1,000 uncached pay the input rate.
+    _, other = await api.get(f"/sessions/{CX}")
+    assert other["requests"][0]["cost_by_kind"]["input"] == pytest.approx(1000 * 5.0 / 1e6)
+    assert other["requests"][0]["cost_by_kind"]["cache_read"] == pytest.approx(4000 * 0.5 / 1e6)

@@ -20,6 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
 
+from lunaroute.api.costs import cost_by_kind
 from lunaroute.api.export import FORMATS, export_csv, export_html, export_json, export_jsonl
 from lunaroute.api.openapi import openapi_document
 from lunaroute.api.params import WINDOW_PARAMS, Params
@@ -34,6 +35,7 @@ from lunaroute.sessions.store import (
     StoreError,
     check_ids,
 )
+from lunaroute.stats.pricing import PricingTable
 
 __all__ = ["KEEPALIVE_SECS", "LiveFeed", "SessionAPI", "json_error"]
 
@@ -114,15 +116,35 @@ class SessionAPI:
     @param clock: the reactor's time (keep-alives of the live tail).
     @param feed: where the live tail learns of new exchanges; C{None}
         serves no live tail (404).
+    @param pricing: prices for the per-request C{cost_by_kind}; by default
+        the table the settings describe (C{statistics.pricing_file},
+        C{statistics.pricing}).
     """
 
     app = Klein()
 
-    def __init__(self, store: ISessionStore, settings: Any, clock: IReactorTime, feed: LiveFeed | None = None) -> None:
+    def __init__(
+        self,
+        store: ISessionStore,
+        settings: Any,
+        clock: IReactorTime,
+        feed: LiveFeed | None = None,
+        pricing: PricingTable | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.feed = feed
+        if pricing is None:
+            statistics = settings.statistics
+            pricing = PricingTable.load(statistics.pricing_file, statistics.pricing)
+        self.pricing = pricing
+
+    def with_costs(self, turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Add each request row's C{cost_by_kind} (see L{cost_by_kind})."""
+        for turn in turns:
+            turn["cost_by_kind"] = cost_by_kind(turn, self.pricing)
+        return turns
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -187,14 +209,32 @@ class SessionAPI:
     async def get_session(self, request: Any, session_id: str) -> bytes:
         check_ids(("session_id", session_id))
         Params(request, ())
-        return _json(request, await self.store.get_session(session_id))
+        session = await self.store.get_session(session_id)
+        self.with_costs(session["requests"])
+        return _json(request, session)
 
     @app.route("/sessions/<session_id>/timeline", methods=["GET"])
     @app.route("/api/sessions/<session_id>/timeline", methods=["GET"])
     async def timeline(self, request: Any, session_id: str) -> bytes:
         check_ids(("session_id", session_id))
         Params(request, ())
-        return _json(request, {"session_id": session_id, "events": await self.store.timeline(session_id)})
+        events = await self.store.timeline(session_id)
+        for event in events:
+            if event["type"] == "response":
+                tokens = event["tokens"]
+                event["cost_by_kind"] = cost_by_kind(
+                    {
+                        "model_used": event["model"],
+                        "dialect": event.get("dialect"),
+                        "input_tokens": tokens["input"],
+                        "output_tokens": tokens["output"],
+                        "cache_read_tokens": tokens["cache_read"],
+                        "cache_creation_tokens": (tokens["cache_write_5m"] or 0) + (tokens["cache_write_1h"] or 0),
+                        "cache_creation_1h_tokens": tokens["cache_write_1h"],
+                    },
+                    self.pricing,
+                )
+        return _json(request, {"session_id": session_id, "events": events})
 
     @app.route("/sessions/<session_id>/raw/<request_id>", methods=["GET"])
     @app.route("/api/sessions/<session_id>/raw/<request_id>", methods=["GET"])
@@ -219,6 +259,7 @@ class SessionAPI:
         if not getattr(self.settings.ui, "export_enabled", True):
             return json_error(request, 403, "export is disabled (ui.export_enabled: false)", "permission_error")
         session = await self.store.export(session_id)
+        self.with_costs(session["requests"])
         render = {"json": export_json, "jsonl": export_jsonl, "csv": export_csv, "html": export_html}[fmt]
         body = render(session)
         content_type, extension = FORMATS[fmt]
@@ -346,7 +387,7 @@ class _Tail:
         d.addErrback(lambda f: log.failure("live tail of {session} failed", f, session=self.session_id))
 
     async def _send(self, request_ids: list[str]) -> None:
-        turns = await self.api.store.turns(self.session_id, request_ids)
+        turns = self.api.with_costs(await self.api.store.turns(self.session_id, request_ids))
         if self.closed:
             return
         for turn in turns:
