@@ -574,25 +574,40 @@ class SessionQueries:
         fts = to_fts_query(query)
         if not fts:
             raise BadParameter(f"{param} must not be empty", param)
-        rows = self._match(
-            f"""
-            SELECT r.session_id, r.request_id, r.started_at, r.model_used, s.title, s.client, s.project,
-                   snippet(messages_fts, -1, '{_OPEN}', '{_CLOSE}', '…', 16) AS snippet,
-                   bm25(messages_fts) AS rank
-            FROM messages_fts
-            JOIN session_stats AS r ON r.id = messages_fts.rowid
-            LEFT JOIN sessions AS s ON s.session_id = r.session_id
-            WHERE messages_fts MATCH ?
-            ORDER BY rank
-            LIMIT ?
-            """,
+        # Two steps: rank every match (bm25 only), then make snippets for
+        # the few kept: snippet() in the ranking query would run for every
+        # match of a common word.
+        top = self._match(
+            "SELECT rowid AS id, bm25(messages_fts) AS score FROM messages_fts "
+            "WHERE messages_fts MATCH ? ORDER BY score LIMIT ?",
             (fts, limit),
             param,
         )
+        if not top:
+            return []
+        marks = ", ".join("?" for _ in top)
+        info = {
+            r["id"]: r
+            for r in self._all(
+                "SELECT r.id, r.session_id, r.request_id, r.started_at, r.model_used, s.title, s.client, s.project "
+                "FROM session_stats AS r LEFT JOIN sessions AS s ON s.session_id = r.session_id "
+                f"WHERE r.id IN ({marks})",
+                [t["id"] for t in top],
+            )
+        }
         hits = []
-        for row in rows:
-            hit = dict(row)
-            hit["snippet"], hit["snippet_text"] = _snippets(hit["snippet"])
+        for ranked in top:
+            row = info.get(ranked["id"])
+            if row is None:
+                continue
+            snippet = self.conn.execute(
+                f"SELECT snippet(messages_fts, -1, '{_OPEN}', '{_CLOSE}', '…', 16) FROM messages_fts "
+                "WHERE messages_fts MATCH ? AND rowid = ?",
+                (fts, ranked["id"]),
+            ).fetchone()
+            hit = {k: row[k] for k in row.keys() if k != "id"}
+            hit["snippet"], hit["snippet_text"] = _snippets(snippet[0] if snippet else "")
+            hit["rank"] = ranked["score"]
             hits.append(hit)
         return hits
 
