@@ -172,6 +172,35 @@ def test_tool_results_are_only_those_after_the_last_assistant_turn() -> None:
     assert facts["tool_error_ids"] == ["t1"]
 
 
+def test_request_text_is_what_the_turn_adds() -> None:
+    """System prompt with the first turn only, then the user text after the last assistant turn."""
+    from lunaroute.sessions.events import request_text
+
+    first = request_text(CC_FIRST)
+    assert "Harness" in first and "say hi" in first
+    assert request_text(CC_TOOL) == ""  # only a tool result: that is tool_result_text
+    second = {
+        "system": "Be brief.",
+        "messages": [
+            {"role": "user", "content": "explain the zebra stripes"},
+            {"role": "assistant", "content": "camouflage"},
+            {"role": "user", "content": "more"},
+        ],
+    }
+    assert request_text(second) == "more"
+    prefill = {"messages": [*second["messages"], {"role": "assistant", "content": "Stripes"}]}
+    assert request_text(prefill) == "more"
+    codex_next = dict(CODEX, input=[*CODEX["input"], {"type": "function_call", "name": "shell", "arguments": "{}"},
+                                    {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+                                    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "thanks"}]}])
+    assert request_text(codex_next) == "thanks"
+
+
+def test_a_word_is_indexed_with_the_turn_that_brought_it(q: SessionQueries) -> None:
+    """The system prompt and first message hit the first turn only, not every later turn resending them."""
+    assert [h["request_id"] for h in q.search("Harness", 10)] == ["cc-req-1"]
+
+
 def test_per_turn_columns_of_schema_4(db: str) -> None:
     """Cache writes by lifetime, context, hit ratio, error type, hashes, client, project, title, per turn."""
     got = row(

@@ -267,31 +267,54 @@ def _content_text(content: Any) -> list[str]:
     return out
 
 
+def _turn_start(messages: list[Any]) -> int:
+    """
+    Where the request's new turn starts: just after its last assistant
+    message (or Codex function call) before the last message, 0 when it
+    has none.  Clients resend
+    the whole conversation with every request; what comes before was
+    recorded with an earlier request.
+    """
+    start = 0
+    # A trailing assistant message is a prefill (the start of the answer
+    # asked for), not an earlier turn.
+    end = len(messages) - 1 if messages and _role(messages[-1]) == "assistant" else len(messages)
+    for index, message in enumerate(messages[:end]):
+        if _role(message) == "assistant" or (
+            isinstance(message, Mapping) and message.get("type") in ("function_call", "custom_tool_call")
+        ):
+            start = index + 1
+    return start
+
+
 def request_text(body: Mapping[str, Any] | None) -> str:
     """
-    The system and user text of a request, joined by blank lines.
+    The text a request adds to its conversation, for search: the system
+    prompt (and system or developer messages) when the conversation has no
+    assistant turn yet, then the user, system and developer text after its
+    last assistant turn, joined by blank lines.
 
-    Assistant turns, tool results and images are left out: the text is for
-    finding a conversation again, and tool output (file contents, command
-    output) would drown what the user actually wrote.
+    Earlier turns are left out (each was recorded with the request that
+    brought it, so a word is indexed once, not once per later turn), and so
+    are tool results (recorded as C{tool_result_text}) and images.
     """
     if not isinstance(body, Mapping):
         return ""
     parts: list[str] = []
-    for key in ("system", "instructions"):
-        parts += _content_text(body.get(key))
     messages = body.get("messages")
     if messages is None:
         messages = body.get("input")  # OpenAI Responses
-        if isinstance(messages, str):
-            parts.append(messages)
-            messages = None
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, Mapping):
-                continue
-            if message.get("role") in ("user", "system", "developer"):
-                parts += _content_text(message.get("content"))
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not isinstance(messages, list):
+        messages = []
+    start = _turn_start(messages)
+    if start == 0:
+        for key in ("system", "instructions"):
+            parts += _content_text(body.get(key))
+    for message in messages[start:]:
+        if _role(message) in ("user", "system", "developer"):
+            parts += _content_text(message.get("content"))
     return "\n\n".join(p for p in parts if p)
 
 
@@ -429,12 +452,7 @@ def _tool_results(messages: list[Any]) -> tuple[str, list[str]]:
     them), in the three dialects, and the ids of the calls whose result
     is marked as an error (Anthropic's C{is_error}).
     """
-    start = 0
-    for index, message in enumerate(messages):
-        if _role(message) == "assistant" or (
-            isinstance(message, Mapping) and message.get("type") in ("function_call", "custom_tool_call")
-        ):
-            start = index + 1
+    start = _turn_start(messages)
     parts: list[str] = []
     errors: list[str] = []
     for message in messages[start:]:
