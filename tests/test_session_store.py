@@ -50,8 +50,11 @@ def record_sample(db_path: str) -> None:
     Three sessions: a two-turn Claude Code session with a Read tool call and
     its result, a failed Codex turn, and an SDK session three days older.
     """
-    write_exchanges(
-        db_path,
+    write_exchanges(db_path, sample_exchanges())
+
+
+def sample_exchanges() -> list[Any]:
+    return (
         [
             make_exchange(
                 CC, "cc-req-1", CC_FIRST,
@@ -85,7 +88,7 @@ def record_sample(db_path: str) -> None:
                 anthropic_summary("wombat", model="claude-haiku-4", input_tokens=90000, output_tokens=100),
                 received=NOON - 3 * DAY, user_agent="Anthropic/Python 0.40.0", cost_usd=0.5, duration=30.0,
             ),
-        ],
+        ]
     )
 
 
@@ -378,14 +381,18 @@ def test_delete_removes_rows_search_entries_and_jsonl_files(db: str, tmp_path: P
         q.get_session(CC)
 
 
-def test_version_3_database_is_upgraded_with_its_rows_filled(tmp_path: Path) -> None:
-    """A v3 database gets the new columns, filled from what it kept, and a search index over tool text."""
+def test_version_3_database_is_upgraded_and_a_replay_fills_old_requests(tmp_path: Path) -> None:
+    """
+    A v3 database gets the new columns: its sessions' client, title and
+    project at once; its requests' new columns when their events are
+    replayed (import-sessions --no-skip-existing), events without the new
+    fields included.
+    """
     path = str(tmp_path / "old.db")
     conn = sqlite3.connect(path, isolation_level=None)
     migrate(conn, 3)
     conn.close()
-    # Written by a v3 writer: only the v3 columns exist, so write through a
-    # current writer into a copy, then copy the v3 columns across.
+    # A v3 writer's rows: what a current writer stores, v3 columns only.
     current = str(tmp_path / "current.db")
     record_sample(current)
     conn = sqlite3.connect(path, isolation_level=None)
@@ -398,15 +405,33 @@ def test_version_3_database_is_upgraded_with_its_rows_filled(tmp_path: Path) -> 
     conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     assert migrate(conn) == SCHEMA_VERSION == len(MIGRATIONS)
+    assert conn.execute("SELECT client, project, title FROM sessions WHERE session_id = ?", (CC,)).fetchone() == (
+        "Claude Code", "/tmp/cc-tool", "say hi")
+    assert conn.execute("SELECT client FROM session_stats WHERE request_id = 'cc-req-1'").fetchone() == (None,)
+    q = SessionQueries(conn)
+    assert [h["request_id"] for h in q.search("capybara", 5)] == ["cc-req-1"]
+    agents = {a["client"] for a in q.user_agents(StatsWindow())["user_agents"]}
+    assert agents == {"Claude Code", "Codex", "Anthropic Python SDK"}
+    conn.close()
+
+    # Events recorded before schema 4 lack the new fields: the writer derives them.
+    new_fields = {"client", "system_sha256", "tools_sha256", "title", "project", "tool_result_text",
+                  "tool_error_ids", "tool_input_text", "cache_creation_1h_tokens"}
+    from lunaroute.sessions.events import exchange_events
+
+    events = [{k: v for k, v in e.items() if k not in new_fields} for x in sample_exchanges() for e in exchange_events(x)]
+    writer = SQLiteWriter(path)
+    writer.write_batch(events)
+    writer.close()
+    conn = sqlite3.connect(path)
     got = conn.execute(
         "SELECT client, project, title, system_sha256 IS NOT NULL, tool_input_text LIKE '%hello.txt%' "
         "FROM session_stats WHERE request_id = 'cc-req-1'"
     ).fetchone()
     assert got == ("Claude Code", "/tmp/cc-work", "say hi", 1, 1)
-    assert conn.execute("SELECT project, title FROM sessions WHERE session_id = ?", (CC,)).fetchone() == (
-        "/tmp/cc-tool", "say hi")
     q = SessionQueries(conn)
     assert [h["request_id"] for h in q.search('"hello from the file"', 5)] == ["cc-req-2"]
+    conn.execute("INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)")
 
 
 @pytest_twisted.ensureDeferred

@@ -243,65 +243,49 @@ _V3 = (
 
 def _backfill_v4(conn: sqlite3.Connection) -> None:
     """
-    Fill the version 4 columns of the rows already stored, from what they
-    kept (user agent, request JSON, tool call inputs), then the session
-    columns derived from them.
+    Fill the new session columns of the sessions already stored: C{client}
+    from the user agent of each session's latest request, C{title} from the
+    body of its first, C{project} from its latest (or first).  Request rows
+    are not rewritten (a row holds its bodies: rewriting every one would
+    make the upgrade of a big database take minutes), so the new
+    per-request columns of older requests stay empty;
+    C{lunaroute-server import-sessions --no-skip-existing} fills them from
+    the JSONL files.
     """
 
-    def facts(request_json: str | None) -> str:
+    def body_facts(request_json: Any) -> dict[str, Any]:
         try:
-            body = json.loads(request_json) if request_json else None
+            body = json.loads(request_json) if isinstance(request_json, str) else None
         except ValueError:
             body = None
-        return json.dumps(request_facts(body if isinstance(body, dict) else None))
+        return request_facts(body if isinstance(body, dict) else None)
 
-    conn.create_function("lunaroute_client", 1, client_name, deterministic=True)
-    conn.create_function("lunaroute_facts", 1, facts, deterministic=True)
-    conn.execute(
+    updates = []
+    for session_id, first_id, last_id in conn.execute(
         """
-        UPDATE session_stats SET
-            client = lunaroute_client(user_agent),
-            system_sha256 = json_extract(f, '$.system_sha256'),
-            tools_sha256 = json_extract(f, '$.tools_sha256'),
-            title = json_extract(f, '$.title'),
-            project = json_extract(f, '$.project'),
-            tool_result_text = json_extract(f, '$.tool_result_text')
-        FROM (SELECT id AS fid, lunaroute_facts(request_json) AS f FROM session_stats) AS facts
-        WHERE facts.fid = session_stats.id
+        SELECT s.session_id,
+               (SELECT r.id FROM session_stats AS r WHERE r.session_id = s.session_id
+                ORDER BY COALESCE(r.started_at, r.completed_at), r.id LIMIT 1),
+               (SELECT r.id FROM session_stats AS r WHERE r.request_id = s.last_request_id)
+        FROM sessions AS s
         """
-    )
-
-    def inputs(request_id: str) -> str:
-        parts = []
-        for name, input_json in conn.execute(
-            "SELECT tool_name, input_json FROM tool_call_executions WHERE request_id = ? ORDER BY call_index",
-            (request_id,),
-        ):
-            try:
-                value = json.loads(input_json) if input_json else None
-            except ValueError:
-                value = input_json
-            parts.append(f"{name or ''}\n{strings_text(value)}")
-        return "\n\n".join(parts)
-
-    for (request_id,) in conn.execute(
-        "SELECT DISTINCT request_id FROM tool_call_executions"
     ).fetchall():
-        conn.execute(
-            "UPDATE session_stats SET tool_input_text = ? WHERE request_id = ?", (inputs(request_id), request_id)
+        facts: dict[Any, dict[str, Any]] = {}
+        agent = None
+        for row_id in (first_id, last_id):
+            if row_id is None or row_id in facts:
+                continue
+            found = conn.execute(
+                "SELECT request_json, user_agent FROM session_stats WHERE id = ?", (row_id,)
+            ).fetchone()
+            facts[row_id] = body_facts(found[0] if found else None)
+            if row_id == last_id and found is not None:
+                agent = found[1]
+        first, last = facts.get(first_id, {}), facts.get(last_id, {})
+        updates.append(
+            (client_name(agent), first.get("title"), last.get("project") or first.get("project"), session_id)
         )
-    conn.execute(
-        """
-        UPDATE sessions SET
-            client = (SELECT r.client FROM session_stats AS r WHERE r.request_id = sessions.last_request_id),
-            project = (SELECT r.project FROM session_stats AS r
-                       WHERE r.session_id = sessions.session_id AND r.project IS NOT NULL
-                       ORDER BY COALESCE(r.started_at, r.completed_at) DESC, r.id DESC LIMIT 1),
-            title = (SELECT r.title FROM session_stats AS r
-                     WHERE r.session_id = sessions.session_id AND r.title IS NOT NULL
-                     ORDER BY COALESCE(r.started_at, r.completed_at), r.id LIMIT 1)
-        """
-    )
+    conn.executemany("UPDATE sessions SET client = ?, title = ?, project = ? WHERE session_id = ?", updates)
 
 
 _V4: tuple[Any, ...] = (

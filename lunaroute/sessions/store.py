@@ -38,7 +38,7 @@ from zope.interface import implementer
 from lunaroute.dialects.session_id import is_valid_session_id
 from lunaroute.errors import LunaRouteError
 from lunaroute.interfaces import ISessionStore
-from lunaroute.sessions.events import iso_timestamp, scrub_secrets
+from lunaroute.sessions.events import client_name, iso_timestamp, scrub_secrets
 from lunaroute.sessions.jsonl import session_file_name
 from lunaroute.sessions.sqlite import FTS_TEXT_COLUMNS, SCHEMA_VERSION, connect
 
@@ -767,13 +767,18 @@ class SessionQueries:
         """Per client and user agent: requests, sessions, tokens, cost, last seen."""
         where, params = self._window(window)
         rows = self._all(
-            "SELECT r.client AS client, r.user_agent AS user_agent, COUNT(*) AS requests, "
+            "SELECT r.user_agent AS user_agent, COUNT(*) AS requests, "
             "COUNT(DISTINCT r.session_id) AS sessions, COALESCE(SUM(r.total_tokens), 0) AS total_tokens, "
             "SUM(r.estimated_cost_usd) AS cost_usd, MAX(r.started_at) AS last_seen "
-            f"FROM session_stats AS r {where} GROUP BY r.client, r.user_agent ORDER BY requests DESC",
+            f"FROM session_stats AS r {where} GROUP BY r.user_agent ORDER BY requests DESC",
             params,
         )
-        return {"user_agents": [dict(r) for r in rows], **_window_dict(window)}
+        # The client from the user agent here, not the stored column: rows
+        # recorded before schema 4 have none.
+        return {
+            "user_agents": [{"client": client_name(r["user_agent"]), **dict(r)} for r in rows],
+            **_window_dict(window),
+        }
 
     def models(self, window: StatsWindow) -> dict[str, Any]:
         """The models seen (for filter lists), with their provider and request count."""
