@@ -310,6 +310,12 @@ def test_list_filters_sorts_and_counts(q: SessionQueries) -> None:
     rows, total = q.list_sessions(SessionFilters(), sort="started_at", order="asc", limit=1, offset=1)
     assert total == 3 and [r["session_id"] for r in rows] == [CC]
     assert q.list_sessions(SessionFilters(), limit=5, offset=10) == ([], 3)
+    for bad in (dict(sort="size"), dict(order="up")):
+        with pytest.raises(BadParameter):
+            q.list_sessions(SessionFilters(), **bad)  # type: ignore[arg-type]
+    with pytest.raises(BadParameter) as caught:
+        q.list_sessions(SessionFilters(ranges={"session_id": (1, None)}))
+    assert caught.value.param == "min_session_id"
 
 
 def test_detail_timeline_raw_and_tools(q: SessionQueries) -> None:

@@ -367,12 +367,14 @@ class SessionQueries:
             where.append("s.started_at < ?")
             params.append(filters.window.until)
         for stem, (low, high) in filters.ranges.items():
-            column = RANGES[stem]
+            if stem not in RANGES:
+                raise BadParameter(f"no range filter on {stem!r} (ranges: {', '.join(RANGES)})", f"min_{stem}")
+            bounded = RANGES[stem]
             if low is not None:
-                where.append(f"{column} >= ?")
+                where.append(f"{bounded} >= ?")
                 params.append(low)
             if high is not None:
-                where.append(f"{column} <= ?")
+                where.append(f"{bounded} <= ?")
                 params.append(high)
         if filters.success is not None:
             where.append("s.success = ?")
