@@ -195,6 +195,13 @@ class ISessionStore(Interface):
             those requests of the session that are stored (the live tail).
         """
 
+    def turns_after(session_id: str, request_id: str) -> Deferred[list[dict[str, Any]]]:
+        """
+        @return: a L{Deferred} firing with the per-turn figures and texts of
+            the session's requests stored after C{request_id} (none when it
+            is unknown): what a live tail missed while disconnected.
+        """
+
     def stats(name: str, window: Any) -> Deferred[dict[str, Any]]:
         """
         Aggregates over a L{lunaroute.sessions.store.StatsWindow}: C{name} is

@@ -52,6 +52,10 @@ class Api:
         ctype = response.headers.getRawHeaders(b"content-type", [b""])[0]
         return response.code, (json.loads(body) if ctype.startswith(b"application/json") else body)
 
+    async def get_with(self, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+        response = await self.stub.get(BASE + path, headers=headers)
+        return response.code, json.loads(await response.content())
+
     async def delete(self, path: str) -> tuple[int, Any]:
         response = await self.stub.delete(BASE + path)
         return response.code, json.loads(await response.content())
@@ -327,6 +331,24 @@ async def test_live_tail_pushes_exchanges_recorded_after_connecting(api: Api) ->
     # (A client leaving is tested over a real socket, test_session_api_live.)
     done.addErrback(lambda f: f.trap(CancelledError))
     done.cancel()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reconnecting_tail_gets_what_it_missed_after_last_event_id(api: Api) -> None:
+    """With Last-Event-ID the tail first sends the session's requests recorded after that one; a bad id is a 400."""
+    received: list[bytes] = []
+    response = await api.stub.get(BASE + f"/sessions/{CC}/events", headers={"Last-Event-ID": "cc-req-1"})
+    done = treq.collect(response, received.append)
+    api.stub.flush()
+    stream = b"".join(received).decode()
+    assert [line for line in stream.splitlines() if line.startswith("id: ")] == ["id: cc-req-2"]
+    api.feed.batch_written([(CC, "cc-req-2")])  # already sent: not again
+    api.stub.flush()
+    assert b"".join(received).decode().count("event: exchange") == 1
+    done.addErrback(lambda f: f.trap(CancelledError))
+    done.cancel()
+    code, body = await api.get_with(f"/sessions/{CC}/events", {"Last-Event-ID": "../x"})
+    assert code == 400 and body["error"]["param"] == "Last-Event-ID"
 
 
 @pytest_twisted.ensureDeferred

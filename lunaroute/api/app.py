@@ -333,17 +333,25 @@ class SessionAPI:
         Server-Sent Events: one C{exchange} event per request of the session
         recorded after the client connected (its per-turn figures and
         texts, C{id:} the request id), and a comment every 15 s to keep
-        proxies from closing the stream.
+        proxies from closing the stream.  A client reconnecting with
+        C{Last-Event-ID} first gets what was recorded after that request.
         """
         check_ids(("session_id", session_id))
         Params(request, ())
         if self.feed is None:
             return json_error(request, 404, "the live tail needs the session recorder", "not_found_error")
+        raw_last = request.getHeader(b"last-event-id")
+        last = raw_last.decode("latin-1").strip() if raw_last else None
+        if last:
+            check_ids(("Last-Event-ID", last))
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-accel-buffering", b"no")
         request.write(b": tailing session " + session_id.encode("ascii") + b"\n\n")
-        return _Tail(self, request, session_id).done
+        tail = _Tail(self, request, session_id)
+        if last:
+            tail.catch_up(last)
+        return tail.done
 
 
 def _line(value: Any) -> bytes:
@@ -379,6 +387,11 @@ class _Tail:
         if self._keepalive.running:
             self._keepalive.stop()
 
+    def catch_up(self, last_request_id: str) -> None:
+        """Send what was recorded after C{last_request_id} (a reconnecting client's Last-Event-ID)."""
+        d = ensureDeferred(self._write(self.api.store.turns_after(self.session_id, last_request_id)))
+        d.addErrback(lambda f: log.failure("live tail of {session} failed", f, session=self.session_id))
+
     def new_requests(self, request_ids: list[str]) -> None:
         fresh = [r for r in request_ids if r not in self.sent]
         if not fresh:
@@ -387,7 +400,10 @@ class _Tail:
         d.addErrback(lambda f: log.failure("live tail of {session} failed", f, session=self.session_id))
 
     async def _send(self, request_ids: list[str]) -> None:
-        turns = self.api.with_costs(await self.api.store.turns(self.session_id, request_ids))
+        await self._write(self.api.store.turns(self.session_id, request_ids))
+
+    async def _write(self, pending: Deferred[list[dict[str, Any]]]) -> None:
+        turns = self.api.with_costs(await pending)
         if self.closed:
             return
         for turn in turns:

@@ -428,6 +428,20 @@ class SessionQueries:
         )
         return [_row(r) for r in rows]
 
+    def turns_after(self, session_id: str, request_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """
+        Per-turn figures and texts of the session's requests recorded after
+        C{request_id} (in the order they were stored), for a live tail
+        reconnecting with C{Last-Event-ID}; none when that request is unknown.
+        """
+        rows = self._all(
+            f"SELECT {_TURNS_SQL}, r.response_text, r.thinking_text FROM session_stats AS r "
+            "WHERE r.session_id = ? AND r.id > (SELECT id FROM session_stats WHERE request_id = ? AND session_id = ?) "
+            "ORDER BY r.id LIMIT ?",
+            (session_id, request_id, session_id, limit),
+        )
+        return [_row(r) for r in rows]
+
     def timeline(self, session_id: str) -> list[dict[str, Any]]:
         """
         The session as ordered events: per request a C{request} (at its
@@ -987,6 +1001,9 @@ class SessionStore:
 
     def turns(self, session_id: str, request_ids: list[str]) -> Deferred[list[dict[str, Any]]]:
         return self._query("turns", session_id, request_ids)
+
+    def turns_after(self, session_id: str, request_id: str) -> Deferred[list[dict[str, Any]]]:
+        return self._query("turns_after", session_id, request_id)
 
     def stats(self, name: str, window: StatsWindow) -> Deferred[dict[str, Any]]:
         if name not in STATS:
