@@ -277,6 +277,27 @@ async def test_html_export_escapes_everything_and_loads_nothing(api: Api) -> Non
 
 
 @pytest_twisted.ensureDeferred
+async def test_html_export_of_a_codex_session_shows_its_turns(api: Api) -> None:
+    """The user side of a Responses turn (its new input, a function call's output) and the answer are on the page."""
+    _, page = await api.get(f"/sessions/{CX}/export?format=html")
+    text = page.decode()
+    assert "say hi" in text and "TypeError: undefined is not a function" in text
+    assert "overloaded_error" in text  # the error of the turn
+    assert "<title>say hi</title>" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_database_is_a_503(tmp_path: Path) -> None:
+    """Before anything was recorded the API says so with a 503, naming no parameter."""
+    store = SessionStore(str(tmp_path / "none.db"), reactor=Clock(), threadpool=InlineThreadPool())
+    api = SessionAPI(store, settings_from_mapping({}, env={}), Clock(), LiveFeed())
+    response = await StubTreq(api.resource()).get(BASE + "/sessions")
+    assert response.code == 503
+    body = json.loads(await response.content())
+    assert body["error"]["type"] == "store_unavailable" and body["error"]["param"] is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_delete_only_when_enabled(tmp_path: Path) -> None:
     """DELETE is a 403 by default; with ui.delete_enabled it removes the session and says what went."""
     api = Api(tmp_path)

@@ -448,6 +448,8 @@ async def test_store_runs_queries_in_a_thread_on_read_only_connections(db: str) 
     assert total == 3
     hits = await store.search("wombat", 5)
     assert hits[0]["session_id"] == SDK
+    # The connection was opened in a pool thread, never on the reactor's.
+    assert getattr(store._local, "queries", None) is None
     inline = SessionStore(db, reactor=Clock(), threadpool=InlineThreadPool())
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         inline._queries().conn.execute("DELETE FROM sessions")
