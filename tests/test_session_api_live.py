@@ -31,7 +31,7 @@ def mount_api(gw: Any) -> None:
     service = gw.service
     settings = service.settings
     service.site.resource = GuardedResource(
-        with_session_api(service.gateway.resource(), settings, service.recorder, reactor),
+        with_session_api(service.gateway.resource(), settings, service.recorder, reactor, service.pricing),
         AccessPolicy(settings.http_server),
     )
 

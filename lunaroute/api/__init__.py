@@ -6,7 +6,7 @@ Wiring, in C{lunaroute/service.py} (two lines)::
 
     from lunaroute.api import with_session_api
     resource = GuardedResource(
-        with_session_api(self.gateway.resource(), settings, self.recorder, reactor),
+        with_session_api(self.gateway.resource(), settings, self.recorder, reactor, self.pricing),
         AccessPolicy(settings.http_server),
     )
 
@@ -71,10 +71,11 @@ class RecordingOff(Resource):
         )
 
 
-def session_api_resource(settings: Any, recorder: Any, reactor: Any) -> IResource:
+def session_api_resource(settings: Any, recorder: Any, reactor: Any, pricing: Any = None) -> IResource:
     """
     The session API over the recorder's database, or L{RecordingOff} when
-    recording (with the SQLite writer) is off.
+    recording (with the SQLite writer) is off.  C{pricing}: the gateway's
+    L{PricingTable} (loaded from the settings when not given).
     """
     recording = settings.session_recording
     if recorder is None or not recording.enabled or not recording.sqlite_enabled:
@@ -86,9 +87,11 @@ def session_api_resource(settings: Any, recorder: Any, reactor: Any) -> IResourc
     )
     feed = LiveFeed()
     feed.attach(recorder)
-    return SessionAPI(store, settings, reactor, feed).resource()
+    return SessionAPI(store, settings, reactor, feed, pricing).resource()
 
 
-def with_session_api(gateway_resource: IResource, settings: Any, recorder: Any, reactor: Any) -> IResource:
+def with_session_api(
+    gateway_resource: IResource, settings: Any, recorder: Any, reactor: Any, pricing: Any = None
+) -> IResource:
     """The gateway's resource with the session API mounted in front (see the module docstring)."""
-    return mount(session_api_resource(settings, recorder, reactor), gateway_resource)
+    return mount(session_api_resource(settings, recorder, reactor, pricing), gateway_resource)
