@@ -126,21 +126,103 @@ class ISessionWriter(Interface):
 
 class ISessionStore(Interface):
     """
-    Read access to recorded sessions, for the session API and the UI.
+    Read access to recorded sessions: the one read path of the session API,
+    the UI and the command line.  Every method returns a L{Deferred}; the
+    query runs off the reactor.  Failures are
+    L{lunaroute.sessions.store.StoreError}s: C{BadParameter} (a bad sort,
+    order or a malformed search query, naming the parameter), C{NotFound}
+    (no such session or request), C{StoreUnavailable} (no readable
+    database).  Ids must have been checked
+    (L{lunaroute.dialects.session_id.is_valid_session_id}) by the caller.
     """
 
-    def list_sessions(limit: int, offset: int) -> Deferred[list[dict[str, Any]]]:
+    def list_sessions(
+        filters: Any, sort: str, order: str, limit: int, offset: int
+    ) -> Deferred[tuple[list[dict[str, Any]], int]]:
         """
-        @return: a L{Deferred} firing with a C{list} of session summary
-            C{dict}s, newest first.
+        Sessions matching C{filters} (L{lunaroute.sessions.store.SessionFilters}),
+        sorted by C{sort} (C{started_at}, C{last_activity}, C{total_tokens},
+        C{cost}, C{duration}, C{requests}) in C{order} (C{asc}/C{desc}).
+
+        @return: a L{Deferred} firing with C{(page, total)}: the session
+            summary C{dict}s from C{offset}, at most C{limit}, and how many
+            sessions match in all.
         """
 
     def search(text: str, limit: int) -> Deferred[list[dict[str, Any]]]:
         """
-        Full-text search over request and response text.
+        Full-text search over every recorded word (FTS5 syntax, or plain
+        words).
 
-        @return: a L{Deferred} firing with a C{list} of matching session
-            summary C{dict}s.
+        @return: a L{Deferred} firing with up to C{limit} hits, best first,
+            each a C{dict} with C{session_id}, C{request_id}, C{snippet}
+            (HTML-escaped, matches in C{<mark>}), C{snippet_text} and C{rank}.
+        """
+
+    def get_session(session_id: str) -> Deferred[dict[str, Any]]:
+        """
+        @return: a L{Deferred} firing with the session summary and its
+            C{requests} (per-turn figures, oldest first).
+        """
+
+    def timeline(session_id: str) -> Deferred[list[dict[str, Any]]]:
+        """
+        @return: a L{Deferred} firing with the session's C{request},
+            C{tool_call} and C{response} events in order.
+        """
+
+    def raw(session_id: str, request_id: str) -> Deferred[dict[str, Any]]:
+        """
+        @return: a L{Deferred} firing with the request's C{request_json} and
+            C{response_json} as recorded, credentials masked.
+        """
+
+    def tools(session_id: str) -> Deferred[list[dict[str, Any]]]:
+        """
+        @return: a L{Deferred} firing with one C{dict} per tool: calls,
+            errors, total and average duration.
+        """
+
+    def export(session_id: str) -> Deferred[dict[str, Any]]:
+        """
+        @return: a L{Deferred} firing with the session, every request in
+            full (texts and bodies, masked) and its tool calls.
+        """
+
+    def turns(session_id: str, request_ids: list[str]) -> Deferred[list[dict[str, Any]]]:
+        """
+        @return: a L{Deferred} firing with the per-turn figures and texts of
+            those requests of the session that are stored (the live tail).
+        """
+
+    def turns_after(session_id: str, request_id: str) -> Deferred[list[dict[str, Any]]]:
+        """
+        @return: a L{Deferred} firing with the per-turn figures and texts of
+            the session's requests stored after C{request_id} (none when it
+            is unknown): what a live tail missed while disconnected.
+        """
+
+    def stats(name: str, window: Any) -> Deferred[dict[str, Any]]:
+        """
+        Aggregates over a L{lunaroute.sessions.store.StatsWindow}: C{name} is
+        C{overview}, C{tokens}, C{tools}, C{costs}, C{models}, C{hours},
+        C{spending}, C{user-agents} or C{model-list}.
+
+        @return: a L{Deferred} firing with a JSON-ready C{dict}.
+        """
+
+    def recent_sessions(limit: int, window: Any) -> Deferred[list[dict[str, Any]]]:
+        """
+        @return: a L{Deferred} firing with the C{limit} most recently active
+            sessions in the window.
+        """
+
+    def delete_session(session_id: str) -> Deferred[dict[str, Any]]:
+        """
+        Remove a session's rows, search entries and JSONL files.
+
+        @return: a L{Deferred} firing with what was removed (counts per
+            table, file names).
         """
 
 

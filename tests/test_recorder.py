@@ -659,3 +659,29 @@ def test_twistd_with_an_uncreatable_sessions_dir_exits_with_one_line(tmp_path: P
     assert output.splitlines() == [
         f"lunaroute: configuration error: session_recording.sessions_dir: cannot create '{bad}': Not a directory"
     ]
+
+
+def test_listeners_hear_of_each_written_batch_after_it_is_written(logged_failures: Any) -> None:
+    """add_listener: called once per batch, after the writers, with (session, request) ids; one that raises is logged."""
+    writer = ListWriter()
+    service, clock = inline_recorder(writer)
+    heard: list[tuple[int, list[tuple[str, str]]]] = []
+    service.add_listener(lambda written: heard.append((len(writer.batches), written)))
+
+    def broken(written: list[tuple[str, str]]) -> None:
+        raise RuntimeError("listener bug")
+
+    logged_failures.expect(RuntimeError)
+    service.add_listener(broken)
+    service.startService()
+    service.record(build_exchange("s-1", request_id="r-1"))
+    service.record(build_exchange("s-2", request_id="r-2"))
+    clock.advance(0.1)
+    assert heard == [(1, [("s-1", "r-1"), ("s-2", "r-2")])]
+    assert service.written_events == 10
+    assert len(logged_failures.matching(RuntimeError)) == 1
+    service.remove_listener(broken)
+    assert len(service.listeners()) == 1
+    service.record(build_exchange("s-1", request_id="r-3"))
+    clock.advance(0.1)
+    assert heard[-1] == (2, [("s-1", "r-3")])

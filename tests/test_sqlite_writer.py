@@ -31,6 +31,7 @@ from lunaroute.sessions.sqlite import (
     connect,
     fts_query,
 )
+from lunaroute.sessions.store import SessionStore
 
 
 def session_events(session_id: str, n: int, start: float = NOON, **kwargs: Any) -> list[dict[str, Any]]:
@@ -72,9 +73,9 @@ def write(db: Path, events: list[dict[str, Any]]) -> None:
 
 
 def test_writer_and_store_provide_their_interfaces(db: Path) -> None:
-    """SQLiteWriter implements ISessionWriter; ThreadedSessionStore implements ISessionStore."""
+    """SQLiteWriter implements ISessionWriter; the read model's SessionStore implements ISessionStore."""
     assert verifyObject(ISessionWriter, SQLiteWriter(str(db)))
-    assert verifyObject(ISessionStore, ThreadedSessionStore(SQLiteSessionStore(str(db)), reactor=reactor))
+    assert verifyObject(ISessionStore, SessionStore(str(db), reactor=reactor))
 
 
 def test_database_is_wal_and_at_the_current_schema(db: Path) -> None:

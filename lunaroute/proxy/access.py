@@ -43,12 +43,13 @@ _ALLOWED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 def route_class(path: bytes, method: bytes = b"GET") -> str:
     """
     C{health} (a GET or HEAD of a probe path), C{admin} (the gateway's own
-    data) or C{proxy} (everything that may be forwarded: any other method on
+    data: metrics, statistics, the session API under C{/sessions} and
+    C{/api/}) or C{proxy} (everything that may be forwarded: any other method on
     a probe path goes to the bypass provider, so it is proxy too).
     """
     if path in HEALTH_PATHS:
         return "health" if method in (b"GET", b"HEAD") else "proxy"
-    if path == b"/metrics" or path.startswith(ADMIN_PREFIXES):
+    if path == b"/metrics" or path.startswith(ADMIN_PREFIXES) or path == b"/sessions" or path.startswith(b"/sessions/"):
         return "admin"
     return "proxy"
 

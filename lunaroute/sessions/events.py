@@ -14,9 +14,13 @@ C{completed}.  Credentials are masked here, before any writer sees them.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import json.encoder
 import math
+import pickle
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,12 +34,15 @@ from lunaroute.secrets import is_secret_name, mask_value
 __all__ = [
     "EVENT_SCHEMA_VERSION",
     "EVENT_TYPES",
+    "client_name",
     "exchange_events",
     "finite_json",
     "iso_timestamp",
     "json_text",
+    "request_facts",
     "request_text",
     "scrub_secrets",
+    "strings_text",
     "shared_json",
     "tool_names",
 ]
@@ -260,31 +267,54 @@ def _content_text(content: Any) -> list[str]:
     return out
 
 
+def _turn_start(messages: list[Any]) -> int:
+    """
+    Where the request's new turn starts: just after its last assistant
+    message (or Codex function call) before the last message, 0 when it
+    has none.  Clients resend
+    the whole conversation with every request; what comes before was
+    recorded with an earlier request.
+    """
+    start = 0
+    # A trailing assistant message is a prefill (the start of the answer
+    # asked for), not an earlier turn.
+    end = len(messages) - 1 if messages and _role(messages[-1]) == "assistant" else len(messages)
+    for index, message in enumerate(messages[:end]):
+        if _role(message) == "assistant" or (
+            isinstance(message, Mapping) and message.get("type") in ("function_call", "custom_tool_call")
+        ):
+            start = index + 1
+    return start
+
+
 def request_text(body: Mapping[str, Any] | None) -> str:
     """
-    The system and user text of a request, joined by blank lines.
+    The text a request adds to its conversation, for search: the system
+    prompt (and system or developer messages) when the conversation has no
+    assistant turn yet, then the user, system and developer text after its
+    last assistant turn, joined by blank lines.
 
-    Assistant turns, tool results and images are left out: the text is for
-    finding a conversation again, and tool output (file contents, command
-    output) would drown what the user actually wrote.
+    Earlier turns are left out (each was recorded with the request that
+    brought it, so a word is indexed once, not once per later turn), and so
+    are tool results (recorded as C{tool_result_text}) and images.
     """
     if not isinstance(body, Mapping):
         return ""
     parts: list[str] = []
-    for key in ("system", "instructions"):
-        parts += _content_text(body.get(key))
     messages = body.get("messages")
     if messages is None:
         messages = body.get("input")  # OpenAI Responses
-        if isinstance(messages, str):
-            parts.append(messages)
-            messages = None
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, Mapping):
-                continue
-            if message.get("role") in ("user", "system", "developer"):
-                parts += _content_text(message.get("content"))
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not isinstance(messages, list):
+        messages = []
+    start = _turn_start(messages)
+    if start == 0:
+        for key in ("system", "instructions"):
+            parts += _content_text(body.get(key))
+    for message in messages[start:]:
+        if _role(message) in ("user", "system", "developer"):
+            parts += _content_text(message.get("content"))
     return "\n\n".join(p for p in parts if p)
 
 
@@ -305,6 +335,213 @@ def tool_names(body: Mapping[str, Any] | None) -> list[str]:
         if isinstance(name, str):
             names.append(name)
     return names
+
+
+# --------------------------------------------------------------------------
+# What the session API shows about a request: where it came from, what it
+# is about, and whether the cached prefix changed.
+
+TITLE_MAX_CHARS = 120
+
+# A text part that is one tagged block is context the client injected
+# (Claude Code's <system-reminder>, Codex's <environment_context> and
+# <user_instructions>), not what the user typed.
+_TAGGED_BLOCK = re.compile(r"^\s*<([A-Za-z][\w-]*)[^>]*>.*</\1>\s*$", re.DOTALL)
+# Claude Code's system prompt: " - Primary working directory: /path" (older
+# versions: "Working directory: /path").
+_CLAUDE_CWD = re.compile(r"^[ \t-]*(?:Primary working directory|Working directory): *(\S[^\n]*?)\s*$", re.MULTILINE)
+# Codex's <environment_context> user message.
+_CODEX_CWD = re.compile(r"<cwd>([^<\n]+)</cwd>")
+
+_CLIENTS = (
+    ("claude-cli/", "Claude Code"),
+    ("claude-code/", "Claude Code"),
+    ("codex_exec/", "Codex"),
+    ("codex_cli_rs/", "Codex"),
+    ("codex-tui/", "Codex"),
+    ("codex/", "Codex"),
+    ("opencode/", "OpenCode"),
+    ("anthropic/python", "Anthropic Python SDK"),
+    ("anthropic/js", "Anthropic TypeScript SDK"),
+    ("openai/python", "OpenAI Python SDK"),
+    ("openai/js", "OpenAI Node SDK"),
+)
+
+
+def client_name(user_agent: str | None) -> str | None:
+    """
+    The client a user agent names: C{Claude Code}, C{Codex}, C{OpenCode},
+    an official SDK (C{Anthropic Python SDK}, ...), else the agent's first
+    product token (C{curl}), or C{None} without a user agent.
+    """
+    if not isinstance(user_agent, str) or not user_agent.strip():
+        return None
+    lowered = user_agent.strip().lower()
+    for prefix, name in _CLIENTS:
+        if lowered.startswith(prefix):
+            return name
+    product = user_agent.strip().split()[0].split("/")[0]
+    return product[:60] or None
+
+
+def strings_text(value: Any, limit: int = 1_000_000) -> str:
+    """
+    The string leaves of JSON-like data (a tool call's input, a tool
+    result's content), one per line, for the full-text index: escapes such
+    as C{\\n} would glue words together in JSON text.
+    """
+    out: list[str] = []
+    size = 0
+    stack = [value]
+    while stack and size < limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+            size += len(item)
+        elif isinstance(item, Mapping):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list | tuple):
+            stack.extend(reversed(item))
+    return "\n".join(out)
+
+
+def _sha256(value: Any) -> str:
+    """
+    A fingerprint of JSON-like data: equal values (same keys in the same
+    order) give equal hashes.  Pickle protocol 5 without its memo (so object
+    identity plays no part) serialises a 60 kB tool list five times faster
+    than JSON; what matters is comparing turns, not reproducing the hash
+    elsewhere.
+    """
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=5)
+    pickler.fast = True
+    try:
+        pickler.dump(value)
+        data = buffer.getvalue()
+    except (RecursionError, pickle.PicklingError, TypeError, ValueError):
+        data = _dumps(value).encode("utf-8", "backslashreplace")
+    return hashlib.sha256(data).hexdigest()
+
+
+def _messages(body: Mapping[str, Any]) -> list[Any]:
+    messages = body.get("messages")
+    if messages is None:
+        messages = body.get("input")
+    return messages if isinstance(messages, list) else []
+
+
+def _role(message: Any) -> str | None:
+    if not isinstance(message, Mapping):
+        return None
+    role = message.get("role")
+    return role if isinstance(role, str) else None
+
+
+def _result_text(content: Any) -> str:
+    """A tool result's text: its text parts (not their C{type} keys), or its strings."""
+    if isinstance(content, list):
+        return "\n".join(_content_text(content))
+    return strings_text(content)
+
+
+def _tool_results(messages: list[Any]) -> tuple[str, list[str]]:
+    """
+    The tool results this request brings back: those after its last
+    assistant turn (earlier ones were indexed with the request that brought
+    them), in the three dialects, and the ids of the calls whose result
+    is marked as an error (Anthropic's C{is_error}).
+    """
+    start = _turn_start(messages)
+    parts: list[str] = []
+    errors: list[str] = []
+    for message in messages[start:]:
+        if not isinstance(message, Mapping):
+            continue
+        kind = message.get("type")
+        if kind in ("function_call_output", "custom_tool_call_output"):
+            parts.append(_result_text(message.get("output")))
+        elif _role(message) == "tool":  # OpenAI Chat
+            parts.append(_result_text(message.get("content")))
+        elif _role(message) == "user" and isinstance(message.get("content"), list):
+            for part in message["content"]:
+                if isinstance(part, Mapping) and part.get("type") == "tool_result":
+                    parts.append(_result_text(part.get("content")))
+                    if part.get("is_error") is True and isinstance(part.get("tool_use_id"), str):
+                        errors.append(part["tool_use_id"])
+    return "\n\n".join(p for p in parts if p), errors
+
+
+def _title(messages: list[Any]) -> str | None:
+    for message in messages:
+        if _role(message) != "user":
+            continue
+        for text in _content_text(message.get("content")):
+            if not text.strip() or _TAGGED_BLOCK.match(text):
+                continue
+            line = " ".join(text.split())
+            if len(line) > TITLE_MAX_CHARS:
+                line = line[: TITLE_MAX_CHARS - 1].rstrip() + "…"
+            return line
+    return None
+
+
+def _system_parts(body: Mapping[str, Any]) -> list[Any]:
+    parts: list[Any] = []
+    for key in ("system", "instructions"):
+        if body.get(key) is not None:
+            parts.append(body[key])
+    for message in _messages(body):
+        if _role(message) in ("system", "developer"):
+            parts.append(message.get("content"))
+    return parts
+
+
+def _project(body: Mapping[str, Any], system: list[Any]) -> str | None:
+    for part in system:
+        for text in _content_text(part):
+            found = _CLAUDE_CWD.search(text)
+            if found:
+                return found.group(1)[:1000]
+    for message in _messages(body):
+        if _role(message) in ("user", "developer", "system"):
+            for text in _content_text(message.get("content")):
+                if "<cwd>" in text:
+                    found = _CODEX_CWD.search(text)
+                    if found:
+                        return found.group(1).strip()[:1000]
+    return None
+
+
+def request_facts(body: Mapping[str, Any] | None) -> dict[str, Any]:
+    """
+    What the session API shows about a request, from its body:
+    C{system_sha256} and C{tools_sha256} (SHA-256 fingerprints of the system
+    prompt and of the tool definitions, C{None} when absent: a change
+    between turns explains a cache miss), C{title} (the first user text
+    that is not injected context, on one line, cut to 120 characters),
+    C{project} (the working directory Claude Code states in its system
+    prompt, or Codex in its C{<environment_context>} message) and
+    C{tool_result_text} (the tool results it brings back, for search) and
+    C{tool_error_ids} (the tool calls whose result it marks as an error).
+    """
+    if not isinstance(body, Mapping):
+        return {"system_sha256": None, "tools_sha256": None, "title": None, "project": None,
+                "tool_result_text": "", "tool_error_ids": []}
+    system = _system_parts(body)
+    tools = body.get("tools")
+    messages = _messages(body)
+    result_text, error_ids = _tool_results(messages)
+    return {
+        "system_sha256": _sha256(system) if system else None,
+        "tools_sha256": _sha256(tools) if isinstance(tools, list) and tools else None,
+        "title": _title(messages) if messages else (
+            _title([{"role": "user", "content": body["input"]}]) if isinstance(body.get("input"), str) else None
+        ),
+        "project": _project(body, system),
+        "tool_result_text": result_text,
+        "tool_error_ids": error_ids,
+    }
 
 
 def _message_count(body: Mapping[str, Any] | None) -> int:
@@ -423,12 +660,14 @@ def exchange_events(
             streaming=exchange.streaming,
             client_ip=exchange.client_ip,
             user_agent=exchange.user_agent,
+            client=client_name(exchange.user_agent),
             method=exchange.method,
             path=exchange.path,
         ),
         event(
             "request_recorded",
             received_at,
+            **request_facts(body),
             request_text=request_text(body),
             request_json=body,
             body_bytes=len(exchange.request_body),
@@ -467,7 +706,11 @@ def exchange_events(
                 thinking_tokens=usage.thinking_tokens if usage else 0,
                 cache_read_tokens=usage.cache_read_tokens if usage else 0,
                 cache_creation_tokens=usage.cache_creation_tokens if usage else 0,
+                cache_creation_1h_tokens=usage.cache_creation_1h_tokens if usage else 0,
                 thinking_tokens_exact=usage.thinking_tokens_exact if usage else False,
+                tool_input_text="\n\n".join(
+                    f"{call.name or ''}\n{strings_text(clean(call.input))}" for call in tool_calls
+                ),
                 tool_calls=[
                     {"id": call.id, "name": call.name, "input": clean(call.input)} for call in tool_calls
                 ],

@@ -163,6 +163,8 @@ class _BatchResult:
     failures: list[tuple[str, Failure]] = field(default_factory=list)
     # Exchanges not written, by reason.
     lost: dict[str, int] = field(default_factory=dict)
+    # (session id, request id) of the exchanges handed to the writers.
+    written: list[tuple[str, str]] = field(default_factory=list)
 
     def lose(self, reason: str, n: int) -> None:
         if n > 0:
@@ -242,6 +244,7 @@ class RecorderService(Service):
         self._last_drop_warning: float | None = None
         self._dropped_since_warning = 0
         self._last_failure_log: dict[str, float] = {}
+        self._listeners: list[Callable[[list[tuple[str, str]]], None]] = []
 
         self.dropped_events = 0
         self.written_events = 0
@@ -276,6 +279,34 @@ class RecorderService(Service):
     def _count_loss(self, reason: str, n: int) -> None:
         if n > 0:
             self._lost[reason] = self._lost.get(reason, 0) + n
+
+    # -- listeners ---------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[list[tuple[str, str]]], None]) -> None:
+        """
+        Call C{callback} on the reactor after each batch is written, with the
+        C{(session_id, request_id)} of its exchanges (the live tail of the
+        session API reads their rows then).  An exchange a writer failed is
+        included: a listener reading the database finds no row for it.  A
+        callback that raises is logged; the recorder carries on.
+        """
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[list[tuple[str, str]]], None]) -> None:
+        """Stop calling C{callback}; unknown callbacks are ignored."""
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    def listeners(self) -> tuple[Callable[[list[tuple[str, str]]], None], ...]:
+        """The callbacks L{add_listener} registered, in order."""
+        return tuple(self._listeners)
+
+    def _notify(self, written: list[tuple[str, str]]) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback(written)
+            except Exception:
+                log.failure("a session recorder listener failed")
 
     # -- the hot path ------------------------------------------------------
 
@@ -390,6 +421,7 @@ class RecorderService(Service):
             else:
                 made.append(exchange)
         result.events = len(events)
+        result.written = [(exchange.session_id, exchange.request_id) for exchange in made]
         if not events:
             return result
         for writer in self.writers:
@@ -418,6 +450,8 @@ class RecorderService(Service):
                 self._count_loss(reason, n)
             for writer_name, failure in result.failures:
                 self._writer_failed(writer_name, failure, result.events)
+            if result.written and self._listeners:
+                self._notify(result.written)
         # A burst may have queued more than one batch: keep going promptly.
         if self._queued_events >= self.batch_size and self.running:
             self._schedule_flush()

@@ -39,9 +39,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lunaroute.interfaces import ISessionStore, ISessionWriter
+from lunaroute.interfaces import ISessionWriter
 from lunaroute.logs import log_observer
-from lunaroute.sessions.events import json_text
+from lunaroute.sessions.events import client_name, json_text, request_facts, strings_text
 
 __all__ = [
     "MIGRATIONS",
@@ -211,6 +211,11 @@ _V2 = (
     "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
 )
 
+_CONTEXT_SQL = (
+    "CASE WHEN dialect LIKE 'openai%' THEN input_tokens "
+    "ELSE input_tokens + cache_read_tokens + cache_creation_tokens END"
+)
+
 _V3 = (
     # Incremental session aggregates: the counts that MIN(success) and
     # cost_complete are derived from, and the request the "latest" columns
@@ -234,10 +239,116 @@ _V3 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+
+
+def _backfill_v4(conn: sqlite3.Connection) -> None:
+    """
+    Fill the new session columns of the sessions already stored: C{client}
+    from the user agent of each session's latest request, C{title} from the
+    body of its first, C{project} from its latest (or first).  Request rows
+    are not rewritten (a row holds its bodies: rewriting every one would
+    make the upgrade of a big database take minutes), so the new
+    per-request columns of older requests stay empty;
+    C{lunaroute-server import-sessions --no-skip-existing} fills them from
+    the JSONL files.
+    """
+
+    def body_facts(request_json: Any) -> dict[str, Any]:
+        try:
+            body = json.loads(request_json) if isinstance(request_json, str) else None
+        except ValueError:
+            body = None
+        return request_facts(body if isinstance(body, dict) else None)
+
+    updates = []
+    for session_id, first_id, last_id in conn.execute(
+        """
+        SELECT s.session_id,
+               (SELECT r.id FROM session_stats AS r WHERE r.session_id = s.session_id
+                ORDER BY COALESCE(r.started_at, r.completed_at), r.id LIMIT 1),
+               (SELECT r.id FROM session_stats AS r WHERE r.request_id = s.last_request_id)
+        FROM sessions AS s
+        """
+    ).fetchall():
+        facts: dict[Any, dict[str, Any]] = {}
+        agent = None
+        for row_id in (first_id, last_id):
+            if row_id is None or row_id in facts:
+                continue
+            found = conn.execute(
+                "SELECT request_json, user_agent FROM session_stats WHERE id = ?", (row_id,)
+            ).fetchone()
+            facts[row_id] = body_facts(found[0] if found else None)
+            if row_id == last_id and found is not None:
+                agent = found[1]
+        first, last = facts.get(first_id, {}), facts.get(last_id, {})
+        updates.append(
+            (client_name(agent), first.get("title"), last.get("project") or first.get("project"), session_id)
+        )
+    conn.executemany("UPDATE sessions SET client = ?, title = ?, project = ? WHERE session_id = ?", updates)
+
+
+_V4: tuple[Any, ...] = (
+    # What the session API shows per request and per session (issue 13).
+    "ALTER TABLE session_stats ADD COLUMN cache_creation_1h_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE session_stats ADD COLUMN cache_creation_5m_tokens INTEGER "
+    "GENERATED ALWAYS AS (cache_creation_tokens - cache_creation_1h_tokens) VIRTUAL",
+    # Anthropic's input excludes cached tokens, OpenAI's includes them.
+    "ALTER TABLE session_stats ADD COLUMN context_tokens INTEGER GENERATED ALWAYS AS ("
+    + _CONTEXT_SQL
+    + ") VIRTUAL",
+    "ALTER TABLE session_stats ADD COLUMN cache_hit_ratio REAL GENERATED ALWAYS AS ("
+    f"CASE WHEN ({_CONTEXT_SQL}) > 0 THEN cache_read_tokens * 1.0 / ({_CONTEXT_SQL}) END) VIRTUAL",
+    "ALTER TABLE session_stats ADD COLUMN error_type TEXT",
+    "ALTER TABLE session_stats ADD COLUMN system_sha256 TEXT",
+    "ALTER TABLE session_stats ADD COLUMN tools_sha256 TEXT",
+    "ALTER TABLE session_stats ADD COLUMN client TEXT",
+    "ALTER TABLE session_stats ADD COLUMN project TEXT",
+    "ALTER TABLE session_stats ADD COLUMN title TEXT",
+    "ALTER TABLE session_stats ADD COLUMN tool_input_text TEXT",
+    "ALTER TABLE session_stats ADD COLUMN tool_result_text TEXT",
+    "ALTER TABLE tool_call_executions ADD COLUMN is_error INTEGER",
+    "ALTER TABLE sessions ADD COLUMN cache_creation_1h_tokens INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sessions ADD COLUMN client TEXT",
+    "ALTER TABLE sessions ADD COLUMN project TEXT",
+    "ALTER TABLE sessions ADD COLUMN title TEXT",
+    "CREATE INDEX session_stats_started_at ON session_stats (started_at)",
+    "CREATE INDEX sessions_client ON sessions (client)",
+    "CREATE INDEX sessions_project ON sessions (project)",
+    _backfill_v4,
+    # The index now covers tool inputs and results too.
+    "DROP TABLE messages_fts",
+    """
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        request_id UNINDEXED,
+        session_id UNINDEXED,
+        request_text,
+        response_text,
+        thinking_text,
+        tool_input_text,
+        tool_result_text,
+        content='session_stats',
+        content_rowid='id',
+        tokenize='unicode61 remove_diacritics 2'
+    )
+    """,
+    "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
+)
+
+MIGRATIONS: tuple[tuple[Any, ...], ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_FTS_COLUMNS = ("request_id", "session_id", "request_text", "response_text", "thinking_text")
+_FTS_COLUMNS = (
+    "request_id",
+    "session_id",
+    "request_text",
+    "response_text",
+    "thinking_text",
+    "tool_input_text",
+    "tool_result_text",
+)
+# The columns a search can name (FTS5 column filters: "response_text: foo").
+FTS_TEXT_COLUMNS = _FTS_COLUMNS[2:]
 
 
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
@@ -263,7 +374,10 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < target:
                 for statement in MIGRATIONS[version]:
-                    conn.execute(statement)
+                    if callable(statement):
+                        statement(conn)
+                    else:
+                        conn.execute(statement)
                 # PRAGMA does not take parameters; version is our own int.
                 conn.execute(f"PRAGMA user_version = {int(version) + 1}")
             conn.execute("COMMIT")
@@ -371,11 +485,22 @@ def _started_columns(event: Mapping[str, Any]) -> dict[str, Any]:
         "streaming": _bool(event.get("streaming")),
         "client_ip": _text(event.get("client_ip")),
         "user_agent": _text(event.get("user_agent")),
+        "client": _text(event["client"] if "client" in event else client_name(event.get("user_agent"))),
     }
 
 
 def _request_columns(event: Mapping[str, Any]) -> dict[str, Any]:
+    facts: Mapping[str, Any] = event
+    if "system_sha256" not in event:
+        # Recorded before these fields existed: derive them as the recorder does.
+        body = event.get("request_json")
+        facts = request_facts(body if isinstance(body, Mapping) else None)
     return {
+        "system_sha256": _text(facts.get("system_sha256")),
+        "tools_sha256": _text(facts.get("tools_sha256")),
+        "title": _text(facts.get("title")),
+        "project": _text(facts.get("project")),
+        "tool_result_text": _text(facts.get("tool_result_text") or ""),
         "request_text": _text(event.get("request_text") or ""),
         "request_json": _json(event.get("request_json")),
         "request_bytes": _int(event.get("body_bytes")),
@@ -401,6 +526,10 @@ def _response_columns(event: Mapping[str, Any]) -> dict[str, Any]:
         "thinking_tokens": _int(event.get("thinking_tokens")),
         "cache_read_tokens": _int(event.get("cache_read_tokens")),
         "cache_creation_tokens": _int(event.get("cache_creation_tokens")),
+        "cache_creation_1h_tokens": _int(event.get("cache_creation_1h_tokens")),
+        "tool_input_text": _text(
+            event["tool_input_text"] if "tool_input_text" in event else _tool_input_text(event.get("tool_calls"))
+        ),
         "thinking_estimated": _bool(not event.get("thinking_tokens_exact", False)),
         "tool_call_count": len(event.get("tool_calls") or []),
         "chunk_count": _int(event.get("chunk_count")),
@@ -411,6 +540,14 @@ def _response_columns(event: Mapping[str, Any]) -> dict[str, Any]:
     return columns
 
 
+def _tool_input_text(calls: Any) -> str:
+    if not isinstance(calls, list):
+        return ""
+    return "\n\n".join(
+        f"{call.get('name') or ''}\n{strings_text(call.get('input'))}" for call in calls if isinstance(call, Mapping)
+    )
+
+
 def _completed_columns(event: Mapping[str, Any]) -> dict[str, Any]:
     stats = _dict(event.get("final_stats"))
     tokens = _dict(stats.get("tokens"))
@@ -419,6 +556,7 @@ def _completed_columns(event: Mapping[str, Any]) -> dict[str, Any]:
         "success": _bool(event.get("success")),
         "outcome": _text(event.get("outcome")),
         "error": _text(_error_text(event)),
+        "error_type": _text(event.get("error_type")),
         "duration_ms": _num(stats.get("duration_ms")),
         "estimated_cost_usd": _num(stats.get("estimated_cost_usd")),
         "tool_results_json": _json(stats.get("tool_results") or []),
@@ -429,6 +567,7 @@ def _completed_columns(event: Mapping[str, Any]) -> dict[str, Any]:
         "thinking_tokens": _int(tokens.get("thinking")),
         "cache_read_tokens": _int(tokens.get("cache_read")),
         "cache_creation_tokens": _int(tokens.get("cache_creation")),
+        "cache_creation_1h_tokens": _int(tokens.get("cache_creation_1h")),
     }
     # The response event owns these; only fill them when it said nothing.
     for column, key in (("status", "status"), ("model_used", "model_used"), ("stop_reason", "finish_reason")):
@@ -472,6 +611,10 @@ _SESSION_COLUMNS = (
     "failed_count",
     "priced_count",
     "last_request_id",
+    "cache_creation_1h_tokens",
+    "client",
+    "project",
+    "title",
 )
 
 # The reference definition of a session row as a function of its request
@@ -488,7 +631,8 @@ WITH reqs AS (
     SELECT id, request_id, started_at, completed_at, model_used, model_requested, provider,
            listener, user_agent, client_ip, input_tokens, output_tokens, thinking_tokens,
            cache_read_tokens, cache_creation_tokens, tool_call_count, success,
-           estimated_cost_usd, COALESCE(started_at, completed_at) AS at
+           estimated_cost_usd, cache_creation_1h_tokens, client, project, title,
+           COALESCE(started_at, completed_at) AS at
     FROM session_stats WHERE session_id = :sid
 ), latest AS (
     SELECT * FROM reqs ORDER BY at DESC, id DESC LIMIT 1
@@ -517,7 +661,11 @@ SELECT
     COUNT(CASE WHEN success = 1 THEN 1 END),
     COUNT(CASE WHEN success = 0 THEN 1 END),
     COUNT(estimated_cost_usd),
-    (SELECT request_id FROM latest)
+    (SELECT request_id FROM latest),
+    SUM(cache_creation_1h_tokens),
+    (SELECT client FROM latest),
+    (SELECT project FROM reqs WHERE project IS NOT NULL ORDER BY at DESC, id DESC LIMIT 1),
+    (SELECT title FROM reqs WHERE title IS NOT NULL ORDER BY at, id LIMIT 1)
 FROM reqs
 WHERE 1
 ON CONFLICT (session_id) DO UPDATE SET
@@ -583,6 +731,15 @@ _STATS_COLUMNS = (
     "response_json",
     "estimated_cost_usd",
     "tool_results_json",
+    "cache_creation_1h_tokens",
+    "error_type",
+    "system_sha256",
+    "tools_sha256",
+    "client",
+    "project",
+    "title",
+    "tool_input_text",
+    "tool_result_text",
 )
 
 # Summed into the session row.
@@ -592,6 +749,7 @@ _SUMMED_COLUMNS = (
     "thinking_tokens",
     "cache_read_tokens",
     "cache_creation_tokens",
+    "cache_creation_1h_tokens",
     "tool_call_count",
 )
 
@@ -620,9 +778,14 @@ _STORED_COLUMNS = (
     *_SUMMED_COLUMNS,
     "success",
     "estimated_cost_usd",
+    "client",
+    "project",
+    "title",
     "request_text",
     "response_text",
     "thinking_text",
+    "tool_input_text",
+    "tool_result_text",
 )
 
 _FTS_INSERT = (
@@ -667,6 +830,7 @@ class _Batch:
         self.rows: dict[str, dict[str, Any]] = {}
         self.tool_calls: dict[tuple[str, int], tuple[Any, ...]] = {}
         self.tool_results: list[tuple[Any, ...]] = []
+        self.tool_errors: list[tuple[str, str]] = []
         self.streams: dict[str, dict[str, Any]] = {}
         for event in events:
             if not isinstance(event, Mapping):
@@ -696,6 +860,10 @@ class _Batch:
                 )
             elif kind == "completed":
                 self._tool_results(event, request_id, session_id)
+            elif kind == "request_recorded":
+                for call_id in event.get("tool_error_ids") or ():
+                    if isinstance(call_id, str):
+                        self.tool_errors.append((session_id, call_id))
             elif kind == "stream_started":
                 self.streams.setdefault(request_id, {"session_id": session_id})["ttft_ms"] = _num(
                     event.get("ttft_ms")
@@ -761,6 +929,13 @@ class _SessionTotals:
             total = (row["estimated_cost_usd"] or 0.0) + (cost or 0.0) - (old_cost or 0.0)
             row["estimated_cost_usd"] = total if row["priced_count"] else None
         at, end = _at(new), _end(new)
+        title = new["title"]
+        if title is not None and (
+            row["title"] is None or (at is not None and (row["started_at"] is None or at <= row["started_at"]))
+        ):
+            row["title"] = title
+        if new["project"] is not None and row["project"] is None:
+            row["project"] = new["project"]
         if at is not None and (row["started_at"] is None or at < row["started_at"]):
             row["started_at"] = at
         if end is not None and (row["last_activity"] is None or end > row["last_activity"]):
@@ -771,8 +946,10 @@ class _SessionTotals:
             row["last_request_id"] = new["request_id"]
             model = new["model_used"]
             row["model_used"] = model if model is not None else new["model_requested"]
-            for column in ("provider", "listener", "user_agent", "client_ip"):
+            for column in ("provider", "listener", "user_agent", "client_ip", "client"):
                 row[column] = new[column]
+            if new["project"] is not None:
+                row["project"] = new["project"]
 
     def params(self) -> tuple[Any, ...]:
         row = self.row
@@ -987,9 +1164,14 @@ class SQLiteWriter:
             )
         if batch.tool_results:
             conn.executemany(
-                "UPDATE tool_call_executions SET duration_ms = ?, result_request_id = ? "
-                "WHERE session_id = ? AND tool_call_id = ?",
+                "UPDATE tool_call_executions SET duration_ms = ?, result_request_id = ?, "
+                "is_error = COALESCE(is_error, 0) WHERE session_id = ? AND tool_call_id = ?",
                 batch.tool_results,
+            )
+        if batch.tool_errors:
+            conn.executemany(
+                "UPDATE tool_call_executions SET is_error = 1 WHERE session_id = ? AND tool_call_id = ?",
+                batch.tool_errors,
             )
         streams: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for request_id, stream in batch.streams.items():
@@ -1191,11 +1373,11 @@ class SQLiteSessionStore:
             conn.close()
 
 
-@implementer(ISessionStore)
 class ThreadedSessionStore:
     """
-    L{ISessionStore} over L{SQLiteSessionStore}: each query runs in a thread
-    pool (the reactor's by default) and returns a L{Deferred}.
+    L{SQLiteSessionStore}'s queries in a thread pool (the reactor's by
+    default), each returning a L{Deferred}.  The session API uses
+    L{lunaroute.sessions.store.SessionStore}, the full L{ISessionStore}.
     """
 
     def __init__(self, store: SQLiteSessionStore, reactor: Any = None, threadpool: Any = None) -> None:

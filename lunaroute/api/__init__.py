@@ -1,0 +1,97 @@
+"""
+The session API (L{lunaroute.api.app.SessionAPI}) and how it is mounted in
+front of the gateway's own routes.
+
+Wiring, in C{lunaroute/service.py} (two lines)::
+
+    from lunaroute.api import with_session_api
+    resource = GuardedResource(
+        with_session_api(self.gateway.resource(), settings, self.recorder, reactor, self.pricing),
+        AccessPolicy(settings.http_server),
+    )
+
+C{GuardedResource} stays outermost, so target, origin and
+C{http_server.auth_token} checks apply to the API (its paths are admin
+routes, see L{lunaroute.proxy.access.route_class}).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.web.resource import IResource, Resource
+
+from lunaroute.api.app import LiveFeed, SessionAPI, json_error
+from lunaroute.sessions.store import SessionStore
+
+__all__ = ["LiveFeed", "RecordingOff", "SessionAPI", "is_api_path", "mount", "with_session_api"]
+
+
+def is_api_path(path: bytes) -> bool:
+    """C{/sessions}, C{/sessions/...} and C{/api/...}: the session API's paths."""
+    return path == b"/sessions" or path.startswith(b"/sessions/") or path.startswith(b"/api/")
+
+
+class _Dispatch(Resource):
+    isLeaf = True
+
+    def __init__(self, api: IResource, gateway: IResource) -> None:
+        super().__init__()
+        self._api = api
+        self._gateway = gateway
+
+    def render(self, request: Any) -> Any:
+        path = request.path if isinstance(request.path, bytes) else b""
+        target = self._api if is_api_path(path) else self._gateway
+        return target.render(request)
+
+
+def mount(api_resource: IResource, gateway_resource: IResource) -> IResource:
+    """
+    One resource: the session API's paths (L{is_api_path}) go to
+    C{api_resource}, everything else to C{gateway_resource}.  Both are
+    rendered as leaves (Klein resources route on the whole path).
+    """
+    return _Dispatch(api_resource, gateway_resource)
+
+
+class RecordingOff(Resource):
+    """The session API's paths when nothing is recorded to SQLite: a JSON 404 saying so."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        return json_error(
+            request,
+            404,
+            "the session API needs session recording to SQLite "
+            "(session_recording.enabled and session_recording.sqlite.enabled)",
+            "recording_disabled",
+        )
+
+
+def session_api_resource(settings: Any, recorder: Any, reactor: Any, pricing: Any = None) -> IResource:
+    """
+    The session API over the recorder's database, or L{RecordingOff} when
+    recording (with the SQLite writer) is off.  C{pricing}: the gateway's
+    L{PricingTable} (loaded from the settings when not given).
+    """
+    recording = settings.session_recording
+    if recorder is None or not recording.enabled or not recording.sqlite_enabled:
+        return RecordingOff()
+    store = SessionStore(
+        os.path.expanduser(recording.db_path),
+        reactor=reactor,
+        jsonl_dir=os.path.expanduser(recording.jsonl_dir) if recording.jsonl_enabled else None,
+    )
+    feed = LiveFeed()
+    feed.attach(recorder)
+    return SessionAPI(store, settings, reactor, feed, pricing).resource()
+
+
+def with_session_api(
+    gateway_resource: IResource, settings: Any, recorder: Any, reactor: Any, pricing: Any = None
+) -> IResource:
+    """The gateway's resource with the session API mounted in front (see the module docstring)."""
+    return mount(session_api_resource(settings, recorder, reactor, pricing), gateway_resource)

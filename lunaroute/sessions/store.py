@@ -1,0 +1,1053 @@
+"""
+The one read model over the session database: the session API, the UI and
+the command line all ask their questions here.
+
+L{SessionQueries} holds the queries as plain blocking methods over one
+read-only SQLite connection (the command line calls them directly);
+L{SessionStore} runs them off the reactor, one read-only connection per
+thread of its pool, and returns L{Deferred}s.  SQLite's WAL mode lets them
+read while the recorder writes on its own thread.  Every value a caller
+gives reaches SQLite as a parameter; the only text put into SQL is chosen
+from fixed tables here (sort columns, directions).
+
+Errors are L{StoreError}s that know their HTTP status: a bad parameter or
+a malformed search query (C{BadParameter}, 400, naming the parameter), an
+unknown session or request (C{NotFound}, 404), no usable database
+(C{StoreUnavailable}, 503).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from lunaroute.dialects.session_id import is_valid_session_id
+from lunaroute.errors import LunaRouteError
+from lunaroute.interfaces import ISessionStore
+from lunaroute.sessions.events import client_name, iso_timestamp, scrub_secrets
+from lunaroute.sessions.jsonl import session_file_name
+from lunaroute.sessions.sqlite import FTS_TEXT_COLUMNS, SCHEMA_VERSION, connect
+
+__all__ = [
+    "SORTS",
+    "BadParameter",
+    "NotFound",
+    "SessionFilters",
+    "SessionQueries",
+    "SessionStore",
+    "StatsWindow",
+    "StoreError",
+    "StoreUnavailable",
+    "to_fts_query",
+]
+
+
+# --------------------------------------------------------------------------
+# Errors
+
+
+class StoreError(LunaRouteError):
+    """
+    A question the store cannot answer.  C{status} and C{error_type} say how
+    the API reports it; C{param} names the offending parameter, if any.
+    """
+
+    status = 500
+    error_type = "api_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class BadParameter(StoreError):
+    """A parameter is malformed or out of range (400)."""
+
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class NotFound(StoreError):
+    """No such session or request (404)."""
+
+    status = 404
+    error_type = "not_found_error"
+
+
+class StoreUnavailable(StoreError):
+    """The session database cannot be read (503)."""
+
+    status = 503
+    error_type = "store_unavailable"
+
+
+# --------------------------------------------------------------------------
+# Parameters
+
+
+SORTS: Mapping[str, str] = {
+    "started_at": "s.started_at",
+    "last_activity": "s.last_activity",
+    "total_tokens": "s.total_tokens",
+    "cost": "s.estimated_cost_usd",
+    "duration": "s.duration_ms",
+    "requests": "s.request_count",
+}
+
+# Range filters: parameter stem -> column of the sessions table.
+RANGES: Mapping[str, str] = {
+    "input_tokens": "s.input_tokens",
+    "output_tokens": "s.output_tokens",
+    "total_tokens": "s.total_tokens",
+    "cost": "s.estimated_cost_usd",
+    "duration_ms": "s.duration_ms",
+}
+
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class StatsWindow:
+    """
+    A time window over request start times, as ISO-8601 UTC strings in the
+    stored format (C{since} inclusive, C{until} exclusive); C{None} is open.
+    """
+
+    since: str | None = None
+    until: str | None = None
+
+
+@dataclass(frozen=True)
+class SessionFilters:
+    """
+    What C{GET /sessions} can ask for; every field C{None} means "any".
+    C{ranges} maps a L{RANGES} stem to C{(min, max)}.  The window: a session
+    is in it when it was active in it (C{last_activity >= since} and
+    C{started_at < until}).
+    """
+
+    text_search: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    client: str | None = None
+    project: str | None = None
+    window: StatsWindow = field(default_factory=StatsWindow)
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    success: bool | None = None
+
+
+def _iso(moment: datetime) -> str:
+    return iso_timestamp(moment.timestamp())
+
+
+def parse_moment(value: str, param: str, end: bool = False) -> str:
+    """
+    An ISO date (C{2025-06-15}) or date-time (C{2025-06-15T14:03:07Z}, an
+    offset, or none for UTC) as the stored timestamp format.  A bare date
+    as an end (C{end=True}) means the end of that day.
+
+    @raise BadParameter: not an ISO date.
+    """
+    text = value.strip()
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+            return _iso(day + timedelta(days=1) if end else day)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise BadParameter(
+            f"{param} must be an ISO date (2025-06-15) or date-time (2025-06-15T14:00:00Z), got {value[:60]!r}",
+            param,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return _iso(moment)
+
+
+def make_window(now: float, days: int | None = None, since: str | None = None, until: str | None = None) -> StatsWindow:
+    """The window of the last C{days} days before C{now}, or from/to (already parsed)."""
+    if days is not None:
+        since = iso_timestamp(now - days * 86400.0)
+    return StatsWindow(since, until)
+
+
+# --------------------------------------------------------------------------
+# Full-text queries
+
+_FTS_OPERATORS = frozenset({"AND", "OR", "NOT", "NEAR"})
+_COLUMN_FILTER = re.compile(r"(?:^|[\s(])-?\{?(" + "|".join(FTS_TEXT_COLUMNS) + r")\b[^:]*:")
+
+
+def uses_fts_syntax(text: str) -> bool:
+    """
+    Whether the user wrote FTS5 syntax on purpose: quotes, a prefix C{*},
+    parentheses, C{AND}/C{OR}/C{NOT}/C{NEAR} in capitals, C{^}, or a filter
+    on one of the index's columns (C{response_text: foo}).
+    """
+    if any(mark in text for mark in ('"', "*", "(", ")", "^")):
+        return True
+    if any(word in _FTS_OPERATORS for word in text.split()):
+        return True
+    return bool(_COLUMN_FILTER.search(text))
+
+
+def to_fts_query(text: str) -> str:
+    """
+    The FTS5 query for what a user typed: their own FTS5 syntax when they
+    used some (L{uses_fts_syntax}); otherwise every word quoted, so that
+    C{foo.py} or C{TypeError:} (punctuation FTS5 would refuse) match as
+    written.  Empty when there is nothing to look for.
+    """
+    text = text.strip()
+    if not text:
+        return ""
+    if uses_fts_syntax(text):
+        return text
+    return " ".join('"' + word.replace('"', '""') + '"' for word in text.split())
+
+
+def _fts_problem(error: sqlite3.Error) -> str | None:
+    """The user-facing problem when SQLite refused a MATCH expression."""
+    message = str(error)
+    if message.startswith("fts5:") or "syntax error" in message or "unterminated string" in message:
+        return message.removeprefix("fts5: ")
+    if message.startswith("no such column"):
+        column = message.split(":", 1)[-1].strip()
+        return (
+            f"no column {column!r} in the search index (columns: {', '.join(FTS_TEXT_COLUMNS)}); "
+            "quote the text to search for it"
+        )
+    if "unknown special query" in message or "malformed MATCH" in message:
+        return message
+    return None
+
+
+# Snippet markers: private-use characters that never occur in recorded text
+# the markers would be confused with; turned into <mark> after escaping.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+
+
+def _snippets(raw: str | None) -> tuple[str, str]:
+    """(HTML-safe snippet with <mark>, plain snippet with [ ])."""
+    raw = raw or ""
+    safe = html.escape(raw, quote=True).replace(_OPEN, "<mark>").replace(_CLOSE, "</mark>")
+    plain = raw.replace(_OPEN, "[").replace(_CLOSE, "]")
+    return safe, plain
+
+
+# --------------------------------------------------------------------------
+# Rows
+
+
+_JSON_COLUMNS = ("request_json", "response_json", "tools_offered", "tool_results_json", "input_json")
+_TEXT_COLUMNS = (
+    "request_text",
+    "response_text",
+    "thinking_text",
+    "tool_input_text",
+    "tool_result_text",
+    "request_json",
+    "response_json",
+)
+# The per-request columns of a session's detail (no bodies, no texts).
+_TURN_COLUMNS = (
+    "id", "request_id", "session_id", "started_at", "completed_at", "model_requested", "model_used",
+    "provider", "listener", "dialect", "method", "path", "streaming", "client_ip", "user_agent",
+    "client", "project", "title", "status", "outcome", "success", "error", "error_type", "stop_reason",
+    "partial", "input_tokens", "output_tokens", "thinking_tokens", "cache_read_tokens",
+    "cache_creation_tokens", "cache_creation_5m_tokens", "cache_creation_1h_tokens", "total_tokens",
+    "context_tokens", "cache_hit_ratio", "thinking_estimated", "tool_call_count", "chunk_count",
+    "bytes_out", "duration_ms", "ttft_ms", "provider_ms", "pre_proxy_ms", "post_proxy_ms",
+    "proxy_overhead_ms", "request_bytes", "message_count", "tools_offered", "estimated_cost_usd",
+    "tool_results_json", "system_sha256", "tools_sha256",
+)
+_TURNS_SQL = ", ".join(f"r.{c}" for c in _TURN_COLUMNS)
+
+
+def _row(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for column in _JSON_COLUMNS:
+        value = out.get(column)
+        if isinstance(value, str):
+            try:
+                out[column] = json.loads(value)
+            except ValueError:
+                pass
+    for column in ("success", "streaming", "partial", "cost_complete", "thinking_estimated"):
+        if column in out and out[column] is not None:
+            out[column] = bool(out[column])
+    return out
+
+
+def _session(row: sqlite3.Row) -> dict[str, Any]:
+    out = _row(row)
+    out["metadata"] = {"client": out.get("client"), "project": out.get("project"), "title": out.get("title")}
+    return out
+
+
+# --------------------------------------------------------------------------
+# The queries
+
+
+class SessionQueries:
+    """
+    The read model's queries, blocking, over one connection (read-only in
+    the API; the command line may pass any).  Not thread-safe: one per
+    thread.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, jsonl_dir: str | None = None) -> None:
+        conn.row_factory = sqlite3.Row
+        self.conn = conn
+        self.jsonl_dir = jsonl_dir
+
+    def _all(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
+        return self.conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+    def _match(self, sql: str, params: Any, param: str) -> list[sqlite3.Row]:
+        """Run a query holding a MATCH; a malformed query is a L{BadParameter}."""
+        try:
+            return self._all(sql, params)
+        except sqlite3.OperationalError as error:
+            problem = _fts_problem(error)
+            if problem is None:
+                raise
+            raise BadParameter(f"{param}: malformed search query: {problem}", param) from None
+
+    # -- sessions ----------------------------------------------------------
+
+    def list_sessions(
+        self,
+        filters: SessionFilters,
+        sort: str = "last_activity",
+        order: str = "desc",
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """
+        Sessions matching C{filters}, sorted by C{sort} (a key of L{SORTS})
+        in C{order} (C{asc}/C{desc}, sessions without the value last), the
+        page C{limit}/C{offset}, and how many match in all.
+        """
+        if sort not in SORTS:
+            raise BadParameter(f"sort must be one of {', '.join(SORTS)}, got {sort!r}", "sort")
+        if order not in ("asc", "desc"):
+            raise BadParameter(f"order must be asc or desc, got {order!r}", "order")
+        where: list[str] = []
+        params: list[Any] = []
+        for name, column in (
+            ("model", "s.model_used"),
+            ("provider", "s.provider"),
+            ("client", "s.client"),
+            ("project", "s.project"),
+        ):
+            value = getattr(filters, name)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if filters.window.since is not None:
+            where.append("s.last_activity >= ?")
+            params.append(filters.window.since)
+        if filters.window.until is not None:
+            where.append("s.started_at < ?")
+            params.append(filters.window.until)
+        for stem, (low, high) in filters.ranges.items():
+            if stem not in RANGES:
+                raise BadParameter(f"no range filter on {stem!r} (ranges: {', '.join(RANGES)})", f"min_{stem}")
+            bounded = RANGES[stem]
+            if low is not None:
+                where.append(f"{bounded} >= ?")
+                params.append(low)
+            if high is not None:
+                where.append(f"{bounded} <= ?")
+                params.append(high)
+        if filters.success is not None:
+            where.append("s.success = ?")
+            params.append(int(filters.success))
+        if filters.text_search is not None and filters.text_search.strip():
+            where.append("s.session_id IN (SELECT session_id FROM messages_fts WHERE messages_fts MATCH ?)")
+            params.append(to_fts_query(filters.text_search))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        column = SORTS[sort]
+        direction = "DESC" if order == "desc" else "ASC"
+        total = self._match(f"SELECT COUNT(*) FROM sessions AS s {clause}", params, "text_search")[0][0]
+        rows = self._match(
+            f"SELECT s.* FROM sessions AS s {clause} "
+            f"ORDER BY {column} IS NULL, {column} {direction}, s.session_id {direction} LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+            "text_search",
+        )
+        return [_session(r) for r in rows], int(total)
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        """The session row with its C{requests} (per-turn figures, oldest first)."""
+        row = self.conn.execute("SELECT * FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no session {session_id!r}", "session_id")
+        session = _session(row)
+        session["requests"] = [_row(r) for r in self._turns(session_id)]
+        return session
+
+    def _turns(self, session_id: str) -> list[sqlite3.Row]:
+        return self._all(
+            f"SELECT {_TURNS_SQL} FROM session_stats AS r WHERE r.session_id = ? "
+            "ORDER BY COALESCE(r.started_at, r.completed_at), r.id",
+            (session_id,),
+        )
+
+    def _require_session(self, session_id: str) -> None:
+        if self.conn.execute("SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)).fetchone() is None:
+            raise NotFound(f"no session {session_id!r}", "session_id")
+
+    def turns(self, session_id: str, request_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Per-turn figures and texts of the given requests of a session (for the live tail)."""
+        ids = list(request_ids)
+        if not ids:
+            return []
+        marks = ", ".join("?" for _ in ids)
+        rows = self._all(
+            f"SELECT {_TURNS_SQL}, r.response_text, r.thinking_text FROM session_stats AS r "
+            f"WHERE r.session_id = ? AND r.request_id IN ({marks}) "
+            "ORDER BY COALESCE(r.started_at, r.completed_at), r.id",
+            (session_id, *ids),
+        )
+        return [_row(r) for r in rows]
+
+    def turns_after(self, session_id: str, request_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """
+        Per-turn figures and texts of the session's requests recorded after
+        C{request_id} (in the order they were stored), for a live tail
+        reconnecting with C{Last-Event-ID}; none when that request is unknown.
+        """
+        rows = self._all(
+            f"SELECT {_TURNS_SQL}, r.response_text, r.thinking_text FROM session_stats AS r "
+            "WHERE r.session_id = ? AND r.id > (SELECT id FROM session_stats WHERE request_id = ? AND session_id = ?) "
+            "ORDER BY r.id LIMIT ?",
+            (session_id, request_id, session_id, limit),
+        )
+        return [_row(r) for r in rows]
+
+    def timeline(self, session_id: str) -> list[dict[str, Any]]:
+        """
+        The session as ordered events: per request a C{request} (at its
+        start), its C{tool_call}s and a C{response} (at its end), each with
+        its figures, durations and error.
+        """
+        self._require_session(session_id)
+        rows = self._all(
+            f"SELECT {_TURNS_SQL}, r.response_text, r.thinking_text FROM session_stats AS r "
+            "WHERE r.session_id = ? ORDER BY COALESCE(r.started_at, r.completed_at), r.id",
+            (session_id,),
+        )
+        calls: dict[str, list[dict[str, Any]]] = {}
+        for call in self._all(
+            "SELECT * FROM tool_call_executions WHERE session_id = ? ORDER BY request_id, call_index",
+            (session_id,),
+        ):
+            calls.setdefault(call["request_id"], []).append(_row(call))
+        out: list[dict[str, Any]] = []
+        for r in rows:
+            turn = _row(r)
+            out.append(
+                {
+                    "type": "request",
+                    "at": turn["started_at"],
+                    "request_id": turn["request_id"],
+                    "model": turn["model_requested"],
+                    "message_count": turn["message_count"],
+                    "request_bytes": turn["request_bytes"],
+                    "tools_offered": turn["tools_offered"],
+                    "tool_results": turn["tool_results_json"] or [],
+                    "system_sha256": turn["system_sha256"],
+                    "tools_sha256": turn["tools_sha256"],
+                }
+            )
+            for tool_call in calls.get(turn["request_id"], []):
+                out.append(
+                    {
+                        "type": "tool_call",
+                        "at": tool_call["created_at"],
+                        "request_id": turn["request_id"],
+                        "index": tool_call["call_index"],
+                        "tool_call_id": tool_call["tool_call_id"],
+                        "tool_name": tool_call["tool_name"],
+                        "input": tool_call["input_json"],
+                        "duration_ms": tool_call["duration_ms"],
+                        "result_request_id": tool_call["result_request_id"],
+                        "is_error": bool(tool_call["is_error"]) if tool_call["is_error"] is not None else None,
+                    }
+                )
+            out.append(
+                {
+                    "type": "response",
+                    "at": turn["completed_at"],
+                    "request_id": turn["request_id"],
+                    "model": turn["model_used"] or turn["model_requested"],
+                    "dialect": turn["dialect"],
+                    "status": turn["status"],
+                    "outcome": turn["outcome"],
+                    "success": turn["success"],
+                    "error": turn["error"],
+                    "error_type": turn["error_type"],
+                    "stop_reason": turn["stop_reason"],
+                    "text": turn["response_text"],
+                    "thinking": turn["thinking_text"],
+                    "tokens": {
+                        "input": turn["input_tokens"],
+                        "output": turn["output_tokens"],
+                        "thinking": turn["thinking_tokens"],
+                        "cache_read": turn["cache_read_tokens"],
+                        "cache_write_5m": turn["cache_creation_5m_tokens"],
+                        "cache_write_1h": turn["cache_creation_1h_tokens"],
+                        "context": turn["context_tokens"],
+                    },
+                    "cache_hit_ratio": turn["cache_hit_ratio"],
+                    "cost_usd": turn["estimated_cost_usd"],
+                    "duration_ms": turn["duration_ms"],
+                    "ttft_ms": turn["ttft_ms"],
+                    "provider_ms": turn["provider_ms"],
+                    "proxy_overhead_ms": turn["proxy_overhead_ms"],
+                    "tool_call_count": turn["tool_call_count"],
+                }
+            )
+        return out
+
+    def raw(self, session_id: str, request_id: str) -> dict[str, Any]:
+        """The request and response bodies as recorded (credentials masked)."""
+        row = self.conn.execute(
+            "SELECT request_id, session_id, started_at, completed_at, method, path, dialect, status, "
+            "request_json, response_json FROM session_stats WHERE request_id = ? AND session_id = ?",
+            (request_id, session_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no request {request_id!r} in session {session_id!r}", "request_id")
+        out = _row(row)
+        # Masked when recorded; masked again in case the database was filled
+        # by something else.
+        out["request_json"] = scrub_secrets(out["request_json"])
+        out["response_json"] = scrub_secrets(out["response_json"])
+        return out
+
+    def tools(self, session_id: str) -> list[dict[str, Any]]:
+        """Per tool: calls, errors, timed calls, total and average duration."""
+        self._require_session(session_id)
+        rows = self._all(
+            "SELECT tool_name, COUNT(*) AS calls, COUNT(CASE WHEN is_error = 1 THEN 1 END) AS errors, "
+            "COUNT(duration_ms) AS timed_calls, SUM(duration_ms) AS total_duration_ms, "
+            "AVG(duration_ms) AS avg_duration_ms, MAX(duration_ms) AS max_duration_ms "
+            "FROM tool_call_executions WHERE session_id = ? GROUP BY tool_name ORDER BY calls DESC, tool_name",
+            (session_id,),
+        )
+        return [dict(r) for r in rows]
+
+    def export_rows(self, session_id: str) -> dict[str, Any]:
+        """The session with every request in full (bodies and texts), for export."""
+        session = self.get_session(session_id)
+        rows = self._all(
+            "SELECT r.request_id, r.request_text, r.response_text, r.thinking_text, r.request_json, "
+            "r.response_json FROM session_stats AS r WHERE r.session_id = ?",
+            (session_id,),
+        )
+        bodies = {r["request_id"]: _row(r) for r in rows}
+        for turn in session["requests"]:
+            extra = bodies.get(turn["request_id"], {})
+            for column in ("request_text", "response_text", "thinking_text", "request_json", "response_json"):
+                value = extra.get(column)
+                turn[column] = scrub_secrets(value) if column.endswith("_json") else value
+        session["tool_calls"] = [
+            _row(r)
+            for r in self._all(
+                "SELECT * FROM tool_call_executions WHERE session_id = ? ORDER BY created_at, request_id, call_index",
+                (session_id,),
+            )
+        ]
+        return session
+
+    # -- search ------------------------------------------------------------
+
+    def search(self, query: str, limit: int = 20, param: str = "q") -> list[dict[str, Any]]:
+        """
+        The requests (turns) whose recorded text matches C{query}, best
+        first: session, request, C{snippet} (HTML-escaped, matches in
+        C{<mark>}), C{snippet_text} (plain, matches in C{[ ]}) and C{rank}
+        (FTS5 bm25: lower is better).
+        """
+        fts = to_fts_query(query)
+        if not fts:
+            raise BadParameter(f"{param} must not be empty", param)
+        # Two steps: rank every match (bm25 only), then make snippets for
+        # the few kept: snippet() in the ranking query would run for every
+        # match of a common word.
+        top = self._match(
+            "SELECT rowid AS id, bm25(messages_fts) AS score FROM messages_fts "
+            "WHERE messages_fts MATCH ? ORDER BY score LIMIT ?",
+            (fts, limit),
+            param,
+        )
+        if not top:
+            return []
+        marks = ", ".join("?" for _ in top)
+        info = {
+            r["id"]: r
+            for r in self._all(
+                "SELECT r.id, r.session_id, r.request_id, r.started_at, r.model_used, s.title, s.client, s.project "
+                "FROM session_stats AS r LEFT JOIN sessions AS s ON s.session_id = r.session_id "
+                f"WHERE r.id IN ({marks})",
+                [t["id"] for t in top],
+            )
+        }
+        hits = []
+        for ranked in top:
+            row = info.get(ranked["id"])
+            if row is None:
+                continue
+            snippet = self.conn.execute(
+                f"SELECT snippet(messages_fts, -1, '{_OPEN}', '{_CLOSE}', '…', 16) FROM messages_fts "
+                "WHERE messages_fts MATCH ? AND rowid = ?",
+                (fts, ranked["id"]),
+            ).fetchone()
+            hit = {k: row[k] for k in row.keys() if k != "id"}
+            hit["snippet"], hit["snippet_text"] = _snippets(snippet[0] if snippet else "")
+            hit["rank"] = ranked["score"]
+            hits.append(hit)
+        return hits
+
+    # -- statistics --------------------------------------------------------
+
+    def _window(self, window: StatsWindow, column: str = "r.started_at") -> tuple[str, list[Any]]:
+        where, params = [], []
+        if window.since is not None:
+            where.append(f"{column} >= ?")
+            params.append(window.since)
+        if window.until is not None:
+            where.append(f"{column} < ?")
+            params.append(window.until)
+        return (f"WHERE {' AND '.join(where)}" if where else ""), params
+
+    _TOKEN_SUMS = (
+        "COUNT(*) AS requests, "
+        "COALESCE(SUM(r.input_tokens), 0) AS input_tokens, "
+        "COALESCE(SUM(r.output_tokens), 0) AS output_tokens, "
+        "COALESCE(SUM(r.thinking_tokens), 0) AS thinking_tokens, "
+        "COALESCE(SUM(r.cache_read_tokens), 0) AS cache_read_tokens, "
+        "COALESCE(SUM(r.cache_creation_5m_tokens), 0) AS cache_write_5m_tokens, "
+        "COALESCE(SUM(r.cache_creation_1h_tokens), 0) AS cache_write_1h_tokens, "
+        "COALESCE(SUM(r.total_tokens), 0) AS total_tokens, "
+        "SUM(r.estimated_cost_usd) AS cost_usd"
+    )
+
+    def stats_overview(self, window: StatsWindow) -> dict[str, Any]:
+        """Totals over the window: sessions, requests, outcomes, tokens by kind, cost, latencies."""
+        where, params = self._window(window)
+        row = self.conn.execute(
+            f"SELECT {self._TOKEN_SUMS}, COUNT(DISTINCT r.session_id) AS sessions, "
+            "COUNT(CASE WHEN r.success = 1 THEN 1 END) AS successful_requests, "
+            "COUNT(CASE WHEN r.success = 0 THEN 1 END) AS failed_requests, "
+            "COUNT(r.estimated_cost_usd) AS priced_requests, "
+            "COALESCE(SUM(r.tool_call_count), 0) AS tool_calls, "
+            "AVG(r.duration_ms) AS avg_duration_ms, AVG(r.ttft_ms) AS avg_ttft_ms, "
+            "AVG(r.provider_ms) AS avg_provider_ms, AVG(r.proxy_overhead_ms) AS avg_proxy_overhead_ms, "
+            "SUM(r.cache_read_tokens) * 1.0 / NULLIF(SUM(r.context_tokens), 0) AS cache_hit_ratio "
+            f"FROM session_stats AS r {where}",
+            params,
+        ).fetchone()
+        return {**dict(row), **_window_dict(window)}
+
+    def stats_tokens(self, window: StatsWindow) -> dict[str, Any]:
+        """Tokens by kind, per UTC day."""
+        where, params = self._window(window)
+        rows = self._all(
+            f"SELECT substr(r.started_at, 1, 10) AS day, {self._TOKEN_SUMS} "
+            f"FROM session_stats AS r {where} GROUP BY day ORDER BY day",
+            params,
+        )
+        return {"days": [dict(r) for r in rows], **_window_dict(window)}
+
+    def stats_costs(self, window: StatsWindow) -> dict[str, Any]:
+        """Cost per UTC day and per model."""
+        where, params = self._window(window)
+        days = self._all(
+            "SELECT substr(r.started_at, 1, 10) AS day, SUM(r.estimated_cost_usd) AS cost_usd, "
+            "COUNT(*) AS requests, COUNT(r.estimated_cost_usd) AS priced_requests "
+            f"FROM session_stats AS r {where} GROUP BY day ORDER BY day",
+            params,
+        )
+        models = self._all(
+            "SELECT COALESCE(r.model_used, r.model_requested) AS model, SUM(r.estimated_cost_usd) AS cost_usd, "
+            "COUNT(*) AS requests, COUNT(r.estimated_cost_usd) AS priced_requests "
+            f"FROM session_stats AS r {where} GROUP BY model ORDER BY cost_usd DESC, model",
+            params,
+        )
+        total = sum(r["cost_usd"] or 0.0 for r in days)
+        return {
+            "total_cost_usd": total,
+            "days": [dict(r) for r in days],
+            "models": [dict(r) for r in models],
+            **_window_dict(window),
+        }
+
+    def stats_spending(self, window: StatsWindow) -> dict[str, Any]:
+        """Total spend, per day with the running total, per provider, and what had no price."""
+        where, params = self._window(window)
+        days = self._all(
+            "SELECT substr(r.started_at, 1, 10) AS day, COALESCE(SUM(r.estimated_cost_usd), 0) AS cost_usd "
+            f"FROM session_stats AS r {where} GROUP BY day ORDER BY day",
+            params,
+        )
+        running = 0.0
+        out_days = []
+        for r in days:
+            running += r["cost_usd"]
+            out_days.append({"day": r["day"], "cost_usd": r["cost_usd"], "cumulative_usd": running})
+        providers = self._all(
+            "SELECT r.provider AS provider, COALESCE(SUM(r.estimated_cost_usd), 0) AS cost_usd, COUNT(*) AS requests "
+            f"FROM session_stats AS r {where} GROUP BY r.provider ORDER BY cost_usd DESC",
+            params,
+        )
+        unpriced = self.conn.execute(
+            f"SELECT COUNT(*) FROM session_stats AS r {where} "
+            + ("AND" if where else "WHERE")
+            + " r.estimated_cost_usd IS NULL",
+            params,
+        ).fetchone()[0]
+        return {
+            "total_cost_usd": running,
+            "days": out_days,
+            "providers": [dict(r) for r in providers],
+            "unpriced_requests": unpriced,
+            **_window_dict(window),
+        }
+
+    def stats_models(self, window: StatsWindow) -> dict[str, Any]:
+        """Per model: requests, sessions, tokens by kind, cost, average latencies, errors."""
+        where, params = self._window(window)
+        rows = self._all(
+            f"SELECT COALESCE(r.model_used, r.model_requested) AS model, r.provider AS provider, "
+            f"{self._TOKEN_SUMS}, COUNT(DISTINCT r.session_id) AS sessions, "
+            "COUNT(CASE WHEN r.success = 0 THEN 1 END) AS failed_requests, "
+            "AVG(r.ttft_ms) AS avg_ttft_ms, AVG(r.provider_ms) AS avg_provider_ms "
+            f"FROM session_stats AS r {where} GROUP BY model, r.provider ORDER BY requests DESC, model",
+            params,
+        )
+        return {"models": [dict(r) for r in rows], **_window_dict(window)}
+
+    def stats_hours(self, window: StatsWindow) -> dict[str, Any]:
+        """Requests, tokens and cost per hour of the day (UTC, 0 to 23; hours without any included)."""
+        where, params = self._window(window)
+        rows = {
+            r["hour"]: dict(r)
+            for r in self._all(
+                "SELECT CAST(substr(r.started_at, 12, 2) AS INTEGER) AS hour, COUNT(*) AS requests, "
+                "COALESCE(SUM(r.total_tokens), 0) AS total_tokens, SUM(r.estimated_cost_usd) AS cost_usd "
+                f"FROM session_stats AS r {where} GROUP BY hour",
+                params,
+            )
+        }
+        hours = [rows.get(h, {"hour": h, "requests": 0, "total_tokens": 0, "cost_usd": None}) for h in range(24)]
+        return {"hours": hours, **_window_dict(window)}
+
+    def stats_tools(self, window: StatsWindow) -> dict[str, Any]:
+        """Per tool over the window: calls, errors, sessions, total and average duration."""
+        where, params = self._window(window, "t.created_at")
+        rows = self._all(
+            "SELECT t.tool_name AS tool_name, COUNT(*) AS calls, "
+            "COUNT(CASE WHEN t.is_error = 1 THEN 1 END) AS errors, COUNT(DISTINCT t.session_id) AS sessions, "
+            "COUNT(t.duration_ms) AS timed_calls, SUM(t.duration_ms) AS total_duration_ms, "
+            "AVG(t.duration_ms) AS avg_duration_ms "
+            f"FROM tool_call_executions AS t {where} GROUP BY t.tool_name ORDER BY calls DESC, tool_name",
+            params,
+        )
+        return {"tools": [dict(r) for r in rows], **_window_dict(window)}
+
+    def recent_sessions(self, limit: int, window: StatsWindow) -> list[dict[str, Any]]:
+        """The most recently active sessions."""
+        rows, _ = self.list_sessions(SessionFilters(window=window), "last_activity", "desc", limit, 0)
+        return rows
+
+    def user_agents(self, window: StatsWindow) -> dict[str, Any]:
+        """Per client and user agent: requests, sessions, tokens, cost, last seen."""
+        where, params = self._window(window)
+        rows = self._all(
+            "SELECT r.user_agent AS user_agent, COUNT(*) AS requests, "
+            "COUNT(DISTINCT r.session_id) AS sessions, COALESCE(SUM(r.total_tokens), 0) AS total_tokens, "
+            "SUM(r.estimated_cost_usd) AS cost_usd, MAX(r.started_at) AS last_seen "
+            f"FROM session_stats AS r {where} GROUP BY r.user_agent ORDER BY requests DESC",
+            params,
+        )
+        # The client from the user agent here, not the stored column: rows
+        # recorded before schema 4 have none.
+        return {
+            "user_agents": [{"client": client_name(r["user_agent"]), **dict(r)} for r in rows],
+            **_window_dict(window),
+        }
+
+    def models(self, window: StatsWindow) -> dict[str, Any]:
+        """The models seen (for filter lists), with their provider and request count."""
+        where, params = self._window(window)
+        rows = self._all(
+            "SELECT COALESCE(r.model_used, r.model_requested) AS model, r.provider AS provider, "
+            "COUNT(*) AS requests, MAX(r.started_at) AS last_seen "
+            f"FROM session_stats AS r {where} GROUP BY model, r.provider ORDER BY requests DESC, model",
+            params,
+        )
+        return {"models": [dict(r) for r in rows], **_window_dict(window)}
+
+    # -- deleting ----------------------------------------------------------
+
+    def delete_session(self, session_id: str) -> dict[str, Any]:
+        """
+        Remove a session everywhere: its rows (sessions, requests, tool
+        calls, stream metrics), its search entries and its JSONL files.
+        Needs a writable connection.  Returns what was removed.
+        """
+        conn = self.conn
+        self._require_session(session_id)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            fts_rows = conn.execute(
+                "SELECT id, request_id, session_id, request_text, response_text, thinking_text, "
+                "tool_input_text, tool_result_text FROM session_stats WHERE session_id = ?",
+                (session_id,),
+            ).fetchall()
+            conn.executemany(
+                "INSERT INTO messages_fts (messages_fts, rowid, request_id, session_id, request_text, "
+                "response_text, thinking_text, tool_input_text, tool_result_text) "
+                "VALUES ('delete', ?, ?, ?, ?, ?, ?, ?, ?)",
+                [tuple(r) for r in fts_rows],
+            )
+            removed: dict[str, Any] = {
+                "search_entries": len(fts_rows),
+                "requests": conn.execute("DELETE FROM session_stats WHERE session_id = ?", (session_id,)).rowcount,
+                "tool_calls": conn.execute(
+                    "DELETE FROM tool_call_executions WHERE session_id = ?", (session_id,)
+                ).rowcount,
+                "stream_metrics": conn.execute(
+                    "DELETE FROM stream_metrics WHERE session_id = ?", (session_id,)
+                ).rowcount,
+                "sessions": conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,)).rowcount,
+            }
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        removed["jsonl_files"] = self._delete_files(session_id)
+        return {"session_id": session_id, "removed": removed}
+
+    def _delete_files(self, session_id: str) -> list[str]:
+        """Remove the session's JSONL files (one file per session and start day)."""
+        if not self.jsonl_dir or not os.path.isdir(self.jsonl_dir):
+            return []
+        name = session_file_name(session_id)
+        removed = []
+        for day in sorted(os.listdir(self.jsonl_dir)):
+            path = os.path.join(self.jsonl_dir, day, name)
+            if os.path.isfile(path):
+                os.remove(path)
+                removed.append(os.path.join(day, name))
+        return removed
+
+
+def _window_dict(window: StatsWindow) -> dict[str, Any]:
+    return {"window": {"from": window.since, "to": window.until}}
+
+
+# --------------------------------------------------------------------------
+# Off the reactor
+
+
+def open_read_only(db_path: str) -> sqlite3.Connection:
+    """
+    A read-only connection to the session database (C{mode=ro}), usable
+    from the thread that opened it and others in turn.
+
+    @raise StoreUnavailable: no database there, or not one this code reads.
+    """
+    if not os.path.exists(db_path):
+        raise StoreUnavailable(f"no session database at {db_path} yet (nothing recorded)")
+    try:
+        conn = sqlite3.connect(
+            f"file:{quote(os.path.abspath(db_path))}?mode=ro", uri=True, timeout=10.0, check_same_thread=False
+        )
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"cannot read the session database: {exc}") from None
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise StoreUnavailable(
+            f"the session database has schema version {version}, this LunaRoute reads {SCHEMA_VERSION} "
+            "(the gateway upgrades it when recording starts)"
+        )
+    return conn
+
+
+@implementer(ISessionStore)
+class SessionStore:
+    """
+    L{ISessionStore} over the SQLite session database: each query runs in
+    C{threadpool} (the reactor's by default) on that thread's own
+    read-only connection, and fires a L{Deferred} on the reactor.
+
+    @param db_path: the database the SQLite writer fills.
+    @param reactor: provides C{callFromThread} and C{seconds} (the clock
+        for C{days} windows).
+    @param threadpool: where queries run; a pool with an C{inline}
+        attribute (L{lunaroute.sessions.recorder.InlineThreadPool}) runs them
+        at once, for tests.
+    @param jsonl_dir: the JSONL folder, whose files L{delete_session} removes.
+    """
+
+    def __init__(
+        self, db_path: str, reactor: Any = None, threadpool: Any = None, jsonl_dir: str | None = None
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.db_path = os.path.expanduser(db_path)
+        self.jsonl_dir = os.path.expanduser(jsonl_dir) if jsonl_dir else None
+        self.reactor = reactor
+        self._threadpool = threadpool
+        self._local = threading.local()
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _queries(self) -> SessionQueries:
+        queries = getattr(self._local, "queries", None)
+        if queries is None:
+            queries = SessionQueries(open_read_only(self.db_path), self.jsonl_dir)
+            self._local.queries = queries
+        return queries
+
+    def _call(self, method: str, *args: Any) -> Any:
+        queries = self._queries()
+        try:
+            return getattr(queries, method)(*args)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise StoreUnavailable(f"the session database is busy: {exc}") from None
+            # A replaced or corrupt file: reopen on the next query.
+            self._local.queries = None
+            queries.conn.close()
+            raise
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        pool = self._threadpool if self._threadpool is not None else self.reactor.getThreadPool()
+        if getattr(pool, "inline", False):
+            try:
+                return succeed(fn(*args))
+            except BaseException:
+                return fail(Failure())
+        return deferToThreadPool(self.reactor, pool, fn, *args)
+
+    def _query(self, method: str, *args: Any) -> Deferred[Any]:
+        return self._run(self._call, method, *args)
+
+    def now(self) -> float:
+        """The store's clock (the reactor's), in epoch seconds."""
+        return float(self.reactor.seconds())
+
+    def close(self) -> None:
+        """Close this thread's connection (the others close with their threads)."""
+        queries = getattr(self._local, "queries", None)
+        if queries is not None:
+            queries.conn.close()
+            self._local.queries = None
+
+    # -- ISessionStore -----------------------------------------------------
+
+    def list_sessions(
+        self,
+        filters: SessionFilters | None = None,
+        sort: str = "last_activity",
+        order: str = "desc",
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Deferred[tuple[list[dict[str, Any]], int]]:
+        return self._query("list_sessions", filters or SessionFilters(), sort, order, limit, offset)
+
+    def search(self, text: str, limit: int = 20) -> Deferred[list[dict[str, Any]]]:
+        return self._query("search", text, limit)
+
+    def get_session(self, session_id: str) -> Deferred[dict[str, Any]]:
+        return self._query("get_session", session_id)
+
+    def timeline(self, session_id: str) -> Deferred[list[dict[str, Any]]]:
+        return self._query("timeline", session_id)
+
+    def raw(self, session_id: str, request_id: str) -> Deferred[dict[str, Any]]:
+        return self._query("raw", session_id, request_id)
+
+    def tools(self, session_id: str) -> Deferred[list[dict[str, Any]]]:
+        return self._query("tools", session_id)
+
+    def export(self, session_id: str) -> Deferred[dict[str, Any]]:
+        return self._query("export_rows", session_id)
+
+    def turns(self, session_id: str, request_ids: list[str]) -> Deferred[list[dict[str, Any]]]:
+        return self._query("turns", session_id, request_ids)
+
+    def turns_after(self, session_id: str, request_id: str) -> Deferred[list[dict[str, Any]]]:
+        return self._query("turns_after", session_id, request_id)
+
+    def stats(self, name: str, window: StatsWindow) -> Deferred[dict[str, Any]]:
+        if name not in STATS:
+            raise ValueError(f"unknown statistics {name!r}")
+        return self._query(STATS[name], window)
+
+    def recent_sessions(self, limit: int, window: StatsWindow) -> Deferred[list[dict[str, Any]]]:
+        return self._query("recent_sessions", limit, window)
+
+    def delete_session(self, session_id: str) -> Deferred[dict[str, Any]]:
+        def delete() -> dict[str, Any]:
+            self._queries()  # the database must exist and be current
+            conn = connect(self.db_path)
+            try:
+                return SessionQueries(conn, self.jsonl_dir).delete_session(session_id)
+            finally:
+                conn.close()
+
+        return self._run(delete)
+
+
+# Statistics by name (the API's /api/stats/<name>, /api/user-agents,
+# /api/models) -> SessionQueries method.
+STATS: Mapping[str, str] = {
+    "overview": "stats_overview",
+    "tokens": "stats_tokens",
+    "tools": "stats_tools",
+    "costs": "stats_costs",
+    "models": "stats_models",
+    "hours": "stats_hours",
+    "spending": "stats_spending",
+    "user-agents": "user_agents",
+    "model-list": "models",
+}
+
+
+def check_ids(*values: tuple[str, str]) -> None:
+    """
+    Each C{(param, value)} must be a safe id (letters, digits, C{-}, C{_};
+    1 to 255): checked before an id touches a path or a query.
+
+    @raise BadParameter: naming the first bad one.
+    """
+    for param, value in values:
+        if not is_valid_session_id(value):
+            raise BadParameter(f"{param} must be 1 to 255 letters, digits, '-' or '_'", param)
+
