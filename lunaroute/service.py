@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from lunaroute.api import with_session_api
 from lunaroute.config import Settings, pending_feature_warnings, setting_lines
 from lunaroute.errors import ConfigError
 from lunaroute.logs import log_observer, set_log_level
@@ -91,7 +92,12 @@ class GatewayService(MultiService):
             readiness=ReadinessChecker(reactor),
             request_log=request_log,
         )
-        resource = GuardedResource(self.gateway.resource(), AccessPolicy(settings.http_server))
+        # The session API (/sessions, /api/...) in front of the proxy routes,
+        # all behind the access guard.
+        resource = GuardedResource(
+            with_session_api(self.gateway.resource(), settings, self.recorder, reactor, self.pricing),
+            AccessPolicy(settings.http_server),
+        )
         self.site = gateway_site(resource, settings.http_server, reactor)
         self.proxy_listener = ListenerService(
             serverFromString(reactor, endpoint_description(settings.host, settings.port)),
@@ -210,9 +216,9 @@ def exposure_warning(settings: Settings) -> str | None:
         guarded = "need the gateway token (http_server.auth_token)"
         if not settings.http_server.require_auth_for_proxy:
             guarded += "; the provider routes do not (http_server.require_auth_for_proxy: false)"
-        return f"listening on {settings.host}, beyond loopback: /metrics and /_lunaroute/stats {guarded}"
+        return f"listening on {settings.host}, beyond loopback: /metrics, /_lunaroute/stats and /sessions {guarded}"
     return (
-        f"listening on {settings.host}, beyond loopback: /metrics and /_lunaroute/stats are readable "
+        f"listening on {settings.host}, beyond loopback: /metrics, /_lunaroute/stats and /sessions are readable "
         "by anyone who can reach this port, and so is the proxy; set http_server.auth_token "
         "(and http_server.require_auth_for_proxy) to protect them"
     )
