@@ -562,11 +562,18 @@ def format_count(value: int, compact: bool = False) -> str:
     return str(value)
 
 
-def format_cost(totals: Totals) -> str:
-    """C{$1.23}; C{$1.23*} when some requests had no known price; C{-} when none had."""
+def format_cost(totals: Totals, compact: bool = False) -> str:
+    """
+    C{$1.23}; C{$1.23*} when some requests had no known price; C{-} when
+    none had.  C{compact} shortens $10,000 and more (C{$12.3K}).
+    """
     if not totals.priced_costs:
         return "-"
-    text = f"${totals.cost_usd:,.2f}"
+    cost = totals.cost_usd
+    if compact and cost >= 10_000:
+        text = "$" + format_count(int(round(cost)), compact=True)
+    else:
+        text = f"${cost:,.2f}"
     return text if totals.cost_complete else text + "*"
 
 
@@ -660,7 +667,7 @@ def _figures(totals: Totals, compact: bool) -> list[str]:
         format_count(totals.cache_creation_tokens, compact),
         format_count(totals.cache_read_tokens, compact),
         format_count(totals.total_tokens, compact),
-        format_cost(totals),
+        format_cost(totals, compact),
     ]
 
 
@@ -686,7 +693,8 @@ def report_table(report: Report, breakdown: bool = False, compact: bool = False)
             key = [group.key, group.totals.last.astimezone(report.zone).strftime("%Y-%m-%d %H:%M")]
         block = blocks.get(group.key)
         if block is not None:
-            key = [block.start.astimezone(report.zone).strftime("%Y-%m-%d %H:%M")]
+            local = block.start.astimezone(report.zone)
+            key = [local.strftime("%Y-%m-%d"), local.strftime("%H:%M")]
             if block.active(now):
                 key.append("ACTIVE")
         models = sorted(short_model(name) for name in group.totals.models)
