@@ -413,8 +413,8 @@ def test_every_report_fits_80_columns(kind: str, fancy: bool) -> None:
 def test_small_figures_are_printed_exactly(db: Path) -> None:
     out = io.StringIO()
     assert run_report(args(db, json=False), out=out) == 0
-    assert "12,850" in out.getvalue() and "$0.04" in out.getvalue()
-    assert "$0.79*" in out.getvalue() and reports.UNPRICED_NOTE in out.getvalue()
+    assert "12,850" in out.getvalue() and "$0.039" in out.getvalue()
+    assert "$0.789*" in out.getvalue() and reports.UNPRICED_NOTE in out.getvalue()
 
 
 def test_output_that_is_not_a_terminal_is_plain_text(db: Path) -> None:

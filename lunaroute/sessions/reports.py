@@ -564,14 +564,16 @@ def format_count(value: int, compact: bool = False) -> str:
 
 def format_cost(totals: Totals, compact: bool = False) -> str:
     """
-    C{$1.23}; C{$1.23*} when some requests had no known price; C{-} when
-    none had.  C{compact} shortens $10,000 and more (C{$12.3K}).
+    C{$1.23} (C{$0.042} under a dollar); C{$1.23*} when some requests had
+    no known price; C{-} when none had.  C{compact} shortens $10,000 and more (C{$12.3K}).
     """
     if not totals.priced_costs:
         return "-"
     cost = totals.cost_usd
     if compact and cost >= 10_000:
         text = "$" + format_count(int(round(cost)), compact=True)
+    elif 0 < cost < 1:
+        text = f"${cost:.3f}"  # a tenth of a cent still shows
     else:
         text = f"${cost:,.2f}"
     return text if totals.cost_complete else text + "*"
@@ -700,7 +702,7 @@ def report_table(report: Report, breakdown: bool = False, compact: bool = False)
         models = sorted(short_model(name) for name in group.totals.models)
         table.add(key, models, *_figures(group.totals, compact))
         if breakdown and len(group.by_model) > 0:
-            for name, totals in sorted(group.by_model.items()):
+            for name, totals in sorted(group.by_model.items(), key=lambda item: short_model(item[0])):
                 table.add("", "- " + short_model(name), *_figures(totals, compact))
     if report.groups:
         table.separator_before = {len(table.rows)}
