@@ -374,6 +374,21 @@ def test_a_missing_database_is_one_line_and_status_1(tmp_path: Path, capsys: pyt
     assert not missing.exists()  # read-only: never created
 
 
+def test_an_old_schema_is_one_line_asking_for_the_upgrade(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A v1 database (no costs, no search index) is not upgraded by a read-only report: it says how."""
+    old = tmp_path / "v1.db"
+    conn = sqlite3.connect(old)
+    conn.execute("CREATE TABLE session_stats (id INTEGER PRIMARY KEY, request_id TEXT)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    before = old.read_bytes()
+    assert run_report(args(old), out=io.StringIO()) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "has schema v1, older than v2" in lines[0] and "import-sessions" in lines[0]
+    assert old.read_bytes() == before
+
+
 # --------------------------------------------------------------------------
 # Tables: 80 columns, plain when not a terminal
 

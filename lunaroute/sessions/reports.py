@@ -40,6 +40,8 @@ REPORT_KINDS = ("daily", "weekly", "monthly", "session", "blocks")
 CLIENTS = ("Claude Code", "Codex", "other")
 BLOCK_HOURS = 5
 DEFAULT_WIDTH = 80
+# Costs per request and the search index came with session schema v2.
+MIN_SCHEMA = 2
 
 # Exit statuses: 1 for a database or configuration problem, 2 for a bad
 # argument (argparse's convention), a malformed search query included.
@@ -846,8 +848,16 @@ def connect_readonly(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
         conn = sqlite3.connect(uri, uri=True)
         conn.row_factory = sqlite3.Row
         conn.execute("SELECT 1 FROM session_stats LIMIT 1").fetchall()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as exc:
         raise ReportError(f"cannot read the session database {path}: {exc}") from None
+    if version < MIN_SCHEMA:
+        conn.close()
+        # Read-only: the upgrade is the writer's job.
+        raise ReportError(
+            f"the session database {path} has schema v{version}, older than v{MIN_SCHEMA}: start the gateway "
+            "with recording on, or run 'lunaroute-server import-sessions', to upgrade it"
+        )
     return conn
 
 
