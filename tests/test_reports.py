@@ -171,6 +171,23 @@ def test_report_cost_is_the_sum_of_the_per_request_costs(db: Path) -> None:
         assert row_sum == pytest.approx(expected, abs=1e-12), kind
 
 
+def test_a_request_without_a_start_counts_when_it_finished(tmp_path: Path) -> None:
+    """Only the completion of a request reached the database (an import of a cut file): it still counts, once."""
+    path = tmp_path / "partial.db"
+    events = exchange_events(make_exchange("s9", at("2025-06-20T23:59:59"), request_id="r9", cost_usd=0.5))
+    writer = SQLiteWriter(str(path))
+    writer.write_batch([event for event in events if event["type"] not in ("started", "request_recorded")])
+    writer.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT started_at, completed_at FROM session_stats").fetchall() == [
+        (None, "2025-06-21T00:00:00.201Z")
+    ]
+    conn.close()
+    rows = report_json(path, "daily", since="2025-06-21", until="2025-06-21")["rows"]
+    assert [(row["date"], row["requests"], row["cost_usd"]) for row in rows] == [("2025-06-21", 1, 0.5)]
+    assert report_json(path, "daily", until="2025-06-20")["rows"] == []
+
+
 def test_weekly_and_monthly_group_by_monday_and_month(db: Path) -> None:
     """2025-06-15 is a Sunday (week of 06-09), 06-16 a Monday, 07-02 in the week of 06-30."""
     weekly = {row["week"]: row["requests"] for row in report_json(db, "weekly")["rows"]}

@@ -883,15 +883,20 @@ def query_usage_rows(
     extra = [name for name in ("project", "client") if name in session_columns]
     select = ", ".join(f"se.{name} AS {name}" for name in extra)
     join = " LEFT JOIN sessions AS se ON se.session_id = s.session_id" if extra else ""
-    at = "COALESCE(s.started_at, s.completed_at)"
-    where = [f"{at} IS NOT NULL"]
+    # A request counts when it was received (started_at), or finished when
+    # that is unknown.  Written as an OR rather than COALESCE() so that an
+    # index leading with started_at can serve the range.
+    where: list[str] = []
     params: list[Any] = []
-    if low is not None:
-        where.append(f"{at} >= ?")
-        params.append(low)
-    if high is not None:
-        where.append(f"{at} < ?")
-        params.append(high)
+    bounds = [(op, value) for op, value in ((">=", low), ("<", high)) if value is not None]
+    if bounds:
+        started = " AND ".join(f"s.started_at {op} ?" for op, _ in bounds)
+        completed = " AND ".join(f"s.completed_at {op} ?" for op, _ in bounds)
+        where.append(f"(({started}) OR (s.started_at IS NULL AND {completed}))")
+        params.extend(value for _, value in bounds)
+        params.extend(value for _, value in bounds)
+    else:
+        where.append("COALESCE(s.started_at, s.completed_at) IS NOT NULL")
     if model:
         where.append("instr(lower(COALESCE(s.model_used, s.model_requested, '')), lower(?)) > 0")
         params.append(model)
@@ -913,7 +918,6 @@ def query_usage_rows(
         + join
         + " WHERE "
         + " AND ".join(where)
-        + f" ORDER BY {at}, s.id"
     )
     rows = []
     for record in conn.execute(sql, params):
