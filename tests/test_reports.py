@@ -188,6 +188,38 @@ def test_a_request_without_a_start_counts_when_it_finished(tmp_path: Path) -> No
     assert report_json(path, "daily", until="2025-06-20")["rows"] == []
 
 
+def test_requests_are_summed_per_quarter_hour_and_still_split_at_a_half_hour_midnight(tmp_path: Path) -> None:
+    """
+    The database sums requests of one model and client per quarter of an
+    hour; India (UTC+5:30) has its midnight at 18:30Z, a quarter's edge, so
+    18:29:59Z and 18:31Z still land on different local days.
+    """
+    path = tmp_path / "quarters.db"
+    specs: list[dict[str, Any]] = [
+        dict(request_id="q1", session_id="k", received=at("2025-06-15T18:16:00"), cost_usd=0.25),
+        dict(request_id="q2", session_id="k", received=at("2025-06-15T18:20:00"), cost_usd=0.5),
+        dict(request_id="q3", session_id="k", received=at("2025-06-15T18:29:59"), cost_usd=None),
+        dict(request_id="q4", session_id="k", received=at("2025-06-15T18:31:00"), cost_usd=0.125),
+    ]
+    record(path, specs)
+    conn = reports.connect_readonly(path)
+    rows, _ = reports.query_usage_rows(conn)
+    conn.close()
+    assert sorted((row.requests, row.priced, row.cost_usd, row.input_tokens) for row in rows) == [
+        (1, 1, 0.125, 1200),
+        (3, 2, 0.75, 3600),
+    ]
+    kolkata = report_json(path, "daily", timezone="Asia/Kolkata")["rows"]
+    assert [(r["date"], r["requests"], r["unpriced_requests"], r["cost_usd"]) for r in kolkata] == [
+        ("2025-06-15", 3, 1, 0.75),
+        ("2025-06-16", 1, 0, 0.125),
+    ]
+    blocks = report_json(path, "blocks")["rows"]
+    assert [(b["first_request"], b["last_request"], b["requests"]) for b in blocks] == [
+        ("2025-06-15T18:16:00.000Z", "2025-06-15T18:31:00.000Z", 4)
+    ]
+
+
 def test_weekly_and_monthly_group_by_monday_and_month(db: Path) -> None:
     """2025-06-15 is a Sunday (week of 06-09), 06-16 a Monday, 07-02 in the week of 06-30."""
     weekly = {row["week"]: row["requests"] for row in report_json(db, "weekly")["rows"]}
@@ -306,7 +338,7 @@ def test_blocks_report_boundaries_burn_rate_and_projection(db: Path) -> None:
 
 def _row(when: datetime, tokens: int = 10, cost: float | None = 0.01, model: str = SONNET) -> UsageRow:
     return UsageRow(
-        request_id=when.isoformat(), session_id="s", at=when, model=model, client="Claude Code",
+        session_id="s", first=when, model=model, client="Claude Code",
         input_tokens=tokens, output_tokens=0, cache_creation_tokens=0, cache_read_tokens=0, cost_usd=cost,
     )
 
@@ -421,7 +453,7 @@ def _big_rows() -> list[UsageRow]:
     models = [SONNET, "gpt-5-codex-high-reasoning-preview-2025-09-15", OPUS]
     return [
         UsageRow(
-            request_id=str(i), session_id=f"3f1c9a2e-7b4d-4e8a-9c61-2d5f8e0b7a1{i % 3}", at=base + timedelta(hours=7 * i),
+            session_id=f"3f1c9a2e-7b4d-4e8a-9c61-2d5f8e0b7a1{i % 3}", first=base + timedelta(hours=7 * i),
             model=models[i % 3], client="Claude Code", input_tokens=123_456_789, output_tokens=9_876_543,
             cache_creation_tokens=45_678_901, cache_read_tokens=987_654_321, cost_usd=12345.678 if i % 4 else None,
         )

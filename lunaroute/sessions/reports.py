@@ -176,20 +176,25 @@ def short_model(model: str | None) -> str:
 # Pure helpers: grouping
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class UsageRow:
     """
-    One request's usage as the report counts it.
+    The usage of one request, or of several requests of the same kind
+    (model, client, session) received within the same quarter of an hour,
+    summed by the database (L{query_usage_rows}).  A quarter of an hour
+    never straddles a day in any time zone (their offsets are multiples of
+    15 minutes) nor a 5-hour block's end (always on the hour), so the
+    reports group such rows as they would group the requests.
 
     C{input_tokens} is the input that was not read from the cache: OpenAI
     counts cached tokens inside its input figure, Anthropic apart from it,
-    so for OpenAI dialects the cache reads are taken out (L{usage_row}) and
-    the columns mean the same for every provider.
+    so for OpenAI dialects the cache reads are taken out and the columns
+    mean the same for every provider.  C{cost_usd} is the sum of the known
+    costs of the C{priced} requests among C{requests}.
     """
 
-    request_id: str
     session_id: str
-    at: datetime
+    first: datetime
     model: str | None
     client: str
     input_tokens: int
@@ -197,7 +202,16 @@ class UsageRow:
     cache_creation_tokens: int
     cache_read_tokens: int
     cost_usd: float | None
+    requests: int = 1
+    priced: int | None = None
+    last: datetime | None = None
     project: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.priced is None:
+            self.priced = self.requests if self.cost_usd is not None else 0
+        if self.last is None:
+            self.last = self.first
 
     @property
     def total_tokens(self) -> int:
@@ -206,30 +220,30 @@ class UsageRow:
 
 def usage_row(record: dict[str, Any]) -> UsageRow | None:
     """
-    A L{UsageRow} from a C{session_stats} row (a dict of its columns, plus
-    C{client} and C{project} from C{sessions} when the schema has them);
-    C{None} for a row without a timestamp.
+    A L{UsageRow} from a row of L{query_usage_rows}' query (C{first_at},
+    C{last_at}, C{requests}, C{priced}, the summed token columns with the
+    OpenAI input already net of cache reads, C{cost}, and C{user_agent} or
+    a stored C{client}); C{None} for a row without a timestamp.
     """
-    at = record.get("started_at") or record.get("completed_at")
-    if not at:
+    first = record.get("first_at")
+    if not first:
         return None
-    input_tokens = int(record.get("input_tokens") or 0)
-    cache_read = int(record.get("cache_read_tokens") or 0)
-    if str(record.get("dialect") or "").startswith("openai"):
-        input_tokens = max(0, input_tokens - cache_read)
-    cost = record.get("estimated_cost_usd")
+    last = record.get("last_at") or first
     stored_client = record.get("client")
+    cost = record.get("cost")
     return UsageRow(
-        request_id=str(record.get("request_id") or ""),
         session_id=str(record.get("session_id") or ""),
-        at=parse_iso(str(at)),
-        model=record.get("model_used") or record.get("model_requested") or None,
+        first=parse_iso(str(first)),
+        last=parse_iso(str(last)),
+        model=record.get("model") or None,
         client=client_category(stored_client) if stored_client else client_of(record.get("user_agent")),
-        input_tokens=input_tokens,
+        input_tokens=int(record.get("input_tokens") or 0),
         output_tokens=int(record.get("output_tokens") or 0),
         cache_creation_tokens=int(record.get("cache_creation_tokens") or 0),
-        cache_read_tokens=cache_read,
+        cache_read_tokens=int(record.get("cache_read_tokens") or 0),
         cost_usd=float(cost) if cost is not None else None,
+        requests=int(record.get("requests") or 1),
+        priced=int(record.get("priced") or 0),
         project=record.get("project") or None,
     )
 
@@ -260,20 +274,21 @@ class Totals:
     last: datetime | None = None
 
     def add(self, row: UsageRow) -> None:
-        self.requests += 1
+        self.requests += row.requests
         self.input_tokens += row.input_tokens
         self.output_tokens += row.output_tokens
         self.cache_creation_tokens += row.cache_creation_tokens
         self.cache_read_tokens += row.cache_read_tokens
-        if row.cost_usd is None:
-            self.unpriced_requests += 1
-        else:
+        priced = row.priced or 0
+        if priced and row.cost_usd is not None:
             self.priced_costs.append(row.cost_usd)
+        self.unpriced_requests += row.requests - priced
         self.models.add(row.model or "unknown")
-        if self.first is None or row.at < self.first:
-            self.first = row.at
-        if self.last is None or row.at > self.last:
-            self.last = row.at
+        last = row.last or row.first
+        if self.first is None or row.first < self.first:
+            self.first = row.first
+        if self.last is None or last > self.last:
+            self.last = last
 
     @property
     def total_tokens(self) -> int:
@@ -405,9 +420,9 @@ def split_blocks(rows: Iterable[UsageRow]) -> list[Block]:
     starts the next one (so idle stretches make no empty blocks).
     """
     blocks: list[Block] = []
-    for row in sorted(rows, key=lambda r: (r.at, r.request_id)):
-        if not blocks or row.at >= blocks[-1].end:
-            start = row.at.replace(minute=0, second=0, microsecond=0)
+    for row in sorted(rows, key=lambda r: (r.first, r.model or "")):
+        if not blocks or row.first >= blocks[-1].end:
+            start = row.first.replace(minute=0, second=0, microsecond=0)
             blocks.append(Block(start, Group(iso_utc(start))))
         blocks[-1].group.add(row)
     return blocks
@@ -538,7 +553,7 @@ def build_report(
     rows = list(rows)
     blocks: list[Block] = []
     if kind in ("daily", "weekly", "monthly"):
-        groups = group_rows(rows, lambda row: period_key(kind, row.at, zone))
+        groups = group_rows(rows, lambda row: period_key(kind, row.first, zone))
     elif kind == "session":
         groups = group_sessions(rows)
     elif kind == "blocks":
@@ -865,6 +880,12 @@ def columns_of(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
+# The quarter of an hour a request was received in: C{2025-06-15T14:3}
+# for 14:45-14:59 (the digit is the quarter).
+_AT = "COALESCE(s.started_at, s.completed_at)"
+_QUARTER = f"substr({_AT}, 1, 14) || (CAST(substr({_AT}, 15, 2) AS INTEGER) / 15)"
+
+
 def query_usage_rows(
     conn: sqlite3.Connection,
     *,
@@ -872,17 +893,20 @@ def query_usage_rows(
     high: str | None = None,
     model: str | None = None,
     project: str | None = None,
+    by_session: bool = False,
 ) -> tuple[list[UsageRow], list[str]]:
     """
-    The requests received in C{[low, high)} (ISO UTC), with the model
-    (part of its id) and project (part of its path) filters applied in SQL;
-    and notes for the user (a filter the database cannot apply).
+    The usage of the requests received in C{[low, high)} (ISO UTC), summed
+    by the database per quarter of an hour, model, user agent (or stored
+    client) and, with C{by_session}, session (see L{UsageRow}); the model
+    (part of its id) and project (part of its path) filters applied in SQL.
+    Also returns notes for the user (a filter the database cannot apply).
     """
     notes: list[str] = []
     session_columns = columns_of(conn, "sessions")
-    extra = [name for name in ("project", "client") if name in session_columns]
-    select = ", ".join(f"se.{name} AS {name}" for name in extra)
-    join = " LEFT JOIN sessions AS se ON se.session_id = s.session_id" if extra else ""
+    has_project = "project" in session_columns
+    has_client = "client" in session_columns
+    join = " LEFT JOIN sessions AS se ON se.session_id = s.session_id" if has_project or has_client else ""
     # A request counts when it was received (started_at), or finished when
     # that is unknown.  Written as an OR rather than COALESCE() so that an
     # index leading with started_at can serve the range.
@@ -896,12 +920,12 @@ def query_usage_rows(
         params.extend(value for _, value in bounds)
         params.extend(value for _, value in bounds)
     else:
-        where.append("COALESCE(s.started_at, s.completed_at) IS NOT NULL")
+        where.append(f"{_AT} IS NOT NULL")
     if model:
         where.append("instr(lower(COALESCE(s.model_used, s.model_requested, '')), lower(?)) > 0")
         params.append(model)
     if project:
-        if "project" in extra:
+        if has_project:
             where.append("instr(COALESCE(se.project, ''), ?) > 0")
             params.append(project)
         else:
@@ -909,15 +933,25 @@ def query_usage_rows(
                 "this database records no project yet (it comes with session schema v4); "
                 "--project filtered nothing"
             )
+    keys = [
+        _QUARTER,
+        "COALESCE(s.model_used, s.model_requested)",
+        "se.client" if has_client else "NULL",
+        "s.user_agent",
+        "s.session_id" if by_session else "NULL",
+    ]
+    # OpenAI's input includes its cache reads: the report's input is net of them.
+    net_input = (
+        "CASE WHEN s.dialect LIKE 'openai%' THEN MAX(0, s.input_tokens - s.cache_read_tokens) "
+        "ELSE s.input_tokens END"
+    )
     sql = (
-        "SELECT s.request_id, s.session_id, s.started_at, s.completed_at, s.model_used, "
-        "s.model_requested, s.dialect, s.user_agent, s.input_tokens, s.output_tokens, "
-        "s.cache_creation_tokens, s.cache_read_tokens, s.estimated_cost_usd"
-        + (", " + select if select else "")
-        + " FROM session_stats AS s"
-        + join
-        + " WHERE "
-        + " AND ".join(where)
+        f"SELECT MIN({_AT}) AS first_at, MAX({_AT}) AS last_at, "
+        f"{keys[1]} AS model, {keys[2]} AS client, s.user_agent AS user_agent, {keys[4]} AS session_id, "
+        f"COUNT(*) AS requests, COUNT(s.estimated_cost_usd) AS priced, SUM(s.estimated_cost_usd) AS cost, "
+        f"SUM({net_input}) AS input_tokens, SUM(s.output_tokens) AS output_tokens, "
+        "SUM(s.cache_creation_tokens) AS cache_creation_tokens, SUM(s.cache_read_tokens) AS cache_read_tokens "
+        f"FROM session_stats AS s{join} WHERE " + " AND ".join(where) + " GROUP BY " + ", ".join(keys)
     )
     rows = []
     for record in conn.execute(sql, params):
@@ -1011,13 +1045,14 @@ def run_report(args: argparse.Namespace, out: TextIO | None = None, now: datetim
         low, high = day_bounds(since, until, zone)
         conn = connect_readonly(_db_path(args))
         try:
-            rows, notes = query_usage_rows(conn, low=low, high=high, model=args.model, project=args.project)
+            rows, notes = query_usage_rows(
+                conn, low=low, high=high, model=args.model, project=args.project, by_session=args.kind == "session"
+            )
         except sqlite3.Error as exc:
             raise ReportError(f"cannot read the session database: {exc}") from None
         finally:
             conn.close()
-        has_project = not any("--project" in note for note in notes)
-        rows = filter_rows(rows, client=client, project=args.project if has_project else None)
+        rows = filter_rows(rows, client=client)  # model and project were filtered in SQL
         report = build_report(
             args.kind,
             rows,
