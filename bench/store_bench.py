@@ -220,7 +220,7 @@ def time_report(db_path: str, repeat: int) -> dict[str, Any]:
     low, high = reports.day_bounds(reports.parse_day("2025-01-01"), reports.parse_day("2025-12-31"), zone)
     runs = []
     phases: dict[str, list[float]] = {"query": [], "group_and_render": []}
-    rows_seen = 0
+    rows_seen = requests = 0
     for _ in range(repeat):
         began = time.perf_counter()
         conn = reports.connect_readonly(db_path)
@@ -234,8 +234,10 @@ def time_report(db_path: str, repeat: int) -> dict[str, Any]:
         phases["group_and_render"].append(done - queried)
         runs.append(done - began)
         rows_seen = len(rows)
+        requests = sum(row.requests for row in rows)
     return {
-        "requests": rows_seen,
+        "requests": requests,
+        "summed_rows": rows_seen,
         "median_ms": _ms(statistics.median(runs)),
         "max_ms": _ms(max(runs)),
         "query_median_ms": _ms(statistics.median(phases["query"])),
