@@ -586,3 +586,31 @@ def test_lunaroute_server_search_and_its_errors(db: Path) -> None:
     assert usage.returncode == 2 and len(usage.stderr.strip().splitlines()) == 1
     listed = _server("--help")
     assert "report" in listed.stdout and "search" in listed.stdout
+
+
+@pytest.mark.skipif(not Path(SERVER).exists(), reason="lunaroute is not installed (pip install .)")
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_lunaroute_server_report_on_a_terminal_draws_boxes_within_80_columns(db: Path) -> None:
+    """The same command on a (pseudo-)terminal: box lines and a bold header, still within its 80 columns."""
+    controller, terminal = os.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LUNAROUTE_") and k != "NO_COLOR"}
+    env.update(COLUMNS="80", LINES="24", TERM="xterm-256color")
+    process = subprocess.Popen(
+        [SERVER, "report", "session", "--breakdown", "--db-path", str(db), "-z", "UTC"],
+        stdout=terminal, stderr=subprocess.PIPE, env=env,
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    assert process.wait(timeout=120) == 0
+    text = b"".join(chunks).decode().replace("\r\n", "\n")
+    assert "┌" in text and "│" in text and "\x1b[1m" in text
+    assert max(len(reports._ANSI.sub("", line)) for line in text.splitlines()) <= 80
