@@ -205,7 +205,6 @@ class UsageRow:
     requests: int = 1
     priced: int | None = None
     last: datetime | None = None
-    project: str | None = None
 
     def __post_init__(self) -> None:
         if self.priced is None:
@@ -244,7 +243,6 @@ def usage_row(record: dict[str, Any]) -> UsageRow | None:
         cost_usd=float(cost) if cost is not None else None,
         requests=int(record.get("requests") or 1),
         priced=int(record.get("priced") or 0),
-        project=record.get("project") or None,
     )
 
 
@@ -428,29 +426,19 @@ def split_blocks(rows: Iterable[UsageRow]) -> list[Block]:
     return blocks
 
 
-def filter_rows(
-    rows: Iterable[UsageRow],
-    *,
-    model: str | None = None,
-    client: str | None = None,
-    project: str | None = None,
-) -> list[UsageRow]:
+def filter_rows(rows: Iterable[UsageRow], *, model: str | None = None, client: str | None = None) -> list[UsageRow]:
     """
     The rows matching every filter given: C{model} as a case-insensitive
-    part of the model id (C{sonnet}), C{client} one of L{CLIENTS},
-    C{project} as a part of the project.
+    part of the model id (C{sonnet}), C{client} one of L{CLIENTS}.  (The
+    queries filter models, and projects, in SQL already.)
     """
     wanted_model = model.lower() if model else None
-    out = []
-    for row in rows:
-        if wanted_model is not None and wanted_model not in (row.model or "").lower():
-            continue
-        if client is not None and row.client != client:
-            continue
-        if project is not None and (row.project is None or project not in row.project):
-            continue
-        out.append(row)
-    return out
+    return [
+        row
+        for row in rows
+        if (wanted_model is None or wanted_model in (row.model or "").lower())
+        and (client is None or row.client == client)
+    ]
 
 
 # --------------------------------------------------------------------------
