@@ -24,7 +24,9 @@ Then times, on this thread, with a read-only connection like the CLI's:
     --json} (process start-up included) when it is on the PATH;
   - the FTS5 search of C{lunaroute-server search}: p50/p95/max over
     C{--queries} queries (single common and rare words, prefixes, phrases,
-    C{AND}, a column filter), 20 hits each with snippets;
+    C{AND}, a column filter), 20 hits each with snippets, ranked among the
+    most recent matches (L{reports.SEARCH_WINDOW}) as by default, then
+    ranking every match as with C{--all};
   - with C{--try-usage-index}, the report again after adding a covering
     index of the columns it reads (an experiment: the schema has no such
     index);
@@ -303,21 +305,23 @@ def time_cli(db_path: str) -> dict[str, Any] | None:
     return {"wall_ms": _ms(elapsed), "days": days}
 
 
-def time_search(db_path: str, count: int) -> dict[str, Any]:
+def time_search(db_path: str, count: int, window: int | None = reports.SEARCH_WINDOW) -> dict[str, Any]:
+    """The search as C{lunaroute-server search} runs it (C{window} None: as with C{--all})."""
     conn = reports.connect_readonly(db_path)
     times: list[float] = []
     per_query: dict[str, list[float]] = {}
-    hits = 0
+    hits = windowed = 0
     try:
         # One untimed pass so the first query does not pay for a cold cache alone.
         for query in QUERIES:
-            reports.query_search(conn, query, 20)
+            reports.query_search(conn, query, 20, window)
         for index in range(count):
             query = QUERIES[index % len(QUERIES)]
             began = time.perf_counter()
-            found = reports.query_search(conn, query, 20)
+            found = reports.query_search(conn, query, 20, window)
             elapsed = time.perf_counter() - began
-            hits += len(found)
+            hits += len(found.hits)
+            windowed += found.windowed
             times.append(elapsed)
             per_query.setdefault(query, []).append(elapsed)
     finally:
@@ -329,6 +333,8 @@ def time_search(db_path: str, count: int) -> dict[str, Any]:
         "p95_ms": _ms(percentile(times, 0.95)),
         "max_ms": _ms(max(times)),
         "mean_hits": round(hits / count, 1),
+        "window": window,
+        "queries_past_the_window": windowed,
         "slowest_query": slowest,
         "slowest_median_ms": _ms(statistics.median(per_query[slowest])),
     }
@@ -383,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         results["report_daily_cli"] = time_cli(db_path)
         print("timing FTS queries", file=sys.stderr)
         results["search"] = time_search(db_path, args.queries)
+        print("timing FTS queries with --all", file=sys.stderr)
+        results["search_all"] = time_search(db_path, max(len(QUERIES), args.queries // 3), None)
         if args.try_usage_index:
             print("timing report daily with a covering usage index", file=sys.stderr)
             results["report_daily_with_usage_index"] = try_usage_index(db_path, args.repeat)

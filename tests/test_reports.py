@@ -508,7 +508,9 @@ def test_a_terminal_gets_box_lines_within_its_width(db: Path, monkeypatch: pytes
 
 
 def search_args(db: Path, query: str, **options: Any) -> argparse.Namespace:
-    values: dict[str, Any] = dict(query=query, limit=20, json=True, timezone="UTC", db_path=str(db), config=None)
+    values: dict[str, Any] = dict(
+        query=query, limit=20, json=True, timezone="UTC", db_path=str(db), config=None, all=False
+    )
     values.update(options)
     return argparse.Namespace(**values)
 
@@ -534,6 +536,28 @@ def test_search_returns_turns_with_highlighted_snippets(db: Path, monkeypatch: p
         out = io.StringIO()
         assert run_search(search_args(db, query), out=out) == 0
         assert {hit["request_id"] for hit in json.loads(out.getvalue())["hits"]} == expected, query
+
+
+def test_search_ranks_the_most_recent_matches_unless_asked_for_all(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the window, only the newest matching turns are ranked, and the output says so; --all ranks them all."""
+    conn = reports.connect_readonly(db)
+    try:
+        everything = reports.query_search(conn, "parser", window=None)
+        assert {hit.request_id for hit in everything.hits} == {"r1", "r2", "r3"} and not everything.windowed
+        recent = reports.query_search(conn, "parser", window=2)
+        assert {hit.request_id for hit in recent.hits} == {"r2", "r3"} and recent.windowed
+        exact = reports.query_search(conn, "parser", window=3)
+        assert len(exact.hits) == 3 and not exact.windowed
+    finally:
+        conn.close()
+    monkeypatch.setattr(reports, "SEARCH_WINDOW", 2)
+    out = io.StringIO()
+    assert run_search(search_args(db, "parser", json=False), out=out) == 0
+    assert "Note: more than 2 turns match" in out.getvalue() and "--all" in out.getvalue()
+    out = io.StringIO()
+    assert run_search(search_args(db, "parser", all=True), out=out) == 0
+    answer = json.loads(out.getvalue())
+    assert len(answer["hits"]) == 3 and answer["ranked_recent_only"] is False
 
 
 def test_search_text_names_the_turn_and_the_command_to_open_it(db: Path) -> None:

@@ -957,29 +957,56 @@ def _fts_problem(exc: sqlite3.Error) -> bool:
     )
 
 
-def query_search(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[SearchHit]:
+# How many of the most recently recorded matching turns a search ranks by
+# default.  bm25() costs about a microsecond per matching row, and a word
+# of Claude Code's system prompt matches every turn: ranking a window keeps a
+# search fast however big the store grows (see docs/performance.md).
+SEARCH_WINDOW = 5_000
+
+
+@dataclass
+class SearchResult:
+    hits: list[SearchHit]
+    # True when more turns matched than the window ranked.
+    windowed: bool = False
+    window: int = 0
+
+
+def query_search(
+    conn: sqlite3.Connection, query: str, limit: int = 20, window: int | None = SEARCH_WINDOW
+) -> SearchResult:
     """
     The turns whose request, response or thinking text matches the FTS5
     C{query} (phrases, C{foo*}, C{AND}/C{OR}/C{NOT}, C{response_text:
-    word}), best first.  A malformed query raises L{ReportError} with exit
-    status 2.
+    word}), best first: by bm25 among the C{window} most recently recorded
+    matching turns (all of them when C{window} is C{None} or 0).  A
+    malformed query raises L{ReportError} with exit status 2.
     """
     if not query.strip():
         raise ReportError("empty search query", EXIT_USAGE)
     try:
+        low = None
+        if window:
+            # The window's oldest turn: FTS5 walks the matches newest first
+            # and stops there, without ranking anything.
+            edge = conn.execute(
+                "SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+                (query, int(window)),
+            ).fetchone()
+            low = edge[0] + 1 if edge is not None else None
         rows = conn.execute(
             "SELECT s.session_id, s.request_id, COALESCE(s.started_at, s.completed_at) AS at, "
             "COALESCE(s.model_used, s.model_requested) AS model, "
             "snippet(messages_fts, -1, ?, ?, '…', 16) AS snippet, bm25(messages_fts) AS score "
             "FROM messages_fts JOIN session_stats AS s ON s.id = messages_fts.rowid "
-            "WHERE messages_fts MATCH ? ORDER BY score LIMIT ?",
-            (HIT_START, HIT_END, query, int(limit)),
+            "WHERE messages_fts MATCH ? AND messages_fts.rowid >= ? ORDER BY score LIMIT ?",
+            (HIT_START, HIT_END, query, low if low is not None else 0, int(limit)),
         ).fetchall()
     except sqlite3.OperationalError as exc:
         if _fts_problem(exc):
             raise ReportError(f"bad search query {query!r}: {exc} (see docs/reports.md for the syntax)", EXIT_USAGE) from None
         raise ReportError(f"search failed: {exc}") from None
-    return [
+    hits = [
         SearchHit(
             session_id=row["session_id"],
             request_id=row["request_id"],
@@ -990,6 +1017,7 @@ def query_search(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[
         )
         for row in rows
     ]
+    return SearchResult(hits, windowed=low is not None, window=int(window or 0))
 
 
 # --------------------------------------------------------------------------
@@ -1079,7 +1107,7 @@ def run_search(args: argparse.Namespace, out: TextIO | None = None) -> int:
         db_path = os.path.expanduser(args.db_path) if args.db_path else settings.session_recording.db_path
         conn = connect_readonly(db_path)
         try:
-            hits = query_search(conn, args.query, args.limit)
+            result = query_search(conn, args.query, args.limit, None if args.all else SEARCH_WINDOW)
         finally:
             conn.close()
     except ReportError as exc:
@@ -1087,11 +1115,26 @@ def run_search(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return exc.status
     base_url, token_env = _api_base(settings)
     if args.json:
-        json.dump({"query": args.query, "hits": [hit.to_json(base_url) for hit in hits]}, out, indent=2)
+        json.dump(
+            {
+                "query": args.query,
+                "ranked_recent_only": result.windowed,
+                "window": result.window or None,
+                "hits": [hit.to_json(base_url) for hit in result.hits],
+            },
+            out,
+            indent=2,
+        )
         out.write("\n")
     else:
         width, fancy = _output_shape(out)
-        out.write(render_hits(hits, base_url, width=width, fancy=fancy, zone=zone, token_env=token_env))
+        out.write(render_hits(result.hits, base_url, width=width, fancy=fancy, zone=zone, token_env=token_env))
+        if result.windowed:
+            note = (
+                f"Note: more than {result.window:,} turns match; these are the best of the "
+                f"{result.window:,} most recently recorded. --all ranks every match (slower)."
+            )
+            out.write("\n".join(textwrap.wrap(note, width)) + "\n")
     return 0
 
 
@@ -1125,6 +1168,11 @@ def add_report_options(parser: argparse.ArgumentParser) -> None:
 def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("query", help='FTS5 query: words, "a phrase", prefix*, AND/OR/NOT, response_text: word')
     parser.add_argument("--limit", "-n", type=int, default=20, help="most turns to show (default 20)")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help=f"rank every matching turn, not only the {SEARCH_WINDOW:,} most recently recorded (slower)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--timezone", "-z", metavar="ZONE", help="IANA time zone for times (default: local)")
     parser.add_argument("--db-path", metavar="PATH", help="SQLite session database (default from config)")
