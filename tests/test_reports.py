@@ -470,6 +470,8 @@ def test_every_report_fits_80_columns(kind: str, fancy: bool) -> None:
     widths = [len(reports._ANSI.sub("", line)) for line in text.splitlines()]
     assert max(widths) <= 80, text
     assert "Total" in text
+    if kind == "session":  # the full id, which opens the session, is never cut
+        assert "Session 3f1c9a2e-7b4d-4e8a-9c61-2d5f8e0b7a10" in text
     # Too big for exact figures in 80 columns: compact ones.
     assert "1.2B" in text or "1.5B" in text or "B" in text
 

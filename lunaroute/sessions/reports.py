@@ -600,6 +600,8 @@ class Table:
     numeric: set[int] = field(default_factory=set)
     flexible: dict[int, int] = field(default_factory=dict)
     separator_before: set[int] = field(default_factory=set)
+    # A line across the whole table before a row (a session's full id).
+    banners: dict[int, str] = field(default_factory=dict)
 
     def add(self, *cells: str | list[str]) -> None:
         self.rows.append([cell if isinstance(cell, list) else [cell] for cell in cells])
@@ -629,7 +631,7 @@ def render_table(table: Table, width: int = DEFAULT_WIDTH, fancy: bool = False) 
     gap = 3 if fancy else 2
     edges = 4 if fancy else 0
     overflow = sum(widths) + gap * (count - 1) + edges - width
-    for index, minimum in sorted(table.flexible.items()):
+    for index, minimum in table.flexible.items():  # in the order of preference
         if overflow <= 0:
             break
         take = min(overflow, max(0, widths[index] - minimum))
@@ -660,6 +662,11 @@ def render_table(table: Table, width: int = DEFAULT_WIDTH, fancy: bool = False) 
     for row_number, row in enumerate(table.rows):
         if row_number in table.separator_before:
             out.append(rule("├", "┼", "┤") if fancy else "  ".join("-" * w for w in widths))
+        banner = table.banners.get(row_number)
+        if banner is not None:
+            inner = sum(widths) + gap * (count - 1)
+            text = _cut(banner, inner)
+            out.append(f"│ {text.ljust(inner)} │" if fancy else text)
         for number in range(max(len(cell) for cell in row)):
             out.append(line_of([cell[number] if number < len(cell) else "" for cell in row]))
     if fancy:
@@ -687,17 +694,22 @@ def report_table(report: Report, breakdown: bool = False, compact: bool = False)
         "daily": "Date",
         "weekly": "Week of",
         "monthly": "Month",
-        "session": "Session\nlast active",
+        "session": "Last\nactive",
         "blocks": "Block start\n(5 h)",
     }[report.kind]
     table = Table([key_header, "Models", *_FIGURE_HEADERS], numeric={2, 3, 4, 5, 6, 7})
-    table.flexible = {0: 10, 1: 8} if report.kind == "session" else {1: 8}
+    table.flexible = {1: 8}
     now = report.now or datetime.now(UTC)
     blocks = {block.group.key: block for block in report.blocks}
     for group in report.groups:
         key: list[str] = [group.key]
-        if report.kind == "session" and group.totals.last is not None:
-            key = [group.key, group.totals.last.astimezone(report.zone).strftime("%Y-%m-%d %H:%M")]
+        if report.kind == "session":
+            # The full id on a line of its own (it is what opens the
+            # session), the row keyed by the last activity.
+            table.banners[len(table.rows)] = f"Session {group.key}"
+            last = group.totals.last
+            local = last.astimezone(report.zone) if last else None
+            key = [local.strftime("%Y-%m-%d"), local.strftime("%H:%M")] if local else ["?"]
         block = blocks.get(group.key)
         if block is not None:
             local = block.start.astimezone(report.zone)
