@@ -380,6 +380,17 @@ def test_day_bounds_follow_the_time_zone_including_dst() -> None:
         day_bounds(date(2025, 2, 1), date(2025, 1, 1), paris)
 
 
+def test_the_default_time_zone_is_the_machines(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --timezone: $TZ names the zone (Tokyo, UTC+9, puts r4 at 07:30 on the 16th)."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    assert reports.parse_timezone(None) == ZoneInfo("Asia/Tokyo")
+    report = report_json(db, "daily", timezone=None)
+    assert report["timezone"] == "Asia/Tokyo"
+    assert {row["date"]: row["requests"] for row in report["rows"]} == {
+        "2025-06-15": 2, "2025-06-16": 3, "2025-07-02": 2,
+    }
+
+
 def test_period_keys() -> None:
     moment = datetime(2025, 6, 15, 23, 30, tzinfo=UTC)
     assert period_key("daily", moment, UTC) == "2025-06-15"
