@@ -252,8 +252,7 @@ def client_category(name: str) -> str:
     for known in CLIENTS[:2]:
         if _client_key(known) == key:
             return known
-    derived = client_of(name)
-    return derived
+    return client_of(name)
 
 
 @dataclass
