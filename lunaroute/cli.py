@@ -7,6 +7,8 @@ C{lunaroute-server}: the console script users of the original LunaRoute know.
                                           start in the background, print exports
     lunaroute-server stop                 stop the background gateway
     lunaroute-server import-sessions ...  rebuild the SQLite store from JSONL
+    lunaroute-server report KIND ...      usage reports (daily, weekly, monthly, session, blocks)
+    lunaroute-server search QUERY ...     full-text search over the recorded turns
 
 C{eval $(lunaroute-server env)} must work in bash and zsh, so C{env} prints
 only C{export} lines on stdout; everything for a person goes to stderr.
@@ -195,6 +197,26 @@ def cmd_import_sessions(args: argparse.Namespace) -> None:
     raise SystemExit(run_import(args))
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from lunaroute.sessions.reports import run_report
+
+    raise SystemExit(run_report(args))
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from lunaroute.sessions.reports import run_search
+
+    raise SystemExit(run_search(args))
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: a bad argument is one line (and status 2), not usage plus a line."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """
     List the options of a foreground run (those of C{twistd -n lunaroute},
@@ -218,13 +240,19 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lunaroute-server",
         usage="lunaroute-server [run options]\n"
-        "       lunaroute-server {env,stop,import-sessions} [options]",
+        "       lunaroute-server {env,stop,import-sessions,report,search} [options]",
         description="LLM API gateway for Claude Code, Codex CLI and the Anthropic/OpenAI SDKs. "
         "With no command it runs in the foreground; a command manages a background "
         "gateway or the session store ('lunaroute-server COMMAND --help' for its options).",
     )
     _add_run_options(parser)
-    sub = parser.add_subparsers(dest="command", title="commands", metavar="{env,stop,import-sessions}")
+    sub = parser.add_subparsers(
+        dest="command",
+        title="commands",
+        metavar="{env,stop,import-sessions,report,search}",
+        prog="lunaroute-server",
+        parser_class=_CommandParser,
+    )
 
     env = sub.add_parser("env", help="start in the background and print export lines for eval")
     env.add_argument("--host", help="interface to listen on (default from config, 127.0.0.1)")
@@ -256,12 +284,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--dry-run", action="store_true", help="read and count, write nothing")
     imp.set_defaults(func=cmd_import_sessions)
+
+    from lunaroute.sessions.reports import add_report_options, add_search_options
+
+    report = sub.add_parser(
+        "report",
+        help="token and cost reports: daily, weekly, monthly, session, blocks (5-hour windows)",
+        description="Usage from the recorded requests (the provider's own usage figures), grouped by "
+        "day, ISO week, month, session or 5-hour billing block. See docs/reports.md.",
+    )
+    add_report_options(report)
+    report.set_defaults(func=cmd_report)
+
+    search = sub.add_parser(
+        "search",
+        help="full-text search over every recorded turn, with snippets",
+        description="Find recorded turns (request, response and thinking text) with an FTS5 query; "
+        "each hit names its session and request and the command to open it. See docs/reports.md.",
+    )
+    add_search_options(search)
+    search.set_defaults(func=cmd_search)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    commands = {"env", "stop", "import-sessions"}
+    commands = {"env", "stop", "import-sessions", "report", "search"}
     if args_list and args_list[0] in commands:
         args = _parser().parse_args(args_list)
         args.func(args)
