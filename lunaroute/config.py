@@ -1715,17 +1715,10 @@ def _refuse_unavailable_features(settings: Settings) -> None:
 def pending_feature_warnings(settings: Settings) -> list[str]:
     """
     Warning lines for the start-up log: settings that are accepted but not
-    applied yet (routing rules, session file retention), one line each.
-    Empty when nothing is pending.
+    applied yet (session file retention), one line each.  Empty when
+    nothing is pending.
     """
     lines = []
-    if settings.routing:
-        rules = settings.routing.rules
-        what = f"{len(rules)} rule{'s' if len(rules) != 1 else ''}" if rules else "the section"
-        lines.append(
-            f"routing: {what} accepted but not applied yet (rule-based routing is coming with the "
-            "routing work); every request goes to the provider of its dialect"
-        )
     if settings.session_recording.retention is not None:
         lines.append(
             "session_recording.cleanup.retention: accepted but not applied yet (retention and "

@@ -169,6 +169,11 @@ class Exchange(_Sealable):
     bytes_out: int = 0
     chunk_count: int = 0
     chunk_gaps_ms: list[float] = field(default_factory=list)
+    # With routing: the rule that chose the attempts, and each attempt
+    # ({"provider", "rule", "reason", "status", "error", "detail",
+    # "duration_ms"}), in order; C{provider} above is the one that answered.
+    rule: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     # Set by the enrich step (see Enrichment) just before sealing.
     cost_usd: float | None = None
     tool_results: list[dict[str, Any]] = field(default_factory=list)

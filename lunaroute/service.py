@@ -29,6 +29,7 @@ from lunaroute.proxy.access import AccessPolicy, GuardedResource
 from lunaroute.proxy.app import GatewayApp
 from lunaroute.proxy.reqlog import RequestLogPrinter
 from lunaroute.proxy.site import ListenerService, gateway_site
+from lunaroute.routing.plan import Router
 from lunaroute.sessions.recorder import make_recorder
 from lunaroute.stats import PricingTable, SessionStatsCollector
 from lunaroute.twisted_compat import clear_exit_signal
@@ -77,6 +78,14 @@ class GatewayService(MultiService):
         if self.metrics is not None:
             sinks.append(self.metrics.observe)
 
+        # Rule-based routing, retries and fallbacks only when configured: a
+        # plain gateway stays a pure passthrough (the client's own retry
+        # logic sees every provider answer as it is).  A rule naming a
+        # provider that is not running is a ConfigError (one line at start).
+        self.router: Router | None = None
+        if settings.routing:
+            self.router = Router(settings, self.providers, reactor)
+
         request_log = None
         if settings.logging.log_requests:
             request_log = RequestLogPrinter(debug=settings.logging.level == "debug")
@@ -91,6 +100,7 @@ class GatewayService(MultiService):
             live_stats=self.live_stats,
             readiness=ReadinessChecker(reactor),
             request_log=request_log,
+            router=self.router,
         )
         # The session API (/sessions, /api/...) in front of the proxy routes,
         # all behind the access guard.
@@ -167,6 +177,8 @@ class GatewayService(MultiService):
         )
         for service in self.drained_services:
             yield _quietly(defer.maybeDeferred(service.stopService), f"stop {service.name}")
+        if self.router is not None:
+            self.router.stop()
         for provider in self.providers.values():
             yield _quietly(provider.close(), f"close {provider.name} pool")
         if self.settings.statistics.print_summary or self.settings.logging.level == "debug":

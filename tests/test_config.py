@@ -1034,10 +1034,8 @@ def test_routing_rules_are_typed_and_warned_about() -> None:
     assert s.routing.provider_switch_notification is None
     with pytest.raises(TypeError):
         second.weights["openai_primary"] = 1  # type: ignore[index]
-    assert config_module.pending_feature_warnings(s) == [
-        "routing: 2 rules accepted but not applied yet (rule-based routing is coming with the routing "
-        "work); every request goes to the provider of its dialect"
-    ]
+    # Routing is applied: nothing pending to warn about.
+    assert config_module.pending_feature_warnings(s) == []
     assert config_module.pending_feature_warnings(settings_from_mapping({})) == []
 
 

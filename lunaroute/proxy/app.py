@@ -24,8 +24,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from klein import Klein
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
 
@@ -34,7 +35,7 @@ from lunaroute.dialects.capture import ResponseCapture
 from lunaroute.dialects.errors import openai_error_body
 from lunaroute.dialects.request_view import RequestView, bounded, parse_request, replace_model
 from lunaroute.dialects.session_id import new_session_id
-from lunaroute.errors import LunaRouteError, UpstreamError
+from lunaroute.errors import LunaRouteError, UpstreamError, UpstreamUnreachable
 from lunaroute.exchange import Enrichment, Exchange, Timings
 from lunaroute.interfaces import IProvider
 from lunaroute.logs import debug_enabled, log_observer
@@ -53,6 +54,19 @@ from lunaroute.proxy.headers import (
 )
 from lunaroute.proxy.outcome import Classification, RelayEnd, classify_relay
 from lunaroute.proxy.relay import RelayProtocol
+from lunaroute.routing.markers import strip_markers
+from lunaroute.routing.notice import inject_switch_notice
+from lunaroute.routing.plan import Attempt, Plan, Router
+from lunaroute.routing.retry import (
+    CANCELLED,
+    CIRCUIT_OPEN,
+    FINAL,
+    NOT_SENT,
+    RETRY_SAME,
+    SUCCESS,
+    Outcome,
+    retry_after_from_headers,
+)
 
 log = Logger(observer=log_observer)
 
@@ -101,6 +115,11 @@ class GatewayApp:
     @param live_stats: C{() -> dict} for C{/_lunaroute/stats}.
     @param readiness: a L{lunaroute.providers.health.ReadinessChecker}.
     @param request_log: the pretty request log printer, if enabled.
+    @param router: the L{lunaroute.routing.plan.Router} when C{routing} is
+        configured: it chooses the attempts (rules, markers, strategies,
+        breakers) and says after each whether to retry, fall back or answer.
+        Without one, each request goes to its dialect's provider once and
+        whatever it answers is relayed as it is (pure passthrough).
     """
 
     app = Klein()
@@ -118,6 +137,7 @@ class GatewayApp:
         live_stats: Callable[[], dict[str, Any]] | None = None,
         readiness: Any = None,
         request_log: Any = None,
+        router: Router | None = None,
     ) -> None:
         self.settings = settings
         self.providers = providers
@@ -129,6 +149,7 @@ class GatewayApp:
         self._live_stats = live_stats
         self._readiness = readiness
         self.request_log = request_log
+        self._router = router
         self.in_flight: dict[defer.Deferred[Any], _InFlight] = {}
         # Requests in flight per provider name (for the pools' sizing).
         self._provider_load: dict[str, int] = {}
@@ -335,13 +356,27 @@ class GatewayApp:
             parse_json=parse_json,
         )
         # choose
+        plan: Plan | None = None
+        if provider is None and self._router is not None and view.json is not None:
+            plan = self._router.plan(
+                view, listener, lambda name: first_header(request, name.encode("ascii"))
+            )
+            if not plan.attempts:
+                skipped = ", ".join(name for name, _ in plan.skipped) or "none"
+                raise NoProvider(
+                    f"no provider can take this request now (circuit open: {skipped})"
+                )
+            if plan.marker is not None:
+                body = strip_markers(view.dialect, body)
+            provider = self.providers[plan.attempts[0].provider_name]
         if provider is None:
             provider = self.provider_for(listener)
         if provider is None:
             raise NoProvider(f"no enabled {listener} provider is configured")
-        # modify: a provider's configured model replaces the client's.
+        # modify: a provider's configured model replaces the client's (with a
+        # plan, per attempt in the send step).
         configured = getattr(getattr(provider, "settings", None), "model", None)
-        if configured and view.json is not None and view.model != configured:
+        if plan is None and configured and view.json is not None and view.model != configured:
             body = replace_model(body, configured)
 
         flight = _InFlight()
@@ -349,7 +384,7 @@ class GatewayApp:
         load = self._provider_load[name] = self._provider_load.get(name, 0) + 1
         provider.note_in_flight(load)
         d = defer.ensureDeferred(
-            self._run(request, flight, listener, view, provider, body, received, kind)
+            self._run(request, flight, listener, view, provider, body, received, kind, plan)
         )
         self.in_flight[d] = flight
 
@@ -373,6 +408,7 @@ class GatewayApp:
         body: bytes,
         received: float,
         kind: str,
+        plan: Plan | None = None,
     ) -> bytes | None:
         """
         Send, relay, classify and record one request.  Answers every failure
@@ -380,10 +416,12 @@ class GatewayApp:
         exchange to the sinks.
         """
         exchange = self._start_exchange(request, listener, view, provider, body, received, kind)
+        if plan is not None:
+            exchange.rule = plan.rule_name
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
         try:
-            return await self._send_and_relay(request, flight, exchange, view, provider, body, gone)
+            return await self._send_and_relay(request, flight, exchange, view, provider, body, gone, plan)
         except defer.CancelledError:
             # Klein cancels the handler when the client goes away.
             if exchange.outcome == "ok" and exchange.error is None:
@@ -450,18 +488,25 @@ class GatewayApp:
         provider: IProvider,
         body: bytes,
         gone: list[bool],
+        plan: Plan | None = None,
     ) -> bytes | None:
         clock = self.clock
         timings = exchange.timings
         listener = exchange.listener
 
         # send
-        headers = upstream_request_headers(request.requestHeaders)
         query = request.uri.partition(b"?")[2]
         timings.upstream_sent = clock.seconds()
-        flight.sending = provider.request(request.method, exchange.path, query, headers, body)
         try:
-            response = await flight.sending
+            if plan is not None and self._router is not None:
+                response, provider = await self._send_plan(
+                    request, flight, exchange, view, body, query, plan, self._router
+                )
+                exchange.provider = provider.name
+            else:
+                headers = upstream_request_headers(request.requestHeaders)
+                flight.sending = provider.request(request.method, exchange.path, query, headers, body)
+                response = await flight.sending
         except UpstreamError as exc:
             status, code = status_for(exc)
             exchange.status = status
@@ -534,6 +579,90 @@ class GatewayApp:
         elif not gone:
             await self._end_incomplete(request, gone)
         return None
+
+    async def _send_plan(
+        self,
+        request: Any,
+        flight: _InFlight,
+        exchange: Exchange,
+        view: RequestView,
+        body: bytes,
+        query: bytes,
+        plan: Plan,
+        router: Router,
+    ) -> tuple[Any, IProvider]:
+        """
+        The send step with routing: try the plan's attempts in order, retry
+        on the same provider or fall back as the router decides, and return
+        the response to relay with the provider that gave it.  Nothing has
+        been relayed yet, so any attempt may still be replaced.  Raises the
+        last L{UpstreamError} when no attempt produced a response.
+        """
+        clock = self.clock
+        index = retries = 0
+        first_failure: Outcome | None = None
+        last_error: UpstreamError | None = None
+        attempts = plan.attempts
+        while index < len(attempts):
+            attempt = attempts[index]
+            provider = self.providers[attempt.provider_name]
+            if not router.acquire(attempt):
+                outcome = Outcome(error=CIRCUIT_OPEN, detail="circuit breaker open")
+                exchange.attempts.append(_attempt_record(attempt, outcome, None))
+                first_failure = first_failure or outcome
+                last_error = UpstreamUnreachable(
+                    f"{provider.name}: circuit breaker open", provider=provider.name
+                )
+                index, retries = index + 1, 0
+                continue
+            payload = body
+            if attempt.model and view.json is not None and view.model != attempt.model:
+                payload = replace_model(payload, attempt.model)
+            if index > 0 and first_failure is not None:
+                notice = router.switch_notice(plan, index, first_failure, view.model or "")
+                if notice:
+                    payload = inject_switch_notice(view.dialect, payload, notice)
+            started = clock.seconds()
+            headers = upstream_request_headers(request.requestHeaders)
+            flight.sending = provider.request(request.method, exchange.path, query, headers, payload)
+            response = None
+            try:
+                response = await flight.sending
+                outcome = Outcome.from_status(
+                    response.code, retry_after_from_headers(_header_reader(response.headers), clock.seconds())
+                )
+            except defer.CancelledError:
+                router.record(attempt, Outcome(error=CANCELLED))
+                raise
+            except UpstreamError as exc:
+                outcome = Outcome.from_exception(exc)
+                last_error = exc
+            finally:
+                flight.sending = None
+            elapsed = clock.seconds() - started
+            router.record(attempt, outcome, elapsed)
+            exchange.attempts.append(_attempt_record(attempt, outcome, elapsed))
+            # HTTPProvider already retried a request that never left.
+            done = retries
+            if outcome.error == NOT_SENT:
+                done = max(retries, provider.settings.http_client.max_retries)
+            decision = router.decide(plan, index, outcome, done)
+            if decision.action in (SUCCESS, FINAL):
+                if response is not None:
+                    return response, provider
+                assert last_error is not None
+                raise last_error
+            first_failure = first_failure or outcome
+            if response is not None:
+                _discard_body(response)
+            if decision.action == RETRY_SAME:
+                await task.deferLater(clock, decision.delay_secs)
+                retries += 1
+                continue
+            index, retries = index + 1, 0
+        if last_error is not None:
+            raise last_error
+        raise NoProvider("no provider can take this request now")
 
     async def _end_incomplete(self, request: Any, gone: list[bool]) -> None:
         """
@@ -669,6 +798,35 @@ def _observe(d: defer.Deferred[None]) -> defer.Deferred[None]:
 
 def _ignore(chunk: bytes) -> None:
     pass
+
+
+class _DiscardBody(Protocol):
+    """Reads a response body nobody will see, so its connection goes back to the pool."""
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+def _header_reader(headers: Any) -> Callable[[str], str | None]:
+    """Looks a header of C{headers} up by lower-case name."""
+    return lambda name: _first(headers, name.encode("ascii"))
+
+
+def _discard_body(response: Any) -> None:
+    response.deliverBody(_DiscardBody())
+
+
+def _attempt_record(attempt: Attempt, outcome: Outcome, elapsed: float | None) -> dict[str, Any]:
+    """One attempt as the exchange records it (session API, UI)."""
+    return {
+        "provider": attempt.provider_name,
+        "rule": attempt.rule_name,
+        "reason": attempt.reason,
+        "status": outcome.status,
+        "error": outcome.error,
+        "detail": outcome.detail,
+        "duration_ms": round(elapsed * 1000.0, 3) if elapsed is not None else None,
+    }
 
 
 def _first(headers: Any, name: bytes) -> str | None:
