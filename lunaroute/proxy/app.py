@@ -237,6 +237,8 @@ class GatewayApp:
                 report[listener] = {"provider": None, "status": "no_provider"}
                 continue
             problem = await self._readiness.check(provider) if self._readiness is not None else None
+            if problem is None and self._router is not None:
+                problem = self._router_problem(listener)
             report[listener] = {
                 "provider": provider.name,
                 "status": "ready" if problem is None else "unreachable",
@@ -248,9 +250,19 @@ class GatewayApp:
         request.setHeader(b"content-type", b"application/json")
         if not ready:
             request.setResponseCode(503)
-        return json.dumps(
-            {"status": "ready" if ready else "not_ready", "dialects": report}
-        ).encode()
+        body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "dialects": report}
+        if self._router is not None:
+            body["providers"] = self._router.states()
+        return json.dumps(body, default=str).encode()
+
+    def _router_problem(self, listener: str) -> str | None:
+        """Why routing cannot serve a dialect now (every breaker of its providers open), or None."""
+        assert self._router is not None
+        names = [name for name, p in self.providers.items() if p.provider_type == listener]
+        open_ = [name for name in names if not self._router.breakers[name].available()]
+        if names and len(open_) == len(names):
+            return f"circuit breaker open for {', '.join(open_)}"
+        return None
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: Any) -> bytes:
