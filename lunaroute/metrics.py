@@ -114,6 +114,52 @@ def _seconds(ms: float | None) -> float | None:
     return None if ms is None else ms / 1000.0
 
 
+class _RoutingCollector:
+    """Reads each provider's circuit breaker and health when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.router: Any = None
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("lunaroute_circuit_breaker_state", "", labels=["provider"])
+        yield GaugeMetricFamily("lunaroute_provider_health_status", "", labels=["provider"])
+        yield GaugeMetricFamily("lunaroute_provider_success_rate", "", labels=["provider"])
+
+    def collect(self) -> Iterator[Metric]:
+        router = self.router
+        if router is None:
+            return
+        from lunaroute.routing.breaker import STATE_VALUES
+        from lunaroute.routing.health import HEALTH_VALUES
+
+        state = GaugeMetricFamily(
+            "lunaroute_circuit_breaker_state",
+            "Circuit breaker state per provider: 0 closed, 1 open, 2 half-open.",
+            labels=["provider"],
+        )
+        health = GaugeMetricFamily(
+            "lunaroute_provider_health_status",
+            "Provider health: 1 healthy, 0.5 degraded, 0 unhealthy, -1 unknown (too few requests).",
+            labels=["provider"],
+        )
+        rate = GaugeMetricFamily(
+            "lunaroute_provider_success_rate",
+            "Share of successful requests per provider over the health window.",
+            labels=["provider"],
+        )
+        try:
+            for name, figures in router.states().items():
+                state.add_metric([name], float(STATE_VALUES.get(figures["circuit_breaker"], -1)))
+                health.add_metric([name], float(HEALTH_VALUES.get(figures["health"], -1.0)))
+                if figures.get("success_rate") is not None:
+                    rate.add_metric([name], float(figures["success_rate"]))
+        except Exception:
+            log.failure("reading the routing state failed")
+        yield state
+        yield health
+        yield rate
+
+
 class _RecorderCollector:
     """Reads the recorder's queue figures when Prometheus scrapes."""
 
@@ -313,10 +359,24 @@ class GatewayMetrics:
             "lunaroute_metrics_errors", "Failures while recording metrics (the request was unaffected).",
             registry=r,
         )
+        self.breaker_transitions = Counter(
+            "lunaroute_circuit_breaker_transitions", "Circuit breaker state changes.",
+            ["provider", "from_state", "to_state"], registry=r,
+        )
+        self.fallbacks = Counter(
+            "lunaroute_fallback_triggered", "Requests served by another provider than the plan's first.",
+            ["from_provider", "to_provider"], registry=r,
+        )
+        self.retries = Counter(
+            "lunaroute_retries", "Attempts sent again to the same provider (routing retries).",
+            ["provider"], registry=r,
+        )
         self._recorder = _RecorderCollector()
         self._pools = _PoolCollector()
+        self._routing = _RoutingCollector()
         r.register(self._recorder)
         r.register(self._pools)
+        r.register(self._routing)
 
     # -- observers -------------------------------------------------------
 
@@ -397,10 +457,26 @@ class GatewayMetrics:
             family = label("path_family", path_family(exchange.path))
             self._child(self.bypass_requests, provider, family, status).inc()
 
+        if exchange.attempts:
+            self._observe_attempts(exchange)
         if exchange.streaming:
             self._observe_stream(exchange, provider, model)
         if exchange.is_conversation:
             self._observe_usage(exchange, provider, model)
+
+    def _observe_attempts(self, exchange: Exchange) -> None:
+        label = self.labels
+        previous = None
+        for attempt in exchange.attempts:
+            name = attempt.get("provider")
+            if name == previous and attempt.get("error") != "circuit_open":
+                self._child(self.retries, label("provider", name)).inc()
+            previous = name
+        first = exchange.attempts[0].get("provider")
+        if exchange.success and exchange.provider != first:
+            self._child(
+                self.fallbacks, label("provider", first), label("provider", exchange.provider)
+            ).inc()
 
     def _observe_stream(self, exchange: Exchange, provider: str, model: str) -> None:
         timings = exchange.timings
@@ -452,6 +528,21 @@ class GatewayMetrics:
             self._child(self.tool_calls, provider, self.labels("tool", call.name)).inc()
 
     # -- bindings ----------------------------------------------------------
+
+    def bind_router(self, router: Any) -> None:
+        """
+        Report the router's breakers and health at scrape time, and count
+        every breaker transition as it happens.
+        """
+        self._routing.router = router
+        for breaker in router.breakers.values():
+            breaker.add_listener(self.breaker_transition)
+
+    def breaker_transition(self, provider: str, old: str, new: str) -> None:
+        try:
+            self._child(self.breaker_transitions, self.labels("provider", provider), old, new).inc()
+        except Exception:
+            self._failed("breaker_transition")
 
     def bind_recorder(self, recorder: Any) -> None:
         """

@@ -66,18 +66,6 @@ class GatewayService(MultiService):
         self.pricing = PricingTable.load(statistics.pricing_file, statistics.pricing)
         self.stats = SessionStatsCollector(statistics.session_stats_max_sessions, self.pricing)
         self.recorder = make_recorder(settings.session_recording, reactor)
-        self.metrics: GatewayMetrics | None = None
-        if settings.metrics.enabled:
-            self.metrics = GatewayMetrics()
-            if self.recorder is not None:
-                self.metrics.bind_recorder(self.recorder)
-            self.metrics.bind_pools(self.providers)
-        sinks: list[Any] = [self.stats.observe]
-        if self.recorder is not None:
-            sinks.append(self.recorder.record)
-        if self.metrics is not None:
-            sinks.append(self.metrics.observe)
-
         # Rule-based routing, retries and fallbacks only when configured: a
         # plain gateway stays a pure passthrough (the client's own retry
         # logic sees every provider answer as it is).  A rule naming a
@@ -85,6 +73,19 @@ class GatewayService(MultiService):
         self.router: Router | None = None
         if settings.routing:
             self.router = Router(settings, self.providers, reactor)
+        self.metrics: GatewayMetrics | None = None
+        if settings.metrics.enabled:
+            self.metrics = GatewayMetrics()
+            if self.recorder is not None:
+                self.metrics.bind_recorder(self.recorder)
+            self.metrics.bind_pools(self.providers)
+            if self.router is not None:
+                self.metrics.bind_router(self.router)
+        sinks: list[Any] = [self.stats.observe]
+        if self.recorder is not None:
+            sinks.append(self.recorder.record)
+        if self.metrics is not None:
+            sinks.append(self.metrics.observe)
 
         request_log = None
         if settings.logging.log_requests:

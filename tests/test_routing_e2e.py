@@ -158,3 +158,18 @@ async def test_readyz_lists_each_provider_with_its_breaker_and_health(fake, back
     providers = response.json()["providers"]
     assert set(providers) >= {"anthropic", "anthropic_backup"}
     assert providers["anthropic"]["circuit_breaker"] == "closed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_fallbacks_retries_and_breakers_are_in_the_metrics(fake, backup, start_gateway):
+    """/metrics counts the retry and the fallback, and shows each provider's breaker state and health."""
+    gateway = await start_gateway(fake, **_routing(fake.url, backup.url))
+    await in_thread(
+        _client(gateway).messages.create, model="claude-overloaded", max_tokens=20,
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    text = (await in_thread(httpx.get, gateway.url + "/metrics")).text
+    assert 'lunaroute_fallback_triggered_total{from_provider="anthropic",to_provider="anthropic_backup"} 1.0' in text
+    assert 'lunaroute_retries_total{provider="anthropic"} 1.0' in text
+    assert 'lunaroute_circuit_breaker_state{provider="anthropic"} 0.0' in text
+    assert 'lunaroute_provider_health_status{provider="anthropic_backup"}' in text

@@ -745,6 +745,10 @@ def exchange_events(
             error=exchange.error,
             error_type=exchange.error_type,
             status=exchange.status,
+            # With routing: the rule and each attempt (provider, status or
+            # error, duration); empty for a plain passthrough.
+            routing_rule=exchange.rule,
+            attempts=[dict(attempt) for attempt in exchange.attempts],
             finish_reason=summary.stop_reason if summary is not None else None,
             model_used=summary.model if summary is not None else None,
             final_stats={
