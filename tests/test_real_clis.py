@@ -214,3 +214,34 @@ async def test_estimated_cost_agrees_with_claude_code_on_one_hour_cache_writes(g
     assert session["tokens"]["cache_creation_1h"] > 0
     assert session["tokens"]["cache_creation_5m"] > 0
     assert session["estimated_cost_usd"] == pytest.approx(output["total_cost_usd"], rel=1e-6)
+
+
+@pytest_twisted.ensureDeferred
+async def test_claude_code_tool_loop_completes_while_its_primary_is_down(fake, start_gateway, tmp_path):
+    """
+    With a routing rule whose primary refuses connections, the real Claude
+    Code CLI still completes a Read tool loop: every request falls back to
+    the backup provider, and the tool result reaches it.
+    """
+    from lunaroute.testing.helpers import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    gateway = await start_gateway(
+        fake,
+        providers={
+            "anthropic": {"base_url": closed, "http_client": {"max_retries": 0}},
+            "anthropic_backup": {"provider_type": "anthropic", "base_url": fake.url},
+        },
+        routing={"rules": [{"name": "claude", "model_pattern": "^claude-", "primary": "anthropic",
+                            "fallbacks": ["anthropic_backup"]}]},
+    )
+    (tmp_path / "notes.txt").write_text("lunaroute routing test\n")
+    result = await in_thread(
+        run_claude, gateway.url, tmp_path, "read notes.txt", "--model", "claude-sonnet-4-5-tools-read"
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    requests = _messages_requests(fake)
+    assert len(requests) >= 2
+    last_user = requests[-1].json["messages"][-1]
+    kinds = [block.get("type") for block in last_user["content"] if isinstance(block, dict)]
+    assert "tool_result" in kinds

@@ -173,3 +173,30 @@ async def test_fallbacks_retries_and_breakers_are_in_the_metrics(fake, backup, s
     assert 'lunaroute_retries_total{provider="anthropic"} 1.0' in text
     assert 'lunaroute_circuit_breaker_state{provider="anthropic"} 0.0' in text
     assert 'lunaroute_provider_health_status{provider="anthropic_backup"}' in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_primary_failing_mid_stream_is_not_retried_elsewhere(fake, backup, start_gateway):
+    """
+    Once bytes reached the client, a provider dropping the stream is not
+    retried or replaced: the client gets what was sent and an error, and
+    the backup never sees the request (no duplicate output).
+    """
+    gateway = await start_gateway(fake, **_routing(fake.url, backup.url))
+    got: list[str] = []
+
+    def stream() -> str:
+        try:
+            with _client(gateway).messages.stream(
+                model="claude-drop", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+            ) as s:
+                for text in s.text_stream:
+                    got.append(text)
+        except Exception as exc:  # the SDK reports the cut body
+            return type(exc).__name__
+        return "complete"
+
+    assert await in_thread(stream) != "complete"
+    assert got  # the deltas sent before the drop arrived
+    assert backup.requests == []
+    assert len(fake.requests) == 1
