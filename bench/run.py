@@ -326,6 +326,28 @@ def start_nginx(procs: Procs, upstream: int) -> tuple[int, subprocess.Popen[byte
     return port, proc
 
 
+def routing_config(upstream: int, rules: int = 10) -> dict[str, Any]:
+    """
+    Ten routing rules with regexes, the last one matching the benchmark's
+    Claude model (primary plus a fallback that is never needed): what issue
+    19 asks to cost within 0.05 ms of passthrough.
+    """
+    base = f"http://{HOST}:{upstream}"
+    providers: dict[str, Any] = {
+        "anthropic": {"base_url": base},
+        "openai": {"base_url": base + "/v1"},
+        "anthropic_backup": {"provider_type": "anthropic", "base_url": base},
+    }
+    rule_list = [
+        {"name": f"no-match-{n}", "model_pattern": f"^claude-(opus|haiku)-{n}(\\.[0-9]+)?-.*$",
+         "primary": "anthropic", "fallbacks": ["anthropic_backup"]}
+        for n in range(rules - 1)
+    ]
+    rule_list.append({"name": "claude", "model_pattern": "^claude-", "primary": "anthropic",
+                      "fallbacks": ["anthropic_backup"]})
+    return {"providers": providers, "routing": {"rules": rule_list}}
+
+
 def start_gateway(
     procs: Procs, name: str, upstream: int, extra: dict[str, Any]
 ) -> tuple[int, subprocess.Popen[bytes]]:
@@ -1086,6 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
             "gateway": {},
             "gateway+recording": {"session_recording": {"enabled": True, "sessions_dir": sessions_dir}},
             "gateway-metrics": {"metrics": {"enabled": False}},
+            "gateway+routing": routing_config(upstream),
         }
         gateways = []
         for name, extra in configs.items():
