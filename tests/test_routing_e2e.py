@@ -200,3 +200,30 @@ async def test_a_primary_failing_mid_stream_is_not_retried_elsewhere(fake, backu
     assert got  # the deltas sent before the drop arrived
     assert backup.requests == []
     assert len(fake.requests) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_streams_while_the_primary_breaker_opens(fake, backup, start_gateway):
+    """
+    Eight streams at once against an overloaded primary: its breaker opens
+    part-way (threshold 3), the later attempts skip it at once, and every
+    stream is served whole by the backup.
+    """
+    from twisted.internet import defer
+
+    config = _routing(fake.url, backup.url)
+    config["routing"]["circuit_breaker"] = {"failure_threshold": 3, "open_timeout_secs": 60}
+    # The fake answers "server-error" models with a 500: a failure the breaker counts.
+    gateway = await start_gateway(fake, **config)
+
+    def stream(n: int) -> str:
+        with _client(gateway).messages.stream(
+            model="claude-server-error", max_tokens=20, messages=[{"role": "user", "content": f"hi {n}"}]
+        ) as s:
+            return "".join(s.text_stream)
+
+    texts = await defer.gatherResults([in_thread(stream, n) for n in range(8)])
+    assert texts == [BACKUP_TEXT] * 8
+    states = (await in_thread(httpx.get, gateway.url + "/readyz")).json()["providers"]
+    assert states["anthropic"]["circuit_breaker"] == "open"
+    assert len(backup.requests) == 8
