@@ -32,6 +32,7 @@ setup(
         "twisted": ["plugins/lunaroute_plugin.py"],
         "lunaroute": ["py.typed"],
         "lunaroute.data": ["*.yaml"],
+        "lunaroute.ui": ["static/*.css", "static/*.js"],
         "lunaroute.examples.configs": ["*.yaml", "README.md"],
     },
     include_package_data=True,

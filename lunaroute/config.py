@@ -61,6 +61,7 @@ __all__ = [
     "SwitchNotificationSettings",
     "UISettings",
     "load_settings",
+    "ui_unavailable_reason",
     "mask_secret",
     "pending_feature_warnings",
     "shipped_examples_dir",
@@ -312,7 +313,7 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class UISettings:
-    """The (future) web UI; validated now so configs written today keep working."""
+    """The web UI (L{lunaroute.ui}): its own listener, and what the session API allows."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -1926,7 +1927,25 @@ def setting_lines(settings: Settings) -> list[str]:
         f"request logging {_onoff(settings.logging.log_requests)}; "
         f"metrics {_onoff(settings.metrics.enabled)}"
     )
-    if settings.ui.enabled:
-        # Say only what runs: there is no UI listener in this version.
-        lines.append("ui: not available in this version; ui.enabled has no effect")
+    reason = ui_unavailable_reason(settings)
+    if reason is None:
+        host = f"[{settings.ui.host}]" if ":" in settings.ui.host else settings.ui.host
+        lines.append(f"ui: on, http://{host}:{settings.ui.port}")
+    else:
+        lines.append(f"ui: off ({reason})")
     return lines
+
+
+def ui_unavailable_reason(settings: Settings) -> str | None:
+    """
+    Why the web UI does not run with these settings (C{ui.enabled: false},
+    or no recording to SQLite, which is all it shows), or C{None} when it runs.
+    """
+    if not settings.ui.enabled:
+        return "ui.enabled: false"
+    recording = settings.session_recording
+    if not recording.enabled:
+        return "it shows recorded sessions: set session_recording.enabled: true"
+    if not recording.sqlite_enabled:
+        return "it reads the session database: set session_recording.sqlite.enabled: true"
+    return None

@@ -1,0 +1,133 @@
+"""
+Who may use the UI site, and the headers every UI answer carries.
+
+The proxy's L{GuardedResource} classifies paths for the proxy (C{/} is a
+health probe there); on the UI every path shows recorded data, so this guard
+applies the same rules to all of them, with the proxy's L{AccessPolicy}:
+
+  - the request target must be origin form (C{/path?query});
+  - a browser C{Origin} must be this site itself or one listed in
+    C{http_server.cors_allowed_origins} (a page elsewhere cannot read or
+    delete sessions through the user's browser);
+  - with C{http_server.auth_token} set, every request needs it: as on the
+    proxy (C{Authorization: Bearer}, C{x-lunaroute-token}), or as the
+    password of HTTP Basic authentication, which browsers ask for by
+    themselves (any user name).
+
+Every answer gets a strict Content-Security-Policy (scripts, styles and
+connections from this site only, no inline script, no frames, no plugins),
+C{nosniff}, no referrer and no framing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.resource import IResource, Resource
+
+from lunaroute.config import HttpServerSettings
+from lunaroute.logs import log_observer
+from lunaroute.providers.url import BadTarget, split_target
+from lunaroute.proxy.access import AccessPolicy
+
+__all__ = ["CONTENT_SECURITY_POLICY", "UIGuard"]
+
+log = Logger(observer=log_observer)
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+_SECURITY_HEADERS = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode("ascii")),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+
+
+def _plain(request: Any, status: int, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return (message + "\n").encode("utf-8")
+
+
+class UIGuard(Resource):
+    """Checks target, origin and token for every UI request, then renders C{inner}."""
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource, http_server: HttpServerSettings, *, log_requests: bool = False) -> None:
+        super().__init__()
+        self._inner = inner
+        self._policy = AccessPolicy(http_server)
+        token = http_server.auth_token
+        self._token = token.encode("utf-8") if token else None
+        self._log_requests = log_requests
+
+    def _basic_token(self, request: Any) -> bool:
+        assert self._token is not None
+        for value in request.requestHeaders.getRawHeaders(b"authorization", []):
+            scheme, _, credential = value.strip().partition(b" ")
+            if scheme.lower() != b"basic":
+                continue
+            try:
+                decoded = base64.b64decode(credential.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                continue
+            _, _, password = decoded.partition(b":")
+            if hmac.compare_digest(password, self._token):
+                return True
+        return False
+
+    def _same_site(self, request: Any, origin: str) -> bool:
+        host = request.getHeader(b"host")
+        if not host:
+            return False
+        host_text = host.decode("latin-1")
+        return origin in (f"http://{host_text}", f"https://{host_text}")
+
+    def render(self, request: Any) -> Any:
+        for name, value in _SECURITY_HEADERS:
+            request.setHeader(name, value)
+        if self._log_requests:
+            request.notifyFinish().addBoth(self._logged, request)
+        try:
+            split_target(request.uri)
+        except BadTarget as exc:
+            return _plain(request, 400, exc.message)
+        origin_header = request.getHeader(b"origin")
+        if origin_header is not None:
+            origin = origin_header.decode("latin-1")
+            if not self._same_site(request, origin) and not self._policy.origin_allowed(origin):
+                return _plain(
+                    request,
+                    403,
+                    f"cross-origin requests from {origin[:200]!r} are not allowed "
+                    "(list the origin in http_server.cors_allowed_origins)",
+                )
+        if self._token is not None and not (self._basic_token(request) or self._policy.token_presented(request)):
+            request.setHeader(b"www-authenticate", b'Basic realm="LunaRoute UI", charset="UTF-8"')
+            return _plain(
+                request,
+                401,
+                "the LunaRoute UI needs the gateway token (http_server.auth_token): as the password "
+                "your browser asks for, or Authorization: Bearer <token>",
+            )
+        request.requestHeaders.removeHeader(b"x-lunaroute-token")
+        request.requestHeaders.removeHeader(b"authorization")
+        return self._inner.render(request)
+
+    def _logged(self, result: Any, request: Any) -> None:
+        log.info(
+            "ui {method} {path} {code}",
+            method=request.method.decode("latin-1"),
+            path=request.path.decode("latin-1", "replace")[:200],
+            code=request.code,
+        )
