@@ -298,7 +298,11 @@ class UIPages:
             marker = f"<!--result:{e(call_id)}-->"
             if marker in page:
                 page = page.replace(marker, self._result(result), 1)
-        body = self._session_head(session) + f'<div class="conversation">{page}</div>' + _RAW_DIALOG
+        body = (
+            self._session_head(session)
+            + f'<div class="conversation" data-raw-base="/api/sessions/{e(quote(session_id, safe=""))}/raw/">{page}</div>'
+            + _RAW_DIALOG
+        )
         title = session.get("title") or session_id
         return _html(request, layout(str(title), body, current="/sessions"))
 

@@ -88,6 +88,15 @@
     }
   });
 
+  // #raw-<request id> opens that turn's raw viewer (a link to it can be shared).
+  var conversation = document.querySelector(".conversation[data-raw-base]");
+  if (conversation && window.location.hash.indexOf("#raw-") === 0) {
+    var requestId = decodeURIComponent(window.location.hash.slice(5));
+    if (/^[A-Za-z0-9_-]{1,255}$/.test(requestId)) {
+      showRaw(conversation.getAttribute("data-raw-base") + encodeURIComponent(requestId));
+    }
+  }
+
   // Auto-refresh (pages that ask for it), paused while the tab is hidden,
   // a dialog is open or the user is typing.
   var every = Number(document.body.getAttribute("data-refresh") || 0);
