@@ -83,6 +83,7 @@ def hostile_exchanges() -> list[Any]:
 
 class UI:
     def __init__(self, tmp_path: Path, **config: Any) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.db = str(tmp_path / "sessions.db")
         write_exchanges(self.db, [*sample_exchanges(), *hostile_exchanges()])
         self.clock = Clock()
@@ -392,3 +393,42 @@ def test_a_taken_ui_port_is_one_line_and_exit_1(tmp_path: Path, logged_failures:
         assert service.failure_line(OSError("Address already in use")).startswith(
             f"lunaroute: cannot listen on 127.0.0.1:{port} (ui):"
         )
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashboard_custom_window(ui: UI) -> None:
+    """from/to pick any dates; the link to the list keeps them; a bad date is a 400 naming it."""
+    code, page, _ = await ui.get("/?from=2025-06-12&to=2025-06-12")
+    assert code == 200
+    assert f'href="/sessions/{SDK}"' in page and f'href="/sessions/{CC}"' not in page
+    assert 'name="from" value="2025-06-12"' in page and 'aria-current="true"' not in page
+    assert 'href="/sessions?from=2025-06-12&amp;to=2025-06-12"' in page
+    code, page, _ = await ui.get("/?from=yesterday")
+    assert code == 400 and "from" in page
+    code, page, _ = await ui.get("/?days=1&from=2025-06-12")
+    assert code == 400 and "give days or from, not both" in page
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_page_tails_its_session(ui: UI) -> None:
+    """The page names the session's event stream for its script, and the live tail answers on the UI port."""
+    _, page, _ = await ui.get(f"/sessions/{CC}")
+    assert f'data-events="/api/sessions/{CC}/events"' in page
+    assert '<p id="live" class="live" hidden>' in page
+
+
+@pytest_twisted.ensureDeferred
+async def test_log_requests_logs_one_line_per_ui_request(tmp_path: Path) -> None:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[Any] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        quiet = UI(tmp_path / "a")
+        await quiet.get("/sessions")
+        assert not [e for e in events if formatEvent(e).startswith("ui GET")]
+        loud = UI(tmp_path / "b", ui={"log_requests": True})
+        await loud.get("/sessions?client=Codex")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [formatEvent(e) for e in events if formatEvent(e).startswith("ui ")] == ["ui GET /sessions 200"]

@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from lunaroute.api.app import LIST_PARAMS, list_query
 from lunaroute.api.costs import cost_by_kind
-from lunaroute.api.params import Params
+from lunaroute.api.params import WINDOW_PARAMS, Params
 from lunaroute.interfaces import ISessionStore
 from lunaroute.logs import log_observer
 from lunaroute.sessions.store import SORTS, StoreError, check_ids, make_window
@@ -129,13 +129,22 @@ class UIPages:
 
     @app.route("/", methods=["GET"])
     async def dashboard(self, request: Any) -> bytes:
-        p = Params(request, ("days",))
-        days = p.integer("days", 1, 1, 36500)
-        window = make_window(self.clock.seconds(), days)
+        p = Params(request, WINDOW_PARAMS)
+        custom = "from" in p.values or "to" in p.values
+        days = p.integer("days", None if custom else 1, 1, 36500)
+        window = p.window(self.clock.seconds()) if custom else make_window(self.clock.seconds(), days)
         overview = await self.store.stats("overview", window)
         recent = await self.store.recent_sessions(10, window)
         picker = "".join(
-            f'<a href="/?days={n}"{_CURRENT if n == days else ""}>{label}</a>' for n, label in WINDOWS
+            f'<a href="/?days={n}"{_CURRENT if n == days and not custom else ""}>{label}</a>' for n, label in WINDOWS
+        ) + (
+            '<form class="custom" action="/" method="get">'
+            f'<label>From <input type="date" name="from" value="{e(p.values.get("from", ""))}"></label> '
+            f'<label>to <input type="date" name="to" value="{e(p.values.get("to", ""))}"></label> '
+            '<button type="submit">Show</button></form>'
+        )
+        all_sessions = query_url(
+            "/sessions", {"from": p.values.get("from"), "to": p.values.get("to")} if custom else {"days": days}
         )
         requests = overview.get("requests") or 0
         success = (overview.get("successful_requests") or 0) / requests if requests else None
@@ -158,7 +167,7 @@ class UIPages:
         body = (
             f'<div class="heading"><h1>Dashboard</h1><nav class="picker" aria-label="Window">{picker}</nav></div>'
             f"{figures}<h2>Recent sessions</h2>{session_table(recent)}"
-            f'<p><a href="{e(query_url("/sessions", {"days": days}))}">All sessions of this window</a></p>'
+            f'<p><a href="{e(all_sessions)}">All sessions of this window</a></p>'
         )
         return _html(request, layout("Dashboard", body, current="/", refresh=self.settings.ui.refresh_interval))
 
@@ -300,7 +309,9 @@ class UIPages:
                 page = page.replace(marker, self._result(result), 1)
         body = (
             self._session_head(session)
-            + f'<div class="conversation" data-raw-base="/api/sessions/{e(quote(session_id, safe=""))}/raw/">{page}</div>'
+            + '<p id="live" class="live" hidden><span id="live-text"></span> <a href="" id="live-show">Show</a></p>'
+            + f'<div class="conversation" data-raw-base="/api/sessions/{e(quote(session_id, safe=""))}/raw/"'
+            f' data-events="/api/sessions/{e(quote(session_id, safe=""))}/events">{page}</div>'
             + _RAW_DIALOG
         )
         title = session.get("title") or session_id

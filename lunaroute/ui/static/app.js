@@ -97,6 +97,29 @@
     }
   }
 
+  // Live: while the page is open, the session's new turns are announced
+  // (the session API's event stream); "Show" reloads at the first new turn.
+  if (conversation && conversation.getAttribute("data-events") && window.EventSource) {
+    var fresh = [];
+    var events = new EventSource(conversation.getAttribute("data-events"));
+    events.addEventListener("exchange", function (event) {
+      fresh.push(event.lastEventId);
+      var banner = document.getElementById("live");
+      var show = document.getElementById("live-show");
+      setText("live-text", fresh.length + (fresh.length === 1 ? " new turn recorded." : " new turns recorded."));
+      if (show) { show.setAttribute("href", "#turn-" + encodeURIComponent(fresh[0])); }
+      if (banner) { banner.hidden = false; }
+    });
+    var showLink = document.getElementById("live-show");
+    if (showLink) {
+      showLink.addEventListener("click", function (event) {
+        event.preventDefault();
+        window.location.hash = showLink.getAttribute("href");
+        window.location.reload();
+      });
+    }
+  }
+
   // Auto-refresh (pages that ask for it), paused while the tab is hidden,
   // a dialog is open or the user is typing.
   var every = Number(document.body.getAttribute("data-refresh") || 0);
