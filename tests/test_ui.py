@@ -412,9 +412,20 @@ async def test_dashboard_custom_window(ui: UI) -> None:
 @pytest_twisted.ensureDeferred
 async def test_session_page_tails_its_session(ui: UI) -> None:
     """The page names the session's event stream for its script, and the live tail answers on the UI port."""
+    # An hour after its last turn: not followed, unless asked.
     _, page, _ = await ui.get(f"/sessions/{CC}")
+    assert "data-events" not in page
+    _, page, _ = await ui.get(f"/sessions/{CC}?live=1")
     assert f'data-events="/api/sessions/{CC}/events"' in page
     assert '<p id="live" class="live" hidden>' in page
+    # Active a minute ago: followed, unless ?live=0.
+    ui.clock.advance(-3600 + 60 + 125)
+    _, page, _ = await ui.get(f"/sessions/{HOSTILE}")
+    assert f'data-events="/api/sessions/{HOSTILE}/events"' in page
+    _, page, _ = await ui.get(f"/sessions/{HOSTILE}?live=0")
+    assert "data-events" not in page
+    code, _, _ = await ui.get(f"/sessions/{HOSTILE}?live=maybe")
+    assert code == 400
 
 
 @pytest_twisted.ensureDeferred

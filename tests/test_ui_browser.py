@@ -105,7 +105,7 @@ async def test_pages_render_in_chromium_and_hostile_text_stays_text(fake: Any, s
         assert re.search(rf'href="/sessions/{SESSION}#turn-[^"]+"', hits)
         assert "PWNED" not in hits and "<img" not in hits
 
-        page = await in_thread(dump_dom, base + f"/sessions/{SESSION}", tmp_path / "profile")
+        page = await in_thread(dump_dom, base + f"/sessions/{SESSION}?live=0", tmp_path / "profile")
         title = re.search(r"<title>(.*?)</title>", page, re.S)
         assert title is not None and "PWNED" not in title.group(1)
         assert "<img" not in page and "PWNED" not in page
@@ -118,7 +118,7 @@ async def test_pages_render_in_chromium_and_hostile_text_stays_text(fake: Any, s
         # the recorded JSON fetched from the API and shown as text.
         detail = await treq.json_content(await treq.get(base + f"/api/sessions/{SESSION}"))
         request_id = detail["requests"][0]["request_id"]
-        raw = await in_thread(dump_dom, base + f"/sessions/{SESSION}#raw-{request_id}", tmp_path / "profile")
+        raw = await in_thread(dump_dom, base + f"/sessions/{SESSION}?live=0#raw-{request_id}", tmp_path / "profile")
         assert re.search(r'<dialog id="raw-dialog"[^>]* open', raw)
         shown = re.search(r'<pre id="raw-request">(.*?)</pre>', raw, re.S)
         assert shown is not None and '"model": "claude-sonnet-4-5"' in shown.group(1)

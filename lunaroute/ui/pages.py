@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.resources
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -56,6 +57,8 @@ STATIC_FILES = {
 
 WINDOWS = ((1, "24 h"), (7, "7 days"), (30, "30 days"))
 PAGE_SIZE = 50
+# A session active this recently is followed live on its page (unless ?live=0).
+ACTIVE_SECS = 30 * 60.0
 _CURRENT = ' aria-current="true"'
 SEARCH_HITS = 20
 
@@ -286,8 +289,11 @@ class UIPages:
     @app.route("/sessions/<session_id>", methods=["GET"])
     async def session(self, request: Any, session_id: str) -> bytes:
         check_ids(("session_id", session_id))
-        Params(request, ())
+        p = Params(request, ("live",))
         session = await self.store.export(session_id)
+        live = p.flag("live")
+        if live is None:
+            live = self._active(session)
         calls: dict[str, list[Mapping[str, Any]]] = {}
         for call in session.get("tool_calls", []):
             calls.setdefault(str(call.get("request_id")), []).append(call)
@@ -311,11 +317,23 @@ class UIPages:
             self._session_head(session)
             + '<p id="live" class="live" hidden><span id="live-text"></span> <a href="" id="live-show">Show</a></p>'
             + f'<div class="conversation" data-raw-base="/api/sessions/{e(quote(session_id, safe=""))}/raw/"'
-            f' data-events="/api/sessions/{e(quote(session_id, safe=""))}/events">{page}</div>'
+            + (f' data-events="/api/sessions/{e(quote(session_id, safe=""))}/events"' if live else "")
+            + f">{page}</div>"
             + _RAW_DIALOG
         )
         title = session.get("title") or session_id
         return _html(request, layout(str(title), body, current="/sessions"))
+
+    def _active(self, session: Mapping[str, Any]) -> bool:
+        """Whether the session was active in the last L{ACTIVE_SECS} (its page then follows it live)."""
+        last = session.get("last_activity")
+        if not isinstance(last, str):
+            return False
+        try:
+            moment_secs = datetime.fromisoformat(last).timestamp()
+        except ValueError:
+            return False
+        return self.clock.seconds() - moment_secs < ACTIVE_SECS
 
     def _session_head(self, s: Mapping[str, Any]) -> str:
         sid = str(s.get("session_id"))
