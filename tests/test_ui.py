@@ -443,3 +443,46 @@ async def test_log_requests_logs_one_line_per_ui_request(tmp_path: Path) -> None
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert [formatEvent(e) for e in events if formatEvent(e).startswith("ui ")] == ["ui GET /sessions 200"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_loopback_only_requests_for_this_machine_are_answered(tmp_path: Path) -> None:
+    """DNS rebinding: a page at evil.example resolving to 127.0.0.1 sends Host: evil.example, and gets nothing."""
+    ui = UI(tmp_path / "loopback")
+    code, body, _ = await ui.get("/api/sessions", {"Host": "evil.example:8082"})
+    assert code == 421 and "capybara" not in body
+    code, body, _ = await ui.get("/", {"Host": "evil.example:8082", "Origin": "http://evil.example:8082"})
+    assert code == 421
+    assert (await ui.get("/", {"Host": "localhost:8082"}))[0] == 200
+    # Listening beyond loopback, any name may reach it (protect it with the token).
+    wide = UI(tmp_path / "wide", ui={"host": "0.0.0.0"})
+    assert (await wide.get("/", {"Host": "gateway.lan:8082"}))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        (b"127.0.0.1:8082", True), (b"localhost", True), (b"LOCALHOST:1", True), (b"app.localhost:8082", True),
+        (b"[::1]:8082", True), (b"::1", True), (b"127.1.2.3", True), (b"evil.example", False),
+        (b"10.0.0.1:8082", False), (b"[::2]:1", False), (b"", False), (None, False), (b"[::1", False),
+    ],
+)
+def test_is_loopback_host(host: bytes | None, loopback: bool) -> None:
+    from lunaroute.ui.guard import is_loopback_host
+
+    assert is_loopback_host(host) is loopback
+
+
+def test_figures_read_plainly() -> None:
+    """Counts, money, durations, ratios and times as the pages show them; unknown is a dash."""
+    from lunaroute.ui.render import cost, duration, integer, moment, percent
+
+    assert [integer(v) for v in (1234567, None, True, "x")] == ["1,234,567", "—", "—", "—"]
+    assert [cost(v) for v in (0, 0.00042, 0.0171, 12.5, 1234.5, None)] == [
+        "$0", "$0.0004", "$0.017", "$12.50", "$1,234.50", "—",
+    ]
+    assert [duration(v) for v in (250, 1200, 125_000, 7_260_000, None)] == [
+        "250 ms", "1.2 s", "2 min 5 s", "2 h 1 min", "—",
+    ]
+    assert [percent(v) for v in (0.5, None)] == ["50%", "—"]
+    assert [moment(v) for v in ("2025-06-15T14:03:07.412Z", None, "")] == ["2025-06-15 14:03:07", "—", "—"]

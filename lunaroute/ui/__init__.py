@@ -33,7 +33,7 @@ from lunaroute.interfaces import ISessionStore
 from lunaroute.proxy.site import ListenerService, gateway_site
 from lunaroute.sessions.store import SessionStore
 from lunaroute.stats.pricing import PricingTable
-from lunaroute.ui.guard import CONTENT_SECURITY_POLICY, UIGuard
+from lunaroute.ui.guard import CONTENT_SECURITY_POLICY, UIGuard, is_loopback_host
 from lunaroute.ui.pages import UIPages
 
 __all__ = ["CONTENT_SECURITY_POLICY", "make_ui_service", "ui_resource", "ui_url"]
@@ -65,7 +65,12 @@ def ui_resource(
     """The UI site's whole resource: guard, then API or pages."""
     api = SessionAPI(store, settings, clock, feed, pricing).resource()
     pages = UIPages(store, settings, clock, pricing).resource()
-    return UIGuard(_Dispatch(api, pages), settings.http_server, log_requests=settings.ui.log_requests)
+    return UIGuard(
+        _Dispatch(api, pages),
+        settings.http_server,
+        log_requests=settings.ui.log_requests,
+        loopback_only=is_loopback_host(settings.ui.host.encode("utf-8")),
+    )
 
 
 def ui_url(settings: Any, port: int | None = None) -> str:

@@ -6,6 +6,10 @@ health probe there); on the UI every path shows recorded data, so this guard
 applies the same rules to all of them, with the proxy's L{AccessPolicy}:
 
   - the request target must be origin form (C{/path?query});
+  - when the UI listens on loopback, the C{Host} header must name this
+    machine (C{localhost}, C{127.0.0.1}, C{[::1]}): a web page whose own
+    name was made to resolve to 127.0.0.1 ("DNS rebinding") would otherwise
+    be same-origin with the UI and read it;
   - a browser C{Origin} must be this site itself or one listed in
     C{http_server.cors_allowed_origins} (a page elsewhere cannot read or
     delete sessions through the user's browser);
@@ -24,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 from typing import Any
 
 from twisted.logger import Logger
@@ -34,7 +39,7 @@ from lunaroute.logs import log_observer
 from lunaroute.providers.url import BadTarget, split_target
 from lunaroute.proxy.access import AccessPolicy
 
-__all__ = ["CONTENT_SECURITY_POLICY", "UIGuard"]
+__all__ = ["CONTENT_SECURITY_POLICY", "UIGuard", "is_loopback_host"]
 
 log = Logger(observer=log_observer)
 
@@ -51,6 +56,23 @@ _SECURITY_HEADERS = (
 )
 
 
+def is_loopback_host(host_header: bytes | None) -> bool:
+    """Whether a C{Host} header names this machine: C{localhost}, C{*.localhost}, 127.0.0.0/8, C{[::1]}."""
+    if not host_header:
+        return False
+    host = host_header.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _plain(request: Any, status: int, message: str) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -63,8 +85,16 @@ class UIGuard(Resource):
 
     isLeaf = True
 
-    def __init__(self, inner: IResource, http_server: HttpServerSettings, *, log_requests: bool = False) -> None:
+    def __init__(
+        self,
+        inner: IResource,
+        http_server: HttpServerSettings,
+        *,
+        log_requests: bool = False,
+        loopback_only: bool = False,
+    ) -> None:
         super().__init__()
+        self._loopback_only = loopback_only
         self._inner = inner
         self._policy = AccessPolicy(http_server)
         token = http_server.auth_token
@@ -102,6 +132,13 @@ class UIGuard(Resource):
             split_target(request.uri)
         except BadTarget as exc:
             return _plain(request, 400, exc.message)
+        if self._loopback_only and not is_loopback_host(request.getHeader(b"host")):
+            return _plain(
+                request,
+                421,
+                "this UI listens on loopback and answers only requests for localhost, 127.0.0.1 or [::1] "
+                "(the Host header names another machine)",
+            )
         origin_header = request.getHeader(b"origin")
         if origin_header is not None:
             origin = origin_header.decode("latin-1")

@@ -52,7 +52,7 @@ def cost(value: Any) -> str:
         return "$0"
     if amount < 0.01:
         return f"${amount:.4f}"
-    return f"${amount:,.2f}" if amount >= 100 else f"${amount:.3f}"
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.3f}"
 
 
 def duration(ms: Any) -> str:
