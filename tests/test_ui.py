@@ -166,6 +166,9 @@ async def test_sessions_table_filters_sorts_and_pages_from_the_url(ui: UI) -> No
     # A state the form does not show is kept as a hidden field.
     _, page, _ = await ui.get("/sessions?min_total_tokens=100")
     assert '<input type="hidden" name="min_total_tokens" value="100">' in page
+    # The same list as JSON from the API, with the same parameters.
+    _, page, _ = await ui.get("/sessions?client=Codex&sort=cost")
+    assert 'This list as <a href="/api/sessions?client=Codex&amp;sort=cost">JSON</a>' in page
 
 
 @pytest_twisted.ensureDeferred
@@ -486,3 +489,27 @@ def test_figures_read_plainly() -> None:
     ]
     assert [percent(v) for v in (0.5, None)] == ["50%", "—"]
     assert [moment(v) for v in ("2025-06-15T14:03:07.412Z", None, "")] == ["2025-06-15 14:03:07", "—", "—"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_codex_session_page(ui: UI) -> None:
+    """Codex (Responses): the user's words, its injected context collapsed, its developer prompt as system, the error."""
+    code, page, _ = await ui.get(f"/sessions/{CX}")
+    assert code == 200
+    assert '<div class="msg user"><div class="who">User</div><div class="text">say hi</div></div>' in page
+    assert '<details class="context"><summary>Context the client added: environment_context</summary>' in page
+    assert "&lt;cwd&gt;/tmp/cx-work&lt;/cwd&gt;" in page
+    assert re.search(r'<details class="system"><summary>System prompt</summary><pre>[^<]*You are Codex', page)
+    assert '<p class="error">overloaded_error: server overloaded</p>' in page
+
+
+def test_injected_context_is_told_apart_from_what_the_user_wrote() -> None:
+    parts = request_parts(
+        {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "<system-reminder>\nbe careful\n</system-reminder>"},
+            {"type": "text", "text": "fix <b>the</b> bug"},
+        ]}]},
+        "anthropic",
+    )
+    assert parts.user_texts == ["fix <b>the</b> bug"]
+    assert parts.context_texts == ["<system-reminder>\nbe careful\n</system-reminder>"]

@@ -10,6 +10,7 @@ job).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +29,28 @@ class ToolResult:
 
 @dataclass(frozen=True)
 class RequestParts:
+    """
+    @ivar user_texts: what the user wrote in this turn.
+    @ivar context_texts: user-role texts the client injected, each one whole
+        tagged block (Claude Code's C{<system-reminder>}, Codex's
+        C{<environment_context>}, C{<user_instructions>}).
+    """
+
     user_texts: list[str] = field(default_factory=list)
     tool_results: list[ToolResult] = field(default_factory=list)
     system: str | None = None
     tool_names: list[str] = field(default_factory=list)
+    context_texts: list[str] = field(default_factory=list)
+
+
+_TAGGED_BLOCK = re.compile(r"\A\s*<([A-Za-z_][\w-]*)>.*</\1>\s*\Z", re.S)
+
+
+def _split_context(parts: RequestParts) -> RequestParts:
+    """Move the user texts that are one whole tagged block to C{context_texts}."""
+    user = [t for t in parts.user_texts if not _TAGGED_BLOCK.match(t)]
+    context = [t for t in parts.user_texts if _TAGGED_BLOCK.match(t)]
+    return RequestParts(user, parts.tool_results, parts.system, parts.tool_names, context)
 
 
 def _text_of(content: Any) -> str:
@@ -141,9 +160,13 @@ def _responses(body: Mapping[str, Any]) -> RequestParts:
         elif item.get("role") == "user":
             texts.append(_text_of(item.get("content")))
     instructions = body.get("instructions")
-    return RequestParts(
-        texts, results, instructions if isinstance(instructions, str) and instructions else None, _tool_names(body.get("tools"))
-    )
+    system = [instructions] if isinstance(instructions, str) and instructions else []
+    system += [
+        _text_of(item.get("content"))
+        for item in items
+        if isinstance(item, Mapping) and item.get("role") in ("system", "developer")
+    ]
+    return RequestParts(texts, results, "\n\n".join(system) or None, _tool_names(body.get("tools")))
 
 
 def request_parts(body: Any, dialect: str | None) -> RequestParts:
@@ -156,7 +179,7 @@ def request_parts(body: Any, dialect: str | None) -> RequestParts:
     if not isinstance(body, Mapping):
         return RequestParts()
     if dialect == "openai_responses" or (dialect is None and "input" in body):
-        return _responses(body)
+        return _split_context(_responses(body))
     if dialect == "openai_chat":
-        return _chat(body)
-    return _anthropic(body)
+        return _split_context(_chat(body))
+    return _split_context(_anthropic(body))

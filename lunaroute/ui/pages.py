@@ -194,6 +194,7 @@ class UIPages:
             + hits_html
             + session_table(rows, self._sortable_head(state, sort, order))
             + self._pager(state, total, limit, offset)
+            + f'<p class="exports">This list as <a href="{e(query_url("/api/sessions", state))}">JSON</a></p>'
         )
         return _html(
             request,
@@ -403,6 +404,12 @@ class UIPages:
                 f'<details class="tools-offered"><summary>{len(parts.tool_names)} tools offered</summary>'
                 f"<p>{e(', '.join(parts.tool_names))}</p></details>"
             )
+        for text in parts.context_texts:
+            tag = text.strip()[1:].split(">", 1)[0]
+            out.append(
+                f'<details class="context"><summary>Context the client added: {e(tag)}</summary>'
+                f"<pre>{e(text)}</pre></details>"
+            )
         for text in parts.user_texts:
             out.append(f'<div class="msg user"><div class="who">User</div><div class="text">{e(text)}</div></div>')
         if turn.get("thinking_text"):
@@ -422,8 +429,11 @@ class UIPages:
                 f'<details><summary>Input</summary><pre>{e(pretty_json(call.get("input_json")))}</pre></details>'
                 f"<!--result:{e(call.get('tool_call_id'))}--></div>"
             )
-        if turn.get("error"):
-            out.append(f'<p class="error">{e(turn.get("error_type") or "error")}: {e(turn.get("error"))}</p>')
+        error = turn.get("error")
+        if error:
+            kind = str(turn.get("error_type") or "error")
+            text = str(error) if str(error).startswith(kind) else f"{kind}: {error}"
+            out.append(f'<p class="error">{e(text)}</p>')
         out.append("</section>")
         return "".join(out)
 
