@@ -142,10 +142,12 @@ class DevTools:
             raise RuntimeError(result["exceptionDetails"])
         return result["result"].get("value")
 
-    def until(self, condition: str) -> Any:
-        """Wait in the page (no sleeping here) until C{condition} is true."""
+    def until(self, condition: str, limit_ms: int = 30000) -> Any:
+        """Wait in the page (no sleeping here) until C{condition} is true; fails after C{limit_ms}."""
         return self.eval(
-            "new Promise(done => { const check = () => (" + condition + ") ? done(true) : setTimeout(check, 20); check(); })"
+            "new Promise((done, fail) => { const start = Date.now(); const check = () => (" + condition + ") "
+            f"? done(true) : Date.now() - start > {limit_ms} ? fail(new Error('timed out waiting for: ' + "
+            f"{json.dumps(condition)})) : setTimeout(check, 20); check(); }})"
         )
 
     def key(self, key: str, code: int, text: str | None = None) -> None:
@@ -190,6 +192,8 @@ async def recorded_ui(fake: Any, start_gateway: Any, tmp_path: Path) -> tuple[st
         messages=[{"role": "user", "content": f"capybara {SCRIPT} {IMG}"}],
     )
     await service.recorder.flush()
+    ui.gateway_url = gateway.url
+    ui.recorder = service.recorder
     return f"http://127.0.0.1:{port}", ui
 
 
@@ -270,3 +274,52 @@ async def test_raw_viewer_opens_on_click_and_escape_closes_it(fake: Any, start_g
     assert seen["open_after_escape"] is False
     assert seen["focused"] == "search"
     assert "PWNED" not in seen["title"]
+
+
+def watch_live(url: str, profile: Path, opened: Any) -> dict[str, Any]:
+    browser = DevTools(profile)
+    try:
+        browser.open(url)
+        turns = browser.eval("document.querySelectorAll('.turn').length")
+        # The page's event stream is open (so subscribed) before the next turn is recorded.
+        browser.until("document.querySelector('.conversation').dataset.live === 'open'")
+        opened()
+        browser.until("!document.getElementById('live').hidden")
+        banner = browser.eval("document.getElementById('live-text').textContent")
+        href = browser.eval("document.getElementById('live-show').getAttribute('href')")
+        return {"turns": turns, "banner": banner, "href": href}
+    finally:
+        browser.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_active_session_page_announces_new_turns(fake: Any, start_gateway: Any, tmp_path: Path) -> None:
+    """While its page is open, a turn recorded in the session is announced, with a link to it."""
+    from twisted.internet.defer import Deferred, gatherResults
+
+    base, ui = await recorded_ui(fake, start_gateway, tmp_path)
+    gateway_url = ui.gateway_url
+    page_open: Deferred[None] = Deferred()
+    try:
+        watching = in_thread(
+            watch_live, base + f"/sessions/{SESSION}", tmp_path / "live", lambda: reactor.callFromThread(page_open.callback, None)
+        )
+        await page_open
+        import anthropic
+
+        client = anthropic.Anthropic(
+            base_url=gateway_url, api_key="sk-ant-client-key-123456789", max_retries=0,
+            default_headers={"x-session-id": SESSION},
+        )
+        second = await in_thread(
+            client.messages.create, model="claude-sonnet-4-5", max_tokens=16,
+            messages=[{"role": "user", "content": "and now?"}],
+        )
+        assert second.content
+        await ui.recorder.flush()
+        (seen,) = await gatherResults([watching])
+    finally:
+        await ui.stopService()
+    assert seen["turns"] == 1
+    assert seen["banner"] == "1 new turn recorded."
+    assert seen["href"].startswith("#turn-")

@@ -102,6 +102,7 @@
   if (conversation && conversation.getAttribute("data-events") && window.EventSource) {
     var fresh = [];
     var events = new EventSource(conversation.getAttribute("data-events"));
+    events.addEventListener("open", function () { conversation.setAttribute("data-live", "open"); });
     events.addEventListener("exchange", function (event) {
       fresh.push(event.lastEventId);
       var banner = document.getElementById("live");
