@@ -131,7 +131,7 @@ async def test_dashboard_shows_cards_and_recent_sessions(ui: UI) -> None:
 @pytest_twisted.ensureDeferred
 async def test_every_page_sends_a_strict_content_security_policy(ui: UI) -> None:
     """No inline script, nothing from elsewhere, no framing: on pages, API and errors alike."""
-    for path in ("/", "/sessions", f"/sessions/{CC}", "/static/app.js", "/api/sessions", "/nowhere"):
+    for path in ("/", "/sessions", f"/sessions/{CC}", "/settings", "/static/app.js", "/api/sessions", "/nowhere"):
         _, _, headers = await ui.get(path)
         assert headers.getRawHeaders(b"content-security-policy") == [CONTENT_SECURITY_POLICY.encode()]
         assert headers.getRawHeaders(b"x-content-type-options") == [b"nosniff"]
@@ -513,3 +513,22 @@ def test_injected_context_is_told_apart_from_what_the_user_wrote() -> None:
     )
     assert parts.user_texts == ["fix <b>the</b> bug"]
     assert parts.context_texts == ["<system-reminder>\nbe careful\n</system-reminder>"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_settings_page_shows_the_running_configuration_with_secrets_masked(tmp_path: Path) -> None:
+    ui = UI(
+        tmp_path,
+        providers={"anthropic": {"api_key": "sk-ant-server-secret-key-0123456789"}},
+        http_server={"auth_token": "tok-secret-9876543210"},
+        ui={"enabled": True, "refresh_interval": 9},
+        session_recording={"enabled": True},
+    )
+    auth = {"Authorization": "Bearer tok-secret-9876543210"}
+    code, page, _ = await ui.get("/settings", auth)
+    assert code == 200
+    assert "ui: on, http://127.0.0.1:8082" in page and "session recording: on" in page
+    assert "<th>ui.refresh_interval</th><td>9 s</td>" in page
+    assert "<th>gateway token</th><td>set</td>" in page
+    assert "sk-ant-server-secret-key-0123456789" not in page and "tok-secret-9876543210" not in page
+    assert '<a href="/settings" aria-current="page">Settings</a>' in page

@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from lunaroute.api.app import LIST_PARAMS, list_query
 from lunaroute.api.costs import cost_by_kind
 from lunaroute.api.params import WINDOW_PARAMS, Params
+from lunaroute.config import setting_lines
 from lunaroute.interfaces import ISessionStore
 from lunaroute.logs import log_observer
 from lunaroute.sessions.store import SORTS, StoreError, check_ids, make_window
@@ -284,6 +285,34 @@ class UIPages:
         if offset + limit < total:
             links.append(f'<a rel="next" href="{e(query_url("/sessions", {**state, "offset": offset + limit}))}">Older →</a>')
         return '<nav class="pager">' + " ".join(links) + "</nav>"
+
+    # -- settings ------------------------------------------------------------
+
+    @app.route("/settings", methods=["GET"])
+    def settings_page(self, request: Any) -> bytes:
+        """The running configuration as the start-up log summarises it (secrets masked), read-only."""
+        Params(request, ())
+        lines = "".join(f"<li>{e(line)}</li>" for line in setting_lines(self.settings))
+        ui = self.settings.ui
+        rows = "".join(
+            f"<tr><th>{e(name)}</th><td>{e(value)}</td></tr>"
+            for name, value in (
+                ("ui.host", ui.host),
+                ("ui.port", ui.port),
+                ("ui.refresh_interval", f"{ui.refresh_interval} s"),
+                ("ui.export_enabled", str(ui.export_enabled).lower()),
+                ("ui.delete_enabled", str(ui.delete_enabled).lower()),
+                ("ui.log_requests", str(ui.log_requests).lower()),
+                ("gateway token", "set" if self.settings.http_server.auth_token else "not set"),
+            )
+        )
+        body = (
+            '<h1>Settings</h1><p class="meta">Read-only: change them in the configuration file or the '
+            "environment and restart.</p>"
+            f'<h2>Running</h2><ul class="settings">{lines}</ul>'
+            f'<h2>Web UI</h2><div class="table-wrap"><table class="settings">{rows}</table></div>'
+        )
+        return _html(request, layout("Settings", body, current="/settings"))
 
     # -- one session -----------------------------------------------------------
 

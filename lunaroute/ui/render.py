@@ -121,7 +121,7 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2, default=str)
 
 
-_NAV = (("/", "Dashboard"), ("/sessions", "Sessions"))
+_NAV = (("/", "Dashboard"), ("/sessions", "Sessions"), ("/settings", "Settings"))
 _CURRENT_PAGE = ' aria-current="page"'
 
 
