@@ -532,3 +532,23 @@ async def test_settings_page_shows_the_running_configuration_with_secrets_masked
     assert "<th>gateway token</th><td>set</td>" in page
     assert "sk-ant-server-secret-key-0123456789" not in page and "tok-secret-9876543210" not in page
     assert '<a href="/settings" aria-current="page">Settings</a>' in page
+
+
+def test_markdown_of_answers_is_readable_and_inert() -> None:
+    """Code blocks, inline code, bold, headings; links and HTML stay text; nothing from the text becomes a tag."""
+    from lunaroute.ui.render import markdown_html
+
+    text = (
+        "## Plan\n**Bold** and `x < y`\n```python\nprint('<b>')\n```\n"
+        "[click](javascript:alert(1)) <img src=x onerror=alert(1)> **<script>alert(1)</script>**"
+    )
+    out = markdown_html(text)
+    assert '<strong class="h2">Plan</strong>' in out
+    assert "<strong>Bold</strong> and <code>x &lt; y</code>" in out
+    assert '<pre class="code"><code>print(&#x27;&lt;b&gt;&#x27;)\n</code></pre>' in out
+    assert "[click](javascript:alert(1))" in out and "<a" not in out
+    assert "&lt;img src=x onerror=alert(1)&gt;" in out
+    assert "<strong>&lt;script&gt;alert(1)&lt;/script&gt;</strong>" in out
+    tags = set(re.findall(r"</?([a-z0-9]+)", out))
+    assert tags <= {"strong", "code", "pre"}
+    assert markdown_html(None) == ""

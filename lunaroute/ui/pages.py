@@ -36,6 +36,7 @@ from lunaroute.ui.render import (
     e,
     integer,
     layout,
+    markdown_html,
     moment,
     percent,
     pretty_json,
@@ -448,7 +449,7 @@ class UIPages:
             )
         if turn.get("response_text"):
             out.append(
-                f'<div class="msg assistant"><div class="who">Assistant</div><div class="text">{e(turn.get("response_text"))}</div></div>'
+                f'<div class="msg assistant"><div class="who">Assistant</div><div class="text md">{markdown_html(turn.get("response_text"))}</div></div>'
             )
         for call in calls:
             state = " error" if call.get("is_error") else ""

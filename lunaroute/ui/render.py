@@ -115,6 +115,43 @@ def safe_snippet(snippet: str | None) -> str:
     return "".join(out)
 
 
+_FENCE = re.compile(r"^```[^\n`]*\n(.*?)^```[ \t]*$", re.S | re.M)
+_INLINE_CODE = re.compile(r"`([^`\n]+)`")
+_BOLD = re.compile(r"\*\*(?=\S)([^*\n]+?)(?<=\S)\*\*")
+_HEADING = re.compile(r"^(#{1,6}) +(.+)$", re.M)
+
+
+def _inline_markdown(escaped: str) -> str:
+    pieces = _INLINE_CODE.split(escaped)
+    out = []
+    for index, piece in enumerate(pieces):
+        if index % 2:
+            out.append(f"<code>{piece}</code>")
+        else:
+            piece = _HEADING.sub(lambda m: f'<strong class="h{len(m.group(1))}">{m.group(2)}</strong>', piece)
+            out.append(_BOLD.sub(r"<strong>\1</strong>", piece))
+    return "".join(out)
+
+
+def markdown_html(text: str | None) -> str:
+    """
+    The few markdown forms that make an answer readable: fenced code
+    blocks, inline code, bold and headings.  The text is escaped first and
+    the result holds only tags written here, without attributes from the
+    text: links stay text (C{[x](javascript:...)} is shown, never followed),
+    raw HTML stays text.
+    """
+    escaped = e(text)
+    out = []
+    last = 0
+    for match in _FENCE.finditer(escaped):
+        out.append(_inline_markdown(escaped[last : match.start()]))
+        out.append(f'<pre class="code"><code>{match.group(1)}</code></pre>')
+        last = match.end()
+    out.append(_inline_markdown(escaped[last:]))
+    return "".join(out)
+
+
 def pretty_json(value: Any) -> str:
     if isinstance(value, str):
         return value
