@@ -322,6 +322,8 @@ class UISettings:
     export_enabled: bool = True
     delete_enabled: bool = False
     log_requests: bool = False
+    # The UI's own token; when unset the UI takes http_server.auth_token.
+    auth_token: str | None = field(default=None, repr=False)
 
 
 ROUTING_STRATEGIES = ("round_robin", "weighted_round_robin", "limits_alternative")
@@ -597,6 +599,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "export_enabled",
         "delete_enabled",
         "log_requests",
+        "auth_token",
     ),
 }
 # `session_stats_max_sessions` at the top level is the original's spelling
@@ -1641,6 +1644,7 @@ def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Setti
             export_enabled=layers.get(("ui", "export_enabled"), ui_defaults.export_enabled, _bool),
             delete_enabled=layers.get(("ui", "delete_enabled"), ui_defaults.delete_enabled, _bool),
             log_requests=layers.get(("ui", "log_requests"), ui_defaults.log_requests, _bool),
+            auth_token=layers.get(("ui", "auth_token"), ui_defaults.auth_token, _optional_text),
         ),
         routing=_build_routing(layers.values.get(("routing",), {}), providers),
         source=source,

@@ -529,7 +529,7 @@ async def test_settings_page_shows_the_running_configuration_with_secrets_masked
     assert code == 200
     assert "ui: on, http://127.0.0.1:8082" in page and "session recording: on" in page
     assert "<th>ui.refresh_interval</th><td>9 s</td>" in page
-    assert "<th>gateway token</th><td>set</td>" in page
+    assert "<th>token</th><td>set (http_server.auth_token)</td>" in page
     assert "sk-ant-server-secret-key-0123456789" not in page and "tok-secret-9876543210" not in page
     assert '<a href="/settings" aria-current="page">Settings</a>' in page
 
@@ -552,3 +552,16 @@ def test_markdown_of_answers_is_readable_and_inert() -> None:
     tags = set(re.findall(r"</?([a-z0-9]+)", out))
     assert tags <= {"strong", "code", "pre"}
     assert markdown_html(None) == ""
+
+
+@pytest_twisted.ensureDeferred
+async def test_ui_auth_token_is_the_uis_own(tmp_path: Path) -> None:
+    """ui.auth_token protects the UI instead of the gateway's token; it is never shown."""
+    ui = UI(tmp_path, http_server={"auth_token": "gateway-token-1"}, ui={"auth_token": "ui-token-22"})
+    assert "ui-token-22" not in repr(ui.settings.ui)
+    assert (await ui.get("/"))[0] == 401
+    assert (await ui.get("/", {"Authorization": "Bearer gateway-token-1"}))[0] == 401
+    assert (await ui.get("/", {"Authorization": "Bearer ui-token-22"}))[0] == 200
+    basic = "Basic " + base64.b64encode(b"me:ui-token-22").decode()
+    code, page, _ = await ui.get("/settings", {"Authorization": basic})
+    assert code == 200 and "<th>token</th><td>set (ui.auth_token)</td>" in page and "ui-token-22" not in page

@@ -70,6 +70,7 @@ def ui_resource(
         settings.http_server,
         log_requests=settings.ui.log_requests,
         loopback_only=is_loopback_host(settings.ui.host.encode("utf-8")),
+        token=settings.ui.auth_token,
     )
 
 

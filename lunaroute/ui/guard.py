@@ -13,8 +13,8 @@ applies the same rules to all of them, with the proxy's L{AccessPolicy}:
   - a browser C{Origin} must be this site itself or one listed in
     C{http_server.cors_allowed_origins} (a page elsewhere cannot read or
     delete sessions through the user's browser);
-  - with C{http_server.auth_token} set, every request needs it: as on the
-    proxy (C{Authorization: Bearer}, C{x-lunaroute-token}), or as the
+  - with C{ui.auth_token} or C{http_server.auth_token} set (the first
+    wins), every request needs it: as on the proxy (C{Authorization: Bearer}, C{x-lunaroute-token}), or as the
     password of HTTP Basic authentication, which browsers ask for by
     themselves (any user name).
 
@@ -37,7 +37,7 @@ from twisted.web.resource import IResource, Resource
 from lunaroute.config import HttpServerSettings
 from lunaroute.logs import log_observer
 from lunaroute.providers.url import BadTarget, split_target
-from lunaroute.proxy.access import AccessPolicy
+from lunaroute.proxy.access import TOKEN_HEADER, AccessPolicy
 
 __all__ = ["CONTENT_SECURITY_POLICY", "UIGuard", "is_loopback_host"]
 
@@ -92,19 +92,27 @@ class UIGuard(Resource):
         *,
         log_requests: bool = False,
         loopback_only: bool = False,
+        token: str | None = None,
     ) -> None:
         super().__init__()
         self._loopback_only = loopback_only
         self._inner = inner
         self._policy = AccessPolicy(http_server)
-        token = http_server.auth_token
+        token = token or http_server.auth_token
         self._token = token.encode("utf-8") if token else None
         self._log_requests = log_requests
 
-    def _basic_token(self, request: Any) -> bool:
+    def _token_presented(self, request: Any) -> bool:
+        """The token as C{x-lunaroute-token}, C{Authorization: Bearer}, or the password of Basic auth."""
         assert self._token is not None
-        for value in request.requestHeaders.getRawHeaders(b"authorization", []):
+        headers = request.requestHeaders
+        for value in headers.getRawHeaders(TOKEN_HEADER, []):
+            if hmac.compare_digest(value.strip(), self._token):
+                return True
+        for value in headers.getRawHeaders(b"authorization", []):
             scheme, _, credential = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self._token):
+                return True
             if scheme.lower() != b"basic":
                 continue
             try:
@@ -149,7 +157,7 @@ class UIGuard(Resource):
                     f"cross-origin requests from {origin[:200]!r} are not allowed "
                     "(list the origin in http_server.cors_allowed_origins)",
                 )
-        if self._token is not None and not (self._basic_token(request) or self._policy.token_presented(request)):
+        if self._token is not None and not self._token_presented(request):
             request.setHeader(b"www-authenticate", b'Basic realm="LunaRoute UI", charset="UTF-8"')
             return _plain(
                 request,
@@ -157,7 +165,7 @@ class UIGuard(Resource):
                 "the LunaRoute UI needs the gateway token (http_server.auth_token): as the password "
                 "your browser asks for, or Authorization: Bearer <token>",
             )
-        request.requestHeaders.removeHeader(b"x-lunaroute-token")
+        request.requestHeaders.removeHeader(TOKEN_HEADER)
         request.requestHeaders.removeHeader(b"authorization")
         return self._inner.render(request)
 

@@ -72,6 +72,15 @@ def _html(request: Any, page: bytes, status: int = 200) -> bytes:
     return page
 
 
+def _token_state(settings: Any) -> str:
+    """Which token protects the UI (never the token itself)."""
+    if settings.ui.auth_token:
+        return "set (ui.auth_token)"
+    if settings.http_server.auth_token:
+        return "set (http_server.auth_token)"
+    return "not set"
+
+
 def _static(name: str) -> bytes:
     return importlib.resources.files("lunaroute.ui").joinpath("static", name).read_bytes()
 
@@ -304,7 +313,7 @@ class UIPages:
                 ("ui.export_enabled", str(ui.export_enabled).lower()),
                 ("ui.delete_enabled", str(ui.delete_enabled).lower()),
                 ("ui.log_requests", str(ui.log_requests).lower()),
-                ("gateway token", "set" if self.settings.http_server.auth_token else "not set"),
+                ("token", _token_state(self.settings)),
             )
         )
         body = (
