@@ -18,7 +18,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    # lunaroute/data (the shipped pricing table) holds no Python: listed as a
+    # lunaroute/data (the shipped pricing table) and lunaroute/ui/static (the
+    # web UI's style sheet and script) hold no Python: each listed as a
     # package of its own so setuptools ships it without its "package would be
     # ignored" warning.
     # The example configurations of examples/configs/ are installed inside
@@ -26,12 +27,13 @@ setup(
     # examples/configs/<name>` works from any directory
     # (lunaroute.config.shipped_example); one copy in the tree, mapped here.
     packages=find_packages(include=["lunaroute", "lunaroute.*"])
-    + ["lunaroute.data", "lunaroute.examples", "lunaroute.examples.configs", "twisted.plugins"],
+    + ["lunaroute.data", "lunaroute.ui.static", "lunaroute.examples", "lunaroute.examples.configs", "twisted.plugins"],
     package_dir={"lunaroute.examples": "examples"},
     package_data={
         "twisted": ["plugins/lunaroute_plugin.py"],
         "lunaroute": ["py.typed"],
         "lunaroute.data": ["*.yaml"],
+        "lunaroute.ui.static": ["*.css", "*.js"],
         "lunaroute.examples.configs": ["*.yaml", "README.md"],
     },
     include_package_data=True,

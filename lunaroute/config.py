@@ -61,6 +61,7 @@ __all__ = [
     "SwitchNotificationSettings",
     "UISettings",
     "load_settings",
+    "ui_unavailable_reason",
     "mask_secret",
     "pending_feature_warnings",
     "shipped_examples_dir",
@@ -312,7 +313,7 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class UISettings:
-    """The (future) web UI; validated now so configs written today keep working."""
+    """The web UI (L{lunaroute.ui}): its own listener, and what the session API allows."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -321,6 +322,8 @@ class UISettings:
     export_enabled: bool = True
     delete_enabled: bool = False
     log_requests: bool = False
+    # The UI's own token; when unset the UI takes http_server.auth_token.
+    auth_token: str | None = field(default=None, repr=False)
 
 
 ROUTING_STRATEGIES = ("round_robin", "weighted_round_robin", "limits_alternative")
@@ -596,6 +599,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "export_enabled",
         "delete_enabled",
         "log_requests",
+        "auth_token",
     ),
 }
 # `session_stats_max_sessions` at the top level is the original's spelling
@@ -1640,6 +1644,7 @@ def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Setti
             export_enabled=layers.get(("ui", "export_enabled"), ui_defaults.export_enabled, _bool),
             delete_enabled=layers.get(("ui", "delete_enabled"), ui_defaults.delete_enabled, _bool),
             log_requests=layers.get(("ui", "log_requests"), ui_defaults.log_requests, _bool),
+            auth_token=layers.get(("ui", "auth_token"), ui_defaults.auth_token, _optional_text),
         ),
         routing=_build_routing(layers.values.get(("routing",), {}), providers),
         source=source,
@@ -1919,7 +1924,25 @@ def setting_lines(settings: Settings) -> list[str]:
         f"request logging {_onoff(settings.logging.log_requests)}; "
         f"metrics {_onoff(settings.metrics.enabled)}"
     )
-    if settings.ui.enabled:
-        # Say only what runs: there is no UI listener in this version.
-        lines.append("ui: not available in this version; ui.enabled has no effect")
+    reason = ui_unavailable_reason(settings)
+    if reason is None:
+        host = f"[{settings.ui.host}]" if ":" in settings.ui.host else settings.ui.host
+        lines.append(f"ui: on, http://{host}:{settings.ui.port}")
+    else:
+        lines.append(f"ui: off ({reason})")
     return lines
+
+
+def ui_unavailable_reason(settings: Settings) -> str | None:
+    """
+    Why the web UI does not run with these settings (C{ui.enabled: false},
+    or no recording to SQLite, which is all it shows), or C{None} when it runs.
+    """
+    if not settings.ui.enabled:
+        return "ui.enabled: false"
+    recording = settings.session_recording
+    if not recording.enabled:
+        return "it shows recorded sessions: set session_recording.enabled: true"
+    if not recording.sqlite_enabled:
+        return "it reads the session database: set session_recording.sqlite.enabled: true"
+    return None

@@ -31,7 +31,13 @@ def test_wheel_ships_the_pricing_table_without_setuptools_warnings(tmp_path: Pat
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         archive.extractall(tmp_path / "site")
-    assert {"lunaroute/data/pricing.yaml", "lunaroute/py.typed", "twisted/plugins/lunaroute_plugin.py"} <= names
+    assert {
+        "lunaroute/data/pricing.yaml",
+        "lunaroute/py.typed",
+        "twisted/plugins/lunaroute_plugin.py",
+        "lunaroute/ui/static/app.css",
+        "lunaroute/ui/static/app.js",
+    } <= names
     # Load the table from the unpacked wheel alone (-P: not from the source tree).
     load = subprocess.run(
         [sys.executable, "-P", "-c",

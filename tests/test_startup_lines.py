@@ -12,12 +12,22 @@ from lunaroute.errors import ConfigError
 from lunaroute.service import exposure_warning, is_loopback
 
 
-def test_ui_enabled_is_not_reported_as_running():
-    """There is no UI listener yet: the start-up lines must not claim 'ui on'."""
-    lines = setting_lines(settings_from_mapping({"ui": {"enabled": True}}, env={}))
-    text = "\n".join(lines)
-    assert "ui on" not in text
-    assert "ui.enabled has no effect" in text
+def test_ui_line_says_whether_the_ui_runs_and_why_not():
+    """The start-up log names the UI's URL when it runs, and the missing setting when it does not."""
+
+    def ui_line(data):
+        lines = [line for line in setting_lines(settings_from_mapping(data, env={})) if line.startswith("ui:")]
+        assert len(lines) == 1
+        return lines[0]
+
+    assert ui_line({}) == "ui: off (ui.enabled: false)"
+    assert "session_recording.enabled: true" in ui_line({"ui": {"enabled": True}})
+    assert "session_recording.sqlite.enabled: true" in ui_line(
+        {"ui": {"enabled": True}, "session_recording": {"enabled": True, "sqlite": {"enabled": False}}}
+    )
+    assert ui_line(
+        {"ui": {"enabled": True, "port": 9123}, "session_recording": {"enabled": True}}
+    ) == "ui: on, http://127.0.0.1:9123"
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])

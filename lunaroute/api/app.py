@@ -37,7 +37,7 @@ from lunaroute.sessions.store import (
 )
 from lunaroute.stats.pricing import PricingTable
 
-__all__ = ["KEEPALIVE_SECS", "LiveFeed", "SessionAPI", "json_error"]
+__all__ = ["KEEPALIVE_SECS", "LIST_PARAMS", "LiveFeed", "SessionAPI", "json_error", "list_query"]
 
 log = Logger(observer=log_observer)
 
@@ -50,6 +50,39 @@ _LIST_PARAMS = (
 )
 
 _STATS_NAMES = ("overview", "tokens", "tools", "costs", "models", "hours", "spending")
+
+
+LIST_PARAMS = _LIST_PARAMS
+
+
+def list_query(p: Params, now: float) -> tuple[SessionFilters, str, str, int, int]:
+    """
+    The filters, sort, order, limit and offset of a session list from its
+    query parameters (C{GET /sessions}, and the UI's sessions page), or
+    L{BadParameter} naming the wrong one.
+    """
+    ranges = {}
+    for stem in RANGES:
+        low, high = p.number(f"min_{stem}"), p.number(f"max_{stem}")
+        if low is not None and high is not None and low > high:
+            raise BadParameter(f"min_{stem} is greater than max_{stem}", f"min_{stem}")
+        if low is not None or high is not None:
+            ranges[stem] = (low, high)
+    filters = SessionFilters(
+        text_search=p.text("text_search"),
+        model=p.text("model", 200),
+        provider=p.text("provider", 200),
+        client=p.text("client", 200),
+        project=p.text("project", 4096),
+        window=p.window(now),
+        ranges=ranges,
+        success=p.flag("success"),
+    )
+    sort = p.choice("sort", SORTS, "last_activity")
+    order = p.choice("order", ("asc", "desc"), "desc")
+    limit = p.integer("limit", 50, 1, MAX_LIMIT)
+    offset = p.integer("offset", 0, 0, 10**9)
+    return filters, sort, order, limit, offset
 
 
 def json_error(request: Any, status: int, message: str, error_type: str, param: str | None = None) -> bytes:
@@ -175,28 +208,7 @@ class SessionAPI:
     @app.route("/sessions", methods=["GET"])
     @app.route("/api/sessions", methods=["GET"])
     async def list_sessions(self, request: Any) -> bytes:
-        p = Params(request, _LIST_PARAMS)
-        ranges = {}
-        for stem in RANGES:
-            low, high = p.number(f"min_{stem}"), p.number(f"max_{stem}")
-            if low is not None and high is not None and low > high:
-                raise BadParameter(f"min_{stem} is greater than max_{stem}", f"min_{stem}")
-            if low is not None or high is not None:
-                ranges[stem] = (low, high)
-        filters = SessionFilters(
-            text_search=p.text("text_search"),
-            model=p.text("model", 200),
-            provider=p.text("provider", 200),
-            client=p.text("client", 200),
-            project=p.text("project", 4096),
-            window=p.window(self.clock.seconds()),
-            ranges=ranges,
-            success=p.flag("success"),
-        )
-        sort = p.choice("sort", SORTS, "last_activity")
-        order = p.choice("order", ("asc", "desc"), "desc")
-        limit = p.integer("limit", 50, 1, MAX_LIMIT)
-        offset = p.integer("offset", 0, 0, 10**9)
+        filters, sort, order, limit, offset = list_query(Params(request, _LIST_PARAMS), self.clock.seconds())
         rows, total = await self.store.list_sessions(filters, sort, order, limit, offset)
         request.setHeader(b"x-total-count", str(total).encode("ascii"))
         return _json(
