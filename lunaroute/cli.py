@@ -168,6 +168,10 @@ def cmd_env(args: argparse.Namespace) -> None:
             time.sleep(0.1)
         addrfile.write_text(f"{settings.host}:{settings.port}\n")
         _say(f"LunaRoute started at {url} (pid {_read_pid(pidfile)}, log {logfile})")
+    from lunaroute.config import ui_unavailable_reason
+
+    if ui_unavailable_reason(settings) is None:
+        _say(f"web UI: {_url(settings.ui.host, settings.ui.port)}")
     print(f"export ANTHROPIC_BASE_URL={url}")
     print(f"export OPENAI_BASE_URL={url}/v1")
 

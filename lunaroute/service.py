@@ -33,6 +33,7 @@ from lunaroute.routing.plan import Router
 from lunaroute.sessions.recorder import make_recorder
 from lunaroute.stats import PricingTable, SessionStatsCollector
 from lunaroute.twisted_compat import clear_exit_signal
+from lunaroute.ui import make_ui_service, ui_url
 
 log = Logger(observer=log_observer)
 
@@ -118,6 +119,11 @@ class GatewayService(MultiService):
         )
         self.proxy_listener.setName("proxy")
         self.proxy_listener.setServiceParent(self)
+        # The web UI: its own listener, the third child (None when ui.enabled
+        # is false or nothing is recorded to SQLite; setting_lines says why).
+        self.ui_listener = make_ui_service(settings, self.recorder, reactor, self.pricing)
+        if self.ui_listener is not None:
+            self.ui_listener.setServiceParent(self)
         if self.recorder is not None:
             self.add_drained_service(self.recorder)
 
@@ -164,6 +170,8 @@ class GatewayService(MultiService):
             host=self.settings.host,
             port=self.settings.port,
         )
+        if self.ui_listener is not None:
+            log.info("LunaRoute UI on {url}", url=ui_url(self.settings))
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -172,6 +180,8 @@ class GatewayService(MultiService):
         if self._second_signal_cuts:
             self._cut_on_second_signal()
         yield _quietly(self.proxy_listener.stopService(), "stop listening")
+        if self.ui_listener is not None:
+            yield _quietly(self.ui_listener.stopService(), "stop the UI listener")
         self.gateway.stop_accepting()
         yield _quietly(
             self.gateway.drain(self.settings.shutdown_timeout_secs), "drain in-flight requests"

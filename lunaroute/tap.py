@@ -191,6 +191,14 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         problem = cannot_listen(settings.host, settings.port)
         if problem:
             raise SystemExit(f"lunaroute: cannot listen on {settings.host}:{settings.port}: {problem}")
+        from lunaroute.config import ui_unavailable_reason
+
+        if ui_unavailable_reason(settings) is None:
+            problem = cannot_listen(settings.ui.host, settings.ui.port)
+            if problem:
+                raise SystemExit(
+                    f"lunaroute: cannot listen on {settings.ui.host}:{settings.ui.port} (ui): {problem}"
+                )
     return make_gateway_service(settings, reactor=reactor, second_signal_cuts=True)
 
 
