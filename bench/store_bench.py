@@ -5,6 +5,7 @@ once it holds a lot of history.
     python bench/store_bench.py                      # small: 200 sessions / 4,000 turns, ~2 KB each
     python bench/store_bench.py --full               # the issue's size: 10,000 / 200,000, ~10 KB each (~2 GB)
     python bench/store_bench.py --sessions 2000 --turns 40000 --text-kb 10 --json
+    python bench/store_bench.py --db /tmp/store.db --proxy   # reuse (and upgrade) a store, time the gateway too
 
 Generates a store through the real write path: hand-built exchanges
 (L{lunaroute.testing.exchanges.make_exchange}) turned into events by
@@ -27,14 +28,22 @@ Then times, on this thread, with a read-only connection like the CLI's:
     C{AND}, a column filter), 20 hits each with snippets, ranked among the
     most recent matches (L{reports.SEARCH_WINDOW}) as by default, then
     ranking every match as with C{--all};
-  - with C{--try-usage-index}, the report again after adding a covering
-    index of the columns it reads (an experiment: the schema has no such
-    index);
-  - the session API (list page, session detail) only when
-    C{lunaroute/sessions/store.py} exists; otherwise it says it skipped them.
+  - the session API's read model (L{lunaroute.sessions.store.SessionQueries},
+    what the HTTP handlers run in the thread pool): list pages (the default,
+    its next and a deep page, every sort both ways, the filters; 50 rows
+    each), search (C{GET /api/search}, 20 hits with snippets), the session
+    list filtered by a search, and the longest session's detail and
+    timeline (C{--long-turns}, 500 turns by default);
+  - with C{--proxy}: a recording gateway (C{twistd}, recording into the
+    store) in front of C{bench/fast_upstream.py}, sequential requests
+    straight to the upstream and through the gateway, in alternating
+    blocks without and with another process querying the gateway's session
+    API back to back: the gateway's added p50 in each case.
 
 Everything goes to a temporary directory removed afterwards, unless C{--db}
-names a file to keep (an existing one is reused as is, skipping generation).
+names a file to keep.  An existing one is reused, skipping generation;
+when an older LunaRoute wrote it, its schema is first upgraded as the
+gateway would do on start, and the upgrade is timed.
 """
 
 from __future__ import annotations
@@ -257,43 +266,28 @@ def time_report(db_path: str, repeat: int) -> dict[str, Any]:
     }
 
 
-# An experiment for the store's owner: an index holding every column the
-# usage report reads, so the report scans it instead of the table, whose rows
-# carry the request and response bodies (the cost column, added by ALTER
-# TABLE, sits after them, so reading it walks each row's overflow pages).
-USAGE_INDEX = (
-    "CREATE INDEX IF NOT EXISTS bench_session_stats_usage ON session_stats (started_at, completed_at, "
-    "model_used, model_requested, dialect, user_agent, input_tokens, output_tokens, cache_creation_tokens, "
-    "cache_read_tokens, estimated_cost_usd, session_id, request_id)"
-)
-
-
-def try_usage_index(db_path: str, repeat: int) -> dict[str, Any]:
-    """Add L{USAGE_INDEX} to the (benchmark's own) store and time the report again."""
+def upgrade(db_path: str) -> dict[str, Any] | None:
+    """
+    Bring an existing store (written by an older LunaRoute) to this schema
+    version as the gateway does on start (L{lunaroute.sessions.sqlite.connect}),
+    timed; None when it is up to date.  Drops the covering index older runs
+    of this benchmark added by hand (C{--try-usage-index}), which schema 5
+    makes part of the schema.
+    """
     import sqlite3
 
-    conn = sqlite3.connect(db_path)
-    began = time.perf_counter()
-    conn.execute(USAGE_INDEX)
-    conn.commit()
-    built = time.perf_counter() - began
-    size = conn.execute(
-        "SELECT SUM(pgsize) FROM dbstat WHERE name = 'bench_session_stats_usage'"
-    ).fetchone()[0] if _has_dbstat(conn) else None
+    from lunaroute.sessions.sqlite import SCHEMA_VERSION, connect
+
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version >= SCHEMA_VERSION:
+        conn.close()
+        return None
+    conn.execute("DROP INDEX IF EXISTS bench_session_stats_usage")
     conn.close()
-    result = time_report(db_path, repeat)
-    result["index_build_s"] = round(built, 1)
-    if size is not None:
-        result["index_mb"] = round(size / 1e6, 1)
-    return result
-
-
-def _has_dbstat(conn: Any) -> bool:
-    try:
-        conn.execute("SELECT 1 FROM dbstat LIMIT 1").fetchall()
-    except Exception:
-        return False
-    return True
+    began = time.perf_counter()
+    connect(db_path).close()
+    return {"from": version, "to": SCHEMA_VERSION, "seconds": round(time.perf_counter() - began, 1)}
 
 
 def time_cli(db_path: str) -> dict[str, Any] | None:
@@ -624,11 +618,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=150, help="timed FTS queries")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--long-turns", type=int, default=500, help="turns of the one long session")
-    parser.add_argument(
-        "--try-usage-index",
-        action="store_true",
-        help="then add a covering index for the report to the store and time it again (an experiment)",
-    )
     parser.add_argument("--db", help="keep the store in this file (reused if it exists)")
     parser.add_argument(
         "--proxy",
@@ -658,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if os.path.exists(db_path):
             results["store"] = {"reused": db_path}
+            print("upgrading the store's schema (if older)", file=sys.stderr)
+            results["upgrade"] = upgrade(db_path)
         else:
             print(f"generating {args.sessions:,} sessions / {args.turns:,} turns, {args.text_kb:g} KB of text each",
                   file=sys.stderr)
@@ -676,10 +667,6 @@ def main(argv: list[str] | None = None) -> int:
         results["search"] = time_search(db_path, args.queries)
         print("timing FTS queries with --all", file=sys.stderr)
         results["search_all"] = time_search(db_path, max(len(QUERIES), args.queries // 3), None)
-        if args.try_usage_index:
-            print("timing report daily with a covering usage index", file=sys.stderr)
-            results["report_daily_with_usage_index"] = try_usage_index(db_path, args.repeat)
-            results["report_daily_cli_with_usage_index"] = time_cli(db_path)
         print("timing the session API's queries", file=sys.stderr)
         results["api"] = time_api(db_path, args.repeat, args.queries)
         if args.proxy:
