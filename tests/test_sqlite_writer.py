@@ -25,9 +25,9 @@ from lunaroute.sessions import reports
 from lunaroute.sessions.events import exchange_events
 from lunaroute.sessions.sqlite import (
     SCHEMA_VERSION,
+    USAGE_INDEX_COLUMNS,
     SchemaTooNew,
     SQLiteSessionStore,
-    USAGE_INDEX_COLUMNS,
     SQLiteWriter,
     ThreadedSessionStore,
     connect,
@@ -303,9 +303,9 @@ def _fts_sql(db: Path) -> str:
 
 
 def test_search_index_keeps_prefix_indexes(db: Path) -> None:
-    """Schema 5: the FTS5 table has 2- and 3-character prefix indexes, and prefix queries match as before."""
+    """Schema 5: the FTS5 table has 2-, 3- and 4-character prefix indexes; prefix queries match as before."""
     write(db, session_events("s", 2))
-    assert re.search(r"prefix\s*=\s*'2 3'", _fts_sql(db))
+    assert re.search(r"prefix\s*=\s*'2 3 4'", _fts_sql(db))
     for prefix in ("to*", "tok*", "tokyo*"):
         assert query(db, "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH ?", prefix) == [(2,)], prefix
     assert query(db, "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)") == []
@@ -338,7 +338,7 @@ def test_schema_4_database_is_upgraded_to_5_keeping_rows_and_search(tmp_path: Pa
 
     assert query(old, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
     assert snapshot(old) == before
-    assert re.search(r"prefix\s*=\s*'2 3'", _fts_sql(old))
+    assert re.search(r"prefix\s*=\s*'2 3 4'", _fts_sql(old))
     assert query(old, "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'tok*'") == [(5,)]
     assert query(old, "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)") == []
     assert query(old, "SELECT name FROM sqlite_master WHERE name = 'session_stats_started_at'") == []
