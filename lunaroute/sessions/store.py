@@ -385,7 +385,13 @@ class SessionQueries:
             where.append("s.success = ?")
             params.append(int(filters.success))
         if filters.text_search is not None and filters.text_search.strip():
-            where.append("s.session_id IN (SELECT session_id FROM messages_fts WHERE messages_fts MATCH ?)")
+            # The matches' rowids, then their sessions by primary key: FTS5
+            # would fetch each match's whole content row (text and bodies,
+            # on overflow pages) to give its session_id column.
+            where.append(
+                "s.session_id IN (SELECT r.session_id FROM session_stats AS r WHERE r.id IN "
+                "(SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?))"
+            )
             params.append(to_fts_query(filters.text_search))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         column = SORTS[sort]
