@@ -5,6 +5,7 @@ once it holds a lot of history.
     python bench/store_bench.py                      # small: 200 sessions / 4,000 turns, ~2 KB each
     python bench/store_bench.py --full               # the issue's size: 10,000 / 200,000, ~10 KB each (~2 GB)
     python bench/store_bench.py --sessions 2000 --turns 40000 --text-kb 10 --json
+    python bench/store_bench.py --db /tmp/store.db --proxy   # reuse (and upgrade) a store, time the gateway too
 
 Generates a store through the real write path: hand-built exchanges
 (L{lunaroute.testing.exchanges.make_exchange}) turned into events by
@@ -27,14 +28,22 @@ Then times, on this thread, with a read-only connection like the CLI's:
     C{AND}, a column filter), 20 hits each with snippets, ranked among the
     most recent matches (L{reports.SEARCH_WINDOW}) as by default, then
     ranking every match as with C{--all};
-  - with C{--try-usage-index}, the report again after adding a covering
-    index of the columns it reads (an experiment: the schema has no such
-    index);
-  - the session API (list page, session detail) only when
-    C{lunaroute/sessions/store.py} exists; otherwise it says it skipped them.
+  - the session API's read model (L{lunaroute.sessions.store.SessionQueries},
+    what the HTTP handlers run in the thread pool): list pages (the default,
+    its next and a deep page, every sort both ways, the filters; 50 rows
+    each), search (C{GET /api/search}, 20 hits with snippets), the session
+    list filtered by a search, and the longest session's detail and
+    timeline (C{--long-turns}, 500 turns by default);
+  - with C{--proxy}: a recording gateway (C{twistd}, recording into the
+    store) in front of C{bench/fast_upstream.py}, sequential requests
+    straight to the upstream and through the gateway, in alternating
+    blocks without and with another process querying the gateway's session
+    API back to back: the gateway's added p50 in each case.
 
 Everything goes to a temporary directory removed afterwards, unless C{--db}
-names a file to keep (an existing one is reused as is, skipping generation).
+names a file to keep.  An existing one is reused, skipping generation;
+when an older LunaRoute wrote it, its schema is first upgraded as the
+gateway would do on start, and the upgrade is timed.
 """
 
 from __future__ import annotations
@@ -140,13 +149,23 @@ class TextMaker:
         return " ".join(out)[:size]
 
 
-def generate(db_path: str, sessions: int, turns: int, text_kb: float, days: int, batch_events: int, seed: int) -> dict[str, Any]:
-    """Write the store; returns what was written and how fast."""
+def generate(
+    db_path: str, sessions: int, turns: int, text_kb: float, days: int, batch_events: int, seed: int, long_turns: int = 0
+) -> dict[str, Any]:
+    """
+    Write the store; returns what was written and how fast.  With
+    C{long_turns}, the middle session has that many turns (the others share
+    the rest), for the session detail timing.
+    """
     rng = random.Random(seed)
     text = TextMaker(rng)
     writer = SQLiteWriter(db_path)
     writer.open()
-    per_session = [turns // sessions + (1 if index < turns % sessions else 0) for index in range(sessions)]
+    long_turns = min(long_turns, turns - (sessions - 1)) if sessions > 1 else 0
+    rest, others = turns - long_turns, sessions - (1 if long_turns else 0)
+    per_session = [rest // others + (1 if index < rest % others else 0) for index in range(others)]
+    if long_turns:
+        per_session.insert(sessions // 2, long_turns)
     # Session starts spread over the period, in time order.
     starts = sorted(END - rng.random() * days * 86400 for _ in range(sessions))
     size = int(text_kb * 1024)
@@ -247,43 +266,28 @@ def time_report(db_path: str, repeat: int) -> dict[str, Any]:
     }
 
 
-# An experiment for the store's owner: an index holding every column the
-# usage report reads, so the report scans it instead of the table, whose rows
-# carry the request and response bodies (the cost column, added by ALTER
-# TABLE, sits after them, so reading it walks each row's overflow pages).
-USAGE_INDEX = (
-    "CREATE INDEX IF NOT EXISTS bench_session_stats_usage ON session_stats (started_at, completed_at, "
-    "model_used, model_requested, dialect, user_agent, input_tokens, output_tokens, cache_creation_tokens, "
-    "cache_read_tokens, estimated_cost_usd, session_id, request_id)"
-)
-
-
-def try_usage_index(db_path: str, repeat: int) -> dict[str, Any]:
-    """Add L{USAGE_INDEX} to the (benchmark's own) store and time the report again."""
+def upgrade(db_path: str) -> dict[str, Any] | None:
+    """
+    Bring an existing store (written by an older LunaRoute) to this schema
+    version as the gateway does on start (L{lunaroute.sessions.sqlite.connect}),
+    timed; None when it is up to date.  Drops the covering index older runs
+    of this benchmark added by hand (C{--try-usage-index}), which schema 5
+    makes part of the schema.
+    """
     import sqlite3
 
-    conn = sqlite3.connect(db_path)
-    began = time.perf_counter()
-    conn.execute(USAGE_INDEX)
-    conn.commit()
-    built = time.perf_counter() - began
-    size = conn.execute(
-        "SELECT SUM(pgsize) FROM dbstat WHERE name = 'bench_session_stats_usage'"
-    ).fetchone()[0] if _has_dbstat(conn) else None
+    from lunaroute.sessions.sqlite import SCHEMA_VERSION, connect
+
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version >= SCHEMA_VERSION:
+        conn.close()
+        return None
+    conn.execute("DROP INDEX IF EXISTS bench_session_stats_usage")
     conn.close()
-    result = time_report(db_path, repeat)
-    result["index_build_s"] = round(built, 1)
-    if size is not None:
-        result["index_mb"] = round(size / 1e6, 1)
-    return result
-
-
-def _has_dbstat(conn: Any) -> bool:
-    try:
-        conn.execute("SELECT 1 FROM dbstat LIMIT 1").fetchall()
-    except Exception:
-        return False
-    return True
+    began = time.perf_counter()
+    connect(db_path).close()
+    return {"from": version, "to": SCHEMA_VERSION, "seconds": round(time.perf_counter() - began, 1)}
 
 
 def time_cli(db_path: str) -> dict[str, Any] | None:
@@ -340,6 +344,281 @@ def time_search(db_path: str, count: int, window: int | None = reports.SEARCH_WI
     }
 
 
+def _spread(times: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(times),
+        "p50_ms": _ms(percentile(times, 0.50)),
+        "p95_ms": _ms(percentile(times, 0.95)),
+        "max_ms": _ms(max(times)),
+    }
+
+
+def _most_common(conn: Any, column: str) -> Any:
+    row = conn.execute(
+        f"SELECT {column} FROM sessions WHERE {column} IS NOT NULL GROUP BY {column} ORDER BY COUNT(*) DESC LIMIT 1"
+    ).fetchone()
+    return row[0] if row else None
+
+
+def longest_session(conn: Any) -> tuple[str, int]:
+    """
+    The generated session with the most turns (C{--long-turns}); in a store
+    this benchmark did not generate, the longest one.  The gateway's own
+    session (C{--proxy} records into the store) is not one of ours.
+    """
+    for where in ("WHERE session_id LIKE 'bench-%'", ""):
+        row = conn.execute(
+            f"SELECT session_id, request_count FROM sessions {where} ORDER BY request_count DESC LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            return str(row[0]), int(row[1])
+    raise RuntimeError("the store holds no session")
+
+
+def time_api(db_path: str, repeat: int, queries: int) -> dict[str, Any]:
+    """
+    The session API's read model (L{lunaroute.sessions.store.SessionQueries},
+    what the HTTP handlers call in the thread pool) on a read-only
+    connection: list pages, search, the longest session's detail and
+    timeline.  Timed in process, without HTTP (the handler's JSON encoding
+    of the answer is not included).
+    """
+    from lunaroute.sessions import store
+
+    conn = store.open_read_only(db_path)
+    q = store.SessionQueries(conn)
+    results: dict[str, Any] = {}
+    try:
+        total = conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+        client, model = _most_common(conn, "client"), _most_common(conn, "model_used")
+        last = conn.execute("SELECT MAX(last_activity) FROM sessions").fetchone()[0]
+        month_ago = datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() - 30 * 86400
+        since = datetime.fromtimestamp(month_ago, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        # The pages a UI asks for: the default (most recently active first)
+        # and its next pages, every sort both ways, and the filters.
+        Filters = store.SessionFilters
+        cases: list[tuple[str, Any, str, str, int]] = [
+            ("default", Filters(), "last_activity", "desc", 0),
+            ("page 2", Filters(), "last_activity", "desc", 50),
+            ("deep page", Filters(), "last_activity", "desc", max(0, total // 2)),
+        ]
+        for sort in store.SORTS:
+            for order in ("desc", "asc"):
+                cases.append((f"sort {sort} {order}", Filters(), sort, order, 0))
+        cases += [
+            ("client", Filters(client=client), "last_activity", "desc", 0),
+            ("model", Filters(model=model), "last_activity", "desc", 0),
+            ("last 30 days", Filters(window=store.StatsWindow(since=since)), "last_activity", "desc", 0),
+            ("cost >= 1", Filters(ranges={"cost": (1.0, None)}), "cost", "desc", 0),
+            ("failed", Filters(success=False), "last_activity", "desc", 0),
+        ]
+        for case in cases:  # untimed pass: a warm cache, as for a running UI
+            q.list_sessions(case[1], case[2], case[3], 50, case[4])
+        times: list[float] = []
+        per_case: dict[str, list[float]] = {}
+        for index in range(max(queries, len(cases))):
+            name, filters, sort, order, offset = cases[index % len(cases)]
+            began = time.perf_counter()
+            q.list_sessions(filters, sort, order, 50, offset)
+            elapsed = time.perf_counter() - began
+            times.append(elapsed)
+            per_case.setdefault(name, []).append(elapsed)
+        slowest = max(per_case, key=lambda n: statistics.median(per_case[n]))
+        results["list_page"] = {
+            **_spread(times),
+            "sessions": total,
+            "page": 50,
+            "cases": len(cases),
+            "slowest_case": slowest,
+            "slowest_median_ms": _ms(statistics.median(per_case[slowest])),
+        }
+
+        # Search (GET /api/search, 20 hits with snippets).
+        for query in QUERIES:
+            q.search(query, 20)
+        times, per_query = [], {}
+        for index in range(queries):
+            query = QUERIES[index % len(QUERIES)]
+            began = time.perf_counter()
+            q.search(query, 20)
+            elapsed = time.perf_counter() - began
+            times.append(elapsed)
+            per_query.setdefault(query, []).append(elapsed)
+        slowest = max(per_query, key=lambda n: statistics.median(per_query[n]))
+        results["search"] = {
+            **_spread(times),
+            "slowest_query": slowest,
+            "slowest_median_ms": _ms(statistics.median(per_query[slowest])),
+        }
+
+        # The session list filtered by a search (GET /sessions?text_search=),
+        # a rare word and a phrase (informative: not one of the targets).
+        times = []
+        for index in range(max(4, queries // 10)):
+            text = ("obsidian99", '"database is locked"')[index % 2]
+            began = time.perf_counter()
+            q.list_sessions(Filters(text_search=text), "last_activity", "desc", 50, 0)
+            times.append(time.perf_counter() - began)
+        results["list_text_search"] = _spread(times)
+
+        # The longest session: GET /sessions/<id> and /sessions/<id>/timeline.
+        session_id, turns = longest_session(conn)
+        q.get_session(session_id)
+        q.timeline(session_id)
+        detail, timeline, both = [], [], []
+        for _ in range(repeat):
+            began = time.perf_counter()
+            q.get_session(session_id)
+            middle = time.perf_counter()
+            events = q.timeline(session_id)
+            done = time.perf_counter()
+            detail.append(middle - began)
+            timeline.append(done - middle)
+            both.append(done - began)
+        results["session_detail"] = {
+            "turns": turns,
+            "timeline_events": len(events),
+            "detail_median_ms": _ms(statistics.median(detail)),
+            "timeline_median_ms": _ms(statistics.median(timeline)),
+            "both_median_ms": _ms(statistics.median(both)),
+            "both_max_ms": _ms(max(both)),
+        }
+    finally:
+        conn.close()
+    return results
+
+
+# The API requests of the concurrent query load (C{--api-load}): what a UI
+# left open on the session list and a search page would ask, back to back.
+def api_load_paths(db_path: str) -> list[str]:
+    import sqlite3
+    from urllib.parse import quote
+
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        session_id, _ = longest_session(conn)
+    finally:
+        conn.close()
+    return [
+        "/sessions?limit=50",
+        "/sessions?limit=50&offset=50&sort=cost",
+        "/api/search?q=" + quote("timeout") + "&limit=20",
+        "/api/search?q=" + quote('"database is locked"') + "&limit=20",
+        f"/sessions/{session_id}",
+        f"/sessions/{session_id}/timeline",
+        "/api/stats/overview?days=30",
+    ]
+
+
+def api_load(port: int, db_path: str) -> int:
+    """Query the gateway's session API back to back until killed (a child process)."""
+    sys.path.insert(0, HERE)
+    import loadgen
+
+    client = loadgen.BlockingClient(port, timeout=120)
+    raws = [loadgen.build_request(port, path, b"", method="GET") for path in api_load_paths(db_path)]
+    done = 0
+    while True:
+        for raw in raws:
+            timed = client.request(raw)
+            if timed.status != 200:
+                print(f"api load: status {timed.status}", file=sys.stderr, flush=True)
+                return 1
+            done += 1
+        if done == len(raws):
+            print("ready", flush=True)
+
+
+def time_proxy_under_api_load(db_path: str, requests: int, rounds: int) -> dict[str, Any]:
+    """
+    A recording gateway (twistd, SQLite into C{db_path}) in front of
+    C{bench/fast_upstream.py}: sequential non-streaming requests straight
+    to the upstream and through the gateway, in interleaved blocks, with
+    and without another process querying the gateway's session API back to
+    back; the gateway's added p50 in each case.
+    """
+    sys.path.insert(0, HERE)
+    import loadgen
+    import run
+
+    tmp = tempfile.mkdtemp(prefix="lunaroute-store-bench-proxy-")
+    procs = run.Procs(tmp)
+    out: dict[str, Any] = {}
+    try:
+        upstream, _ = run.start_upstream(procs, "fast")
+        sessions_dir = os.path.join(tmp, "sessions")
+        port, gateway = run.start_gateway(
+            procs,
+            "recording",
+            upstream,
+            {
+                "session_recording": {
+                    "enabled": True,
+                    "sessions_dir": sessions_dir,
+                    "sqlite": {"enabled": True, "path": db_path},
+                }
+            },
+        )
+        body = run.request_body(stream=False)
+        targets = {"direct": upstream, "gateway": port}
+        clients = {name: loadgen.BlockingClient(p) for name, p in targets.items()}
+        raws = {
+            name: loadgen.build_request(p, "/v1/messages", body, run.CLIENT_HEADERS) for name, p in targets.items()
+        }
+        samples: dict[str, dict[str, list[float]]] = {
+            "idle": {"direct": [], "gateway": []},
+            "api_load": {"direct": [], "gateway": []},
+        }
+        loaded_blocks = 0
+        for name, client in clients.items():
+            for _ in range(50):
+                client.request(raws[name])
+        per_block = max(1, requests // rounds)
+        for block in range(rounds * 2):
+            state = ("idle", "api_load")[block % 2]
+            loader = None
+            if state == "api_load":
+                loader = subprocess.Popen(
+                    [sys.executable, os.path.abspath(__file__), "--api-load", str(port), "--db", db_path],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run.child_env(),
+                )
+                assert loader.stdout is not None
+                if loader.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"api load did not start: {loader.stderr.read() if loader.stderr else ''}")
+            try:
+                for i in range(per_block):
+                    for name in (("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")):
+                        timed = clients[name].request(raws[name])
+                        if timed.status != 200:
+                            raise RuntimeError(f"{name}: status {timed.status}")
+                        samples[state][name].append(timed.total)
+            finally:
+                if loader is not None:
+                    loader.terminate()
+                    loader.wait(30)
+                    loaded_blocks += 1
+        for client in clients.values():
+            client.close()
+        for state, by_target in samples.items():
+            direct = statistics.median(by_target["direct"])
+            through = statistics.median(by_target["gateway"])
+            out[state] = {
+                "requests": len(by_target["gateway"]),
+                "direct_p50_ms": round(direct * 1000, 3),
+                "gateway_p50_ms": round(through * 1000, 3),
+                "added_p50_ms": round((through - direct) * 1000, 3),
+                "gateway_p95_ms": round(percentile(by_target["gateway"], 0.95) * 1000, 3),
+            }
+        out["api_load_blocks"] = loaded_blocks
+        out["api_load_paths"] = api_load_paths(db_path)
+        out["added_p50_difference_ms"] = round(out["api_load"]["added_p50_ms"] - out["idle"]["added_p50_ms"], 3)
+        procs.stop(gateway)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--sessions", type=int, default=200)
@@ -351,14 +630,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="report runs")
     parser.add_argument("--queries", type=int, default=150, help="timed FTS queries")
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument(
-        "--try-usage-index",
-        action="store_true",
-        help="then add a covering index for the report to the store and time it again (an experiment)",
-    )
+    parser.add_argument("--long-turns", type=int, default=500, help="turns of the one long session")
     parser.add_argument("--db", help="keep the store in this file (reused if it exists)")
+    parser.add_argument(
+        "--proxy",
+        action="store_true",
+        help="then time a recording gateway's added latency with and without a concurrent API query load "
+        "(writes a few hundred requests into the store)",
+    )
+    parser.add_argument("--proxy-requests", type=int, default=1_000, help="per state (idle, API load)")
+    parser.add_argument("--proxy-rounds", type=int, default=5)
+    parser.add_argument("--api-load", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
+    if args.api_load:
+        return api_load(args.api_load, os.path.abspath(args.db))
     if args.full:
         args.sessions, args.turns, args.text_kb = 10_000, 200_000, 10.0
     if args.sessions < 1 or args.turns < args.sessions:
@@ -374,11 +660,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if os.path.exists(db_path):
             results["store"] = {"reused": db_path}
+            print("upgrading the store's schema (if older)", file=sys.stderr)
+            results["upgrade"] = upgrade(db_path)
         else:
             print(f"generating {args.sessions:,} sessions / {args.turns:,} turns, {args.text_kb:g} KB of text each",
                   file=sys.stderr)
             results["store"] = generate(
-                db_path, args.sessions, args.turns, args.text_kb, args.days, args.batch_events, args.seed
+                db_path, args.sessions, args.turns, args.text_kb, args.days, args.batch_events, args.seed,
+                args.long_turns,
             )
         results["store"]["db_mb"] = round(
             sum(os.path.getsize(db_path + suffix) for suffix in ("", "-wal") if os.path.exists(db_path + suffix))
@@ -391,14 +680,13 @@ def main(argv: list[str] | None = None) -> int:
         results["search"] = time_search(db_path, args.queries)
         print("timing FTS queries with --all", file=sys.stderr)
         results["search_all"] = time_search(db_path, max(len(QUERIES), args.queries // 3), None)
-        if args.try_usage_index:
-            print("timing report daily with a covering usage index", file=sys.stderr)
-            results["report_daily_with_usage_index"] = try_usage_index(db_path, args.repeat)
-            results["report_daily_cli_with_usage_index"] = time_cli(db_path)
-        if os.path.exists(os.path.join(REPO, "lunaroute", "sessions", "store.py")):
-            results["api"] = "lunaroute/sessions/store.py exists: its list/detail timings are not wired in yet"
-        else:
-            results["api"] = "skipped: lunaroute/sessions/store.py (the session API's read model) is not in this tree"
+        print("timing the session API's queries", file=sys.stderr)
+        results["api"] = time_api(db_path, args.repeat, args.queries)
+        if args.proxy:
+            print("timing the recording gateway with and without an API query load", file=sys.stderr)
+            results["proxy_under_api_load"] = time_proxy_under_api_load(
+                db_path, args.proxy_requests, args.proxy_rounds
+            )
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -29,6 +29,7 @@ from lunaroute.sessions.store import (
     StoreUnavailable,
     to_fts_query,
 )
+from lunaroute.testing.exchanges import make_exchange as plain_exchange
 from lunaroute.testing.sessions import anthropic_summary, make_exchange, write_exchanges
 
 FIXTURES = Path(__file__).parent / "fixtures" / "clients"
@@ -274,6 +275,30 @@ def test_fts_syntax_phrases_prefixes_operators_and_columns(q: SessionQueries) ->
     # Plain text with punctuation FTS5 refuses is quoted word by word.
     assert ids("TypeError: undefined") == {"cx-req-1"}
     assert to_fts_query("foo.py bar") == '"foo.py" "bar"'
+
+
+def test_search_ranks_the_most_recent_matches_with_a_snippet_per_hit(tmp_path: Path) -> None:
+    """
+    A search ranks among the window's most recently recorded matches
+    (bm25's cost stays bounded however many turns match), every match with
+    window=None; each hit of a prefix query has its own snippet.
+    """
+    db = str(tmp_path / "s.db")
+    old = plain_exchange("old", NOON, request_id="old-1", user_text="zebra zebra zebra zebra zebra", answer="ok")
+    new = [
+        plain_exchange("new", NOON + 60 * i, request_id=f"new-{i}", user_text=f"a zebra crossing number{i}",
+                       answer="the road is long and wide and zebras cross it slowly " * 3)
+        for i in range(1, 4)
+    ]
+    write_exchanges(db, [old, *new])
+    q = SessionQueries(sqlite3.connect(db))
+    assert [h["request_id"] for h in q.search("zebra", 10, window=None)][0] == "old-1"
+    assert {h["request_id"] for h in q.search("zebra", 10, window=3)} == {"new-1", "new-2", "new-3"}
+    assert {h["request_id"] for h in q.search("zebra", 10, window=10)} == {"old-1", "new-1", "new-2", "new-3"}
+    hits = q.search("numb*", 10)
+    assert sorted((h["request_id"], h["snippet_text"].count("[number")) for h in hits) == [
+        ("new-1", 1), ("new-2", 1), ("new-3", 1)]
+    assert all(f"[number{h['request_id'][-1]}]" in h["snippet_text"] for h in hits)
 
 
 def test_malformed_search_query_names_the_problem(q: SessionQueries) -> None:

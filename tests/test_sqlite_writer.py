@@ -21,9 +21,11 @@ from twisted.internet import reactor
 from zope.interface.verify import verifyObject
 
 from lunaroute.interfaces import ISessionStore, ISessionWriter
+from lunaroute.sessions import reports
 from lunaroute.sessions.events import exchange_events
 from lunaroute.sessions.sqlite import (
     SCHEMA_VERSION,
+    USAGE_INDEX_COLUMNS,
     SchemaTooNew,
     SQLiteSessionStore,
     SQLiteWriter,
@@ -260,6 +262,89 @@ def test_newer_schema_is_refused(db: Path) -> None:
     conn.close()
     with pytest.raises(SchemaTooNew):
         SQLiteWriter(str(db)).write_batch(session_events("s", 1))
+
+
+def _usage_plan(db: Path, **bounds: str) -> list[str]:
+    """The query plan of the usage report's query (as lunaroute-server report runs it)."""
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    executed: list[str] = []
+    conn.set_trace_callback(executed.append)
+    try:
+        rows, _ = reports.query_usage_rows(conn, **bounds)
+        conn.set_trace_callback(None)
+        assert rows
+        (sql,) = [s for s in executed if "GROUP BY" in s]
+        return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+    finally:
+        conn.close()
+
+
+def test_usage_report_reads_the_covering_index_not_the_request_rows(db: Path) -> None:
+    """
+    Schema 5: the report's scan of session_stats (alias s) is answered from
+    session_stats_usage alone, with or without a time range, so it never
+    reads the rows and their bodies.
+    """
+    write(db, session_events("s", 3, cost_usd=0.01))
+    for bounds in ({}, {"low": "2000-01-01T00:00:00.000Z", "high": "2100-01-01T00:00:00.000Z"}):
+        plan = _usage_plan(db, **bounds)
+        on_requests = [step for step in plan if step.startswith(("SCAN s ", "SEARCH s ")) or step == "SCAN s"]
+        assert on_requests, plan
+        assert all("COVERING INDEX session_stats_usage" in step for step in on_requests), plan
+    columns = [r[0] for r in query(db, "SELECT name FROM pragma_index_info('session_stats_usage') ORDER BY seqno")]
+    assert columns == list(USAGE_INDEX_COLUMNS) and columns[0] == "started_at"
+    # It replaces the v4 index on started_at alone (a prefix of it).
+    assert query(db, "SELECT name FROM sqlite_master WHERE name = 'session_stats_started_at'") == []
+
+
+def _fts_sql(db: Path) -> str:
+    return str(query(db, "SELECT sql FROM sqlite_master WHERE name = 'messages_fts'")[0][0])
+
+
+def test_search_index_keeps_prefix_indexes(db: Path) -> None:
+    """Schema 5: the FTS5 table has 2-, 3- and 4-character prefix indexes; prefix queries match as before."""
+    write(db, session_events("s", 2))
+    assert re.search(r"prefix\s*=\s*'2 3 4'", _fts_sql(db))
+    for prefix in ("to*", "tok*", "tokyo*"):
+        assert query(db, "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH ?", prefix) == [(2,)], prefix
+    assert query(db, "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)") == []
+
+
+def test_schema_4_database_is_upgraded_to_5_keeping_rows_and_search(tmp_path: Path) -> None:
+    """
+    A v4 database gains the usage index and a search index rebuilt with
+    prefix indexes from the stored text; no row changes, every word is
+    found again, and the writer goes on writing.
+    """
+    current = tmp_path / "current.db"
+    write(current, session_events("s", 3, cost_usd=0.01) + session_events("t", 2, start=NOON + 500))
+    old = tmp_path / "old.db"
+    conn = connect(str(old), target=4)
+    conn.execute("ATTACH ? AS cur", (str(current),))
+    for table in ("sessions", "session_stats", "tool_call_executions", "stream_metrics"):
+        names = ", ".join(r[1] for r in conn.execute(f"PRAGMA main.table_xinfo({table})") if r[6] == 0)
+        conn.execute(f"INSERT INTO main.{table} ({names}) SELECT {names} FROM cur.{table}")
+    conn.execute("DETACH cur")
+    conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
+    conn.close()
+    assert query(old, "PRAGMA user_version") == [(4,)]
+    assert "prefix" not in _fts_sql(old)
+    assert query(old, "SELECT name FROM sqlite_master WHERE name = 'session_stats_started_at'") != []
+    before = snapshot(old)
+    assert before["fts"] == [(5,)]
+
+    connect(str(old)).close()
+
+    assert query(old, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
+    assert snapshot(old) == before
+    assert re.search(r"prefix\s*=\s*'2 3 4'", _fts_sql(old))
+    assert query(old, "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'tok*'") == [(5,)]
+    assert query(old, "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)") == []
+    assert query(old, "SELECT name FROM sqlite_master WHERE name = 'session_stats_started_at'") == []
+    assert query(old, "SELECT COUNT(*) FROM sqlite_master WHERE name = 'session_stats_usage'") == [(1,)]
+    write(old, session_events("u", 1, start=NOON + 900))
+    assert query(old, "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'tok*'") == [(6,)]
 
 
 def test_malformed_events_are_skipped(db: Path) -> None:

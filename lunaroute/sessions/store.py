@@ -43,6 +43,7 @@ from lunaroute.sessions.jsonl import session_file_name
 from lunaroute.sessions.sqlite import FTS_TEXT_COLUMNS, SCHEMA_VERSION, connect
 
 __all__ = [
+    "SEARCH_WINDOW",
     "SORTS",
     "BadParameter",
     "NotFound",
@@ -119,6 +120,10 @@ RANGES: Mapping[str, str] = {
 }
 
 MAX_LIMIT = 1000
+
+# How many of the most recently recorded matching turns a search ranks (as
+# C{lunaroute-server search} does by default; see docs/performance.md).
+SEARCH_WINDOW = 5_000
 
 
 @dataclass(frozen=True)
@@ -380,7 +385,13 @@ class SessionQueries:
             where.append("s.success = ?")
             params.append(int(filters.success))
         if filters.text_search is not None and filters.text_search.strip():
-            where.append("s.session_id IN (SELECT session_id FROM messages_fts WHERE messages_fts MATCH ?)")
+            # The matches' rowids, then their sessions by primary key: FTS5
+            # would fetch each match's whole content row (text and bodies,
+            # on overflow pages) to give its session_id column.
+            where.append(
+                "s.session_id IN (SELECT r.session_id FROM session_stats AS r WHERE r.id IN "
+                "(SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?))"
+            )
             params.append(to_fts_query(filters.text_search))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         column = SORTS[sort]
@@ -580,35 +591,62 @@ class SessionQueries:
 
     # -- search ------------------------------------------------------------
 
-    def search(self, query: str, limit: int = 20, param: str = "q") -> list[dict[str, Any]]:
+    def search(
+        self, query: str, limit: int = 20, param: str = "q", window: int | None = SEARCH_WINDOW
+    ) -> list[dict[str, Any]]:
         """
         The requests (turns) whose recorded text matches C{query}, best
         first: session, request, C{snippet} (HTML-escaped, matches in
         C{<mark>}), C{snippet_text} (plain, matches in C{[ ]}) and C{rank}
-        (FTS5 bm25: lower is better).
+        (FTS5 bm25: lower is better).  Ranked among the C{window} most
+        recently recorded matching turns (every match when C{window} is
+        C{None} or 0): bm25 costs about a microsecond per match, and a word
+        of a client's system prompt matches every turn.
         """
         fts = to_fts_query(query)
         if not fts:
             raise BadParameter(f"{param} must not be empty", param)
-        # Two steps: rank every match (bm25 only), then make snippets for
-        # the few kept: snippet() in the ranking query would run for every
-        # match of a common word.
+        low = 0
+        if window:
+            # The window's oldest turn: FTS5 walks the matches newest first
+            # and stops there, ranking nothing.
+            edge = self._match(
+                "SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+                (fts, int(window)),
+                param,
+            )
+            low = edge[0][0] + 1 if edge else 0
+        # Rank (bm25 only), then make snippets for the few kept: snippet()
+        # in the ranking query would run for every match of a common word.
         top = self._match(
             "SELECT rowid AS id, bm25(messages_fts) AS score FROM messages_fts "
-            "WHERE messages_fts MATCH ? ORDER BY score LIMIT ?",
-            (fts, limit),
+            "WHERE messages_fts MATCH ? AND rowid >= ? ORDER BY score LIMIT ?",
+            (fts, low, limit),
             param,
         )
         if not top:
             return []
-        marks = ", ".join("?" for _ in top)
+        ids = [t["id"] for t in top]
+        marks = ", ".join("?" for _ in ids)
         info = {
             r["id"]: r
             for r in self._all(
                 "SELECT r.id, r.session_id, r.request_id, r.started_at, r.model_used, s.title, s.client, s.project "
                 "FROM session_stats AS r LEFT JOIN sessions AS s ON s.session_id = r.session_id "
                 f"WHERE r.id IN ({marks})",
-                [t["id"] for t in top],
+                ids,
+            )
+        }
+        # All the snippets in one pass over the kept hits' rowid range: a
+        # query per hit would expand a prefix query (foo*) each time.  The
+        # unary + keeps the IN list from FTS5, which would otherwise run the
+        # match once per listed rowid.
+        snippets = {
+            r[0]: r[1]
+            for r in self._all(
+                f"SELECT rowid, snippet(messages_fts, -1, '{_OPEN}', '{_CLOSE}', '…', 16) FROM messages_fts "
+                f"WHERE messages_fts MATCH ? AND rowid >= ? AND rowid <= ? AND +rowid IN ({marks})",
+                (fts, min(ids), max(ids), *ids),
             )
         }
         hits = []
@@ -616,13 +654,8 @@ class SessionQueries:
             row = info.get(ranked["id"])
             if row is None:
                 continue
-            snippet = self.conn.execute(
-                f"SELECT snippet(messages_fts, -1, '{_OPEN}', '{_CLOSE}', '…', 16) FROM messages_fts "
-                "WHERE messages_fts MATCH ? AND rowid = ?",
-                (fts, ranked["id"]),
-            ).fetchone()
             hit = {k: row[k] for k in row.keys() if k != "id"}
-            hit["snippet"], hit["snippet_text"] = _snippets(snippet[0] if snippet else "")
+            hit["snippet"], hit["snippet_text"] = _snippets(snippets.get(ranked["id"]) or "")
             hit["rank"] = ranked["score"]
             hits.append(hit)
         return hits
