@@ -227,3 +227,23 @@ async def test_concurrent_streams_while_the_primary_breaker_opens(fake, backup, 
     states = (await in_thread(httpx.get, gateway.url + "/readyz")).json()["providers"]
     assert states["anthropic"]["circuit_breaker"] == "open"
     assert len(backup.requests) == 8
+
+
+@pytest_twisted.ensureDeferred
+async def test_attempts_are_visible_in_the_session_api(fake, backup, start_gateway, tmp_path):
+    """With recording on, the session API's timeline shows the rule and each attempt of a fallback."""
+    config = _routing(fake.url, backup.url)
+    config["session_recording"] = {"enabled": True, "sessions_dir": str(tmp_path / "sessions")}
+    gateway = await start_gateway(fake, **config)
+    await in_thread(
+        _client(gateway).messages.create, model="claude-overloaded", max_tokens=20,
+        messages=[{"role": "user", "content": "hi"}], extra_headers={"x-session-id": "routed-session"},
+    )
+    await gateway.service.recorder.flush()
+    timeline = (await in_thread(httpx.get, gateway.url + "/sessions/routed-session/timeline")).json()
+    responses = [item for item in timeline["events"] if item["type"] == "response"]
+    routing = responses[-1]["routing"]
+    assert routing["rule"] == "claude-with-fallback"
+    assert [(a["provider"], a["status"]) for a in routing["attempts"]] == [
+        ("anthropic", 529), ("anthropic", 529), ("anthropic_backup", 200)
+    ]

@@ -336,7 +336,7 @@ def test_schema_4_database_is_upgraded_to_5_keeping_rows_and_search(tmp_path: Pa
 
     connect(str(old)).close()
 
-    assert query(old, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
+    assert query(old, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert snapshot(old) == before
     assert re.search(r"prefix\s*=\s*'2 3 4'", _fts_sql(old))
     assert query(old, "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'tok*'") == [(5,)]

@@ -391,7 +391,14 @@ _V5: tuple[Any, ...] = (
     "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
 )
 
-MIGRATIONS: tuple[tuple[Any, ...], ...] = (_V1, _V2, _V3, _V4, _V5)
+_V6: tuple[Any, ...] = (
+    # Routing (issue 15): the rule that chose the providers and each attempt
+    # ({provider, rule, reason, status, error, detail, duration_ms}).
+    "ALTER TABLE session_stats ADD COLUMN routing_rule TEXT",
+    "ALTER TABLE session_stats ADD COLUMN attempts_json TEXT",
+)
+
+MIGRATIONS: tuple[tuple[Any, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _FTS_COLUMNS = (
@@ -613,6 +620,8 @@ def _completed_columns(event: Mapping[str, Any]) -> dict[str, Any]:
         "outcome": _text(event.get("outcome")),
         "error": _text(_error_text(event)),
         "error_type": _text(event.get("error_type")),
+        "routing_rule": _text(event.get("routing_rule")),
+        "attempts_json": _json(event.get("attempts")) if event.get("attempts") else None,
         "duration_ms": _num(stats.get("duration_ms")),
         "estimated_cost_usd": _num(stats.get("estimated_cost_usd")),
         "tool_results_json": _json(stats.get("tool_results") or []),
@@ -796,6 +805,8 @@ _STATS_COLUMNS = (
     "title",
     "tool_input_text",
     "tool_result_text",
+    "routing_rule",
+    "attempts_json",
 )
 
 # Summed into the session row.

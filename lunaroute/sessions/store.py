@@ -259,7 +259,9 @@ def _snippets(raw: str | None) -> tuple[str, str]:
 # Rows
 
 
-_JSON_COLUMNS = ("request_json", "response_json", "tools_offered", "tool_results_json", "input_json")
+_JSON_COLUMNS = (
+    "request_json", "response_json", "tools_offered", "tool_results_json", "input_json", "attempts_json",
+)
 _TEXT_COLUMNS = (
     "request_text",
     "response_text",
@@ -279,9 +281,17 @@ _TURN_COLUMNS = (
     "context_tokens", "cache_hit_ratio", "thinking_estimated", "tool_call_count", "chunk_count",
     "bytes_out", "duration_ms", "ttft_ms", "provider_ms", "pre_proxy_ms", "post_proxy_ms",
     "proxy_overhead_ms", "request_bytes", "message_count", "tools_offered", "estimated_cost_usd",
-    "tool_results_json", "system_sha256", "tools_sha256",
+    "tool_results_json", "system_sha256", "tools_sha256", "routing_rule", "attempts_json",
 )
 _TURNS_SQL = ", ".join(f"r.{c}" for c in _TURN_COLUMNS)
+
+
+def _routing_of(turn: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A turn's routing (rule and attempts), or C{None} for a plain passthrough."""
+    attempts = turn.get("attempts_json")
+    if not attempts and not turn.get("routing_rule"):
+        return None
+    return {"rule": turn.get("routing_rule"), "attempts": attempts if isinstance(attempts, list) else []}
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:
@@ -515,6 +525,7 @@ class SessionQueries:
                     "success": turn["success"],
                     "error": turn["error"],
                     "error_type": turn["error_type"],
+                    "routing": _routing_of(turn),
                     "stop_reason": turn["stop_reason"],
                     "text": turn["response_text"],
                     "thinking": turn["thinking_text"],

@@ -435,6 +435,16 @@ class UIPages:
             f'<a class="raw" data-raw href="{e(raw_url)}">Raw</a></header>'
             f'<p class="figures">{e(figures)}</p>'
         ]
+        attempts = turn.get("attempts_json")
+        if isinstance(attempts, list) and attempts:
+            steps = " → ".join(
+                f"{a.get('provider')} {a.get('status') or a.get('error') or ''}".strip()
+                for a in attempts
+                if isinstance(a, Mapping)
+            )
+            rule = turn.get("routing_rule")
+            by = f" by rule {rule}" if rule else ""
+            out.append(f'<p class="routing">{e(f"routed{by}: {steps}")}</p>')
         if parts.system and (number == 1 or system_changed):
             label = "System prompt" + (" (changed since the previous turn)" if system_changed else "")
             out.append(f'<details class="system"><summary>{e(label)}</summary><pre>{e(parts.system)}</pre></details>')
