@@ -247,3 +247,26 @@ async def test_attempts_are_visible_in_the_session_api(fake, backup, start_gatew
     assert [(a["provider"], a["status"]) for a in routing["attempts"]] == [
         ("anthropic", 529), ("anthropic", 529), ("anthropic_backup", 200)
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_switch_notice_reaches_the_fallback_once(fake, backup, start_gateway):
+    """
+    With provider_switch_notification, the request the backup serves carries
+    the rendered notice (original and new provider, the reason) once, at
+    the end of the conversation; the primary's requests carry none.
+    """
+    config = _routing(fake.url, backup.url)
+    config["routing"]["provider_switch_notification"] = {
+        "default_message": "NOTE: answered by ${new_provider} instead of ${original_provider} (${reason})."
+    }
+    gateway = await start_gateway(fake, **config)
+    message = await in_thread(
+        _client(gateway).messages.create, model="claude-overloaded", max_tokens=20,
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    assert message.content[0].text == BACKUP_TEXT
+    sent = json.dumps(json.loads(backup.requests[0].body))
+    assert sent.count("NOTE: answered by anthropic_backup instead of anthropic") == 1
+    assert all("NOTE: answered" not in request.body.decode() for request in fake.requests)
+    assert json.loads(backup.requests[0].body)["messages"][0]["content"]  # the user's turn is kept
