@@ -1904,6 +1904,16 @@ def setting_lines(settings: Settings) -> list[str]:
             f"timeout {client.timeout_secs:g}s, connect {client.connect_timeout_secs:g}s, "
             f"retries {client.max_retries}"
         )
+    routing = settings.routing
+    if routing:
+        names = ", ".join(rule.name for rule in routing.rules) or "no rules"
+        breaker = routing.circuit_breaker
+        lines.append(
+            f"routing: {len(routing.rules)} rule(s) ({names}); retries and fallbacks on; circuit breakers "
+            + (f"open after {breaker.failure_threshold} failures" if breaker.enabled else "off")
+        )
+    else:
+        lines.append("routing: off (each request goes to the provider of its dialect, answers relayed as they are)")
     bypass = settings.bypass
     lines.append(
         f"bypass: {_onoff(bypass.enabled)}"

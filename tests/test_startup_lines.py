@@ -77,3 +77,22 @@ def test_a_malformed_origin_is_one_readable_line(origin):
     message = str(info.value)
     assert message.startswith("http_server.cors_allowed_origins")
     assert "\n" not in message
+
+
+def test_routing_line_says_whether_rules_apply():
+    """The start-up lines name the routing rules when routing runs, and say when it is off."""
+    off = "\n".join(setting_lines(settings_from_mapping({}, env={})))
+    assert "routing: off" in off
+    on = "\n".join(
+        setting_lines(
+            settings_from_mapping(
+                {
+                    "providers": {"anthropic_backup": {"provider_type": "anthropic", "base_url": "http://127.0.0.1:9"}},
+                    "routing": {"rules": [{"name": "claude", "model_pattern": "^claude-", "primary": "anthropic",
+                                           "fallbacks": ["anthropic_backup"]}]},
+                },
+                env={},
+            )
+        )
+    )
+    assert "routing: 1 rule(s) (claude); retries and fallbacks on" in on
