@@ -20,6 +20,7 @@ from lunaroute.dialects.translate.anthropic_to_chat import (
     UntranslatableField,
     anthropic_error_from_chat,
     chat_response_to_messages,
+    dumps_request,
     messages_request_to_chat,
     uses_max_completion_tokens,
 )
@@ -429,3 +430,9 @@ def test_other_choices_and_reasoning_are_not_sent() -> None:
     data = converter.feed(chunk({"content": "second"}, index=1))
     data += converter.feed(chunk({"reasoning_content": "thinking..."}))
     assert b"second" not in data and b"thinking..." not in data
+
+
+def test_dumps_request_is_the_same_json() -> None:
+    body = client_fixture("claude_code_messages_request.json")
+    out = messages_request_to_chat(body, model="gpt-4.1")
+    assert json.loads(dumps_request(out)) == out
