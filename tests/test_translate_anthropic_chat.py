@@ -147,8 +147,12 @@ def test_max_tokens_name_follows_the_target_model(model: str, key: str) -> None:
 
 def test_effort_maps_to_reasoning_effort_only_for_reasoning_models() -> None:
     body = {"model": "c", "messages": [], "output_config": {"effort": "max"}, "thinking": {"type": "adaptive"}}
-    assert messages_request_to_chat(body, model="gpt-5")["reasoning_effort"] == "high"
-    assert "reasoning_effort" not in messages_request_to_chat(body, model="gpt-4.1")
+    dropped: list[str] = []
+    assert messages_request_to_chat(body, model="gpt-5", dropped=dropped)["reasoning_effort"] == "high"
+    assert dropped == ["thinking"]
+    dropped.clear()
+    assert "reasoning_effort" not in messages_request_to_chat(body, model="gpt-4.1", dropped=dropped)
+    assert dropped == ["output_config", "thinking"]
 
 
 REQUEST_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
@@ -399,6 +403,20 @@ def test_provider_error_mid_stream_becomes_an_error_event() -> None:
     summary = anthropic_summary(first + produced)
     assert summary.error is not None and summary.partial
     assert summary.error["error"]["message"] == error["error"]["message"]
+    assert summary.error["error"]["type"] == "rate_limit_error"  # from code rate_limit_exceeded
+
+
+@pytest.mark.parametrize(
+    ("error", "error_type"),
+    [({"message": "boom", "type": "server_error"}, "api_error"),
+     ({"message": "busy", "code": 529}, "overloaded_error"),
+     ({"message": "bad", "type": "invalid_request_error"}, "invalid_request_error")],
+)
+def test_mid_stream_error_type_follows_its_code(error: dict[str, Any], error_type: str) -> None:
+    data = ChatToAnthropicStream("m").feed({"error": error})
+    assert data.startswith(b"event: error\n")
+    payload = json.loads(data.split(b"data: ", 1)[1])
+    assert payload == {"type": "error", "error": {"type": error_type, "message": error["message"]}}
 
 
 def test_stream_without_done_is_finished_by_close() -> None:

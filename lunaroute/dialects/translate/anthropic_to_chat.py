@@ -129,6 +129,8 @@ def messages_request_to_chat(
     effort = as_dict(body.get("output_config")).get("effort")
     if isinstance(effort, str) and effort in _EFFORTS and uses_max_completion_tokens(target):
         out["reasoning_effort"] = _EFFORTS[effort]
+        if set(as_dict(body.get("output_config"))) == {"effort"}:
+            drops.remove("output_config")  # carried whole
 
     tools = as_list(body.get("tools"))
     if tools:
@@ -412,6 +414,21 @@ def _content_text(content: Any) -> str:
     )
 
 
+def _stream_error_status(error: dict[str, Any]) -> int:
+    """The HTTP status a mid-stream error would have had (it comes with 200)."""
+    status = as_int(error.get("status") or error.get("code"), 0)
+    if status >= 400:
+        return status
+    words = f"{error.get('code')} {error.get('type')}"
+    if "rate_limit" in words:
+        return 429
+    if "overloaded" in words:
+        return 503
+    if "invalid_request" in words:
+        return 400
+    return 500
+
+
 def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json_compact(data)}\n\n".encode()
 
@@ -452,7 +469,7 @@ class ChatToAnthropicStream:
             return self._finish_stream()
         data = as_dict(chunk)
         if isinstance(data.get("error"), dict):
-            return self._error(anthropic_error_from_chat(data, as_int(data["error"].get("status"), 500)))
+            return self._error(anthropic_error_from_chat(data, _stream_error_status(data["error"])))
         out: list[bytes] = []
         if not self._started:
             out.append(self._start(data))
