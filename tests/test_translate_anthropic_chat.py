@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -454,3 +455,52 @@ def test_dumps_request_is_the_same_json() -> None:
     body = client_fixture("claude_code_messages_request.json")
     out = messages_request_to_chat(body, model="gpt-4.1")
     assert json.loads(dumps_request(out)) == out
+
+
+def random_chat_stream(rng: random.Random) -> list[dict[str, Any] | str]:
+    """A Chat stream with random text and parallel tool calls cut at random places."""
+    def pieces(text: str) -> list[str]:
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 5))))
+        return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+
+    chunks: list[dict[str, Any] | str] = [chunk({"role": "assistant", "content": ""})]
+    if rng.random() < 0.8:
+        words = " ".join(rng.choice(["héllo", "東京", "x", "{", "\"q\"", "☔️", "line\n"]) for _ in range(8))
+        chunks += [chunk({"content": piece}) for piece in pieces(words)]
+    calls = rng.randint(0, 3)
+    for n in range(calls):
+        arguments = json.dumps({"path": f"/tmp/{n}", "n": rng.randint(0, 99), "s": "ü" * rng.randint(0, 3)})
+        chunks.append(chunk({"tool_calls": [
+            {"index": n, "id": f"call_{n}", "type": "function", "function": {"name": f"T{n}", "arguments": ""}},
+        ]}))
+        chunks += [chunk({"tool_calls": [{"index": n, "function": {"arguments": piece}}]})
+                   for piece in pieces(arguments)]
+    chunks.append(chunk({}, finish="tool_calls" if calls else rng.choice(["stop", "length"])))
+    prompt = rng.randint(10, 5000)
+    cached = rng.randint(0, prompt)
+    chunks.append({"id": "chatcmpl-1", "choices": [], "usage": {
+        "prompt_tokens": prompt, "completion_tokens": rng.randint(1, 900),
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }})
+    chunks.append("[DONE]")
+    return chunks
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_streams_keep_their_meaning(seed: int) -> None:
+    """Seeded random streams: text, calls and usage survive, byte feeding included."""
+    chunks = random_chat_stream(random.Random(seed))
+    original = chat_summary(chunks)
+    data = b"".join(translate_stream(chunks))
+    capture = ResponseCapture("anthropic", streaming=True, content_type="text/event-stream")
+    for i in range(0, len(data), 7):  # TCP-sized pieces cutting through UTF-8
+        capture.feed(data[i : i + 7])
+    translated = capture.finish()
+    assert not translated.partial and translated.error is None
+    assert translated.text == original.text
+    assert [(c.id, c.name, c.input) for c in translated.tool_calls] == [
+        (c.id, c.name, c.input) for c in original.tool_calls
+    ]
+    assert translated.usage.output_tokens == original.usage.output_tokens
+    assert translated.usage.input_tokens + translated.usage.cache_read_tokens == original.usage.input_tokens
+    assert translated.usage.cache_read_tokens == original.usage.cache_read_tokens
