@@ -226,6 +226,18 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         ]},
     ),
     (
+        "documents: text source and base64 PDF",
+        {"messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}},
+            {"type": "document", "title": "spec.pdf",
+             "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBER"}},
+        ]}]},
+        {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "notes"},
+            {"type": "file", "file": {"filename": "spec.pdf", "file_data": "data:application/pdf;base64,JVBER"}},
+        ]}]},
+    ),
+    (
         "tool definition without description",
         {"tools": [{"name": "Noop", "input_schema": {"type": "object", "properties": {}},
                     "cache_control": {"type": "ephemeral"}}]},
@@ -255,6 +267,10 @@ def test_request_fields_translate(body: dict[str, Any], expected: dict[str, Any]
             {"type": "image", "source": {"type": "file", "file_id": "f"}}]}]},
          "messages[0].content[0].source.type"),
         ({"tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}}]}]},
+         "messages[0].content[0].source"),
+        ({"system": [{"type": "image"}]}, "system[0].type"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
     ],
 )
