@@ -1,0 +1,9 @@
+"""Sans-I/O translation between the API dialects LunaRoute speaks.
+
+Each module translates one direction: request bodies as dicts, responses as
+dicts, and streams event by event through an incremental converter that
+returns the bytes to send for each parsed provider event.  Nothing here does
+I/O; the gateway moves the bytes.  See docs/translation.md for every field.
+"""
+
+__all__ = ["anthropic_to_chat", "errors"]
