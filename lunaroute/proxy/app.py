@@ -54,6 +54,7 @@ from lunaroute.proxy.headers import (
 )
 from lunaroute.proxy.outcome import Classification, RelayEnd, classify_relay
 from lunaroute.proxy.relay import RelayProtocol
+from lunaroute.proxy.websocket import responses_socket_resource, wants_websocket
 from lunaroute.routing.markers import strip_markers
 from lunaroute.routing.notice import inject_switch_notice
 from lunaroute.routing.plan import Attempt, Plan, Router
@@ -120,6 +121,8 @@ class GatewayApp:
         breakers) and says after each whether to retry, fall back or answer.
         Without one, each request goes to its dialect's provider once and
         whatever it answers is relayed as it is (pure passthrough).
+    @param socket_metrics: the L{lunaroute.metrics.GatewayMetrics} counting
+        client WebSockets and their frames, if metrics are on.
     """
 
     app = Klein()
@@ -138,6 +141,7 @@ class GatewayApp:
         readiness: Any = None,
         request_log: Any = None,
         router: Router | None = None,
+        socket_metrics: Any = None,
     ) -> None:
         self.settings = settings
         self.providers = providers
@@ -150,6 +154,8 @@ class GatewayApp:
         self._readiness = readiness
         self.request_log = request_log
         self._router = router
+        # GatewayMetrics (socket_opened/closed/frame) for WebSocket turns.
+        self.socket_metrics = socket_metrics
         self.in_flight: dict[defer.Deferred[Any], _InFlight] = {}
         # Requests in flight per provider name (for the pools' sizing).
         self._provider_load: dict[str, int] = {}
@@ -299,9 +305,18 @@ class GatewayApp:
 
     @app.route("/v1/responses", methods=["GET"])
     @app.route("/responses", methods=["GET"])
-    def responses_websocket(self, request: Any) -> bytes:
-        # Codex can open a WebSocket here first; 426 makes it fall back to
-        # HTTP streaming at once (a 404 costs it seven retries).
+    def responses_websocket(self, request: Any) -> Any:
+        # Codex opens a WebSocket here when its provider has
+        # supports_websockets; served by lunaroute.proxy.websocket.  Without
+        # an upgrade, or with WebSockets off, 426 makes it fall back to HTTP
+        # streaming at once (a 404 costs it seven retries).
+        if self.settings.http_server.websocket_enabled and wants_websocket(request):
+            if not self._serves("openai"):
+                return write_error(
+                    request, "openai", 404,
+                    f"/v1/responses is not served: api_dialect is {self.settings.api_dialect}",
+                )
+            return responses_socket_resource(self, request)
         request.setResponseCode(426)
         request.setHeader(b"content-type", b"application/json")
         return openai_error_body(
@@ -450,6 +465,18 @@ class GatewayApp:
             return None
         finally:
             self._finish(exchange)
+
+    def start_socket_exchange(
+        self, upgrade: Any, view: RequestView, provider: IProvider, body: bytes, received: float
+    ) -> Exchange:
+        """The exchange of one WebSocket turn, as its HTTP twin would start it."""
+        exchange = self._start_exchange(upgrade, "openai", view, provider, body, received, "conversation")
+        exchange.method = "POST"
+        return exchange
+
+    def finish_exchange(self, exchange: Exchange) -> None:
+        """Enrich, seal and hand a finished exchange to the sinks (WebSocket turns)."""
+        self._finish(exchange)
 
     def _start_exchange(
         self,
