@@ -159,16 +159,28 @@ async def test_each_turn_is_recorded_like_its_http_twin(fake, start_gateway) -> 
     gw = await start_gateway(fake)
     seen: list[Any] = []
     gw.app._sinks = (*gw.app._sinks, seen.append)
-    client = await _connect(gw.port)
+    client = await _connect(
+        gw.port, headers={"authorization": "Bearer sk-client-key-123456789", "session-id": "ws-session-1"}
+    )
     client.send_json(_create())
+    await client.until("response.completed")
+    client.frames.clear()
+    client.send_json(_create(text="again"))
     await client.until("response.completed")
     client.sendClose()
     await client.closed
-    assert len(seen) == 1
+    assert len(seen) == 2
+    assert [e.outcome for e in seen] == ["ok", "ok"]
+    # The session id comes from the upgrade request's headers, as on HTTP.
+    assert [e.session_id for e in seen] == ["ws-session-1", "ws-session-1"]
+    assert seen[0].request_id != seen[1].request_id
     exchange = seen[0]
     assert exchange.method == "POST" and exchange.path == "/v1/responses"
     assert exchange.status == 200 and exchange.outcome == "ok"
     assert exchange.provider == "openai" and exchange.model == "gpt-test"
+    assert exchange.streaming is True and exchange.bytes_out > 0
+    assert exchange.response is not None
+    assert exchange.timings.first_byte is not None and exchange.timings.finished is not None
 
 
 @pytest_twisted.ensureDeferred
@@ -254,5 +266,35 @@ async def test_the_upgrade_passes_through_the_access_guard(fake, start_gateway) 
     await client.until("response.completed")
     # The gateway token is not forwarded to the provider.
     assert fake.requests[-1].header("x-lunaroute-token") is None
+    client.sendClose()
+    await client.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_lets_the_turn_finish_then_closes_the_socket(fake, start_gateway) -> None:
+    fake.gate = defer.Deferred()  # the stream stops after its first content event
+    gw = await start_gateway(fake)
+    client = await _connect(gw.port)
+    client.send_json(_create())
+    await client.until("response.output_text.delta")
+    stopped = gw.service.stopService()
+    assert not client.closed.called
+    fake.gate.callback(None)
+    await client.until("response.completed")
+    assert await client.closed == 1000
+    await stopped
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_cuts_a_turn_at_the_deadline_with_an_error_frame(fake, start_gateway) -> None:
+    fake.gate = defer.Deferred()
+    gw = await start_gateway(fake)
+    client = await _connect(gw.port)
+    client.send_json(_create())
+    await client.until("response.output_text.delta")
+    gw.app.cut_all()  # what the shutdown deadline (or a second signal) does
+    await client.until("error")
+    assert client.frames[-1]["status"] == 503
+    assert await fake.on_disconnect() == "/v1/responses"
     client.sendClose()
     await client.closed

@@ -22,6 +22,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from typing import Protocol as Protocol_
 
 from klein import Klein
 from twisted.internet import defer, task
@@ -78,6 +79,14 @@ ExchangeObserver = Callable[[Exchange], None]
 CUT_GRACE_SECS = 30.0
 
 __all__ = ["ExchangeObserver", "GatewayApp", "listener_for_path"]
+
+
+class Flight(Protocol_):
+    """What a stopping gateway needs of a request (or WebSocket turn) in flight."""
+
+    finished: defer.Deferred[None]
+
+    def cut(self) -> None: ...
 
 
 class _InFlight:
@@ -156,10 +165,13 @@ class GatewayApp:
         self._router = router
         # GatewayMetrics (socket_opened/closed/frame) for WebSocket turns.
         self.socket_metrics = socket_metrics
-        self.in_flight: dict[defer.Deferred[Any], _InFlight] = {}
+        self.in_flight: dict[defer.Deferred[Any], Flight] = {}
         # Requests in flight per provider name (for the pools' sizing).
         self._provider_load: dict[str, int] = {}
         self._accepting = True
+        # Open client WebSockets (lunaroute.proxy.websocket), closed once
+        # in-flight requests (and WebSocket turns) have drained on stop.
+        self.sockets: set[Any] = set()
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -805,6 +817,7 @@ class GatewayApp:
         """
         flights = list(self.in_flight.values())
         if not flights:
+            self.close_sockets()
             return defer.succeed(None)
         log.info("waiting up to {timeout}s for {n} in-flight request(s)", timeout=timeout, n=len(flights))
         waiter = defer.DeferredList([_observe(f.finished) for f in flights], consumeErrors=True)
@@ -813,8 +826,17 @@ class GatewayApp:
         def done(_: Any) -> None:
             if call.active():
                 call.cancel()
+            self.close_sockets()
 
         return waiter.addBoth(done)
+
+    def close_sockets(self) -> None:
+        """Close every client WebSocket (close code 1000); their turns have ended."""
+        for socket in list(self.sockets):
+            try:
+                socket.going_away()
+            except Exception:
+                log.failure("closing a WebSocket failed")
 
     def cut_all(self) -> None:
         """Cut every in-flight request now (shutdown deadline, or a second stop signal)."""

@@ -50,6 +50,9 @@ __all__ = ["responses_socket_resource", "wants_websocket", "error_frame", "respo
 # timeout is dropped.
 PING_INTERVAL_SECS = 30.0
 PING_TIMEOUT_SECS = 30.0
+# The close code of a socket the stopping gateway closes: a normal closure
+# (autobahn's public sendClose allows 1000 or 3000-4999, not 1001).
+GATEWAY_STOPPING = 1000
 
 
 def wants_websocket(request: Any) -> bool:
@@ -134,6 +137,7 @@ class ResponsesSocket(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._opened = True
+        self.app.sockets.add(self)
         metrics = self.app.socket_metrics
         if metrics is not None:
             metrics.socket_opened()
@@ -151,12 +155,18 @@ class ResponsesSocket(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.closed = True
+        self.app.sockets.discard(self)
         metrics = self.app.socket_metrics
         if self._opened and metrics is not None:
             self._opened = False
             metrics.socket_closed()
         if self._current is not None:
             self._current.cancel()
+
+    def going_away(self) -> None:
+        """The gateway is stopping: close the socket (no turn is in flight by now)."""
+        if not self.closed:
+            self.sendClose(code=GATEWAY_STOPPING, reason="the gateway is stopping")
 
     def send_frame(self, data: bytes) -> None:
         if not self.closed:
@@ -170,12 +180,30 @@ class ResponsesSocket(WebSocketServerProtocol):
             return defer.succeed(None)
         turn = _Turn(self, payload)
         self._current = turn
+        flight = _TurnFlight(turn)
+        d = defer.ensureDeferred(turn.run())
+        # Tracked with the HTTP requests, so a stopping gateway waits for
+        # the turn (and cuts it at the deadline).
+        self.app.in_flight[d] = flight
 
         def done(result: Any) -> Any:
             self._current = None
+            self.app.in_flight.pop(d, None)
+            flight.finished.callback(None)
             return result
 
-        return defer.ensureDeferred(turn.run()).addBoth(done)
+        return d.addBoth(done)
+
+
+class _TurnFlight:
+    """A turn as the gateway's drain sees it: C{finished}, and C{cut} at the deadline."""
+
+    def __init__(self, turn: _Turn) -> None:
+        self.turn = turn
+        self.finished: defer.Deferred[None] = defer.Deferred()
+
+    def cut(self) -> None:
+        self.turn.cancel(by_gateway=True)
 
 
 class _Turn:
@@ -187,9 +215,11 @@ class _Turn:
         self.sending: defer.Deferred[Any] | None = None
         self.body: _EventRelay | None = None
         self.cancelled = False
+        self.by_gateway = False
 
-    def cancel(self) -> None:
+    def cancel(self, by_gateway: bool = False) -> None:
         self.cancelled = True
+        self.by_gateway = by_gateway
         if self.sending is not None:
             self.sending.cancel()
         if self.body is not None:
@@ -237,7 +267,7 @@ class _Turn:
         try:
             response = await self.sending
         except defer.CancelledError:
-            exchange.outcome, exchange.error = "client_disconnected", "the client went away"
+            self._interrupted(exchange)
             return
         except (UpstreamError, LunaRouteError) as exc:
             status, code = status_for(exc)
@@ -274,7 +304,7 @@ class _Turn:
             exchange.chunk_count = relay.chunks
             exchange.response = capture.finish()
         if relay.aborted:
-            exchange.outcome, exchange.error = "client_disconnected", "the client went away"
+            self._interrupted(exchange)
         elif not streaming:
             exchange.outcome = "upstream_error" if response.code >= 400 else "ok"
             message = relay.raw.decode("utf-8", "replace")[:4000]
@@ -290,6 +320,14 @@ class _Turn:
             exchange.outcome, exchange.error = "upstream_error", "the provider's stream was cut"
             socket.send_frame(error_frame(502, "the provider's stream was cut", None, "server_error"))
         timings.finished = clock.seconds()
+
+    def _interrupted(self, exchange: Any) -> None:
+        if self.by_gateway:
+            exchange.outcome = "interrupted"
+            exchange.error = "the gateway stopped before the turn finished"
+            self.socket.send_frame(error_frame(503, "the gateway is shutting down", "shutting_down", "server_error"))
+        else:
+            exchange.outcome, exchange.error = "client_disconnected", "the client went away"
 
 
 class _EventRelay(Protocol):
