@@ -17,6 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from lunaroute.proxy.websocket import error_frame, response_create_body
+from lunaroute.testing.helpers import free_port
 
 
 class _Client(WebSocketClientProtocol):
@@ -298,3 +299,59 @@ async def test_stopping_cuts_a_turn_at_the_deadline_with_an_error_frame(fake, st
     assert await fake.on_disconnect() == "/v1/responses"
     client.sendClose()
     await client.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_routing_applies_per_turn(fake, start_gateway) -> None:
+    """The primary refuses connections: the turn falls back as an HTTP request would, on the record."""
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    gw = await start_gateway(
+        fake,
+        providers={
+            "openai": {"base_url": closed},
+            "openai_backup": {"provider_type": "openai", "base_url": fake.url + "/v1"},
+        },
+        routing={"rules": [{"name": "gpt", "model_pattern": "^gpt-", "primary": "openai",
+                            "fallbacks": ["openai_backup"]}]},
+    )
+    seen: list[Any] = []
+    gw.app._sinks = (*gw.app._sinks, seen.append)
+    client = await _connect(gw.port)
+    client.send_json(_create())
+    await client.until("response.completed")
+    client.sendClose()
+    await client.closed
+    assert len(fake.requests) == 1 and fake.requests[0].method == "POST"
+    assert [(e.provider, e.rule) for e in seen] == [("openai_backup", "gpt")]
+    assert [a["provider"] for a in seen[0].attempts] == ["openai", "openai_backup"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_providers_model_replaces_the_turns(fake, start_gateway) -> None:
+    gw = await start_gateway(fake, providers={"openai": {"model": "gpt-configured"}})
+    client = await _connect(gw.port, headers={"authorization": "Bearer k", "sec-websocket-protocol": "x"})
+    client.send_json(_create(model="gpt-client"))
+    await client.until("response.completed")
+    client.sendClose()
+    await client.closed
+    assert fake.requests[0].json["model"] == "gpt-configured"
+    # The handshake's headers stay on this side.
+    assert fake.requests[0].header("sec-websocket-key") is None
+    assert fake.requests[0].header("upgrade") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_socket_no_longer_counts_against_the_per_client_cap(fake, start_gateway) -> None:
+    gw = await start_gateway(fake, http_server={"max_connections_per_client": 2})
+    for _ in range(3):
+        client = await _connect(gw.port)
+        (socket,) = gw.app.sockets
+        site = socket.upgrade.channel.site
+        assert site.connections_per_client["127.0.0.1"] == 1
+        client.sendClose()
+        await client.closed
+        await socket.lost
+        assert site.connections_per_client == {}
+    health = await treq.get(gw.url + "/healthz")
+    assert health.code == 200
+    await health.content()

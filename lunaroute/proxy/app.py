@@ -486,6 +486,30 @@ class GatewayApp:
         exchange.method = "POST"
         return exchange
 
+    def plan_turn(self, view: RequestView, header: Callable[[str], str | None]) -> Plan | None:
+        """
+        The choose step of one WebSocket turn: its routing plan, or C{None}
+        without routing.  Raises L{NoProvider} when no attempt is possible.
+        """
+        if self._router is None or view.json is None:
+            return None
+        plan = self._router.plan(view, "openai", header)
+        if not plan.attempts:
+            skipped = ", ".join(name for name, _ in plan.skipped) or "none"
+            raise NoProvider(f"no provider can take this request now (circuit open: {skipped})")
+        return plan
+
+    async def send_turn(
+        self, request: Any, flight: Any, exchange: Exchange, view: RequestView, body: bytes, plan: Plan
+    ) -> tuple[Any, IProvider]:
+        """
+        The send step of one WebSocket turn with routing, as for HTTP:
+        C{request} carries the turn's C{method} and C{requestHeaders};
+        C{flight.sending} holds the pending attempt (for cancelling).
+        """
+        assert self._router is not None
+        return await self._send_plan(request, flight, exchange, view, body, b"", plan, self._router)
+
     def finish_exchange(self, exchange: Exchange) -> None:
         """Enrich, seal and hand a finished exchange to the sinks (WebSocket turns)."""
         self._finish(exchange)

@@ -25,19 +25,22 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from lunaroute.dialects.capture import ResponseCapture
-from lunaroute.dialects.request_view import parse_request
+from lunaroute.dialects.request_view import parse_request, replace_model
 from lunaroute.dialects.sse import SSEParser
 from lunaroute.errors import LunaRouteError, UpstreamError
 from lunaroute.interfaces import IProvider
 from lunaroute.logs import log_observer
 from lunaroute.proxy.errors import first_header, status_for
 from lunaroute.proxy.headers import MaskedHeaders, upstream_request_headers
+from lunaroute.routing.markers import strip_markers
+from lunaroute.routing.plan import Plan
 
 if TYPE_CHECKING:
     from lunaroute.proxy.app import GatewayApp
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
 log = Logger(observer=log_observer)
 
 __all__ = ["responses_socket_resource", "wants_websocket", "error_frame", "response_create_body"]
+
+_CLEAN = Failure(ConnectionDone())
 
 # Ping an idle socket this often; a peer that does not answer within the
 # timeout is dropped.
@@ -134,6 +139,8 @@ class ResponsesSocket(WebSocketServerProtocol):
         self._current: _Turn | None = None
         self.closed = False
         self._opened = False
+        #: Fires once the socket's connection is gone.
+        self.lost: defer.Deferred[None] = defer.Deferred()
 
     def onOpen(self) -> None:
         self._opened = True
@@ -162,6 +169,19 @@ class ResponsesSocket(WebSocketServerProtocol):
             metrics.socket_closed()
         if self._current is not None:
             self._current.cancel()
+
+    def connectionLost(self, reason: Failure = _CLEAN) -> None:
+        super().connectionLost(reason)
+        # The HTTP channel handed its connection over and never saw it end:
+        # tell it, so it forgets the connection (the per-client cap counts it).
+        channel = getattr(self.upgrade, "channel", None)
+        if channel is not None:
+            try:
+                channel.connectionLost(reason)
+            except Exception:
+                log.failure("ending the upgraded HTTP channel failed")
+        if not self.lost.called:
+            self.lost.callback(None)
 
     def going_away(self) -> None:
         """The gateway is stopping: close the socket (no turn is in flight by now)."""
@@ -237,17 +257,37 @@ class _Turn:
             return
         if body is None:
             return
-        provider = app.provider_for("openai")
-        if provider is None:
-            socket.send_frame(error_frame(503, "no enabled openai provider is configured"))
-            return
         upgrade = socket.upgrade
-        view = parse_request(
-            "openai_responses", body, lambda name: first_header(upgrade, name.encode("ascii"))
-        )
-        exchange = app.start_socket_exchange(upgrade, view, provider, body, received)
+
+        def header(name: str) -> str | None:
+            return first_header(upgrade, name.encode("ascii"))
+
+        view = parse_request("openai_responses", body, header)
+        # choose (routing per turn, as on HTTP) and modify
+        provider: IProvider | None
         try:
-            await self._send(exchange, provider, body)
+            plan = app.plan_turn(view, header)
+        except LunaRouteError as exc:
+            status, code = status_for(exc)
+            socket.send_frame(error_frame(status, str(exc), code, "server_error"))
+            return
+        if plan is not None:
+            if plan.marker is not None:
+                body = strip_markers(view.dialect, body)
+            provider = app.providers[plan.attempts[0].provider_name]
+        else:
+            provider = app.provider_for("openai")
+            if provider is None:
+                socket.send_frame(error_frame(503, "no enabled openai provider is configured"))
+                return
+            configured = getattr(getattr(provider, "settings", None), "model", None)
+            if configured and view.json is not None and view.model != configured:
+                body = replace_model(body, configured)
+        exchange = app.start_socket_exchange(upgrade, view, provider, body, received)
+        if plan is not None:
+            exchange.rule = plan.rule_name
+        try:
+            await self._send(exchange, provider, body, view, plan)
         except Exception as exc:
             log.failure("WebSocket turn on {path} failed unexpectedly", path=exchange.path)
             exchange.outcome = "gateway_error"
@@ -255,17 +295,23 @@ class _Turn:
         finally:
             app.finish_exchange(exchange)
 
-    async def _send(self, exchange: Any, provider: IProvider, body: bytes) -> None:
+    async def _send(
+        self, exchange: Any, provider: IProvider, body: bytes, view: Any, plan: Plan | None
+    ) -> None:
         socket = self.socket
-        clock = socket.app.clock
+        app = socket.app
+        clock = app.clock
         timings = exchange.timings
-        headers = upstream_request_headers(socket.headers)
-        headers.setRawHeaders(b"content-type", [b"application/json"])
-        headers.setRawHeaders(b"accept", [b"text/event-stream"])
+        turn_request = _TurnRequest(socket.headers)
         timings.upstream_sent = clock.seconds()
-        self.sending = provider.request(b"POST", exchange.path, b"", headers, body)
         try:
-            response = await self.sending
+            if plan is not None:
+                response, provider = await app.send_turn(turn_request, self, exchange, view, body, plan)
+                exchange.provider = provider.name
+            else:
+                headers = upstream_request_headers(turn_request.requestHeaders)
+                self.sending = provider.request(b"POST", exchange.path, b"", headers, body)
+                response = await self.sending
         except defer.CancelledError:
             self._interrupted(exchange)
             return
@@ -328,6 +374,28 @@ class _Turn:
             self.socket.send_frame(error_frame(503, "the gateway is shutting down", "shutting_down", "server_error"))
         else:
             exchange.outcome, exchange.error = "client_disconnected", "the client went away"
+
+
+class _TurnRequest:
+    """
+    A turn as the send step sees a request: a C{POST} with the upgrade
+    request's headers, less the WebSocket handshake's, as a JSON body that
+    asks for an event stream.
+    """
+
+    method = b"POST"
+
+    def __init__(self, upgrade_headers: Headers) -> None:
+        headers = Headers()
+        for name, values in upgrade_headers.getAllRawHeaders():
+            if name.lower() not in _HANDSHAKE_HEADERS and not name.lower().startswith(b"sec-websocket-"):
+                headers.setRawHeaders(name, values)
+        headers.setRawHeaders(b"content-type", [b"application/json"])
+        headers.setRawHeaders(b"accept", [b"text/event-stream"])
+        self.requestHeaders = headers
+
+
+_HANDSHAKE_HEADERS = frozenset({b"upgrade", b"connection", b"origin", b"content-length"})
 
 
 class _EventRelay(Protocol):
