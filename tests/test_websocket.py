@@ -355,3 +355,12 @@ async def test_a_closed_socket_no_longer_counts_against_the_per_client_cap(fake,
     health = await treq.get(gw.url + "/healthz")
     assert health.code == 200
     await health.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frame_over_the_body_limit_closes_the_socket_with_1009(fake, start_gateway) -> None:
+    gw = await start_gateway(fake, http_server={"max_request_body_bytes": 2000})
+    client = await _connect(gw.port)
+    client.send_json(_create(text="x" * 3000))
+    assert await client.closed == 1009  # message too big
+    assert fake.requests == []

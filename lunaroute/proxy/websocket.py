@@ -109,6 +109,9 @@ def responses_socket_resource(app: GatewayApp, request: Any) -> WebSocketResourc
         autoPingInterval=PING_INTERVAL_SECS,
         autoPingTimeout=PING_TIMEOUT_SECS,
         perMessageCompressionAccept=_accept_deflate,
+        # A protocol error (such as a frame over the limit) is answered with
+        # its close code (1009: too big) before the connection closes.
+        failByDrop=False,
     )
     return WebSocketResource(factory)
 
