@@ -47,6 +47,7 @@ setup(
         "zstandard>=0.22",
         "pyOpenSSL>=24",
         "service-identity>=24",
+        "autobahn>=24.4",
     ],
     extras_require={
         "test": [

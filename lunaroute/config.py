@@ -193,6 +193,7 @@ class HttpServerSettings:
     cors_allowed_origins: tuple[str, ...] = ()
     auth_token: str | None = field(default=None, repr=False)
     require_auth_for_proxy: bool = False
+    websocket_enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -574,6 +575,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "cors_allowed_origins",
         "auth_token",
         "require_auth_for_proxy",
+        "websocket_enabled",
     ),
     "bypass": ("enabled", "provider"),
     "session_recording": (
@@ -1586,6 +1588,7 @@ def _build_http_server(layers: _Layers) -> HttpServerSettings:
         "cors_allowed_origins": _origins,
         "auth_token": _optional_text,
         "require_auth_for_proxy": _bool,
+        "websocket_enabled": _bool,
     }
     return HttpServerSettings(
         **{

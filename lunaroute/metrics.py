@@ -371,6 +371,13 @@ class GatewayMetrics:
             "lunaroute_retries", "Attempts sent again to the same provider (routing retries).",
             ["provider"], registry=r,
         )
+        self.ws_connections = Gauge(
+            "lunaroute_ws_connections", "Open client WebSockets (Codex's Responses WebSocket).", registry=r,
+        )
+        self.ws_frames = Counter(
+            "lunaroute_ws_frames", "WebSocket text frames, by direction (in: from the client, out: to it).",
+            ["direction"], registry=r,
+        )
         self._recorder = _RecorderCollector()
         self._pools = _PoolCollector()
         self._routing = _RoutingCollector()
@@ -391,6 +398,27 @@ class GatewayMetrics:
 
     def __call__(self, exchange: Exchange) -> None:
         self.observe(exchange)
+
+    def socket_opened(self) -> None:
+        """A client WebSocket opened.  Never raises."""
+        try:
+            self.ws_connections.inc()
+        except Exception:
+            self._failed("socket_opened")
+
+    def socket_closed(self) -> None:
+        """A client WebSocket closed.  Never raises."""
+        try:
+            self.ws_connections.dec()
+        except Exception:
+            self._failed("socket_closed")
+
+    def socket_frame(self, direction: str) -> None:
+        """One text frame in (C{"in"}) or out (C{"out"}).  Never raises."""
+        try:
+            self.ws_frames.labels(direction=direction).inc()
+        except Exception:
+            self._failed("socket_frame")
 
     def observe(self, exchange: Exchange) -> None:
         """Account for a finished exchange of any kind.  Never raises."""

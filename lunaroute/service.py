@@ -99,6 +99,7 @@ class GatewayService(MultiService):
             enricher=self.stats.enrich,
             start_observers=[self.metrics.request_started] if self.metrics is not None else [],
             metrics_renderer=self.metrics.render if self.metrics is not None else None,
+            socket_metrics=self.metrics,
             live_stats=self.live_stats,
             readiness=ReadinessChecker(reactor),
             request_log=request_log,

@@ -65,7 +65,9 @@ def run_claude(gateway_url: str, home: Path, *args: str) -> subprocess.Completed
     )
 
 
-def run_codex(gateway_url: str, home: Path, prompt: str, model: str = "gpt-5-codex") -> subprocess.CompletedProcess[str]:
+def run_codex(
+    gateway_url: str, home: Path, prompt: str, model: str = "gpt-5-codex", websockets: bool = False
+) -> subprocess.CompletedProcess[str]:
     codex = _require(CODEX, "Codex")
     codex_home = home / ".codex"
     codex_home.mkdir(parents=True, exist_ok=True)
@@ -78,6 +80,7 @@ name = "LunaRoute"
 base_url = "{gateway_url}/v1"
 wire_api = "responses"
 env_key = "LUNAROUTE_TEST_KEY"
+{"supports_websockets = true" if websockets else ""}
 
 [analytics]
 enabled = false
@@ -245,3 +248,54 @@ async def test_claude_code_tool_loop_completes_while_its_primary_is_down(fake, s
     last_user = requests[-1].json["messages"][-1]
     kinds = [block.get("type") for block in last_user["content"] if isinstance(block, dict)]
     assert "tool_result" in kinds
+
+
+def _ws_frames(gateway) -> dict[str, float]:
+    """lunaroute_ws_frames_total by direction, from the gateway's metrics."""
+    text = gateway.app.socket_metrics.render()[0].decode()
+    frames = {}
+    for direction in ("in", "out"):
+        pattern = r'lunaroute_ws_frames_total\{direction="' + direction + r'"\} ([0-9.]+)'
+        match = re.search(pattern, text)
+        frames[direction] = float(match.group(1)) if match else 0.0
+    return frames
+
+
+@pytest_twisted.ensureDeferred
+async def test_codex_exec_over_websocket(gateway, fake, tmp_path):
+    """With supports_websockets, codex exec runs its turn over the gateway's WebSocket."""
+    result = await in_thread(run_codex, gateway.url, tmp_path, "say hi", websockets=True)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert fake.reply_text in result.stdout
+    frames = _ws_frames(gateway)
+    assert frames["in"] >= 1 and frames["out"] > frames["in"], frames
+    assert "Falling back" not in result.stderr
+    sent = [r for r in fake.requests if r.path == "/v1/responses"][-1]
+    assert sent.json["stream"] is True and "type" not in sent.json
+    assert sent.header("authorization") == "Bearer sk-dummy-codex-key"
+
+
+@pytest_twisted.ensureDeferred
+async def test_codex_falls_back_to_http_when_websockets_are_off(fake, start_gateway, tmp_path):
+    """websocket_enabled: false answers the upgrade 426 and Codex completes over HTTP."""
+    gw = await start_gateway(fake, http_server={"websocket_enabled": False})
+    result = await in_thread(run_codex, gw.url, tmp_path, "say hi", websockets=True)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert fake.reply_text in result.stdout
+    assert _ws_frames(gw) == {"in": 0.0, "out": 0.0}
+    assert [r.method for r in fake.requests if r.path == "/v1/responses"][-1] == "POST"
+
+
+@pytest_twisted.ensureDeferred
+async def test_codex_tool_call_over_websocket(gateway, fake, tmp_path):
+    """A Codex tool loop over the WebSocket: the tool's output goes back on the same socket."""
+    result = await in_thread(
+        run_codex, gateway.url, tmp_path, "list files", "gpt-5-codex-tools-exec_command-shell", True
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    sent = [r for r in fake.requests if r.path == "/v1/responses"]
+    assert len(sent) >= 2, [r.json.get("model") for r in sent]
+    kinds = [item.get("type") for item in sent[-1].json["input"] if isinstance(item, dict)]
+    assert "function_call_output" in kinds, kinds
+    frames = _ws_frames(gateway)
+    assert frames["in"] >= 2, frames

@@ -22,6 +22,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from typing import Protocol as Protocol_
 
 from klein import Klein
 from twisted.internet import defer, task
@@ -54,6 +55,7 @@ from lunaroute.proxy.headers import (
 )
 from lunaroute.proxy.outcome import Classification, RelayEnd, classify_relay
 from lunaroute.proxy.relay import RelayProtocol
+from lunaroute.proxy.websocket import responses_socket_resource, wants_websocket
 from lunaroute.routing.markers import strip_markers
 from lunaroute.routing.notice import inject_switch_notice
 from lunaroute.routing.plan import Attempt, Plan, Router
@@ -77,6 +79,14 @@ ExchangeObserver = Callable[[Exchange], None]
 CUT_GRACE_SECS = 30.0
 
 __all__ = ["ExchangeObserver", "GatewayApp", "listener_for_path"]
+
+
+class Flight(Protocol_):
+    """What a stopping gateway needs of a request (or WebSocket turn) in flight."""
+
+    finished: defer.Deferred[None]
+
+    def cut(self) -> None: ...
 
 
 class _InFlight:
@@ -120,6 +130,8 @@ class GatewayApp:
         breakers) and says after each whether to retry, fall back or answer.
         Without one, each request goes to its dialect's provider once and
         whatever it answers is relayed as it is (pure passthrough).
+    @param socket_metrics: the L{lunaroute.metrics.GatewayMetrics} counting
+        client WebSockets and their frames, if metrics are on.
     """
 
     app = Klein()
@@ -138,6 +150,7 @@ class GatewayApp:
         readiness: Any = None,
         request_log: Any = None,
         router: Router | None = None,
+        socket_metrics: Any = None,
     ) -> None:
         self.settings = settings
         self.providers = providers
@@ -150,10 +163,15 @@ class GatewayApp:
         self._readiness = readiness
         self.request_log = request_log
         self._router = router
-        self.in_flight: dict[defer.Deferred[Any], _InFlight] = {}
+        # GatewayMetrics (socket_opened/closed/frame) for WebSocket turns.
+        self.socket_metrics = socket_metrics
+        self.in_flight: dict[defer.Deferred[Any], Flight] = {}
         # Requests in flight per provider name (for the pools' sizing).
         self._provider_load: dict[str, int] = {}
         self._accepting = True
+        # Open client WebSockets (lunaroute.proxy.websocket), closed once
+        # in-flight requests (and WebSocket turns) have drained on stop.
+        self.sockets: set[Any] = set()
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -299,9 +317,18 @@ class GatewayApp:
 
     @app.route("/v1/responses", methods=["GET"])
     @app.route("/responses", methods=["GET"])
-    def responses_websocket(self, request: Any) -> bytes:
-        # Codex can open a WebSocket here first; 426 makes it fall back to
-        # HTTP streaming at once (a 404 costs it seven retries).
+    def responses_websocket(self, request: Any) -> Any:
+        # Codex opens a WebSocket here when its provider has
+        # supports_websockets; served by lunaroute.proxy.websocket.  Without
+        # an upgrade, or with WebSockets off, 426 makes it fall back to HTTP
+        # streaming at once (a 404 costs it seven retries).
+        if self.settings.http_server.websocket_enabled and wants_websocket(request):
+            if not self._serves("openai"):
+                return write_error(
+                    request, "openai", 404,
+                    f"/v1/responses is not served: api_dialect is {self.settings.api_dialect}",
+                )
+            return responses_socket_resource(self, request)
         request.setResponseCode(426)
         request.setHeader(b"content-type", b"application/json")
         return openai_error_body(
@@ -450,6 +477,42 @@ class GatewayApp:
             return None
         finally:
             self._finish(exchange)
+
+    def start_socket_exchange(
+        self, upgrade: Any, view: RequestView, provider: IProvider, body: bytes, received: float
+    ) -> Exchange:
+        """The exchange of one WebSocket turn, as its HTTP twin would start it."""
+        exchange = self._start_exchange(upgrade, "openai", view, provider, body, received, "conversation")
+        exchange.method = "POST"
+        return exchange
+
+    def plan_turn(self, view: RequestView, header: Callable[[str], str | None]) -> Plan | None:
+        """
+        The choose step of one WebSocket turn: its routing plan, or C{None}
+        without routing.  Raises L{NoProvider} when no attempt is possible.
+        """
+        if self._router is None or view.json is None:
+            return None
+        plan = self._router.plan(view, "openai", header)
+        if not plan.attempts:
+            skipped = ", ".join(name for name, _ in plan.skipped) or "none"
+            raise NoProvider(f"no provider can take this request now (circuit open: {skipped})")
+        return plan
+
+    async def send_turn(
+        self, request: Any, flight: Any, exchange: Exchange, view: RequestView, body: bytes, plan: Plan
+    ) -> tuple[Any, IProvider]:
+        """
+        The send step of one WebSocket turn with routing, as for HTTP:
+        C{request} carries the turn's C{method} and C{requestHeaders};
+        C{flight.sending} holds the pending attempt (for cancelling).
+        """
+        assert self._router is not None
+        return await self._send_plan(request, flight, exchange, view, body, b"", plan, self._router)
+
+    def finish_exchange(self, exchange: Exchange) -> None:
+        """Enrich, seal and hand a finished exchange to the sinks (WebSocket turns)."""
+        self._finish(exchange)
 
     def _start_exchange(
         self,
@@ -778,6 +841,7 @@ class GatewayApp:
         """
         flights = list(self.in_flight.values())
         if not flights:
+            self.close_sockets()
             return defer.succeed(None)
         log.info("waiting up to {timeout}s for {n} in-flight request(s)", timeout=timeout, n=len(flights))
         waiter = defer.DeferredList([_observe(f.finished) for f in flights], consumeErrors=True)
@@ -786,8 +850,17 @@ class GatewayApp:
         def done(_: Any) -> None:
             if call.active():
                 call.cancel()
+            self.close_sockets()
 
         return waiter.addBoth(done)
+
+    def close_sockets(self) -> None:
+        """Close every client WebSocket (close code 1000); their turns have ended."""
+        for socket in list(self.sockets):
+            try:
+                socket.going_away()
+            except Exception:
+                log.failure("closing a WebSocket failed")
 
     def cut_all(self) -> None:
         """Cut every in-flight request now (shutdown deadline, or a second stop signal)."""

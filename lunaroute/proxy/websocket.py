@@ -1,0 +1,476 @@
+"""
+Codex's Responses WebSocket: C{GET /v1/responses} (or C{/responses}) with
+C{Upgrade: websocket}, served with autobahn's Twisted WebSocket.
+
+Each client text frame is a C{response.create} request (the Responses
+request's fields plus C{"type": "response.create"}).  It is forwarded to the
+OpenAI provider as an HTTP streaming C{POST /v1/responses}; every SSE event of
+the answer goes back to the client as one text frame (the event's JSON
+data), as it arrives.  Turns on one socket run one after another.  A client
+closing the socket cancels the turn in flight (the provider connection is
+aborted).  Each turn is recorded as one exchange, like its HTTP twin.
+
+A provider answer that is not a stream (an HTTP error) is sent as one
+C{{"type": "error", "status": ..., "error": {...}}} frame, the shape Codex
+maps back onto an HTTP error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+
+from lunaroute.dialects.capture import ResponseCapture
+from lunaroute.dialects.request_view import parse_request, replace_model
+from lunaroute.dialects.sse import SSEParser
+from lunaroute.errors import LunaRouteError, UpstreamError
+from lunaroute.interfaces import IProvider
+from lunaroute.logs import log_observer
+from lunaroute.proxy.errors import first_header, status_for
+from lunaroute.proxy.headers import MaskedHeaders, upstream_request_headers
+from lunaroute.routing.markers import strip_markers
+from lunaroute.routing.plan import Plan
+
+if TYPE_CHECKING:
+    from lunaroute.proxy.app import GatewayApp
+
+log = Logger(observer=log_observer)
+
+__all__ = ["responses_socket_resource", "wants_websocket", "error_frame", "response_create_body"]
+
+_CLEAN = Failure(ConnectionDone())
+
+# Ping an idle socket this often; a peer that does not answer within the
+# timeout is dropped.
+PING_INTERVAL_SECS = 30.0
+PING_TIMEOUT_SECS = 30.0
+# The close code of a socket the stopping gateway closes: a normal closure
+# (autobahn's public sendClose allows 1000 or 3000-4999, not 1001).
+GATEWAY_STOPPING = 1000
+
+
+def wants_websocket(request: Any) -> bool:
+    """Whether an HTTP request asks to be upgraded to a WebSocket."""
+    upgrade = first_header(request, b"upgrade") or ""
+    return "websocket" in upgrade.lower()
+
+
+def error_frame(status: int, message: str, code: str | None = None,
+                error_type: str = "invalid_request_error") -> bytes:
+    """A wrapped error event, as the Responses WebSocket sends one."""
+    error: dict[str, Any] = {"type": error_type, "message": message}
+    if code is not None:
+        error["code"] = code
+    return json.dumps({"type": "error", "status": status, "error": error}).encode()
+
+
+def response_create_body(payload: bytes) -> bytes | None:
+    """
+    The HTTP body of a C{response.create} frame: its fields without
+    C{type}, streaming.  C{None} for a frame of another type (such as
+    C{response.processed}), which needs no answer.  Raises C{ValueError} when
+    the frame is not a JSON object.
+    """
+    data = json.loads(payload)
+    if not isinstance(data, dict):
+        raise ValueError("a frame must be a JSON object")
+    if data.get("type") != "response.create":
+        return None
+    body = {key: value for key, value in data.items() if key != "type"}
+    body["stream"] = True
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def _accept_deflate(offers: list[Any]) -> Any:
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
+
+
+def responses_socket_resource(app: GatewayApp, request: Any) -> WebSocketResource:
+    """The resource that takes C{request}'s connection over as a WebSocket."""
+    limit = app.settings.http_server.max_request_body_bytes
+    factory = _SocketFactory(app, request)
+    factory.setProtocolOptions(
+        maxMessagePayloadSize=limit,
+        maxFramePayloadSize=limit,
+        autoPingInterval=PING_INTERVAL_SECS,
+        autoPingTimeout=PING_TIMEOUT_SECS,
+        perMessageCompressionAccept=_accept_deflate,
+        # A protocol error (such as a frame over the limit) is answered with
+        # its close code (1009: too big) before the connection closes.
+        failByDrop=False,
+    )
+    return WebSocketResource(factory)
+
+
+class _SocketFactory(WebSocketServerFactory):
+    """Builds the one socket of one upgrade request."""
+
+    def __init__(self, app: GatewayApp, upgrade: Any) -> None:
+        super().__init__()
+        self._app = app
+        self._upgrade = upgrade
+
+    def buildProtocol(self, addr: Any) -> ResponsesSocket:
+        socket = ResponsesSocket(self._app, self._upgrade)
+        socket.factory = self
+        return socket
+
+
+class ResponsesSocket(WebSocketServerProtocol):
+    """One client's socket: runs its turns in order."""
+
+    def __init__(self, app: GatewayApp, upgrade: Any) -> None:
+        super().__init__()
+        self.app = app
+        self.upgrade = upgrade
+        self.headers: Headers = upgrade.requestHeaders
+        self._turns: defer.DeferredLock = defer.DeferredLock()
+        self._current: _Turn | None = None
+        self.closed = False
+        self._opened = False
+        #: Fires once the socket's connection is gone.
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def onOpen(self) -> None:
+        self._opened = True
+        self.app.sockets.add(self)
+        metrics = self.app.socket_metrics
+        if metrics is not None:
+            metrics.socket_opened()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        metrics = self.app.socket_metrics
+        if metrics is not None:
+            metrics.socket_frame("in")
+        if isBinary:
+            self.sendMessage(error_frame(400, "binary frames are not supported"))
+            return
+        self._turns.run(self._run_turn, payload).addErrback(
+            lambda f: log.failure("WebSocket turn failed", f)
+        )
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.closed = True
+        self.app.sockets.discard(self)
+        metrics = self.app.socket_metrics
+        if self._opened and metrics is not None:
+            self._opened = False
+            metrics.socket_closed()
+        if self._current is not None:
+            self._current.cancel()
+
+    def connectionLost(self, reason: Failure = _CLEAN) -> None:
+        super().connectionLost(reason)
+        # The HTTP channel handed its connection over and never saw it end:
+        # tell it, so it forgets the connection (the per-client cap counts it).
+        channel = getattr(self.upgrade, "channel", None)
+        if channel is not None:
+            try:
+                channel.connectionLost(reason)
+            except Exception:
+                log.failure("ending the upgraded HTTP channel failed")
+        if not self.lost.called:
+            self.lost.callback(None)
+
+    def going_away(self) -> None:
+        """The gateway is stopping: close the socket (no turn is in flight by now)."""
+        if not self.closed:
+            self.sendClose(code=GATEWAY_STOPPING, reason="the gateway is stopping")
+
+    def send_frame(self, data: bytes) -> None:
+        if not self.closed:
+            self.sendMessage(data, isBinary=False)
+            metrics = self.app.socket_metrics
+            if metrics is not None:
+                metrics.socket_frame("out")
+
+    def _run_turn(self, payload: bytes) -> defer.Deferred[None]:
+        if self.closed:
+            return defer.succeed(None)
+        turn = _Turn(self, payload)
+        self._current = turn
+        flight = _TurnFlight(turn)
+        d = defer.ensureDeferred(turn.run())
+        # Tracked with the HTTP requests, so a stopping gateway waits for
+        # the turn (and cuts it at the deadline).
+        self.app.in_flight[d] = flight
+
+        def done(result: Any) -> Any:
+            self._current = None
+            self.app.in_flight.pop(d, None)
+            flight.finished.callback(None)
+            return result
+
+        return d.addBoth(done)
+
+
+class _TurnFlight:
+    """A turn as the gateway's drain sees it: C{finished}, and C{cut} at the deadline."""
+
+    def __init__(self, turn: _Turn) -> None:
+        self.turn = turn
+        self.finished: defer.Deferred[None] = defer.Deferred()
+
+    def cut(self) -> None:
+        self.turn.cancel(by_gateway=True)
+
+
+class _Turn:
+    """One C{response.create} frame: send, relay frames, record."""
+
+    def __init__(self, socket: ResponsesSocket, payload: bytes) -> None:
+        self.socket = socket
+        self.payload = payload
+        self.sending: defer.Deferred[Any] | None = None
+        self.body: _EventRelay | None = None
+        self.cancelled = False
+        self.by_gateway = False
+
+    def cancel(self, by_gateway: bool = False) -> None:
+        self.cancelled = True
+        self.by_gateway = by_gateway
+        if self.sending is not None:
+            self.sending.cancel()
+        if self.body is not None:
+            self.body.abort()
+
+    async def run(self) -> None:
+        socket = self.socket
+        app = socket.app
+        clock = app.clock
+        received = clock.seconds()
+        try:
+            body = response_create_body(self.payload)
+        except ValueError:
+            socket.send_frame(error_frame(400, "the frame is not a JSON object"))
+            return
+        if body is None:
+            return
+        upgrade = socket.upgrade
+
+        def header(name: str) -> str | None:
+            return first_header(upgrade, name.encode("ascii"))
+
+        view = parse_request("openai_responses", body, header)
+        # choose (routing per turn, as on HTTP) and modify
+        provider: IProvider | None
+        try:
+            plan = app.plan_turn(view, header)
+        except LunaRouteError as exc:
+            status, code = status_for(exc)
+            socket.send_frame(error_frame(status, str(exc), code, "server_error"))
+            return
+        if plan is not None:
+            if plan.marker is not None:
+                body = strip_markers(view.dialect, body)
+            provider = app.providers[plan.attempts[0].provider_name]
+        else:
+            provider = app.provider_for("openai")
+            if provider is None:
+                socket.send_frame(error_frame(503, "no enabled openai provider is configured"))
+                return
+            configured = getattr(getattr(provider, "settings", None), "model", None)
+            if configured and view.json is not None and view.model != configured:
+                body = replace_model(body, configured)
+        exchange = app.start_socket_exchange(upgrade, view, provider, body, received)
+        if plan is not None:
+            exchange.rule = plan.rule_name
+        try:
+            await self._send(exchange, provider, body, view, plan)
+        except Exception as exc:
+            log.failure("WebSocket turn on {path} failed unexpectedly", path=exchange.path)
+            exchange.outcome = "gateway_error"
+            exchange.error = f"internal gateway error: {type(exc).__name__}"
+        finally:
+            app.finish_exchange(exchange)
+
+    async def _send(
+        self, exchange: Any, provider: IProvider, body: bytes, view: Any, plan: Plan | None
+    ) -> None:
+        socket = self.socket
+        app = socket.app
+        clock = app.clock
+        timings = exchange.timings
+        turn_request = _TurnRequest(socket.headers)
+        timings.upstream_sent = clock.seconds()
+        try:
+            if plan is not None:
+                response, provider = await app.send_turn(turn_request, self, exchange, view, body, plan)
+                exchange.provider = provider.name
+            else:
+                headers = upstream_request_headers(turn_request.requestHeaders)
+                self.sending = provider.request(b"POST", exchange.path, b"", headers, body)
+                response = await self.sending
+        except defer.CancelledError:
+            self._interrupted(exchange)
+            return
+        except (UpstreamError, LunaRouteError) as exc:
+            status, code = status_for(exc)
+            exchange.status = status
+            exchange.outcome = "timeout" if status == 504 else "unreachable"
+            exchange.error = str(exc)
+            socket.send_frame(error_frame(status, str(exc), code, "server_error"))
+            return
+        finally:
+            self.sending = None
+        timings.headers_received = clock.seconds()
+        exchange.status = response.code
+        exchange.response_headers = MaskedHeaders(response.headers)
+        content_type = _first(response.headers, b"content-type") or ""
+        capture = ResponseCapture(
+            "openai_responses",
+            streaming=True,
+            content_type=content_type,
+            content_encoding=_first(response.headers, b"content-encoding"),
+        )
+        streaming = response.code == 200 and "text/event-stream" in content_type
+        relay = _EventRelay(socket.send_frame if streaming else None, capture.feed, clock.seconds)
+        self.body = relay
+        if self.cancelled:
+            relay.aborted = True
+        response.deliverBody(relay)
+        try:
+            await relay.done
+        finally:
+            self.body = None
+            timings.first_byte = relay.first_byte
+            timings.last_byte = relay.last_byte
+            exchange.bytes_out = relay.bytes
+            exchange.chunk_count = relay.chunks
+            exchange.response = capture.finish()
+        if relay.aborted:
+            self._interrupted(exchange)
+        elif not streaming:
+            exchange.outcome = "upstream_error" if response.code >= 400 else "ok"
+            message = relay.raw.decode("utf-8", "replace")[:4000]
+            try:
+                parsed = json.loads(relay.raw)
+                error = parsed.get("error") if isinstance(parsed, dict) else None
+            except ValueError:
+                error = None
+            if not isinstance(error, dict):
+                error = {"type": "server_error", "message": message}
+            socket.send_frame(json.dumps({"type": "error", "status": response.code, "error": error}).encode())
+        elif relay.lost:
+            exchange.outcome, exchange.error = "upstream_error", "the provider's stream was cut"
+            socket.send_frame(error_frame(502, "the provider's stream was cut", None, "server_error"))
+        timings.finished = clock.seconds()
+
+    def _interrupted(self, exchange: Any) -> None:
+        if self.by_gateway:
+            exchange.outcome = "interrupted"
+            exchange.error = "the gateway stopped before the turn finished"
+            self.socket.send_frame(error_frame(503, "the gateway is shutting down", "shutting_down", "server_error"))
+        else:
+            exchange.outcome, exchange.error = "client_disconnected", "the client went away"
+
+
+class _TurnRequest:
+    """
+    A turn as the send step sees a request: a C{POST} with the upgrade
+    request's headers, less the WebSocket handshake's, as a JSON body that
+    asks for an event stream.
+    """
+
+    method = b"POST"
+
+    def __init__(self, upgrade_headers: Headers) -> None:
+        headers = Headers()
+        for name, values in upgrade_headers.getAllRawHeaders():
+            if name.lower() not in _HANDSHAKE_HEADERS and not name.lower().startswith(b"sec-websocket-"):
+                headers.setRawHeaders(name, values)
+        headers.setRawHeaders(b"content-type", [b"application/json"])
+        headers.setRawHeaders(b"accept", [b"text/event-stream"])
+        self.requestHeaders = headers
+
+
+_HANDSHAKE_HEADERS = frozenset({b"upgrade", b"connection", b"origin", b"content-length"})
+
+
+class _EventRelay(Protocol):
+    """
+    Reads a provider response body: with C{send}, each SSE event's data goes
+    out as one frame; without, the body is kept (an error answer).
+    """
+
+    def __init__(
+        self,
+        send: Callable[[bytes], None] | None,
+        on_chunk: Callable[[bytes], Any],
+        now: Callable[[], float],
+    ) -> None:
+        self._send = send
+        self._on_chunk = on_chunk
+        self._now = now
+        self._parser = SSEParser()
+        self.done: defer.Deferred[None] = defer.Deferred()
+        self.raw = b""
+        self.bytes = 0
+        self.chunks = 0
+        self.first_byte: float | None = None
+        self.last_byte: float | None = None
+        self.aborted = False
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        if self.aborted:
+            self.abort()
+
+    def abort(self) -> None:
+        self.aborted = True
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        now = self._now()
+        if self.first_byte is None:
+            self.first_byte = now
+        self.last_byte = now
+        self.bytes += len(data)
+        self.chunks += 1
+        try:
+            self._on_chunk(data)
+        except Exception:
+            log.failure("capturing a WebSocket turn failed")
+        if self._send is None:
+            if len(self.raw) < 65536:
+                self.raw += data
+            return
+        self._emit(self._parser.feed(data))
+
+    def _emit(self, events: list[Any]) -> None:
+        assert self._send is not None
+        for event in events:
+            data = event.data
+            if not data or data == "[DONE]":
+                continue
+            self._send(data.encode("utf-8"))
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        from twisted.web.client import ResponseDone
+
+        if self._send is not None and not self.aborted:
+            self._emit(self._parser.close())
+        if not reason.check(ResponseDone) and not self.aborted:
+            self.lost = True
+        self.done.callback(None)
+
+
+def _first(headers: Headers, name: bytes) -> str | None:
+    values = headers.getRawHeaders(name)
+    return values[0].decode("latin-1") if values else None

@@ -1,0 +1,366 @@
+"""
+Codex's Responses WebSocket (GET /v1/responses with Upgrade: websocket):
+frame-level tests with autobahn's client through a running gateway and the
+fake provider, and the pure helpers of lunaroute.proxy.websocket.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+from lunaroute.proxy.websocket import error_frame, response_create_body
+from lunaroute.testing.helpers import free_port
+
+
+class _Client(WebSocketClientProtocol):
+    """Collects every text frame; C{until(type)} waits for an event type."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[dict[str, Any]] = []
+        self.opened: defer.Deferred[None] = defer.Deferred()
+        self.closed: defer.Deferred[int | None] = defer.Deferred()
+        self._waiters: list[tuple[str, defer.Deferred[None]]] = []
+
+    def onOpen(self) -> None:
+        self.opened.callback(None)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        event = json.loads(payload)
+        self.frames.append(event)
+        for kind, waiter in list(self._waiters):
+            if event.get("type") == kind:
+                self._waiters.remove((kind, waiter))
+                waiter.callback(None)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.opened.called:
+            self.opened.errback(ConnectionError(f"refused: {code} {reason}"))
+        self.closed.callback(code)
+
+    def until(self, kind: str) -> defer.Deferred[None]:
+        waiter: defer.Deferred[None] = defer.Deferred()
+        if any(event.get("type") == kind for event in self.frames):
+            waiter.callback(None)
+        else:
+            self._waiters.append((kind, waiter))
+        return waiter
+
+    def send_json(self, data: dict[str, Any]) -> None:
+        self.sendMessage(json.dumps(data).encode(), isBinary=False)
+
+
+async def _connect(port: int, path: str = "/v1/responses", headers: dict[str, str] | None = None) -> _Client:
+    factory = WebSocketClientFactory(
+        f"ws://127.0.0.1:{port}{path}",
+        headers=headers or {"authorization": "Bearer sk-client-key-123456789"},
+    )
+    factory.protocol = _Client
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    client: _Client = await endpoint.connect(factory)
+    await client.opened
+    return client
+
+
+def _create(model: str = "gpt-test", text: str = "hi") -> dict[str, Any]:
+    return {
+        "type": "response.create",
+        "model": model,
+        "instructions": "be brief",
+        "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}],
+        "tools": [],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "store": False,
+        "stream": True,
+        "include": [],
+    }
+
+
+def _sse_events(raw: bytes) -> list[dict[str, Any]]:
+    events = []
+    for line in raw.decode("utf-8").splitlines():
+        if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
+            events.append(json.loads(line[5:]))
+    return events
+
+
+# -- pure helpers ------------------------------------------------------------
+
+
+def test_response_create_body_drops_type_and_streams() -> None:
+    body = response_create_body(json.dumps({"type": "response.create", "model": "m", "stream": False}).encode())
+    assert body is not None
+    assert json.loads(body) == {"model": "m", "stream": True}
+
+
+def test_other_frame_types_need_no_answer() -> None:
+    assert response_create_body(b'{"type":"response.processed","response_id":"r"}') is None
+
+
+def test_a_frame_that_is_not_an_object_is_refused() -> None:
+    with pytest.raises(ValueError):
+        response_create_body(b"[1,2]")
+
+
+def test_error_frame_shape() -> None:
+    assert json.loads(error_frame(429, "slow down", "rate_limited")) == {
+        "type": "error",
+        "status": 429,
+        "error": {"type": "invalid_request_error", "message": "slow down", "code": "rate_limited"},
+    }
+
+
+# -- through a running gateway ------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("path", ["/v1/responses", "/responses"])
+async def test_a_turn_gets_the_providers_events_as_frames_in_order(fake, start_gateway, path: str) -> None:
+    gw = await start_gateway(fake)
+    client = await _connect(gw.port, path)
+    client.send_json(_create())
+    await client.until("response.completed")
+    # What the provider received: one streaming POST with the frame's fields.
+    assert len(fake.requests) == 1
+    sent = fake.requests[0]
+    assert sent.method == "POST" and sent.path == "/v1/responses"
+    body = json.loads(sent.body)
+    assert "type" not in body and body["stream"] is True and body["model"] == "gpt-test"
+    assert sent.header("authorization") == "Bearer sk-client-key-123456789"
+    # The same request over HTTP gives the same events, in the same order.
+    http = await treq.post(
+        gw.url + "/v1/responses",
+        json.dumps({k: v for k, v in _create().items() if k != "type"}).encode(),
+        headers={"content-type": "application/json", "authorization": "Bearer sk-client-key-123456789"},
+    )
+    expected = _sse_events(await http.content())
+    assert [e["type"] for e in client.frames] == [e["type"] for e in expected]
+    text = "".join(e.get("delta", "") for e in client.frames if e["type"] == "response.output_text.delta")
+    assert text == fake.reply_text
+    # A second turn on the same socket works too.
+    client.frames.clear()
+    client.send_json(_create(text="again"))
+    await client.until("response.completed")
+    assert len(fake.requests) == 3
+    client.sendClose()
+    await client.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_turn_is_recorded_like_its_http_twin(fake, start_gateway) -> None:
+    gw = await start_gateway(fake)
+    seen: list[Any] = []
+    gw.app._sinks = (*gw.app._sinks, seen.append)
+    client = await _connect(
+        gw.port, headers={"authorization": "Bearer sk-client-key-123456789", "session-id": "ws-session-1"}
+    )
+    client.send_json(_create())
+    await client.until("response.completed")
+    client.frames.clear()
+    client.send_json(_create(text="again"))
+    await client.until("response.completed")
+    client.sendClose()
+    await client.closed
+    assert len(seen) == 2
+    assert [e.outcome for e in seen] == ["ok", "ok"]
+    # The session id comes from the upgrade request's headers, as on HTTP.
+    assert [e.session_id for e in seen] == ["ws-session-1", "ws-session-1"]
+    assert seen[0].request_id != seen[1].request_id
+    exchange = seen[0]
+    assert exchange.method == "POST" and exchange.path == "/v1/responses"
+    assert exchange.status == 200 and exchange.outcome == "ok"
+    assert exchange.provider == "openai" and exchange.model == "gpt-test"
+    assert exchange.streaming is True and exchange.bytes_out > 0
+    assert exchange.response is not None
+    assert exchange.timings.first_byte is not None and exchange.timings.finished is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_the_socket_mid_turn_cancels_the_provider_request(fake, start_gateway) -> None:
+    fake.gate = defer.Deferred()  # the stream stops after its first content event
+    gw = await start_gateway(fake)
+    client = await _connect(gw.port)
+    client.send_json(_create())
+    await client.until("response.output_text.delta")
+    client.sendClose()
+    await client.closed
+    # The provider sees its client (the gateway) go away mid-stream.
+    assert await fake.on_disconnect() == "/v1/responses"
+    assert not any(e["type"] == "response.completed" for e in client.frames)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_provider_error_is_one_error_frame(fake, start_gateway) -> None:
+    gw = await start_gateway(fake)
+    client = await _connect(gw.port)
+    client.send_json(_create(model="gpt-rate-limit"))
+    await client.until("error")
+    assert client.frames[-1]["status"] == 429
+    client.sendClose()
+    await client.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_426_without_upgrade_and_when_disabled(fake, start_gateway) -> None:
+    gw = await start_gateway(fake)
+    plain = await treq.get(gw.url + "/v1/responses")
+    assert plain.code == 426
+    assert b"websocket_not_supported" in await plain.content()
+
+    off = await start_gateway(fake, http_server={"websocket_enabled": False})
+    with pytest.raises(ConnectionError):
+        await _connect(off.port)
+    upgrade = await treq.get(
+        off.url + "/v1/responses",
+        headers={
+            "upgrade": "websocket",
+            "connection": "Upgrade",
+            "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "sec-websocket-version": "13",
+        },
+    )
+    assert upgrade.code == 426
+    await upgrade.content()
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_sockets_and_frames(fake, start_gateway) -> None:
+    gw = await start_gateway(fake)
+    client = await _connect(gw.port)
+    text = (await (await treq.get(gw.url + "/metrics")).content()).decode()
+    assert _metric(text, "lunaroute_ws_connections") == 1
+    client.send_json(_create())
+    await client.until("response.completed")
+    client.sendClose()
+    await client.closed
+    text = (await (await treq.get(gw.url + "/metrics")).content()).decode()
+    assert _metric(text, "lunaroute_ws_connections") == 0
+    assert _metric(text, 'lunaroute_ws_frames_total{direction="in"}') == 1
+    assert _metric(text, 'lunaroute_ws_frames_total{direction="out"}') == len(client.frames)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_upgrade_passes_through_the_access_guard(fake, start_gateway) -> None:
+    gw = await start_gateway(fake, http_server={"auth_token": "gw-token-123456", "require_auth_for_proxy": True})
+    with pytest.raises(ConnectionError, match="401"):
+        await _connect(gw.port)
+    with pytest.raises(ConnectionError, match="403"):
+        await _connect(gw.port, headers={"origin": "http://evil.example", "x-lunaroute-token": "gw-token-123456"})
+    client = await _connect(gw.port, headers={"x-lunaroute-token": "gw-token-123456"})
+    client.send_json(_create())
+    await client.until("response.completed")
+    # The gateway token is not forwarded to the provider.
+    assert fake.requests[-1].header("x-lunaroute-token") is None
+    client.sendClose()
+    await client.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_lets_the_turn_finish_then_closes_the_socket(fake, start_gateway) -> None:
+    fake.gate = defer.Deferred()  # the stream stops after its first content event
+    gw = await start_gateway(fake)
+    client = await _connect(gw.port)
+    client.send_json(_create())
+    await client.until("response.output_text.delta")
+    stopped = gw.service.stopService()
+    assert not client.closed.called
+    fake.gate.callback(None)
+    await client.until("response.completed")
+    assert await client.closed == 1000
+    await stopped
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_cuts_a_turn_at_the_deadline_with_an_error_frame(fake, start_gateway) -> None:
+    fake.gate = defer.Deferred()
+    gw = await start_gateway(fake)
+    client = await _connect(gw.port)
+    client.send_json(_create())
+    await client.until("response.output_text.delta")
+    gw.app.cut_all()  # what the shutdown deadline (or a second signal) does
+    await client.until("error")
+    assert client.frames[-1]["status"] == 503
+    assert await fake.on_disconnect() == "/v1/responses"
+    client.sendClose()
+    await client.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_routing_applies_per_turn(fake, start_gateway) -> None:
+    """The primary refuses connections: the turn falls back as an HTTP request would, on the record."""
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    gw = await start_gateway(
+        fake,
+        providers={
+            "openai": {"base_url": closed},
+            "openai_backup": {"provider_type": "openai", "base_url": fake.url + "/v1"},
+        },
+        routing={"rules": [{"name": "gpt", "model_pattern": "^gpt-", "primary": "openai",
+                            "fallbacks": ["openai_backup"]}]},
+    )
+    seen: list[Any] = []
+    gw.app._sinks = (*gw.app._sinks, seen.append)
+    client = await _connect(gw.port)
+    client.send_json(_create())
+    await client.until("response.completed")
+    client.sendClose()
+    await client.closed
+    assert len(fake.requests) == 1 and fake.requests[0].method == "POST"
+    assert [(e.provider, e.rule) for e in seen] == [("openai_backup", "gpt")]
+    assert [a["provider"] for a in seen[0].attempts] == ["openai", "openai_backup"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_providers_model_replaces_the_turns(fake, start_gateway) -> None:
+    gw = await start_gateway(fake, providers={"openai": {"model": "gpt-configured"}})
+    client = await _connect(gw.port, headers={"authorization": "Bearer k", "sec-websocket-protocol": "x"})
+    client.send_json(_create(model="gpt-client"))
+    await client.until("response.completed")
+    client.sendClose()
+    await client.closed
+    assert fake.requests[0].json["model"] == "gpt-configured"
+    # The handshake's headers stay on this side.
+    assert fake.requests[0].header("sec-websocket-key") is None
+    assert fake.requests[0].header("upgrade") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_socket_no_longer_counts_against_the_per_client_cap(fake, start_gateway) -> None:
+    gw = await start_gateway(fake, http_server={"max_connections_per_client": 2})
+    for _ in range(3):
+        client = await _connect(gw.port)
+        (socket,) = gw.app.sockets
+        site = socket.upgrade.channel.site
+        assert site.connections_per_client["127.0.0.1"] == 1
+        client.sendClose()
+        await client.closed
+        await socket.lost
+        assert site.connections_per_client == {}
+    health = await treq.get(gw.url + "/healthz")
+    assert health.code == 200
+    await health.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frame_over_the_body_limit_closes_the_socket_with_1009(fake, start_gateway) -> None:
+    gw = await start_gateway(fake, http_server={"max_request_body_bytes": 2000})
+    client = await _connect(gw.port)
+    client.send_json(_create(text="x" * 3000))
+    assert await client.closed == 1009  # message too big
+    assert fake.requests == []
