@@ -39,7 +39,7 @@ import yaml
 
 from lunaroute.config import load_settings, pending_feature_warnings, settings_from_mapping
 from lunaroute.errors import ConfigError
-from lunaroute.testing.helpers import free_port, in_thread
+from lunaroute.testing.helpers import free_ports, in_thread
 
 REPO = Path(__file__).resolve().parent.parent
 ORIGINAL = REPO / "docs" / "original"
@@ -214,17 +214,19 @@ def _run_all(runs: dict[str, Run], deadline_secs: float = 25) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
     started: dict[str, Run] = {}
+    # Distinct ports, all chosen at once: gateways start in parallel here.
+    ports = iter(free_ports(len(YAML_BLOCKS) + 2))
     for doc, line, text in YAML_BLOCKS:
         home = tmp_path_factory.mktemp(block_id(doc, line))
         (home / "config.yaml").write_text(text)
-        port = free_port()
+        port = next(ports)
         started[block_id(doc, line)] = Run(
             [TWISTD, "-n", "lunaroute", "--config", "config.yaml", "--port", str(port)], home, port
         )
     # The guide's "Option 3" command, from a directory without examples/.
     for name, command in (("server-example", [SERVER]), ("twistd-example", [TWISTD, "-n", "lunaroute"])):
         home = tmp_path_factory.mktemp(name)
-        port = free_port()
+        port = next(ports)
         started[name] = Run(
             [*command, "--config", "examples/configs/claude-code-proxy.yaml", "--port", str(port)], home, port
         )

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
-__all__ = ["free_port", "in_thread"]
+__all__ = ["free_port", "free_ports", "in_thread"]
 
 
 def free_port() -> int:
@@ -31,3 +31,21 @@ def free_port() -> int:
 def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
     """Run a blocking call (an SDK request) off the reactor thread."""
     return deferToThread(fn, *args, **kwargs)
+
+
+def free_ports(count: int) -> list[int]:
+    """
+    C{count} distinct TCP ports nothing listens on right now: all are bound
+    at once before any is released, so the same port is never handed out
+    twice (as separate L{free_port} calls in a row may).
+    """
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
