@@ -21,6 +21,7 @@ import pytest
 from twisted.scripts.twistd import ServerOptions
 
 from lunaroute.tap import Options, flag_arguments
+from lunaroute.testing.helpers import free_ports
 
 TWISTD = shutil.which("twistd") or str(Path(sys.executable).with_name("twistd"))
 SERVER = shutil.which("lunaroute-server") or str(Path(sys.executable).with_name("lunaroute-server"))
@@ -145,8 +146,9 @@ def test_two_gateways_run_from_one_folder(tmp_path):
     """
     procs = []
     try:
-        for command in (COMMANDS["twistd"], COMMANDS["twistd"], COMMANDS["lunaroute-server"]):
-            port = _free_port()
+        commands = (COMMANDS["twistd"], COMMANDS["twistd"], COMMANDS["lunaroute-server"])
+        # Distinct ports chosen at once: the gateways start before any listens.
+        for command, port in zip(commands, free_ports(len(commands)), strict=True):
             proc = subprocess.Popen(
                 [*command, "--port", str(port)],
                 cwd=tmp_path,
