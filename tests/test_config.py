@@ -1156,3 +1156,17 @@ def test_every_shipped_example_is_in_the_source_tree() -> None:
     assert sorted(p.name for p in installed.iterdir()) == sorted(p.name for p in source.iterdir())
     for path in source.iterdir():
         assert (installed / path.name).read_text() == path.read_text(), path.name
+
+
+def test_every_yaml_block_of_the_readme_loads() -> None:
+    """The README's YAML examples are real configuration: each one loads (with its ${VAR}s set)."""
+    import re as _re
+
+    import yaml as _yaml
+
+    readme = (REPO / "README.md").read_text()
+    blocks = _re.findall(r"```yaml\n(.*?)```", readme, _re.S)
+    assert blocks
+    for block in blocks:
+        variables = {name: "x" for name in _re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", block)}
+        settings_from_mapping(_yaml.safe_load(block), env=variables)
