@@ -16,6 +16,8 @@ Who may use the gateway, checked before any route runs.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import re
 from typing import Any
@@ -26,8 +28,9 @@ from twisted.web.resource import IResource, Resource
 from lunaroute.config import HttpServerSettings
 from lunaroute.providers.url import BadTarget, split_target
 from lunaroute.proxy.errors import first_header, listener_for_path, write_error
+from lunaroute.proxy.headers import header_reader
 
-__all__ = ["AccessPolicy", "GuardedResource", "route_class"]
+__all__ = ["AccessPolicy", "GuardedResource", "route_class", "token_presented"]
 
 HEALTH_PATHS = frozenset({b"/healthz", b"/readyz", b"/"})
 ADMIN_PREFIXES = (b"/metrics", b"/_lunaroute/", b"/api/")
@@ -78,16 +81,37 @@ class AccessPolicy:
         C{Authorization: Bearer} is removed, so it never reaches a provider.
         """
         assert self._token is not None
-        headers = request.requestHeaders
-        for value in headers.getRawHeaders(TOKEN_HEADER, []):
-            if hmac.compare_digest(value.strip(), self._token):
-                return True
-        for value in headers.getRawHeaders(b"authorization", []):
-            scheme, _, credential = value.strip().partition(b" ")
-            if scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self._token):
+        return token_presented(request.requestHeaders, self._token, remove_bearer=True)
+
+
+def token_presented(
+    headers: Any, token: bytes, *, remove_bearer: bool = False, basic_password: bool = False
+) -> bool:
+    """
+    Whether C{headers} carry C{token} (compared in constant time), as
+    C{x-lunaroute-token}, as C{Authorization: Bearer}, or with
+    C{basic_password} as the password of HTTP Basic (what a browser sends
+    when it prompts).  C{remove_bearer}: an C{Authorization} header that
+    carried the token is removed, so it never reaches a provider.
+    """
+    for value in headers.getRawHeaders(TOKEN_HEADER, []):
+        if hmac.compare_digest(value.strip(), token):
+            return True
+    for value in headers.getRawHeaders(b"authorization", []):
+        scheme, _, credential = value.strip().partition(b" ")
+        scheme = scheme.lower()
+        if scheme == b"bearer" and hmac.compare_digest(credential.strip(), token):
+            if remove_bearer:
                 headers.removeHeader(b"authorization")
+            return True
+        if basic_password and scheme == b"basic":
+            try:
+                decoded = base64.b64decode(credential.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                continue
+            if hmac.compare_digest(decoded.partition(b":")[2], token):
                 return True
-        return False
+    return False
 
 
 class GuardedResource(Resource):
@@ -106,7 +130,7 @@ class GuardedResource(Resource):
     def render(self, request: Any) -> Any:
         path = request.path if isinstance(request.path, bytes) else b""
         listener = listener_for_path(
-            path.decode("latin-1"), lambda name: first_header(request, name.encode("ascii"))
+            path.decode("latin-1"), header_reader(request.requestHeaders)
         )
         try:
             split_target(request.uri)

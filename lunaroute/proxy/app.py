@@ -50,6 +50,8 @@ from lunaroute.proxy.errors import (
 )
 from lunaroute.proxy.headers import (
     MaskedHeaders,
+    first_value,
+    header_reader,
     relayed_response_headers,
     upstream_request_headers,
 )
@@ -387,24 +389,12 @@ class GatewayApp:
             )
         received = self.clock.seconds()
         body = request.content.read() if request.content is not None else b""
+        header = header_reader(request.requestHeaders)
         # parse (raises BadRequestBody: a 400 via domain_error, nothing sent)
-        view = parse_request(
-            dialect,
-            body,
-            lambda name: first_header(request, name.encode("ascii")),
-            parse_json=parse_json,
-        )
+        view = parse_request(dialect, body, header, parse_json=parse_json)
         # choose
-        plan: Plan | None = None
-        if provider is None and self._router is not None and view.json is not None:
-            plan = self._router.plan(
-                view, listener, lambda name: first_header(request, name.encode("ascii"))
-            )
-            if not plan.attempts:
-                skipped = ", ".join(name for name, _ in plan.skipped) or "none"
-                raise NoProvider(
-                    f"no provider can take this request now (circuit open: {skipped})"
-                )
+        plan = self._plan(view, listener, header) if provider is None else None
+        if plan is not None:
             if plan.marker is not None:
                 body = strip_markers(view.dialect, body)
             provider = self.providers[plan.attempts[0].provider_name]
@@ -487,13 +477,18 @@ class GatewayApp:
         return exchange
 
     def plan_turn(self, view: RequestView, header: Callable[[str], str | None]) -> Plan | None:
+        """The choose step of one WebSocket turn (see L{_plan})."""
+        return self._plan(view, "openai", header)
+
+    def _plan(self, view: RequestView, listener: str, header: Callable[[str], str | None]) -> Plan | None:
         """
-        The choose step of one WebSocket turn: its routing plan, or C{None}
-        without routing.  Raises L{NoProvider} when no attempt is possible.
+        The choose step with routing: the request's plan of attempts, or
+        C{None} without routing (or for a body the gateway does not read).
+        Raises L{NoProvider} when every provider of the plan is skipped.
         """
         if self._router is None or view.json is None:
             return None
-        plan = self._router.plan(view, "openai", header)
+        plan = self._router.plan(view, listener, header)
         if not plan.attempts:
             skipped = ", ".join(name for name, _ in plan.skipped) or "none"
             raise NoProvider(f"no provider can take this request now (circuit open: {skipped})")
@@ -617,8 +612,8 @@ class GatewayApp:
             capture = ResponseCapture(
                 view.dialect,
                 streaming=view.stream,
-                content_type=_first(response.headers, b"content-type"),
-                content_encoding=_first(response.headers, b"content-encoding"),
+                content_type=first_value(response.headers, b"content-type"),
+                content_encoding=first_value(response.headers, b"content-encoding"),
                 on_event=self.request_log.listener(exchange) if self.request_log is not None else None,
             )
         on_chunk = capture.feed if capture is not None else _ignore
@@ -704,7 +699,7 @@ class GatewayApp:
             try:
                 response = await flight.sending
                 outcome = Outcome.from_status(
-                    response.code, retry_after_from_headers(_header_reader(response.headers), clock.seconds())
+                    response.code, retry_after_from_headers(header_reader(response.headers), clock.seconds())
                 )
             except defer.CancelledError:
                 router.record(attempt, Outcome(error=CANCELLED))
@@ -892,11 +887,6 @@ class _DiscardBody(Protocol):
         pass
 
 
-def _header_reader(headers: Any) -> Callable[[str], str | None]:
-    """Looks a header of C{headers} up by lower-case name."""
-    return lambda name: _first(headers, name.encode("ascii"))
-
-
 def _discard_body(response: Any) -> None:
     response.deliverBody(_DiscardBody())
 
@@ -912,11 +902,6 @@ def _attempt_record(attempt: Attempt, outcome: Outcome, elapsed: float | None) -
         "detail": outcome.detail,
         "duration_ms": round(elapsed * 1000.0, 3) if elapsed is not None else None,
     }
-
-
-def _first(headers: Any, name: bytes) -> str | None:
-    values = headers.getRawHeaders(name)
-    return values[0].decode("latin-1") if values else None
 
 
 def _client_ip(request: Any) -> str | None:

@@ -20,6 +20,7 @@ from lunaroute.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from lunaroute.proxy.headers import first_value, header_reader
 
 __all__ = [
     "NoProvider",
@@ -74,15 +75,8 @@ def error_body(listener: str, status: int, message: str, code: str | None = None
 
 
 def first_header(request: Any, name: bytes) -> str | None:
-    """
-    A request header's first value, decoded as latin-1 (any byte is
-    accepted: a hostile or odd header must never raise).
-    """
-    values = request.requestHeaders.getRawHeaders(name)
-    if not values:
-        return None
-    value = values[0]
-    return value.decode("latin-1") if isinstance(value, bytes) else value
+    """A request header's first value (see L{first_value})."""
+    return first_value(request.requestHeaders, name)
 
 
 def listener_for_path(path: str, header: Callable[[str], str | None]) -> str:
@@ -101,7 +95,7 @@ def listener_for_path(path: str, header: Callable[[str], str | None]) -> str:
 
 def listener_for_request(request: Any) -> str:
     path = request.path.decode("latin-1") if isinstance(request.path, bytes) else str(request.path)
-    return listener_for_path(path, lambda name: first_header(request, name.encode("ascii")))
+    return listener_for_path(path, header_reader(request.requestHeaders))
 
 
 def status_for(exc: BaseException) -> tuple[int, str | None]:

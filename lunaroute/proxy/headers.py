@@ -5,7 +5,7 @@ and recordings.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from twisted.web.http_headers import Headers
 
@@ -30,6 +30,24 @@ HOP_BY_HOP = frozenset(
 # Not forwarded upstream: the agent sets Host and Content-Length itself, and
 # the gateway's own token is for the gateway only.
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"x-lunaroute-token"}
+
+
+def first_value(headers: Headers, name: bytes) -> str | None:
+    """
+    A header's first value, decoded as latin-1: any byte is accepted, so a
+    hostile or odd header never raises (a C{str} name would make Twisted
+    decode as UTF-8).
+    """
+    values = headers.getRawHeaders(name)
+    if not values:
+        return None
+    value = values[0]
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def header_reader(headers: Headers) -> Callable[[str], str | None]:
+    """Looks a header of C{headers} up by lower-case name (see L{first_value})."""
+    return lambda name: first_value(headers, name.encode("ascii"))
 
 
 def _connection_tokens(headers: Headers) -> set[bytes]:

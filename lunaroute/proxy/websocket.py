@@ -38,7 +38,7 @@ from lunaroute.errors import LunaRouteError, UpstreamError
 from lunaroute.interfaces import IProvider
 from lunaroute.logs import log_observer
 from lunaroute.proxy.errors import first_header, status_for
-from lunaroute.proxy.headers import MaskedHeaders, upstream_request_headers
+from lunaroute.proxy.headers import MaskedHeaders, first_value, header_reader, upstream_request_headers
 from lunaroute.routing.markers import strip_markers
 from lunaroute.routing.plan import Plan
 
@@ -261,10 +261,7 @@ class _Turn:
         if body is None:
             return
         upgrade = socket.upgrade
-
-        def header(name: str) -> str | None:
-            return first_header(upgrade, name.encode("ascii"))
-
+        header = header_reader(upgrade.requestHeaders)
         view = parse_request("openai_responses", body, header)
         # choose (routing per turn, as on HTTP) and modify
         provider: IProvider | None
@@ -330,12 +327,12 @@ class _Turn:
         timings.headers_received = clock.seconds()
         exchange.status = response.code
         exchange.response_headers = MaskedHeaders(response.headers)
-        content_type = _first(response.headers, b"content-type") or ""
+        content_type = first_value(response.headers, b"content-type") or ""
         capture = ResponseCapture(
             "openai_responses",
             streaming=True,
             content_type=content_type,
-            content_encoding=_first(response.headers, b"content-encoding"),
+            content_encoding=first_value(response.headers, b"content-encoding"),
         )
         streaming = response.code == 200 and "text/event-stream" in content_type
         relay = _EventRelay(socket.send_frame if streaming else None, capture.feed, clock.seconds)
@@ -471,6 +468,3 @@ class _EventRelay(Protocol):
         self.done.callback(None)
 
 
-def _first(headers: Headers, name: bytes) -> str | None:
-    values = headers.getRawHeaders(name)
-    return values[0].decode("latin-1") if values else None

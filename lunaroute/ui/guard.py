@@ -25,9 +25,6 @@ C{nosniff}, no referrer and no framing.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import ipaddress
 from typing import Any
 
@@ -37,7 +34,7 @@ from twisted.web.resource import IResource, Resource
 from lunaroute.config import HttpServerSettings
 from lunaroute.logs import log_observer
 from lunaroute.providers.url import BadTarget, split_target
-from lunaroute.proxy.access import TOKEN_HEADER, AccessPolicy
+from lunaroute.proxy.access import TOKEN_HEADER, AccessPolicy, token_presented
 
 __all__ = ["CONTENT_SECURITY_POLICY", "UIGuard", "is_loopback_host"]
 
@@ -105,24 +102,7 @@ class UIGuard(Resource):
     def _token_presented(self, request: Any) -> bool:
         """The token as C{x-lunaroute-token}, C{Authorization: Bearer}, or the password of Basic auth."""
         assert self._token is not None
-        headers = request.requestHeaders
-        for value in headers.getRawHeaders(TOKEN_HEADER, []):
-            if hmac.compare_digest(value.strip(), self._token):
-                return True
-        for value in headers.getRawHeaders(b"authorization", []):
-            scheme, _, credential = value.strip().partition(b" ")
-            if scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self._token):
-                return True
-            if scheme.lower() != b"basic":
-                continue
-            try:
-                decoded = base64.b64decode(credential.strip(), validate=True)
-            except (binascii.Error, ValueError):
-                continue
-            _, _, password = decoded.partition(b":")
-            if hmac.compare_digest(password, self._token):
-                return True
-        return False
+        return token_presented(request.requestHeaders, self._token, basic_password=True)
 
     def _same_site(self, request: Any, origin: str) -> bool:
         host = request.getHeader(b"host")
