@@ -18,6 +18,7 @@ routes, see L{lunaroute.proxy.access.route_class}).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.web.resource import IResource, Resource
@@ -25,7 +26,7 @@ from twisted.web.resource import IResource, Resource
 from lunaroute.api.app import LiveFeed, SessionAPI, json_error
 from lunaroute.sessions.store import SessionStore
 
-__all__ = ["LiveFeed", "RecordingOff", "SessionAPI", "is_api_path", "mount", "with_session_api"]
+__all__ = ["LiveFeed", "PathDispatch", "RecordingOff", "SessionAPI", "is_api_path", "mount", "with_session_api"]
 
 
 def is_api_path(path: bytes) -> bool:
@@ -33,17 +34,23 @@ def is_api_path(path: bytes) -> bool:
     return path == b"/sessions" or path.startswith(b"/sessions/") or path.startswith(b"/api/")
 
 
-class _Dispatch(Resource):
+class PathDispatch(Resource):
+    """
+    Renders C{matched} for the paths C{predicate} accepts and C{other} for
+    the rest; both are leaves (Klein resources route on the whole path).
+    """
+
     isLeaf = True
 
-    def __init__(self, api: IResource, gateway: IResource) -> None:
+    def __init__(self, predicate: Callable[[bytes], bool], matched: IResource, other: IResource) -> None:
         super().__init__()
-        self._api = api
-        self._gateway = gateway
+        self._predicate = predicate
+        self._matched = matched
+        self._other = other
 
     def render(self, request: Any) -> Any:
         path = request.path if isinstance(request.path, bytes) else b""
-        target = self._api if is_api_path(path) else self._gateway
+        target = self._matched if self._predicate(path) else self._other
         return target.render(request)
 
 
@@ -53,7 +60,7 @@ def mount(api_resource: IResource, gateway_resource: IResource) -> IResource:
     C{api_resource}, everything else to C{gateway_resource}.  Both are
     rendered as leaves (Klein resources route on the whole path).
     """
-    return _Dispatch(api_resource, gateway_resource)
+    return PathDispatch(is_api_path, api_resource, gateway_resource)
 
 
 class RecordingOff(Resource):

@@ -25,8 +25,9 @@ import os
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import IResource
 
+from lunaroute.api import PathDispatch
 from lunaroute.api.app import LiveFeed, SessionAPI
 from lunaroute.config import ui_unavailable_reason
 from lunaroute.interfaces import ISessionStore
@@ -39,20 +40,9 @@ from lunaroute.ui.pages import UIPages
 __all__ = ["CONTENT_SECURITY_POLICY", "make_ui_service", "ui_resource", "ui_url"]
 
 
-class _Dispatch(Resource):
-    """C{/api/...} to the session API, everything else to the pages (both Klein leaves)."""
-
-    isLeaf = True
-
-    def __init__(self, api: IResource, pages: IResource) -> None:
-        super().__init__()
-        self._api = api
-        self._pages = pages
-
-    def render(self, request: Any) -> Any:
-        path = request.path if isinstance(request.path, bytes) else b""
-        target = self._api if path.startswith(b"/api/") else self._pages
-        return target.render(request)
+def _is_ui_api_path(path: bytes) -> bool:
+    """The UI site serves the session API under C{/api/...} only."""
+    return path.startswith(b"/api/")
 
 
 def ui_resource(
@@ -66,7 +56,7 @@ def ui_resource(
     api = SessionAPI(store, settings, clock, feed, pricing).resource()
     pages = UIPages(store, settings, clock, pricing).resource()
     return UIGuard(
-        _Dispatch(api, pages),
+        PathDispatch(_is_ui_api_path, api, pages),
         settings.http_server,
         log_requests=settings.ui.log_requests,
         loopback_only=is_loopback_host(settings.ui.host.encode("utf-8")),
