@@ -247,7 +247,7 @@ def summarize_chat_json(body: dict[str, Any]) -> ResponseSummary:
         dialect=DIALECT,
         model=opt_str(body.get("model")),
         response_id=opt_str(body.get("id")),
-        text=_content_text(message.get("content")),
+        text=content_text(message.get("content")),
         thinking=thinking,
         tool_calls=calls,
         stop_reason=opt_str(first.get("finish_reason")),
@@ -281,7 +281,7 @@ def chat_usage(raw: dict[str, Any], thinking: str = "") -> Usage:
     return openai_usage(raw, "prompt", "completion", thinking)
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
     """Message content as text; some servers send a list of parts."""
     if isinstance(content, str):
         return content

@@ -23,6 +23,7 @@ from typing import Any
 
 from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, opt_str
 from lunaroute.dialects.model import json_compact, parse_tool_input
+from lunaroute.dialects.openai_chat import content_text
 from lunaroute.dialects.translate.errors import UntranslatableField
 
 __all__ = [
@@ -376,7 +377,7 @@ def chat_response_to_messages(resp: dict[str, Any], model: str) -> dict[str, Any
     first = next((c for c in choices if as_int(c.get("index")) == 0), {})
     message = as_dict(first.get("message"))
     content: list[dict[str, Any]] = []
-    text = _content_text(message.get("content")) or as_str(message.get("refusal"))
+    text = content_text(message.get("content")) or as_str(message.get("refusal"))
     if text:
         content.append({"type": "text", "text": text})
     for call in as_list(message.get("tool_calls")):
@@ -402,16 +403,6 @@ def chat_response_to_messages(resp: dict[str, Any], model: str) -> dict[str, Any
         "stop_sequence": None,
         "usage": anthropic_usage(as_dict(resp.get("usage"))),
     }
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(
-        as_str(as_dict(part).get("text"))
-        for part in as_list(content)
-        if as_dict(part).get("type") in ("text", "output_text")
-    )
 
 
 def _stream_error_status(error: dict[str, Any]) -> int:
