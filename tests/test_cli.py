@@ -12,16 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 
-import httpx
 import pytest
 from twisted.scripts.twistd import ServerOptions
 
 from lunaroute.tap import Options, flag_arguments
-from lunaroute.testing.helpers import free_ports
+from lunaroute.testing.helpers import free_ports, wait_until_healthy
 
 TWISTD = shutil.which("twistd") or str(Path(sys.executable).with_name("twistd"))
 SERVER = shutil.which("lunaroute-server") or str(Path(sys.executable).with_name("lunaroute-server"))
@@ -119,20 +117,6 @@ def test_a_bad_value_is_one_line_without_twistd_flags(tmp_path):
     assert len(lines) == 1 and "--port" in lines[0] and "nodaemon" not in lines[0]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early: {proc.stdout.read()}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{url} did not start")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -158,7 +142,7 @@ def test_two_gateways_run_from_one_folder(tmp_path):
                 text=True,
             )
             procs.append(proc)
-            _wait_healthy(f"http://127.0.0.1:{port}", proc)
+            wait_until_healthy(f"http://127.0.0.1:{port}", proc)
         assert not (tmp_path / "twistd.pid").exists()
     finally:
         for proc in procs:

@@ -39,7 +39,7 @@ import yaml
 
 from lunaroute.config import load_settings, pending_feature_warnings, settings_from_mapping
 from lunaroute.errors import ConfigError
-from lunaroute.testing.helpers import free_ports, in_thread
+from lunaroute.testing.helpers import free_ports, in_thread, twistd_lists_plugin
 
 REPO = Path(__file__).resolve().parent.parent
 ORIGINAL = REPO / "docs" / "original"
@@ -115,16 +115,8 @@ def block_id(doc: str, line: int) -> str:
     return f"{short}-{line}"
 
 
-def _plugin_installed() -> bool:
-    try:
-        out = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=60)
-    except OSError:
-        return False
-    return "lunaroute" in out.stdout
-
-
 needs_install = pytest.mark.skipif(
-    not _plugin_installed(), reason="lunaroute is not installed where twistd can see it (pip install .)"
+    not twistd_lists_plugin(TWISTD), reason="lunaroute is not installed where twistd can see it (pip install .)"
 )
 
 

@@ -19,36 +19,14 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from lunaroute.testing.helpers import free_port, in_thread
+from lunaroute.testing.helpers import free_port, in_thread, twistd_lists_plugin, wait_until_healthy
 
 TWISTD = shutil.which("twistd") or str(Path(sys.executable).with_name("twistd"))
 
 
-def _plugin_installed() -> bool:
-    try:
-        out = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=60)
-    except OSError:
-        return False
-    return "lunaroute" in out.stdout
-
-
 pytestmark = pytest.mark.skipif(
-    not _plugin_installed(), reason="lunaroute is not installed where twistd can see it (pip install .)"
+    not twistd_lists_plugin(TWISTD), reason="lunaroute is not installed where twistd can see it (pip install .)"
 )
-
-
-def _wait_until_listening(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"twistd exited early: {proc.stdout.read()}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("twistd did not start listening")
 
 
 def _start_twistd(tmp_path: Path, config: str, *extra: str) -> tuple[subprocess.Popen, str]:
@@ -90,7 +68,7 @@ async def test_twistd_serves_sdks_and_stops_gracefully_mid_stream(fake, tmp_path
 
     proc, url = _start_twistd(tmp_path, _config(fake.url))
     try:
-        await in_thread(_wait_until_listening, url, proc)
+        await in_thread(wait_until_healthy, url, proc)
         claude = anthropic.Anthropic(base_url=url, api_key="sk-ant-test", max_retries=0)
         message = await in_thread(
             claude.messages.create, model="claude-sonnet-4-5", max_tokens=10,
@@ -185,7 +163,7 @@ async def test_sigkill_leaves_whole_lines_and_a_consistent_database(fake, tmp_pa
     config = _config(fake.url) + f"session_recording:\n  enabled: true\n  sessions_dir: {sessions}\n  batch_interval_ms: 10\n"
     proc, url = _start_twistd(tmp_path, config)
     try:
-        await in_thread(_wait_until_listening, url, proc)
+        await in_thread(wait_until_healthy, url, proc)
         client = anthropic.Anthropic(base_url=url, api_key="k", max_retries=0)
         for i in range(20):
             await in_thread(
@@ -229,7 +207,7 @@ async def test_zero_config_and_lunaroute_server(tmp_path):
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            await in_thread(_wait_until_listening, url, proc)
+            await in_thread(wait_until_healthy, url, proc)
             # (Not /readyz: it would probe the real providers.)
             health = await in_thread(httpx.get, url + "/healthz")
             assert health.status_code == 200
@@ -256,7 +234,7 @@ async def test_second_stop_signal_cuts_streams_at_once(fake, tmp_path):
     """
     proc, url = _start_twistd(tmp_path, _config(fake.url) + "shutdown_timeout_secs: 120\n")
     try:
-        await in_thread(_wait_until_listening, url, proc)
+        await in_thread(wait_until_healthy, url, proc)
         fake.gate = defer.Deferred()
         received = bytearray()
         first = threading.Event()

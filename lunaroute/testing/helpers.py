@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
-__all__ = ["free_port", "free_ports", "in_thread"]
+__all__ = ["free_port", "free_ports", "in_thread", "twistd_lists_plugin", "wait_until_healthy"]
 
 
 def free_port() -> int:
@@ -49,3 +49,38 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def wait_until_healthy(url: str, proc: Any, timeout: float = 30) -> None:
+    """
+    Block until C{url}/healthz answers 200, for a gateway started as the
+    subprocess C{proc} (a L{subprocess.Popen} with text stdout); fail with
+    its output if it exits first, or after C{timeout} seconds.
+    """
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the gateway exited early: {proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} did not start listening")
+
+
+def twistd_lists_plugin(twistd: str) -> bool:
+    """Whether C{twistd --help} lists the lunaroute plugin (the package is installed where it looks)."""
+    import subprocess
+
+    try:
+        out = subprocess.run([twistd, "--help"], capture_output=True, text=True, timeout=60)
+    except OSError:
+        return False
+    return "lunaroute" in out.stdout
