@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -119,12 +120,11 @@ async def test_claude_code_completes_through_gateway(gateway, fake, tmp_path):
     assert sent.header("x-api-key") == "sk-ant-dummy-key-for-tests"
 
 
-@pytest_twisted.ensureDeferred
-async def test_claude_code_tool_loop(gateway, fake, tmp_path):
-    """A tool_use for Read is executed by Claude Code and its tool_result comes back through the gateway."""
-    (tmp_path / "notes.txt").write_text("lunaroute tool test\n")
+async def _read_tool_loop(gateway_url: str, fake: Any, home: Path) -> None:
+    """Claude Code reads a file with its Read tool; the tool_result reaches the provider."""
+    (home / "notes.txt").write_text("lunaroute tool test\n")
     result = await in_thread(
-        run_claude, gateway.url, tmp_path, "read notes.txt", "--model", "claude-sonnet-4-5-tools-read"
+        run_claude, gateway_url, home, "read notes.txt", "--model", "claude-sonnet-4-5-tools-read"
     )
     assert result.returncode == 0, result.stderr + result.stdout
     requests = _messages_requests(fake)
@@ -132,6 +132,12 @@ async def test_claude_code_tool_loop(gateway, fake, tmp_path):
     last_user = requests[-1].json["messages"][-1]
     kinds = [block.get("type") for block in last_user["content"] if isinstance(block, dict)]
     assert "tool_result" in kinds
+
+
+@pytest_twisted.ensureDeferred
+async def test_claude_code_tool_loop(gateway, fake, tmp_path):
+    """A tool_use for Read is executed by Claude Code and its tool_result comes back through the gateway."""
+    await _read_tool_loop(gateway.url, fake, tmp_path)
 
 
 @pytest_twisted.ensureDeferred
@@ -238,16 +244,7 @@ async def test_claude_code_tool_loop_completes_while_its_primary_is_down(fake, s
         routing={"rules": [{"name": "claude", "model_pattern": "^claude-", "primary": "anthropic",
                             "fallbacks": ["anthropic_backup"]}]},
     )
-    (tmp_path / "notes.txt").write_text("lunaroute routing test\n")
-    result = await in_thread(
-        run_claude, gateway.url, tmp_path, "read notes.txt", "--model", "claude-sonnet-4-5-tools-read"
-    )
-    assert result.returncode == 0, result.stderr + result.stdout
-    requests = _messages_requests(fake)
-    assert len(requests) >= 2
-    last_user = requests[-1].json["messages"][-1]
-    kinds = [block.get("type") for block in last_user["content"] if isinstance(block, dict)]
-    assert "tool_result" in kinds
+    await _read_tool_loop(gateway.url, fake, tmp_path)
 
 
 def _ws_frames(gateway) -> dict[str, float]:
