@@ -161,6 +161,12 @@ class Exchange(_Sealable):
     user_agent: str | None = None
     request_body: bytes = b""
     request_json: dict[str, Any] | None = None
+    # What was sent to the provider when it differs from the client's body
+    # (translated to another dialect, or modified by request_body settings),
+    # with the provider path it went to; None when the client's bytes went
+    # unchanged.  Recorded beside the client's body (the provider's view).
+    upstream_body: bytes | None = None
+    upstream_path: str | None = None
     # Credentials masked (lunaroute.secrets); the proxy passes lazy views
     # (proxy.headers.MaskedHeaders) so masking runs where headers are read.
     request_headers: Mapping[str, str] = field(default_factory=dict)

@@ -191,6 +191,21 @@ def test_started_and_request_events_describe_the_request() -> None:
     assert request["tools"] == ["get_weather"]
 
 
+def test_the_providers_view_is_recorded_only_when_it_differs() -> None:
+    """A translated or modified request keeps what was really sent beside the client's body, secrets masked."""
+    plain = by_type(exchange_events(build_exchange()))["request_recorded"]
+    assert "upstream_request_json" not in plain and "upstream_path" not in plain
+
+    exchange = build_exchange()
+    exchange.upstream_body = b'{"model":"gpt-5","messages":[],"api_key":"sk-proj-abcdefghijklmnopqrstuvwxyz123456"}'
+    exchange.upstream_path = "/v1/chat/completions"
+    request = by_type(exchange_events(exchange))["request_recorded"]
+    assert request["upstream_path"] == "/v1/chat/completions"
+    assert request["upstream_request_json"]["model"] == "gpt-5"
+    assert "abcdefghijklmnopqrstuvwxyz" not in json.dumps(request["upstream_request_json"])
+    assert request["request_json"] == exchange.request_json
+
+
 def test_response_and_tool_call_events_come_from_the_summary() -> None:
     """response_recorded carries text, thinking, usage and timings; each tool call gets an event."""
     summary = captured_summary("anthropic_thinking_tools.sse", "anthropic")

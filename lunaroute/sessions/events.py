@@ -210,6 +210,23 @@ def _share_text(value: Any, text: str) -> None:
         cache[id(value)] = (value, text)
 
 
+def _upstream_request(exchange: Exchange, clean: Callable[[Any], Any]) -> dict[str, Any]:
+    """
+    The provider's view of the request, when it differs from the client's:
+    C{upstream_request_json} (secrets masked; the body as text when it is
+    not JSON) and C{upstream_path}.  Nothing when the client's bytes went
+    unchanged.
+    """
+    raw = exchange.upstream_body
+    if raw is None:
+        return {}
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw.decode("utf-8", "replace")
+    return {"upstream_request_json": clean(value), "upstream_path": exchange.upstream_path}
+
+
 def _body_text(raw: bytes) -> str | None:
     """
     The request body's own bytes as the JSON text of its parsed value (the
@@ -674,6 +691,7 @@ def exchange_events(
             message_count=_message_count(body),
             tools=tool_names(body),
             request_headers=clean(dict(exchange.request_headers)),
+            **_upstream_request(exchange, clean),
         ),
     ]
 
