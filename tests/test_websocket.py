@@ -6,17 +6,22 @@ fake provider, and the pure helpers of lunaroute.proxy.websocket.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from typing import Any
 
 import pytest
 import pytest_twisted
 import treq
+import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 
-from lunaroute.proxy.websocket import error_frame, response_create_body
+from lunaroute.proxy.websocket import PING_INTERVAL_SECS, PING_TIMEOUT_SECS, error_frame, response_create_body
 from lunaroute.testing.helpers import free_port
 
 
@@ -364,3 +369,96 @@ async def test_a_frame_over_the_body_limit_closes_the_socket_with_1009(fake, sta
     client.send_json(_create(text="x" * 3000))
     assert await client.closed == 1009  # message too big
     assert fake.requests == []
+
+
+class _RawSocketClient(Protocol):
+    """
+    A bare WebSocket client that answers pings only when told to: autobahn's
+    own client always answers them, so keepalive needs a peer that can stay
+    silent.  After answering a ping it pings back, and C{synced} fires on the
+    gateway's pong: frames are handled in order, so by then the gateway has
+    seen the answer.
+    """
+
+    def __init__(self, answer_pings: bool) -> None:
+        self.answer_pings = answer_pings
+        self.buffer = b""
+        self.upgraded: defer.Deferred[None] = defer.Deferred()
+        self.lost: defer.Deferred[None] = defer.Deferred()
+        self.pinged: defer.Deferred[None] = defer.Deferred()
+        self.synced: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.transport.write(
+            (
+                "GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                "Authorization: Bearer sk-client-key-123456789\r\n\r\n"
+            ).encode()
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.upgraded.called:
+            head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            assert head.startswith(b"HTTP/1.1 101"), head
+            self.buffer = rest
+            self.upgraded.callback(None)
+        while len(self.buffer) >= 2 and len(self.buffer) >= 2 + (self.buffer[1] & 0x7F):
+            opcode, length = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
+            payload, self.buffer = self.buffer[2 : 2 + length], self.buffer[2 + length :]
+            if opcode == 0x9 and not self.pinged.called:
+                if self.answer_pings:
+                    self._send(0xA, payload)
+                    self._send(0x9, b"sync")
+                self.pinged.callback(None)
+            elif opcode == 0xA and payload == b"sync":
+                self.synced.callback(None)
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        # Client frames are masked (RFC 6455 5.3); short payloads only.
+        mask = os.urandom(4)
+        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
+@pytest.fixture
+def txaio_clock() -> Any:
+    """autobahn's timers (ping/pong among them) run on a Clock for the test."""
+    clock = Clock()
+    previous = txaio.config.loop
+    txaio.config.loop = clock
+    yield clock
+    txaio.config.loop = previous
+
+
+async def _raw_socket(port: int, answer_pings: bool) -> _RawSocketClient:
+    client = _RawSocketClient(answer_pings)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    await client.upgraded
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_keepalive_pings_and_a_silent_peer_is_dropped(fake, start_gateway, txaio_clock) -> None:
+    """Every PING_INTERVAL_SECS the gateway pings; a peer that answers stays, one that does not is dropped."""
+    gw = await start_gateway(fake)
+    answering = await _raw_socket(gw.port, answer_pings=True)
+    silent = await _raw_socket(gw.port, answer_pings=False)
+    assert len(gw.app.sockets) == 2
+
+    txaio_clock.advance(PING_INTERVAL_SECS)
+    await defer.gatherResults([answering.pinged, silent.pinged])
+    await answering.synced
+    txaio_clock.advance(PING_TIMEOUT_SECS)
+    await silent.lost
+    assert not answering.lost.called
+    assert len(gw.app.sockets) == 1
+    answering.transport.loseConnection()
+    await answering.lost
