@@ -355,6 +355,9 @@ def test_detail_timeline_raw_and_tools(q: SessionQueries) -> None:
     ]
     assert events[1]["tool_name"] == "Read" and events[1]["duration_ms"] == 1200.0
     assert events[2]["tokens"]["cache_write_1h"] == 500 and events[2]["stop_reason"] == "tool_use"
+    # The serving model's window beside the context size (claude-sonnet-4: 200k).
+    assert events[2]["context_window"] == 200_000
+    assert [r["context_window"] for r in session["requests"]] == [200_000, 200_000]
     raw = q.raw(CC, "cc-req-1")
     assert raw["request_json"]["model"] == CC_FIRST["model"]
     assert raw["response_json"]["content"][0]["type"] == "thinking"

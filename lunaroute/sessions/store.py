@@ -41,6 +41,7 @@ from lunaroute.interfaces import ISessionStore
 from lunaroute.sessions.events import client_name, iso_timestamp, scrub_secrets
 from lunaroute.sessions.jsonl import session_file_name
 from lunaroute.sessions.sqlite import FTS_TEXT_COLUMNS, SCHEMA_VERSION, connect
+from lunaroute.stats.models import context_window
 
 __all__ = [
     "SEARCH_WINDOW",
@@ -309,6 +310,13 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
+def _turn(row: sqlite3.Row) -> dict[str, Any]:
+    """A turn's row with the serving model's context window (C{None}: unknown)."""
+    out = _row(row)
+    out["context_window"] = context_window(out.get("model_used") or out.get("model_requested"))
+    return out
+
+
 def _session(row: sqlite3.Row) -> dict[str, Any]:
     out = _row(row)
     out["metadata"] = {"client": out.get("client"), "project": out.get("project"), "title": out.get("title")}
@@ -421,7 +429,7 @@ class SessionQueries:
         if row is None:
             raise NotFound(f"no session {session_id!r}", "session_id")
         session = _session(row)
-        session["requests"] = [_row(r) for r in self._turns(session_id)]
+        session["requests"] = [_turn(r) for r in self._turns(session_id)]
         return session
 
     def _turns(self, session_id: str) -> list[sqlite3.Row]:
@@ -447,7 +455,7 @@ class SessionQueries:
             "ORDER BY COALESCE(r.started_at, r.completed_at), r.id",
             (session_id, *ids),
         )
-        return [_row(r) for r in rows]
+        return [_turn(r) for r in rows]
 
     def turns_after(self, session_id: str, request_id: str, limit: int = 1000) -> list[dict[str, Any]]:
         """
@@ -461,7 +469,7 @@ class SessionQueries:
             "ORDER BY r.id LIMIT ?",
             (session_id, request_id, session_id, limit),
         )
-        return [_row(r) for r in rows]
+        return [_turn(r) for r in rows]
 
     def timeline(self, session_id: str) -> list[dict[str, Any]]:
         """
@@ -538,6 +546,7 @@ class SessionQueries:
                         "cache_write_1h": turn["cache_creation_1h_tokens"],
                         "context": turn["context_tokens"],
                     },
+                    "context_window": context_window(turn["model_used"] or turn["model_requested"]),
                     "cache_hit_ratio": turn["cache_hit_ratio"],
                     "cost_usd": turn["estimated_cost_usd"],
                     "duration_ms": turn["duration_ms"],
