@@ -15,7 +15,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import pytest_twisted
 import zstandard
 from test_session_events import NOON, build_exchange
 from twisted.internet.task import Clock
@@ -39,6 +41,7 @@ from lunaroute.sessions.retention import (
 )
 from lunaroute.sessions.sqlite import SQLiteWriter
 from lunaroute.sessions.store import SessionQueries
+from lunaroute.testing.helpers import in_thread
 
 DAY = 86_400.0
 # "Now" for the plans and the Clock: 2026-01-10T00:00:00Z.
@@ -120,6 +123,13 @@ def test_old_files_are_compressed_atomically_and_read_back_the_same(tmp_path: Pa
     original = path.read_bytes()
     dated(path, 8)
     fresh = dated(write_session(root, "fresh", start=NOON + 3600), 1)
+    # What a compression killed midway left: removed after a day.
+    left_over = path.parent / ".retention-abc.zst.tmp"
+    recent = path.parent / ".retention-def.zst.tmp"
+    left_over.write_bytes(b"x")
+    recent.write_bytes(b"y")
+    dated(left_over, 2)
+    dated(recent, 0.1)
     result = run_file_phase(str(root), RetentionSettings(), NOW)
     target = Path(str(path) + ".zst")
     assert not path.exists() and target.exists() and fresh.exists()
@@ -130,7 +140,7 @@ def test_old_files_are_compressed_atomically_and_read_back_the_same(tmp_path: Pa
     frame = zstandard.get_frame_parameters(target.read_bytes())
     assert frame.has_checksum
     assert target.stat().st_size < len(original) / 3
-    assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == [recent.name]
     assert result.bytes_freed == len(original) - target.stat().st_size
 
 
@@ -533,3 +543,97 @@ def test_the_gateway_runs_retention_only_when_configured_and_stops_it_before_the
     assert gateway.retention.parent is gateway
     assert gateway.drained_services == [gateway.retention, gateway.recorder]
     assert "lunaroute_retention_runs_total 0.0" in gateway.metrics.render()[0].decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_running_gateway_compresses_an_idle_session_and_still_serves_it(fake, start_gateway, tmp_path: Path) -> None:
+    """Real gateway: a session recorded, left idle past compress_after_days, is compressed; API and import read it."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    root = tmp_path / "sessions"
+    stale = dated(write_session(root, "stale", n=1, start=time.time() - 9 * DAY), 9, time.time())
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        gw = await start_gateway(
+            fake,
+            session_recording={"enabled": True, "sessions_dir": str(root), "jsonl": {"retention": {}}},
+        )
+        service = gw.service.retention
+        await service.run_once()  # the start-up run
+        assert Path(str(stale) + ".zst").exists() and not stale.exists()
+        await in_thread(
+            gw.anthropic().messages.create, model="claude-sonnet-4", max_tokens=20,
+            messages=[{"role": "user", "content": "hello"}], extra_headers={"x-session-id": "live-one"},
+        )
+        await gw.service.recorder.flush()
+        (live,) = root.rglob("session_live-one.jsonl")
+        assert gw.service.recorder.writer("jsonl").open_paths() == {str(live)}
+        # Eight days later (by its date), the writer lets it go and it is compressed.
+        dated(live, 8, time.time())
+        report = await service.run_once()
+        assert report is not None and [Path(p).name for p, _, _ in report.files.compressed] == ["session_live-one.jsonl"]
+        response = await in_thread(httpx.get, gw.url + "/sessions/live-one", timeout=10)
+        assert response.status_code == 200 and response.json()["request_count"] == 1
+        metrics = (await in_thread(httpx.get, gw.url + "/metrics", timeout=10)).text
+        assert 'lunaroute_retention_files_total{action="compressed"} 2.0' in metrics
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == "lunaroute.sessions.retention"]
+    assert any(line.startswith("session retention: compressed 1 file(s), deleted 0 file(s)") for line in lines), lines
+    rebuilt = tmp_path / "rebuilt.db"
+    report_import = import_sessions(root, rebuilt)
+    assert (report_import.files, report_import.sessions, report_import.failed_lines) == (2, 2, 0)
+
+
+def test_the_size_limit_is_checked_again_after_compressing(tmp_path: Path) -> None:
+    """A file the first plan would delete for size is kept when compressing brings the total under the limit."""
+    root = tmp_path / "sessions"
+    old = dated(write_session(root, "old", n=30, text="lorem ipsum " * 50), 8)
+    new = dated(write_session(root, "new", n=10, start=NOON + 7200, text="dolor sit " * 50), 1)
+    total = old.stat().st_size + new.stat().st_size
+    settings = RetentionSettings(max_total_size_gb=(new.stat().st_size + old.stat().st_size // 3) / GB)
+    first = plan_retention(scan_session_files(root), settings, NOW)
+    assert [(p.action, p.rule, Path(p.file.path).name) for p in first.actions] == [
+        ("delete", "size", "session_old.jsonl")
+    ]
+    assert first.total_bytes == total
+    result = run_file_phase(str(root), settings, NOW)
+    assert [Path(p).name for p, _, _ in result.compressed] == ["session_old.jsonl"] and result.deleted == []
+    # Tighter: even compressed, the oldest has to go.
+    tight = RetentionSettings(max_total_size_gb=new.stat().st_size / GB)
+    result = run_file_phase(str(root), tight, NOW)
+    assert [(Path(p).name, reason) for p, _, reason in result.deleted] == [
+        ("session_old.jsonl.zst", f"over {tight.max_total_size_gb:g} GB, oldest first")
+    ]
+    assert result.requests == {"old": {r for r in result.requests["old"]}} and len(result.requests["old"]) == 30
+    assert new.exists()
+
+
+def test_cleanup_dry_run_shows_the_size_limit_before_compression(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_cleanup --dry-run: compressions, then size deletions marked as computed before compression."""
+    import argparse
+    import io
+
+    root = tmp_path / "sessions"
+    old = dated(write_session(root, "old", n=30, text="lorem ipsum " * 50), 8)
+    new = dated(write_session(root, "new", n=10, start=NOON + 7200, text="dolor sit " * 50), 1)
+    limit_mb = (new.stat().st_size + old.stat().st_size // 3) / 1024 / 1024
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"session_recording:\n  sessions_dir: {root}\n  sqlite: false\n"
+        f"  cleanup:\n    retention:\n      max_size_mb: {limit_mb}\n"
+    )
+    monkeypatch.delenv("LUNAROUTE_CONFIG", raising=False)
+    out = io.StringIO()
+    args = argparse.Namespace(config=str(config), dry_run=True)
+    assert retention.run_cleanup(args, out=out, now=NOW) == 0
+    text = out.getvalue()
+    assert re.search(r"^compress\s+\S+/session_old.jsonl\s.*\(older than 7 days\)$", text, re.M), text
+    assert re.search(r"^delete\s+\S+/session_old.jsonl\s.*\(over .* GB, oldest first; before compression\)$", text, re.M)
+    assert "(the size limit is checked again after compressing: fewer files may be deleted)" in text
+    assert old.exists() and not Path(str(old) + ".zst").exists()
+    out = io.StringIO()
+    assert retention.run_cleanup(argparse.Namespace(config=str(config), dry_run=False), out=out, now=NOW) == 0
+    assert "compressed 1 file(s), deleted 0 file(s)" in out.getvalue()
+    assert Path(str(old) + ".zst").exists()

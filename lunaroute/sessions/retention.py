@@ -94,6 +94,10 @@ COMPRESSED_SUFFIX = ".jsonl.zst"
 DAY = 86_400.0
 GB = 1024**3
 _CHUNK = 1 << 20
+# The compressed copy is written to a hidden temporary file beside the
+# original (same file system, so the rename is atomic).
+TEMP_PREFIX = ".retention-"
+TEMP_SUFFIX = ".zst.tmp"
 
 
 # --------------------------------------------------------------------------
@@ -198,11 +202,15 @@ DELETE = "delete"
 
 @dataclass(frozen=True)
 class Planned:
-    """One thing to do: C{action} (C{compress} or C{delete}) on C{file}, and why."""
+    """
+    One thing to do: C{action} (C{compress} or C{delete}) on C{file}, the
+    C{rule} that asks for it (C{age}, C{size} or C{compress}) and why, in words.
+    """
 
     file: SessionFile
     action: str
     reason: str
+    rule: str = ""
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,7 @@ def plan_retention(
     settings: RetentionSettings,
     now: float,
     open_paths: Iterable[str] = (),
+    size_limit: bool = True,
 ) -> RetentionPlan:
     """
     Decide what to do with C{files} at time C{now} (epoch seconds):
@@ -244,7 +253,8 @@ def plan_retention(
 
     Files in C{open_paths} (open for writing) are never touched; they count
     toward the total.  The size pass uses the sizes as they are now; the
-    runner checks it again after compressing (L{run_file_phase}).
+    runner plans first without it (C{size_limit=False}), compresses, and
+    applies it on the sizes that result (L{run_file_phase}).
     """
     busy = set(open_paths)
     limit = int(settings.max_total_size_gb * GB)
@@ -256,20 +266,20 @@ def plan_retention(
     kept: list[SessionFile] = []
     for f in ordered:
         if f.path not in busy and f.mtime < age_cutoff:
-            actions.append(Planned(f, DELETE, f"older than {settings.max_age_days} days"))
+            actions.append(Planned(f, DELETE, f"older than {settings.max_age_days} days", "age"))
         else:
             kept.append(f)
     total = sum(f.size for f in kept)
     survivors: list[SessionFile] = []
     for f in kept:
-        if total > limit and f.path not in busy:
-            actions.append(Planned(f, DELETE, f"over {settings.max_total_size_gb:g} GB, oldest first"))
+        if size_limit and total > limit and f.path not in busy:
+            actions.append(Planned(f, DELETE, f"over {settings.max_total_size_gb:g} GB, oldest first", "size"))
             total -= f.size
         else:
             survivors.append(f)
     for f in survivors:
         if not f.compressed and f.path not in busy and f.mtime < compress_cutoff:
-            actions.append(Planned(f, COMPRESS, f"older than {settings.compress_after_days} days"))
+            actions.append(Planned(f, COMPRESS, f"older than {settings.compress_after_days} days", "compress"))
     return RetentionPlan(tuple(actions), in_use, sum(f.size for f in ordered), limit)
 
 
@@ -337,7 +347,7 @@ def compress_file(path: str, level: int = ZSTD_LEVEL) -> tuple[str, int, int] | 
         info = os.fstat(fd)
         directory = os.path.dirname(path)
         target = path + ".zst"
-        tmp_fd, tmp = tempfile.mkstemp(dir=directory, prefix=".retention-", suffix=".zst.tmp")
+        tmp_fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
         try:
             with os.fdopen(tmp_fd, "w+b") as out:
                 if os.path.exists(target):
@@ -457,6 +467,26 @@ def _apply(plan_items: Iterable[Planned], result: FileResult, stop: Callable[[],
             result.errors.append(f"{item.action} {path}: {exc}")
 
 
+def _remove_stale_temp_files(directory: str, now: float) -> None:
+    """Remove what a compression killed midway left (a day-old hidden temporary file)."""
+    try:
+        folders = [entry.path for entry in os.scandir(directory) if entry.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for folder in [directory, *folders]:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
+                try:
+                    if entry.stat().st_mtime < now - DAY:
+                        os.unlink(entry.path)
+                except OSError:
+                    pass
+
+
 def run_file_phase(
     directory: str,
     settings: RetentionSettings,
@@ -470,31 +500,33 @@ def run_file_phase(
     result (so compressing can spare files the first plan would delete).
     """
     result = FileResult()
+    _remove_stale_temp_files(directory, now)
     busy = frozenset(open_paths)
-    first = plan_retention(scan_session_files(directory), settings, now, busy)
-    _apply(
-        [p for p in first.actions if p.action == COMPRESS or p.reason.startswith("older")], result, stop
-    )
+    first = plan_retention(scan_session_files(directory), settings, now, busy, size_limit=False)
+    _apply(first.actions, result, stop)
     second = plan_retention(scan_session_files(directory), settings, now, busy)
     attempted = {path for path, _, _ in result.compressed} | set(result.in_use)
-    _apply([p for p in second.to_delete if p.file.path not in attempted], result, stop)
+    _apply([p for p in second.to_delete if p.rule == "size" and p.file.path not in attempted], result, stop)
     result.in_use.extend(f.path for f in first.in_use)
     return result
 
 
-def run_database_phase(writer: Any, request_ids: Iterable[str], settings: RetentionSettings, now: float) -> dict[str, int]:
+def run_database_phase(
+    writer: Any, request_ids: Iterable[str], settings: RetentionSettings, now: float, full_vacuum: bool = True
+) -> dict[str, int]:
     """
     On the database writer's connection (an L{SQLiteWriter}): remove the
     requests of the deleted files and of the sessions idle for more than
     C{max_age_days}, with their search entries; recompute or remove their
-    sessions; then give the space back.  Returns the counts and the bytes
-    the file shrank by.
+    sessions; then give the space back (L{SQLiteWriter.reclaim_space};
+    C{full_vacuum} allows the one-time C{VACUUM} of a database made before
+    incremental vacuum).  Returns the counts and the bytes the file shrank by.
     """
     cutoff = datetime.fromtimestamp(now - settings.max_age_days * DAY, UTC)
     cutoff_text = cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     ids = set(request_ids) | set(writer.request_ids_idle_before(cutoff_text))
     removed: dict[str, int] = dict(writer.delete_requests(ids))
-    removed["bytes_freed"] = writer.reclaim_space() if removed["requests"] else 0
+    removed["bytes_freed"] = writer.reclaim_space(full_vacuum) if removed["requests"] else 0
     return removed
 
 
@@ -598,7 +630,8 @@ class RetentionService(TimerService):
         self._own_pool = threadpool is None
         self._pool = threadpool if threadpool is not None else ThreadPool(1, 1, name="lunaroute-retention")
         self._stop = threading.Event()
-        self._running = False
+        self._current: Deferred[Any] | None = None
+        self._waiters: list[Deferred[RetentionReport | None]] = []
         self.runs = 0
         self.errors = 0
         self.files_compressed = 0
@@ -626,12 +659,15 @@ class RetentionService(TimerService):
 
     def run_once(self) -> Deferred[RetentionReport | None]:
         """
-        One retention run; the Deferred fires with its report (C{None} if a
-        run was still going or the run failed), never with a failure.
+        One retention run; the Deferred fires with its report (C{None} if
+        the run failed), never with a failure.  Called while a run is going,
+        it starts none and fires (with C{None}) when that run is done.
         """
-        if self._running:
-            return succeed(None)
-        self._running = True
+        if self._current is not None:
+            # A run is going (the start-up one, say): fire when it is done.
+            waiter: Deferred[RetentionReport | None] = Deferred()
+            self._waiters.append(waiter)
+            return waiter
         now = float(self._clock.seconds())
         report = RetentionReport()
         recording = self.recording
@@ -670,7 +706,11 @@ class RetentionService(TimerService):
             ids = _all_ids(report.files.requests)
             sqlite_writer = self._writer("sqlite")
             if sqlite_writer is not None:
-                return self.recorder.call_in_writer_thread(run_database_phase, sqlite_writer, ids, self.retention, now)
+                # No full VACUUM here: it would hold recording up for as
+                # long as it rewrites the file (docs/retention.md).
+                return self.recorder.call_in_writer_thread(
+                    run_database_phase, sqlite_writer, ids, self.retention, now, False
+                )
             db_path = os.path.expanduser(recording.db_path)
             if recording.sqlite_enabled and os.path.exists(db_path):
                 return self._in_thread(_database_phase_with_own_writer, db_path, ids, self.retention, now)
@@ -690,10 +730,19 @@ class RetentionService(TimerService):
         d.addCallbacks(database_done, database_failed)
         d.addCallback(lambda _: self._finished(report))
         d.addErrback(self._failed)
+        d.addBoth(self._release_waiters)
+        if not d.called:
+            self._current = d
         return d
 
+    def _release_waiters(self, result: Any) -> Any:
+        self._current = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        return result
+
     def _finished(self, report: RetentionReport) -> RetentionReport:
-        self._running = False
         self.runs += 1
         self.last_report = report
         self.errors += report.error_count
@@ -707,7 +756,6 @@ class RetentionService(TimerService):
         return report
 
     def _failed(self, failure: Failure) -> None:
-        self._running = False
         self.runs += 1
         self.errors += 1
         log.failure("session retention run failed (the next run is in {minutes} min)", failure,
@@ -840,11 +888,16 @@ def run_cleanup(args: Any, out: Any = None, now: float | None = None) -> int:
 def _dry_run(
     files: list[SessionFile], retention: RetentionSettings, now: float, root: str, db_path: str | None, out: Any
 ) -> int:
-    plan = plan_retention(files, retention, now)
+    # As the run does it: age and compression first, then the size limit
+    # (here on the sizes before compression: an upper bound).
+    first = plan_retention(files, retention, now, size_limit=False)
+    by_size = [p for p in plan_retention(files, retention, now).to_delete if p.rule == "size"]
+    actions = [*first.actions, *by_size]
     doomed: set[tuple[str, str]] = set()
-    for item in plan.actions:
+    for item in actions:
         verb = "compress" if item.action == COMPRESS else "delete"
-        print(f"{verb:<10}  {_shown(item.file.path, root)}  {human_bytes(item.file.size)}  ({item.reason})", file=out)
+        reason = item.reason + ("; before compression" if item.rule == "size" and first.to_compress else "")
+        print(f"{verb:<10}  {_shown(item.file.path, root)}  {human_bytes(item.file.size)}  ({reason})", file=out)
         if item.action == DELETE:
             try:
                 for session_id, ids in file_requests(item.file.path).items():
@@ -856,16 +909,18 @@ def _dry_run(
             doomed |= _idle_request_ids_read_only(db_path, retention, now)
         except sqlite3.Error as exc:
             print(f"error: database: {exc}", file=out)
-    compress = plan.to_compress
+    compress = first.to_compress
+    deleted = [p for p in actions if p.action == DELETE]
+    deleted_bytes = sum(p.file.size for p in deleted)
     sessions = {session_id for session_id, _ in doomed}
     print(
         f"dry run, nothing changed: would compress {len(compress)} file(s) "
-        f"({human_bytes(sum(p.file.size for p in compress))}), delete {len(plan.to_delete)} file(s) "
-        f"({human_bytes(plan.bytes_deleted)})"
+        f"({human_bytes(sum(p.file.size for p in compress))}), delete {len(deleted)} file(s) "
+        f"({human_bytes(deleted_bytes)})"
         + (f" and {len(doomed)} request(s) of {len(sessions)} session(s) from the database" if db_path else "")
-        + f"; would free {human_bytes(plan.bytes_deleted)} plus what compression saves (typically 80-90%)",
+        + f"; would free {human_bytes(deleted_bytes)} plus what compression saves (typically 80-90%)",
         file=out,
     )
-    if compress and any(p.reason.startswith("over") for p in plan.to_delete):
+    if compress and by_size:
         print("(the size limit is checked again after compressing: fewer files may be deleted)", file=out)
     return 0

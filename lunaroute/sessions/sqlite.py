@@ -1336,7 +1336,7 @@ class SQLiteWriter:
         )
         return [row[0] for row in rows]
 
-    def reclaim_space(self) -> int:
+    def reclaim_space(self, full_vacuum: bool = True) -> int:
         """
         Give the pages freed by deletions back to the file system, and
         return the bytes the database file (with its WAL) shrank by.
@@ -1346,8 +1346,9 @@ class SQLiteWriter:
         live data and takes about as long as the freed pages take to
         truncate.  A database created before that is converted once with a
         full C{VACUUM} (a rewrite of the whole file), and incremental from
-        then on.  A checkpoint then truncates the WAL so the file shrinks
-        on disk now.
+        then on; without C{full_vacuum} such a database keeps its free pages
+        for new rows (the file stops growing but does not shrink).  A
+        checkpoint then truncates the WAL so the file shrinks on disk now.
         """
         conn = self._connection()
         before = _file_bytes(self.db_path)
@@ -1355,7 +1356,7 @@ class SQLiteWriter:
             # executescript steps the pragma to completion (one step of it
             # through execute() frees a single page).
             conn.executescript("PRAGMA incremental_vacuum;")
-        elif conn.execute("PRAGMA freelist_count").fetchone()[0] > 0:
+        elif full_vacuum and conn.execute("PRAGMA freelist_count").fetchone()[0] > 0:
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
