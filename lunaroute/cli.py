@@ -201,6 +201,12 @@ def cmd_import_sessions(args: argparse.Namespace) -> None:
     raise SystemExit(run_import(args))
 
 
+def cmd_cleanup(args: argparse.Namespace) -> None:
+    from lunaroute.sessions.retention import run_cleanup
+
+    raise SystemExit(run_cleanup(args))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from lunaroute.sessions.reports import run_report
 
@@ -244,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lunaroute-server",
         usage="lunaroute-server [run options]\n"
-        "       lunaroute-server {env,stop,import-sessions,report,search} [options]",
+        "       lunaroute-server {env,stop,import-sessions,cleanup,report,search} [options]",
         description="LLM API gateway for Claude Code, Codex CLI and the Anthropic/OpenAI SDKs. "
         "With no command it runs in the foreground; a command manages a background "
         "gateway or the session store ('lunaroute-server COMMAND --help' for its options).",
@@ -253,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         title="commands",
-        metavar="{env,stop,import-sessions,report,search}",
+        metavar="{env,stop,import-sessions,cleanup,report,search}",
         prog="lunaroute-server",
         parser_class=_CommandParser,
     )
@@ -289,6 +295,21 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--dry-run", action="store_true", help="read and count, write nothing")
     imp.set_defaults(func=cmd_import_sessions)
 
+    cleanup = sub.add_parser(
+        "cleanup",
+        help="apply session retention now: compress old JSONL files, delete expired sessions",
+        description="Apply session_recording.cleanup.retention once (the defaults when it is not "
+        "configured): compress JSONL files not written for compress_after_days with zstd, delete "
+        "files older than max_age_days or beyond max_total_size_gb (oldest first) and their "
+        "sessions' database rows. Files a running gateway is writing are left alone. "
+        "See docs/retention.md.",
+    )
+    cleanup.add_argument("--config", "-c", help="config file (default: $LUNAROUTE_CONFIG or the built-in defaults)")
+    cleanup.add_argument(
+        "--dry-run", action="store_true", help="show what would be compressed or deleted and the space freed; change nothing"
+    )
+    cleanup.set_defaults(func=cmd_cleanup)
+
     from lunaroute.sessions.reports import add_report_options, add_search_options
 
     report = sub.add_parser(
@@ -313,7 +334,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    commands = {"env", "stop", "import-sessions", "report", "search"}
+    commands = {"env", "stop", "import-sessions", "cleanup", "report", "search"}
     if args_list and args_list[0] in commands:
         args = _parser().parse_args(args_list)
         args.func(args)

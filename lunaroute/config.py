@@ -249,9 +249,10 @@ class PiiSettings:
 @dataclass(frozen=True)
 class RetentionSettings:
     """
-    C{session_recording.cleanup.retention}: when session files are
-    compressed and deleted.  Accepted, not applied yet (a start-up warning,
-    L{pending_feature_warnings}).  Unset keys keep these defaults.
+    C{session_recording.cleanup.retention} (or the original's code form
+    C{session_recording.jsonl.retention}): when session files are
+    compressed and deleted, applied by L{lunaroute.sessions.retention}.
+    Unset keys keep these defaults.
     """
 
     max_age_days: int = 30
@@ -635,7 +636,8 @@ _PII_FLAGS = (
 )
 _PII_KEYS = (*_PII_FLAGS, "redaction_mode", "hmac_secret", "min_confidence", "custom_patterns")
 _PII_PATTERN_KEYS = tuple(f.name for f in dataclasses.fields(CustomPiiPattern))
-_RETENTION_KEYS = tuple(f.name for f in dataclasses.fields(RetentionSettings))
+# max_size_mb: the original example's spelling of the size limit (in MB).
+_RETENTION_KEYS = (*(f.name for f in dataclasses.fields(RetentionSettings)), "max_size_mb")
 _REQUEST_BODY_KEYS = tuple(f.name for f in dataclasses.fields(RequestBodySettings))
 # routing: the rule list is checked now; the other sections the routing work
 # will read (breaker, health, switch notice) are kept as written.
@@ -664,7 +666,7 @@ _STRATEGY_NEEDS = {
 }
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HTTP_CLIENT_KEYS = tuple(f.name for f in dataclasses.fields(HttpClientSettings))
-_WRITER_KEYS = {"jsonl": ("enabled", "directory"), "sqlite": ("enabled", "path")}
+_WRITER_KEYS = {"jsonl": ("enabled", "directory", "retention"), "sqlite": ("enabled", "path")}
 _PRICING_RATES = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
 _PRICING_KEYS = (*_PRICING_RATES, "long_context")
 _PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -1036,7 +1038,17 @@ def _flatten_section(name: str, value: Any, layers: _Layers) -> None:
             if isinstance(item, Mapping):
                 _check_keys(item, path, _WRITER_KEYS[key])
                 for sub, sub_value in item.items():
-                    if sub_value is not None:
+                    if sub_value is None:
+                        continue
+                    if sub == "retention":
+                        # The original's code form of cleanup.retention.
+                        if isinstance(section.get("cleanup"), Mapping) and section["cleanup"].get("retention") is not None:
+                            raise ConfigError(
+                                "alias of session_recording.cleanup.retention; set only one of them",
+                                key="session_recording.jsonl.retention",
+                            )
+                        layers.set((name, "cleanup"), {"retention": sub_value}, origin="session_recording.jsonl")
+                    else:
                         layers.set((*path, sub), sub_value)
             else:
                 # Short form `jsonl: true` is the same as `jsonl: {enabled: true}`.
@@ -1180,7 +1192,14 @@ def _build_recording(layers: _Layers, env: Mapping[str, str]) -> RecordingSettin
         max_queue_events=layers.get((section, "max_queue_events"), 10_000, _integer(1)),
         pii=_build_pii(layers.values[(section, "pii")]) if (section, "pii") in layers.values else PiiSettings(),
         retention=(
-            _build_retention(layers.values[(section, "cleanup")]) if (section, "cleanup") in layers.values else None
+            _build_retention(
+                layers.values[(section, "cleanup")],
+                ("session_recording", "jsonl")
+                if layers.origins.get((section, "cleanup")) == "session_recording.jsonl"
+                else ("session_recording", "cleanup"),
+            )
+            if (section, "cleanup") in layers.values
+            else None
         ),
     )
 
@@ -1260,8 +1279,7 @@ def _build_pii(raw: Any) -> PiiSettings:
     return PiiSettings(**values)
 
 
-def _build_retention(raw: Any) -> RetentionSettings | None:
-    base = ("session_recording", "cleanup")
+def _build_retention(raw: Any, base: _Path = ("session_recording", "cleanup")) -> RetentionSettings | None:
     cleanup = _require_mapping(raw, base)
     _check_keys(cleanup, base, ("retention",))
     raw_retention = cleanup.get("retention")
@@ -1277,12 +1295,18 @@ def _build_retention(raw: Any) -> RetentionSettings | None:
         "compress_after_days": _integer(0),
         "cleanup_interval_minutes": _integer(1),
     }
-    return RetentionSettings(
-        **{
-            key: _checked(retention.get(key, getattr(defaults, key)), (*where, key), check)
-            for key, check in checks.items()
-        }
-    )
+    values = {
+        key: _checked(retention.get(key, getattr(defaults, key)), (*where, key), check)
+        for key, check in checks.items()
+    }
+    if retention.get("max_size_mb") is not None:
+        if retention.get("max_total_size_gb") is not None:
+            raise ConfigError(
+                "alias of max_total_size_gb (in MB); set only one of them", key=_dotted((*where, "max_size_mb"))
+            )
+        size_mb = _checked(retention["max_size_mb"], (*where, "max_size_mb"), _number(0, exclusive=True))
+        values["max_total_size_gb"] = size_mb / 1024
+    return RetentionSettings(**values)
 
 
 def _build_request_headers(raw: Any, path: _Path) -> Mapping[str, str]:
@@ -1723,15 +1747,10 @@ def _refuse_unavailable_features(settings: Settings) -> None:
 def pending_feature_warnings(settings: Settings) -> list[str]:
     """
     Warning lines for the start-up log: settings that are accepted but not
-    applied yet (session file retention), one line each.  Empty when
-    nothing is pending.
+    applied yet, one line each.  Empty when nothing is pending (retention,
+    the last such setting, is applied: L{lunaroute.sessions.retention}).
     """
-    lines = []
-    if settings.session_recording.retention is not None:
-        lines.append(
-            "session_recording.cleanup.retention: accepted but not applied yet (retention and "
-            f"compression are {_PRIVACY_WORK}); session files are kept as they are"
-        )
+    lines: list[str] = []
     return lines
 
 
@@ -1932,6 +1951,13 @@ def setting_lines(settings: Settings) -> list[str]:
         lines.append(f"session recording: on ({', '.join(writers) or 'no writers'})")
     else:
         lines.append("session recording: off")
+    retention = recording.retention
+    if retention is not None:
+        lines.append(
+            f"session retention: compress after {retention.compress_after_days} day(s), delete after "
+            f"{retention.max_age_days} day(s) or beyond {retention.max_total_size_gb:g} GB, "
+            f"checked every {retention.cleanup_interval_minutes} min"
+        )
     lines.append(
         f"logging: level {settings.logging.level}, "
         f"request logging {_onoff(settings.logging.log_requests)}; "

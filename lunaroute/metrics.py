@@ -216,6 +216,52 @@ class _RecorderCollector:
                 log.failure("reading recorder figure {attribute} failed", attribute=attribute)
 
 
+class _RetentionCollector:
+    """Reads the session retention service's counters when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.service: Any = None
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("lunaroute_retention_runs", "")
+        yield CounterMetricFamily("lunaroute_retention_errors", "")
+        yield CounterMetricFamily("lunaroute_retention_files", "", labels=["action"])
+        yield CounterMetricFamily("lunaroute_retention_sessions_deleted", "")
+        yield CounterMetricFamily("lunaroute_retention_bytes_freed", "")
+
+    def collect(self) -> Iterator[Metric]:
+        service = self.service
+        if service is None:
+            return
+        try:
+            yield CounterMetricFamily(
+                "lunaroute_retention_runs", "Session retention runs.", value=float(service.runs)
+            )
+            yield CounterMetricFamily(
+                "lunaroute_retention_errors",
+                "Session retention failures (a file, the database, or a whole run); requests are unaffected.",
+                value=float(service.errors),
+            )
+            files = CounterMetricFamily(
+                "lunaroute_retention_files", "Session files compressed or deleted by retention.", labels=["action"]
+            )
+            files.add_metric(["compressed"], float(service.files_compressed))
+            files.add_metric(["deleted"], float(service.files_deleted))
+            yield files
+            yield CounterMetricFamily(
+                "lunaroute_retention_sessions_deleted",
+                "Sessions removed from the database by retention.",
+                value=float(service.sessions_deleted),
+            )
+            yield CounterMetricFamily(
+                "lunaroute_retention_bytes_freed",
+                "Bytes freed by retention (compression, deleted files, database space).",
+                value=float(service.bytes_freed),
+            )
+        except Exception:
+            log.failure("reading the retention figures failed")
+
+
 class _PoolCollector:
     """Reads idle connection counts from the providers' connection pools."""
 
@@ -381,7 +427,9 @@ class GatewayMetrics:
         self._recorder = _RecorderCollector()
         self._pools = _PoolCollector()
         self._routing = _RoutingCollector()
+        self._retention = _RetentionCollector()
         r.register(self._recorder)
+        r.register(self._retention)
         r.register(self._pools)
         r.register(self._routing)
 
@@ -580,6 +628,14 @@ class GatewayMetrics:
         read at scrape time.
         """
         self._recorder.recorder = recorder
+
+    def bind_retention(self, service: Any) -> None:
+        """
+        Report the session retention service's counters (C{runs},
+        C{errors}, C{files_compressed}, C{files_deleted},
+        C{sessions_deleted}, C{bytes_freed}), read at scrape time.
+        """
+        self._retention.service = service
 
     def bind_pools(self, providers: Mapping[str, Any] | Iterable[Any]) -> None:
         """

@@ -31,6 +31,7 @@ from lunaroute.proxy.reqlog import RequestLogPrinter
 from lunaroute.proxy.site import ListenerService, gateway_site
 from lunaroute.routing.plan import Router
 from lunaroute.sessions.recorder import make_recorder
+from lunaroute.sessions.retention import make_retention_service
 from lunaroute.stats import PricingTable, SessionStatsCollector
 from lunaroute.twisted_compat import clear_exit_signal
 from lunaroute.ui import make_ui_service, ui_url
@@ -127,6 +128,14 @@ class GatewayService(MultiService):
             self.ui_listener.setServiceParent(self)
         if self.recorder is not None:
             self.add_drained_service(self.recorder)
+        # Session retention (a TimerService), started after the recorder whose
+        # thread it uses and stopped before it.
+        self.retention = make_retention_service(settings.session_recording, reactor, self.recorder)
+        if self.retention is not None:
+            self.retention.setServiceParent(self)
+            self.drained_services.insert(0, self.retention)
+            if self.metrics is not None:
+                self.metrics.bind_retention(self.retention)
 
     def _cut_on_second_signal(self) -> None:
         try:

@@ -987,20 +987,46 @@ def test_request_body_is_checked_and_refused_when_not_empty() -> None:
     )
 
 
-def test_retention_keeps_defaults_for_unset_keys_and_warns() -> None:
-    """cleanup.retention: partial config keeps the defaults; start-up warns it is not applied."""
+def test_retention_keeps_defaults_for_unset_keys_and_is_applied() -> None:
+    """cleanup.retention: partial config keeps the defaults (the original's bug: they became null); no pending warning."""
     s = settings_from_mapping({"session_recording": {"cleanup": {"retention": {"max_total_size_gb": 5}}}})
-    assert s.session_recording.retention == config_module.RetentionSettings(max_total_size_gb=5.0)
-    assert config_module.pending_feature_warnings(s) == [
-        "session_recording.cleanup.retention: accepted but not applied yet (retention and compression "
-        "are coming with the privacy work); session files are kept as they are"
-    ]
+    assert s.session_recording.retention == config_module.RetentionSettings(
+        max_age_days=30, max_total_size_gb=5.0, compress_after_days=7, cleanup_interval_minutes=60
+    )
+    assert config_module.pending_feature_warnings(s) == []
+    assert "session retention: compress after 7 day(s), delete after 30 day(s) or beyond 5 GB, checked every 60 min" in (
+        setting_lines(s)
+    )
     assert settings_from_mapping({}).session_recording.retention is None
     assert str(config_error({"session_recording": {"cleanup": {"retention": {"max_age_days": 0}}}})) == (
         "session_recording.cleanup.retention.max_age_days: must be at least 1, got 0"
     )
     assert str(config_error({"session_recording": {"cleanup": {"retain": {}}}})) == (
         "session_recording.cleanup.retain: unknown key (expected one of: retention)"
+    )
+
+
+def test_retention_in_the_originals_code_form_jsonl_retention() -> None:
+    """session_recording.jsonl.retention (the original's code and example) is the same setting, max_size_mb included."""
+    s = settings_from_mapping(
+        {"session_recording": {"jsonl": {"enabled": True, "retention": {"max_age_days": 14, "max_size_mb": 1024}}}}
+    )
+    assert s.session_recording.retention == config_module.RetentionSettings(
+        max_age_days=14, max_total_size_gb=1.0, compress_after_days=7, cleanup_interval_minutes=60
+    )
+    assert s.session_recording.jsonl_enabled
+    partial = settings_from_mapping({"session_recording": {"jsonl": {"retention": {"compress_after_days": 1}}}})
+    assert partial.session_recording.retention == config_module.RetentionSettings(compress_after_days=1)
+    assert str(config_error({"session_recording": {"jsonl": {"retention": {"max_age_days": 0}}}})) == (
+        "session_recording.jsonl.retention.max_age_days: must be at least 1, got 0"
+    )
+    both = {"cleanup": {"retention": {}}, "jsonl": {"retention": {}}}
+    assert str(config_error({"session_recording": both})) == (
+        "session_recording.jsonl.retention: alias of session_recording.cleanup.retention; set only one of them"
+    )
+    sizes = {"cleanup": {"retention": {"max_size_mb": 10, "max_total_size_gb": 1}}}
+    assert str(config_error({"session_recording": sizes})) == (
+        "session_recording.cleanup.retention.max_size_mb: alias of max_total_size_gb (in MB); set only one of them"
     )
 
 

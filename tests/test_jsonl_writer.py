@@ -225,19 +225,19 @@ def test_the_open_file_is_checked_once_per_batch_not_per_event(
 
 
 def test_long_session_ids_keep_their_file_and_full_id(tmp_path: Path) -> None:
-    """Ids of 242-255 characters (valid) get a name under 256 bytes; the events keep the whole id."""
-    assert MAX_PLAIN_ID == 241
-    plain = "p" * 241
+    """Ids of 238-255 characters (valid) get a name under 256 bytes, .zst included; the events keep the whole id."""
+    assert MAX_PLAIN_ID == 237
+    plain = "p" * 237
     assert session_file_name(plain) == f"session_{plain}.jsonl"
     writer = JSONLWriter(str(tmp_path))
-    ids = ["a" * 242, "a" * 255, "a" * 254 + "b"]
+    ids = ["a" * 238, "a" * 255, "a" * 254 + "b"]
     for session_id in ids:
         writer.write_batch(exchange_events(build_exchange(session_id)))
     writer.close()
     files = all_files(tmp_path)
     assert len(files) == 3
     for path in files:
-        assert len(path.name.encode()) < 256
+        assert len(path.name.encode()) + len(".zst") < 256
         assert path.name.startswith("session_" + "a" * 200 + "~")
     found = sorted({e["session_id"] for path in files for e in read_lines(path)})
     assert found == sorted(ids)

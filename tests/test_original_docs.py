@@ -98,10 +98,8 @@ REFUSED: dict[tuple[str, int], tuple[str, str]] = {
 }
 # Blocks that start but whose keys are not applied yet: one warning line at
 # start-up (config.pending_feature_warnings).  Same rule: delete on landing.
-WARNED: dict[tuple[str, int], tuple[str, int]] = {
-    (GUIDE, 716): ("session_recording.cleanup.retention", 17),  # Tip 5: Compression
-    (GUIDE, 820): ("session_recording.cleanup.retention", 17),  # Issue: High memory usage
-}
+# (Retention, the guide's blocks at 716 and 820, landed with issue 17.)
+WARNED: dict[tuple[str, int], tuple[str, int]] = {}
 
 
 def block_id(doc: str, line: int) -> str:

@@ -48,8 +48,13 @@ class ImportReport:
 
 
 def session_files(directory: Path) -> list[Path]:
-    """The JSONL session files under a sessions directory, oldest day first."""
-    return sorted(directory.glob("*/session_*.jsonl")) + sorted(directory.glob("session_*.jsonl"))
+    """
+    The JSONL session files under a sessions directory, oldest day first,
+    plain (C{.jsonl}) and compressed by retention (C{.jsonl.zst}).
+    """
+    from lunaroute.sessions.retention import session_file_paths
+
+    return [Path(path) for path in session_file_paths(directory)]
 
 
 def read_events(path: Path, report: ImportReport) -> Iterator[dict[str, Any]]:
@@ -57,7 +62,9 @@ def read_events(path: Path, report: ImportReport) -> Iterator[dict[str, Any]]:
     The events of one file.  A bad line is reported with its file and line
     number and skipped; a torn last line (a killed writer) is skipped quietly.
     """
-    data = path.read_bytes()
+    from lunaroute.sessions.retention import read_session_bytes
+
+    data = read_session_bytes(path)
     lines = data.split(b"\n")
     torn_tail = not data.endswith(b"\n")
     for number, raw in enumerate(lines, start=1):

@@ -15,10 +15,18 @@ its last complete line before anything is appended to it.
 A file moved or deleted while the gateway runs is noticed at the next batch
 for it (its open handle no longer is the file at its path) and created
 again, so events always go to a file that exists where it is expected.
+
+Retention (L{lunaroute.sessions.retention}) compresses and deletes old
+files.  While a file is open here it holds a shared C{flock}; retention only
+touches a file it can lock exclusively without waiting, so a file being
+written is never compressed or deleted, by this process or another (a
+C{lunaroute-server cleanup} run beside the gateway).  A handle opened while
+retention works on its file waits for it, then finds its path again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -58,9 +66,10 @@ MAX_KNOWN_SESSIONS = 10_000
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 # Most file systems allow 255 bytes per name.  Ids up to this length keep
-# their plain name (session_<id>.jsonl is then at most 255 bytes); longer
-# ones are cut and given a hash of the whole id.
-MAX_PLAIN_ID = 255 - len("session_") - len(".jsonl")
+# their plain name (session_<id>.jsonl.zst, once retention compressed it,
+# is then at most 255 bytes); longer ones are cut and given a hash of the
+# whole id.
+MAX_PLAIN_ID = 255 - len("session_") - len(".jsonl.zst")
 _CUT_ID = 200
 
 
@@ -231,11 +240,7 @@ class JSONLWriter:
                 return handle
             log.warn("session file {path} was moved or deleted; creating it again", path=path)
             self._forget(path)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        # Unbuffered: our single write() per batch goes straight to the
-        # kernel, so no half-flushed buffer can split a line.  Readable too,
-        # to check the tail left by an earlier run.
-        handle = open(path, "a+b", buffering=0)  # noqa: SIM115 - cached, closed in close()
+        handle = self._open_locked(path)
         try:
             _trim_torn_tail(handle)
         except OSError:
@@ -248,6 +253,47 @@ class JSONLWriter:
             self._identities.pop(old_path, None)
             old.close()
         return handle
+
+    def _open_locked(self, path: str) -> io.FileIO:
+        """
+        Open C{path} for appending with a shared lock held: retention
+        compressing or deleting that file (an exclusive lock) is waited for,
+        and if it took the file away, the file is created again.
+        """
+        for _attempt in range(3):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            # Unbuffered: our single write() per batch goes straight to the
+            # kernel, so no half-flushed buffer can split a line.  Readable
+            # too, to check the tail left by an earlier run.
+            handle = open(path, "a+b", buffering=0)  # noqa: SIM115 - cached, closed in close()
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+                if _still_at(_identity(handle.fileno()), path):
+                    return handle
+            except OSError:
+                handle.close()
+                raise
+            handle.close()
+        raise OSError(f"session file {path} keeps being replaced")
+
+    def open_paths(self) -> frozenset[str]:
+        """The files open for appending now (retention leaves them alone)."""
+        return frozenset(self._files)
+
+    def release_files_written_before(self, cutoff: float) -> frozenset[str]:
+        """
+        Close the handles of files last written before C{cutoff} (epoch
+        seconds), so that retention can compress them; they are opened again
+        if their session goes on.  Returns the paths still open.
+        """
+        for path, handle in list(self._files.items()):
+            try:
+                written = os.fstat(handle.fileno()).st_mtime
+            except OSError:
+                written = 0.0
+            if written < cutoff:
+                self._forget(path)
+        return self.open_paths()
 
     def _forget(self, path: str) -> None:
         self._identities.pop(path, None)

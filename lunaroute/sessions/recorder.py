@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -564,6 +564,27 @@ class RecorderService(Service):
             if not self._queue:
                 return
             self._flush()
+
+    def writer(self, name: str) -> ISessionWriter | None:
+        """The writer called C{name} (C{"jsonl"}, C{"sqlite"}), if any."""
+        for writer in self.writers:
+            if getattr(writer, "name", None) == name:
+                return writer
+        return None
+
+    def call_in_writer_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        Run C{fn(*args)} on the writers' thread, between two batches (never
+        during one), and fire with its result: how retention asks the JSONL
+        writer which files are open and deletes database rows on the
+        writer's own connection.  Keep C{fn} short: batches wait for it.
+        """
+        if getattr(self._pool, "inline", False):
+            try:
+                return succeed(fn(*args))
+            except BaseException:
+                return fail(Failure())
+        return self._in_thread(fn, *args)
 
     def flush(self) -> Deferred[None]:
         """

@@ -463,6 +463,9 @@ def connect(db_path: str, target: int = SCHEMA_VERSION) -> sqlite3.Connection:
     conn = sqlite3.connect(db_path, timeout=10.0, isolation_level=None, check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
+        # Takes effect only on a new, empty database: retention can then
+        # give freed pages back with incremental_vacuum (SQLiteWriter.reclaim_space).
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         migrate(conn, target)
@@ -1279,6 +1282,86 @@ class SQLiteWriter:
         for session_id in sorted(recompute):
             self._recompute_session(conn, session_id)
 
+    # -- retention ---------------------------------------------------------
+
+    def delete_requests(self, request_ids: Iterable[str]) -> dict[str, int]:
+        """
+        Remove requests everywhere in the database (their rows, tool calls,
+        stream metrics and search entries) in one transaction; the sessions
+        they belonged to are recomputed from what is left, or removed when
+        nothing is.  Returns C{{"requests": n, "sessions": n}} (sessions
+        removed).  Retention uses it for the requests of deleted files.
+        """
+        ids = sorted(set(request_ids))
+        removed = {"requests": 0, "sessions": 0}
+        if not ids:
+            return removed
+
+        def run(conn: sqlite3.Connection) -> None:
+            touched: set[str] = set()
+            for start in range(0, len(ids), _LOOKUP_CHUNK):
+                chunk = ids[start:start + _LOOKUP_CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                rows = conn.execute(
+                    f"SELECT id, {', '.join(_FTS_COLUMNS)} FROM session_stats WHERE request_id IN ({marks})",
+                    chunk,
+                ).fetchall()
+                # External-content index: each entry is deleted with the
+                # values it was indexed with, before the row goes.
+                conn.executemany(_FTS_DELETE, [tuple(row) for row in rows])
+                touched.update(row["session_id"] for row in rows)
+                for table in ("tool_call_executions", "stream_metrics"):
+                    conn.execute(f"DELETE FROM {table} WHERE request_id IN ({marks})", chunk)
+                removed["requests"] += conn.execute(
+                    f"DELETE FROM session_stats WHERE request_id IN ({marks})", chunk
+                ).rowcount
+            for session_id in sorted(touched):
+                self._recompute_session(conn, session_id)
+                if conn.execute("SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)).fetchone() is None:
+                    removed["sessions"] += 1
+
+        self._transaction(run)
+        return removed
+
+    def request_ids_idle_before(self, cutoff: str) -> list[str]:
+        """
+        The requests of the sessions whose last activity is before
+        C{cutoff} (an ISO 8601 UTC time, as the events write it).
+        """
+        conn = self._connection()
+        rows = conn.execute(
+            "SELECT r.request_id FROM session_stats AS r JOIN sessions AS s ON s.session_id = r.session_id "
+            "WHERE s.last_activity < ?",
+            (cutoff,),
+        )
+        return [row[0] for row in rows]
+
+    def reclaim_space(self, full_vacuum: bool = True) -> int:
+        """
+        Give the pages freed by deletions back to the file system, and
+        return the bytes the database file (with its WAL) shrank by.
+
+        New databases are created with C{auto_vacuum = INCREMENTAL}
+        (L{connect}), so this is C{PRAGMA incremental_vacuum}: it moves no
+        live data and takes about as long as the freed pages take to
+        truncate.  A database created before that is converted once with a
+        full C{VACUUM} (a rewrite of the whole file), and incremental from
+        then on; without C{full_vacuum} such a database keeps its free pages
+        for new rows (the file stops growing but does not shrink).  A
+        checkpoint then truncates the WAL so the file shrinks on disk now.
+        """
+        conn = self._connection()
+        before = _file_bytes(self.db_path)
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            # executescript steps the pragma to completion (one step of it
+            # through execute() frees a single page).
+            conn.executescript("PRAGMA incremental_vacuum;")
+        elif full_vacuum and conn.execute("PRAGMA freelist_count").fetchone()[0] > 0:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return max(0, before - _file_bytes(self.db_path))
+
     def _recompute_session(self, conn: sqlite3.Connection, session_id: str) -> None:
         count = conn.execute(
             "SELECT COUNT(*) FROM session_stats WHERE session_id = ?", (session_id,)
@@ -1287,6 +1370,17 @@ class SQLiteWriter:
             conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
             return
         conn.execute(_RECOMPUTE_SESSION, {"sid": session_id})
+
+
+def _file_bytes(db_path: str) -> int:
+    """The database file's size plus its WAL's (0 for what is missing)."""
+    total = 0
+    for path in (db_path, db_path + "-wal"):
+        try:
+            total += os.path.getsize(path)
+        except OSError:
+            pass
+    return total
 
 
 # --------------------------------------------------------------------------

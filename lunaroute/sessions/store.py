@@ -903,16 +903,20 @@ class SessionQueries:
         return {"session_id": session_id, "removed": removed}
 
     def _delete_files(self, session_id: str) -> list[str]:
-        """Remove the session's JSONL files (one file per session and start day)."""
+        """
+        Remove the session's JSONL files (one file per session and start
+        day, plain or compressed by retention).
+        """
         if not self.jsonl_dir or not os.path.isdir(self.jsonl_dir):
             return []
-        name = session_file_name(session_id)
+        plain = session_file_name(session_id)
         removed = []
         for day in sorted(os.listdir(self.jsonl_dir)):
-            path = os.path.join(self.jsonl_dir, day, name)
-            if os.path.isfile(path):
-                os.remove(path)
-                removed.append(os.path.join(day, name))
+            for name in (plain, plain + ".zst"):
+                path = os.path.join(self.jsonl_dir, day, name)
+                if os.path.isfile(path):
+                    os.remove(path)
+                    removed.append(os.path.join(day, name))
         return removed
 
 
