@@ -81,11 +81,8 @@ YAML_BLOCKS = [(doc, line, text) for doc in (README, GUIDE) for line, text in fe
 # (the key named in the one-line refusal, the issue that makes it work).
 # When that issue lands, its blocks start: delete their entries here.
 PENDING: dict[tuple[str, int], tuple[str, int]] = {
-    (GUIDE, 258): ("session_recording.pii", 17),  # 7. PII Detection & Redaction
     (GUIDE, 363): ("providers.anthropic.request_headers", 17),  # 10. Custom Headers
-    (GUIDE, 452): ("session_recording.pii", 17),  # Use Case 4: Compliance & Privacy
     (GUIDE, 488): ("providers.anthropic.request_headers", 17),  # Use Case 6: Cost Attribution
-    (GUIDE, 568): ("session_recording.pii", 17),  # privacy-first.yaml
     # gpt -> anthropic fallback: one request across dialects needs translation.
     (GUIDE, 610): ("routing.rules[0].fallbacks", 16),  # multi-provider.yaml
 }
@@ -318,7 +315,6 @@ def test_the_readme_stats_limit_is_the_statistics_setting() -> None:
 
 EXAMPLES = sorted((REPO / "examples" / "configs").glob("*.yaml"))
 EXAMPLES_PENDING = {
-    "privacy-first.yaml": ("session_recording.pii", 17),
     # The guide's block, unchanged: its gpt -> anthropic fallback needs translation.
     "multi-provider.yaml": ("routing.rules[0].fallbacks", 16),
 }
