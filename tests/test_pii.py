@@ -385,3 +385,53 @@ def test_upstream_body_is_redacted_only_when_something_is_found(logged_failures:
     with pytest.raises(RedactionFailed):
         redact_request_body(dirty, broken)
     assert broken.failures() == {"upstream": 1}
+
+
+def _redacting_gateway(redactor: Redactor) -> Any:
+    """The in-memory gateway of test_gateway_memory, its app built with an upstream redactor."""
+    from test_gateway_memory import Gateway
+    from treq.testing import StubTreq
+
+    from lunaroute.proxy.access import AccessPolicy, GuardedResource
+    from lunaroute.proxy.app import GatewayApp
+
+    gw = Gateway()
+    gw.app = GatewayApp(gw.settings, gw.providers, gw.clock, sinks=[gw.exchanges.append], upstream_redactor=redactor)
+    gw.resource = GuardedResource(gw.app.resource(), AccessPolicy(gw.settings.http_server))
+    gw.stub = StubTreq(gw.resource)
+    return gw
+
+
+def test_apply_to_upstream_in_memory() -> None:
+    """The provider gets the redacted body (and the record starts from it); a clean body goes byte for byte."""
+    gw = _redacting_gateway(Redactor(ALL))
+    dirty = json.dumps({"model": "claude-x", "max_tokens": 5,
+                        "messages": [{"role": "user", "content": SECRETS_TEXT}]}).encode()
+    status, _, _ = gw.call("POST", "/v1/messages", dirty, {b"content-type": [b"application/json"]})
+    assert status == 200
+    sent = gw.providers["anthropic"].calls[-1]["body"]
+    assert not any(leak.encode() in sent for leak in LEAKS) and b"[EMAIL]" in sent
+    assert gw.exchanges[-1].request_json["messages"][0]["content"].startswith("Contact [EMAIL]")
+    clean = b'{"model":"claude-x",  "max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+    gw.call("POST", "/v1/messages", clean, {b"content-type": [b"application/json"]})
+    assert gw.providers["anthropic"].calls[-1]["body"] == clean
+
+
+def test_a_failing_upstream_redaction_sends_nothing(logged_failures: Any) -> None:
+    """apply_to_upstream fails closed: a 500 in the client's dialect, nothing sent, counted."""
+    logged_failures.expect(ZeroDivisionError)
+
+    class Broken:
+        name = "broken"
+        kinds = ("X",)
+
+        def detect(self, text: str) -> list[Detection]:
+            raise ZeroDivisionError("bug")
+
+    redactor = Redactor([Broken()])
+    gw = _redacting_gateway(redactor)
+    body = b'{"model":"claude-x","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+    status, _, answer = gw.call("POST", "/v1/messages", body, {b"content-type": [b"application/json"]})
+    assert status == 500
+    assert json.loads(answer)["error"]["message"] == "PII redaction of the request failed; it was not sent"
+    assert gw.calls == 0 and redactor.failures() == {"upstream": 1}
