@@ -19,6 +19,7 @@ import pytest_twisted
 import treq
 from test_real_clis import run_claude
 from test_session_api_live import mount_api
+from test_websocket import _connect, _create
 
 from lunaroute.testing.helpers import free_port, in_thread
 
@@ -135,3 +136,18 @@ async def test_apply_to_upstream_sends_placeholders_to_the_provider(fake, start_
     # Still a request the provider could parse, with Claude Code's session id.
     last = sent[-1].json
     assert last["messages"] and json.loads(last["metadata"]["user_id"])["session_id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_apply_to_upstream_covers_codex_websocket_turns(fake, start_gateway, tmp_path: Path) -> None:
+    """A response.create frame over Codex's WebSocket is redacted before it goes to the provider too."""
+    gw = await start_gateway(fake, **pii_settings(tmp_path / "sessions", apply_to_upstream=True))
+    client = await _connect(gw.port)
+    client.send_json(_create(text=PROMPT))
+    await client.until("response.completed")
+    client.sendClose()
+    await client.closed
+    sent = [r for r in fake.requests if r.path.endswith("/responses")]
+    assert sent
+    body = sent[-1].body.decode("utf-8")
+    assert leaks_in(body) == [] and "[EMAIL:" in body and "[API_KEY:" in body
