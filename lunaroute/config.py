@@ -226,11 +226,10 @@ class CustomPiiPattern:
 @dataclass(frozen=True)
 class PiiSettings:
     """
-    PII redaction of what is recorded, in the original guide's shape.
-
-    Accepted and checked, not available yet: C{enabled: true} stops start-up
-    (L{settings_from_mapping}) until redaction is built, so nobody believes
-    their recordings are redacted when they are not.
+    PII redaction of what is recorded and logged, in the original guide's
+    shape (see docs/privacy.md and L{lunaroute.pii}).  C{detect_secrets}
+    (API keys, tokens and private keys by shape), C{partial_show_chars}
+    and C{apply_to_upstream} are ours.
     """
 
     enabled: bool = False
@@ -239,9 +238,13 @@ class PiiSettings:
     detect_ssn: bool = True
     detect_credit_card: bool = True
     detect_ip_address: bool = True
+    detect_secrets: bool = True
     redaction_mode: str = "mask"
     hmac_secret: str | None = field(default=None, repr=False)
     min_confidence: float = 0.0
+    partial_show_chars: int = 4
+    # Also redact the request body sent to the provider (the model then
+    # sees placeholders).  Off: what is forwarded is never changed.
     apply_to_upstream: bool = False
     custom_patterns: tuple[CustomPiiPattern, ...] = ()
 
@@ -588,8 +591,8 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "batch_size",
         "batch_interval_ms",
         "max_queue_events",
-        # Checked now, built by the privacy and storage work.
         "pii",
+        # Checked now, built by the privacy and storage work.
         "cleanup",
     ),
     "statistics": ("session_stats_max_sessions", "print_summary", "pricing_file", "pricing"),
@@ -632,9 +635,17 @@ _PII_FLAGS = (
     "detect_ssn",
     "detect_credit_card",
     "detect_ip_address",
+    "detect_secrets",
     "apply_to_upstream",
 )
-_PII_KEYS = (*_PII_FLAGS, "redaction_mode", "hmac_secret", "min_confidence", "custom_patterns")
+_PII_KEYS = (
+    *_PII_FLAGS,
+    "redaction_mode",
+    "hmac_secret",
+    "min_confidence",
+    "partial_show_chars",
+    "custom_patterns",
+)
 _PII_PATTERN_KEYS = tuple(f.name for f in dataclasses.fields(CustomPiiPattern))
 # max_size_mb: the original example's spelling of the size limit (in MB).
 _RETENTION_KEYS = (*(f.name for f in dataclasses.fields(RetentionSettings)), "max_size_mb")
@@ -1251,6 +1262,9 @@ def _build_pii(raw: Any) -> PiiSettings:
     values["min_confidence"] = _checked(
         section.get("min_confidence", defaults.min_confidence), (*base, "min_confidence"), _fraction
     )
+    values["partial_show_chars"] = _checked(
+        section.get("partial_show_chars", defaults.partial_show_chars), (*base, "partial_show_chars"), _integer(0)
+    )
     raw_patterns = section.get("custom_patterns") or []
     if not isinstance(raw_patterns, (list, tuple)):
         raise ConfigError(f"expected a list of patterns, got {_kind(raw_patterns)}", key=_dotted((*base, "custom_patterns")))
@@ -1723,12 +1737,6 @@ def _refuse_unavailable_features(settings: Settings) -> None:
     Raise L{ConfigError} (one line naming the key) when the settings ask for
     privacy- or correctness-relevant behaviour this version cannot honour.
     """
-    if settings.session_recording.pii.enabled:
-        raise ConfigError(
-            f"PII redaction is not available in this version yet ({_PRIVACY_WORK}); "
-            "remove the block or set enabled: false",
-            key="session_recording.pii",
-        )
     for provider in settings.providers.values():
         if provider.request_headers:
             raise ConfigError(
@@ -1957,6 +1965,13 @@ def setting_lines(settings: Settings) -> list[str]:
             f"session retention: compress after {retention.compress_after_days} day(s), delete after "
             f"{retention.max_age_days} day(s) or beyond {retention.max_total_size_gb:g} GB, "
             f"checked every {retention.cleanup_interval_minutes} min"
+        )
+    pii = recording.pii
+    if pii.enabled:
+        lines.append(
+            f"PII redaction: on ({pii.redaction_mode}"
+            f"{', no hmac_secret: masking' if pii.redaction_mode == 'tokenize' and not pii.hmac_secret else ''}; "
+            f"records and request log{', and requests sent upstream' if pii.apply_to_upstream else ''})"
         )
     lines.append(
         f"logging: level {settings.logging.level}, "

@@ -10,6 +10,7 @@ that each implementation's methods match the annotated signatures below.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
@@ -229,13 +230,19 @@ class ISessionStore(Interface):
 class IDetector(Interface):
     """
     Something that inspects request or response text (PII, secrets) and
-    reports spans to redact.  Detectors are pure: text in, spans out.
+    reports spans to redact.  Detectors are pure: text in, spans out; they
+    keep no state between calls, so one instance serves every thread.
     """
 
-    name = Attribute("A short name for the kind of thing detected (C{str}).")
+    name = Attribute("A short name for the detector (C{str}), e.g. C{email}.")
+    kinds = Attribute("The kinds of span it reports (C{tuple} of C{str}), e.g. C{('EMAIL',)}.")
 
-    def detect(text: str) -> list[tuple[int, int, str]]:
+    def detect(text: str) -> Sequence[tuple[int, int, str, float]]:
         """
         @param text: the text to inspect (C{str}).
-        @return: a C{list} of C{(start, end, kind)} tuples, possibly empty.
+        @return: a C{list} of C{(start, end, kind, confidence)} tuples
+            (L{lunaroute.pii.detectors.Detection}), C{text[start:end]}
+            being a C{kind} (C{EMAIL}, C{PHONE}...) with a C{confidence}
+            between 0 and 1; possibly empty, in any order, possibly
+            overlapping (the redactor resolves overlaps).
         """

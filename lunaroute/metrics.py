@@ -262,6 +262,43 @@ class _RetentionCollector:
             log.failure("reading the retention figures failed")
 
 
+class _PiiCollector:
+    """Reads the PII redactor's counters when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.redactor: Any = None
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("lunaroute_pii_redactions", "", labels=["kind"])
+        yield CounterMetricFamily("lunaroute_pii_failures", "", labels=["where"])
+
+    def collect(self) -> Iterator[Metric]:
+        redactor = self.redactor
+        if redactor is None:
+            return
+        try:
+            redactions = CounterMetricFamily(
+                "lunaroute_pii_redactions",
+                "Values redacted from what is recorded and logged (and sent, with apply_to_upstream), by kind.",
+                labels=["kind"],
+            )
+            for kind, count in sorted(redactor.counts().items()):
+                redactions.add_metric([str(kind)], float(count))
+            failures = CounterMetricFamily(
+                "lunaroute_pii_failures",
+                "Redactions that failed (the text was dropped, never stored unredacted), by where: "
+                "record, request_log, upstream.",
+                labels=["where"],
+            )
+            counted = {"record": 0, "request_log": 0, "upstream": 0, **redactor.failures()}
+            for where, count in sorted(counted.items()):
+                failures.add_metric([str(where)], float(count))
+            yield redactions
+            yield failures
+        except Exception:
+            log.failure("reading the PII redactor's counters failed")
+
+
 class _PoolCollector:
     """Reads idle connection counts from the providers' connection pools."""
 
@@ -428,8 +465,10 @@ class GatewayMetrics:
         self._pools = _PoolCollector()
         self._routing = _RoutingCollector()
         self._retention = _RetentionCollector()
+        self._pii = _PiiCollector()
         r.register(self._recorder)
         r.register(self._retention)
+        r.register(self._pii)
         r.register(self._pools)
         r.register(self._routing)
 
@@ -636,6 +675,14 @@ class GatewayMetrics:
         C{sessions_deleted}, C{bytes_freed}), read at scrape time.
         """
         self._retention.service = service
+
+    def bind_pii(self, redactor: Any) -> None:
+        """
+        Report C{redactor.counts()} as C{lunaroute_pii_redactions_total{kind}}
+        and C{redactor.failures()} as C{lunaroute_pii_failures_total{where}},
+        read at scrape time.
+        """
+        self._pii.redactor = redactor
 
     def bind_pools(self, providers: Mapping[str, Any] | Iterable[Any]) -> None:
         """

@@ -23,6 +23,7 @@ from lunaroute.config import Settings, pending_feature_warnings, setting_lines
 from lunaroute.errors import ConfigError
 from lunaroute.logs import log_observer, set_log_level
 from lunaroute.metrics import GatewayMetrics
+from lunaroute.pii.redactor import redactor_from_settings
 from lunaroute.providers import providers_from_settings
 from lunaroute.providers.health import ReadinessChecker
 from lunaroute.proxy.access import AccessPolicy, GuardedResource
@@ -67,7 +68,11 @@ class GatewayService(MultiService):
         statistics = settings.statistics
         self.pricing = PricingTable.load(statistics.pricing_file, statistics.pricing)
         self.stats = SessionStatsCollector(statistics.session_stats_max_sessions, self.pricing)
-        self.recorder = make_recorder(settings.session_recording, reactor)
+        # PII redaction (session_recording.pii): of the records on the
+        # recorder's thread, of the request log, and of what is sent
+        # upstream only with apply_to_upstream.
+        self.redactor = redactor_from_settings(settings.session_recording.pii)
+        self.recorder = make_recorder(settings.session_recording, reactor, self.redactor)
         # Rule-based routing, retries and fallbacks only when configured: a
         # plain gateway stays a pure passthrough (the client's own retry
         # logic sees every provider answer as it is).  A rule naming a
@@ -81,6 +86,8 @@ class GatewayService(MultiService):
             if self.recorder is not None:
                 self.metrics.bind_recorder(self.recorder)
             self.metrics.bind_pools(self.providers)
+            if self.redactor is not None:
+                self.metrics.bind_pii(self.redactor)
             if self.router is not None:
                 self.metrics.bind_router(self.router)
         sinks: list[Any] = [self.stats.observe]
@@ -91,7 +98,7 @@ class GatewayService(MultiService):
 
         request_log = None
         if settings.logging.log_requests:
-            request_log = RequestLogPrinter(debug=settings.logging.level == "debug")
+            request_log = RequestLogPrinter(debug=settings.logging.level == "debug", redactor=self.redactor)
         self.gateway = GatewayApp(
             settings,
             self.providers,
@@ -105,6 +112,9 @@ class GatewayService(MultiService):
             readiness=ReadinessChecker(reactor),
             request_log=request_log,
             router=self.router,
+            upstream_redactor=(
+                self.redactor if self.redactor is not None and settings.session_recording.pii.apply_to_upstream else None
+            ),
         )
         # The session API (/sessions, /api/...) in front of the proxy routes,
         # all behind the access guard.
@@ -171,6 +181,11 @@ class GatewayService(MultiService):
             log.info("{line}", line=line)
         for warning in pending_feature_warnings(self.settings):
             log.warn("{warning}", warning=warning)
+        if self.redactor is not None and self.redactor.tokenizes_without_secret:
+            log.warn(
+                "session_recording.pii: redaction_mode tokenize needs hmac_secret; without one, "
+                "values are masked ([EMAIL]) instead of tokenized"
+            )
         exposure = exposure_warning(self.settings)
         if exposure:
             log.warn("{warning}", warning=exposure)

@@ -916,7 +916,7 @@ GUIDE_PII = {
 
 
 def test_pii_block_is_parsed_in_the_guides_shape() -> None:
-    """session_recording.pii is kept, typed and frozen, for the privacy work."""
+    """session_recording.pii is kept, typed and frozen; our own keys have their defaults."""
     s = settings_from_mapping({"session_recording": {"pii": GUIDE_PII}}, {"PII_SECRET": "s3cret-value"})
     pii = s.session_recording.pii
     assert (pii.enabled, pii.detect_email, pii.detect_phone, pii.detect_ip_address) == (False, True, True, False)
@@ -926,15 +926,23 @@ def test_pii_block_is_parsed_in_the_guides_shape() -> None:
     assert (pattern.name, pattern.pattern, pattern.confidence, pattern.redaction_mode, pattern.placeholder) == (
         "api_key", "sk-[a-zA-Z0-9]{32,}", 0.95, "mask", "[API_KEY]",
     )
+    assert (pii.detect_secrets, pii.partial_show_chars, pii.apply_to_upstream) == (True, 4, False)
     assert settings_from_mapping({}).session_recording.pii == config_module.PiiSettings()
 
 
-def test_pii_enabled_refuses_to_start_with_one_line() -> None:
-    """PII redaction cannot be honoured yet: enabled: true stops start-up, naming the key."""
-    error = config_error({"session_recording": {"pii": {**GUIDE_PII, "enabled": True}}})
-    assert str(error) == (
-        "session_recording.pii: PII redaction is not available in this version yet (coming with the "
-        "privacy work); remove the block or set enabled: false"
+def test_pii_enabled_starts_and_says_so() -> None:
+    """enabled: true is no longer refused; the start-up lines say redaction is on and how."""
+    s = settings_from_mapping(
+        {"session_recording": {"enabled": True, "pii": {**GUIDE_PII, "enabled": True, "partial_show_chars": 2,
+                                                        "detect_secrets": False, "apply_to_upstream": True}}},
+        {"PII_SECRET": ""},
+    )
+    pii = s.session_recording.pii
+    assert (pii.enabled, pii.partial_show_chars, pii.detect_secrets, pii.apply_to_upstream) == (True, 2, False, True)
+    assert config_module.pending_feature_warnings(s) == []
+    assert (
+        "PII redaction: on (tokenize, no hmac_secret: masking; records and request log, and requests sent upstream)"
+        in config_module.setting_lines(s)
     )
 
 
@@ -947,10 +955,12 @@ def test_pii_enabled_refuses_to_start_with_one_line() -> None:
         ({"custom_patterns": [{"pattern": "x"}]}, "session_recording.pii.custom_patterns[0].name: required"),
         ({"custom_patterns": [{"name": "x", "pattern": "x", "confidence": 2}]}, "session_recording.pii.custom_patterns[0].confidence: must be between 0 and 1, got 2"),
         ("yes", "session_recording.pii: expected a mapping, got 'yes'"),
+        ({"partial_show_chars": -1}, "session_recording.pii.partial_show_chars: must be at least 0, got -1"),
+        ({"detect_secrets": "maybe"}, "session_recording.pii.detect_secrets: expected a boolean (true/false/1/0/yes/no/on/off), got 'maybe'"),
     ],
 )
 def test_pii_block_is_checked(pii: Any, message: str) -> None:
-    """Mistakes in the pii block are one line each, even while the feature is pending."""
+    """Mistakes in the pii block are one line each."""
     assert str(config_error({"session_recording": {"pii": pii}})) == message
 
 

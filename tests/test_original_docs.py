@@ -81,11 +81,8 @@ YAML_BLOCKS = [(doc, line, text) for doc in (README, GUIDE) for line, text in fe
 # (the key named in the one-line refusal, the issue that makes it work).
 # When that issue lands, its blocks start: delete their entries here.
 PENDING: dict[tuple[str, int], tuple[str, int]] = {
-    (GUIDE, 258): ("session_recording.pii", 17),  # 7. PII Detection & Redaction
     (GUIDE, 363): ("providers.anthropic.request_headers", 17),  # 10. Custom Headers
-    (GUIDE, 452): ("session_recording.pii", 17),  # Use Case 4: Compliance & Privacy
     (GUIDE, 488): ("providers.anthropic.request_headers", 17),  # Use Case 6: Cost Attribution
-    (GUIDE, 568): ("session_recording.pii", 17),  # privacy-first.yaml
     # gpt -> anthropic fallback: one request across dialects needs translation.
     (GUIDE, 610): ("routing.rules[0].fallbacks", 16),  # multi-provider.yaml
 }
@@ -170,7 +167,7 @@ def _probe(run: Run) -> None:
     run.metrics = httpx.get(run.url + "/metrics", timeout=5)
 
 
-def _run_all(runs: dict[str, Run], deadline_secs: float = 25) -> None:
+def _run_all(runs: dict[str, Run], deadline_secs: float = 90) -> None:
     for run in runs.values():
         run.log = run.cwd / "output.log"
         with open(run.log, "wb") as log:
@@ -256,19 +253,6 @@ def test_every_yaml_block_starts_the_gateway_or_names_its_missing_feature(
         assert "not applied yet" not in run.output
 
 
-@needs_install
-@pytest.mark.parametrize(
-    ("doc", "line"),
-    [pytest.param(doc, line, id=block_id(doc, line)) for doc, line in WARNED],
-)
-def test_pending_keys_are_warned_about_once_at_start_up(runs: dict[str, Run], doc: str, line: int) -> None:
-    """A block with retention starts and says, once, that it is not applied yet."""
-    key, _issue = WARNED[(doc, line)]
-    run = runs[block_id(doc, line)]
-    warned = [text for text in run.output.splitlines() if f"{key}: " in text and "not applied yet" in text]
-    assert len(warned) == 1, run.output
-
-
 def test_the_block_census_is_what_the_tables_describe() -> None:
     """15 YAML blocks (2 in the README, 13 in the guide); every table entry is one of them."""
     assert len(YAML_BLOCKS) == 15
@@ -316,7 +300,6 @@ def test_the_readme_stats_limit_is_the_statistics_setting() -> None:
 
 EXAMPLES = sorted((REPO / "examples" / "configs").glob("*.yaml"))
 EXAMPLES_PENDING = {
-    "privacy-first.yaml": ("session_recording.pii", 17),
     # The guide's block, unchanged: its gpt -> anthropic fallback needs translation.
     "multi-provider.yaml": ("routing.rules[0].fallbacks", 16),
 }

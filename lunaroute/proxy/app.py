@@ -40,6 +40,8 @@ from lunaroute.errors import LunaRouteError, UpstreamError, UpstreamUnreachable
 from lunaroute.exchange import Enrichment, Exchange, Timings
 from lunaroute.interfaces import IProvider
 from lunaroute.logs import debug_enabled, log_observer
+from lunaroute.pii.records import redact_request_body
+from lunaroute.pii.redactor import Redactor
 from lunaroute.proxy.errors import (
     NoProvider,
     first_header,
@@ -134,6 +136,9 @@ class GatewayApp:
         whatever it answers is relayed as it is (pure passthrough).
     @param socket_metrics: the L{lunaroute.metrics.GatewayMetrics} counting
         client WebSockets and their frames, if metrics are on.
+    @param upstream_redactor: with C{session_recording.pii.apply_to_upstream},
+        the L{lunaroute.pii.Redactor} applied to each request body before
+        anything reads it (see L{redact_upstream}).
     """
 
     app = Klein()
@@ -153,6 +158,7 @@ class GatewayApp:
         request_log: Any = None,
         router: Router | None = None,
         socket_metrics: Any = None,
+        upstream_redactor: Redactor | None = None,
     ) -> None:
         self.settings = settings
         self.providers = providers
@@ -165,6 +171,7 @@ class GatewayApp:
         self._readiness = readiness
         self.request_log = request_log
         self._router = router
+        self._upstream_redactor = upstream_redactor
         # GatewayMetrics (socket_opened/closed/frame) for WebSocket turns.
         self.socket_metrics = socket_metrics
         self.in_flight: dict[defer.Deferred[Any], Flight] = {}
@@ -388,7 +395,7 @@ class GatewayApp:
                 request, listener, 413, f"request body exceeds the {limit}-byte limit"
             )
         received = self.clock.seconds()
-        body = request.content.read() if request.content is not None else b""
+        body = self.redact_upstream(request.content.read() if request.content is not None else b"")
         header = header_reader(request.requestHeaders)
         # parse (raises BadRequestBody: a 400 via domain_error, nothing sent)
         view = parse_request(dialect, body, header, parse_json=parse_json)
@@ -467,6 +474,20 @@ class GatewayApp:
             return None
         finally:
             self._finish(exchange)
+
+    def redact_upstream(self, body: bytes) -> bytes:
+        """
+        The request body with PII redacted when C{pii.apply_to_upstream} is
+        on (before it is parsed, so routing, the provider and the record all
+        see the redacted request; the model then sees placeholders), else
+        C{body} itself.  A body with nothing to redact stays byte for byte.
+
+        @raise RedactionFailed: redaction failed; the request is not sent
+            (answered with a 500 in the client's dialect).
+        """
+        if self._upstream_redactor is None:
+            return body
+        return redact_request_body(body, self._upstream_redactor)
 
     def start_socket_exchange(
         self, upgrade: Any, view: RequestView, provider: IProvider, body: bytes, received: float

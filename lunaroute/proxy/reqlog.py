@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 from lunaroute.dialects.sse import SSEEvent
 from lunaroute.exchange import Exchange
+from lunaroute.pii.records import redact_text_or_drop
+from lunaroute.pii.redactor import Redactor
 
 _WIDTH = 72
 
@@ -48,13 +50,25 @@ def _stream_text(dialect: str, event: str, data: dict[str, Any]) -> str:
 class RequestLogPrinter:
     """
     Prints each request as it goes.  C{debug} adds masked headers and timings.
+
+    With a C{redactor} (C{session_recording.pii.enabled}) what is printed is
+    redacted: the response text, tool inputs, errors and header values.  A
+    stream's text is then printed once, redacted, when it ends, not as it
+    arrives (a value can be split across stream events).  A redaction that
+    fails prints C{[REDACTION_FAILED]} instead of the text, counted.
     """
 
-    def __init__(self, out: TextIO | None = None, debug: bool = False) -> None:
+    def __init__(self, out: TextIO | None = None, debug: bool = False, redactor: Redactor | None = None) -> None:
         self._out = out or sys.stdout
         self._debug = debug
+        self._redactor = redactor
         # Requests whose text was printed while streaming.
         self._streamed: set[str] = set()
+
+    def _clean(self, text: str) -> str:
+        if self._redactor is None or not text:
+            return text
+        return redact_text_or_drop(text, self._redactor, "request_log")
 
     def _write(self, text: str) -> None:
         self._out.write(text)
@@ -73,7 +87,7 @@ class RequestLogPrinter:
             f"messages  {count}",
         ]
         if self._debug:
-            lines += [f"> {k}: {v}" for k, v in exchange.request_headers.items()]
+            lines += [f"> {k}: {self._clean(v)}" for k, v in exchange.request_headers.items()]
         self._write(_box("LunaRoute request", lines) + "\n")
 
     def listener(self, exchange: Exchange) -> Callable[[SSEEvent, dict[str, Any]], None] | None:
@@ -81,7 +95,7 @@ class RequestLogPrinter:
         A listener for the response capture's parsed events that prints the
         streamed text as it arrives (C{None} for a non-streaming request).
         """
-        if not exchange.streaming:
+        if not exchange.streaming or self._redactor is not None:
             return None
         dialect = exchange.dialect
 
@@ -99,12 +113,13 @@ class RequestLogPrinter:
         summary = exchange.response
         lines = [f"status    {exchange.status} ({exchange.outcome})"]
         if exchange.error:
-            lines.append(f"error     {exchange.error}")
+            lines.append(f"error     {self._clean(exchange.error)}")
         if summary is not None:
             if not streamed and summary.text:
-                lines.append("text      " + summary.text.replace("\n", "\n│           "))
+                lines.append("text      " + self._clean(summary.text).replace("\n", "\n│           "))
             for call in summary.tool_calls:
-                lines.append(f"tool      {call.name} {json.dumps(call.input, ensure_ascii=False)[:200]}")
+                arguments = self._clean(json.dumps(call.input, ensure_ascii=False))
+                lines.append(f"tool      {call.name} {arguments[:200]}")
             usage = summary.usage
             lines.append(
                 f"usage     in={usage.input_tokens} out={usage.output_tokens} "
@@ -120,5 +135,5 @@ class RequestLogPrinter:
                     f"{k}={v:.2f}ms" for k, v in t.to_dict().items() if v is not None
                 )
             )
-            lines += [f"< {k}: {v}" for k, v in exchange.response_headers.items()]
+            lines += [f"< {k}: {self._clean(v)}" for k, v in exchange.response_headers.items()]
         self._write(("\n" if streamed else "") + _box("LunaRoute response", lines) + "\n")

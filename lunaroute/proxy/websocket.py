@@ -260,6 +260,12 @@ class _Turn:
             return
         if body is None:
             return
+        try:
+            body = app.redact_upstream(body)  # only with pii.apply_to_upstream
+        except LunaRouteError as exc:
+            status, code = status_for(exc)
+            socket.send_frame(error_frame(status, str(exc), code, "server_error"))
+            return
         upgrade = socket.upgrade
         header = header_reader(upgrade.requestHeaders)
         view = parse_request("openai_responses", body, header)

@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lunaroute.exchange import Exchange
+from lunaroute.pii.records import redact_value
+from lunaroute.pii.redactor import Redactor
 from lunaroute.secrets import is_secret_name, mask_value
 
 __all__ = [
@@ -613,7 +615,7 @@ def _gap_summary(gaps: list[float]) -> dict[str, float] | None:
 
 
 def exchange_events(
-    exchange: Exchange, now_iso: Callable[[], str] | None = None
+    exchange: Exchange, now_iso: Callable[[], str] | None = None, redactor: Redactor | None = None
 ) -> list[dict[str, Any]]:
     """
     The events that record C{exchange}, in order, with secrets masked.
@@ -621,6 +623,14 @@ def exchange_events(
     @param now_iso: returns the current time as an ISO string; used only for
         a milestone the exchange never reached (an exchange that is recorded
         always has C{received}, and normally C{finished}).
+    @param redactor: PII redaction (C{session_recording.pii}) of everything
+        people and tools wrote: the bodies (before the title, search text
+        and project are taken from them, so a value cut short in a title
+        cannot escape), headers, the response's text, thinking, tool calls
+        and errors, and the client's IP.  Ids, timestamps, models and
+        figures are left alone.  A value whose redaction fails is dropped
+        and counted (L{lunaroute.pii.records.redact_value}).  A new content
+        field must go through C{clean} or C{plain} below.
     """
     now = now_iso or _now_iso
     t = exchange.timings
@@ -635,8 +645,17 @@ def exchange_events(
             return value
         hit = masked.get(id(value))
         if hit is None:
-            hit = masked[id(value)] = (value, scrub_secrets(value))
+            scrubbed = scrub_secrets(value)
+            if redactor is not None:
+                scrubbed = redact_value(scrubbed, redactor)
+            hit = masked[id(value)] = (value, scrubbed)
         return hit[1]
+
+    def plain(value: str | None) -> str | None:
+        if redactor is None or not value:
+            return value
+        redacted: str = redact_value(value, redactor)
+        return redacted
 
     def stamp(*candidates: float | None) -> str:
         for seconds in candidates:
@@ -675,7 +694,7 @@ def exchange_events(
             listener=exchange.listener,
             dialect=exchange.dialect,
             streaming=exchange.streaming,
-            client_ip=exchange.client_ip,
+            client_ip=plain(exchange.client_ip),
             user_agent=exchange.user_agent,
             client=client_name(exchange.user_agent),
             method=exchange.method,
@@ -708,8 +727,8 @@ def exchange_events(
                 status=exchange.status,
                 model_used=summary.model if summary is not None else None,
                 response_id=summary.response_id if summary is not None else None,
-                response_text=summary.text if summary is not None else "",
-                thinking=summary.thinking if summary is not None else "",
+                response_text=plain(summary.text) if summary is not None else "",
+                thinking=plain(summary.thinking) if summary is not None else "",
                 response_json=clean(summary.message) if summary is not None else None,
                 response_error=clean(summary.error) if summary is not None else None,
                 stop_reason=summary.stop_reason if summary is not None else None,
@@ -760,13 +779,13 @@ def exchange_events(
             finished_at,
             success=exchange.success,
             outcome=exchange.outcome,
-            error=exchange.error,
+            error=plain(exchange.error),
             error_type=exchange.error_type,
             status=exchange.status,
             # With routing: the rule and each attempt (provider, status or
             # error, duration); empty for a plain passthrough.
             routing_rule=exchange.rule,
-            attempts=[dict(attempt) for attempt in exchange.attempts],
+            attempts=[clean(dict(attempt)) for attempt in exchange.attempts],
             finish_reason=summary.stop_reason if summary is not None else None,
             model_used=summary.model if summary is not None else None,
             final_stats={

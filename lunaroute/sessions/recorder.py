@@ -41,6 +41,7 @@ from lunaroute.errors import ConfigError
 from lunaroute.exchange import Exchange
 from lunaroute.interfaces import ISessionWriter
 from lunaroute.logs import log_observer
+from lunaroute.pii.redactor import Redactor
 from lunaroute.sessions.events import exchange_events, shared_json
 from lunaroute.sessions.jsonl import JSONLWriter
 from lunaroute.sessions.sqlite import SQLiteWriter
@@ -213,6 +214,7 @@ class RecorderService(Service):
         max_queue_events: int = 10_000,
         threadpool: Any = None,
         max_queue_bytes: int | None = DEFAULT_MAX_QUEUE_BYTES,
+        redactor: Redactor | None = None,
     ) -> None:
         if batch_size < 1 or batch_interval_ms <= 0 or max_queue_events < 1:
             raise ValueError("batch_size, batch_interval_ms and max_queue_events must be positive")
@@ -245,6 +247,8 @@ class RecorderService(Service):
         self._dropped_since_warning = 0
         self._last_failure_log: dict[str, float] = {}
         self._listeners: list[Callable[[list[tuple[str, str]]], None]] = []
+        # PII redaction of the events, on the writer thread (lunaroute.pii).
+        self.redactor = redactor
 
         self.dropped_events = 0
         self.written_events = 0
@@ -412,7 +416,14 @@ class RecorderService(Service):
         made: list[Exchange] = []
         for exchange in batch:
             try:
-                events.extend(exchange_events(exchange))
+                # PII redaction happens here, on this thread, as the events
+                # are made: it fails closed value by value (a detector
+                # failure drops that value, counted), so the exchange is
+                # still written.
+                if self.redactor is None:
+                    events.extend(exchange_events(exchange))
+                else:
+                    events.extend(exchange_events(exchange, redactor=self.redactor))
             except Exception:
                 failure = Failure()
                 failure.cleanFailure()
@@ -708,10 +719,13 @@ def check_writers(recording_settings: Any) -> None:
         )
 
 
-def make_recorder(recording_settings: Any, clock: IReactorTime) -> RecorderService | None:
+def make_recorder(
+    recording_settings: Any, clock: IReactorTime, redactor: Redactor | None = None
+) -> RecorderService | None:
     """
     A recorder for the settings, or C{None} when recording is disabled or
-    no writer is enabled.
+    no writer is enabled.  C{redactor}: PII redaction of every event before
+    the writers see it.
 
     @raise ConfigError: a sessions directory or database cannot be created
         or written (see L{check_writers}).
@@ -729,4 +743,5 @@ def make_recorder(recording_settings: Any, clock: IReactorTime) -> RecorderServi
         batch_size=recording_settings.batch_size,
         batch_interval_ms=recording_settings.batch_interval_ms,
         max_queue_events=recording_settings.max_queue_events,
+        redactor=redactor,
     )
