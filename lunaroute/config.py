@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from lunaroute.errors import ConfigError
+from lunaroute.modify import DEFAULT_ENV_ALLOWLIST, compile_modifier
 from lunaroute.secrets import mask_secret
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "Settings",
     "StatisticsSettings",
     "SwitchNotificationSettings",
+    "TemplateSettings",
     "UISettings",
     "load_settings",
     "ui_unavailable_reason",
@@ -103,10 +105,8 @@ class RequestBodySettings:
     """
     Changes to a provider's request bodies, in the original guide's shape:
     C{defaults} (set when absent), C{overrides} (forced), C{prepend_messages}.
-
-    Accepted and checked, not applied yet: a non-empty value stops start-up
-    (L{settings_from_mapping}) until request modification is built.  Strings
-    keep their C{${...}} templates unexpanded for that work.
+    Applied by L{lunaroute.modify}; strings keep their C{${...}} templates,
+    filled per request (checked at load: L{settings_from_mapping}).
     """
 
     defaults: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
@@ -134,9 +134,8 @@ class ProviderSettings:
     model: str | None
     http_client: HttpClientSettings
     # The guide's request modification (headers added to, and body changes
-    # made to, every request to this provider): kept for the privacy work;
-    # non-empty values stop start-up until it lands.  Header values keep
-    # their ${...} templates.
+    # made to, every request to this provider; lunaroute.modify).  Header
+    # values keep their ${...} templates, filled per request.
     request_headers: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
     request_body: RequestBodySettings = field(default_factory=RequestBodySettings)
     # The original's per-provider override of the switch notice, used when
@@ -451,6 +450,20 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True)
+class TemplateSettings:
+    """
+    C{templates}: what request-modification templates may read.
+    C{env_allowlist} names the environment variables C{${env.NAME}} may
+    use (L{lunaroute.modify.DEFAULT_ENV_ALLOWLIST} when not configured);
+    C{env} holds their values from the environment the configuration was
+    loaded with (never printed: an operator may allow a credential).
+    """
+
+    env_allowlist: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}), repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     """
     Everything the gateway is configured with.
@@ -472,6 +485,7 @@ class Settings:
     ui: UISettings
     routing: RoutingSettings
     source: str | None = None
+    templates: TemplateSettings = field(default_factory=TemplateSettings)
 
     @property
     def serves_anthropic(self) -> bool:
@@ -603,6 +617,8 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "log_requests",
         "auth_token",
     ),
+    # Request-modification templates (lunaroute.modify).
+    "templates": ("env_allowlist",),
 }
 # `session_stats_max_sessions` at the top level is the original's spelling
 # of statistics.session_stats_max_sessions.
@@ -1651,6 +1667,32 @@ def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Setti
         ),
         routing=_build_routing(layers.values.get(("routing",), {}), providers),
         source=source,
+        templates=_build_templates(layers, env),
+    )
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_names(value: Any) -> tuple[str, ...]:
+    """Environment variable names, as a list or a comma-separated string."""
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(f"expected a list of environment variable names, got {_kind(value)}")
+    names = []
+    for item in value:
+        if not isinstance(item, str) or not _ENV_NAME.match(item.strip()):
+            raise _Invalid(f"expected environment variable names like 'USER', got {_show(item)}")
+        names.append(item.strip())
+    return tuple(dict.fromkeys(names))
+
+
+def _build_templates(layers: _Layers, env: Mapping[str, str]) -> TemplateSettings:
+    allowlist = layers.get(("templates", "env_allowlist"), DEFAULT_ENV_ALLOWLIST, _env_names)
+    return TemplateSettings(
+        env_allowlist=allowlist,
+        env=types.MappingProxyType({name: env[name] for name in allowlist if name in env}),
     )
 
 
@@ -1682,7 +1724,18 @@ def settings_from_mapping(
     _apply_overrides(overrides, layers)
     settings = _build(layers, env, source)
     _refuse_unavailable_features(settings)
+    _check_templates(settings)
     return settings
+
+
+def _check_templates(settings: Settings) -> None:
+    """
+    Compile every provider's request modification once, so a template
+    mistake (an unknown variable, an environment variable not allowed) or a
+    header that cannot be set is one line at start-up.
+    """
+    for provider in settings.providers.values():
+        compile_modifier(provider, settings.templates.env_allowlist, settings.templates.env)
 
 
 # --------------------------------------------------------------------------
@@ -1705,19 +1758,6 @@ def _refuse_unavailable_features(settings: Settings) -> None:
             "remove the block or set enabled: false",
             key="session_recording.pii",
         )
-    for provider in settings.providers.values():
-        if provider.request_headers:
-            raise ConfigError(
-                f"request header modification is not available in this version yet ({_PRIVACY_WORK}); "
-                "remove the block",
-                key=f"providers.{provider.name}.request_headers",
-            )
-        if provider.request_body:
-            raise ConfigError(
-                f"request body modification is not available in this version yet ({_PRIVACY_WORK}); "
-                "remove the block",
-                key=f"providers.{provider.name}.request_body",
-            )
 
 
 def pending_feature_warnings(settings: Settings) -> list[str]:

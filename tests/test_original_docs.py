@@ -82,9 +82,7 @@ YAML_BLOCKS = [(doc, line, text) for doc in (README, GUIDE) for line, text in fe
 # When that issue lands, its blocks start: delete their entries here.
 PENDING: dict[tuple[str, int], tuple[str, int]] = {
     (GUIDE, 258): ("session_recording.pii", 17),  # 7. PII Detection & Redaction
-    (GUIDE, 363): ("providers.anthropic.request_headers", 17),  # 10. Custom Headers
     (GUIDE, 452): ("session_recording.pii", 17),  # Use Case 4: Compliance & Privacy
-    (GUIDE, 488): ("providers.anthropic.request_headers", 17),  # Use Case 6: Cost Attribution
     (GUIDE, 568): ("session_recording.pii", 17),  # privacy-first.yaml
     # gpt -> anthropic fallback: one request across dialects needs translation.
     (GUIDE, 610): ("routing.rules[0].fallbacks", 16),  # multi-provider.yaml
