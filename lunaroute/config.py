@@ -1922,6 +1922,21 @@ def _onoff(flag: bool) -> str:
     return "on" if flag else "off"
 
 
+def _modification_summary(provider: ProviderSettings) -> str:
+    """What a provider's request_headers / request_body change, by name only (values may hold secrets)."""
+    body = provider.request_body
+    parts = []
+    if provider.request_headers:
+        parts.append("headers " + ", ".join(provider.request_headers))
+    if body.defaults:
+        parts.append("body defaults " + ", ".join(body.defaults))
+    if body.overrides:
+        parts.append("body overrides " + ", ".join(body.overrides))
+    if body.prepend_messages:
+        parts.append(f"{len(body.prepend_messages)} prepended message(s)")
+    return "; ".join(parts)
+
+
 def setting_lines(settings: Settings) -> list[str]:
     """A short human-readable summary for the startup log; secrets masked."""
     config = settings.source or "none (built-in defaults)"
@@ -1947,6 +1962,9 @@ def setting_lines(settings: Settings) -> list[str]:
             f"timeout {client.timeout_secs:g}s, connect {client.connect_timeout_secs:g}s, "
             f"retries {client.max_retries}"
         )
+        changes = _modification_summary(provider)
+        if changes:
+            lines.append(f"provider {provider.name}: request modification: {changes}")
     routing = settings.routing
     if routing:
         names = ", ".join(rule.name for rule in routing.rules) or "no rules"

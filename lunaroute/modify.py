@@ -267,21 +267,34 @@ class Modifier:
             return None
         if not isinstance(data, dict):
             return None
-        original = json.dumps(data, sort_keys=True, default=str)
+        changed = False
         for name, value in self.defaults.items():
             if name not in data:
                 data[name] = value.render(context)
+                changed = True
         for name, value in self.overrides.items():
-            data[name] = value.render(context)
+            forced = value.render(context)
+            if name not in data or not _same(data[name], forced):
+                data[name] = forced
+                changed = True
         if self.prepend_messages:
-            _prepend(dialect, data, [(role, message.render(context)) for role, message in self.prepend_messages])
-        if json.dumps(data, sort_keys=True, default=str) == original:
+            changed = _prepend(
+                dialect, data, [(role, message.render(context)) for role, message in self.prepend_messages]
+            ) or changed
+        if not changed:
             return None
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _prepend(dialect: str, data: dict[str, Any], messages: list[tuple[str, dict[str, Any]]]) -> None:
-    """Put configured messages before the client's, where each dialect keeps them."""
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON (C{1}, C{1.0} and C{true} are three different values there)."""
+    if isinstance(a, (dict, list)) or isinstance(b, (dict, list)):
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    return type(a) is type(b) and a == b
+
+
+def _prepend(dialect: str, data: dict[str, Any], messages: list[tuple[str, dict[str, Any]]]) -> bool:
+    """Put configured messages before the client's, where each dialect keeps them; whether it did."""
     if dialect == "anthropic":
         system = [message["content"] for role, message in messages if role in _SYSTEM_ROLES]
         turns = [message for role, message in messages if role not in _SYSTEM_ROLES]
@@ -290,21 +303,23 @@ def _prepend(dialect: str, data: dict[str, Any], messages: list[tuple[str, dict[
         if turns:
             existing = data.get("messages")
             data["messages"] = turns + (existing if isinstance(existing, list) else [])
-    elif dialect == "openai_chat":
+        return True
+    if dialect == "openai_chat":
         existing = data.get("messages")
         data["messages"] = [message for _, message in messages] + (existing if isinstance(existing, list) else [])
-    else:
-        # Responses: a turn continuing a stored response (previous_response_id,
-        # as Codex sends over its WebSocket) already has them earlier in its
-        # conversation; prepending again would repeat them every turn.
-        if data.get("previous_response_id"):
-            return
-        existing = data.get("input")
-        if isinstance(existing, str):
-            existing = [{"role": "user", "content": existing}]
-        elif not isinstance(existing, list):
-            existing = []
-        data["input"] = [message for _, message in messages] + existing
+        return True
+    # Responses: a turn continuing a stored response (previous_response_id,
+    # as Codex sends over its WebSocket) already has them earlier in its
+    # conversation; prepending again would repeat them every turn.
+    if data.get("previous_response_id"):
+        return False
+    existing = data.get("input")
+    if isinstance(existing, str):
+        existing = [{"role": "user", "content": existing}]
+    elif not isinstance(existing, list):
+        existing = []
+    data["input"] = [message for _, message in messages] + existing
+    return True
 
 
 def _prepend_system(parts: list[Any], existing: Any) -> Any:

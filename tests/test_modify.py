@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lunaroute.config import settings_from_mapping
+from lunaroute.config import setting_lines, settings_from_mapping
 from lunaroute.errors import ConfigError
 from lunaroute.modify import (
     DEFAULT_ENV_ALLOWLIST,
@@ -322,3 +322,30 @@ def test_a_modified_body_keeps_unicode_and_is_compact() -> None:
     built = modifier(request_body={"overrides": {"top_p": 0.9}})
     out = built.modify_body("openai_chat", '{"model": "m", "messages": [{"role": "user", "content": "café ☕"}]}'.encode(), CONTEXT)
     assert out == '{"model":"m","messages":[{"role":"user","content":"café ☕"}],"top_p":0.9}'.encode()
+
+
+def test_the_start_up_summary_names_what_each_provider_changes() -> None:
+    """One start-up line per modifying provider, header names only (values may be secrets)."""
+    s = settings_from_mapping(
+        {"templates": {"env_allowlist": ["TEAM_TOKEN"]},
+         "providers": {"anthropic": {"request_headers": {"headers": {"X-Team": "${env.TEAM_TOKEN}"}},
+                                     "request_body": BODY}}},
+        {"TEAM_TOKEN": "tok-very-secret"},
+    )
+    lines = setting_lines(s)
+    assert (
+        "provider anthropic: request modification: headers X-Team; body defaults temperature, max_tokens; "
+        "body overrides top_p; 1 prepended message(s)"
+    ) in lines
+    assert not any("tok-very-secret" in line for line in lines)
+    assert not any(line.startswith("provider openai: request modification") for line in lines)
+
+
+def test_an_override_is_compared_as_json() -> None:
+    """An override of 1 changes a client's 1.0 or true (different JSON), and equal nested values change nothing."""
+    built = modifier(request_body={"overrides": {"n": 1, "meta": {"a": [1, 2]}}})
+    same = b'{"model":"m","n":1,"meta":{"a":[1,2]}}'
+    assert built.modify_body("openai_chat", same, CONTEXT) is None
+    for other in (b'{"model":"m","n":1.0,"meta":{"a":[1,2]}}', b'{"model":"m","n":true,"meta":{"a":[1,2]}}'):
+        out = built.modify_body("openai_chat", other, CONTEXT)
+        assert out is not None and json.loads(out)["n"] == 1 and type(json.loads(out)["n"]) is int
