@@ -880,18 +880,33 @@ def _suggest(name: Any, candidates: Iterable[str]) -> str:
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
-def _expand_variables(value: Any, env: Mapping[str, str]) -> Any:
+_ENV_TEMPLATE = re.compile(r"\$\{\s*env\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _expand_variables(value: Any, env: Mapping[str, str], path: tuple[Any, ...] = ()) -> Any:
     """
     Replace C{${VAR}} and C{${VAR:-default}} in every string of a parsed file.
     As in the shell, the default applies when VAR is unset or empty, and an
     unset VAR without a default becomes the empty string.
+
+    C{${env.NAME}} is the request-modification template form (filled per
+    request, allow-listed); anywhere else it would be sent as it is (an
+    C{api_key} of C{"${env.KEY}"}), so it is an error naming the key.
     """
     if isinstance(value, str):
+        found = _ENV_TEMPLATE.search(value)
+        if found:
+            raise ConfigError(
+                f"${{env.{found[1]}}} is a request-time template, used only in providers.<name>.request_headers "
+                f"and request_body; here write ${{{found[1]}}} (read from the environment when the file is loaded)",
+                key=_dotted(path) or None,
+            )
         return _VARIABLE.sub(lambda m: env.get(m["name"]) or (m["default"] or ""), value)
     if isinstance(value, Mapping):
-        return {key: _expand_variables(item, env) for key, item in value.items()}
+        return {key: _expand_variables(item, env, (*path, key)) for key, item in value.items()}
     if isinstance(value, list):
-        return [_expand_variables(item, env) for item in value]
+        return [_expand_variables(item, env, (*path[:-1], f"{path[-1]}[{index}]") if path else (f"[{index}]",))
+                for index, item in enumerate(value)]
     return value
 
 
@@ -907,21 +922,25 @@ def _expand_file(data: Mapping[Any, Any], env: Mapping[str, str]) -> dict[Any, A
             expanded[key] = {
                 name: (
                     {
-                        item_key: item if item_key in _TEMPLATE_KEYS else _expand_variables(item, env)
+                        item_key: item
+                        if item_key in _TEMPLATE_KEYS
+                        else _expand_variables(item, env, (key, name, item_key))
                         for item_key, item in body.items()
                     }
                     if isinstance(body, Mapping)
-                    else _expand_variables(body, env)
+                    else _expand_variables(body, env, (key, name))
                 )
                 for name, body in value.items()
             }
         elif key == "routing" and isinstance(value, Mapping):
             expanded[key] = {
-                item_key: item if item_key == "provider_switch_notification" else _expand_variables(item, env)
+                item_key: item
+                if item_key == "provider_switch_notification"
+                else _expand_variables(item, env, (key, item_key))
                 for item_key, item in value.items()
             }
         else:
-            expanded[key] = _expand_variables(value, env)
+            expanded[key] = _expand_variables(value, env, (key,))
     return expanded
 
 

@@ -349,3 +349,15 @@ def test_an_override_is_compared_as_json() -> None:
     for other in (b'{"model":"m","n":1.0,"meta":{"a":[1,2]}}', b'{"model":"m","n":true,"meta":{"a":[1,2]}}'):
         out = built.modify_body("openai_chat", other, CONTEXT)
         assert out is not None and json.loads(out)["n"] == 1 and type(json.loads(out)["n"]) is int
+
+
+def test_env_template_form_outside_modification_blocks_is_an_error() -> None:
+    """${env.NAME} elsewhere in the file would be sent literally (an api_key of "${env.KEY}"): one line instead."""
+    assert config_error({"providers": {"anthropic": {"api_key": "${env.ANTHROPIC_API_KEY}"}}}) == (
+        "providers.anthropic.api_key: ${env.ANTHROPIC_API_KEY} is a request-time template, used only in "
+        "providers.<name>.request_headers and request_body; here write ${ANTHROPIC_API_KEY} (read from the "
+        "environment when the file is loaded)"
+    )
+    assert config_error({"http_server": {"cors_allowed_origins": ["http://a", "${env.ORIGIN}"]}}).startswith(
+        "http_server.cors_allowed_origins[1]: ${env.ORIGIN} is a request-time template"
+    )
