@@ -232,6 +232,10 @@ async def test_unmodified_requests_stay_byte_for_byte(fake, gateways, tmp_path):
     count = b'{"model":"claude-x", "messages":[{"role":"user","content":"hi"}]}'
     response = await in_thread(httpx.post, gw.url + "/v1/messages/count_tokens", content=count, headers=headers)
     assert response.status_code == 200 and fake.requests[-1].body == count
+    # Headers go with every request to the provider, model lists included.
+    response = await in_thread(httpx.get, gw.url + "/v1/models", headers={"authorization": "Bearer k"})
+    assert response.status_code == 200 and fake.requests[-1].path == "/v1/models"
+    assert fake.requests[-1].header("x-a") == "1"
     await gw.stopService()
     for recorded in _recorded_requests(tmp_path):
         assert "upstream_request_json" not in recorded
