@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import re
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -181,14 +181,17 @@ def compile_template(
     return Template(tuple((is_variable, value) for is_variable, value in parts if is_variable or value))
 
 
+_Compile = Callable[[str, str], Template]
+
+
 class _ValueTemplate:
     """A JSON-like value whose strings are templates (a body default, an override, a message)."""
 
-    def __init__(self, value: Any, compile_: Any, key: str) -> None:
+    def __init__(self, value: Any, compile_: _Compile, key: str) -> None:
         self._value = self._compile(value, compile_, key)
 
     @classmethod
-    def _compile(cls, value: Any, compile_: Any, key: str) -> Any:
+    def _compile(cls, value: Any, compile_: _Compile, key: str) -> Any:
         if isinstance(value, str):
             return compile_(value, key)
         if isinstance(value, Mapping):
