@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from lunaroute.errors import ConfigError
+from lunaroute.modify import DEFAULT_ENV_ALLOWLIST, compile_modifier
 from lunaroute.secrets import mask_secret
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "Settings",
     "StatisticsSettings",
     "SwitchNotificationSettings",
+    "TemplateSettings",
     "UISettings",
     "load_settings",
     "ui_unavailable_reason",
@@ -103,10 +105,8 @@ class RequestBodySettings:
     """
     Changes to a provider's request bodies, in the original guide's shape:
     C{defaults} (set when absent), C{overrides} (forced), C{prepend_messages}.
-
-    Accepted and checked, not applied yet: a non-empty value stops start-up
-    (L{settings_from_mapping}) until request modification is built.  Strings
-    keep their C{${...}} templates unexpanded for that work.
+    Applied by L{lunaroute.modify}; strings keep their C{${...}} templates,
+    filled per request (checked at load: L{settings_from_mapping}).
     """
 
     defaults: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
@@ -134,9 +134,8 @@ class ProviderSettings:
     model: str | None
     http_client: HttpClientSettings
     # The guide's request modification (headers added to, and body changes
-    # made to, every request to this provider): kept for the privacy work;
-    # non-empty values stop start-up until it lands.  Header values keep
-    # their ${...} templates.
+    # made to, every request to this provider; lunaroute.modify).  Header
+    # values keep their ${...} templates, filled per request.
     request_headers: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
     request_body: RequestBodySettings = field(default_factory=RequestBodySettings)
     # The original's per-provider override of the switch notice, used when
@@ -455,6 +454,20 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True)
+class TemplateSettings:
+    """
+    C{templates}: what request-modification templates may read.
+    C{env_allowlist} names the environment variables C{${env.NAME}} may
+    use (L{lunaroute.modify.DEFAULT_ENV_ALLOWLIST} when not configured);
+    C{env} holds their values from the environment the configuration was
+    loaded with (never printed: an operator may allow a credential).
+    """
+
+    env_allowlist: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}), repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     """
     Everything the gateway is configured with.
@@ -476,6 +489,7 @@ class Settings:
     ui: UISettings
     routing: RoutingSettings
     source: str | None = None
+    templates: TemplateSettings = field(default_factory=TemplateSettings)
 
     @property
     def serves_anthropic(self) -> bool:
@@ -607,6 +621,8 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "log_requests",
         "auth_token",
     ),
+    # Request-modification templates (lunaroute.modify).
+    "templates": ("env_allowlist",),
 }
 # `session_stats_max_sessions` at the top level is the original's spelling
 # of statistics.session_stats_max_sessions.
@@ -877,18 +893,33 @@ def _suggest(name: Any, candidates: Iterable[str]) -> str:
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
-def _expand_variables(value: Any, env: Mapping[str, str]) -> Any:
+_ENV_TEMPLATE = re.compile(r"\$\{\s*env\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _expand_variables(value: Any, env: Mapping[str, str], path: tuple[Any, ...] = ()) -> Any:
     """
     Replace C{${VAR}} and C{${VAR:-default}} in every string of a parsed file.
     As in the shell, the default applies when VAR is unset or empty, and an
     unset VAR without a default becomes the empty string.
+
+    C{${env.NAME}} is the request-modification template form (filled per
+    request, allow-listed); anywhere else it would be sent as it is (an
+    C{api_key} of C{"${env.KEY}"}), so it is an error naming the key.
     """
     if isinstance(value, str):
+        found = _ENV_TEMPLATE.search(value)
+        if found:
+            raise ConfigError(
+                f"${{env.{found[1]}}} is a request-time template, used only in providers.<name>.request_headers "
+                f"and request_body; here write ${{{found[1]}}} (read from the environment when the file is loaded)",
+                key=_dotted(path) or None,
+            )
         return _VARIABLE.sub(lambda m: env.get(m["name"]) or (m["default"] or ""), value)
     if isinstance(value, Mapping):
-        return {key: _expand_variables(item, env) for key, item in value.items()}
+        return {key: _expand_variables(item, env, (*path, key)) for key, item in value.items()}
     if isinstance(value, list):
-        return [_expand_variables(item, env) for item in value]
+        return [_expand_variables(item, env, (*path[:-1], f"{path[-1]}[{index}]") if path else (f"[{index}]",))
+                for index, item in enumerate(value)]
     return value
 
 
@@ -904,21 +935,25 @@ def _expand_file(data: Mapping[Any, Any], env: Mapping[str, str]) -> dict[Any, A
             expanded[key] = {
                 name: (
                     {
-                        item_key: item if item_key in _TEMPLATE_KEYS else _expand_variables(item, env)
+                        item_key: item
+                        if item_key in _TEMPLATE_KEYS
+                        else _expand_variables(item, env, (key, name, item_key))
                         for item_key, item in body.items()
                     }
                     if isinstance(body, Mapping)
-                    else _expand_variables(body, env)
+                    else _expand_variables(body, env, (key, name))
                 )
                 for name, body in value.items()
             }
         elif key == "routing" and isinstance(value, Mapping):
             expanded[key] = {
-                item_key: item if item_key == "provider_switch_notification" else _expand_variables(item, env)
+                item_key: item
+                if item_key == "provider_switch_notification"
+                else _expand_variables(item, env, (key, item_key))
                 for item_key, item in value.items()
             }
         else:
-            expanded[key] = _expand_variables(value, env)
+            expanded[key] = _expand_variables(value, env, (key,))
     return expanded
 
 
@@ -1689,6 +1724,32 @@ def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Setti
         ),
         routing=_build_routing(layers.values.get(("routing",), {}), providers),
         source=source,
+        templates=_build_templates(layers, env),
+    )
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_names(value: Any) -> tuple[str, ...]:
+    """Environment variable names, as a list or a comma-separated string."""
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(f"expected a list of environment variable names, got {_kind(value)}")
+    names = []
+    for item in value:
+        if not isinstance(item, str) or not _ENV_NAME.match(item.strip()):
+            raise _Invalid(f"expected environment variable names like 'USER', got {_show(item)}")
+        names.append(item.strip())
+    return tuple(dict.fromkeys(names))
+
+
+def _build_templates(layers: _Layers, env: Mapping[str, str]) -> TemplateSettings:
+    allowlist = layers.get(("templates", "env_allowlist"), DEFAULT_ENV_ALLOWLIST, _env_names)
+    return TemplateSettings(
+        env_allowlist=allowlist,
+        env=types.MappingProxyType({name: env[name] for name in allowlist if name in env}),
     )
 
 
@@ -1720,7 +1781,18 @@ def settings_from_mapping(
     _apply_overrides(overrides, layers)
     settings = _build(layers, env, source)
     _refuse_unavailable_features(settings)
+    _check_templates(settings)
     return settings
+
+
+def _check_templates(settings: Settings) -> None:
+    """
+    Compile every provider's request modification once, so a template
+    mistake (an unknown variable, an environment variable not allowed) or a
+    header that cannot be set is one line at start-up.
+    """
+    for provider in settings.providers.values():
+        compile_modifier(provider, settings.templates.env_allowlist, settings.templates.env)
 
 
 # --------------------------------------------------------------------------
@@ -1737,19 +1809,6 @@ def _refuse_unavailable_features(settings: Settings) -> None:
     Raise L{ConfigError} (one line naming the key) when the settings ask for
     privacy- or correctness-relevant behaviour this version cannot honour.
     """
-    for provider in settings.providers.values():
-        if provider.request_headers:
-            raise ConfigError(
-                f"request header modification is not available in this version yet ({_PRIVACY_WORK}); "
-                "remove the block",
-                key=f"providers.{provider.name}.request_headers",
-            )
-        if provider.request_body:
-            raise ConfigError(
-                f"request body modification is not available in this version yet ({_PRIVACY_WORK}); "
-                "remove the block",
-                key=f"providers.{provider.name}.request_body",
-            )
 
 
 def pending_feature_warnings(settings: Settings) -> list[str]:
@@ -1909,6 +1968,21 @@ def _onoff(flag: bool) -> str:
     return "on" if flag else "off"
 
 
+def _modification_summary(provider: ProviderSettings) -> str:
+    """What a provider's request_headers / request_body change, by name only (values may hold secrets)."""
+    body = provider.request_body
+    parts = []
+    if provider.request_headers:
+        parts.append("headers " + ", ".join(provider.request_headers))
+    if body.defaults:
+        parts.append("body defaults " + ", ".join(body.defaults))
+    if body.overrides:
+        parts.append("body overrides " + ", ".join(body.overrides))
+    if body.prepend_messages:
+        parts.append(f"{len(body.prepend_messages)} prepended message(s)")
+    return "; ".join(parts)
+
+
 def setting_lines(settings: Settings) -> list[str]:
     """A short human-readable summary for the startup log; secrets masked."""
     config = settings.source or "none (built-in defaults)"
@@ -1934,6 +2008,9 @@ def setting_lines(settings: Settings) -> list[str]:
             f"timeout {client.timeout_secs:g}s, connect {client.connect_timeout_secs:g}s, "
             f"retries {client.max_retries}"
         )
+        changes = _modification_summary(provider)
+        if changes:
+            lines.append(f"provider {provider.name}: request modification: {changes}")
     routing = settings.routing
     if routing:
         names = ", ".join(rule.name for rule in routing.rules) or "no rules"

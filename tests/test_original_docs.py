@@ -81,8 +81,6 @@ YAML_BLOCKS = [(doc, line, text) for doc in (README, GUIDE) for line, text in fe
 # (the key named in the one-line refusal, the issue that makes it work).
 # When that issue lands, its blocks start: delete their entries here.
 PENDING: dict[tuple[str, int], tuple[str, int]] = {
-    (GUIDE, 363): ("providers.anthropic.request_headers", 17),  # 10. Custom Headers
-    (GUIDE, 488): ("providers.anthropic.request_headers", 17),  # Use Case 6: Cost Attribution
     # gpt -> anthropic fallback: one request across dialects needs translation.
     (GUIDE, 610): ("routing.rules[0].fallbacks", 16),  # multi-provider.yaml
 }

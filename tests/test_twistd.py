@@ -118,6 +118,11 @@ async def test_twistd_serves_sdks_and_stops_gracefully_mid_stream(fake, tmp_path
         ("providers:\n  openai:\n    base_url: ftp://nope\n", "providers.openai.base_url"),
         ("bogus_key: 1\n", "bogus_key"),
         ("host: [unclosed\n", "line"),
+        # Request-modification templates (docs/request-modification.md).
+        ('providers:\n  anthropic:\n    request_headers:\n      headers: {X-A: "${sesion_id}"}\n',
+         "providers.anthropic.request_headers.headers.X-A: unknown template variable ${sesion_id}"),
+        ('providers:\n  openai:\n    request_body:\n      defaults: {user: "${env.HOME}"}\n',
+         "providers.openai.request_body.defaults.user: ${env.HOME}: HOME is not in templates.env_allowlist"),
     ],
 )
 def test_bad_config_is_one_line_and_nonzero_exit(tmp_path, config, expected):

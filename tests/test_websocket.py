@@ -190,6 +190,31 @@ async def test_each_turn_is_recorded_like_its_http_twin(fake, start_gateway) -> 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_turn_gets_the_providers_request_modification(fake, start_gateway) -> None:
+    """request_headers and request_body apply to WebSocket turns as to HTTP (docs/request-modification.md)."""
+    gw = await start_gateway(fake, providers={"openai": {
+        "request_headers": {"headers": {"X-Session": "ws-${session_id}"}},
+        "request_body": {"overrides": {"parallel_tool_calls": True},
+                         "prepend_messages": [{"role": "developer", "content": "Local dev."}]},
+    }})
+    seen: list[Any] = []
+    gw.app._sinks = (*gw.app._sinks, seen.append)
+    client = await _connect(
+        gw.port, headers={"authorization": "Bearer sk-client-key-123456789", "session-id": "ws-session-2"}
+    )
+    client.send_json(_create())
+    await client.until("response.completed")
+    client.sendClose()
+    await client.closed
+    sent = fake.requests[-1]
+    assert sent.header("x-session") == "ws-ws-session-2"
+    body = json.loads(sent.body)
+    assert body["parallel_tool_calls"] is True
+    assert body["input"][0] == {"role": "developer", "content": "Local dev."} and len(body["input"]) == 2
+    assert seen[0].upstream_body == sent.body and json.loads(seen[0].request_body)["parallel_tool_calls"] is False
+
+
+@pytest_twisted.ensureDeferred
 async def test_closing_the_socket_mid_turn_cancels_the_provider_request(fake, start_gateway) -> None:
     fake.gate = defer.Deferred()  # the stream stops after its first content event
     gw = await start_gateway(fake)

@@ -40,6 +40,7 @@ from lunaroute.errors import LunaRouteError, UpstreamError, UpstreamUnreachable
 from lunaroute.exchange import Enrichment, Exchange, Timings
 from lunaroute.interfaces import IProvider
 from lunaroute.logs import debug_enabled, log_observer
+from lunaroute.modify import TemplateContext, provider_modifiers
 from lunaroute.pii.records import redact_request_body
 from lunaroute.pii.redactor import Redactor
 from lunaroute.proxy.errors import (
@@ -73,6 +74,7 @@ from lunaroute.routing.retry import (
     Outcome,
     retry_after_from_headers,
 )
+from lunaroute.sessions.events import client_name
 
 log = Logger(observer=log_observer)
 
@@ -181,6 +183,10 @@ class GatewayApp:
         # Open client WebSockets (lunaroute.proxy.websocket), closed once
         # in-flight requests (and WebSocket turns) have drained on stop.
         self.sockets: set[Any] = set()
+        # Each provider's request_headers / request_body, compiled once.
+        self._modifiers = provider_modifiers(
+            settings.providers.values(), settings.templates.env_allowlist, settings.templates.env
+        )
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -595,8 +601,10 @@ class GatewayApp:
                 )
                 exchange.provider = provider.name
             else:
-                headers = upstream_request_headers(request.requestHeaders)
-                flight.sending = provider.request(request.method, exchange.path, query, headers, body)
+                headers, payload = self.upstream_request(
+                    provider, exchange, request.requestHeaders, body, _configured_model(provider) or view.model
+                )
+                flight.sending = provider.request(request.method, exchange.path, query, headers, payload)
                 response = await flight.sending
         except UpstreamError as exc:
             status, code = status_for(exc)
@@ -714,7 +722,9 @@ class GatewayApp:
                 if notice:
                     payload = inject_switch_notice(view.dialect, payload, notice)
             started = clock.seconds()
-            headers = upstream_request_headers(request.requestHeaders)
+            headers, payload = self.upstream_request(
+                provider, exchange, request.requestHeaders, payload, attempt.model or view.model
+            )
             flight.sending = provider.request(request.method, exchange.path, query, headers, payload)
             response = None
             try:
@@ -754,6 +764,37 @@ class GatewayApp:
         if last_error is not None:
             raise last_error
         raise NoProvider("no provider can take this request now")
+
+    def upstream_request(
+        self, provider: IProvider, exchange: Exchange, client_headers: Any, payload: bytes, model: str | None
+    ) -> tuple[Any, bytes]:
+        """
+        The modify step's per-attempt part: the client's end-to-end headers
+        and C{payload} as C{provider} gets them, with its C{request_headers}
+        and C{request_body} applied (L{lunaroute.modify}).  A changed body
+        is recorded beside the client's (C{exchange.upstream_body}); without
+        changes the payload's bytes go unchanged.
+        """
+        headers = upstream_request_headers(client_headers)
+        exchange.upstream_body = exchange.upstream_path = None
+        modifier = self._modifiers.get(provider.name)
+        if modifier is None:
+            return headers, payload
+        context = TemplateContext(
+            provider=provider.name,
+            model=model or "",
+            session_id=exchange.session_id,
+            request_id=exchange.request_id,
+            client=client_name(exchange.user_agent) or "",
+        )
+        for name, value in modifier.header_values(context):
+            headers.setRawHeaders(name, [value])
+        if exchange.kind == "conversation":
+            changed = modifier.modify_body(exchange.dialect, payload, context)
+            if changed is not None:
+                exchange.upstream_body, exchange.upstream_path = changed, exchange.path
+                return headers, changed
+        return headers, payload
 
     async def _end_incomplete(self, request: Any, gone: list[bool]) -> None:
         """
@@ -928,6 +969,11 @@ def _attempt_record(attempt: Attempt, outcome: Outcome, elapsed: float | None) -
 def _client_ip(request: Any) -> str | None:
     peer = request.getClientAddress()
     return getattr(peer, "host", None)
+
+
+def _configured_model(provider: IProvider) -> str | None:
+    """The model a provider's settings put in every request, if any."""
+    return getattr(getattr(provider, "settings", None), "model", None)
 
 
 def _fmt_ms(value: float | None) -> str:
