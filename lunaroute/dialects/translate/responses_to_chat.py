@@ -309,7 +309,10 @@ def _tool(tool: dict[str, Any], where: str, drops: list[str]) -> dict[str, Any] 
             function["strict"] = bool(tool["strict"])
         return {"type": "function", "function": function}
     if kind == "custom":
-        description = as_str(tool.get("description"))
+        description = as_str(tool.get("description")) + (
+            "\n\nCall it as a function: the whole freeform text goes, unchanged, in its one"
+            " string argument `input`."
+        )
         fmt = as_dict(tool.get("format"))
         if fmt.get("type") == "grammar":
             description += (
