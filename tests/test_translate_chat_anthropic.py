@@ -15,19 +15,23 @@ from lunaroute.dialects.translate import base
 from lunaroute.dialects.translate.anthropic_to_chat import messages_request_to_chat
 from lunaroute.dialects.translate.chat_to_anthropic import (
     DEFAULT_MAX_TOKENS,
+    TRANSLATOR,
     AnthropicToChatStream,
-    ChatToAnthropic,
     chat_request_to_messages,
     messages_response_to_chat,
     openai_error_from_anthropic,
 )
 from lunaroute.dialects.translate.errors import UntranslatableField
 from lunaroute.testing.translation import (
+    ANTHROPIC_MESSAGE,
     FIXTURES,
     client_fixture,
+    names,
     openai_client,
+    pieces,
     rebuild,
     stream_events,
+    texts,
     translate_events,
 )
 
@@ -36,7 +40,7 @@ USER = {"role": "user", "content": "hi"}
 
 def test_registered_for_chat_clients_on_anthropic() -> None:
     translator = base.translator_for("openai_chat", "anthropic")
-    assert isinstance(translator, ChatToAnthropic)
+    assert translator is TRANSLATOR
     assert translator.target_path == "/v1/messages"
 
 
@@ -269,21 +273,8 @@ def test_minimal_effort_means_no_thinking_and_no_drop() -> None:
 
 # -- responses -----------------------------------------------------------------
 
-MESSAGE = {
-    "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
-    "content": [
-        {"type": "thinking", "thinking": "let me see", "signature": "sig"},
-        {"type": "text", "text": "Checking."},
-        {"type": "tool_use", "id": "toolu_1", "name": "get", "input": {"city": "東京"}},
-    ],
-    "stop_reason": "tool_use", "stop_sequence": None,
-    "usage": {"input_tokens": 10, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 5,
-              "output_tokens": 7},
-}
-
-
 def test_anthropic_message_becomes_chat_completion() -> None:
-    out = messages_response_to_chat(MESSAGE, "gpt-4.1", created=1)
+    out = messages_response_to_chat(ANTHROPIC_MESSAGE, "gpt-4.1", created=1)
     assert out == {
         "id": "chatcmpl-msg_1", "object": "chat.completion", "created": 1, "model": "gpt-4.1",
         "choices": [{"index": 0, "logprobs": None, "finish_reason": "tool_calls", "message": {
@@ -307,7 +298,7 @@ def test_stop_reasons_map(stop: str | None, finish: str) -> None:
 
 
 def test_sdk_parses_the_translated_json_answer() -> None:
-    body = json.dumps(messages_response_to_chat(MESSAGE, "gpt-4.1")).encode()
+    body = json.dumps(messages_response_to_chat(ANTHROPIC_MESSAGE, "gpt-4.1")).encode()
     client = openai_client(body, content_type="application/json")
     completion = client.chat.completions.create(model="gpt-4.1", messages=[USER])
     assert completion.choices[0].message.tool_calls[0].function.name == "get"
@@ -399,7 +390,7 @@ def test_stream_frames_are_sent_event_by_event() -> None:
 def test_usage_chunk_only_when_asked() -> None:
     events = stream_events("anthropic_thinking_tools.sse")
     assert b'"usage"' not in b"".join(chat_stream(events, include_usage=False))
-    translator = ChatToAnthropic()
+    translator = TRANSLATOR
     quiet = translator.stream("m", {"stream": True})
     asked = translator.stream("m", {"stream": True, "stream_options": {"include_usage": True}})
     assert b'"usage"' not in b"".join(translate_events(quiet, events))
@@ -452,8 +443,6 @@ def test_sdk_iterates_and_accumulates_the_translated_stream() -> None:
 
 # -- properties ----------------------------------------------------------------
 
-texts = st.text(min_size=1, max_size=12)
-names = st.from_regex(r"[a-z][a-z_]{0,8}", fullmatch=True)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=6),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
@@ -471,21 +460,19 @@ def anthropic_streams(draw: st.DrawFn) -> tuple[list[dict[str, Any]], str, list[
     calls: list[tuple[str, str, Any]] = []
     for index, kind in enumerate(draw(st.lists(st.sampled_from(["text", "tool"]), max_size=5))):
         if kind == "text":
-            pieces = draw(st.lists(texts, min_size=1, max_size=4))
+            parts = draw(st.lists(texts, min_size=1, max_size=4))
             events.append({"type": "content_block_start", "index": index,
                            "content_block": {"type": "text", "text": ""}})
             events += [{"type": "content_block_delta", "index": index,
-                        "delta": {"type": "text_delta", "text": p}} for p in pieces]
-            text += pieces
+                        "delta": {"type": "text_delta", "text": p}} for p in parts]
+            text += parts
         else:
             ident, name, value = f"toolu_{index}", draw(names), draw(tool_inputs)
             raw = json.dumps(value, ensure_ascii=False)
-            cuts = sorted(draw(st.lists(st.integers(0, len(raw)), max_size=4)))
-            pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
             events.append({"type": "content_block_start", "index": index,
                            "content_block": {"type": "tool_use", "id": ident, "name": name, "input": {}}})
             events += [{"type": "content_block_delta", "index": index,
-                        "delta": {"type": "input_json_delta", "partial_json": p}} for p in pieces]
+                        "delta": {"type": "input_json_delta", "partial_json": p}} for p in pieces(draw, raw)]
             calls.append((ident, name, value))
         events.append({"type": "content_block_stop", "index": index})
     events.append({"type": "message_delta", "delta": {"stop_reason": "tool_use" if calls else "end_turn"},

@@ -10,29 +10,31 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lunaroute.dialects.translate import base
+from lunaroute.dialects.translate import base, responses_to_anthropic, responses_to_chat
 from lunaroute.dialects.translate.chat_to_anthropic import DEFAULT_MAX_TOKENS, THINKING_KEY
 from lunaroute.dialects.translate.errors import UntranslatableField
 from lunaroute.dialects.translate.responses_to_anthropic import (
     AnthropicToResponsesStream,
-    ResponsesToAnthropic,
     messages_response_to_responses,
     responses_request_to_messages,
 )
 from lunaroute.dialects.translate.responses_to_chat import (
     THINKING_MARK,
     ResponsesEventWriter,
-    ResponsesToChat,
     chat_completion_to_response,
     openai_error,
     responses_request_to_chat,
 )
 from lunaroute.testing.translation import (
+    ANTHROPIC_MESSAGE,
     FIXTURES,
     client_fixture,
+    names,
     openai_client,
+    pieces,
     rebuild,
     stream_events,
+    texts,
     translate_events,
 )
 
@@ -44,8 +46,8 @@ CHAT_STREAM = "openai_chat_tools.sse"
 def test_both_directions_are_registered() -> None:
     anthropic = base.translator_for("openai_responses", "anthropic")
     chat = base.translator_for("openai_responses", "openai_chat")
-    assert isinstance(anthropic, ResponsesToAnthropic) and anthropic.target_path == "/v1/messages"
-    assert isinstance(chat, ResponsesToChat) and chat.target_path == "/v1/chat/completions"
+    assert anthropic is responses_to_anthropic.TRANSLATOR and anthropic.target_path == "/v1/messages"
+    assert chat is responses_to_chat.TRANSLATOR and chat.target_path == "/v1/chat/completions"
 
 
 # -- requests ------------------------------------------------------------------
@@ -246,36 +248,24 @@ def test_openai_reasoning_items_are_dropped_and_listed() -> None:
 
 # -- responses (JSON) ----------------------------------------------------------
 
-MESSAGE = {
-    "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
-    "content": [
-        {"type": "thinking", "thinking": "plan", "signature": "sig"},
-        {"type": "text", "text": "Running it."},
-        {"type": "tool_use", "id": "toolu_1", "name": "exec_command", "input": {"cmd": "ls"}},
-    ],
-    "stop_reason": "tool_use",
-    "usage": {"input_tokens": 10, "cache_read_input_tokens": 90, "cache_creation_input_tokens": 0,
-              "output_tokens": 20},
-}
-
-
 def test_anthropic_message_becomes_a_response_object() -> None:
-    out = messages_response_to_responses(MESSAGE, "gpt-5.5")
+    out = messages_response_to_responses(ANTHROPIC_MESSAGE, "gpt-5.5")
     assert out["object"] == "response" and out["status"] == "completed" and out["model"] == "gpt-5.5"
     reasoning, message, call = out["output"]
-    assert reasoning["type"] == "reasoning" and reasoning["summary"] == [{"type": "summary_text", "text": "plan"}]
+    assert reasoning["type"] == "reasoning"
+    assert reasoning["summary"] == [{"type": "summary_text", "text": "let me see"}]
     assert reasoning["encrypted_content"].startswith(THINKING_MARK)
-    assert message["content"][0]["text"] == "Running it."
+    assert message["content"][0]["text"] == "Checking."
     assert (call["type"], call["call_id"], call["name"], json.loads(call["arguments"])) == (
-        "function_call", "toolu_1", "exec_command", {"cmd": "ls"})
+        "function_call", "toolu_1", "get", {"city": "東京"})
     assert out["usage"] == {
-        "input_tokens": 100, "input_tokens_details": {"cached_tokens": 90, "cache_write_tokens": 0},
-        "output_tokens": 20, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 120,
+        "input_tokens": 115, "input_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 5},
+        "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 122,
     }
 
 
 def test_max_tokens_makes_the_response_incomplete() -> None:
-    out = messages_response_to_responses({**MESSAGE, "stop_reason": "max_tokens"}, "gpt-5.5")
+    out = messages_response_to_responses({**ANTHROPIC_MESSAGE, "stop_reason": "max_tokens"}, "gpt-5.5")
     assert out["status"] == "incomplete"
     assert out["incomplete_details"] == {"reason": "max_output_tokens"}
 
@@ -298,16 +288,16 @@ def test_chat_completion_becomes_a_response_object() -> None:
 
 
 def test_sdk_parses_the_translated_json_response() -> None:
-    client = openai_client(json.dumps(messages_response_to_responses(MESSAGE, "gpt-5.5")).encode(),
+    client = openai_client(json.dumps(messages_response_to_responses(ANTHROPIC_MESSAGE, "gpt-5.5")).encode(),
                            content_type="application/json")
     response = client.responses.create(model="gpt-5.5", input="ls")
-    assert response.output_text == "Running it."
-    assert response.usage is not None and response.usage.input_tokens_details.cached_tokens == 90
+    assert response.output_text == "Checking."
+    assert response.usage is not None and response.usage.input_tokens_details.cached_tokens == 100
 
 
 def test_errors_keep_openai_shape() -> None:
     anthropic_error = json.loads((FIXTURES / "streams" / "anthropic_error.json").read_text())
-    assert ResponsesToAnthropic().error(anthropic_error, 429)["error"]["code"] == "rate_limit_exceeded"
+    assert responses_to_anthropic.TRANSLATOR.error(anthropic_error, 429)["error"]["code"] == "rate_limit_exceeded"
     chat_error = json.loads((FIXTURES / "streams" / "openai_error.json").read_text())
     assert openai_error(chat_error, 429) == chat_error
     assert openai_error({"detail": "model not loaded"}, 404)["error"] == {
@@ -459,8 +449,6 @@ def test_openai_sdk_accepts_the_translated_stream(fixture: str, convert: Any) ->
 
 # -- properties ----------------------------------------------------------------
 
-texts = st.text(min_size=1, max_size=10)
-names = st.from_regex(r"[a-z][a-z_]{0,8}", fullmatch=True)
 values = st.dictionaries(names, st.integers() | st.text(max_size=5) | st.booleans(), max_size=3)
 
 
@@ -481,8 +469,7 @@ def chat_streams(draw: st.DrawFn) -> tuple[list[dict[str, Any] | str], str, str,
         events.append(chunk({"tool_calls": [{"index": n, "id": ident, "type": "function",
                                              "function": {"name": name, "arguments": ""}}]}))
         raw = json.dumps(value)
-        cuts = sorted(draw(st.lists(st.integers(0, len(raw)), max_size=3)))
-        fragments += [(n, raw[a:b]) for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+        fragments += [(n, piece) for piece in pieces(draw, raw, 3)]
     # Parallel calls' fragments interleave; each call's own stay in order.
     order = draw(st.permutations(range(len(fragments))))
     pending = {n: [f for m, f in fragments if m == n] for n in range(len(calls))}

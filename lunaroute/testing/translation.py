@@ -6,14 +6,40 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hypothesis import strategies as st
+
 from lunaroute.dialects.capture import ResponseCapture
 from lunaroute.dialects.model import ResponseSummary
 from lunaroute.dialects.sse import SSEParser
 from lunaroute.dialects.translate.base import StreamTranslator
 
 __all__ = [
-    "FIXTURES", "client_fixture", "openai_client", "rebuild", "stream_events", "translate_events",
+    "ANTHROPIC_MESSAGE", "FIXTURES", "client_fixture", "names", "openai_client", "pieces", "rebuild", "stream_events", "texts",
+    "translate_events",
 ]
+
+# An Anthropic answer with thinking, text, a tool call and cache traffic.
+ANTHROPIC_MESSAGE: dict[str, Any] = {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+    "content": [
+        {"type": "thinking", "thinking": "let me see", "signature": "sig"},
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get", "input": {"city": "東京"}},
+    ],
+    "stop_reason": "tool_use", "stop_sequence": None,
+    "usage": {"input_tokens": 10, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 5,
+              "output_tokens": 7},
+}
+
+# Hypothesis strategies for generated conversations and streams.
+texts = st.text(min_size=1, max_size=12)
+names = st.from_regex(r"[a-z][a-z_]{0,8}", fullmatch=True)
+
+
+def pieces(draw: st.DrawFn, text: str, most: int = 4) -> list[str]:
+    """``text`` cut at up to ``most`` places hypothesis picks (pieces may be empty)."""
+    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=most)))
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "tests" / "fixtures"
 

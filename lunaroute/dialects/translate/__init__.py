@@ -15,4 +15,4 @@ from lunaroute.dialects.translate import (  # noqa: F401  (registers the transla
     responses_to_chat,
 )
 
-__all__ = ["anthropic_to_chat", "chat_to_anthropic", "errors", "responses_to_anthropic", "responses_to_chat"]
+__all__ = ["anthropic_to_chat", "chat_to_anthropic", "common", "errors", "responses_to_anthropic", "responses_to_chat"]

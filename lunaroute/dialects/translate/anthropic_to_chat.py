@@ -24,6 +24,7 @@ from typing import Any
 from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, opt_str
 from lunaroute.dialects.model import json_compact, parse_tool_input
 from lunaroute.dialects.openai_chat import content_text
+from lunaroute.dialects.translate.common import chat_function_tool
 from lunaroute.dialects.translate.errors import UntranslatableField
 
 __all__ = [
@@ -305,17 +306,10 @@ def _tool(tool: dict[str, Any], where: str, drops: list[str]) -> dict[str, Any]:
     kind = tool.get("type")
     if kind not in (None, "custom"):
         raise UntranslatableField(f"{where}.type", f"Anthropic server tool {kind!r} runs only at Anthropic")
-    function: dict[str, Any] = {
-        "name": as_str(tool.get("name")),
-        "parameters": tool.get("input_schema") or {"type": "object", "properties": {}},
-    }
-    if tool.get("description"):
-        function["description"] = tool["description"]
-    if tool.get("strict") is not None:
-        function["strict"] = bool(tool["strict"])
     if "cache_control" in tool:
         drops.append(f"{where}.cache_control")
-    return {"type": "function", "function": function}
+    return chat_function_tool(as_str(tool.get("name")), tool.get("input_schema"), tool.get("description"),
+                              tool.get("strict"))
 
 
 def _tool_choice(choice: dict[str, Any], out: dict[str, Any], has_tools: bool) -> None:

@@ -29,6 +29,7 @@ from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, opt_str
 from lunaroute.dialects.model import json_compact
 from lunaroute.dialects.openai_chat import content_text
 from lunaroute.dialects.translate import base
+from lunaroute.dialects.translate.common import Direction, sort_top_level
 from lunaroute.dialects.translate.errors import UntranslatableField
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "THINKING_KEY",
     "AnthropicToChatChunks",
     "AnthropicToChatStream",
-    "ChatToAnthropic",
     "chat_request_to_messages",
     "chat_usage_from_anthropic",
     "messages_response_to_chat",
@@ -118,14 +118,7 @@ def chat_request_to_messages(
     for what cannot be carried.  ``keep_thinking`` turns assistant messages'
     :data:`THINKING_KEY` lists back into thinking blocks (the Responses path).
     """
-    if not isinstance(body, dict):
-        raise UntranslatableField("body", "the request body must be a JSON object")
-    drops: list[str] = dropped if dropped is not None else []
-    for key in body:
-        if key in _REFUSED_FIELDS:
-            raise UntranslatableField(key, _REFUSED_FIELDS[key])
-        if key not in _HANDLED_FIELDS:
-            drops.append(key)
+    drops = sort_top_level(body, _HANDLED_FIELDS, _REFUSED_FIELDS, dropped)
     if as_int(body.get("n"), 1) > 1:
         raise UntranslatableField("n", "Anthropic answers with one message per request")
     _response_format(body.get("response_format"), drops)
@@ -634,26 +627,13 @@ class AnthropicToChatStream:
         return b"".join(sse_data(chunk) for chunk in self._chunks.close())
 
 
-class ChatToAnthropic:
-    """The registered translator: Chat Completions clients on an Anthropic provider."""
-
-    source = "openai_chat"
-    target = "anthropic"
-    target_path = "/v1/messages"
-
-    def request(self, body: dict[str, Any], model: str | None, dropped: list[str]) -> dict[str, Any]:
-        return chat_request_to_messages(body, model, dropped)
-
-    def response(self, body: dict[str, Any], client_model: str) -> dict[str, Any]:
-        return messages_response_to_chat(body, client_model)
-
-    def error(self, body: Any, status: int) -> dict[str, Any]:
-        return openai_error_from_anthropic(body, status)
-
-    def stream(self, client_model: str, request: dict[str, Any] | None = None) -> base.StreamTranslator:
-        """``request`` (the client's body), when given, decides the usage chunk."""
-        include = True if request is None else bool(as_dict(request.get("stream_options")).get("include_usage"))
-        return AnthropicToChatStream(client_model, include_usage=include)
+def _chat_stream(client_model: str, request: dict[str, Any] | None) -> AnthropicToChatStream:
+    """The client's ``stream_options.include_usage`` decides the usage chunk (sent when unknown)."""
+    include = True if request is None else bool(as_dict(request.get("stream_options")).get("include_usage"))
+    return AnthropicToChatStream(client_model, include_usage=include)
 
 
-TRANSLATOR = base.register(ChatToAnthropic())
+# The registered translator: Chat Completions clients on an Anthropic provider.
+TRANSLATOR = base.register(Direction(
+    "openai_chat", "anthropic", "/v1/messages", chat_request_to_messages, messages_response_to_chat,
+    openai_error_from_anthropic, _chat_stream))

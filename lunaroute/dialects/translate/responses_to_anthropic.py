@@ -27,13 +27,14 @@ from lunaroute.dialects.translate.chat_to_anthropic import (
     messages_response_to_chat,
     openai_error_from_anthropic,
 )
+from lunaroute.dialects.translate.common import Direction
 from lunaroute.dialects.translate.responses_to_chat import (
     ResponsesEventWriter,
     chat_completion_to_response,
     responses_request_to_chat,
 )
 
-__all__ = ["AnthropicToResponsesStream", "ResponsesToAnthropic", "responses_request_to_messages"]
+__all__ = ["AnthropicToResponsesStream", "messages_response_to_responses", "responses_request_to_messages"]
 
 
 def responses_request_to_messages(
@@ -70,24 +71,7 @@ class AnthropicToResponsesStream:
         return b"".join(out)
 
 
-class ResponsesToAnthropic:
-    """The registered translator: Responses clients (Codex) on an Anthropic provider."""
-
-    source = "openai_responses"
-    target = "anthropic"
-    target_path = "/v1/messages"
-
-    def request(self, body: dict[str, Any], model: str | None, dropped: list[str]) -> dict[str, Any]:
-        return responses_request_to_messages(body, model, dropped)
-
-    def response(self, body: dict[str, Any], client_model: str) -> dict[str, Any]:
-        return messages_response_to_responses(body, client_model)
-
-    def error(self, body: Any, status: int) -> dict[str, Any]:
-        return openai_error_from_anthropic(body, status)
-
-    def stream(self, client_model: str) -> base.StreamTranslator:
-        return AnthropicToResponsesStream(client_model)
-
-
-TRANSLATOR = base.register(ResponsesToAnthropic())
+# The registered translator: Responses clients (Codex) on an Anthropic provider.
+TRANSLATOR = base.register(Direction(
+    "openai_responses", "anthropic", "/v1/messages", responses_request_to_messages,
+    messages_response_to_responses, openai_error_from_anthropic, lambda model, request: AnthropicToResponsesStream(model)))

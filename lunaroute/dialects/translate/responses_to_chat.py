@@ -28,12 +28,12 @@ from lunaroute.dialects.openai_chat import content_text
 from lunaroute.dialects.translate import base
 from lunaroute.dialects.translate.anthropic_to_chat import uses_max_completion_tokens
 from lunaroute.dialects.translate.chat_to_anthropic import THINKING_KEY
+from lunaroute.dialects.translate.common import Direction, chat_function_tool, sort_top_level
 from lunaroute.dialects.translate.errors import UntranslatableField
 
 __all__ = [
     "THINKING_MARK",
     "ResponsesEventWriter",
-    "ResponsesToChat",
     "chat_completion_to_response",
     "openai_error",
     "responses_request_to_chat",
@@ -90,14 +90,7 @@ def responses_request_to_chat(
     carried, function-call arguments must be JSON, and Anthropic thinking
     kept in reasoning items rides along.
     """
-    if not isinstance(body, dict):
-        raise UntranslatableField("body", "the request body must be a JSON object")
-    drops: list[str] = dropped if dropped is not None else []
-    for key in body:
-        if key in _REFUSED_FIELDS:
-            raise UntranslatableField(key, _REFUSED_FIELDS[key])
-        if key not in _HANDLED_FIELDS:
-            drops.append(key)
+    drops = sort_top_level(body, _HANDLED_FIELDS, _REFUSED_FIELDS, dropped)
     target = model if model is not None else as_str(body.get("model"))
     out: dict[str, Any] = {"model": target}
     messages: list[dict[str, Any]] = []
@@ -299,15 +292,8 @@ def _call_output(item: dict[str, Any], path: str, messages: list[dict[str, Any]]
 def _tool(tool: dict[str, Any], where: str, drops: list[str]) -> dict[str, Any] | None:
     kind = tool.get("type")
     if kind == "function":
-        function: dict[str, Any] = {
-            "name": as_str(tool.get("name")),
-            "parameters": tool.get("parameters") or {"type": "object", "properties": {}},
-        }
-        if tool.get("description"):
-            function["description"] = tool["description"]
-        if tool.get("strict") is not None:
-            function["strict"] = bool(tool["strict"])
-        return {"type": "function", "function": function}
+        return chat_function_tool(as_str(tool.get("name")), tool.get("parameters"), tool.get("description"),
+                                  tool.get("strict"))
     if kind == "custom":
         description = as_str(tool.get("description")) + (
             "\n\nCall it as a function: the whole freeform text goes, unchanged, in its one"
@@ -325,8 +311,7 @@ def _tool(tool: dict[str, Any], where: str, drops: list[str]) -> dict[str, Any] 
             "required": ["input"],
             "additionalProperties": False,
         }
-        return {"type": "function", "function": {"name": as_str(tool.get("name")), "description": description,
-                                                 "parameters": schema}}
+        return chat_function_tool(as_str(tool.get("name")), schema, description)
     if kind in _DROPPED_TOOLS:
         drops.append(where)
         return None
@@ -663,24 +648,7 @@ class ResponsesEventWriter:
         return b"".join(out)
 
 
-class ResponsesToChat:
-    """The registered translator: Responses clients (Codex) on a Chat Completions provider."""
-
-    source = "openai_responses"
-    target = "openai_chat"
-    target_path = "/v1/chat/completions"
-
-    def request(self, body: dict[str, Any], model: str | None, dropped: list[str]) -> dict[str, Any]:
-        return responses_request_to_chat(body, model, dropped)
-
-    def response(self, body: dict[str, Any], client_model: str) -> dict[str, Any]:
-        return chat_completion_to_response(body, client_model)
-
-    def error(self, body: Any, status: int) -> dict[str, Any]:
-        return openai_error(body, status)
-
-    def stream(self, client_model: str) -> base.StreamTranslator:
-        return ResponsesEventWriter(client_model)
-
-
-TRANSLATOR = base.register(ResponsesToChat())
+# The registered translator: Responses clients (Codex) on a Chat Completions provider.
+TRANSLATOR = base.register(Direction(
+    "openai_responses", "openai_chat", "/v1/chat/completions", responses_request_to_chat,
+    chat_completion_to_response, openai_error, lambda model, request: ResponsesEventWriter(model)))
