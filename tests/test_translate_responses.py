@@ -167,7 +167,8 @@ def test_custom_apply_patch_travels_as_a_function_of_one_string() -> None:
                 {"type": "file", "file": {"file_data": "data:application/pdf;base64,JV", "filename": "a.pdf"}}]}]},
             id="image-and-file"),
         pytest.param({"input": [
-            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "o"}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "k"}]},
             {"type": "function_call", "call_id": "a", "name": "f", "arguments": "{}"},
             {"type": "function_call", "call_id": "b", "name": "g", "arguments": "{\"x\":1}"},
             {"type": "function_call_output", "call_id": "a", "output": "1"},
@@ -175,7 +176,7 @@ def test_custom_apply_patch_travels_as_a_function_of_one_string() -> None:
                 {"type": "input_text", "text": "two"},
                 {"type": "input_image", "image_url": "https://x/y.png"}]}]},
             {"messages": [
-                {"role": "assistant", "content": "ok", "tool_calls": [
+                {"role": "assistant", "content": "o\n\nk", "tool_calls": [
                     {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
                     {"id": "b", "type": "function", "function": {"name": "g", "arguments": "{\"x\":1}"}}]},
                 {"role": "tool", "tool_call_id": "a", "content": "1"},
@@ -303,6 +304,9 @@ def test_errors_keep_openai_shape() -> None:
     assert openai_error({"detail": "model not loaded"}, 404)["error"] == {
         "message": "model not loaded", "type": "invalid_request_error", "param": None, "code": None}
     assert openai_error(None, 502)["error"]["type"] == "server_error"
+    vllm = {"object": "error", "message": "too long", "type": "BadRequestError", "param": None, "code": 400}
+    assert openai_error(vllm, 400)["error"] == {
+        "message": "too long", "type": "BadRequestError", "param": None, "code": 400}
 
 
 # -- streams -------------------------------------------------------------------

@@ -199,7 +199,7 @@ def _message_item(item: dict[str, Any], path: str, messages: list[dict[str, Any]
     elif role == "assistant":
         text = _text(content, f"{path}.content")
         message = _assistant(messages, for_call=False)
-        message["content"] = (message.get("content") or "") + text
+        message["content"] = "\n\n".join(part for part in (message.get("content"), text) if part) or None
     elif role == "user":
         if isinstance(content, str):
             messages.append({"role": "user", "content": content})
@@ -427,8 +427,10 @@ def chat_completion_to_response(body: dict[str, Any], client_model: str) -> dict
 
 def openai_error(body: Any, status: int) -> dict[str, Any]:
     """An OpenAI-compatible server's error body in OpenAI's own shape."""
-    error = as_dict(as_dict(body).get("error"))
-    message = as_str(error.get("message")) or (as_str(body.get("detail")) if isinstance(body, dict) else "")
+    # OpenAI and most servers nest the error; vLLM-style servers put its
+    # fields at the top, FastAPI ones say only "detail".
+    error = as_dict(body.get("error")) if isinstance(body, dict) and isinstance(body.get("error"), dict) else as_dict(body)
+    message = as_str(error.get("message")) or as_str(error.get("detail"))
     return {
         "error": {
             "message": message or f"upstream error (HTTP {status})",
