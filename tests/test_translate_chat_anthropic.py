@@ -239,11 +239,12 @@ def test_documented_drops_are_listed() -> None:
     dropped: list[str] = []
     tool = copy.deepcopy(TOOL)
     tool["function"]["strict"] = True
-    translated({"messages": [USER, {"role": "assistant", "content": "x", "reasoning_content": "r"}],
-                "response_format": {"type": "json_object"}, "seed": 1, "logprobs": True, "tools": [tool]},
+    translated({"messages": [USER, {"role": "assistant", "content": "x", "reasoning_content": "r", "name": "bot"}],
+                "response_format": {"type": "json_object"}, "seed": 1, "logprobs": True, "tools": [tool],
+                "metadata": {"user": "u", "trace": "t"}},
                dropped)
-    assert dropped == ["seed", "logprobs", "response_format", "messages[1].reasoning_content",
-                       "tools[0].function.strict"]
+    assert dropped == ["seed", "logprobs", "response_format", "messages[1].name", "messages[1].reasoning_content",
+                       "tools[0].function.strict", "metadata"]
 
 
 @pytest.mark.parametrize(

@@ -236,6 +236,18 @@ def test_invalid_call_arguments_name_the_responses_path_on_the_way_to_anthropic(
     assert responses_request_to_chat(body)["messages"][0]["tool_calls"][0]["function"]["arguments"] == "{x"
 
 
+def test_drops_toward_anthropic_name_the_responses_path() -> None:
+    dropped: list[str] = []
+    body = {"model": "m", "input": "x", "text": {"format": {"type": "json_object"}},
+            "tools": [{"type": "web_search"}, {"type": "function", "name": "f", "strict": True}]}
+    out = responses_request_to_messages(body, None, dropped)
+    assert dropped == ["tools[0]", "tools[1].strict", "text.format"]
+    assert out["tools"] == [{"name": "f", "input_schema": {"type": "object", "properties": {}}}]
+    with pytest.raises(UntranslatableField) as caught:
+        responses_request_to_messages({"model": "m", "input": "x", "text": {"format": {"type": "json_schema"}}})
+    assert caught.value.field == "text.format.type"
+
+
 def test_openai_reasoning_items_are_dropped_and_listed() -> None:
     dropped: list[str] = []
     body = {"model": "m", "input": [

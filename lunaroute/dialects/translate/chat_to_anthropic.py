@@ -157,7 +157,10 @@ def chat_request_to_messages(
         limit = body.get("max_tokens")
     _thinking(body, out, as_int(limit) or None, messages, drops)
 
-    user = as_dict(body.get("metadata")).get("user") or body.get("user") or body.get("safety_identifier")
+    metadata = as_dict(body.get("metadata"))
+    if set(metadata) - {"user"}:
+        drops.append("metadata")  # Anthropic's metadata holds only user_id
+    user = metadata.get("user") or body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
     if body.get("stream"):
@@ -196,6 +199,8 @@ def _message(
 ) -> None:
     role = message.get("role")
     content = message.get("content")
+    if "name" in message:
+        drops.append(f"{path}.name")  # Anthropic has no participant names
     if role in ("system", "developer"):
         text = _text_only(content, f"{path}.content")
         if not text:

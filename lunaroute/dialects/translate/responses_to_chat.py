@@ -107,7 +107,7 @@ def responses_request_to_chat(
 
     tools = []
     for i, raw in enumerate(as_list(body.get("tools"))):
-        tool = _tool(as_dict(raw), f"tools[{i}]", drops)
+        tool = _tool(as_dict(raw), f"tools[{i}]", drops, for_anthropic)
         if tool is not None:
             tools.append(tool)
     if tools:
@@ -131,7 +131,7 @@ def responses_request_to_chat(
         drops.append("reasoning.effort")
     if reasoning.get("summary") is not None or reasoning.get("generate_summary") is not None:
         drops.append("reasoning.summary")
-    _text_format(as_dict(body.get("text")), out, drops)
+    _text_format(as_dict(body.get("text")), out, drops, for_anthropic)
     user = body.get("safety_identifier") or body.get("user")
     if isinstance(user, str) and user:
         out["user"] = user
@@ -141,10 +141,14 @@ def responses_request_to_chat(
     return out
 
 
-def _text_format(text: dict[str, Any], out: dict[str, Any], drops: list[str]) -> None:
+def _text_format(text: dict[str, Any], out: dict[str, Any], drops: list[str], for_anthropic: bool) -> None:
     fmt = as_dict(text.get("format"))
     kind = fmt.get("type")
-    if kind == "json_schema":
+    if for_anthropic and kind == "json_schema":
+        raise UntranslatableField("text.format.type", "'json_schema': Anthropic cannot enforce an output schema")
+    if for_anthropic and kind == "json_object":
+        drops.append("text.format")  # the prompt still asks for JSON; nothing enforces it
+    elif kind == "json_schema":
         schema = {key: fmt[key] for key in ("name", "schema", "strict", "description") if key in fmt}
         out["response_format"] = {"type": "json_schema", "json_schema": schema}
     elif kind == "json_object":
@@ -289,11 +293,15 @@ def _call_output(item: dict[str, Any], path: str, messages: list[dict[str, Any]]
         messages.append({"role": "user", "content": images})
 
 
-def _tool(tool: dict[str, Any], where: str, drops: list[str]) -> dict[str, Any] | None:
+def _tool(tool: dict[str, Any], where: str, drops: list[str], for_anthropic: bool) -> dict[str, Any] | None:
     kind = tool.get("type")
     if kind == "function":
-        return chat_function_tool(as_str(tool.get("name")), tool.get("parameters"), tool.get("description"),
-                                  tool.get("strict"))
+        strict = tool.get("strict")
+        if for_anthropic:
+            if strict:
+                drops.append(f"{where}.strict")  # as the Chat -> Anthropic direction does
+            strict = None
+        return chat_function_tool(as_str(tool.get("name")), tool.get("parameters"), tool.get("description"), strict)
     if kind == "custom":
         description = as_str(tool.get("description")) + (
             "\n\nCall it as a function: the whole freeform text goes, unchanged, in its one"
