@@ -8,7 +8,7 @@ from typing import Any
 
 import openai
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from lunaroute.dialects.translate import base
@@ -25,6 +25,7 @@ from lunaroute.dialects.translate.errors import UntranslatableField
 from lunaroute.testing.translation import (
     ANTHROPIC_MESSAGE,
     FIXTURES,
+    PROPERTY,
     client_fixture,
     names,
     openai_client,
@@ -482,7 +483,7 @@ def anthropic_streams(draw: st.DrawFn) -> tuple[list[dict[str, Any]], str, list[
     return events, "".join(text), calls
 
 
-@settings(max_examples=60, deadline=None)
+@PROPERTY
 @given(anthropic_streams())
 def test_random_anthropic_streams_reassemble_as_chat(stream: tuple[list[dict[str, Any]], str, list[Any]]) -> None:
     events, text, calls = stream
@@ -508,7 +509,7 @@ def messages_requests(draw: st.DrawFn) -> dict[str, Any]:
     return {"model": "claude-x", "max_tokens": 100, "system": draw(texts), "messages": messages}
 
 
-@settings(max_examples=60, deadline=None)
+@PROPERTY
 @given(messages_requests())
 def test_random_messages_requests_survive_chat_and_back(body: dict[str, Any]) -> None:
     back = chat_request_to_messages(messages_request_to_chat(body, model="gpt-4.1"), model="claude-x")

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from lunaroute.dialects.translate import base, responses_to_anthropic, responses_to_chat
@@ -28,6 +28,7 @@ from lunaroute.dialects.translate.responses_to_chat import (
 from lunaroute.testing.translation import (
     ANTHROPIC_MESSAGE,
     FIXTURES,
+    PROPERTY,
     client_fixture,
     names,
     openai_client,
@@ -498,7 +499,7 @@ def chat_streams(draw: st.DrawFn) -> tuple[list[dict[str, Any] | str], str, str,
     return events, "".join(reasoning), "".join(text), calls
 
 
-@settings(max_examples=60, deadline=None)
+@PROPERTY
 @given(chat_streams())
 def test_random_chat_streams_reassemble_as_responses(stream: tuple[list[Any], str, str, list[Any]]) -> None:
     events, reasoning, text, calls = stream
@@ -526,7 +527,7 @@ def codex_histories(draw: st.DrawFn) -> dict[str, Any]:
     return {"model": "gpt-5.5", "instructions": draw(texts), "input": items}
 
 
-@settings(max_examples=60, deadline=None)
+@PROPERTY
 @given(codex_histories())
 def test_random_codex_histories_keep_their_meaning(body: dict[str, Any]) -> None:
     expected = [("developer", body["instructions"]), *input_meaning(body["input"])]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from lunaroute.dialects.capture import ResponseCapture
@@ -14,7 +15,7 @@ from lunaroute.dialects.sse import SSEParser
 from lunaroute.dialects.translate.base import StreamTranslator
 
 __all__ = [
-    "ANTHROPIC_MESSAGE", "FIXTURES", "client_fixture", "names", "openai_client", "pieces", "rebuild", "stream_events", "texts",
+    "ANTHROPIC_MESSAGE", "FIXTURES", "PROPERTY", "client_fixture", "names", "openai_client", "pieces", "rebuild", "stream_events", "texts",
     "translate_events",
 ]
 
@@ -30,6 +31,10 @@ ANTHROPIC_MESSAGE: dict[str, Any] = {
     "usage": {"input_tokens": 10, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 5,
               "output_tokens": 7},
 }
+
+# The property tests' settings: a fixed example sequence (the suite must be
+# reproducible for the lead's merges) and no example database in the tree.
+PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None)
 
 # Hypothesis strategies for generated conversations and streams.
 texts = st.text(min_size=1, max_size=12)
