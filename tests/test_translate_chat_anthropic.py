@@ -180,7 +180,8 @@ TOOL = {"type": "function", "function": {"name": "get", "description": "d", "par
             {"tool_choice": {"type": "tool", "name": "get"}},
             id="named-tool",
         ),
-        pytest.param({"messages": [USER], "tool_choice": "none"}, {"tool_choice": {"type": "none"}}, id="none"),
+        pytest.param({"messages": [USER], "tools": [TOOL], "tool_choice": "none"}, {"tool_choice": {"type": "none"}},
+                     id="none"),
         pytest.param({"messages": [USER], "stop": "END"}, {"stop_sequences": ["END"]}, id="stop-string"),
         pytest.param({"messages": [USER], "stop": ["a", "b"]}, {"stop_sequences": ["a", "b"]}, id="stop-list"),
         pytest.param({"messages": [USER], "max_tokens": 100}, {"max_tokens": 100}, id="max-tokens"),
@@ -211,6 +212,7 @@ def test_request_fields_translate(body: dict[str, Any], expected: dict[str, Any]
     "body, field",
     [
         ({"messages": [USER], "n": 2}, "n"),
+        ({"messages": [USER], "temperature": 1.5}, "temperature"),
         ({"messages": [USER, {"role": "assistant", "tool_calls": [
             {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
          "messages[1].tool_calls[0].function.arguments"),
@@ -246,6 +248,9 @@ def test_documented_drops_are_listed() -> None:
                dropped)
     assert dropped == ["seed", "logprobs", "response_format", "messages[1].name", "messages[1].reasoning_content",
                        "tools[0].function.strict", "metadata"]
+    dropped = []
+    assert "tool_choice" not in translated({"messages": [USER], "tool_choice": "auto"}, dropped)
+    assert dropped == ["tool_choice"]
 
 
 @pytest.mark.parametrize(

@@ -140,8 +140,10 @@ def chat_request_to_messages(
         choice = choice or {"type": "auto"}
         if choice["type"] != "none":
             choice["disable_parallel_tool_use"] = True
-    if choice is not None:
+    if choice is not None and tools:
         out["tool_choice"] = choice
+    elif choice is not None:
+        drops.append("tool_choice")  # Anthropic refuses a tool choice without tools
 
     stop = body.get("stop")
     if isinstance(stop, str):
@@ -151,6 +153,9 @@ def chat_request_to_messages(
     for key in ("temperature", "top_p"):
         if body.get(key) is not None:
             out[key] = body[key]
+    temperature = body.get("temperature")
+    if isinstance(temperature, (int, float)) and temperature > 1:
+        raise UntranslatableField("temperature", "Anthropic's temperature goes from 0 to 1 (OpenAI's to 2)")
 
     limit = body.get("max_completion_tokens")
     if limit is None:
