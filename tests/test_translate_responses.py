@@ -247,6 +247,12 @@ def test_drops_toward_anthropic_name_the_responses_path() -> None:
     with pytest.raises(UntranslatableField) as caught:
         responses_request_to_messages({"model": "m", "input": "x", "text": {"format": {"type": "json_schema"}}})
     assert caught.value.field == "text.format.type"
+    dropped = []
+    body = {"model": "m", "input": "x", "temperature": 0.2, "reasoning": {"effort": "high"},
+            "tools": [{"type": "web_search"}], "tool_choice": "auto"}
+    out = responses_request_to_messages(body, None, dropped)
+    assert "thinking" not in out and "tool_choice" not in out
+    assert dropped == ["tools[0]", "tool_choice", "reasoning.effort"]
 
 
 def test_openai_reasoning_items_are_dropped_and_listed() -> None:

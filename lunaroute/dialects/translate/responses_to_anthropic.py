@@ -43,7 +43,14 @@ def responses_request_to_messages(
     """Translate a Responses request body into an Anthropic Messages one."""
     drops: list[str] = dropped if dropped is not None else []
     chat = responses_request_to_chat(body, model, drops, for_anthropic=True)
-    return chat_request_to_messages(chat, None, drops, keep_thinking=True)
+    second: list[str] = []
+    out = chat_request_to_messages(chat, None, second, keep_thinking=True)
+    # What the second step leaves out, by the name the client used.
+    drops.extend(_CHAT_NAMES.get(path, path) for path in second)
+    return out
+
+
+_CHAT_NAMES = {"reasoning_effort": "reasoning.effort"}
 
 
 def messages_response_to_responses(body: dict[str, Any], client_model: str) -> dict[str, Any]:

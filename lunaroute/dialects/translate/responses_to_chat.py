@@ -115,7 +115,11 @@ def responses_request_to_chat(
         if body.get("parallel_tool_calls") is False:
             out["parallel_tool_calls"] = False
     if body.get("tool_choice") is not None:
-        out["tool_choice"] = _tool_choice(body["tool_choice"])
+        choice = _tool_choice(body["tool_choice"])
+        if tools:
+            out["tool_choice"] = choice
+        else:
+            drops.append("tool_choice")  # no tool left to choose (hosted ones are dropped)
 
     if body.get("max_output_tokens") is not None:
         reasoning_model = uses_max_completion_tokens(target) and not for_anthropic
