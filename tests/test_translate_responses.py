@@ -542,6 +542,14 @@ def test_random_codex_histories_keep_their_meaning(body: dict[str, Any]) -> None
     assert body["input"][0]["content"][0]["type"] == "input_text"  # never modified
 
 
+@pytest.mark.parametrize("payload", ["{oops", '{"type":"tool_use","id":"x"}', "[]"])
+def test_a_damaged_thinking_item_is_refused(payload: str) -> None:
+    body = {"model": "m", "input": [{"type": "reasoning", "summary": [], "encrypted_content": THINKING_MARK + payload}]}
+    with pytest.raises(UntranslatableField) as caught:
+        responses_request_to_messages(body)
+    assert caught.value.field == "input[0].encrypted_content"
+
+
 def test_private_thinking_key_never_reaches_a_chat_provider() -> None:
     body = {"model": "m", "input": [
         {"type": "reasoning", "summary": [], "encrypted_content": THINKING_MARK + '{"type":"thinking"}'},

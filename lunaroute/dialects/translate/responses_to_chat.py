@@ -188,7 +188,9 @@ def _item(
             try:
                 block = json.loads(encrypted[len(THINKING_MARK):])
             except ValueError:
-                raise UntranslatableField(f"{path}.encrypted_content", "a damaged thinking block") from None
+                block = None
+            if as_dict(block).get("type") not in ("thinking", "redacted_thinking"):
+                raise UntranslatableField(f"{path}.encrypted_content", "a damaged thinking block")
             _assistant(messages, for_call=False).setdefault(THINKING_KEY, []).append(block)
         else:
             # OpenAI's own reasoning is encrypted for OpenAI only.
