@@ -213,6 +213,9 @@ def test_request_fields_translate_to_chat(body: dict[str, Any], chat: dict[str, 
         ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
         ({"input": "x", "conversation": "conv_1"}, "conversation"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
+        ({"input": [{"role": "critic", "content": "x"}]}, "input[0].role"),
+        ({"input": [{"role": "developer", "content": [{"type": "input_image", "image_url": "https://x"}]}]},
+         "input[0].content[0].type"),
         ({"input": [{"type": "compaction", "encrypted_content": "x"}]}, "input[0].type"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
          "input[0].content[0].file_id"),
@@ -253,6 +256,37 @@ def test_drops_toward_anthropic_name_the_responses_path() -> None:
     out = responses_request_to_messages(body, None, dropped)
     assert "thinking" not in out and "tool_choice" not in out
     assert dropped == ["tools[0]", "tool_choice", "reasoning.effort"]
+
+
+def test_local_shell_history_and_refusals_travel_as_calls_and_text() -> None:
+    body = {"model": "m", "input": [
+        {"type": "message", "role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+        {"role": "user", "content": "please"},
+        {"type": "local_shell_call", "call_id": "s1", "status": "completed",
+         "action": {"type": "exec", "command": ["ls"]}},
+        {"type": "local_shell_call_output", "call_id": "s1", "output": {"stdout": "a"}}]}
+    out = responses_request_to_chat(body)["messages"]
+    assert out[0] == {"role": "assistant", "content": "no"}
+    assert out[2]["tool_calls"][0]["function"] == {"name": "local_shell",
+                                                   "arguments": '{"type":"exec","command":["ls"]}'}
+    assert out[3] == {"role": "tool", "tool_call_id": "s1", "content": '{"stdout":"a"}'}
+
+
+def test_redacted_thinking_streams_to_codex_and_back() -> None:
+    events: list[dict[str, Any] | str] = [
+        {"type": "message_start", "message": {"id": "msg_r", "usage": {"input_tokens": 3}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "redacted_thinking", "data": "ENC"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": "Hi"}},
+        {"type": "content_block_stop", "index": 1},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}},
+        {"type": "message_stop"},
+    ]
+    final = frames(b"".join(anthropic_to_responses(events)))[-1][1]["response"]
+    reasoning, message = final["output"]
+    assert reasoning["summary"] == [] and message["content"][0]["text"] == "Hi"
+    back = responses_request_to_messages({"model": "m", "input": [{"role": "user", "content": "x"}, reasoning]})
+    assert back["messages"][1]["content"] == [{"type": "redacted_thinking", "data": "ENC"}]
 
 
 def test_openai_reasoning_items_are_dropped_and_listed() -> None:
