@@ -15,7 +15,7 @@ from lunaroute.dialects.sse import SSEParser
 from lunaroute.dialects.translate.base import StreamTranslator
 
 __all__ = [
-    "ANTHROPIC_MESSAGE", "FIXTURES", "PROPERTY", "client_fixture", "names", "openai_client", "pieces", "rebuild", "stream_events", "texts",
+    "ANTHROPIC_MESSAGE", "FIXTURES", "PROPERTY", "assert_same_answer", "client_fixture", "names", "openai_client", "pieces", "rebuild", "stream_events", "texts",
     "translate_events",
 ]
 
@@ -74,6 +74,25 @@ def rebuild(dialect: str, data: bytes) -> ResponseSummary:
     capture = ResponseCapture(dialect, streaming=True, content_type="text/event-stream")
     capture.feed(data)
     return capture.finish()
+
+
+def assert_same_answer(summary: ResponseSummary, original: ResponseSummary) -> None:
+    """
+    A translated stream's rebuilt answer says what the provider's said: text,
+    reasoning, tool calls, and the usage in OpenAI's terms (the input counts
+    Anthropic's cache reads and writes).
+    """
+    assert not summary.partial
+    assert summary.text == original.text
+    assert summary.thinking == original.thinking
+    assert [(c.id, c.name, c.input) for c in summary.tool_calls] == [
+        (c.id, c.name, c.input) for c in original.tool_calls
+    ]
+    usage = original.usage
+    cache = usage.cache_read_tokens + usage.cache_creation_tokens if original.dialect == "anthropic" else 0
+    assert summary.usage.input_tokens == usage.input_tokens + cache
+    assert summary.usage.cache_read_tokens == usage.cache_read_tokens
+    assert summary.usage.output_tokens == usage.output_tokens
 
 
 def openai_client(body: bytes, status: int = 200, content_type: str = "text/event-stream") -> Any:

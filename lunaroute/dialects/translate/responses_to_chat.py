@@ -28,7 +28,13 @@ from lunaroute.dialects.openai_chat import content_text
 from lunaroute.dialects.translate import base
 from lunaroute.dialects.translate.anthropic_to_chat import uses_max_completion_tokens
 from lunaroute.dialects.translate.chat_to_anthropic import THINKING_KEY
-from lunaroute.dialects.translate.common import Direction, chat_function_tool, sort_top_level
+from lunaroute.dialects.translate.common import (
+    ChatChunkReader,
+    Direction,
+    chat_function_tool,
+    end_chat_request,
+    sort_top_level,
+)
 from lunaroute.dialects.translate.errors import UntranslatableField
 
 __all__ = [
@@ -136,13 +142,7 @@ def responses_request_to_chat(
     if reasoning.get("summary") is not None or reasoning.get("generate_summary") is not None:
         drops.append("reasoning.summary")
     _text_format(as_dict(body.get("text")), out, drops, for_anthropic)
-    user = body.get("safety_identifier") or body.get("user")
-    if isinstance(user, str) and user:
-        out["user"] = user
-    if body.get("stream"):
-        out["stream"] = True
-        out["stream_options"] = {"include_usage": True}
-    return out
+    return end_chat_request(out, body.get("safety_identifier") or body.get("user"), body.get("stream"))
 
 
 def _text_format(text: dict[str, Any], out: dict[str, Any], drops: list[str], for_anthropic: bool) -> None:
@@ -473,7 +473,7 @@ class _Open:
         self.block: dict[str, Any] | None = None
 
 
-class ResponsesEventWriter:
+class ResponsesEventWriter(ChatChunkReader):
     """
     ``chat.completion.chunk`` dicts in, Responses SSE frames out.
 
@@ -508,31 +508,17 @@ class ResponsesEventWriter:
         usage = responses_usage_from_chat(self._usage) if self._usage is not None else None
         return response_object(self._id, self.client_model, self.created, output or [], usage, self._finish, status)
 
-    def feed(self, chunk: dict[str, Any] | str) -> bytes:
-        """Translate one Chat chunk (or ``"[DONE]"``); returns the frames to send."""
-        if self.finished:
-            return b""
-        if chunk == "[DONE]":
-            return self._complete()
-        data = as_dict(chunk)
-        if isinstance(data.get("error"), dict):
-            return self._fail(data["error"])
-        out: list[bytes] = []
+    def _on_done(self) -> bytes:
+        return self._complete()
+
+    def _on_error(self, error: dict[str, Any]) -> bytes:
+        return self._fail(error)
+
+    def _on_chunk(self, data: dict[str, Any], out: list[bytes]) -> None:
         if not self._id:
             self._id = _response_id(data.get("id"))
             out.append(self._event("response.created", {"response": self._response()}))
             out.append(self._event("response.in_progress", {"response": self._response()}))
-        if isinstance(data.get("usage"), dict):
-            self._usage = data["usage"]
-        for raw in as_list(data.get("choices")):
-            choice = as_dict(raw)
-            if as_int(choice.get("index")) != 0:
-                continue
-            self._delta(as_dict(choice.get("delta")), out)
-            finish = choice.get("finish_reason")
-            if isinstance(finish, str):
-                self._finish = finish
-        return b"".join(out)
 
     def close(self) -> bytes:
         """The provider's body ended: complete after a finish reason, else fail."""
@@ -591,7 +577,7 @@ class ResponsesEventWriter:
         else:
             out.append(self._event("response.reasoning_summary_text.delta", {**where, "summary_index": 0, "delta": text}))
 
-    def _delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
+    def _on_delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
             self._text_delta("reasoning", reasoning, out)
