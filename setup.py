@@ -57,6 +57,7 @@ setup(
             "httpx>=0.27",
             "anthropic>=0.40",
             "openai>=1.50",
+            "hypothesis>=6.100",
             "ruff>=0.6",
             "mypy>=1.11",
             "mypy-zope>=1.0.5",

@@ -24,6 +24,12 @@ from typing import Any
 from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, opt_str
 from lunaroute.dialects.model import json_compact, parse_tool_input
 from lunaroute.dialects.openai_chat import content_text
+from lunaroute.dialects.translate.common import (
+    ChatChunkReader,
+    chat_function_tool,
+    end_chat_request,
+    sort_top_level,
+)
 from lunaroute.dialects.translate.errors import UntranslatableField
 
 __all__ = [
@@ -95,19 +101,11 @@ def messages_request_to_chat(
     so the caller can log them.  Raises :class:`UntranslatableField` for
     anything that cannot be carried without changing the request's meaning.
     """
-    if not isinstance(body, dict):
-        raise UntranslatableField("body", "the request body must be a JSON object")
-    drops: list[str] = dropped if dropped is not None else []
+    # Known extras (thinking, context_management...) and fields newer than
+    # this code are dropped: neither can be said in Chat Completions.
+    drops = sort_top_level(body, _HANDLED_FIELDS, _REFUSED_FIELDS, dropped)
     target = model if model is not None else as_str(body.get("model"))
     out: dict[str, Any] = {"model": target}
-
-    for key in body:
-        if key in _REFUSED_FIELDS:
-            raise UntranslatableField(key, _REFUSED_FIELDS[key])
-        if key not in _HANDLED_FIELDS:
-            # Known extras (thinking, context_management...) and fields newer
-            # than this code: neither can be said in Chat Completions.
-            drops.append(key)
 
     messages: list[dict[str, Any]] = []
     system = _system_text(body.get("system"), "system")
@@ -139,13 +137,7 @@ def messages_request_to_chat(
     if "tool_choice" in body and body["tool_choice"] is not None:
         _tool_choice(as_dict(body["tool_choice"]), out, bool(tools))
 
-    user = as_dict(body.get("metadata")).get("user_id")
-    if isinstance(user, str) and user:
-        out["user"] = user
-    if body.get("stream"):
-        out["stream"] = True
-        out["stream_options"] = {"include_usage": True}
-    return out
+    return end_chat_request(out, as_dict(body.get("metadata")).get("user_id"), body.get("stream"))
 
 
 def _system_text(system: Any, path: str) -> str:
@@ -305,17 +297,10 @@ def _tool(tool: dict[str, Any], where: str, drops: list[str]) -> dict[str, Any]:
     kind = tool.get("type")
     if kind not in (None, "custom"):
         raise UntranslatableField(f"{where}.type", f"Anthropic server tool {kind!r} runs only at Anthropic")
-    function: dict[str, Any] = {
-        "name": as_str(tool.get("name")),
-        "parameters": tool.get("input_schema") or {"type": "object", "properties": {}},
-    }
-    if tool.get("description"):
-        function["description"] = tool["description"]
-    if tool.get("strict") is not None:
-        function["strict"] = bool(tool["strict"])
     if "cache_control" in tool:
         drops.append(f"{where}.cache_control")
-    return {"type": "function", "function": function}
+    return chat_function_tool(as_str(tool.get("name")), tool.get("input_schema"), tool.get("description"),
+                              tool.get("strict"))
 
 
 def _tool_choice(choice: dict[str, Any], out: dict[str, Any], has_tools: bool) -> None:
@@ -427,7 +412,7 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 _BLOCK_STOP = "content_block_stop"
 
 
-class ChatToAnthropicStream:
+class ChatToAnthropicStream(ChatChunkReader):
     """
     Turn a Chat Completions stream into an Anthropic Messages stream.
 
@@ -452,31 +437,20 @@ class ChatToAnthropicStream:
         self._finish: str | None = None
         self._usage: dict[str, Any] | None = None
 
-    def feed(self, chunk: dict[str, Any] | str) -> bytes:
-        """Translate one provider chunk; returns the Anthropic bytes to send."""
-        if self.finished:
-            return b""
-        if chunk == "[DONE]":
-            return self._finish_stream()
-        data = as_dict(chunk)
-        if isinstance(data.get("error"), dict):
-            return self._error(anthropic_error_from_chat(data, _stream_error_status(data["error"])))
-        out: list[bytes] = []
+    # feed() is ChatChunkReader's; these say what to write.
+
+    def _on_done(self) -> bytes:
+        return self._finish_stream()
+
+    def _on_error(self, error: dict[str, Any]) -> bytes:
+        return self._error(anthropic_error_from_chat({"error": error}, _stream_error_status(error)))
+
+    def _on_chunk(self, data: dict[str, Any], out: list[bytes]) -> None:
         if not self._started:
             out.append(self._start(data))
-        usage = data.get("usage")
-        if isinstance(usage, dict):
-            self._usage = usage
-        for raw in as_list(data.get("choices")):
-            choice = as_dict(raw)
-            if as_int(choice.get("index")) != 0:
-                continue  # only choice 0 has an Anthropic form
-            self._delta(as_dict(choice.get("delta")), out)
-            finish = choice.get("finish_reason")
-            if isinstance(finish, str):
-                self._finish = finish
-                self._close_block(out)
-        return b"".join(out)
+
+    def _on_finish(self, out: list[bytes]) -> None:
+        self._close_block(out)
 
     def close(self) -> bytes:
         """The provider's body ended: finish, or report the cut."""
@@ -504,7 +478,7 @@ class ChatToAnthropicStream:
         }
         return _event("message_start", {"type": "message_start", "message": message})
 
-    def _delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
+    def _on_delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
         text = delta.get("content")
         if not isinstance(text, str) or not text:
             text = delta.get("refusal")
