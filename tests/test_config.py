@@ -1092,8 +1092,10 @@ _TWO_OPENAI = {
         ({"primary": "openai", "fallbacks": ["ob", "zzz"]}, "routing.rules[0].fallbacks: unknown provider 'zzz' (configured: anthropic, openai, ob, off); define it under providers"),
         ({"strategy": "weighted_round_robin", "weights": {"openai": 80, "openai_backup": 20}}, "routing.rules[0].weights.openai_backup: unknown provider 'openai_backup' (did you mean 'openai'?); define it under providers"),
         ({"primary": "openai", "fallbacks": ["off"]}, "routing.rules[0].fallbacks: provider 'off' is disabled"),
-        ({"primary": "openai", "fallbacks": ["anthropic"]}, "routing.rules[0].fallbacks: provider 'anthropic' speaks anthropic and 'openai' speaks openai: routing one request across dialects is not available in this version yet (coming with the translation work)"),
-        ({"primary": "ob", "listener": "anthropic"}, "routing.rules[0].listener: the rule's providers speak openai: sending anthropic requests to them is not available in this version yet (coming with the translation work)"),
+        ({"primary": "openai", "fallbacks": ["anthropic"]}, "routing.rules[0].fallbacks: provider 'anthropic' speaks anthropic and this rule takes openai requests (its first provider 'openai' speaks openai): translation from openai_chat or openai_responses to anthropic is not available in this version (no translator for it)"),
+        ({"primary": "anthropic", "listener": "openai"}, "routing.rules[0].listener: provider 'anthropic' speaks anthropic and this rule takes openai requests: translation from openai_chat or openai_responses to anthropic is not available in this version (no translator for it)"),
+        ({"primary": "openai", "model_map": {"claude-x": 5}}, "routing.rules[0].model_map.claude-x: expected a string, got 5"),
+        ({"primary": "openai", "fallbacks": ["ob"], "model_map": {"gpt-5": "llama"}}, "routing.rules[0].model_map: a rule's model_map applies to its translated attempts (providers of another dialect than its requests), and this rule has none; use the provider's model_map"),
         ({"primary": "openai", "exponential_backoff_base_secs": 0}, "routing.rules[0].exponential_backoff_base_secs: must be greater than 0, got 0"),
         ({"primary": "openai", "header": {"bad header": "x"}}, "routing.rules[0].header.bad header: not a valid HTTP header name"),
     ],
@@ -1101,6 +1103,47 @@ _TWO_OPENAI = {
 def test_routing_rules_are_checked(rule: dict[str, Any], message: str) -> None:
     """A malformed rule, or one naming a provider that cannot serve it, is one line naming it."""
     assert str(config_error({"providers": _TWO_OPENAI, "routing": {"rules": [rule]}})) == message
+
+
+def test_rules_may_mix_dialects_where_a_translator_exists() -> None:
+    """
+    Claude Code's requests may go to an OpenAI provider (Messages -> Chat is
+    registered): as a rule's primary with listener anthropic, or as a fallback
+    of an Anthropic primary.  Model maps are read per rule and per provider.
+    """
+    s = settings_from_mapping(
+        {
+            "providers": {
+                **_TWO_OPENAI,
+                "ob": {**_TWO_OPENAI["ob"], "model_map": {"claude-sonnet-4-5": "gpt-5"}, "supports_responses": False},
+            },
+            "routing": {
+                "rules": [
+                    {"primary": "ob", "listener": "anthropic", "model_map": {"claude-haiku-4-5": "gpt-5-mini"}},
+                    {"primary": "anthropic", "fallbacks": ["openai"]},
+                ]
+            },
+        },
+        env={},
+    )
+    assert s.routing.rules[0].model_map == {"claude-haiku-4-5": "gpt-5-mini"}
+    assert s.routing.rules[1].fallbacks == ("openai",)
+    ob = s.providers["ob"]
+    assert ob.model_map == {"claude-sonnet-4-5": "gpt-5"} and ob.supports_responses is False
+    assert s.providers["openai"].supports_responses is True and s.providers["openai"].model_map == {}
+
+
+@pytest.mark.parametrize(
+    ("provider", "message"),
+    [
+        ({"model_map": ["gpt-5"]}, "providers.openai.model_map: expected a mapping, got a list"),
+        ({"model_map": {"claude-x": ""}}, "providers.openai.model_map.claude-x: must not be empty"),
+        ({"supports_responses": "maybe"}, "providers.openai.supports_responses: expected a boolean (true/false/1/0/yes/no/on/off), got 'maybe'"),
+    ],
+)
+def test_translation_provider_keys_are_checked(provider: dict[str, Any], message: str) -> None:
+    """A bad model_map or supports_responses is one line naming the key."""
+    assert str(config_error({"providers": {"openai": provider}})) == message
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ from lunaroute.dialects.capture import ResponseCapture
 from lunaroute.dialects.errors import openai_error_body
 from lunaroute.dialects.request_view import RequestView, bounded, parse_request, replace_model
 from lunaroute.dialects.session_id import new_session_id
+from lunaroute.dialects.translate.base import Translator
 from lunaroute.errors import LunaRouteError, UpstreamError, UpstreamUnreachable
 from lunaroute.exchange import Enrichment, Exchange, Timings
 from lunaroute.interfaces import IProvider
@@ -57,6 +58,14 @@ from lunaroute.proxy.headers import (
 )
 from lunaroute.proxy.outcome import Classification, RelayEnd, classify_relay
 from lunaroute.proxy.relay import RelayProtocol
+from lunaroute.proxy.translating import (
+    TranslatingRelay,
+    encode_body,
+    encode_json,
+    estimate_input_tokens,
+    translated_request_headers,
+    translated_response_headers,
+)
 from lunaroute.proxy.websocket import responses_socket_resource, wants_websocket
 from lunaroute.routing.markers import strip_markers
 from lunaroute.routing.notice import inject_switch_notice
@@ -70,6 +79,13 @@ from lunaroute.routing.retry import (
     SUCCESS,
     Outcome,
     retry_after_from_headers,
+)
+from lunaroute.routing.translation import (
+    NoTranslator,
+    default_provider,
+    provider_dialect,
+    resolve_model,
+    translation_for,
 )
 
 log = Logger(observer=log_observer)
@@ -171,6 +187,8 @@ class GatewayApp:
         # Requests in flight per provider name (for the pools' sizing).
         self._provider_load: dict[str, int] = {}
         self._accepting = True
+        # Keyless providers already warned about (translated requests).
+        self._warned_keyless: set[str] = set()
         # Open client WebSockets (lunaroute.proxy.websocket), closed once
         # in-flight requests (and WebSocket turns) have drained on stop.
         self.sockets: set[Any] = set()
@@ -183,6 +201,14 @@ class GatewayApp:
     def provider_for(self, provider_type: str) -> IProvider | None:
         """The provider that serves a dialect, chosen as L{Settings.provider_for} says."""
         chosen = self.settings.provider_for(provider_type)
+        return self.providers.get(chosen.name) if chosen is not None else None
+
+    def _default_provider(self, listener: str, dialect: str | None) -> IProvider | None:
+        """
+        Without routing: the provider of the request's dialect, or, when none
+        is enabled, one of the other dialect a translator reaches.
+        """
+        chosen = default_provider(self.settings, listener, dialect)
         return self.providers.get(chosen.name) if chosen is not None else None
 
     def _serves(self, listener: str) -> bool:
@@ -252,7 +278,7 @@ class GatewayApp:
         for listener in ("anthropic", "openai"):
             if not self._serves(listener):
                 continue
-            provider = self.provider_for(listener)
+            provider = self._default_provider(listener, "anthropic" if listener == "anthropic" else "openai_chat")
             if provider is None:
                 report[listener] = {"provider": None, "status": "no_provider"}
                 continue
@@ -399,14 +425,18 @@ class GatewayApp:
                 body = strip_markers(view.dialect, body)
             provider = self.providers[plan.attempts[0].provider_name]
         if provider is None:
-            provider = self.provider_for(listener)
+            provider = self._default_provider(listener, view.dialect if parse_json else None)
         if provider is None:
             raise NoProvider(f"no enabled {listener} provider is configured")
-        # modify: a provider's configured model replaces the client's (with a
-        # plan, per attempt in the send step).
-        configured = getattr(getattr(provider, "settings", None), "model", None)
-        if plan is None and configured and view.json is not None and view.model != configured:
-            body = replace_model(body, configured)
+        # modify: the model maps or the provider's configured model replace
+        # the client's (with a plan, per attempt in the send step; for a
+        # translated request, in the translation).
+        settings = getattr(provider, "settings", None)
+        if plan is None and view.json is not None and settings is not None:
+            configured = resolve_model(view.model, settings)
+            translated = provider_dialect(view.dialect, provider.provider_type, settings) is not None
+            if configured and view.model != configured and not translated:
+                body = replace_model(body, configured)
 
         flight = _InFlight()
         name = provider.name
@@ -490,7 +520,7 @@ class GatewayApp:
             return None
         plan = self._router.plan(view, listener, header)
         if not plan.attempts:
-            skipped = ", ".join(name for name, _ in plan.skipped) or "none"
+            skipped = ", ".join(name for name, why in plan.skipped if why == "circuit_open") or "none"
             raise NoProvider(f"no provider can take this request now (circuit open: {skipped})")
         return plan
 
@@ -503,7 +533,7 @@ class GatewayApp:
         C{flight.sending} holds the pending attempt (for cancelling).
         """
         assert self._router is not None
-        return await self._send_plan(request, flight, exchange, view, body, b"", plan, self._router)
+        return await self._send_plan(request, flight, exchange, view, body, b"", plan, self._router, translate=False)
 
     def finish_exchange(self, exchange: Exchange) -> None:
         """Enrich, seal and hand a finished exchange to the sinks (WebSocket turns)."""
@@ -574,9 +604,21 @@ class GatewayApp:
                 )
                 exchange.provider = provider.name
             else:
-                headers = upstream_request_headers(request.requestHeaders)
-                flight.sending = provider.request(request.method, exchange.path, query, headers, body)
+                translator = self._translation(view, provider)
+                if translator is not None:
+                    if exchange.kind == "count_tokens":
+                        raise _EstimateLocally(provider)
+                    model = resolve_model(view.model, getattr(provider, "settings", None))
+                    path, headers, payload = self._translated_request(
+                        request, exchange, provider, translator, view.json or {}, model
+                    )
+                    flight.sending = provider.request(request.method, path, b"", headers, payload)
+                else:
+                    headers = upstream_request_headers(request.requestHeaders)
+                    flight.sending = provider.request(request.method, exchange.path, query, headers, body)
                 response = await flight.sending
+        except _EstimateLocally as local:
+            return self._estimate_tokens(request, exchange, view, local.provider)
         except UpstreamError as exc:
             status, code = status_for(exc)
             exchange.status = status
@@ -602,22 +644,28 @@ class GatewayApp:
         timings.headers_received = clock.seconds()
         exchange.status = response.code
         request.setResponseCode(response.code, response.phrase or None)
-        # Relay exactly the provider's headers; no default content type.
-        request.defaultContentType = None
-        for name, values in relayed_response_headers(response.headers):
-            request.responseHeaders.setRawHeaders(name, values)
+        translator = self._translation(view, provider)
+        relay: RelayProtocol
+        capture: ResponseCapture | None
+        if translator is not None:
+            relay, capture = self._translating_relay(request, exchange, view, provider, response, translator)
+        else:
+            # Relay exactly the provider's headers; no default content type.
+            request.defaultContentType = None
+            for name, values in relayed_response_headers(response.headers):
+                request.responseHeaders.setRawHeaders(name, values)
 
-        capture = None
-        if view.dialect is not None:
-            capture = ResponseCapture(
-                view.dialect,
-                streaming=view.stream,
-                content_type=first_value(response.headers, b"content-type"),
-                content_encoding=first_value(response.headers, b"content-encoding"),
-                on_event=self.request_log.listener(exchange) if self.request_log is not None else None,
-            )
-        on_chunk = capture.feed if capture is not None else _ignore
-        relay = RelayProtocol(request, clock, on_chunk, idle_timeout=_idle_timeout(provider))
+            capture = None
+            if view.dialect is not None:
+                capture = ResponseCapture(
+                    view.dialect,
+                    streaming=view.stream,
+                    content_type=first_value(response.headers, b"content-type"),
+                    content_encoding=first_value(response.headers, b"content-encoding"),
+                    on_event=self.request_log.listener(exchange) if self.request_log is not None else None,
+                )
+            on_chunk = capture.feed if capture is not None else _ignore
+            relay = RelayProtocol(request, clock, on_chunk, idle_timeout=_idle_timeout(provider))
         flight.relay = relay
         if flight.cut_requested:
             relay.cut_by_gateway = True
@@ -642,6 +690,11 @@ class GatewayApp:
             verdict.error,
             verdict.error_type,
         )
+        if isinstance(relay, TranslatingRelay) and relay.translation_error is not None:
+            exchange.error = relay.translation_error
+            if verdict.outcome == "ok":
+                exchange.outcome = "gateway_error"
+                exchange.status = 502
         if verdict.complete:
             # The client gets the end of its response before any bookkeeping.
             timings.finished = clock.seconds()
@@ -660,6 +713,7 @@ class GatewayApp:
         query: bytes,
         plan: Plan,
         router: Router,
+        translate: bool = True,
     ) -> tuple[Any, IProvider]:
         """
         The send step with routing: try the plan's attempts in order, retry
@@ -676,6 +730,34 @@ class GatewayApp:
         while index < len(attempts):
             attempt = attempts[index]
             provider = self.providers[attempt.provider_name]
+            # Translated before the breaker is asked: a request that cannot
+            # be translated is the client's 400, and no probe slot is taken.
+            translator = self._translation(view, provider)
+            if translator is not None:
+                if not translate:
+                    raise NoTranslator(
+                        f"provider {provider.name!r} needs translation, which the WebSocket transport does "
+                        "not offer; use HTTP streaming"
+                    )
+                if exchange.kind == "count_tokens":
+                    raise _EstimateLocally(provider)
+                path, headers, payload = self._translated_request(
+                    request, exchange, provider, translator,
+                    self._attempt_source(view, body, plan, router, index, first_failure),
+                    attempt.model,
+                )
+                attempt_query = b""
+            else:
+                exchange.upstream_body = exchange.upstream_path = None
+                path, attempt_query = exchange.path, query
+                payload = body
+                if attempt.model and view.json is not None and view.model != attempt.model:
+                    payload = replace_model(payload, attempt.model)
+                if index > 0 and first_failure is not None:
+                    notice = router.switch_notice(plan, index, first_failure, view.model or "")
+                    if notice:
+                        payload = inject_switch_notice(view.dialect, payload, notice)
+                headers = upstream_request_headers(request.requestHeaders)
             if not router.acquire(attempt):
                 outcome = Outcome(error=CIRCUIT_OPEN, detail="circuit breaker open")
                 exchange.attempts.append(_attempt_record(attempt, outcome, None))
@@ -685,16 +767,8 @@ class GatewayApp:
                 )
                 index, retries = index + 1, 0
                 continue
-            payload = body
-            if attempt.model and view.json is not None and view.model != attempt.model:
-                payload = replace_model(payload, attempt.model)
-            if index > 0 and first_failure is not None:
-                notice = router.switch_notice(plan, index, first_failure, view.model or "")
-                if notice:
-                    payload = inject_switch_notice(view.dialect, payload, notice)
             started = clock.seconds()
-            headers = upstream_request_headers(request.requestHeaders)
-            flight.sending = provider.request(request.method, exchange.path, query, headers, payload)
+            flight.sending = provider.request(request.method, path, attempt_query, headers, payload)
             response = None
             try:
                 response = await flight.sending
@@ -734,6 +808,127 @@ class GatewayApp:
             raise last_error
         raise NoProvider("no provider can take this request now")
 
+    # -- translation (the send and relay steps of a translated attempt) ----
+
+    def _translation(self, view: RequestView, provider: IProvider) -> Translator | None:
+        """The translator an attempt on C{provider} needs (C{None}: passthrough); raises L{NoTranslator}."""
+        if view.json is None:
+            return None
+        return translation_for(view.dialect, provider)
+
+    def _attempt_source(
+        self, view: RequestView, body: bytes, plan: Plan, router: Router, index: int, first_failure: Outcome | None
+    ) -> dict[str, Any]:
+        """
+        The client's request as JSON for a translated attempt: the parsed
+        body, unless the modify step changed the bytes (a marker stripped)
+        or a fallback adds the switch notice (both rare: parsed again).
+        """
+        changed = body
+        if index > 0 and first_failure is not None:
+            notice = router.switch_notice(plan, index, first_failure, view.model or "")
+            if notice:
+                changed = inject_switch_notice(view.dialect, changed, notice)
+        if changed is body and plan.marker is None and view.json is not None:
+            return view.json
+        parsed = json.loads(changed)
+        return parsed if isinstance(parsed, dict) else {}
+
+    def _translated_request(
+        self,
+        request: Any,
+        exchange: Exchange,
+        provider: IProvider,
+        translator: Translator,
+        source: dict[str, Any],
+        model: str | None,
+    ) -> tuple[str, Any, bytes]:
+        """
+        The provider's request for a translated attempt: (path, headers,
+        body).  Raises L{lunaroute.dialects.translate.errors.UntranslatableField}
+        (a 400 naming the field; nothing sent).  The exchange keeps the
+        provider's view (C{upstream_body}, C{upstream_path}).
+        """
+        dropped: list[str] = []
+        payload = encode_body(translator.request(source, model, dropped))
+        if dropped:
+            log.debug(
+                "translating {source} to {target} for {provider} dropped {fields}",
+                source=translator.source, target=translator.target, provider=provider.name,
+                fields=", ".join(dropped[:20]),
+            )
+        if not getattr(provider, "has_server_key", True) and provider.name not in self._warned_keyless:
+            self._warned_keyless.add(provider.name)
+            log.warn(
+                "provider {provider} has no api_key: translated {source} requests go to it without "
+                "credentials (the client's are never sent to another dialect's provider); fine for "
+                "Ollama or vLLM, an error for a provider that needs a key",
+                provider=provider.name, source=translator.source,
+            )
+        exchange.upstream_body = payload
+        exchange.upstream_path = translator.target_path
+        headers = translated_request_headers(request.requestHeaders, translator.source, translator.target)
+        return translator.target_path, headers, payload
+
+    def _translating_relay(
+        self,
+        request: Any,
+        exchange: Exchange,
+        view: RequestView,
+        provider: IProvider,
+        response: Any,
+        translator: Translator,
+    ) -> tuple[TranslatingRelay, ResponseCapture]:
+        """
+        Headers and relay for a translated attempt's answer: the client gets
+        its own content type; the capture reads the provider's dialect (its
+        usage, its model, for the record and the cost).
+        """
+        content_type = first_value(response.headers, b"content-type")
+        content_encoding = first_value(response.headers, b"content-encoding")
+        streaming = 200 <= response.code < 300 and (content_type or "").lower().startswith("text/event-stream")
+        request.defaultContentType = None
+        for name, values in translated_response_headers(response.headers):
+            request.responseHeaders.setRawHeaders(name, values)
+        request.setHeader(b"content-type", b"text/event-stream" if streaming else b"application/json")
+        if streaming:
+            request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-lunaroute-translated", f"{translator.source}->{translator.target}".encode())
+        capture = ResponseCapture(
+            translator.target,
+            streaming=view.stream,
+            content_type=content_type,
+            content_encoding=content_encoding,
+        )
+        hint = None
+        if not getattr(provider, "has_server_key", True):
+            hint = (
+                f"LunaRoute: provider {provider.name!r} has no api_key configured, and the client's "
+                f"{translator.source} credentials are never forwarded to a {translator.target} provider"
+            )
+        relay = TranslatingRelay(
+            request, self.clock, capture.feed, _idle_timeout(provider),
+            translator=translator, client_model=view.model or "", status=response.code,
+            streaming=streaming, content_encoding=content_encoding, no_key_hint=hint,
+        )
+        return relay, capture
+
+    def _estimate_tokens(self, request: Any, exchange: Exchange, view: RequestView, provider: IProvider) -> bytes:
+        """
+        C{count_tokens} for a provider without one: answered here with an
+        estimate (L{estimate_input_tokens}), marked so in a header and in
+        the record's response headers.
+        """
+        tokens = estimate_input_tokens(view.json or {})
+        exchange.provider = provider.name
+        exchange.status = 200
+        exchange.upstream_body = exchange.upstream_path = None
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"x-lunaroute-estimated", b"true")
+        exchange.response_headers = {"content-type": "application/json", "x-lunaroute-estimated": "true"}
+        return encode_json({"input_tokens": tokens})
+
     async def _end_incomplete(self, request: Any, gone: list[bool]) -> None:
         """
         End a response whose body is incomplete: the client first gets every
@@ -772,7 +967,7 @@ class GatewayApp:
         timings = exchange.timings
         timings.first_byte = relay.first_byte
         timings.last_byte = relay.last_byte
-        exchange.bytes_out = relay.bytes
+        exchange.bytes_out = relay.client_bytes if isinstance(relay, TranslatingRelay) else relay.bytes
         exchange.chunk_count = relay.chunks
         exchange.chunk_gaps_ms = relay.gaps_ms
         if capture is not None:
@@ -861,6 +1056,14 @@ class GatewayApp:
         """Cut every in-flight request now (shutdown deadline, or a second stop signal)."""
         for flight in list(self.in_flight.values()):
             flight.cut()
+
+
+class _EstimateLocally(Exception):
+    """The send step's answer to C{count_tokens} for a provider that has none: estimate here."""
+
+    def __init__(self, provider: IProvider) -> None:
+        super().__init__(provider.name)
+        self.provider = provider
 
 
 def _observe(d: defer.Deferred[None]) -> defer.Deferred[None]:
