@@ -171,9 +171,15 @@ class TranslatingRelay(RelayProtocol):
         self._body: list[bytes] = []
         self._size = 0
         self._too_large = False
+        self._client_gone = False
+
+    def _cancel(self, d: Any) -> None:
+        # The client went away: nothing more is written to it.
+        self._client_gone = True
+        super()._cancel(d)
 
     def _write(self, data: bytes) -> None:
-        if data:
+        if data and not self._client_gone:
             self.client_bytes += len(data)
             self._request.write(data)
 
@@ -222,6 +228,8 @@ class TranslatingRelay(RelayProtocol):
                 self._write(stream.feed(parsed))
 
     def body_ended(self, reason: Failure) -> None:
+        if self._client_gone:
+            return
         if self._stream is not None:
             try:
                 if self.translation_error is None:
