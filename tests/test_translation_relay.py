@@ -336,16 +336,15 @@ class ClientRequest:
         self.code = code
 
 
-def relay(clock: Clock | None = None, streaming: bool = True, **kwargs: Any) -> tuple[TranslatingRelay, ClientRequest, Response, list[bytes]]:
+def relay(clock: Clock | None = None, streaming: bool = True, **kwargs: Any) -> tuple[TranslatingRelay, ClientRequest, Response]:
     request = ClientRequest()
-    tapped: list[bytes] = []
     protocol = TranslatingRelay(
-        request, clock or Clock(), tapped.append, 60.0, translator=MESSAGES_TO_CHAT, client_model="claude-x",
-        status=kwargs.pop("status", 200), streaming=streaming, content_encoding=None, **kwargs,
+        request, clock or Clock(), 60.0, translator=MESSAGES_TO_CHAT, client_model="claude-x",
+        status=kwargs.pop("status", 200), streaming=streaming, **kwargs,
     )
     response = Response(body=None)
     response.deliverBody(protocol)
-    return protocol, request, response, tapped
+    return protocol, request, response
 
 
 def events(data: bytes) -> list[str]:
@@ -355,10 +354,10 @@ def events(data: bytes) -> list[str]:
 def test_each_provider_event_is_sent_at_once_with_backpressure() -> None:
     """
     The first delta reaches the client when its chunk arrives, even split
-    across reads; the upstream transport is the client's producer; the tap
-    sees the provider's own bytes.
+    across reads; the upstream transport is the client's producer; the
+    capture rebuilds the provider's answer (its model and usage).
     """
-    protocol, request, response, tapped = relay()
+    protocol, request, response = relay()
     assert request.producer is response.transport
     first = sse(chunk({"role": "assistant", "content": "Hel"}))
     protocol.dataReceived(first[:10])
@@ -367,16 +366,21 @@ def test_each_provider_event_is_sent_at_once_with_backpressure() -> None:
     assert events(b"".join(request.writes)) == ["message_start", "content_block_start", "content_block_delta"]
     protocol.dataReceived(sse(chunk({"content": "lo"})))
     assert events(request.writes[-1]) == ["content_block_delta"]
-    protocol.dataReceived(sse(chunk({}, "stop"), chunk({}, None, {"prompt_tokens": 3, "completion_tokens": 2}), "[DONE]"))
+    protocol.dataReceived(sse(chunk({}, "stop"), chunk({}, None, {"prompt_tokens": 3, "completion_tokens": 2})))
+    assert events(request.writes[-1]) == ["content_block_stop"]
+    protocol.dataReceived(sse("[DONE]"))
+    # The terminator is translated when it arrives, not when the body ends.
+    assert events(request.writes[-1]) == ["message_delta", "message_stop"]
     protocol.connectionLost(Failure(ResponseDone()))
     sent = b"".join(request.writes)
-    assert events(sent)[-3:] == ["content_block_stop", "message_delta", "message_stop"]
-    assert protocol.client_bytes == len(sent) and protocol.failure is None
-    assert b"".join(tapped).startswith(first) and request.producer is None
+    assert b'"output_tokens":2' in request.writes[-1]
+    assert protocol.client_bytes == len(sent) and protocol.failure is None and request.producer is None
+    summary = protocol.capture.finish()
+    assert summary.model == "gpt-5" and summary.text == "Hello" and summary.usage.input_tokens == 3
 
 
 def test_a_provider_drop_mid_stream_ends_with_an_error_event() -> None:
-    protocol, request, _, _ = relay()
+    protocol, request, _ = relay()
     protocol.dataReceived(sse(chunk({"role": "assistant", "content": "partial"})))
     protocol.connectionLost(Failure(ResponseFailed([Failure(error.ConnectionLost())])))
     sent = b"".join(request.writes)
@@ -386,7 +390,7 @@ def test_a_provider_drop_mid_stream_ends_with_an_error_event() -> None:
 
 def test_a_silent_provider_is_cut_after_the_idle_timeout_with_an_error_event() -> None:
     clock = Clock()
-    protocol, request, response, _ = relay(clock)
+    protocol, request, response = relay(clock)
     protocol.dataReceived(sse(chunk({"role": "assistant", "content": "a"})))
     clock.advance(59)
     assert not response.transport.stopped
@@ -396,7 +400,7 @@ def test_a_silent_provider_is_cut_after_the_idle_timeout_with_an_error_event() -
 
 
 def test_a_client_that_leaves_stops_the_provider_and_gets_nothing_more() -> None:
-    protocol, request, response, _ = relay()
+    protocol, request, response = relay()
     protocol.dataReceived(sse(chunk({"role": "assistant", "content": "a"})))
     before = len(request.writes)
     protocol.done.cancel()
@@ -406,7 +410,7 @@ def test_a_client_that_leaves_stops_the_provider_and_gets_nothing_more() -> None
 
 def test_a_provider_error_body_keeps_its_status() -> None:
     """A non-2xx JSON error is translated once, at the end, with the provider's status."""
-    protocol, request, _, _ = relay(streaming=False, status=529)
+    protocol, request, _ = relay(streaming=False, status=529)
     protocol.dataReceived(b'{"error":{"message":"busy"}}')
     assert request.writes == []
     protocol.connectionLost(Failure(ResponseDone()))
@@ -414,7 +418,7 @@ def test_a_provider_error_body_keeps_its_status() -> None:
 
 
 def test_an_unreadable_success_body_is_a_502() -> None:
-    protocol, request, _, _ = relay(streaming=False)
+    protocol, request, _ = relay(streaming=False)
     protocol.dataReceived(b"<html>oops</html>")
     protocol.connectionLost(Failure(ResponseDone()))
     assert request.code == 502 and protocol.translation_error is not None
@@ -422,7 +426,7 @@ def test_an_unreadable_success_body_is_a_502() -> None:
 
 
 def test_a_json_answer_over_the_limit_is_a_502() -> None:
-    protocol, request, _, _ = relay(streaming=False, max_json_bytes=10)
+    protocol, request, _ = relay(streaming=False, max_json_bytes=10)
     protocol.dataReceived(CHAT_OK)
     protocol.connectionLost(Failure(ResponseDone()))
     assert request.code == 502 and b"exceeds" in b"".join(request.writes)

@@ -894,12 +894,6 @@ class GatewayApp:
         if streaming:
             request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-lunaroute-translated", f"{translator.source}->{translator.target}".encode())
-        capture = ResponseCapture(
-            translator.target,
-            streaming=view.stream,
-            content_type=content_type,
-            content_encoding=content_encoding,
-        )
         hint = None
         if not getattr(provider, "has_server_key", True):
             hint = (
@@ -907,10 +901,11 @@ class GatewayApp:
                 f"{translator.source} credentials are never forwarded to a {translator.target} provider"
             )
         relay = TranslatingRelay(
-            request, self.clock, capture.feed, _idle_timeout(provider),
+            request, self.clock, _idle_timeout(provider),
             translator=translator, client_model=view.model or "", status=response.code,
-            streaming=streaming, content_encoding=content_encoding, no_key_hint=hint,
+            streaming=streaming, content_type=content_type, content_encoding=content_encoding, no_key_hint=hint,
         )
+        capture = relay.capture
         return relay, capture
 
     def _estimate_tokens(self, request: Any, exchange: Exchange, view: RequestView, provider: IProvider) -> bytes:

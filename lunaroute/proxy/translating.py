@@ -23,7 +23,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from lunaroute.dialects.sse import SSEParser
+from lunaroute.dialects.capture import ResponseCapture
+from lunaroute.dialects.sse import SSEEvent
 from lunaroute.dialects.translate.base import StreamTranslator, Translator
 from lunaroute.logs import log_observer
 from lunaroute.proxy.headers import HOP_BY_HOP
@@ -44,6 +45,9 @@ __all__ = [
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
 ANTHROPIC_VERSION = b"2023-06-01"
+
+_DONE = b"data: [DONE]"
+_NL_DONE = b"\n" + _DONE
 
 # Client headers a translated request keeps: nothing dialect-specific and
 # never a credential meant for the other dialect's provider.
@@ -133,41 +137,53 @@ def _decoder(content_encoding: str | None) -> _Inflate | None:
 class TranslatingRelay(RelayProtocol):
     """
     The relay of a translated attempt: everything L{RelayProtocol} does
-    (backpressure, idle timeout, disconnects, the tap on the provider's own
-    bytes), but what reaches the client is the translator's output.
+    (backpressure, idle timeout, disconnects), but what reaches the client
+    is the translator's output.
 
-    A stream (C{text/event-stream} with a 2xx) goes event by event through
-    C{translator.stream(client_model)}; anything else is read whole and
-    answered once with C{translator.response} (2xx) or C{translator.error}
-    (same status).  C{client_bytes} counts what the client got.
+    The provider's bytes go to C{capture} (a L{ResponseCapture} of the
+    provider's dialect, for the record: its usage, its model) as they
+    arrive.  For a stream (C{text/event-stream} with a 2xx) the capture's
+    parsed events also drive C{translator.stream(client_model)}, so each
+    event is parsed once and its translation written at once; anything
+    else is read whole (bounded) and answered once with
+    C{translator.response} (2xx) or C{translator.error} (same status).
+    C{client_bytes} counts what the client got.
     """
 
     def __init__(
         self,
         request: Any,
         clock: IReactorTime,
-        on_chunk: Any,
         idle_timeout: float,
         *,
         translator: Translator,
         client_model: str,
         status: int,
         streaming: bool,
-        content_encoding: str | None,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
         no_key_hint: str | None = None,
         max_json_bytes: int = MAX_JSON_BYTES,
     ) -> None:
-        super().__init__(request, clock, on_chunk, idle_timeout)
+        super().__init__(request, clock, _ignore, idle_timeout)
         self._translator = translator
         self._client_model = client_model
         self._status = status
-        self._decode = _decoder(content_encoding)
         self._hint = no_key_hint
         self._max = max_json_bytes
         self.client_bytes = 0
         self.translation_error: str | None = None
         self._stream: StreamTranslator | None = translator.stream(client_model) if streaming else None
-        self._parser = SSEParser()
+        if content_type is None:
+            content_type = "text/event-stream" if streaming else "application/json"
+        self.capture = ResponseCapture(
+            translator.target,
+            streaming=streaming,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            on_event=self._on_event if self._stream is not None else None,
+        )
+        self._decode = _decoder(content_encoding) if self._stream is None else None
         self._body: list[bytes] = []
         self._size = 0
         self._too_large = False
@@ -184,23 +200,42 @@ class TranslatingRelay(RelayProtocol):
             self._request.write(data)
 
     def deliver(self, data: bytes) -> None:
+        # The capture never raises; for a stream it calls _on_event.
+        self.capture.feed(data)
+        if self._stream is not None:
+            # The capture does not hand "[DONE]" on; a line that starts with
+            # it (no JSON string holds a raw newline) is OpenAI's terminator.
+            # One split across reads is left to close(), which ends the same.
+            if data.startswith(_DONE) or _NL_DONE in data:
+                self._on_event(None, "[DONE]")
+            return
+        if self._too_large:
+            return
         try:
             if self._decode is not None:
                 data = self._decode(data)
-            if self._stream is not None:
-                self._feed_events(self._parser.feed(data))
-            elif not self._too_large:
-                self._size += len(data)
-                if self._size > self._max:
-                    self._too_large = True
-                    self._body = []
-                else:
-                    self._body.append(data)
         except Exception:
-            # A bug or an unreadable body: stop the provider; the client's
-            # stream ends with an error event (body_ended).
-            log.failure("translating the provider's answer failed")
-            self.translation_error = "the gateway could not translate the provider's answer"
+            self.translation_error = "the provider's answer could not be decoded"
+            self.cut_translation()
+            return
+        self._size += len(data)
+        if self._size > self._max:
+            self._too_large = True
+            self._body = []
+        else:
+            self._body.append(data)
+
+    def _on_event(self, event: SSEEvent | None, data: dict[str, Any] | str) -> None:
+        stream = self._stream
+        if stream is None or self.translation_error is not None:
+            return
+        try:
+            self._write(stream.feed(data))
+        except Exception:
+            # A translator bug: stop the provider; the client's stream ends
+            # with an error event (body_ended).
+            log.failure("translating the provider's stream failed")
+            self.translation_error = "the gateway could not translate the provider's stream"
             self.cut_translation()
 
     def cut_translation(self) -> None:
@@ -209,33 +244,15 @@ class TranslatingRelay(RelayProtocol):
         if transport is not None:
             transport.stopProducing()
 
-    def _feed_events(self, events: Any) -> None:
-        stream = self._stream
-        assert stream is not None
-        for event in events:
-            payload = event.data.strip()
-            if not payload:
-                continue
-            if payload == "[DONE]":
-                self._write(stream.feed("[DONE]"))
-                continue
-            try:
-                parsed = json.loads(payload)
-            except ValueError:
-                log.warn("skipping an unreadable provider stream event")
-                continue
-            if isinstance(parsed, dict):
-                self._write(stream.feed(parsed))
-
     def body_ended(self, reason: Failure) -> None:
         if self._client_gone:
             return
         if self._stream is not None:
-            try:
-                if self.translation_error is None:
-                    self._feed_events(self._parser.close())
-            except Exception:
-                log.failure("translating the end of the provider's stream failed")
+            # The capture's last events (a tail without a blank line), then
+            # the end: the provider's "[DONE]" is not an event the capture
+            # hands on, and close() finishes a stream that had its finish
+            # reason, or reports one cut short.
+            self.capture.finish()
             self._write(self._stream.close())
             return
         self._write(self._json_answer())
@@ -273,6 +290,10 @@ def _append_hint(answer: dict[str, Any], hint: str) -> None:
     if isinstance(error, dict):
         message = error.get("message")
         error["message"] = f"{message} ({hint})" if message else hint
+
+
+def _ignore(data: bytes) -> None:
+    pass
 
 
 def encode_json(body: dict[str, Any]) -> bytes:
