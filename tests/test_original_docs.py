@@ -325,7 +325,7 @@ EXAMPLES_PENDING = {
 
 
 def test_the_guide_names_only_examples_we_ship() -> None:
-    """Every examples/configs/<name> the guide mentions exists, plus one per routing strategy."""
+    """Every examples/configs/<name> the guide mentions exists, plus one per routing strategy and Claude Code on OpenAI."""
     guide = (ORIGINAL / GUIDE).read_text()
     named = set(re.findall(r"examples/configs/([\w.-]+\.yaml)", guide))
     named |= {f"{name}.yaml" for name in re.findall(r"^# ([\w-]+)\.yaml$", guide, re.M)}
@@ -337,7 +337,8 @@ def test_the_guide_names_only_examples_we_ship() -> None:
         "multi-provider.yaml",
     }
     shipped = {path.name for path in EXAMPLES}
-    assert named | {"round_robin.yaml", "weighted_round_robin.yaml", "limits_alternative.yaml"} == shipped
+    ours = {"round_robin.yaml", "weighted_round_robin.yaml", "limits_alternative.yaml", "claude-code-on-openai.yaml"}
+    assert named | ours == shipped
 
 
 def test_examples_shown_in_the_guide_are_copied_as_shown() -> None:
