@@ -1930,6 +1930,31 @@ def _onoff(flag: bool) -> str:
     return "on" if flag else "off"
 
 
+def _translation_lines(settings: Settings) -> list[str]:
+    """
+    A line for each served dialect with no provider of its own that the
+    other dialect's provider serves through translation (saying when that
+    provider has no key: the client's credentials are never forwarded).
+    """
+    from lunaroute.routing.translation import default_provider
+
+    lines = []
+    for listener, source in (("anthropic", "anthropic"), ("openai", "openai_chat")):
+        if settings.api_dialect not in (listener, "both") or settings.provider_for(listener) is not None:
+            continue
+        other = default_provider(settings, listener, source)
+        if other is None:
+            continue
+        line = f"translation: {listener} requests go to provider {other.name} ({other.provider_type}), translated"
+        if not other.api_key:
+            line += (
+                f"; it has no api_key, so they are sent without credentials (the client's {listener} "
+                "credentials are never forwarded to another dialect's provider)"
+            )
+        lines.append(line)
+    return lines
+
+
 def setting_lines(settings: Settings) -> list[str]:
     """A short human-readable summary for the startup log; secrets masked."""
     config = settings.source or "none (built-in defaults)"
@@ -1949,12 +1974,17 @@ def setting_lines(settings: Settings) -> list[str]:
             else "client credentials forwarded"
         )
         model = f", model {provider.model}" if provider.model else ""
+        if provider.model_map:
+            model += f", model_map of {len(provider.model_map)}"
+        if provider.provider_type == "openai" and not provider.supports_responses:
+            model += ", no Responses API"
         client = provider.http_client
         lines.append(
             f"provider {provider.name} ({provider.provider_type}): {provider.base_url}, {key}{model}, "
             f"timeout {client.timeout_secs:g}s, connect {client.connect_timeout_secs:g}s, "
             f"retries {client.max_retries}"
         )
+    lines.extend(_translation_lines(settings))
     routing = settings.routing
     if routing:
         names = ", ".join(rule.name for rule in routing.rules) or "no rules"

@@ -430,3 +430,80 @@ def test_a_json_answer_over_the_limit_is_a_502() -> None:
     protocol.dataReceived(CHAT_OK)
     protocol.connectionLost(Failure(ResponseDone()))
     assert request.code == 502 and b"exceeds" in b"".join(request.writes)
+
+
+# -- classification and the other entry points ------------------------------
+
+
+class StreamResponse(Response):
+    """A Chat stream that ends with C{end} (a clean end, or a cut connection)."""
+
+    def __init__(self, body: bytes, end: Failure) -> None:
+        super().__init__(200, None, {b"content-type": [b"text/event-stream"]})
+        self.stream_body = body
+        self.end = end
+
+    def deliverBody(self, protocol: Any) -> None:
+        super().deliverBody(protocol)
+        protocol.dataReceived(self.stream_body)
+        protocol.connectionLost(self.end)
+
+
+STREAM_BODY = b'{"model":"claude-x","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
+
+
+def test_a_provider_error_event_is_classified_from_the_providers_stream() -> None:
+    """The capture reads the provider's dialect: its mid-stream error is the exchange's upstream_error."""
+    body = sse(chunk({"role": "assistant", "content": "a"}), {"error": {"message": "overloaded now", "type": "overloaded_error"}})
+    gateway = Gateway(OPENAI_ONLY, StreamResponse(body, Failure(ResponseDone())))
+    status, headers, answer = gateway.post("/v1/messages", STREAM_BODY)
+    assert status == 200 and headers.getRawHeaders(b"content-type") == [b"text/event-stream"]
+    assert events(answer)[-1] == "error" and b"overloaded_error" in answer
+    [exchange] = gateway.exchanges
+    assert exchange.outcome == "upstream_error" and exchange.error_type == "overloaded_error"
+    assert exchange.response is not None and exchange.response.dialect == "openai_chat"
+
+
+def test_a_cut_provider_stream_is_a_stream_error_on_the_record() -> None:
+    body = sse(chunk({"role": "assistant", "content": "partial"}))
+    cut = Failure(ResponseFailed([Failure(error.ConnectionLost())]))
+    gateway = Gateway(OPENAI_ONLY, StreamResponse(body, cut))
+    d = gateway.stub.request("POST", "http://gateway.test/v1/messages", data=STREAM_BODY)
+    gateway.stub.flush()
+    del d
+    [exchange] = gateway.exchanges
+    assert exchange.outcome == "stream_error" and "reset the connection" in (exchange.error or "")
+    assert exchange.bytes_out > 0 and exchange.upstream_path == "/v1/chat/completions"
+
+
+def test_count_tokens_through_a_routing_rule_is_estimated() -> None:
+    """With routing, an attempt on an OpenAI provider for count_tokens is answered locally too."""
+    gateway = Gateway(
+        {**OPENAI_ONLY, "anthropic": {"enabled": True, "base_url": "http://a.test"}},
+        Response(),
+    )
+    settings = settings_from_mapping(
+        {"providers": {"anthropic": {"base_url": "http://a.test"}, "openai": {"base_url": "http://o.test/v1"}},
+         "routing": {"rules": [{"name": "gpt", "listener": "anthropic", "primary": "openai"}]}},
+        env={},
+    )
+    from lunaroute.routing.plan import Router
+
+    gateway.app = GatewayApp(
+        settings, gateway.providers, gateway.clock, sinks=[gateway.exchanges.append],
+        router=Router(settings, gateway.providers, gateway.clock),
+    )
+    gateway.stub = StubTreq(gateway.app.resource())
+    status, headers, _ = gateway.post("/v1/messages/count_tokens", MESSAGES_BODY)
+    assert status == 200 and headers.getRawHeaders(b"x-lunaroute-estimated") == [b"true"]
+    assert gateway.providers["openai"].calls == [] and gateway.providers["anthropic"].calls == []
+    assert gateway.exchanges[0].provider == "openai"
+
+
+def test_readyz_names_the_provider_that_serves_a_dialect_through_translation() -> None:
+    gateway = Gateway(OPENAI_ONLY, Response())
+    out: list[Any] = []
+    d = gateway.stub.get("http://gateway.test/readyz")
+    d.addCallback(lambda r: treq.json_content(r).addCallback(out.append))
+    gateway.stub.flush()
+    assert out[0]["dialects"]["anthropic"]["provider"] == "openai"
