@@ -25,7 +25,7 @@ from zope.interface import implementer
 from lunaroute.config import settings_from_mapping
 from lunaroute.dialects.translate import base
 from lunaroute.dialects.translate.anthropic_to_chat import MESSAGES_TO_CHAT
-from lunaroute.exchange import Exchange
+from lunaroute.exchange import Exchange, Timings
 from lunaroute.interfaces import IProvider
 from lunaroute.proxy.app import GatewayApp
 from lunaroute.proxy.translating import TranslatingRelay, estimate_input_tokens, translated_request_headers
@@ -507,3 +507,44 @@ def test_readyz_names_the_provider_that_serves_a_dialect_through_translation() -
     d.addCallback(lambda r: treq.json_content(r).addCallback(out.append))
     gateway.stub.flush()
     assert out[0]["dialects"]["anthropic"]["provider"] == "openai"
+
+
+def test_websocket_turns_are_never_translated(registry: Any) -> None:
+    """
+    A Responses WebSocket turn whose attempt would need translation is
+    refused (NoTranslator, which the socket sends as an error frame) before
+    anything is sent, even with a translator registered.
+    """
+    from lunaroute.dialects.request_view import parse_request
+    from lunaroute.routing.plan import Router
+    from lunaroute.routing.translation import NoTranslator
+
+    base.register(StubResponsesToChat())
+    settings = settings_from_mapping(
+        {"providers": {"anthropic": {"enabled": False},
+                       "openai": {"base_url": "http://o.test/v1", "supports_responses": False}},
+         "routing": {"rules": [{"name": "all", "always": True, "primary": "openai"}]}},
+        env={},
+    )
+    clock = Clock()
+    providers = {"openai": Provider(settings.providers["openai"], Response())}
+    app = GatewayApp(settings, providers, clock, router=Router(settings, providers, clock))
+    body = b'{"model":"gpt-5-codex","input":"hi"}'
+    view = parse_request("openai_responses", body, lambda name: None)
+    plan = app.plan_turn(view, lambda name: None)
+    assert plan is not None
+
+    class Turn:
+        method = b"POST"
+        requestHeaders = Headers()
+        uri = b"/v1/responses"
+        sending = None
+
+    exchange = Exchange(
+        request_id="r", session_id="s", listener="openai", kind="conversation", dialect="openai_responses",
+        path="/v1/responses", method="POST", timings=Timings(0.0),
+    )
+    failures: list[Failure] = []
+    defer.ensureDeferred(app.send_turn(Turn(), Turn(), exchange, view, body, plan)).addErrback(failures.append)
+    assert failures and failures[0].check(NoTranslator)
+    assert "WebSocket" in str(failures[0].value) and providers["openai"].calls == []
