@@ -427,7 +427,9 @@ def test_an_unreadable_success_body_is_a_502() -> None:
 
 def test_a_json_answer_over_the_limit_is_a_502() -> None:
     protocol, request, _ = relay(streaming=False, max_json_bytes=10)
-    protocol.dataReceived(CHAT_OK)
+    protocol.dataReceived(CHAT_OK[:8])
+    protocol.dataReceived(CHAT_OK[8:])
+    protocol.dataReceived(b" ")
     protocol.connectionLost(Failure(ResponseDone()))
     assert request.code == 502 and b"exceeds" in b"".join(request.writes)
 
@@ -548,3 +550,58 @@ def test_websocket_turns_are_never_translated(registry: Any) -> None:
     defer.ensureDeferred(app.send_turn(Turn(), Turn(), exchange, view, body, plan)).addErrback(failures.append)
     assert failures and failures[0].check(NoTranslator)
     assert "WebSocket" in str(failures[0].value) and providers["openai"].calls == []
+
+
+class BrokenStream:
+    """A stream translator with a bug: its second event raises."""
+
+    finished = False
+
+    def __init__(self) -> None:
+        self.fed = 0
+
+    def feed(self, event: Any) -> bytes:
+        self.fed += 1
+        if self.fed == 2:
+            raise KeyError("bug")
+        return b"event: ok\ndata: {}\n\n"
+
+    def close(self) -> bytes:
+        return b"event: error\ndata: {}\n\n"
+
+
+class BrokenTranslator(StubResponsesToChat):
+    source = "anthropic"
+
+    def stream(self, client_model: str) -> Any:
+        return BrokenStream()
+
+
+def test_a_translator_bug_mid_stream_stops_the_provider_and_ends_with_an_error(logged_failures: Any) -> None:
+    """The failure is logged; the provider is cut; the client's stream ends with the translator's close()."""
+    logged_failures.expect(KeyError)
+    request = ClientRequest()
+    protocol = TranslatingRelay(
+        request, Clock(), 60.0, translator=BrokenTranslator(), client_model="x", status=200, streaming=True,
+    )
+    response = Response(body=None)
+    response.deliverBody(protocol)
+    protocol.dataReceived(sse(chunk({"content": "a"}), chunk({"content": "b"}), chunk({"content": "c"})))
+    assert response.transport.stopped and protocol.translation_error is not None
+    assert events(b"".join(request.writes)) == ["ok", "error"]
+
+
+def test_a_corrupt_gzip_answer_is_a_502() -> None:
+    protocol, request, _ = relay(streaming=False, content_encoding="gzip")
+    protocol.dataReceived(b"\x1f\x8b\x08\x00garbage-that-is-not-deflate")
+    protocol.connectionLost(Failure(ResponseDone()))
+    assert request.code == 502 and protocol.translation_error == "the provider's answer could not be decoded"
+
+
+def test_an_unreadable_answer_through_the_gateway_is_a_gateway_error_on_the_record() -> None:
+    gateway = Gateway(OPENAI_ONLY, Response(200, b"<html>oops</html>"))
+    status, _, answer = gateway.post("/v1/messages", MESSAGES_BODY)
+    assert status == 502 and json.loads(answer)["type"] == "error"
+    [exchange] = gateway.exchanges
+    assert exchange.outcome == "gateway_error" and exchange.status == 502
+    assert exchange.error == "the provider's answer is not a JSON object"
