@@ -253,3 +253,22 @@ async def test_a_translated_exchange_is_recorded_with_both_views(fake, start_gat
         "SELECT model_used, provider, estimated_cost_usd FROM sessions WHERE session_id = ?", (SESSION,)
     ).fetchone()
     assert row[0] == "gpt-5" and row[1] == "openai" and row[2] == pytest.approx(expected)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_marker_sends_claude_code_to_the_openai_provider_translated(fake, start_gateway):
+    """[LUNAROUTE:openai] in Claude Code's turn: translated for the OpenAI provider, the marker stripped."""
+    gateway = await start_gateway(
+        fake, providers={"openai": {"api_key": SERVER_KEY, "model": "gpt-5"}}, routing={"rules": []}
+    )
+    message = await in_thread(
+        client(gateway).messages.create, model="claude-sonnet-4-5", max_tokens=32,
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "<system-reminder>[LUNAROUTE:openai]</system-reminder>"},
+            {"type": "text", "text": "hello there"},
+        ]}],
+    )
+    assert message.content[0].text == fake.reply_text
+    [sent] = fake.requests
+    assert sent.path == "/v1/chat/completions" and sent.json["model"] == "gpt-5"
+    assert sent.json["messages"] == [{"role": "user", "content": "hello there"}]
