@@ -730,34 +730,11 @@ class GatewayApp:
         while index < len(attempts):
             attempt = attempts[index]
             provider = self.providers[attempt.provider_name]
-            # Translated before the breaker is asked: a request that cannot
-            # be translated is the client's 400, and no probe slot is taken.
-            translator = self._translation(view, provider)
-            if translator is not None:
-                if not translate:
-                    raise NoTranslator(
-                        f"provider {provider.name!r} needs translation, which the WebSocket transport does "
-                        "not offer; use HTTP streaming"
-                    )
-                if exchange.kind == "count_tokens":
-                    raise _EstimateLocally(provider)
-                path, headers, payload = self._translated_request(
-                    request, exchange, provider, translator,
-                    self._attempt_source(view, body, plan, router, index, first_failure),
-                    attempt.model,
-                )
-                attempt_query = b""
-            else:
-                exchange.upstream_body = exchange.upstream_path = None
-                path, attempt_query = exchange.path, query
-                payload = body
-                if attempt.model and view.json is not None and view.model != attempt.model:
-                    payload = replace_model(payload, attempt.model)
-                if index > 0 and first_failure is not None:
-                    notice = router.switch_notice(plan, index, first_failure, view.model or "")
-                    if notice:
-                        payload = inject_switch_notice(view.dialect, payload, notice)
-                headers = upstream_request_headers(request.requestHeaders)
+            # Built before the breaker is asked: a request that cannot be
+            # translated is the client's 400, and no probe slot is taken.
+            path, attempt_query, headers, payload = self._attempt_request(
+                request, exchange, view, provider, body, query, plan, router, index, first_failure, translate
+            )
             if not router.acquire(attempt):
                 outcome = Outcome(error=CIRCUIT_OPEN, detail="circuit breaker open")
                 exchange.attempts.append(_attempt_record(attempt, outcome, None))
@@ -807,6 +784,54 @@ class GatewayApp:
         if last_error is not None:
             raise last_error
         raise NoProvider("no provider can take this request now")
+
+    def _attempt_request(
+        self,
+        request: Any,
+        exchange: Exchange,
+        view: RequestView,
+        provider: IProvider,
+        body: bytes,
+        query: bytes,
+        plan: Plan,
+        router: Router,
+        index: int,
+        first_failure: Outcome | None,
+        translate: bool = True,
+    ) -> tuple[str, bytes, Any, bytes]:
+        """
+        What attempt C{index} of C{plan} sends to C{provider}: (path, query,
+        headers, body).  Passthrough: the client's bytes with the attempt's
+        model and, on a fallback, the switch notice.  Translated: the
+        translator's request (L{_translated_request}).  Raises
+        L{NoTranslator} (a WebSocket turn: C{translate} false),
+        L{lunaroute.dialects.translate.errors.UntranslatableField}, or
+        L{_EstimateLocally} (C{count_tokens} for a provider without one).
+        """
+        attempt = plan.attempts[index]
+        translator = self._translation(view, provider)
+        if translator is not None:
+            if not translate:
+                raise NoTranslator(
+                    f"provider {provider.name!r} needs translation, which the WebSocket transport does "
+                    "not offer; use HTTP streaming"
+                )
+            if exchange.kind == "count_tokens":
+                raise _EstimateLocally(provider)
+            source = self._attempt_source(view, body, plan, router, index, first_failure)
+            path, headers, payload = self._translated_request(
+                request, exchange, provider, translator, source, attempt.model
+            )
+            return path, b"", headers, payload
+        exchange.upstream_body = exchange.upstream_path = None
+        payload = body
+        if attempt.model and view.json is not None and view.model != attempt.model:
+            payload = replace_model(payload, attempt.model)
+        if index > 0 and first_failure is not None:
+            notice = router.switch_notice(plan, index, first_failure, view.model or "")
+            if notice:
+                payload = inject_switch_notice(view.dialect, payload, notice)
+        return exchange.path, query, upstream_request_headers(request.requestHeaders), payload
 
     # -- translation (the send and relay steps of a translated attempt) ----
 
