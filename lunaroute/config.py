@@ -65,7 +65,6 @@ __all__ = [
     "load_settings",
     "ui_unavailable_reason",
     "mask_secret",
-    "pending_feature_warnings",
     "shipped_examples_dir",
     "setting_lines",
     "settings_from_mapping",
@@ -142,6 +141,12 @@ class ProviderSettings:
     # this provider serves a request another one failed (a template:
     # ${original_provider}, ${new_provider}, ${reason}, ${model}).
     switch_notification_message: str | None = None
+    # Client model -> the model to ask this provider for (a rule's own
+    # model_map wins; then this; then ``model``).  See docs/routing.md.
+    model_map: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+    # An OpenAI-compatible server without the Responses API (most of them):
+    # Responses requests sent here are translated to Chat Completions.
+    supports_responses: bool = True
 
     @property
     def has_api_key(self) -> bool:
@@ -158,7 +163,8 @@ class ProviderSettings:
             # Header values may hold credentials: names only.
             f"request_headers={sorted(self.request_headers)!r}, "
             f"request_body={self.request_body!r}, "
-            f"switch_notification_message={self.switch_notification_message!r})"
+            f"switch_notification_message={self.switch_notification_message!r}, "
+            f"model_map={dict(self.model_map)!r}, supports_responses={self.supports_responses!r})"
         )
 
 
@@ -368,6 +374,9 @@ class RuleSettings:
     primary_providers: tuple[str, ...] = ()
     alternative_providers: tuple[str, ...] = ()
     exponential_backoff_base_secs: float = 60.0
+    # Client model -> provider model for this rule's attempts (wins over the
+    # provider's own model_map and model).
+    model_map: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -639,6 +648,8 @@ _PROVIDER_KEYS = (
     "request_headers",
     "request_body",
     "switch_notification_message",
+    "model_map",
+    "supports_responses",
 )
 # Provider keys whose strings are templates filled per request
 # (${session_id}, ${model}, ${new_provider}...): ${VAR} expansion leaves
@@ -684,6 +695,7 @@ _RULE_KEYS = (
     "primary_providers",
     "alternative_providers",
     "exponential_backoff_base_secs",
+    "model_map",
 )
 # What each strategy needs besides itself.
 _STRATEGY_NEEDS = {
@@ -1214,8 +1226,23 @@ def _build_providers(layers: _Layers) -> dict[str, ProviderSettings]:
             ),
             request_body=_build_request_body(layers.values.get((*path, "request_body"), {}), (*path, "request_body")),
             switch_notification_message=layers.get((*path, "switch_notification_message"), None, _optional_text),
+            model_map=_build_model_map(layers.values.get((*path, "model_map")), (*path, "model_map")),
+            supports_responses=layers.get((*path, "supports_responses"), True, _bool),
         )
     return providers
+
+
+def _build_model_map(raw: Any, path: _Path) -> Mapping[str, str]:
+    """A C{model_map}: client model name -> the provider's model name, both non-empty strings."""
+    if raw is None:
+        return types.MappingProxyType({})
+    mapping = _require_mapping(raw, path)
+    out: dict[str, str] = {}
+    for name, target in mapping.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError("model names must be non-empty strings", key=_dotted((*path, str(name))))
+        out[name] = _checked(target, (*path, name), _text)
+    return types.MappingProxyType(out)
 
 
 def _build_recording(layers: _Layers, env: Mapping[str, str]) -> RecordingSettings:
@@ -1400,7 +1427,6 @@ def _build_request_body(raw: Any, path: _Path) -> RequestBodySettings:
 _STRATEGY_CHOICE = _choice(
     {**{s: s for s in ROUTING_STRATEGIES}, **{s.replace("_", "-"): s for s in ROUTING_STRATEGIES}}
 )
-_TRANSLATION_WORK = "coming with the translation work"
 
 
 def _build_rule(rule: Mapping[Any, Any], index: int) -> RuleSettings:
@@ -1432,6 +1458,8 @@ def _build_rule(rule: Mapping[Any, Any], index: int) -> RuleSettings:
                 raise ConfigError("not a valid HTTP header name", key=_dotted((*where, "header", str(name))))
             matches[name.lower()] = _checked(value, (*where, "header", name), _text)
         values["header"] = types.MappingProxyType(matches)
+    if rule.get("model_map") is not None:
+        values["model_map"] = _build_model_map(rule["model_map"], (*where, "model_map"))
     if rule.get("weights") is not None:
         raw_weights = _require_mapping(rule["weights"], (*where, "weights"))
         if not raw_weights:
@@ -1488,9 +1516,10 @@ def _rule_target_paths(rule: RuleSettings) -> Iterable[tuple[str, _Path]]:
 def _resolve_rule_providers(rules: tuple[RuleSettings, ...], providers: Mapping[str, ProviderSettings]) -> None:
     """
     Every provider a rule names is configured and enabled (checked for all
-    rules first), then every rule stays within one dialect: a request is
-    never sent to a provider that speaks another wire format, since there is
-    no translation yet.
+    rules first), then every provider can take the rule's requests: those
+    of its C{listener}, or without one, of the dialect its first provider
+    speaks.  A provider of another dialect needs a registered translator
+    (see docs/translation.md) for at least one of those request dialects.
     """
     for rule in rules:
         for name, path in _rule_target_paths(rule):
@@ -1502,25 +1531,42 @@ def _resolve_rule_providers(rules: tuple[RuleSettings, ...], providers: Mapping[
                 )
             if not provider.enabled:
                 raise ConfigError(f"provider {name!r} is disabled", key=_dotted(path))
+    # Imported here: the translators live in dialects/, which config does
+    # not otherwise need (and routing imports config).
+    from lunaroute.routing.translation import can_serve, client_dialects, provider_dialect
+
     for rule in rules:
         first: ProviderSettings | None = None
         for name, path in _rule_target_paths(rule):
             provider = providers[name]
             if first is None:
                 first = provider
-            elif provider.provider_type != first.provider_type:
-                raise ConfigError(
-                    f"provider {name!r} speaks {provider.provider_type} and {first.name!r} speaks "
-                    f"{first.provider_type}: routing one request across dialects is not available in this "
-                    f"version yet ({_TRANSLATION_WORK})",
-                    key=_dotted(path),
-                )
-        if first is not None and rule.listener is not None and rule.listener != first.provider_type:
+            listener = rule.listener or first.provider_type
+            sources = client_dialects(listener)
+            if any(can_serve(source, provider.provider_type, provider) for source in sources):
+                continue
+            targets = sorted({provider_dialect(source, provider.provider_type, provider) or "" for source in sources})
+            key = path if provider is not first or rule.listener is None else ("routing", f"rules[{rule.index}]", "listener")
             raise ConfigError(
-                f"the rule's providers speak {first.provider_type}: sending {rule.listener} requests to "
-                f"them is not available in this version yet ({_TRANSLATION_WORK})",
-                key=_dotted(("routing", f"rules[{rule.index}]", "listener")),
+                f"provider {name!r} speaks {provider.provider_type} and this rule takes {listener} requests"
+                + ("" if rule.listener else f" (its first provider {first.name!r} speaks {listener})")
+                + f": translation from {' or '.join(sources)} to {', '.join(targets)} is not available in this "
+                "version (no translator for it)",
+                key=_dotted(key),
             )
+        if rule.model_map and first is not None:
+            listener = rule.listener or first.provider_type
+            translated = any(
+                provider_dialect(source, providers[name].provider_type, providers[name]) is not None
+                for name, _ in _rule_target_paths(rule)
+                for source in client_dialects(listener)
+            )
+            if not translated:
+                raise ConfigError(
+                    "a rule's model_map applies to its translated attempts (providers of another dialect "
+                    "than its requests), and this rule has none; use the provider's model_map",
+                    key=_dotted(("routing", f"rules[{rule.index}]", "model_map")),
+                )
 
 
 def _build_section(raw: Any, path: _Path, cls: type[Any], checks: Mapping[str, Callable[[Any], Any]]) -> Any:
@@ -1541,7 +1587,8 @@ def _build_routing(raw: Any, providers: Mapping[str, ProviderSettings]) -> Routi
     C{model_pattern}, C{primary} + C{fallbacks}, or a C{strategy} with its
     providers or C{weights}; breaker, health and switch-notice settings),
     typed and frozen.  Every provider a rule names must be configured and
-    enabled, and a rule's providers must speak one dialect.
+    enabled, and able to take the rule's requests (directly or through a
+    registered translator).
     """
     routing = _require_mapping(raw, ("routing",))
     _check_keys(routing, ("routing",), _ROUTING_KEYS)
@@ -1780,7 +1827,6 @@ def settings_from_mapping(
     _apply_env(env, layers)
     _apply_overrides(overrides, layers)
     settings = _build(layers, env, source)
-    _refuse_unavailable_features(settings)
     _check_templates(settings)
     return settings
 
@@ -1793,32 +1839,6 @@ def _check_templates(settings: Settings) -> None:
     """
     for provider in settings.providers.values():
         compile_modifier(provider, settings.templates.env_allowlist, settings.templates.env)
-
-
-# --------------------------------------------------------------------------
-# Documented features that are not built yet.  Their settings are accepted
-# and checked so the original's configs keep their meaning, and never
-# silently ignored: one that would change what is recorded or sent stops
-# start-up; one that only tidies up later starts with a warning.
-
-_PRIVACY_WORK = "coming with the privacy work"
-
-
-def _refuse_unavailable_features(settings: Settings) -> None:
-    """
-    Raise L{ConfigError} (one line naming the key) when the settings ask for
-    privacy- or correctness-relevant behaviour this version cannot honour.
-    """
-
-
-def pending_feature_warnings(settings: Settings) -> list[str]:
-    """
-    Warning lines for the start-up log: settings that are accepted but not
-    applied yet, one line each.  Empty when nothing is pending (retention,
-    the last such setting, is applied: L{lunaroute.sessions.retention}).
-    """
-    lines: list[str] = []
-    return lines
 
 
 def load_settings(
@@ -1983,6 +2003,31 @@ def _modification_summary(provider: ProviderSettings) -> str:
     return "; ".join(parts)
 
 
+def _translation_lines(settings: Settings) -> list[str]:
+    """
+    A line for each served dialect with no provider of its own that the
+    other dialect's provider serves through translation (saying when that
+    provider has no key: the client's credentials are never forwarded).
+    """
+    from lunaroute.routing.translation import default_provider
+
+    lines = []
+    for listener, source in (("anthropic", "anthropic"), ("openai", "openai_chat")):
+        if settings.api_dialect not in (listener, "both") or settings.provider_for(listener) is not None:
+            continue
+        other = default_provider(settings, listener, source)
+        if other is None:
+            continue
+        line = f"translation: {listener} requests go to provider {other.name} ({other.provider_type}), translated"
+        if not other.api_key:
+            line += (
+                f"; it has no api_key, so they are sent without credentials (the client's {listener} "
+                "credentials are never forwarded to another dialect's provider)"
+            )
+        lines.append(line)
+    return lines
+
+
 def setting_lines(settings: Settings) -> list[str]:
     """A short human-readable summary for the startup log; secrets masked."""
     config = settings.source or "none (built-in defaults)"
@@ -2002,6 +2047,10 @@ def setting_lines(settings: Settings) -> list[str]:
             else "client credentials forwarded"
         )
         model = f", model {provider.model}" if provider.model else ""
+        if provider.model_map:
+            model += f", model_map of {len(provider.model_map)}"
+        if provider.provider_type == "openai" and not provider.supports_responses:
+            model += ", no Responses API"
         client = provider.http_client
         lines.append(
             f"provider {provider.name} ({provider.provider_type}): {provider.base_url}, {key}{model}, "
@@ -2011,6 +2060,7 @@ def setting_lines(settings: Settings) -> list[str]:
         changes = _modification_summary(provider)
         if changes:
             lines.append(f"provider {provider.name}: request modification: {changes}")
+    lines.extend(_translation_lines(settings))
     routing = settings.routing
     if routing:
         names = ", ".join(rule.name for rule in routing.rules) or "no rules"

@@ -19,7 +19,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from lunaroute.api import with_session_api
-from lunaroute.config import Settings, pending_feature_warnings, setting_lines
+from lunaroute.config import Settings, setting_lines
 from lunaroute.errors import ConfigError
 from lunaroute.logs import log_observer, set_log_level
 from lunaroute.metrics import GatewayMetrics
@@ -179,8 +179,6 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         for line in setting_lines(self.settings):
             log.info("{line}", line=line)
-        for warning in pending_feature_warnings(self.settings):
-            log.warn("{warning}", warning=warning)
         if self.redactor is not None and self.redactor.tokenizes_without_secret:
             log.warn(
                 "session_recording.pii: redaction_mode tokenize needs hmac_secret; without one, "

@@ -939,7 +939,6 @@ def test_pii_enabled_starts_and_says_so() -> None:
     )
     pii = s.session_recording.pii
     assert (pii.enabled, pii.partial_show_chars, pii.detect_secrets, pii.apply_to_upstream) == (True, 2, False, True)
-    assert config_module.pending_feature_warnings(s) == []
     assert (
         "PII redaction: on (tokenize, no hmac_secret: masking; records and request log, and requests sent upstream)"
         in config_module.setting_lines(s)
@@ -1000,7 +999,6 @@ def test_retention_keeps_defaults_for_unset_keys_and_is_applied() -> None:
     assert s.session_recording.retention == config_module.RetentionSettings(
         max_age_days=30, max_total_size_gb=5.0, compress_after_days=7, cleanup_interval_minutes=60
     )
-    assert config_module.pending_feature_warnings(s) == []
     assert "session retention: compress after 7 day(s), delete after 30 day(s) or beyond 5 GB, checked every 60 min" in (
         setting_lines(s)
     )
@@ -1067,9 +1065,6 @@ def test_routing_rules_are_typed_and_warned_about() -> None:
     assert s.routing.provider_switch_notification is None
     with pytest.raises(TypeError):
         second.weights["openai_primary"] = 1  # type: ignore[index]
-    # Routing is applied: nothing pending to warn about.
-    assert config_module.pending_feature_warnings(s) == []
-    assert config_module.pending_feature_warnings(settings_from_mapping({})) == []
 
 
 def test_routing_sections_are_typed() -> None:
@@ -1125,8 +1120,8 @@ _TWO_OPENAI = {
         ({"primary": "openai", "fallbacks": ["ob", "zzz"]}, "routing.rules[0].fallbacks: unknown provider 'zzz' (configured: anthropic, openai, ob, off); define it under providers"),
         ({"strategy": "weighted_round_robin", "weights": {"openai": 80, "openai_backup": 20}}, "routing.rules[0].weights.openai_backup: unknown provider 'openai_backup' (did you mean 'openai'?); define it under providers"),
         ({"primary": "openai", "fallbacks": ["off"]}, "routing.rules[0].fallbacks: provider 'off' is disabled"),
-        ({"primary": "openai", "fallbacks": ["anthropic"]}, "routing.rules[0].fallbacks: provider 'anthropic' speaks anthropic and 'openai' speaks openai: routing one request across dialects is not available in this version yet (coming with the translation work)"),
-        ({"primary": "ob", "listener": "anthropic"}, "routing.rules[0].listener: the rule's providers speak openai: sending anthropic requests to them is not available in this version yet (coming with the translation work)"),
+        ({"primary": "openai", "model_map": {"claude-x": 5}}, "routing.rules[0].model_map.claude-x: expected a string, got 5"),
+        ({"primary": "openai", "fallbacks": ["ob"], "model_map": {"gpt-5": "llama"}}, "routing.rules[0].model_map: a rule's model_map applies to its translated attempts (providers of another dialect than its requests), and this rule has none; use the provider's model_map"),
         ({"primary": "openai", "exponential_backoff_base_secs": 0}, "routing.rules[0].exponential_backoff_base_secs: must be greater than 0, got 0"),
         ({"primary": "openai", "header": {"bad header": "x"}}, "routing.rules[0].header.bad header: not a valid HTTP header name"),
     ],
@@ -1134,6 +1129,61 @@ _TWO_OPENAI = {
 def test_routing_rules_are_checked(rule: dict[str, Any], message: str) -> None:
     """A malformed rule, or one naming a provider that cannot serve it, is one line naming it."""
     assert str(config_error({"providers": _TWO_OPENAI, "routing": {"rules": [rule]}})) == message
+
+
+def test_rules_may_mix_dialects_where_a_translator_exists() -> None:
+    """
+    Claude Code's requests may go to an OpenAI provider (Messages -> Chat is
+    registered): as a rule's primary with listener anthropic, or as a fallback
+    of an Anthropic primary.  Model maps are read per rule and per provider.
+    """
+    s = settings_from_mapping(
+        {
+            "providers": {
+                **_TWO_OPENAI,
+                "ob": {**_TWO_OPENAI["ob"], "model_map": {"claude-sonnet-4-5": "gpt-5"}, "supports_responses": False},
+            },
+            "routing": {
+                "rules": [
+                    {"primary": "ob", "listener": "anthropic", "model_map": {"claude-haiku-4-5": "gpt-5-mini"}},
+                    {"primary": "anthropic", "fallbacks": ["openai"]},
+                ]
+            },
+        },
+        env={},
+    )
+    assert s.routing.rules[0].model_map == {"claude-haiku-4-5": "gpt-5-mini"}
+    assert s.routing.rules[1].fallbacks == ("openai",)
+    ob = s.providers["ob"]
+    assert ob.model_map == {"claude-sonnet-4-5": "gpt-5"} and ob.supports_responses is False
+    assert s.providers["openai"].supports_responses is True and s.providers["openai"].model_map == {}
+    # And the other way: OpenAI requests (Chat and Responses) on Anthropic.
+    back = settings_from_mapping(
+        {
+            "providers": _TWO_OPENAI,
+            "routing": {
+                "rules": [
+                    {"primary": "openai", "fallbacks": ["anthropic"]},
+                    {"primary": "anthropic", "listener": "openai"},
+                ]
+            },
+        },
+        env={},
+    )
+    assert back.routing.rules[0].fallbacks == ("anthropic",) and back.routing.rules[1].primary == "anthropic"
+
+
+@pytest.mark.parametrize(
+    ("provider", "message"),
+    [
+        ({"model_map": ["gpt-5"]}, "providers.openai.model_map: expected a mapping, got a list"),
+        ({"model_map": {"claude-x": ""}}, "providers.openai.model_map.claude-x: must not be empty"),
+        ({"supports_responses": "maybe"}, "providers.openai.supports_responses: expected a boolean (true/false/1/0/yes/no/on/off), got 'maybe'"),
+    ],
+)
+def test_translation_provider_keys_are_checked(provider: dict[str, Any], message: str) -> None:
+    """A bad model_map or supports_responses is one line naming the key."""
+    assert str(config_error({"providers": {"openai": provider}})) == message
 
 
 @pytest.mark.parametrize(

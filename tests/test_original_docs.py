@@ -5,10 +5,8 @@ user would use them (docs/original/, mapped in docs/original-docs-map.md).
 Every ```yaml block of both documents is written to a file and the gateway is
 started on it as a subprocess (C{twistd -n lunaroute --config <file> --port
 <free>}, C{${VAR}}s unset): it must answer C{/healthz} and stop cleanly on
-SIGTERM.  Blocks that need a feature still being built must instead stop at
-once with exactly one line naming the key and saying it is not available;
-they are listed in L{PENDING} with the issue that makes them work, so when
-that feature lands this test fails until the entry is removed.
+SIGTERM.  The one block refused on purpose (L{REFUSED}, a deliberate
+difference) must instead stop at once with exactly one line naming the key.
 
 Then the recipes that exist today: the jq queries of "Tip 3" over files the
 gateway really recorded, the session file names of "Tip 2", the
@@ -37,7 +35,7 @@ import pytest
 import pytest_twisted
 import yaml
 
-from lunaroute.config import load_settings, pending_feature_warnings, settings_from_mapping
+from lunaroute.config import load_settings, settings_from_mapping
 from lunaroute.errors import ConfigError
 from lunaroute.testing.helpers import free_ports, in_thread, twistd_lists_plugin
 
@@ -77,13 +75,6 @@ def section_block(document: str, heading: str) -> str:
 
 YAML_BLOCKS = [(doc, line, text) for doc in (README, GUIDE) for line, text in fenced_blocks(doc, "yaml")]
 
-# Blocks that need a feature still being built: (document, fence line) ->
-# (the key named in the one-line refusal, the issue that makes it work).
-# When that issue lands, its blocks start: delete their entries here.
-PENDING: dict[tuple[str, int], tuple[str, int]] = {
-    # gpt -> anthropic fallback: one request across dialects needs translation.
-    (GUIDE, 610): ("routing.rules[0].fallbacks", 16),  # multi-provider.yaml
-}
 # Blocks refused on purpose, for good (a deliberate difference, see
 # docs/original-docs-map.md): (document, fence line) -> (the key named in
 # the one-line refusal, what the line says).
@@ -91,18 +82,9 @@ REFUSED: dict[tuple[str, int], tuple[str, str]] = {
     # Its weights name providers the block never defines.
     (GUIDE, 327): ("routing.rules[1].weights.openai_primary", "unknown provider 'openai_primary'"),  # 9. Routing
 }
-# Blocks that start but whose keys are not applied yet: one warning line at
-# start-up (config.pending_feature_warnings).  Same rule: delete on landing.
-# (Retention, the guide's blocks at 716 and 820, landed with issue 17.)
-WARNED: dict[tuple[str, int], tuple[str, int]] = {}
-
 
 def block_id(doc: str, line: int) -> str:
     short = "readme" if doc == README else "guide"
-    for table, what in ((PENDING, "refused"), (WARNED, "warned")):
-        if (doc, line) in table:
-            key, issue = table[(doc, line)]
-            return f"{short}-{line}-{what}-{key.split('.')[-1]}-issue{issue}"
     if (doc, line) in REFUSED:
         return f"{short}-{line}-refused-{REFUSED[(doc, line)][0].split('.')[-1]}"
     return f"{short}-{line}"
@@ -228,7 +210,7 @@ def _output_lines(run: Run) -> list[str]:
     ("doc", "line"),
     [pytest.param(doc, line, id=block_id(doc, line)) for doc, line, _ in YAML_BLOCKS],
 )
-def test_every_yaml_block_starts_the_gateway_or_names_its_missing_feature(
+def test_every_yaml_block_starts_the_gateway_or_is_refused_on_purpose(
     runs: dict[str, Run], doc: str, line: int
 ) -> None:
     """
@@ -237,8 +219,8 @@ def test_every_yaml_block_starts_the_gateway_or_names_its_missing_feature(
     stops with exactly one line naming the key and 'not available'.
     """
     run = runs[block_id(doc, line)]
-    if (doc, line) in PENDING or (doc, line) in REFUSED:
-        key, says = (PENDING[(doc, line)][0], "not available") if (doc, line) in PENDING else REFUSED[(doc, line)]
+    if (doc, line) in REFUSED:
+        key, says = REFUSED[(doc, line)]
         lines = _output_lines(run)
         assert run.returncode not in (0, None) and not run.healthy, run.output
         assert len(lines) == 1, run.output
@@ -247,8 +229,7 @@ def test_every_yaml_block_starts_the_gateway_or_names_its_missing_feature(
     assert run.healthy, run.output
     assert run.returncode == 0, run.output
     assert "Traceback" not in run.output
-    if (doc, line) not in WARNED:
-        assert "not applied yet" not in run.output
+    assert "not applied yet" not in run.output and "not available" not in run.output
 
 
 def test_the_block_census_is_what_the_tables_describe() -> None:
@@ -256,7 +237,7 @@ def test_the_block_census_is_what_the_tables_describe() -> None:
     assert len(YAML_BLOCKS) == 15
     assert sum(1 for doc, _, _ in YAML_BLOCKS if doc == README) == 2
     located = {(doc, line) for doc, line, _ in YAML_BLOCKS}
-    assert set(PENDING) <= located and set(WARNED) <= located and set(REFUSED) <= located
+    assert set(REFUSED) <= located
 
 
 @pytest.mark.parametrize(
@@ -267,19 +248,13 @@ def test_every_yaml_block_loads_in_process_the_same_way(doc: str, line: int) -> 
     """The loader's verdict on each block, without a subprocess (and warnings where expected)."""
     text = dict(((d, n), t) for d, n, t in YAML_BLOCKS)[(doc, line)]
     data = yaml.safe_load(text)
-    if (doc, line) in PENDING or (doc, line) in REFUSED:
-        key, says = (PENDING[(doc, line)][0], "not available") if (doc, line) in PENDING else REFUSED[(doc, line)]
+    if (doc, line) in REFUSED:
+        key, says = REFUSED[(doc, line)]
         with pytest.raises(ConfigError) as info:
             settings_from_mapping(data, {"HOME": "/nonexistent"})
         assert info.value.key == key and says in info.value.problem
         return
-    settings = settings_from_mapping(data, {"HOME": "/nonexistent"})
-    warnings = pending_feature_warnings(settings)
-    if (doc, line) in WARNED:
-        key, _issue = WARNED[(doc, line)]
-        assert len(warnings) == 1 and warnings[0].startswith(f"{key}: ")
-    else:
-        assert warnings == []
+    settings_from_mapping(data, {"HOME": "/nonexistent"})
 
 
 def test_the_readme_stats_limit_is_the_statistics_setting() -> None:
@@ -297,14 +272,10 @@ def test_the_readme_stats_limit_is_the_statistics_setting() -> None:
 
 
 EXAMPLES = sorted((REPO / "examples" / "configs").glob("*.yaml"))
-EXAMPLES_PENDING = {
-    # The guide's block, unchanged: its gpt -> anthropic fallback needs translation.
-    "multi-provider.yaml": ("routing.rules[0].fallbacks", 16),
-}
 
 
 def test_the_guide_names_only_examples_we_ship() -> None:
-    """Every examples/configs/<name> the guide mentions exists, plus one per routing strategy."""
+    """Every examples/configs/<name> the guide mentions exists, plus one per routing strategy and Claude Code on OpenAI."""
     guide = (ORIGINAL / GUIDE).read_text()
     named = set(re.findall(r"examples/configs/([\w.-]+\.yaml)", guide))
     named |= {f"{name}.yaml" for name in re.findall(r"^# ([\w-]+)\.yaml$", guide, re.M)}
@@ -316,7 +287,8 @@ def test_the_guide_names_only_examples_we_ship() -> None:
         "multi-provider.yaml",
     }
     shipped = {path.name for path in EXAMPLES}
-    assert named | {"round_robin.yaml", "weighted_round_robin.yaml", "limits_alternative.yaml"} == shipped
+    ours = {"round_robin.yaml", "weighted_round_robin.yaml", "limits_alternative.yaml", "claude-code-on-openai.yaml"}
+    assert named | ours == shipped
 
 
 def test_examples_shown_in_the_guide_are_copied_as_shown() -> None:
@@ -327,19 +299,10 @@ def test_examples_shown_in_the_guide_are_copied_as_shown() -> None:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_every_example_loads_or_names_its_missing_feature(path: Path) -> None:
-    """Each shipped example loads with our loader, except those needing a pending feature."""
-    env = {"HOME": "/nonexistent"}
-    if path.name in EXAMPLES_PENDING:
-        key, _issue = EXAMPLES_PENDING[path.name]
-        with pytest.raises(ConfigError) as info:
-            load_settings(str(path), env=env)
-        assert info.value.key == key and "not available" in info.value.problem
-        return
-    settings = load_settings(str(path), env=env)
+def test_every_example_loads(path: Path) -> None:
+    """Each shipped example loads with our loader."""
+    settings = load_settings(str(path), env={"HOME": "/nonexistent"})
     assert settings.port == 8081
-    # Routing is applied (issue 15): nothing about it is pending.
-    assert not any(w.startswith("routing") for w in pending_feature_warnings(settings))
 
 
 @needs_install

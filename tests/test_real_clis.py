@@ -296,3 +296,43 @@ async def test_codex_tool_call_over_websocket(gateway, fake, tmp_path):
     assert "function_call_output" in kinds, kinds
     frames = _ws_frames(gateway)
     assert frames["in"] >= 2, frames
+
+
+def _chat_requests(fake):
+    return [r for r in fake.requests if r.path == "/v1/chat/completions"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_claude_code_tool_loops_on_an_openai_only_gateway(fake, start_gateway, tmp_path):
+    """
+    Claude Code on an OpenAI-compatible server: the gateway's only provider
+    speaks Chat Completions.  The real CLI completes a Read tool loop and a
+    Bash tool loop; every model call reached the fake translated (never as
+    /v1/messages), and each tool's result came back as a tool message.
+    """
+    gateway = await start_gateway(
+        fake, providers={"anthropic": {"enabled": False}, "openai": {"api_key": "sk-openai-server-key"}}
+    )
+    (tmp_path / "notes.txt").write_text("lunaroute tool test\n")
+    result = await in_thread(
+        run_claude, gateway.url, tmp_path, "read notes.txt", "--model", "claude-sonnet-4-5-tools-read"
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert json.loads(result.stdout)["result"] == fake.reply_text
+    chats = _chat_requests(fake)
+    assert len(chats) >= 2 and not _messages_requests(fake)
+    asked = [c for c in chats if "tools-read" in c.json["model"]]
+    calls = [call for c in asked for m in c.json["messages"] for call in m.get("tool_calls") or []]
+    assert [call["function"]["name"] for call in calls][:1] == ["Read"]
+    results = [m for m in asked[-1].json["messages"] if m["role"] == "tool"]
+    assert results and results[-1]["tool_call_id"] == calls[-1]["id"]
+    assert all(c.header("x-api-key") is None for c in chats)
+
+    result = await in_thread(
+        run_claude, gateway.url, tmp_path, "say hello with echo", "--model", "claude-sonnet-4-5-tools-bash",
+        "--allowedTools", "Bash",
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    bash = [c for c in _chat_requests(fake) if "tools-bash" in c.json["model"]]
+    tool_messages = [m for m in bash[-1].json["messages"] if m["role"] == "tool"]
+    assert tool_messages and "hello from the fake provider" in tool_messages[-1]["content"]

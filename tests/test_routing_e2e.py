@@ -131,11 +131,14 @@ async def test_a_marker_sends_the_request_to_the_named_provider_and_is_stripped(
     assert "LUNAROUTE" not in json.dumps(sent)
 
 
-@pytest.mark.parametrize("strategy_rule", [{"primary": None}])
-def test_cross_dialect_rules_are_refused_at_start(strategy_rule):
-    """A rule falling back to a provider of the other dialect needs translation: one line at start."""
+def test_cross_dialect_rules_without_a_translator_are_refused_at_start(monkeypatch):
+    """A rule falling back to a provider no translator reaches: one line at start."""
     from lunaroute.config import settings_from_mapping
+    from lunaroute.dialects.translate import base
     from lunaroute.errors import ConfigError
+
+    monkeypatch.delitem(base._REGISTRY, ("openai_chat", "anthropic"))
+    monkeypatch.delitem(base._REGISTRY, ("openai_responses", "anthropic"))
 
     with pytest.raises(ConfigError) as info:
         settings_from_mapping(

@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from lunaroute.config import ProviderSettings, Settings, settings_from_mapping
 from lunaroute.dialects.request_view import RequestView, parse_request
+from lunaroute.dialects.translate import base as translate_base
 from lunaroute.errors import ConfigError, UpstreamUnreachable
 from lunaroute.interfaces import IProvider
 from lunaroute.routing.plan import Attempt, MarkerDialectMismatch, Router, listener_of, render_switch_notice
@@ -212,11 +213,76 @@ def test_clear_and_unknown_markers_route_normally() -> None:
     assert unknown.rule_name == "claude"
 
 
-def test_marker_naming_the_other_dialect_is_a_400() -> None:
+def test_marker_naming_a_provider_no_translator_reaches_is_a_400(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a Chat Completions -> Anthropic translator, a marker cannot send there."""
+    monkeypatch.delitem(translate_base._REGISTRY, ("openai_chat", "anthropic"))
     r, _, _ = router([])
+    marked_chat = view("gpt-5", "openai_chat", messages=marked("[LUNAROUTE:anthropic_backup]"))
     with pytest.raises(MarkerDialectMismatch) as info:
-        r.plan(view("claude-x", messages=marked("[LUNAROUTE:openai_primary]")), "anthropic", no_headers)
-    assert info.value.status == 400 and "speaks openai" in info.value.message
+        r.plan(marked_chat, "openai", no_headers)
+    assert info.value.status == 400
+    assert "no translator from openai_chat to anthropic" in info.value.message
+
+
+def test_marker_naming_the_other_dialect_is_translated() -> None:
+    """Claude Code's marker may name an OpenAI provider: Messages -> Chat is registered."""
+    r, _, _ = router([])
+    plan = r.plan(view("claude-x", messages=marked("[LUNAROUTE:openai_primary]")), "anthropic", no_headers)
+    assert plan.attempts == (Attempt("openai_primary", None, "marker", None),)
+
+
+def test_cross_dialect_rule_and_model_maps() -> None:
+    """
+    A rule with listener anthropic sends Claude Code to OpenAI providers;
+    the rule's model_map wins over the provider's, which wins over its model;
+    the rule's map is for translated attempts only (never a GPT name to Anthropic).
+    """
+    r, _, _ = router(
+        [{"name": "claude-on-gpt", "listener": "anthropic", "primary": "openai_primary",
+          "fallbacks": ["local", "anthropic_backup"], "model_map": {"claude-sonnet-4-5": "gpt-5"}}],
+    )
+    r.providers["local"].settings = _with(
+        r.providers["local"].settings, model_map={"claude-sonnet-4-5": "qwen3", "claude-haiku": "llama"},
+        model="fallback-model",
+    )
+    plan = r.plan(view("claude-sonnet-4-5"), "anthropic", no_headers)
+    assert plan.attempts == (
+        Attempt("openai_primary", "claude-on-gpt", "primary", "gpt-5"),
+        Attempt("local", "claude-on-gpt", "fallback", "gpt-5"),
+        Attempt("anthropic_backup", "claude-on-gpt", "fallback", "claude-backup"),
+    )
+    haiku = r.plan(view("claude-haiku"), "anthropic", no_headers)
+    assert [a.model for a in haiku.attempts] == [None, "llama", "claude-backup"]
+    other = r.plan(view("claude-opus"), "anthropic", no_headers)
+    assert [a.model for a in other.attempts] == [None, "fallback-model", "claude-backup"]
+    # The rule takes only its listener's requests: OpenAI clients go to their default.
+    assert names(r.plan(view("claude-sonnet-4-5", "openai_chat"), "openai", no_headers)) == ["openai"]
+
+
+def test_providers_no_translator_reaches_are_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Without a rule, a request goes to the other dialect's provider only when
+    a translator reaches it: Claude Code to the lone Anthropic provider yes,
+    an OpenAI request (with the Chat -> Anthropic translator taken away) gets no plan.
+    """
+    monkeypatch.delitem(translate_base._REGISTRY, ("openai_chat", "anthropic"))
+    r, _, _ = router([{"name": "mixed", "listener": "anthropic", "primary": "anthropic_backup", "fallbacks": ["local"]}])
+    plan = r.plan(view("x"), "anthropic", no_headers)
+    assert names(plan) == ["anthropic_backup", "local"]
+    settings = settings_from_mapping(
+        {"providers": {"anthropic": {"enabled": False}, "openai": {"enabled": False},
+                       "anthropic_backup": PROVIDERS["anthropic_backup"]}}
+    )
+    providers = {name: StubProvider(p) for name, p in settings.providers.items() if p.enabled}
+    lonely = Router(settings, providers, Clock())
+    assert names(lonely.plan(view("claude-x"), "anthropic", no_headers)) == ["anthropic_backup"]
+    assert lonely.plan(view("gpt-5", "openai_chat"), "openai", no_headers).attempts == ()
+
+
+def _with(settings: ProviderSettings, **changes: Any) -> ProviderSettings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)
 
 
 # --------------------------------------------------------------------------

@@ -96,3 +96,31 @@ def test_routing_line_says_whether_rules_apply():
         )
     )
     assert "routing: 1 rule(s) (claude); retries and fallbacks on" in on
+
+
+def test_translation_line_says_where_a_dialect_without_provider_goes():
+    """
+    Claude Code on an OpenAI-only gateway: the start-up log says Anthropic
+    requests are translated for the openai provider, and that a keyless one
+    gets no credentials; nothing is said when each dialect has its own.
+    """
+
+    def translation(data):
+        return [line for line in setting_lines(settings_from_mapping(data, env={})) if line.startswith("translation:")]
+
+    assert translation({}) == []
+    keyless = translation({"providers": {"anthropic": {"enabled": False}}})
+    assert keyless == [
+        "translation: anthropic requests go to provider openai (openai), translated; it has no api_key, so they are "
+        "sent without credentials (the client's anthropic credentials are never forwarded to another dialect's provider)"
+    ]
+    keyed = translation({"providers": {"anthropic": {"enabled": False}, "openai": {"api_key": "sk-x"}}})
+    assert keyed == ["translation: anthropic requests go to provider openai (openai), translated"]
+    # No Chat -> Anthropic translator yet: an Anthropic-only gateway serves no OpenAI requests.
+    assert translation({"providers": {"openai": {"enabled": False}}}) == []
+    provider_line = next(
+        line for line in setting_lines(settings_from_mapping(
+            {"providers": {"openai": {"model_map": {"a": "b"}, "supports_responses": False}}}, env={}
+        )) if line.startswith("provider openai")
+    )
+    assert ", model_map of 1, no Responses API," in provider_line

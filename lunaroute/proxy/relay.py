@@ -81,7 +81,7 @@ class RelayProtocol(Protocol):
         self.last_byte = now
         self.bytes += len(data)
         self.chunks += 1
-        self._request.write(data)
+        self.deliver(data)
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.reset(self._idle_timeout)
         if self.chunks == 1:
@@ -89,6 +89,13 @@ class RelayProtocol(Protocol):
             return
         self._release_held()
         self._tap(data)
+
+    def deliver(self, data: bytes) -> None:
+        """Send one provider chunk on to the client: as it is, here."""
+        self._request.write(data)
+
+    def body_ended(self, reason: Failure) -> None:
+        """The provider's body ended (C{reason}); nothing more to send here."""
 
     def _tap(self, data: bytes) -> None:
         try:
@@ -116,6 +123,10 @@ class RelayProtocol(Protocol):
             return
         if not reason.check(ResponseDone, PotentialDataLoss, HTTPPotentialDataLoss):
             self.failure = reason
+        try:
+            self.body_ended(reason)
+        except Exception:
+            log.failure("ending the relayed body failed")
         self.done.callback(None)
 
     def _arm_idle_timer(self) -> None:

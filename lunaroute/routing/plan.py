@@ -5,17 +5,28 @@ headers and marker, an ordered L{Plan} of attempts (provider, rule, why).
 Order of precedence:
 
   1. a C{[LUNAROUTE:<name>]} marker in the latest user turn naming an
-     enabled provider of the request's dialect: that provider alone (a
-     marker naming a provider of the other dialect is refused with 400; an
-     unknown or disabled name is ignored, as in the original);
+     enabled provider that can take the request (its own dialect, or the
+     other one through a registered translator): that provider alone (a
+     marker naming a provider no translator reaches is refused with 400;
+     an unknown or disabled name is ignored, as in the original);
   2. the first matching rule, by C{priority} (higher first) then file
      order.  A rule matches when each condition it gives holds: its
      C{model_pattern} is found in the model, its C{listener} is the
      request's, each C{header} has exactly that value (C{always: true} or no
-     condition at all: every request).  A rule only sees requests of the
-     dialect its providers speak.  Its attempts: C{primary} then
-     C{fallbacks}, or its strategy's order then C{fallbacks};
-  3. the default provider of the request's dialect (as without routing).
+     condition at all: every request).  A rule only sees requests of its
+     C{listener}, or without one, of the dialect its first provider speaks.
+     Its attempts: C{primary} then C{fallbacks}, or its strategy's order
+     then C{fallbacks};
+  3. the default provider of the request's dialect (as without routing),
+     or, when none is enabled, one of the other dialect a translator
+     reaches (L{lunaroute.routing.translation.default_provider}).
+
+Each attempt carries the model to ask its provider for
+(L{lunaroute.routing.translation.resolve_model}: the rule's C{model_map}
+for a translated attempt, then the provider's C{model_map}, then the
+provider's C{model}).  An attempt on a
+provider that could only take the request through a translator this
+version lacks is left out (C{no_translator} in C{Plan.skipped}).
 
 Providers whose circuit breaker is open are left out of the plan (listed in
 C{Plan.skipped}); an empty plan means nothing can serve the request now.
@@ -63,6 +74,14 @@ from lunaroute.routing.strategies import (
     SmoothWeightedRoundRobin,
     Strategy,
 )
+from lunaroute.routing.translation import (
+    NoTranslator,
+    can_serve,
+    default_provider,
+    missing_translator,
+    provider_dialect,
+    resolve_model,
+)
 
 __all__ = ["Attempt", "MarkerDialectMismatch", "Plan", "Router", "listener_of", "render_switch_notice"]
 
@@ -82,7 +101,7 @@ def listener_of(dialect: str | None) -> str:
 
 
 class MarkerDialectMismatch(RequestError):
-    """A marker names a provider that speaks the other dialect (400)."""
+    """A marker names a provider of the other dialect that no translator reaches (400)."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +113,8 @@ class Attempt:
     @ivar rule_name: the rule that chose it (C{None}: marker or default).
     @ivar reason: C{marker}, C{primary}, C{strategy}, C{fallback} or
         C{default}.
-    @ivar model: the provider's configured model override, to put in the
-        body before sending (C{None}: keep the client's).
+    @ivar model: the model to ask the provider for (model maps, then the
+        provider's C{model}; C{None}: keep the client's).
     """
 
     provider_name: str
@@ -185,7 +204,7 @@ class Router:
                 raise ConfigError(
                     f"provider {missing[0]!r} is not running (disabled?)", key=f"routing.rules[{rule.index}]"
                 )
-            dialect = self.providers[rule.targets[0]].provider_type
+            dialect = rule.listener or self.providers[rule.targets[0]].provider_type
             rules.append(_Rule(rule, dialect, self._strategy(rule)))
         self._rules = tuple(rules)
         self._by_name = {rule.name: rule for rule in rules}
@@ -218,32 +237,54 @@ class Router:
             chosen = self.providers.get(marker.provider)
             if chosen is None:
                 log.warn("marker names unknown or disabled provider {name}; routing normally", name=marker.provider)
-            elif chosen.provider_type != listener:
+            elif not can_serve(view.dialect, chosen.provider_type, getattr(chosen, "settings", None)):
+                target = provider_dialect(view.dialect, chosen.provider_type, getattr(chosen, "settings", None))
                 raise MarkerDialectMismatch(
-                    f"[LUNAROUTE:{marker.provider}] names a provider that speaks {chosen.provider_type}; "
-                    f"this is an {listener} request and translation is not available in this version yet"
+                    f"[LUNAROUTE:{marker.provider}] names a provider that speaks {chosen.provider_type}: "
+                    + missing_translator(view.dialect or listener, target or chosen.provider_type, chosen.name)
                 )
             else:
-                return self._build([(marker.provider, MARKER)], None, marker, skip_open=True)
+                return self._build([(marker.provider, MARKER)], None, marker, True, view)
         for rule in self._rules:
             if rule.matches(view.model, listener, header):
-                return self._build(rule.order(self._available), rule.name, marker, skip_open=True)
-        default = self.settings.provider_for(listener)
+                return self._build(rule.order(self._available), rule.name, marker, True, view, rule.settings)
+        default = default_provider(self.settings, listener, view.dialect)
         if default is None or default.name not in self.providers:
             return Plan((), None, (), marker)
-        return self._build([(default.name, DEFAULT)], None, marker, skip_open=bool(self.settings.routing))
+        return self._build([(default.name, DEFAULT)], None, marker, bool(self.settings.routing), view)
 
     def _available(self, name: str) -> bool:
         return self.breakers[name].available()
 
-    def _build(self, order: list[tuple[str, str]], rule_name: str | None, marker: Marker | None, skip_open: bool) -> Plan:
+    def _build(
+        self,
+        order: list[tuple[str, str]],
+        rule_name: str | None,
+        marker: Marker | None,
+        skip_open: bool,
+        view: RequestView,
+        rule: RuleSettings | None = None,
+    ) -> Plan:
         attempts = []
         skipped = []
+        missing: list[str] = []
         for name, reason in order:
+            provider = self.providers[name]
+            settings = provider.settings
+            if not can_serve(view.dialect, provider.provider_type, settings):
+                target = provider_dialect(view.dialect, provider.provider_type, settings) or ""
+                missing.append(missing_translator(view.dialect or "", target, name))
+                skipped.append((name, "no_translator"))
+                continue
             if skip_open and not self.breakers[name].available():
                 skipped.append((name, "circuit_open"))
                 continue
-            attempts.append(Attempt(name, rule_name, reason, self.providers[name].settings.model))
+            # A rule's model_map names other-dialect models: translated attempts only.
+            translated = provider_dialect(view.dialect, provider.provider_type, settings) is not None
+            model = resolve_model(view.model, settings, rule.model_map if rule is not None and translated else None)
+            attempts.append(Attempt(name, rule_name, reason, model))
+        if not attempts and missing and len(missing) == len(skipped):
+            raise NoTranslator(missing[0])
         return Plan(tuple(attempts), rule_name, tuple(skipped), marker)
 
     # -- send
@@ -319,7 +360,7 @@ class Router:
         For an empty plan (every candidate's breaker open): the clock time
         the first of them turns half-open (for a C{retry-after}), or C{None}.
         """
-        times = [self.breakers[name].retry_at for name, _ in plan.skipped]
+        times = [self.breakers[name].retry_at for name, why in plan.skipped if why == "circuit_open"]
         known = [t for t in times if t is not None]
         return min(known) if known else None
 

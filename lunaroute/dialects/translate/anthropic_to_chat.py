@@ -24,6 +24,7 @@ from typing import Any
 from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, opt_str
 from lunaroute.dialects.model import json_compact, parse_tool_input
 from lunaroute.dialects.openai_chat import content_text
+from lunaroute.dialects.translate.base import register
 from lunaroute.dialects.translate.common import (
     ChatChunkReader,
     chat_function_tool,
@@ -33,7 +34,9 @@ from lunaroute.dialects.translate.common import (
 from lunaroute.dialects.translate.errors import UntranslatableField
 
 __all__ = [
+    "MESSAGES_TO_CHAT",
     "ChatToAnthropicStream",
+    "MessagesToChat",
     "UntranslatableField",
     "anthropic_error_from_chat",
     "anthropic_usage",
@@ -557,3 +560,31 @@ def dumps_request(body: dict[str, Any]) -> bytes:
     faster than ``ensure_ascii=False`` on a Claude Code sized request.
     """
     return json.dumps(body, separators=(",", ":")).encode("ascii")
+
+
+class MessagesToChat:
+    """
+    The gateway's view of this module (a
+    :class:`lunaroute.dialects.translate.base.Translator`): Anthropic
+    Messages requests sent to a Chat Completions provider.
+    """
+
+    source = "anthropic"
+    target = "openai_chat"
+    target_path = "/v1/chat/completions"
+
+    def request(self, body: dict[str, Any], model: str | None, dropped: list[str]) -> dict[str, Any]:
+        # Streams ask for usage (stream_options.include_usage) in the core.
+        return messages_request_to_chat(body, model, dropped)
+
+    def response(self, body: dict[str, Any], client_model: str) -> dict[str, Any]:
+        return chat_response_to_messages(body, client_model)
+
+    def error(self, body: Any, status: int) -> dict[str, Any]:
+        return anthropic_error_from_chat(body, status)
+
+    def stream(self, client_model: str) -> ChatToAnthropicStream:
+        return ChatToAnthropicStream(client_model)
+
+
+MESSAGES_TO_CHAT = register(MessagesToChat())

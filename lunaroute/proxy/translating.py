@@ -1,0 +1,301 @@
+"""
+The send and relay steps of a translated attempt: the provider's request in
+its own dialect, and a converting relay that turns the provider's answer
+into the client's as it arrives.
+
+The translators themselves (L{lunaroute.dialects.translate}) are free of
+I/O; this module moves bytes around them.  A stream is converted event by
+event: provider bytes -> L{SSEParser} -> C{json.loads} of each C{data:} ->
+L{StreamTranslator.feed} -> C{request.write}, with the same backpressure,
+idle timeout and disconnect handling as the plain relay (it is one).  A
+JSON answer is read whole (bounded) and translated once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+
+from lunaroute.dialects.capture import ResponseCapture
+from lunaroute.dialects.sse import SSEEvent
+from lunaroute.dialects.translate.base import StreamTranslator, Translator
+from lunaroute.logs import log_observer
+from lunaroute.proxy.headers import HOP_BY_HOP
+from lunaroute.proxy.relay import RelayProtocol
+
+log = Logger(observer=log_observer)
+
+__all__ = [
+    "MAX_JSON_BYTES",
+    "TranslatingRelay",
+    "encode_body",
+    "estimate_input_tokens",
+    "translated_request_headers",
+    "translated_response_headers",
+]
+
+# A JSON answer is read whole before translating; a larger one is refused.
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+ANTHROPIC_VERSION = b"2023-06-01"
+
+_DONE = b"data: [DONE]"
+_NL_DONE = b"\n" + _DONE
+
+# Client headers a translated request keeps: nothing dialect-specific and
+# never a credential meant for the other dialect's provider.
+_KEPT = (b"user-agent",)
+# ... and, when client and provider are of one family (Responses to Chat,
+# both OpenAI), the client's own OpenAI credentials and account headers.
+_KEPT_SAME_FAMILY = (b"authorization", b"openai-organization", b"openai-project")
+
+# Provider response headers that describe the provider's body, not ours.
+_BODY_HEADERS = frozenset({b"content-type", b"content-length", b"content-encoding", b"etag"})
+
+
+def _family(dialect: str) -> str:
+    return "anthropic" if dialect == "anthropic" else "openai"
+
+
+def translated_request_headers(client: Headers, source: str, target: str) -> Headers:
+    """
+    The headers of a translated request: JSON, identity encoding (the
+    converting relay reads the body), the client's user agent; the client's
+    credentials only when its provider family is the target's (an
+    Anthropic key never goes to an OpenAI server, nor the reverse).  The
+    provider adds its own key (L{lunaroute.providers.http.HTTPProvider.apply_auth}).
+    """
+    out = Headers()
+    out.setRawHeaders(b"content-type", [b"application/json"])
+    out.setRawHeaders(b"accept-encoding", [b"identity"])
+    kept = _KEPT + (_KEPT_SAME_FAMILY if _family(source) == _family(target) else ())
+    for name in kept:
+        values = client.getRawHeaders(name)
+        if values:
+            out.setRawHeaders(name, list(values))
+    if target == "anthropic":
+        out.setRawHeaders(b"anthropic-version", [ANTHROPIC_VERSION])
+    return out
+
+
+def translated_response_headers(upstream: Headers) -> list[tuple[bytes, list[bytes]]]:
+    """
+    The provider's headers worth relaying with a translated body (request
+    ids, rate limits, C{retry-after}); never its framing, content type or
+    encoding, which describe a body the client does not get.
+    """
+    return [
+        (name, list(values))
+        for name, values in upstream.getAllRawHeaders()
+        if name.lower() not in HOP_BY_HOP
+        and name.lower() not in _BODY_HEADERS
+        and not name.lower().startswith(b"access-control-")
+    ]
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """A translated request body as compact ASCII JSON (the encoder's fast path)."""
+    return json.dumps(body, separators=(",", ":")).encode("ascii")
+
+
+def estimate_input_tokens(body: dict[str, Any]) -> int:
+    """
+    An estimate of a Messages request's input tokens, for C{count_tokens}
+    on a provider without one: a quarter of the characters of the compact
+    JSON of its C{system}, C{messages} and C{tools} (about four characters
+    a token for English text and code), rounded up; at least 1.
+    """
+    parts = {key: body[key] for key in ("system", "messages", "tools") if key in body}
+    text = json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
+    return max(1, math.ceil(len(text) / 4))
+
+
+class _Inflate:
+    """Undoes a gzip/deflate body (a provider that ignored C{identity})."""
+
+    def __init__(self) -> None:
+        self._obj = zlib.decompressobj(32 + zlib.MAX_WBITS)
+
+    def __call__(self, data: bytes) -> bytes:
+        return self._obj.decompress(data)
+
+
+def _decoder(content_encoding: str | None) -> _Inflate | None:
+    encoding = (content_encoding or "").strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return _Inflate()
+    return None
+
+
+class TranslatingRelay(RelayProtocol):
+    """
+    The relay of a translated attempt: everything L{RelayProtocol} does
+    (backpressure, idle timeout, disconnects), but what reaches the client
+    is the translator's output.
+
+    The provider's bytes go to C{capture} (a L{ResponseCapture} of the
+    provider's dialect, for the record: its usage, its model) as they
+    arrive.  For a stream (C{text/event-stream} with a 2xx) the capture's
+    parsed events also drive C{translator.stream(client_model)}, so each
+    event is parsed once and its translation written at once; anything
+    else is read whole (bounded) and answered once with
+    C{translator.response} (2xx) or C{translator.error} (same status).
+    C{client_bytes} counts what the client got.
+    """
+
+    def __init__(
+        self,
+        request: Any,
+        clock: IReactorTime,
+        idle_timeout: float,
+        *,
+        translator: Translator,
+        client_model: str,
+        status: int,
+        streaming: bool,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        no_key_hint: str | None = None,
+        max_json_bytes: int = MAX_JSON_BYTES,
+    ) -> None:
+        super().__init__(request, clock, _ignore, idle_timeout)
+        self._translator = translator
+        self._client_model = client_model
+        self._status = status
+        self._hint = no_key_hint
+        self._max = max_json_bytes
+        self.client_bytes = 0
+        self.translation_error: str | None = None
+        self._stream: StreamTranslator | None = translator.stream(client_model) if streaming else None
+        if content_type is None:
+            content_type = "text/event-stream" if streaming else "application/json"
+        self.capture = ResponseCapture(
+            translator.target,
+            streaming=streaming,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            on_event=self._on_event if self._stream is not None else None,
+        )
+        self._decode = _decoder(content_encoding) if self._stream is None else None
+        self._body: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        self._client_gone = False
+
+    def _cancel(self, d: Any) -> None:
+        # The client went away: nothing more is written to it.
+        self._client_gone = True
+        super()._cancel(d)
+
+    def _write(self, data: bytes) -> None:
+        if data and not self._client_gone:
+            self.client_bytes += len(data)
+            self._request.write(data)
+
+    def deliver(self, data: bytes) -> None:
+        # The capture never raises; for a stream it calls _on_event.
+        self.capture.feed(data)
+        if self._stream is not None:
+            # The capture does not hand "[DONE]" on; a line that starts with
+            # it (no JSON string holds a raw newline) is OpenAI's terminator.
+            # One split across reads is left to close(), which ends the same.
+            if data.startswith(_DONE) or _NL_DONE in data:
+                self._on_event(None, "[DONE]")
+            return
+        if self._too_large:
+            return
+        try:
+            if self._decode is not None:
+                data = self._decode(data)
+        except Exception:
+            self.translation_error = "the provider's answer could not be decoded"
+            self.cut_translation()
+            return
+        self._size += len(data)
+        if self._size > self._max:
+            self._too_large = True
+            self._body = []
+        else:
+            self._body.append(data)
+
+    def _on_event(self, event: SSEEvent | None, data: dict[str, Any] | str) -> None:
+        stream = self._stream
+        if stream is None or self.translation_error is not None:
+            return
+        try:
+            self._write(stream.feed(data))
+        except Exception:
+            # A translator bug: stop the provider; the client's stream ends
+            # with an error event (body_ended).
+            log.failure("translating the provider's stream failed")
+            self.translation_error = "the gateway could not translate the provider's stream"
+            self.cut_translation()
+
+    def cut_translation(self) -> None:
+        """Stop reading the provider (a body that cannot be translated)."""
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
+
+    def body_ended(self, reason: Failure) -> None:
+        if self._client_gone:
+            return
+        if self._stream is not None:
+            # The capture's last events (a tail without a blank line), then
+            # the end: the provider's "[DONE]" is not an event the capture
+            # hands on, and close() finishes a stream that had its finish
+            # reason, or reports one cut short.
+            self.capture.finish()
+            self._write(self._stream.close())
+            return
+        self._write(self._json_answer())
+
+    def _json_answer(self) -> bytes:
+        translator = self._translator
+        status = self._status
+        if self.translation_error is not None or self._too_large:
+            message = self.translation_error or f"the provider's answer exceeds {self._max} bytes"
+            self._request.setResponseCode(502)
+            return encode_json(translator.error({"error": {"message": message}}, 502))
+        raw = b"".join(self._body)
+        self._body = []
+        try:
+            parsed: Any = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            parsed = None
+        if 200 <= status < 300:
+            if isinstance(parsed, dict):
+                return encode_json(translator.response(parsed, self._client_model))
+            self._request.setResponseCode(502)
+            self.translation_error = "the provider's answer is not a JSON object"
+            return encode_json(translator.error({"error": {"message": self.translation_error}}, 502))
+        if parsed is None and raw.strip():
+            parsed = {"error": {"message": raw[:2000].decode("utf-8", "replace")}}
+        answer = translator.error(parsed, status)
+        if self._hint and status in (401, 403):
+            _append_hint(answer, self._hint)
+        return encode_json(answer)
+
+
+def _append_hint(answer: dict[str, Any], hint: str) -> None:
+    """Add the gateway's word to a translated error's message (Anthropic or OpenAI shape)."""
+    error = answer.get("error")
+    if isinstance(error, dict):
+        message = error.get("message")
+        error["message"] = f"{message} ({hint})" if message else hint
+
+
+def _ignore(data: bytes) -> None:
+    pass
+
+
+def encode_json(body: dict[str, Any]) -> bytes:
+    """A translated answer as the client's JSON bytes."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
