@@ -29,6 +29,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.web.http_headers import Headers
 from werkzeug.exceptions import HTTPException
 
 from lunaroute.config import Settings
@@ -134,6 +135,9 @@ class GatewayApp:
         whatever it answers is relayed as it is (pure passthrough).
     @param socket_metrics: the L{lunaroute.metrics.GatewayMetrics} counting
         client WebSockets and their frames, if metrics are on.
+    @param trace_propagator: C{(exchange, headers) -> None}, called with the
+        headers of each upstream attempt (L{lunaroute.telemetry}: the
+        C{traceparent}), when telemetry is on.
     """
 
     app = Klein()
@@ -153,6 +157,7 @@ class GatewayApp:
         request_log: Any = None,
         router: Router | None = None,
         socket_metrics: Any = None,
+        trace_propagator: Callable[[Exchange, Headers], None] | None = None,
     ) -> None:
         self.settings = settings
         self.providers = providers
@@ -174,6 +179,14 @@ class GatewayApp:
         # Open client WebSockets (lunaroute.proxy.websocket), closed once
         # in-flight requests (and WebSocket turns) have drained on stop.
         self.sockets: set[Any] = set()
+        self._trace_propagator = trace_propagator
+
+    def upstream_headers(self, client: Headers, exchange: Exchange) -> Headers:
+        """The headers of an upstream attempt: the client's end-to-end ones (and the trace context)."""
+        headers = upstream_request_headers(client)
+        if self._trace_propagator is not None:
+            self._trace_propagator(exchange, headers)
+        return headers
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -392,6 +405,7 @@ class GatewayApp:
         header = header_reader(request.requestHeaders)
         # parse (raises BadRequestBody: a 400 via domain_error, nothing sent)
         view = parse_request(dialect, body, header, parse_json=parse_json)
+        parsed = self.clock.seconds()
         # choose
         plan = self._plan(view, listener, header) if provider is None else None
         if plan is not None:
@@ -413,7 +427,7 @@ class GatewayApp:
         load = self._provider_load[name] = self._provider_load.get(name, 0) + 1
         provider.note_in_flight(load)
         d = defer.ensureDeferred(
-            self._run(request, flight, listener, view, provider, body, received, kind, plan)
+            self._run(request, flight, listener, view, provider, body, received, kind, plan, parsed)
         )
         self.in_flight[d] = flight
 
@@ -438,6 +452,7 @@ class GatewayApp:
         received: float,
         kind: str,
         plan: Plan | None = None,
+        parsed: float | None = None,
     ) -> bytes | None:
         """
         Send, relay, classify and record one request.  Answers every failure
@@ -445,6 +460,7 @@ class GatewayApp:
         exchange to the sinks.
         """
         exchange = self._start_exchange(request, listener, view, provider, body, received, kind)
+        exchange.timings.parsed = parsed
         if plan is not None:
             exchange.rule = plan.rule_name
         gone: list[bool] = []
@@ -574,7 +590,7 @@ class GatewayApp:
                 )
                 exchange.provider = provider.name
             else:
-                headers = upstream_request_headers(request.requestHeaders)
+                headers = self.upstream_headers(request.requestHeaders, exchange)
                 flight.sending = provider.request(request.method, exchange.path, query, headers, body)
                 response = await flight.sending
         except UpstreamError as exc:
@@ -693,7 +709,7 @@ class GatewayApp:
                 if notice:
                     payload = inject_switch_notice(view.dialect, payload, notice)
             started = clock.seconds()
-            headers = upstream_request_headers(request.requestHeaders)
+            headers = self.upstream_headers(request.requestHeaders, exchange)
             flight.sending = provider.request(request.method, exchange.path, query, headers, payload)
             response = None
             try:

@@ -38,7 +38,7 @@ from lunaroute.errors import LunaRouteError, UpstreamError
 from lunaroute.interfaces import IProvider
 from lunaroute.logs import log_observer
 from lunaroute.proxy.errors import first_header, status_for
-from lunaroute.proxy.headers import MaskedHeaders, first_value, header_reader, upstream_request_headers
+from lunaroute.proxy.headers import MaskedHeaders, first_value, header_reader
 from lunaroute.routing.markers import strip_markers
 from lunaroute.routing.plan import Plan
 
@@ -309,7 +309,7 @@ class _Turn:
                 response, provider = await app.send_turn(turn_request, self, exchange, view, body, plan)
                 exchange.provider = provider.name
             else:
-                headers = upstream_request_headers(turn_request.requestHeaders)
+                headers = app.upstream_headers(turn_request.requestHeaders, exchange)
                 self.sending = provider.request(b"POST", exchange.path, b"", headers, body)
                 response = await self.sending
         except defer.CancelledError:
