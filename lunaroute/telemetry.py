@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,20 +41,17 @@ from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
-    NonRecordingSpan,
-    Span,
     SpanContext,
     SpanKind,
     Status,
     StatusCode,
     TraceFlags,
     get_current_span,
-    set_span_in_context,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from twisted.application.service import Service
@@ -65,6 +63,7 @@ from lunaroute import __version__
 from lunaroute.config import TelemetrySettings
 from lunaroute.exchange import Exchange
 from lunaroute.logs import log_observer
+from lunaroute.metrics import path_family
 from lunaroute.proxy.headers import MaskedHeaders, first_value
 
 log = Logger(observer=log_observer)
@@ -72,6 +71,7 @@ log = Logger(observer=log_observer)
 __all__ = ["GatewayTracer", "RequestTrace", "TelemetryService", "make_tracer", "request_trace"]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_UNSET = Status(StatusCode.UNSET)
 _SPAN_ID_MASK = (1 << 64) - 1
 # With capture_content, at most this many characters of prompt or answer per span.
 CONTENT_LIMIT = 16_384
@@ -126,27 +126,6 @@ def request_trace(
     return RequestTrace(SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state), parent)
 
 
-class _RequestIds(IdGenerator):
-    """
-    Random ids, except for the request span, whose ids the tracer presets
-    just before starting it (on the reactor thread, the only one that
-    starts spans).
-    """
-
-    def __init__(self) -> None:
-        self._random = RandomIdGenerator()
-        self.trace_id: int | None = None
-        self.span_id: int | None = None
-
-    def generate_trace_id(self) -> int:
-        preset, self.trace_id = self.trace_id, None
-        return preset if preset is not None else self._random.generate_trace_id()
-
-    def generate_span_id(self) -> int:
-        preset, self.span_id = self.span_id, None
-        return preset if preset is not None else self._random.generate_span_id()
-
-
 class CountingExporter(SpanExporter):
     """Counts what the wrapped exporter did, so export failures are visible in the live stats."""
 
@@ -183,6 +162,15 @@ def _client_header(exchange: Exchange, name: str) -> str | None:
         return headers.first(name)
     value = headers.get(name)
     return value if isinstance(value, str) else None
+
+
+def _span_name(exchange: Exchange) -> str:
+    """
+    C{POST /v1/messages}: the route, never an unbounded path (bypassed
+    requests are named by their first two segments, as in metrics).
+    """
+    path = exchange.path if exchange.kind != "bypass" else path_family(exchange.path)
+    return f"{exchange.method} {path}"
 
 
 def _system(provider_type: str | None, dialect: str) -> str:
@@ -223,14 +211,16 @@ class GatewayTracer:
     ) -> None:
         self.settings = settings
         self.capture_content = settings.capture_content
-        self._ids = _RequestIds()
+        # The SDK's provider only for what it reads from the environment:
+        # the sampler (OTEL_TRACES_SAMPLER) and the resource
+        # (OTEL_RESOURCE_ATTRIBUTES).  Spans are built as ReadableSpans
+        # directly (see _spans).
         self.provider = TracerProvider(
             resource=Resource.create({"service.name": settings.service_name, "service.version": __version__}),
-            id_generator=self._ids,
             shutdown_on_exit=False,
         )
-        self.provider.add_span_processor(processor)
-        self._tracer = self.provider.get_tracer("lunaroute", __version__)
+        self.processor = processor
+        self._scope = InstrumentationScope("lunaroute", __version__)
         self._provider_types = dict(provider_types or {})
         self.exporter = exporter
         self.traced_requests = 0
@@ -250,18 +240,19 @@ class GatewayTracer:
 
     def inject(self, exchange: Exchange, headers: Headers) -> None:
         """
-        Set C{traceparent} (and the client's C{tracestate}) on the headers
-        about to go upstream, naming this request's span.  They were copied
-        from the client, so the client's own values are read from them.
+        Set C{traceparent} on the headers about to go upstream, naming this
+        request's span.  They were copied from the client, so the client's
+        own C{traceparent} is read from them, and its C{tracestate} stays
+        (dropped when its C{traceparent} was invalid, as W3C says).
         """
         trace = self._trace(
             exchange.request_id, first_value(headers, b"traceparent"), first_value(headers, b"tracestate")
         )
-        carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier, context=set_span_in_context(NonRecordingSpan(trace.span)))
-        headers.removeHeader(b"tracestate")
-        for name, value in carrier.items():
-            headers.setRawHeaders(name.encode("ascii"), [value.encode("ascii")])
+        span = trace.span
+        value = f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
+        headers.setRawHeaders(b"traceparent", [value.encode("ascii")])
+        if trace.parent is None:
+            headers.removeHeader(b"tracestate")
 
     # -- the sink --------------------------------------------------------
 
@@ -275,65 +266,90 @@ class GatewayTracer:
             log.failure("building the spans of {request_id} failed", request_id=exchange.request_id)
 
     def _spans(self, exchange: Exchange) -> None:
+        """
+        The span tree, built after the fact as finished C{ReadableSpan}s with
+        the lifecycle's times: cheaper than starting and ending live spans
+        (no locks, no per-span sampling), which matters on the reactor.
+        """
         timings = exchange.timings
         trace = self._trace(
             exchange.request_id, _client_header(exchange, "traceparent"), _client_header(exchange, "tracestate")
         )
-        self._ids.trace_id, self._ids.span_id = trace.span.trace_id, trace.span.span_id
-        try:
-            root = self._tracer.start_span(
-                f"{exchange.method} {exchange.path}",
-                context=trace.parent,
-                kind=SpanKind.SERVER,
-                attributes=self._request_attributes(exchange),
-                start_time=_ns(timings.received),
-            )
-        finally:
-            self._ids.trace_id = self._ids.span_id = None
-        if not root.is_recording():
+        root = trace.span
+        if not root.trace_flags.sampled:
             return
+        parent = get_current_span(trace.parent).get_span_context() if trace.parent is not None else None
         end = timings.finished if timings.finished is not None else timings.received
-        context = set_span_in_context(root)
         parsed = timings.parsed if timings.parsed is not None else timings.received
         sent = timings.upstream_sent
-        self._child("parse", context, timings.received, parsed, {"lunaroute.dialect": exchange.dialect})
+        self._child(root, "parse", timings.received, parsed, {"lunaroute.dialect": exchange.dialect})
         choose: dict[str, Any] = {"lunaroute.provider": exchange.provider or ""}
         if exchange.rule:
             choose["lunaroute.routing.rule"] = exchange.rule
-        self._child("choose", context, parsed, sent if sent is not None else end, choose)
+        self._child(root, "choose", parsed, sent if sent is not None else end, choose)
         if sent is not None:
-            self._attempt_spans(exchange, context, sent, end)
+            self._attempt_spans(exchange, root, sent, end)
         if timings.headers_received is not None:
             relay_end = timings.last_byte if timings.last_byte is not None else end
             relay = {
                 "lunaroute.bytes_out": exchange.bytes_out,
                 "lunaroute.chunks": exchange.chunk_count,
             }
-            self._child("relay", context, timings.headers_received, max(relay_end, timings.headers_received), relay)
+            self._child(root, "relay", timings.headers_received, max(relay_end, timings.headers_received), relay)
         failed = exchange.outcome != "ok" and not (
             exchange.outcome == "upstream_error" and exchange.status is not None and exchange.status < 500
         )
+        status = _UNSET
         if failed or (exchange.status is not None and exchange.status >= 500):
-            root.set_status(Status(StatusCode.ERROR, exchange.error or exchange.outcome))
-        root.end(end_time=_ns(end))
+            status = Status(StatusCode.ERROR, exchange.error or exchange.outcome)
+        self.processor.on_end(
+            ReadableSpan(
+                name=_span_name(exchange),
+                context=root,
+                parent=parent,
+                resource=self.provider.resource,
+                attributes=self._request_attributes(exchange),
+                kind=SpanKind.SERVER,
+                status=status,
+                start_time=_ns(timings.received),
+                end_time=_ns(max(end, timings.received)),
+                instrumentation_scope=self._scope,
+            )
+        )
 
     def _child(
         self,
+        root: SpanContext,
         name: str,
-        context: Context,
         start: float,
         end: float,
         attributes: Mapping[str, Any],
         kind: SpanKind = SpanKind.INTERNAL,
         error: str | None = None,
-    ) -> Span:
-        span = self._tracer.start_span(name, context=context, kind=kind, attributes=attributes, start_time=_ns(start))
-        if error is not None:
-            span.set_status(Status(StatusCode.ERROR, error))
-        span.end(end_time=_ns(max(start, end)))
-        return span
+    ) -> None:
+        context = SpanContext(
+            root.trace_id,
+            random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=root.trace_flags,
+            trace_state=root.trace_state,
+        )
+        self.processor.on_end(
+            ReadableSpan(
+                name=name,
+                context=context,
+                parent=root,
+                resource=self.provider.resource,
+                attributes=attributes,
+                kind=kind,
+                status=Status(StatusCode.ERROR, error) if error is not None else _UNSET,
+                start_time=_ns(start),
+                end_time=_ns(max(start, end)),
+                instrumentation_scope=self._scope,
+            )
+        )
 
-    def _attempt_spans(self, exchange: Exchange, context: Context, sent: float, end: float) -> None:
+    def _attempt_spans(self, exchange: Exchange, root: SpanContext, sent: float, end: float) -> None:
         """
         One C{CLIENT} span per attempt.  Their durations are exact; their
         starts are laid back to back from the upstream send, the last one
@@ -374,8 +390,8 @@ class GatewayTracer:
                 attributes["error.type"] = str(error)
             duration = (attempt.get("duration_ms") or 0.0) / 1000.0
             self._child(
+                root,
                 f"send {provider}",
-                context,
                 start,
                 start + duration,
                 attributes,
@@ -421,7 +437,7 @@ class GatewayTracer:
             if response.response_id:
                 attributes["gen_ai.response.id"] = response.response_id
             if response.stop_reason:
-                attributes["gen_ai.response.finish_reasons"] = [response.stop_reason]
+                attributes["gen_ai.response.finish_reasons"] = (response.stop_reason,)
             usage = response.usage
             attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
             attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
@@ -430,7 +446,7 @@ class GatewayTracer:
             if usage.cache_creation_tokens:
                 attributes["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_creation_tokens
             if response.tool_calls:
-                attributes["lunaroute.tool_calls"] = [call.name for call in response.tool_calls]
+                attributes["lunaroute.tool_calls"] = tuple(call.name for call in response.tool_calls)
         if self.capture_content:
             prompt = _input_messages(exchange.request_json)
             if prompt is not None:
@@ -455,8 +471,8 @@ class GatewayTracer:
 
     def shutdown(self) -> None:
         """Export what is queued (bounded wait), then stop the processor's thread. Blocks."""
-        self.provider.force_flush(FLUSH_TIMEOUT_MILLIS)
-        self.provider.shutdown()
+        self.processor.force_flush(FLUSH_TIMEOUT_MILLIS)
+        self.processor.shutdown()
 
 
 class TelemetryService(Service):

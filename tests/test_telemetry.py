@@ -181,6 +181,44 @@ def test_unsampled_client_trace_exports_nothing_and_says_so_upstream() -> None:
     assert exporter.get_finished_spans() == ()
 
 
+def test_the_sdk_sampler_variable_is_honoured(monkeypatch) -> None:
+    """OTEL_TRACES_SAMPLER=always_off: no spans are built, and upstream is told the trace is not sampled."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    tracer, exporter = memory_tracer()
+    headers = Headers()
+    exchange = routed_exchange("")
+    tracer.inject(exchange, headers)
+    assert headers.getRawHeaders(b"traceparent")[0].endswith(b"-00")
+    tracer.observe(exchange)
+    assert exporter.get_finished_spans() == ()
+
+
+def test_an_invalid_client_traceparent_starts_a_new_trace_upstream() -> None:
+    """A malformed traceparent is replaced by the request's own, and its tracestate is dropped."""
+    tracer, _ = memory_tracer()
+    headers = Headers({b"traceparent": [b"00-not-a-trace-id-01"], b"tracestate": [b"vendor=x"]})
+    exchange = routed_exchange("00-not-a-trace-id-01")
+    tracer.inject(exchange, headers)
+    (sent,) = headers.getRawHeaders(b"traceparent")
+    assert sent.decode() == "00-" + exchange.request_id.replace("-", "") + "-" + sent.decode().split("-")[2] + "-01"
+    assert headers.getRawHeaders(b"tracestate") is None
+
+
+def test_bypassed_requests_are_named_by_path_family() -> None:
+    """Span names stay bounded: a bypassed /v1/files/<id> is named by its first two segments."""
+    tracer, exporter = memory_tracer()
+    exchange = Exchange(
+        request_id="r-bypass", session_id="s", listener="openai", kind="bypass", dialect="openai",
+        path="/v1/files/file-abc123/content", method="GET", timings=Timings(received=5.0),
+    )
+    exchange.complete()
+    tracer.observe(exchange)
+    (root,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert root.name == "GET /v1/files"
+    assert root.attributes["url.path"] == "/v1/files/file-abc123/content"
+    assert "gen_ai.operation.name" not in root.attributes
+
+
 def test_request_trace_is_derived_from_the_request_id() -> None:
     """The same request gets the same ids at send time and at the end; a bad traceparent starts a new trace."""
     request_id = "0b5e1d62-1d39-4a5f-9a43-2b7c3f6c9f10"
