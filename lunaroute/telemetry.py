@@ -72,7 +72,6 @@ __all__ = ["GatewayTracer", "RequestTrace", "TelemetryService", "make_tracer", "
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _UNSET = Status(StatusCode.UNSET)
-_SPAN_ID_MASK = (1 << 64) - 1
 # With capture_content, at most this many characters of prompt or answer per span.
 CONTENT_LIMIT = 16_384
 # How long a stopping gateway waits for the last spans to be exported.
