@@ -384,7 +384,11 @@ class GatewayTracer:
                 attributes["http.response.status_code"] = attempt["status"]
             if attempt.get("reason"):
                 attributes["lunaroute.attempt.reason"] = attempt["reason"]
+            # A client span fails on an error or an HTTP error status (4xx/5xx).
             error = attempt.get("error")
+            status = attempt.get("status")
+            if not error and isinstance(status, int) and status >= 400:
+                error = str(status)
             if error:
                 attributes["error.type"] = str(error)
             duration = (attempt.get("duration_ms") or 0.0) / 1000.0

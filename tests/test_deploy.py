@@ -183,6 +183,21 @@ def test_dockerfile_is_slim_non_root_and_probes_healthz() -> None:
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(uid)
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_images_healthcheck_command_probes_a_running_gateway(gateway) -> None:
+    """The HEALTHCHECK's exact command exits 0 against a gateway, and non-zero when nothing answers."""
+    (health,) = [rest for name, rest in dockerfile_instructions() if name == "HEALTHCHECK"]
+    argv = json.loads(health.split(" CMD ", 1)[1])
+    assert argv[0] == "python"
+
+    def probe(port: int) -> int:
+        command = [sys.executable, *[arg.replace("127.0.0.1:8081", f"127.0.0.1:{port}") for arg in argv[1:]]]
+        return subprocess.run(command, capture_output=True, timeout=30).returncode
+
+    assert await in_thread(probe, gateway.port) == 0
+    assert await in_thread(probe, free_port()) != 0
+
+
 # -- compose -------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from lunaroute.errors import ConfigError
 from lunaroute.exchange import Exchange, Timings
 from lunaroute.service import make_gateway_service
 from lunaroute.telemetry import make_tracer, request_trace
+from lunaroute.testing.fake_provider import FakeProvider
 from lunaroute.testing.helpers import in_thread
 
 PROMPT = "the secret prompt text 4711"
@@ -96,8 +97,8 @@ def routed_exchange(traceparent: str = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01") ->
         request_headers={"traceparent": traceparent},
         rule="claude-with-fallback",
         attempts=[
-            {"provider": "anthropic", "rule": "r", "reason": "primary", "status": 529, "error": "status",
-             "detail": "overloaded", "duration_ms": 200.0},
+            {"provider": "anthropic", "rule": "r", "reason": "primary", "status": 529, "error": None,
+             "detail": "HTTP 529", "duration_ms": 200.0},
             {"provider": "backup", "rule": "r", "reason": "fallback", "status": 200, "error": None,
              "detail": None, "duration_ms": 250.0},
         ],
@@ -135,6 +136,7 @@ def test_span_tree_of_a_routed_exchange() -> None:
     # The last attempt ends when the answer's headers arrived.
     assert second.end_time == 100_500_000_000 and second.start_time == 100_250_000_000
     assert first.status.status_code is StatusCode.ERROR and first.attributes["http.response.status_code"] == 529
+    assert first.attributes["error.type"] == "529" and first.status.description == "HTTP 529"
     assert second.status.status_code is StatusCode.UNSET
     assert (names["relay"].start_time, names["relay"].end_time) == (100_500_000_000, 101_250_000_000)
     attributes = root.attributes
@@ -286,6 +288,45 @@ async def test_streamed_request_is_traced_and_the_provider_gets_the_trace(fake, 
     assert all(PROMPT not in str(v) for s in spans.values() for v in s.attributes.values())
     stats = gateway.service.live_stats()
     assert stats["telemetry"]["traced_requests"] == 1
+
+
+@pytest_twisted.async_yield_fixture
+async def backup():
+    provider = FakeProvider(reactor)
+    port = provider.listen()
+    provider.url = f"http://127.0.0.1:{port.getHost().port}"
+    yield provider
+    await provider.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_routed_attempt_is_a_span_and_carries_the_trace(fake, backup, start_gateway, traced):
+    """Primary overloaded, the fallback answers: one CLIENT span per attempt, both providers told the request span."""
+    gateway = await start_gateway(fake, telemetry={"enabled": True}, **{
+        "providers": {
+            "anthropic": {"base_url": fake.url, "http_client": {"max_retries": 0}},
+            "anthropic_backup": {"provider_type": "anthropic", "base_url": backup.url, "model": "claude-sonnet-4-5"},
+        },
+        "routing": {"rules": [{"name": "fallback", "model_pattern": "^claude-", "primary": "anthropic",
+                               "fallbacks": ["anthropic_backup"]}]},
+    })
+    await in_thread(gateway.anthropic().messages.create, model="claude-overloaded", max_tokens=10,
+                    messages=[{"role": "user", "content": "hi"}])
+    (exporter,) = traced
+    spans = exporter.get_finished_spans()
+    root = next(s for s in spans if s.kind is SpanKind.SERVER)
+    attempts = [s for s in spans if s.kind is SpanKind.CLIENT]
+    assert [s.name for s in attempts] == ["send anthropic", "send anthropic_backup"]
+    assert attempts[0].attributes["http.response.status_code"] == 529
+    assert attempts[0].status.status_code is StatusCode.ERROR
+    assert attempts[1].attributes["http.response.status_code"] == 200
+    assert attempts[0].end_time <= attempts[1].start_time
+    assert root.attributes["lunaroute.routing.rule"] == "fallback"
+    assert root.attributes["lunaroute.provider"] == "anthropic_backup"
+    assert root.status.status_code is StatusCode.UNSET
+    for provider in (fake, backup):
+        _, trace_id, parent_id, _ = provider.requests[-1].header("traceparent").split("-")
+        assert int(trace_id, 16) == root.context.trace_id and int(parent_id, 16) == root.context.span_id
 
 
 @pytest_twisted.ensureDeferred
