@@ -91,6 +91,10 @@ class GatewayService(MultiService):
         self.tracer = make_tracer_for(settings)
         if self.tracer is not None:
             sinks.append(self.tracer.observe)
+            if self.metrics is not None:
+                from lunaroute.telemetry import TelemetryCollector
+
+                self.metrics.registry.register(TelemetryCollector(self.tracer))
 
         request_log = None
         if settings.logging.log_requests:

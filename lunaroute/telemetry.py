@@ -68,7 +68,7 @@ from lunaroute.proxy.headers import MaskedHeaders, first_value
 
 log = Logger(observer=log_observer)
 
-__all__ = ["GatewayTracer", "RequestTrace", "TelemetryService", "make_tracer", "request_trace"]
+__all__ = ["GatewayTracer", "RequestTrace", "TelemetryCollector", "TelemetryService", "make_tracer", "request_trace"]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _UNSET = Status(StatusCode.UNSET)
@@ -258,17 +258,18 @@ class GatewayTracer:
     def observe(self, exchange: Exchange) -> None:
         """Build and end the exchange's spans (a failure is counted, never raised)."""
         try:
-            self._spans(exchange)
-            self.traced_requests += 1
+            if self._spans(exchange):
+                self.traced_requests += 1
         except Exception:
             self.failed_requests += 1
             log.failure("building the spans of {request_id} failed", request_id=exchange.request_id)
 
-    def _spans(self, exchange: Exchange) -> None:
+    def _spans(self, exchange: Exchange) -> bool:
         """
         The span tree, built after the fact as finished C{ReadableSpan}s with
         the lifecycle's times: cheaper than starting and ending live spans
         (no locks, no per-span sampling), which matters on the reactor.
+        Returns whether the request was sampled (and its spans built).
         """
         timings = exchange.timings
         trace = self._trace(
@@ -276,7 +277,7 @@ class GatewayTracer:
         )
         root = trace.span
         if not root.trace_flags.sampled:
-            return
+            return False
         parent = get_current_span(trace.parent).get_span_context() if trace.parent is not None else None
         end = timings.finished if timings.finished is not None else timings.received
         parsed = timings.parsed if timings.parsed is not None else timings.received
@@ -315,6 +316,7 @@ class GatewayTracer:
                 instrumentation_scope=self._scope,
             )
         )
+        return True
 
     def _child(
         self,
@@ -476,6 +478,40 @@ class GatewayTracer:
         """Export what is queued (bounded wait), then stop the processor's thread. Blocks."""
         self.processor.force_flush(FLUSH_TIMEOUT_MILLIS)
         self.processor.shutdown()
+
+
+class TelemetryCollector:
+    """
+    The tracer's counts in the gateway's Prometheus registry (read at
+    scrape time), so a collector that stopped accepting spans shows on the
+    dashboards that watch the gateway.
+    """
+
+    def __init__(self, tracer: GatewayTracer) -> None:
+        self.tracer = tracer
+
+    def describe(self) -> Any:
+        return list(self._families(zero=True))
+
+    def collect(self) -> Any:
+        return list(self._families(zero=False))
+
+    def _families(self, zero: bool) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        tracer = self.tracer
+        exporter = tracer.exporter
+        figures = (
+            ("lunaroute_telemetry_traced_requests", "Requests whose spans were built.", tracer.traced_requests),
+            ("lunaroute_telemetry_failed_requests", "Requests whose spans could not be built (logged).",
+             tracer.failed_requests),
+            ("lunaroute_telemetry_exported_spans", "Spans the collector accepted.",
+             exporter.exported_spans if exporter is not None else 0),
+            ("lunaroute_telemetry_failed_spans", "Spans the exporter could not deliver.",
+             exporter.failed_spans if exporter is not None else 0),
+        )
+        for name, documentation, value in figures:
+            yield CounterMetricFamily(name, documentation, value=0 if zero else value)
 
 
 class TelemetryService(Service):

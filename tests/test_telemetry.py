@@ -193,6 +193,7 @@ def test_the_sdk_sampler_variable_is_honoured(monkeypatch) -> None:
     assert headers.getRawHeaders(b"traceparent")[0].endswith(b"-00")
     tracer.observe(exchange)
     assert exporter.get_finished_spans() == ()
+    assert tracer.traced_requests == 0
 
 
 def test_an_invalid_client_traceparent_starts_a_new_trace_upstream() -> None:
@@ -422,8 +423,9 @@ class FakeCollector(Resource):
 
     isLeaf = True
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 200) -> None:
         super().__init__()
+        self.status = status
         self.exports: list[ExportTraceServiceRequest] = []
         self.content_types: list[str] = []
         self.arrived: defer.Deferred[None] = defer.Deferred()
@@ -436,6 +438,7 @@ class FakeCollector(Resource):
         self.content_types.append(request.getHeader(b"content-type").decode())
         if not self.arrived.called:
             self.arrived.callback(None)
+        request.setResponseCode(self.status)
         request.setHeader(b"content-type", b"application/x-protobuf")
         return b""
 
@@ -474,3 +477,31 @@ async def test_spans_are_exported_over_otlp_http(fake, start_gateway):
     assert attributes["gen_ai.request.model"].string_value == "claude-sonnet-4-5"
     assert attributes["gen_ai.usage.output_tokens"].int_value > 0
     assert gateway.service.tracer.exporter.exported_spans == len(spans)
+    # The same counts in the gateway's Prometheus exposition.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {sample.name: sample.value for family in text_string_to_metric_families(
+        gateway.service.metrics.render()[0].decode()) for sample in family.samples}
+    assert samples["lunaroute_telemetry_exported_spans_total"] == len(spans)
+    assert samples["lunaroute_telemetry_traced_requests_total"] == 1
+    assert samples["lunaroute_telemetry_failed_spans_total"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refusing_collector_is_counted_and_requests_are_unaffected(fake, start_gateway):
+    """The collector answers 400: the request still succeeds, and the lost spans are counted."""
+    collector = FakeCollector(status=400)
+    port = reactor.listenTCP(0, Site(collector), interface="127.0.0.1")
+    try:
+        gateway = await start_gateway(fake, telemetry={
+            "enabled": True, "endpoint": f"http://127.0.0.1:{port.getHost().port}/v1/traces"})
+        message = await in_thread(gateway.anthropic().messages.create, model="claude-sonnet-4-5", max_tokens=10,
+                                  messages=[{"role": "user", "content": "hi"}])
+        assert message.content[0].text
+        await gateway.service.stopService()
+        await collector.arrived
+    finally:
+        await port.stopListening()
+    stats = gateway.service.tracer.stats()
+    assert stats["exported_spans"] == 0
+    assert stats["failed_spans"] == 5  # the request span and parse, choose, send, relay
