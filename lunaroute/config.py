@@ -41,6 +41,8 @@ __all__ = [
     "BUILTIN_BASE_URLS",
     "CLI_OVERRIDES",
     "ENV_VARIABLES",
+    "OTEL_VARIABLES",
+    "TelemetrySettings",
     "BypassSettings",
     "CircuitBreakerSettings",
     "CustomPiiPattern",
@@ -321,6 +323,27 @@ class MetricsSettings:
     enabled: bool = True
 
 
+DEFAULT_OTLP_TRACES_ENDPOINT = "http://localhost:4318/v1/traces"
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """
+    OpenTelemetry traces (L{lunaroute.telemetry}): off unless
+    C{telemetry.enabled} or an C{OTEL_EXPORTER_OTLP_*ENDPOINT} variable
+    turns them on.  C{endpoint} is the full OTLP/HTTP traces URL
+    (C{.../v1/traces}); C{headers} go with every export (a backend's API
+    key: never logged).  Prompt and answer text reach spans only with
+    C{capture_content}.
+    """
+
+    enabled: bool = False
+    endpoint: str = DEFAULT_OTLP_TRACES_ENDPOINT
+    service_name: str = "lunaroute"
+    capture_content: bool = False
+    headers: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}), repr=False)
+
+
 @dataclass(frozen=True)
 class UISettings:
     """The web UI (L{lunaroute.ui}): its own listener, and what the session API allows."""
@@ -499,6 +522,7 @@ class Settings:
     routing: RoutingSettings
     source: str | None = None
     templates: TemplateSettings = field(default_factory=TemplateSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @property
     def serves_anthropic(self) -> bool:
@@ -620,6 +644,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "statistics": ("session_stats_max_sessions", "print_summary", "pricing_file", "pricing"),
     "metrics": ("enabled",),
+    "telemetry": ("enabled", "endpoint", "service_name", "capture_content", "headers"),
     "ui": (
         "enabled",
         "host",
@@ -1772,6 +1797,7 @@ def _build(layers: _Layers, env: Mapping[str, str], source: str | None) -> Setti
         routing=_build_routing(layers.values.get(("routing",), {}), providers),
         source=source,
         templates=_build_templates(layers, env),
+        telemetry=_build_telemetry(layers, env),
     )
 
 
@@ -1797,6 +1823,104 @@ def _build_templates(layers: _Layers, env: Mapping[str, str]) -> TemplateSetting
     return TemplateSettings(
         env_allowlist=allowlist,
         env=types.MappingProxyType({name: env[name] for name in allowlist if name in env}),
+    )
+
+
+# The standard OpenTelemetry variables LunaRoute reads (environment wins over
+# the file, as for LUNAROUTE_* variables).
+OTEL_VARIABLES = (
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_SERVICE_NAME",
+    "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
+)
+
+
+def _otlp_headers(value: Any) -> dict[str, str]:
+    """
+    Export headers: a mapping (the file) or C{key=value,key=value} (the
+    C{OTEL_EXPORTER_OTLP_HEADERS} format, values percent-encoded).
+    """
+    from urllib.parse import unquote
+
+    if isinstance(value, str):
+        pairs: dict[str, Any] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            name, sep, raw = item.partition("=")
+            if not sep or not name.strip():
+                raise _Invalid("expected key=value pairs separated by commas")
+            pairs[name.strip()] = unquote(raw.strip())
+        value = pairs
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a mapping of header names to values, got {_kind(value)}")
+    out: dict[str, str] = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise _Invalid(f"{_show(name)} is not a valid HTTP header name")
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise _Invalid(f"header {name}: expected a string, got {_kind(item)}")
+        out[name.lower()] = str(item)
+    return out
+
+
+def _traces_url(base: str) -> str:
+    """C{OTEL_EXPORTER_OTLP_ENDPOINT} is a base URL: traces go to its C{/v1/traces}."""
+    return base if base.endswith("/v1/traces") else base + "/v1/traces"
+
+
+def _build_telemetry(layers: _Layers, env: Mapping[str, str]) -> TelemetrySettings:
+    """
+    The C{telemetry} section, then the standard C{OTEL_*} variables over it:
+    an OTLP endpoint variable turns tracing on, C{OTEL_SDK_DISABLED=true} or
+    C{OTEL_TRACES_EXPORTER=none} turns it off whatever the file says.
+    """
+    defaults = TelemetrySettings()
+    section = "telemetry"
+
+    def variable(name: str) -> str | None:
+        raw = env.get(name)
+        return raw.strip() if raw is not None and raw.strip() else None
+
+    enabled = layers.get((section, "enabled"), defaults.enabled, _bool)
+    endpoint = layers.get((section, "endpoint"), None, _url)
+    endpoint = _traces_url(endpoint) if endpoint else defaults.endpoint
+    for name, convert in (
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", _traces_url),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", str),
+    ):
+        raw = variable(name)
+        if raw is not None:
+            url = _checked(raw, (name,), _url)
+            endpoint, enabled = convert(url), True
+    headers = layers.get((section, "headers"), {}, _otlp_headers)
+    for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+        raw = variable(name)
+        if raw is not None:
+            headers = {**headers, **_checked(raw, (name,), _otlp_headers)}
+    service_name = variable("OTEL_SERVICE_NAME") or layers.get(
+        (section, "service_name"), defaults.service_name, _text
+    )
+    capture = layers.get((section, "capture_content"), defaults.capture_content, _bool)
+    raw_capture = variable("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+    if raw_capture is not None:
+        capture = _checked(raw_capture, ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",), _bool)
+    disabled = variable("OTEL_SDK_DISABLED")
+    if disabled is not None and _checked(disabled, ("OTEL_SDK_DISABLED",), _bool):
+        enabled = False
+    if (variable("OTEL_TRACES_EXPORTER") or "").lower() == "none":
+        enabled = False
+    return TelemetrySettings(
+        enabled=enabled,
+        endpoint=endpoint,
+        service_name=service_name,
+        capture_content=capture,
+        headers=types.MappingProxyType(headers),
     )
 
 
@@ -2105,6 +2229,14 @@ def setting_lines(settings: Settings) -> list[str]:
         f"request logging {_onoff(settings.logging.log_requests)}; "
         f"metrics {_onoff(settings.metrics.enabled)}"
     )
+    telemetry = settings.telemetry
+    if telemetry.enabled:
+        content = "prompt text captured" if telemetry.capture_content else "no prompt text"
+        lines.append(
+            f"telemetry: on, OTLP/HTTP traces to {telemetry.endpoint} as {telemetry.service_name} ({content})"
+        )
+    else:
+        lines.append("telemetry: off")
     reason = ui_unavailable_reason(settings)
     if reason is None:
         host = f"[{settings.ui.host}]" if ":" in settings.ui.host else settings.ui.host

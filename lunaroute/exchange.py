@@ -72,6 +72,8 @@ class Timings(_Sealable):
 
     received: float
     upstream_sent: float | None = None
+    # End of the parse step (choose and modify run from here to upstream_sent).
+    parsed: float | None = None
     headers_received: float | None = None
     first_byte: float | None = None
     last_byte: float | None = None

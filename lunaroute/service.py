@@ -95,6 +95,14 @@ class GatewayService(MultiService):
             sinks.append(self.recorder.record)
         if self.metrics is not None:
             sinks.append(self.metrics.observe)
+        # OpenTelemetry only when on: off, nothing is imported or registered.
+        self.tracer = make_tracer_for(settings)
+        if self.tracer is not None:
+            sinks.append(self.tracer.observe)
+            if self.metrics is not None:
+                from lunaroute.telemetry import TelemetryCollector
+
+                self.metrics.registry.register(TelemetryCollector(self.tracer))
 
         request_log = None
         if settings.logging.log_requests:
@@ -115,6 +123,7 @@ class GatewayService(MultiService):
             upstream_redactor=(
                 self.redactor if self.redactor is not None and settings.session_recording.pii.apply_to_upstream else None
             ),
+            trace_propagator=self.tracer.inject if self.tracer is not None else None,
         )
         # The session API (/sessions, /api/...) in front of the proxy routes,
         # all behind the access guard.
@@ -146,6 +155,10 @@ class GatewayService(MultiService):
             self.drained_services.insert(0, self.retention)
             if self.metrics is not None:
                 self.metrics.bind_retention(self.retention)
+        if self.tracer is not None:
+            from lunaroute.telemetry import TelemetryService
+
+            self.add_drained_service(TelemetryService(self.tracer))
 
     def _cut_on_second_signal(self) -> None:
         try:
@@ -162,6 +175,8 @@ class GatewayService(MultiService):
                 "dropped_events": self.recorder.dropped_events,
                 "lost_exchanges": self.recorder.loss_counts(),
             }
+        if self.tracer is not None:
+            out["telemetry"] = self.tracer.stats()
         return out
 
     def listening_port(self) -> defer.Deferred[Any]:
@@ -268,6 +283,26 @@ def exposure_warning(settings: Settings) -> str | None:
         "by anyone who can reach this port, and so is the proxy; set http_server.auth_token "
         "(and http_server.require_auth_for_proxy) to protect them"
     )
+
+
+def make_tracer_for(settings: Settings) -> Any:
+    """
+    The L{lunaroute.telemetry.GatewayTracer} when telemetry is on, else
+    C{None} (and OpenTelemetry is not even imported).
+
+    @raise ConfigError: telemetry is on but the optional packages are missing.
+    """
+    if not settings.telemetry.enabled:
+        return None
+    try:
+        from lunaroute.telemetry import make_tracer
+    except ImportError as exc:
+        raise ConfigError(
+            f"telemetry is on but OpenTelemetry is not installed ({exc.name or exc}): "
+            "pip install 'lunaroute[otel]', or turn telemetry.enabled (and OTEL_EXPORTER_OTLP_ENDPOINT) off"
+        ) from None
+    types = {name: provider.provider_type for name, provider in settings.providers.items()}
+    return make_tracer(settings.telemetry, types)
 
 
 def _quietly(d: defer.Deferred[Any], what: str) -> defer.Deferred[Any]:

@@ -29,6 +29,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.web.http_headers import Headers
 from werkzeug.exceptions import HTTPException
 
 from lunaroute.config import Settings
@@ -157,6 +158,9 @@ class GatewayApp:
     @param upstream_redactor: with C{session_recording.pii.apply_to_upstream},
         the L{lunaroute.pii.Redactor} applied to each request body before
         anything reads it (see L{redact_upstream}).
+    @param trace_propagator: C{(exchange, headers) -> None}, called with the
+        headers of each upstream attempt (L{lunaroute.telemetry}: the
+        C{traceparent}), when telemetry is on.
     """
 
     app = Klein()
@@ -177,6 +181,7 @@ class GatewayApp:
         router: Router | None = None,
         socket_metrics: Any = None,
         upstream_redactor: Redactor | None = None,
+        trace_propagator: Callable[[Exchange, Headers], None] | None = None,
     ) -> None:
         self.settings = settings
         self.providers = providers
@@ -205,6 +210,14 @@ class GatewayApp:
         self._modifiers = provider_modifiers(
             settings.providers.values(), settings.templates.env_allowlist, settings.templates.env
         )
+        self._trace_propagator = trace_propagator
+
+    def upstream_headers(self, client: Headers, exchange: Exchange) -> Headers:
+        """The headers of an upstream attempt: the client's end-to-end ones (and the trace context)."""
+        headers = upstream_request_headers(client)
+        if self._trace_propagator is not None:
+            self._trace_propagator(exchange, headers)
+        return headers
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -431,6 +444,7 @@ class GatewayApp:
         header = header_reader(request.requestHeaders)
         # parse (raises BadRequestBody: a 400 via domain_error, nothing sent)
         view = parse_request(dialect, body, header, parse_json=parse_json)
+        parsed = self.clock.seconds()
         # choose
         plan = self._plan(view, listener, header) if provider is None else None
         if plan is not None:
@@ -456,7 +470,7 @@ class GatewayApp:
         load = self._provider_load[name] = self._provider_load.get(name, 0) + 1
         provider.note_in_flight(load)
         d = defer.ensureDeferred(
-            self._run(request, flight, listener, view, provider, body, received, kind, plan)
+            self._run(request, flight, listener, view, provider, body, received, kind, plan, parsed)
         )
         self.in_flight[d] = flight
 
@@ -481,6 +495,7 @@ class GatewayApp:
         received: float,
         kind: str,
         plan: Plan | None = None,
+        parsed: float | None = None,
     ) -> bytes | None:
         """
         Send, relay, classify and record one request.  Answers every failure
@@ -488,6 +503,7 @@ class GatewayApp:
         exchange to the sinks.
         """
         exchange = self._start_exchange(request, listener, view, provider, body, received, kind)
+        exchange.timings.parsed = parsed
         if plan is not None:
             exchange.rule = plan.rule_name
         gone: list[bool] = []
@@ -641,7 +657,7 @@ class GatewayApp:
                     )
                     query, dialect = b"", translator.target
                 else:
-                    path, headers, payload = exchange.path, upstream_request_headers(request.requestHeaders), body
+                    path, headers, payload = exchange.path, self.upstream_headers(request.requestHeaders, exchange), body
                     model, dialect = _configured_model(provider) or view.model, exchange.dialect
                 payload = self._modify(provider, exchange, headers, path, payload, model, dialect)
                 flight.sending = provider.request(request.method, path, query, headers, payload)
@@ -828,7 +844,7 @@ class GatewayApp:
         C{provider}: the client's end-to-end headers and C{payload}, with the
         provider's request modification applied (L{_modify}).
         """
-        headers = upstream_request_headers(client_headers)
+        headers = self.upstream_headers(client_headers, exchange)
         return headers, self._modify(provider, exchange, headers, exchange.path, payload, model, exchange.dialect)
 
     def _modify(
@@ -914,7 +930,7 @@ class GatewayApp:
             notice = router.switch_notice(plan, index, first_failure, view.model or "")
             if notice:
                 payload = inject_switch_notice(view.dialect, payload, notice)
-        return exchange.path, query, upstream_request_headers(request.requestHeaders), payload
+        return exchange.path, query, self.upstream_headers(request.requestHeaders, exchange), payload
 
     # -- translation (the send and relay steps of a translated attempt) ----
 
@@ -976,6 +992,8 @@ class GatewayApp:
         exchange.upstream_body = payload
         exchange.upstream_path = translator.target_path
         headers = translated_request_headers(request.requestHeaders, translator.source, translator.target)
+        if self._trace_propagator is not None:
+            self._trace_propagator(exchange, headers)
         return translator.target_path, headers, payload
 
     def _translating_relay(

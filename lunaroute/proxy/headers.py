@@ -111,6 +111,10 @@ class MaskedHeaders(Mapping[str, str]):
     def __getitem__(self, name: str) -> str:
         return self._view()[name]
 
+    def first(self, name: str) -> str | None:
+        """One header's first value, unmasked and without building the view (not for credentials)."""
+        return first_value(self._headers, name.encode("ascii"))
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._view())
 
