@@ -206,7 +206,8 @@ class ISessionStore(Interface):
         """
         Aggregates over a L{lunaroute.sessions.store.StatsWindow}: C{name} is
         C{overview}, C{tokens}, C{tools}, C{costs}, C{models}, C{hours},
-        C{spending}, C{user-agents} or C{model-list}.
+        C{spending}, C{usage}, C{clients}, C{projects}, C{durations},
+        C{blocks}, C{user-agents} or C{model-list}.
 
         @return: a L{Deferred} firing with a JSON-ready C{dict}.
         """
