@@ -172,7 +172,12 @@ class GatewayService(MultiService):
             port=self.settings.port,
         )
         if self.ui_listener is not None:
-            log.info("LunaRoute UI on {url}", url=ui_url(self.settings))
+            # The real port (ui.port 0 picks a free one).
+            def listening(port: Any) -> None:
+                log.info("LunaRoute UI on {url}", url=ui_url(self.settings, port.getHost().port))
+
+            # A failed listen is reported by the listener itself.
+            self.ui_listener.listening_port().addCallbacks(listening, lambda failure: None)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:

@@ -88,8 +88,103 @@
     }
   });
 
-  // #raw-<request id> opens that turn's raw viewer (a link to it can be shared).
+  // Long sessions: turns past the first few arrive as placeholders and load,
+  // a chunk at a time, as they come into view or when jumped to.  The chunks
+  // are pages of this UI rendered (and escaped) by the server like the page
+  // itself; DOMParser keeps any script in them inert.
   var conversation = document.querySelector(".conversation[data-raw-base]");
+  var loading = {};
+  function loadTurns(section) {
+    var link = section && section.classList.contains("pending") && section.querySelector("a[data-load]");
+    if (!link) { return Promise.resolve(); }
+    var url = link.getAttribute("href");
+    if (!loading[url]) {
+      loading[url] = fetch(url, { credentials: "same-origin", headers: { accept: "text/html" } })
+        .then(function (response) {
+          if (!response.ok) { throw new Error("HTTP " + response.status); }
+          return response.text();
+        })
+        .then(function (text) {
+          var doc = new DOMParser().parseFromString(text, "text/html");
+          var fresh = doc.querySelectorAll(".conversation section.turn");
+          for (var i = 0; i < fresh.length; i++) {
+            var old = document.getElementById(fresh[i].id);
+            if (old && old.classList.contains("pending")) {
+              var wasSelected = old.classList.contains("selected");
+              var node = document.adoptNode(fresh[i]);
+              if (wasSelected) { node.classList.add("selected"); }
+              old.replaceWith(node);
+              if (observer) { observer.unobserve(old); }
+            }
+          }
+        })
+        .catch(function (error) { delete loading[url]; link.textContent = "Could not load (" + error.message + "); retry"; });
+    }
+    return loading[url];
+  }
+  var observer = null;
+  if (conversation && window.IntersectionObserver) {
+    observer = new IntersectionObserver(function (entries) {
+      entries.forEach(function (entry) { if (entry.isIntersecting) { loadTurns(entry.target); } });
+    }, { rootMargin: "600px 0px" });
+    var pending = conversation.querySelectorAll("section.turn.pending");
+    for (var p = 0; p < pending.length; p++) { observer.observe(pending[p]); }
+  }
+  document.addEventListener("click", function (event) {
+    var target = event.target;
+    var load = target instanceof Element && target.closest("a[data-load]");
+    if (load) { event.preventDefault(); loadTurns(load.closest("section.turn")); }
+  });
+  function jumpTo(number) {
+    var section = conversation && conversation.querySelector('section.turn[data-index="' + Number(number) + '"]');
+    if (!section) { return Promise.resolve(false); }
+    return loadTurns(section).then(function () {
+      var shown = conversation.querySelector('section.turn[data-index="' + Number(number) + '"]');
+      var items = document.querySelectorAll(".turn, table.sessions tbody tr, .hit");
+      if (cursor >= 0 && cursor < items.length) { items[cursor].classList.remove("selected"); }
+      cursor = Array.prototype.indexOf.call(items, shown);
+      shown.classList.add("selected");
+      shown.scrollIntoView({ block: "start" });
+      shown.focus({ preventScroll: true });
+      return true;
+    });
+  }
+  var jumpForm = document.querySelector("form.jump");
+  if (jumpForm) {
+    jumpForm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var number = document.getElementById("jump-turn").value;
+      jumpTo(number).then(function (found) {
+        if (found && window.history.replaceState) {
+          var url = new URL(window.location.href);
+          url.searchParams.set("turn", number);
+          url.hash = "";
+          window.history.replaceState(null, "", url.toString());
+        }
+      });
+    });
+  }
+  if (conversation && conversation.getAttribute("data-jump")) {
+    jumpTo(conversation.getAttribute("data-jump"));
+  } else if (conversation && window.location.hash.indexOf("#turn-") === 0) {
+    var target = document.getElementById(decodeURIComponent(window.location.hash.slice(1)));
+    if (target && target.classList.contains("pending")) {
+      loadTurns(target).then(function () {
+        var shown = document.getElementById(target.id);
+        if (shown) { shown.scrollIntoView({ block: "start" }); }
+      });
+    }
+  }
+
+  // A delete form asks first.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (form instanceof HTMLFormElement && form.hasAttribute("data-confirm") && !window.confirm(form.getAttribute("data-confirm"))) {
+      event.preventDefault();
+    }
+  });
+
+  // #raw-<request id> opens that turn's raw viewer (a link to it can be shared).
   if (conversation && window.location.hash.indexOf("#raw-") === 0) {
     var requestId = decodeURIComponent(window.location.hash.slice(5));
     if (/^[A-Za-z0-9_-]{1,255}$/.test(requestId)) {
