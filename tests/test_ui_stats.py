@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from test_session_store import NOON, sample_exchanges
+from test_session_store import CC, NOON, SDK, sample_exchanges
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
 from lunaroute.api.app import SessionAPI
 from lunaroute.config import settings_from_mapping
 from lunaroute.sessions.recorder import InlineThreadPool
-from lunaroute.sessions.store import SessionQueries, SessionStore, StatsWindow
+from lunaroute.sessions.store import NotFound, SessionQueries, SessionStore, StatsWindow
 from lunaroute.stats.pricing import PricingTable
 from lunaroute.testing.sessions import anthropic_summary, make_exchange, write_exchanges
 
@@ -134,3 +134,13 @@ async def test_new_statistics_on_the_session_api(db: str) -> None:
     assert len((await get("/api/stats/blocks"))[1]["blocks"]) == 2
     code, error = await get("/api/stats/nope")
     assert code == 404 and "usage" in error["error"]["message"]
+
+
+def test_tool_calls_of_a_session(q: SessionQueries) -> None:
+    """One row per call with its request, input, duration and the request that brought the result back."""
+    (call,) = q.tool_calls(CC)
+    assert (call["request_id"], call["tool_name"], call["result_request_id"]) == ("cc-req-1", "Read", "cc-req-2")
+    assert call["input_json"] == {"file_path": "/tmp/cc-tool/hello.txt"} and call["duration_ms"] == 1200.0
+    assert q.tool_calls(SDK) == []
+    with pytest.raises(NotFound):
+        q.tool_calls("nope")

@@ -591,14 +591,27 @@ class SessionQueries:
             for column in ("request_text", "response_text", "thinking_text", "request_json", "response_json"):
                 value = extra.get(column)
                 turn[column] = scrub_secrets(value) if column.endswith("_json") else value
-        session["tool_calls"] = [
+        session["tool_calls"] = self._tool_calls(session_id)
+        return session
+
+    def _tool_calls(self, session_id: str) -> list[dict[str, Any]]:
+        return [
             _row(r)
             for r in self._all(
                 "SELECT * FROM tool_call_executions WHERE session_id = ? ORDER BY created_at, request_id, call_index",
                 (session_id,),
             )
         ]
-        return session
+
+    def tool_calls(self, session_id: str) -> list[dict[str, Any]]:
+        """
+        The session's tool calls, one row each (the request that made it,
+        name, input, duration, the request that brought its result back,
+        whether it failed), oldest first.  Reads no request row: cheap
+        however big the recorded bodies are, unlike L{timeline}.
+        """
+        self._require_session(session_id)
+        return self._tool_calls(session_id)
 
     # -- search ------------------------------------------------------------
 
@@ -876,7 +889,10 @@ class SessionQueries:
 
     def stats_clients(self, window: StatsWindow) -> dict[str, Any]:
         """Per client (Claude Code, Codex, an SDK...): requests, sessions, outcomes, tokens, cost, latencies."""
-        return {"clients": self._grouped("COALESCE(r.client, s.client)", "client", window), **_window_dict(window)}
+        # The session's client, not the request's column: the request rows'
+        # late columns sit after their bodies, and reading them walks every
+        # body's overflow pages (slow on big sessions).
+        return {"clients": self._grouped("s.client", "client", window), **_window_dict(window)}
 
     def stats_projects(self, window: StatsWindow) -> dict[str, Any]:
         """
@@ -884,7 +900,7 @@ class SessionQueries:
         session's: every turn of a session counts for its project): the
         same figures as per client.
         """
-        return {"projects": self._grouped("COALESCE(s.project, r.project)", "project", window), **_window_dict(window)}
+        return {"projects": self._grouped("s.project", "project", window), **_window_dict(window)}
 
     # Upper bounds (ms) of the request-duration histogram; the last bucket is open.
     DURATION_BUCKETS_MS = (1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000)
@@ -1174,6 +1190,9 @@ class SessionStore:
 
     def turns(self, session_id: str, request_ids: list[str]) -> Deferred[list[dict[str, Any]]]:
         return self._query("turns", session_id, request_ids)
+
+    def tool_calls(self, session_id: str) -> Deferred[list[dict[str, Any]]]:
+        return self._query("tool_calls", session_id)
 
     def turns_after(self, session_id: str, request_id: str) -> Deferred[list[dict[str, Any]]]:
         return self._query("turns_after", session_id, request_id)

@@ -88,6 +88,10 @@ SEARCH_HITS = 20
 # A session page shows this many turns in full; the others load as they come
 # into view (GET /sessions/<id>/turns), so a 500-turn session opens fast.
 TURN_CHUNK = 40
+# How long, and for how many sessions, the lazily loaded turns and diffs
+# reuse the figures the session page read.
+SESSION_CACHE_SECS = 120.0
+SESSION_CACHE_SIZE = 8
 # The most sessions one export of the list holds.
 EXPORT_MAX = 100_000
 LIST_CSV_COLUMNS = (
@@ -136,6 +140,7 @@ class UIPages:
         self._assets = {name: _static(name) for name in STATIC_FILES}
         # Keys the CSRF tokens of delete forms; new at each start.
         self._secret = os.urandom(32)
+        self._session_cache: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -518,7 +523,7 @@ class UIPages:
     async def session(self, request: Any, session_id: str) -> bytes:
         check_ids(("session_id", session_id))
         p = Params(request, ("live", "turn"))
-        session = await self.store.get_session(session_id)
+        session = await self._session(session_id, fresh=True)
         turns = session.get("requests", [])
         jump = p.integer("turn", None, 1, max(1, len(turns)))
         start = ((jump - 1) // TURN_CHUNK) * TURN_CHUNK if jump else 0
@@ -561,7 +566,7 @@ class UIPages:
         p = Params(request, ("start", "count"))
         start = p.integer("start", 0, 0, 10**9)
         count = p.integer("count", TURN_CHUNK, 1, 200)
-        session = await self.store.get_session(session_id)
+        session = await self._session(session_id, fresh=False)
         turns = session.get("requests", [])
         calls = await self._calls(session_id)
         page = await self._turns_html(session_id, turns, calls, start, start + count, placeholders=False)
@@ -574,13 +579,30 @@ class UIPages:
         return _html(request, layout(str(session.get("title") or session_id), body, current="/sessions"))
 
     async def _calls(self, session_id: str) -> dict[str, list[dict[str, Any]]]:
-        """The session's tool calls by the request that made them (from its timeline)."""
+        """The session's tool calls by the request that made them."""
         calls: dict[str, list[dict[str, Any]]] = {}
-        for event in await self.store.timeline(session_id):
-            if event.get("type") == "tool_call":
-                call = {**event, "input_json": event.get("input")}
-                calls.setdefault(str(event.get("request_id")), []).append(call)
+        for call in await self.store.tool_calls(session_id):
+            calls.setdefault(str(call.get("request_id")), []).append(call)
+        for made in calls.values():
+            made.sort(key=lambda c: c.get("call_index") or 0)
         return calls
+
+    async def _session(self, session_id: str, fresh: bool) -> dict[str, Any]:
+        """
+        The session with its turns' figures: fresh for the session page,
+        else (its lazily loaded turns, diffs) the copy the page read in the
+        last L{SESSION_CACHE_SECS}: reading 500 turns' figures means reading
+        past their recorded bodies.
+        """
+        now = self.clock.seconds()
+        cached = self._session_cache.get(session_id)
+        if not fresh and cached is not None and now - cached[0] < SESSION_CACHE_SECS:
+            return cached[1]
+        session: dict[str, Any] = await self.store.get_session(session_id)
+        self._session_cache[session_id] = (now, session)
+        while len(self._session_cache) > SESSION_CACHE_SIZE:
+            self._session_cache.pop(next(iter(self._session_cache)))
+        return session
 
     async def _bodies(self, session_id: str, request_ids: Sequence[str]) -> dict[str, Any]:
         """The recorded request bodies of these requests (masked), by request id."""
@@ -701,7 +723,7 @@ class UIPages:
         """The system prompt and tool definitions of a turn against the previous turn's, as unified diffs."""
         check_ids(("session_id", session_id), ("request_id", request_id))
         Params(request, ())
-        session = await self.store.get_session(session_id)
+        session = await self._session(session_id, fresh=False)
         turns = session.get("requests", [])
         index = next((i for i, t in enumerate(turns) if t.get("request_id") == request_id), None)
         if index is None:
@@ -751,6 +773,7 @@ class UIPages:
                 request, 403, "this delete did not come from this UI's page (missing or wrong CSRF token)"
             )
         removed = await self.store.delete_session(session_id)
+        self._session_cache.pop(session_id, None)
         counts = removed.get("removed", {})
         log.info("ui: deleted session {session}", session=session_id)
         body = (

@@ -30,7 +30,7 @@
     if (a >= 1e3) { return (n / 1e3).toFixed(1) + "k"; }
     return String(Math.round(n * 100) / 100);
   }
-  function dollars(n) { return "$" + (Math.abs(n) < 1 ? n.toFixed(3) : n.toFixed(2)); }
+  function dollars(n) { return n === 0 ? "$0" : "$" + (Math.abs(n) < 1 ? n.toFixed(3) : n.toFixed(2)); }
   function ms(n) { return n >= 1000 ? (n / 1000).toFixed(1) + " s" : Math.round(n) + " ms"; }
   function axis(format, extra) {
     var options = { beginAtZero: true, ticks: { callback: function (v) { return format(Number(v)); } } };
@@ -52,8 +52,27 @@
   }
   function top(rows, n) { return rows.slice(0, n); }
 
-  // The usage buckets a figure shows: data-period (hours, days, weeks, months).
-  function buckets(body, figure) { return body[figure.getAttribute("data-period") || "days"] || []; }
+  // The usage buckets a figure shows: data-period (hours, days, weeks, months),
+  // days and hours without any request filled in, so the time axis has no gaps.
+  var STEP = { hours: 3600000, days: 86400000, weeks: 7 * 86400000 };
+  function buckets(body, figure) {
+    var period = figure.getAttribute("data-period") || "days";
+    var rows = body[period] || [];
+    var step = STEP[period];
+    if (!step || rows.length < 2) { return rows; }
+    function at(p) { return Date.parse(period === "hours" ? p + ":00Z" : p + "T00:00:00Z"); }
+    function key(t) { var iso = new Date(t).toISOString(); return period === "hours" ? iso.slice(0, 13) + ":00" : iso.slice(0, 10); }
+    var byKey = {};
+    rows.forEach(function (r) { byKey[r.period] = r; });
+    var first = at(rows[0].period), last = at(rows[rows.length - 1].period);
+    if (!isFinite(first) || !isFinite(last) || (last - first) / step > 5000) { return rows; }
+    var out = [];
+    for (var t = first; t <= last; t += step) {
+      var k = key(t);
+      out.push(byKey[k] || { period: k, success_rate: null });
+    }
+    return out;
+  }
   function periodLabel(p) { return String(p).replace("T", " "); }
 
   // Per-turn facts of a session's timeline, oldest first.
