@@ -122,7 +122,9 @@ class GatewayService(MultiService):
         self.proxy_listener.setServiceParent(self)
         # The web UI: its own listener, the third child (None when ui.enabled
         # is false or nothing is recorded to SQLite; setting_lines says why).
-        self.ui_listener = make_ui_service(settings, self.recorder, reactor, self.pricing)
+        self.ui_listener = make_ui_service(
+            settings, self.recorder, reactor, self.pricing, readiness=self.gateway.readiness_report
+        )
         if self.ui_listener is not None:
             self.ui_listener.setServiceParent(self)
         if self.recorder is not None:

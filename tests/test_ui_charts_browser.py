@@ -9,6 +9,7 @@ port.  Skipped, saying why, when Chromium is not installed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,12 @@ def walk(base: str, profile: Path) -> dict[str, Any]:
             " document.activeElement.textContent.includes('answer 250'), location.search]"
         )
         seen["pending_after"] = browser.eval("document.querySelectorAll('section.turn.pending').length")
+        # The raw viewer of turn 250: the request as a cURL command replaying it through the gateway, a download link.
+        browser.eval("document.querySelector('#turn-long-00250 a[data-raw]').click(), true")
+        browser.until("document.getElementById('raw-curl').textContent.includes('LUNAROUTE_JSON')")
+        seen["curl"] = browser.eval("document.getElementById('raw-curl').textContent")
+        seen["download"] = browser.eval("document.getElementById('raw-download').getAttribute('href')")
+        browser.key("Escape", 27)
 
         # The diff of turn 100 (the system prompt changed), one click from the turn.
         browser.navigate(base + f"/sessions/{LONG}?live=0&turn=100")
@@ -173,6 +180,12 @@ async def test_charts_long_sessions_diffs_export_and_delete_in_chromium(tmp_path
     assert seen["jumped"] == [False, True, True, "?live=0&turn=250"]
     # The first 40, 241-280 and 481-500 at least (chunks near the viewport load too).
     assert seen["pending_after"] <= TURNS - 40 - 40 - 20
+
+    curl = seen["curl"].splitlines()
+    assert curl[0] == "curl -sS 'http://127.0.0.1:8081/v1/messages' \\"
+    assert "  --data-binary @- <<'LUNAROUTE_JSON'" in curl and curl[-1] == "LUNAROUTE_JSON"
+    assert json.loads(curl[-2])["messages"][-1]["content"][1]["text"].startswith("question 250")
+    assert seen["download"] == f"/sessions/{LONG}/raw/long-00250"
 
     assert "The system prompt changed since turn #99" in seen["diff_note"]
     path, added = seen["diff"]

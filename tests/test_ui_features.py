@@ -73,10 +73,10 @@ class UI:
         return response.code, (await response.content()).decode("utf-8")
 
 
-def _resource(store: Any, settings: Any, clock: Any, pricing: Any) -> Any:
+def _resource(store: Any, settings: Any, clock: Any, pricing: Any, readiness: Any = None) -> Any:
     from lunaroute.ui import ui_resource
 
-    return ui_resource(store, settings, clock, pricing, LiveFeed())
+    return ui_resource(store, settings, clock, pricing, LiveFeed(), readiness)
 
 
 @pytest.fixture
@@ -286,3 +286,71 @@ def test_context_windows_of_known_models() -> None:
     assert context_window("gpt-4.1-mini") == 1_047_576
     assert context_window("openai/gpt-4o") == 128_000
     assert context_window("llama-3") is None and context_window(None) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_settings_page_shows_provider_status(tmp_path: Path, logged_failures: Any) -> None:
+    """The proxy's /readyz report on the settings page, every value escaped; a failing check is said, not raised."""
+    ui = UI(tmp_path)
+
+    async def report() -> dict[str, Any]:
+        return {
+            "status": "not_ready",
+            "dialects": {
+                "anthropic": {"provider": "anthropic", "status": "ready"},
+                "openai": {"provider": "openai<b>", "status": "unreachable", "reason": "connection refused <script>"},
+            },
+            "providers": {"backup": {"circuit_breaker": "open", "health": "unhealthy", "last_error": None}},
+        }
+
+    stub = StubTreq(_resource(ui.store, ui.settings, ui.clock, PricingTable.load(None, {}), readiness=report))
+    page = (await (await stub.get(BASE + "/settings")).content()).decode()
+    assert '<span class="badge fail">not_ready</span>' in page
+    assert '<tr><th>anthropic</th><td>anthropic</td><td><span class="badge ok">ready</span>' in page
+    assert "openai&lt;b&gt;" in page and "connection refused &lt;script&gt;" in page and "<script>" not in page
+    assert "circuit_breaker: open, health: unhealthy" in page
+
+    async def broken() -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    logged_failures.expect(RuntimeError)
+    stub = StubTreq(_resource(ui.store, ui.settings, ui.clock, PricingTable.load(None, {}), readiness=broken))
+    response = await stub.get(BASE + "/settings")
+    assert response.code == 200 and "The readiness check failed" in (await response.content()).decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_recording_gateway_runs_its_ui_by_default(fake: Any, start_gateway: Any, tmp_path: Path) -> None:
+    """
+    ui.enabled is on by default: a gateway recording to SQLite has its UI
+    listening (port 0 here), whose settings page shows the proxy's readiness.
+    """
+    import treq
+
+    gateway = await start_gateway(
+        fake, session_recording={"enabled": True, "sessions_dir": str(tmp_path / "sessions")}
+    )
+    listener = gateway.service.ui_listener
+    assert listener is not None
+    port = (await listener.listening_port()).getHost().port
+    response = await treq.get(f"http://127.0.0.1:{port}/settings")
+    page = (await response.content()).decode()
+    assert response.code == 200 and "<h2>Providers</h2>" in page
+    assert '<tr><th>anthropic</th><td>anthropic</td><td><span class="badge ok">ready</span>' in page
+    plain = await start_gateway(fake)
+    assert plain.service.ui_listener is None  # recording is off by default: no second port
+
+
+@pytest_twisted.ensureDeferred
+async def test_raw_exchange_download_and_the_curl_base(ui: UI) -> None:
+    """The raw viewer's Download is the recorded exchange as a JSON file (masked); its cURL targets the proxy."""
+    code, body, headers = await ui.get(f"/sessions/{CC}/raw/cc-req-1")
+    assert code == 200
+    assert headers.getRawHeaders(b"content-disposition") == [f'attachment; filename="{CC}_cc-req-1.json"'.encode()]
+    raw = json.loads(body)
+    assert raw["request_id"] == "cc-req-1" and raw["request_json"]["messages"]
+    assert "sk-ant-secret-key-0123456789" not in body
+    assert (await ui.get(f"/sessions/{CC}/raw/cx-req-1"))[0] == 404
+    _, page, _ = await ui.get(f"/sessions/{CC}?live=0")
+    assert f'data-download-base="/sessions/{CC}/raw/" data-proxy="http://127.0.0.1:8081"' in page
+    assert '<button type="button" data-copy="raw-curl">Copy as cURL</button>' in page

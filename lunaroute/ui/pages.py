@@ -16,7 +16,7 @@ import importlib.resources
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -132,8 +132,16 @@ class UIPages:
 
     app = Klein()
 
-    def __init__(self, store: ISessionStore, settings: Any, clock: IReactorTime, pricing: PricingTable) -> None:
+    def __init__(
+        self,
+        store: ISessionStore,
+        settings: Any,
+        clock: IReactorTime,
+        pricing: PricingTable,
+        readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    ) -> None:
         self.store = store
+        self.readiness = readiness
         self.settings = settings
         self.clock = clock
         self.pricing = pricing
@@ -492,9 +500,10 @@ class UIPages:
     # -- settings ------------------------------------------------------------
 
     @app.route("/settings", methods=["GET"])
-    def settings_page(self, request: Any) -> bytes:
+    async def settings_page(self, request: Any) -> bytes:
         """The running configuration as the start-up log summarises it (secrets masked), read-only."""
         Params(request, ())
+        status = await self._provider_status()
         lines = "".join(f"<li>{e(line)}</li>" for line in setting_lines(self.settings))
         ui = self.settings.ui
         rows = "".join(
@@ -513,9 +522,38 @@ class UIPages:
             '<h1>Settings</h1><p class="meta">Read-only: change them in the configuration file or the '
             "environment and restart.</p>"
             f'<h2>Running</h2><ul class="settings">{lines}</ul>'
+            f"{status}"
             f'<h2>Web UI</h2><div class="table-wrap"><table class="settings">{rows}</table></div>'
         )
         return _html(request, layout("Settings", body, current="/settings"))
+
+    async def _provider_status(self) -> str:
+        """The providers' readiness, as the proxy's C{/readyz} reports it now."""
+        if self.readiness is None:
+            return ""
+        try:
+            report = await self.readiness()
+        except Exception:
+            log.failure("UI: the readiness report failed")
+            return '<h2>Providers</h2><p class="error">The readiness check failed (logged).</p>'
+        rows = []
+        for dialect, facts in sorted((report.get("dialects") or {}).items()):
+            state = str(facts.get("status") or "—")
+            badge = "ok" if state == "ready" else "fail"
+            rows.append(
+                f"<tr><th>{e(dialect)}</th><td>{e(facts.get('provider') or '—')}</td>"
+                f'<td><span class="badge {badge}">{e(state)}</span></td><td>{e(facts.get("reason") or "")}</td></tr>'
+            )
+        for name, facts in sorted((report.get("providers") or {}).items()):
+            if isinstance(facts, Mapping):
+                detail = ", ".join(f"{k}: {v}" for k, v in facts.items() if v is not None)
+                rows.append(f"<tr><th>{e(name)}</th><td colspan=\"3\">{e(detail)}</td></tr>")
+        overall = str(report.get("status") or "—")
+        return (
+            f'<h2>Providers</h2><p>Ready: <span class="badge {"ok" if overall == "ready" else "fail"}">{e(overall)}</span>'
+            ' <span class="meta">(the proxy\'s <code>/readyz</code>, now)</span></p>'
+            f'<div class="table-wrap"><table class="settings providers">{"".join(rows)}</table></div>'
+        )
 
     # -- one session -----------------------------------------------------------
 
@@ -547,6 +585,7 @@ class UIPages:
             + '<p id="live" class="live" hidden><span id="live-text"></span> <a href="" id="live-show">Show</a></p>'
             + jump_form
             + f'<div class="conversation" data-raw-base="/api/sessions/{e(sid)}/raw/"'
+            + f' data-download-base="/sessions/{e(sid)}/raw/" data-proxy="{e(self._proxy_url())}"'
             + (f' data-jump="{jump}"' if jump else "")
             + (f' data-events="/api/sessions/{e(sid)}/events"' if live else "")
             + f">{page}</div>"
@@ -574,9 +613,33 @@ class UIPages:
         body = (
             f'<p><a href="/sessions/{e(sid)}">{e(session.get("title") or session_id)}</a>: turns '
             f"{integer(start + 1)} to {integer(min(len(turns), start + count))} of {integer(len(turns))}</p>"
-            f'<div class="conversation" data-raw-base="/api/sessions/{e(sid)}/raw/">{page}</div>' + _RAW_DIALOG
+            f'<div class="conversation" data-raw-base="/api/sessions/{e(sid)}/raw/"'
+            f' data-download-base="/sessions/{e(sid)}/raw/" data-proxy="{e(self._proxy_url())}">{page}</div>'
+            + _RAW_DIALOG
         )
         return _html(request, layout(str(session.get("title") or session_id), body, current="/sessions"))
+
+    def _proxy_url(self) -> str:
+        """Where the gateway's proxy listens, as a client on this machine reaches it (for "Copy as cURL")."""
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.settings.port}"
+
+    @app.route("/sessions/<session_id>/raw/<request_id>", methods=["GET"])
+    async def raw_download(self, request: Any, session_id: str, request_id: str) -> bytes:
+        """One exchange as recorded (credentials masked), as a JSON file to save."""
+        check_ids(("session_id", session_id), ("request_id", request_id))
+        Params(request, ())
+        raw = await self.store.raw(session_id, request_id)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(
+            b"content-disposition", f'attachment; filename="{session_id}_{request_id}.json"'.encode("ascii")
+        )
+        return json.dumps(raw, ensure_ascii=False, indent=2, default=str).encode("utf-8")
 
     async def _calls(self, session_id: str) -> dict[str, list[dict[str, Any]]]:
         """The session's tool calls by the request that made them."""
@@ -691,8 +754,10 @@ class UIPages:
             f'<p class="figures">{e(self._figures(turn))}</p>'
         )
 
-    def _changed_note(self, session_id: str, number: int, turn: Mapping[str, Any], changed: Sequence[str]) -> str:
-        """What changed since the previous turn, the cache writes it cost, and a link to the diff."""
+    def _changed_note(
+        self, session_id: str, number: int, turn: Mapping[str, Any], changed: Sequence[str], link: bool = True
+    ) -> str:
+        """What changed since the previous turn, the cache writes it cost, and (with C{link}) a link to the diff."""
         if not changed:
             return ""
         by_kind = cost_by_kind(turn, self.pricing) or {}
@@ -702,7 +767,8 @@ class UIPages:
         return (
             f'<p class="changed">{e(what.capitalize())} changed since turn #{number - 1} · '
             f"cache write {e(integer(turn.get('cache_creation_tokens')))} tokens, {e(cost(written) if by_kind else '—')}"
-            f' · <a class="diff-link" href="{e(diff_url)}">Diff</a></p>'
+            + (f' · <a class="diff-link" href="{e(diff_url)}">Diff</a>' if link else "")
+            + "</p>"
         )
 
     def _placeholder(self, session_id: str, number: int, turn: Mapping[str, Any], changed: Sequence[str]) -> str:
@@ -746,7 +812,7 @@ class UIPages:
         out = [
             f"<h1>Turn #{index + 1} against turn #{index}</h1>",
             f'<p><a href="{back}">Back to the turn</a></p>',
-            self._changed_note(session_id, index + 1, turn, _changes(previous, turn)) or '<p class="meta">Neither the system prompt nor the tools changed.</p>',
+            self._changed_note(session_id, index + 1, turn, _changes(previous, turn), link=False) or '<p class="meta">Neither the system prompt nor the tools changed.</p>',
         ]
         for title, old, new in sections:
             out.append(f"<h2>{e(title)}</h2>{_diff_html(old, new, f'turn #{index}', f'turn #{index + 1}')}")
@@ -924,9 +990,13 @@ _RAW_DIALOG = (
     '<div class="dialog-head"><strong>Raw exchange</strong> '
     '<button type="button" data-copy="raw-request">Copy request</button> '
     '<button type="button" data-copy="raw-response">Copy response</button> '
+    '<button type="button" data-copy="raw-curl">Copy as cURL</button> '
+    '<a id="raw-download" href="" download>Download</a> '
     '<button type="button" data-close>Close (Esc)</button></div>'
     '<p id="raw-status" class="meta"></p>'
-    '<h3>Request</h3><pre id="raw-request"></pre><h3>Response</h3><pre id="raw-response"></pre></dialog>'
+    '<h3>Request</h3><pre id="raw-request"></pre><h3>Response</h3><pre id="raw-response"></pre>'
+    '<details><summary>As cURL (to replay through this gateway; the key from your environment)</summary>'
+    '<pre id="raw-curl"></pre></details></dialog>'
 )
 
 

@@ -16,11 +16,30 @@
     return JSON.stringify(value, null, 2);
   }
 
+  // A shell command replaying a recorded request through this gateway: every
+  // recorded value inside single quotes (a quote in it closed and escaped),
+  // the body on stdin from a quoted here-document, the key from the environment.
+  function quoted(text) { return "'" + String(text).replace(/'/g, "'\\''") + "'"; }
+  function curl(raw) {
+    var proxy = (conversation && conversation.getAttribute("data-proxy")) || "http://127.0.0.1:8081";
+    var path = typeof raw.path === "string" && raw.path.charAt(0) === "/" ? raw.path : "/v1/messages";
+    var anthropic = raw.dialect === "anthropic" || path.indexOf("/v1/messages") === 0;
+    var lines = ["curl -sS " + quoted(proxy + path) + " \\", "  -H 'content-type: application/json' \\"];
+    if (anthropic) {
+      lines.push("  -H 'anthropic-version: 2023-06-01' \\", "  -H \"x-api-key: $ANTHROPIC_API_KEY\" \\");
+    } else {
+      lines.push("  -H \"authorization: Bearer $OPENAI_API_KEY\" \\");
+    }
+    lines.push("  --data-binary @- <<'LUNAROUTE_JSON'", JSON.stringify(raw.request_json), "LUNAROUTE_JSON");
+    return lines.join("\n");
+  }
+
   function showRaw(url) {
     if (!dialog || typeof dialog.showModal !== "function") { window.location.href = url; return; }
     setText("raw-status", "Loading…");
     setText("raw-request", "");
     setText("raw-response", "");
+    setText("raw-curl", "");
     if (!dialog.open) { dialog.showModal(); }
     fetch(url, { credentials: "same-origin", headers: { "accept": "application/json" } })
       .then(function (response) {
@@ -35,6 +54,12 @@
         setText("raw-status", [body.method, body.path, body.status, body.started_at].filter(Boolean).join(" · "));
         setText("raw-request", pretty(body.request_json));
         setText("raw-response", pretty(body.response_json));
+        setText("raw-curl", curl(body));
+        var download = document.getElementById("raw-download");
+        var base = conversation && conversation.getAttribute("data-download-base");
+        if (download && base && /^[A-Za-z0-9_-]{1,255}$/.test(String(body.request_id))) {
+          download.setAttribute("href", base + encodeURIComponent(body.request_id));
+        }
       })
       .catch(function (error) { setText("raw-status", "could not load: " + error); });
   }
