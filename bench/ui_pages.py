@@ -152,6 +152,7 @@ def shoot(browser: Any, base: str, folder: str) -> None:
         ("search", "/sessions?text_search=parser"),
         ("session", f"/sessions/{LONG}?live=0"),
         ("diff", f"/sessions/{LONG}/diff/long-00120"),
+        ("settings", "/settings"),
     ):
         browser.open(base + path)
         browser.send("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False})
@@ -190,7 +191,10 @@ def main() -> None:
     print(f"store: {built['requests']} requests, the long session {built['long_turns']} turns / "
           f"{built['long_body_mb']:.0f} MB of bodies, built in {built['build_s']:.1f} s", flush=True)
 
-    settings = settings_from_mapping({}, env={})
+    # As a recording gateway would run it (the settings page shows them).
+    settings = settings_from_mapping(
+        {"session_recording": {"enabled": True, "jsonl": {"enabled": False}, "sqlite": {"path": db}}}, env={}
+    )
     store = SessionStore(db, reactor=reactor)
     site = Site(ui_resource(store, settings, reactor, PricingTable.load(None, {}), LiveFeed()))
     port = reactor.listenTCP(0, site, interface="127.0.0.1")

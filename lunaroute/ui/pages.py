@@ -701,10 +701,11 @@ class UIPages:
         }
         texts = {str(t.get("request_id")): t for t in await self.store.turns(session_id, ids)} if ids else {}
         bodies = await self._bodies(session_id, [*ids, *sorted(result_ids)])
+        dialects = {str(t.get("request_id")): t.get("dialect") for t in turns}
+        parts_of = {rid: request_parts(body, dialects.get(rid)) for rid, body in bodies.items()}
         results: dict[str, ToolResult] = {}
-        for rid, body in bodies.items():
-            dialect = next((t.get("dialect") for t in turns if t.get("request_id") == rid), None)
-            for result in request_parts(body, dialect).tool_results:
+        for parts in parts_of.values():
+            for result in parts.tool_results:
                 results[result.call_id] = result
         out = []
         first = start if not placeholders else 0
@@ -716,7 +717,7 @@ class UIPages:
             changed = _changes(previous, turn)
             if start <= index < stop:
                 full = {**turn, **{k: v for k, v in texts.get(rid, {}).items() if k in ("response_text", "thinking_text")}}
-                parts = request_parts(bodies.get(rid), turn.get("dialect"))
+                parts = parts_of.get(rid) or request_parts(None, turn.get("dialect"))
                 out.append(self._turn(session_id, index + 1, full, parts, calls.get(rid, []), changed))
             else:
                 out.append(self._placeholder(session_id, index + 1, turn, changed))
