@@ -33,13 +33,14 @@ setup(
     # examples/configs/<name>` works from any directory
     # (lunaroute.config.shipped_example); one copy in the tree, mapped here.
     packages=find_packages(include=["lunaroute", "lunaroute.*"])
-    + ["lunaroute.data", "lunaroute.ui.static", "lunaroute.examples", "lunaroute.examples.configs", "twisted.plugins"],
+    + ["lunaroute.data", "lunaroute.ui.static", "lunaroute.ui.static.vendor", "lunaroute.examples", "lunaroute.examples.configs", "twisted.plugins"],
     package_dir={"lunaroute.examples": "examples"},
     package_data={
         "twisted": ["plugins/lunaroute_plugin.py"],
         "lunaroute": ["py.typed"],
         "lunaroute.data": ["*.yaml"],
         "lunaroute.ui.static": ["*.css", "*.js"],
+        "lunaroute.ui.static.vendor": ["*.js", "*.md"],
         "lunaroute.examples.configs": ["*.yaml", "README.md"],
     },
     include_package_data=True,

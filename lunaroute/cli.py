@@ -86,6 +86,16 @@ def _cannot_listen(host: str, port: int) -> str | None:
     return cannot_listen(host, port)
 
 
+def _free_port(host: str) -> int:
+    """A port free on C{host} now (for a UI configured with port 0)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 def _read_pid(pidfile: Path) -> int | None:
     try:
         pid = int(pidfile.read_text().strip())
@@ -111,6 +121,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_env(args: argparse.Namespace) -> None:
+    from lunaroute.config import ui_unavailable_reason
+
     settings = _settings(args)
     url = _url(settings.host, settings.port)
     directory = state_dir()
@@ -118,6 +130,9 @@ def cmd_env(args: argparse.Namespace) -> None:
     pidfile = directory / "lunaroute.pid"
     logfile = directory / "lunaroute.log"
     addrfile = directory / "lunaroute.addr"
+    uifile = directory / "lunaroute.ui"
+    ui_off = ui_unavailable_reason(settings)
+    ui_url = None
 
     running = _read_pid(pidfile)
     if _healthy(url):
@@ -148,9 +163,18 @@ def cmd_env(args: argparse.Namespace) -> None:
         ]
         if args.config:
             argv += ["--config", args.config]
+        child_env = None
+        if ui_off is None:
+            # The UI's port is chosen here when it is 0, so the URL printed is the real one.
+            ui_port = settings.ui.port or _free_port(settings.ui.host)
+            problem = _cannot_listen(settings.ui.host, ui_port)
+            if problem:
+                _fail(f"cannot listen on {settings.ui.host}:{ui_port} (ui): {problem}")
+            ui_url = _url(settings.ui.host, ui_port)
+            child_env = {**os.environ, "LUNAROUTE_UI_PORT": str(ui_port)}
         # twistd daemonises: the parent returns once the child started (or
         # reports why it could not).
-        result = subprocess.run(argv, capture_output=True, text=True)
+        result = subprocess.run(argv, capture_output=True, text=True, env=child_env)
         if result.returncode != 0:
             lines = [
                 line.strip()
@@ -167,11 +191,17 @@ def cmd_env(args: argparse.Namespace) -> None:
                 _fail(f"LunaRoute exited during start-up; see {logfile}")
             time.sleep(0.1)
         addrfile.write_text(f"{settings.host}:{settings.port}\n")
+        if ui_url:
+            uifile.write_text(ui_url + "\n")
+        else:
+            uifile.unlink(missing_ok=True)
         _say(f"LunaRoute started at {url} (pid {_read_pid(pidfile)}, log {logfile})")
-    from lunaroute.config import ui_unavailable_reason
-
-    if ui_unavailable_reason(settings) is None:
-        _say(f"web UI: {_url(settings.ui.host, settings.ui.port)}")
+    if ui_url is None and ui_off is None and uifile.exists():
+        ui_url = uifile.read_text().strip()  # the running gateway's
+    if ui_url:
+        _say(f"web UI: {ui_url}")
+    elif ui_off is not None:
+        _say(f"web UI: off ({ui_off})")
     print(f"export ANTHROPIC_BASE_URL={url}")
     print(f"export OPENAI_BASE_URL={url}/v1")
 
@@ -190,6 +220,7 @@ def cmd_stop(args: argparse.Namespace) -> None:
         except ProcessLookupError:
             _say(f"LunaRoute (pid {pid}) stopped")
             (state_dir() / "lunaroute.addr").unlink(missing_ok=True)
+            (state_dir() / "lunaroute.ui").unlink(missing_ok=True)
             return
         time.sleep(0.1)
     _fail(f"LunaRoute (pid {pid}) did not stop within {args.timeout:g}s")

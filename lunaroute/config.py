@@ -348,7 +348,7 @@ class TelemetrySettings:
 class UISettings:
     """The web UI (L{lunaroute.ui}): its own listener, and what the session API allows."""
 
-    enabled: bool = False
+    enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8082
     refresh_interval: int = 5

@@ -196,6 +196,14 @@ class ISessionStore(Interface):
             those requests of the session that are stored (the live tail).
         """
 
+    def tool_calls(session_id: str) -> Deferred[list[dict[str, Any]]]:
+        """
+        @return: a L{Deferred} firing with the session's tool calls, one
+            row each (C{request_id}, C{tool_call_id}, C{tool_name},
+            C{input_json}, C{duration_ms}, C{result_request_id},
+            C{is_error}), oldest first, without reading the request rows.
+        """
+
     def turns_after(session_id: str, request_id: str) -> Deferred[list[dict[str, Any]]]:
         """
         @return: a L{Deferred} firing with the per-turn figures and texts of
@@ -207,7 +215,8 @@ class ISessionStore(Interface):
         """
         Aggregates over a L{lunaroute.sessions.store.StatsWindow}: C{name} is
         C{overview}, C{tokens}, C{tools}, C{costs}, C{models}, C{hours},
-        C{spending}, C{user-agents} or C{model-list}.
+        C{spending}, C{usage}, C{clients}, C{projects}, C{durations},
+        C{blocks}, C{user-agents} or C{model-list}.
 
         @return: a L{Deferred} firing with a JSON-ready C{dict}.
         """

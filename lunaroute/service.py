@@ -142,7 +142,9 @@ class GatewayService(MultiService):
         self.proxy_listener.setServiceParent(self)
         # The web UI: its own listener, the third child (None when ui.enabled
         # is false or nothing is recorded to SQLite; setting_lines says why).
-        self.ui_listener = make_ui_service(settings, self.recorder, reactor, self.pricing)
+        self.ui_listener = make_ui_service(
+            settings, self.recorder, reactor, self.pricing, readiness=self.gateway.readiness_report
+        )
         if self.ui_listener is not None:
             self.ui_listener.setServiceParent(self)
         if self.recorder is not None:
@@ -209,7 +211,12 @@ class GatewayService(MultiService):
             port=self.settings.port,
         )
         if self.ui_listener is not None:
-            log.info("LunaRoute UI on {url}", url=ui_url(self.settings))
+            # The real port (ui.port 0 picks a free one).
+            def listening(port: Any) -> None:
+                log.info("LunaRoute UI on {url}", url=ui_url(self.settings, port.getHost().port))
+
+            # A failed listen is reported by the listener itself.
+            self.ui_listener.listening_port().addCallbacks(listening, lambda failure: None)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:

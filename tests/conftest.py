@@ -136,6 +136,8 @@ def gateway_settings(fake_url: str, **extra: Any) -> Any:
     data: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
+        # The UI is on by default (with recording): any free port, never 8082.
+        "ui": {"port": 0},
         "providers": {
             "anthropic": {"base_url": fake_url},
             "openai": {"base_url": fake_url + "/v1"},

@@ -6,6 +6,7 @@ their own HOME, the printed exports used by the C{anthropic} SDK.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+import treq
 
 from lunaroute.testing.helpers import free_port, in_thread
 
@@ -50,10 +52,17 @@ async def test_env_starts_reuses_and_stop_stops(fake, tmp_path):
 
     port = free_port()
     config = tmp_path / "config.yaml"
-    config.write_text(f"providers:\n  anthropic:\n    base_url: {fake.url}\n")
+    config.write_text(
+        f"providers:\n  anthropic:\n    base_url: {fake.url}\n"
+        f"session_recording:\n  enabled: true\n  sessions_dir: {tmp_path / 'sessions'}\nui:\n  port: 0\n"
+    )
     first = await in_thread(_run, tmp_path, "env", "--port", str(port), "--config", str(config))
     try:
         assert first.returncode == 0, first.stderr
+        # The UI (on by default with recording) at the real port env chose for "port: 0".
+        ui = re.search(r"# web UI: (http://127\.0\.0\.1:(\d+))", first.stderr)
+        assert ui is not None and int(ui.group(2)) != 0, first.stderr
+        assert (await treq.get(ui.group(1) + "/static/app.css")).code == 200
         exports = _exports(first.stdout)
         assert exports == {
             "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{port}",
@@ -73,7 +82,7 @@ async def test_env_starts_reuses_and_stop_stops(fake, tmp_path):
         second = await in_thread(_run, tmp_path, "env", "--port", str(port), "--config", str(config))
         assert second.returncode == 0
         assert _exports(second.stdout) == exports
-        assert "reusing" in second.stderr
+        assert "reusing" in second.stderr and f"web UI: {ui.group(1)}" in second.stderr
         assert int(pidfile.read_text()) == pid
     finally:
         stopped = await in_thread(_run, tmp_path, "stop")

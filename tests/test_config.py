@@ -110,7 +110,7 @@ def test_defaults() -> None:
     )
     assert s.metrics.enabled is True
     ui = s.ui
-    assert (ui.enabled, ui.host, ui.port, ui.refresh_interval) == (False, "127.0.0.1", 8082, 5)
+    assert (ui.enabled, ui.host, ui.port, ui.refresh_interval) == (True, "127.0.0.1", 8082, 5)
     assert (ui.export_enabled, ui.delete_enabled, ui.log_requests) == (True, False, False)
     assert s.routing == config_module.RoutingSettings() and not s.routing and s.source is None
 

@@ -127,6 +127,9 @@ def _env(home: Path) -> dict[str, str]:
         if not k.startswith(("LUNAROUTE_", "ANTHROPIC_", "OPENAI_")) and k != "PII_SECRET"
     }
     env["HOME"] = str(home)
+    # The example configurations that record also start the UI (on by
+    # default): any free port, so the gateways of this module never collide.
+    env["LUNAROUTE_UI_PORT"] = "0"
     return env
 
 

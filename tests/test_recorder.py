@@ -644,7 +644,7 @@ def test_twistd_with_an_uncreatable_sessions_dir_exits_with_one_line(tmp_path: P
     (tmp_path / "afile").write_text("")
     bad = tmp_path / "afile" / "sessions"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LUNAROUTE_", "ANTHROPIC_", "OPENAI_"))}
-    env.update(LUNAROUTE_ENABLE_SESSION_RECORDING="true", LUNAROUTE_SESSIONS_DIR=str(bad))
+    env.update(LUNAROUTE_ENABLE_SESSION_RECORDING="true", LUNAROUTE_SESSIONS_DIR=str(bad), LUNAROUTE_UI_PORT="0")
     result = subprocess.run(
         [TWISTD, "-n", "lunaroute", "--port", "0"],
         cwd=tmp_path,

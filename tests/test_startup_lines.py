@@ -20,7 +20,9 @@ def test_ui_line_says_whether_the_ui_runs_and_why_not():
         assert len(lines) == 1
         return lines[0]
 
-    assert ui_line({}) == "ui: off (ui.enabled: false)"
+    assert ui_line({"ui": {"enabled": False}}) == "ui: off (ui.enabled: false)"
+    # On by default: without recording it says what to turn on.
+    assert ui_line({}) == "ui: off (it shows recorded sessions: set session_recording.enabled: true)"
     assert "session_recording.enabled: true" in ui_line({"ui": {"enabled": True}})
     assert "session_recording.sqlite.enabled: true" in ui_line(
         {"ui": {"enabled": True}, "session_recording": {"enabled": True, "sqlite": {"enabled": False}}}

@@ -49,6 +49,8 @@ def _config(fake_url: str) -> str:
     return f"""
 host: 127.0.0.1
 port: PORT
+ui:
+  port: 0
 providers:
   anthropic:
     base_url: {fake_url}

@@ -168,7 +168,7 @@ async def test_sessions_table_filters_sorts_and_pages_from_the_url(ui: UI) -> No
     assert '<input type="hidden" name="min_total_tokens" value="100">' in page
     # The same list as JSON from the API, with the same parameters.
     _, page, _ = await ui.get("/sessions?client=Codex&sort=cost")
-    assert 'This list as <a href="/api/sessions?client=Codex&amp;sort=cost">JSON</a>' in page
+    assert 'this page on the API: <a href="/api/sessions?client=Codex&amp;sort=cost">JSON</a>' in page
 
 
 @pytest_twisted.ensureDeferred

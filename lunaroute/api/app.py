@@ -49,7 +49,10 @@ _LIST_PARAMS = (
     *(f"{bound}_{stem}" for stem in RANGES for bound in ("min", "max")),
 )
 
-_STATS_NAMES = ("overview", "tokens", "tools", "costs", "models", "hours", "spending")
+_STATS_NAMES = (
+    "overview", "tokens", "tools", "costs", "models", "hours", "spending",
+    "usage", "clients", "projects", "durations", "blocks",
+)
 
 
 LIST_PARAMS = _LIST_PARAMS

@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["CSV_COLUMNS", "FORMATS", "export_csv", "export_html", "export_json", "export_jsonl"]
+__all__ = ["CSV_COLUMNS", "FORMATS", "export_csv", "export_html", "export_json", "export_jsonl", "spreadsheet_cell"]
 
 FORMATS = {
     "json": ("application/json", "json"),
@@ -48,7 +48,7 @@ def export_jsonl(session: Mapping[str, Any]) -> bytes:
     return "".join(_dumps(turn) + "\n" for turn in session.get("requests", [])).encode("utf-8")
 
 
-def _cell(value: Any) -> Any:
+def spreadsheet_cell(value: Any) -> Any:
     # A spreadsheet runs a cell starting with = + - @ as a formula.
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
@@ -60,7 +60,7 @@ def export_csv(session: Mapping[str, Any]) -> bytes:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for turn in session.get("requests", []):
-        writer.writerow([_cell(turn.get(column)) for column in CSV_COLUMNS])
+        writer.writerow([spreadsheet_cell(turn.get(column)) for column in CSV_COLUMNS])
     return out.getvalue().encode("utf-8")
 
 

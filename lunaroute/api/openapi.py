@@ -155,6 +155,11 @@ def openapi_document() -> dict[str, Any]:
         ("models", "Per model: requests, sessions, tokens, cost, latencies."),
         ("hours", "Requests, tokens and cost per hour of the day (UTC)."),
         ("spending", "Total spend, per day with running total, per provider, unpriced requests."),
+        ("usage", "Per UTC hour, day, week and month: requests, success rate, tokens, cost, latencies."),
+        ("clients", "Per client: requests, sessions, outcomes, tokens, cost, latencies."),
+        ("projects", "Per project: requests, sessions, outcomes, tokens, cost, latencies."),
+        ("durations", "A histogram of request durations."),
+        ("blocks", "Five-hour usage blocks: start, end, requests, tokens, cost."),
     ):
         paths[f"/api/stats/{name}"] = _get(summary, list(_WINDOW), _ok(summary))
     paths["/api/sessions/recent"] = _get(

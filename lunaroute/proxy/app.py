@@ -299,6 +299,14 @@ class GatewayApp:
         Ready when, for some served dialect, a provider is configured and
         answers (a cached connection probe); the body says which and why.
         """
+        body = await self.readiness_report()
+        request.setHeader(b"content-type", b"application/json")
+        if body["status"] != "ready":
+            request.setResponseCode(503)
+        return json.dumps(body, default=str).encode()
+
+    async def readiness_report(self) -> dict[str, Any]:
+        """What C{/readyz} answers (also shown on the web UI's settings page)."""
         report: dict[str, Any] = {}
         ready = False
         for listener in ("anthropic", "openai"):
@@ -319,13 +327,10 @@ class GatewayApp:
             ready = ready or problem is None
         if not self._accepting:
             ready = False
-        request.setHeader(b"content-type", b"application/json")
-        if not ready:
-            request.setResponseCode(503)
         body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "dialects": report}
         if self._router is not None:
             body["providers"] = self._router.states()
-        return json.dumps(body, default=str).encode()
+        return body
 
     def _router_problem(self, listener: str) -> str | None:
         """Why routing cannot serve a dialect now (every breaker of its providers open), or None."""

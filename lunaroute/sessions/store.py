@@ -600,14 +600,27 @@ class SessionQueries:
             for column in ("request_text", "response_text", "thinking_text", "request_json", "response_json"):
                 value = extra.get(column)
                 turn[column] = scrub_secrets(value) if column.endswith("_json") else value
-        session["tool_calls"] = [
+        session["tool_calls"] = self._tool_calls(session_id)
+        return session
+
+    def _tool_calls(self, session_id: str) -> list[dict[str, Any]]:
+        return [
             _row(r)
             for r in self._all(
                 "SELECT * FROM tool_call_executions WHERE session_id = ? ORDER BY created_at, request_id, call_index",
                 (session_id,),
             )
         ]
-        return session
+
+    def tool_calls(self, session_id: str) -> list[dict[str, Any]]:
+        """
+        The session's tool calls, one row each (the request that made it,
+        name, input, duration, the request that brought its result back,
+        whether it failed), oldest first.  Reads no request row: cheap
+        however big the recorded bodies are, unlike L{timeline}.
+        """
+        self._require_session(session_id)
+        return self._tool_calls(session_id)
 
     # -- search ------------------------------------------------------------
 
@@ -826,6 +839,138 @@ class SessionQueries:
             params,
         )
         return {"tools": [dict(r) for r in rows], **_window_dict(window)}
+
+    _BUCKET_SUMS = (
+        "COUNT(*) AS requests, COUNT(DISTINCT r.session_id) AS sessions, "
+        "COUNT(CASE WHEN r.success = 1 THEN 1 END) AS successful_requests, "
+        "COUNT(CASE WHEN r.success = 0 THEN 1 END) AS failed_requests, "
+        "COALESCE(SUM(r.input_tokens), 0) AS input_tokens, "
+        "COALESCE(SUM(r.output_tokens), 0) AS output_tokens, "
+        "COALESCE(SUM(r.cache_read_tokens), 0) AS cache_read_tokens, "
+        "COALESCE(SUM(r.cache_creation_tokens), 0) AS cache_write_tokens, "
+        "COALESCE(SUM(r.total_tokens), 0) AS total_tokens, "
+        "SUM(r.estimated_cost_usd) AS cost_usd, COUNT(r.estimated_cost_usd) AS priced_requests, "
+        "AVG(r.duration_ms) AS avg_duration_ms, AVG(r.ttft_ms) AS avg_ttft_ms, "
+        "AVG(r.provider_ms) AS avg_provider_ms, AVG(r.proxy_overhead_ms) AS avg_proxy_overhead_ms"
+    )
+
+    # Bucket keys of L{stats_usage}: an hour, a day, the Monday starting a
+    # week, a month (UTC, from the stored ISO start time).
+    _PERIODS: Mapping[str, str] = {
+        "hours": "substr(r.started_at, 1, 13) || ':00'",
+        "days": "substr(r.started_at, 1, 10)",
+        "weeks": "date(substr(r.started_at, 1, 10), 'weekday 0', '-6 days')",
+        "months": "substr(r.started_at, 1, 7)",
+    }
+
+    def _buckets(self, key: str, window: StatsWindow) -> list[dict[str, Any]]:
+        where, params = self._window(window)
+        rows = self._all(
+            f"SELECT {key} AS period, {self._BUCKET_SUMS} FROM session_stats AS r {where} "
+            "GROUP BY period ORDER BY period",
+            params,
+        )
+        out = []
+        for r in rows:
+            bucket = dict(r)
+            judged = bucket["successful_requests"] + bucket["failed_requests"]
+            bucket["success_rate"] = bucket["successful_requests"] / judged if judged else None
+            out.append(bucket)
+        return out
+
+    def stats_usage(self, window: StatsWindow) -> dict[str, Any]:
+        """
+        Usage per UTC hour, day, week (its Monday) and month: requests,
+        sessions, outcomes and success rate, tokens by kind, cost, average
+        latencies (duration, TTFT, provider, proxy overhead).
+        """
+        return {period: self._buckets(key, window) for period, key in self._PERIODS.items()} | _window_dict(window)
+
+    def _grouped(self, column: str, name: str, window: StatsWindow) -> list[dict[str, Any]]:
+        where, params = self._window(window)
+        rows = self._all(
+            f"SELECT {column} AS group_key, {self._BUCKET_SUMS}, MAX(r.started_at) AS last_seen "
+            "FROM session_stats AS r LEFT JOIN sessions AS s ON s.session_id = r.session_id "
+            f"{where} GROUP BY group_key ORDER BY cost_usd IS NULL, cost_usd DESC, requests DESC, group_key",
+            params,
+        )
+        return [{name: r["group_key"], **{k: r[k] for k in r.keys() if k != "group_key"}} for r in rows]
+
+    def stats_clients(self, window: StatsWindow) -> dict[str, Any]:
+        """Per client (Claude Code, Codex, an SDK...): requests, sessions, outcomes, tokens, cost, latencies."""
+        # The session's client, not the request's column: the request rows'
+        # late columns sit after their bodies, and reading them walks every
+        # body's overflow pages (slow on big sessions).
+        return {"clients": self._grouped("s.client", "client", window), **_window_dict(window)}
+
+    def stats_projects(self, window: StatsWindow) -> dict[str, Any]:
+        """
+        Per project (the working directory the client reported, the
+        session's: every turn of a session counts for its project): the
+        same figures as per client.
+        """
+        return {"projects": self._grouped("s.project", "project", window), **_window_dict(window)}
+
+    # Upper bounds (ms) of the request-duration histogram; the last bucket is open.
+    DURATION_BUCKETS_MS = (1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000)
+
+    def stats_durations(self, window: StatsWindow) -> dict[str, Any]:
+        """A histogram of request durations: per bucket C{[from_ms, to_ms)} its request count."""
+        where, params = self._window(window)
+        edges = self.DURATION_BUCKETS_MS
+        cases = " ".join(f"WHEN r.duration_ms < {bound} THEN {index}" for index, bound in enumerate(edges))
+        counts = {
+            r["bucket"]: r["requests"]
+            for r in self._all(
+                f"SELECT CASE {cases} ELSE {len(edges)} END AS bucket, COUNT(*) AS requests "
+                f"FROM session_stats AS r {where} " + ("AND" if where else "WHERE") + " r.duration_ms IS NOT NULL "
+                "GROUP BY bucket",
+                params,
+            )
+        }
+        lows = (0, *edges)
+        highs: tuple[int | None, ...] = (*edges, None)
+        buckets = [
+            {"from_ms": low, "to_ms": high, "requests": counts.get(index, 0)}
+            for index, (low, high) in enumerate(zip(lows, highs, strict=True))
+        ]
+        return {"buckets": buckets, **_window_dict(window)}
+
+    BLOCK_SECS = 5 * 3600
+
+    def stats_blocks(self, window: StatsWindow) -> dict[str, Any]:
+        """
+        Five-hour usage blocks (as the providers' subscription limits count
+        them): a block starts at the whole UTC hour of the first request
+        after the previous block ended and lasts five hours.  Each block:
+        C{start}, C{end}, its requests, tokens and cost, C{last_request}.
+        Blocks are built from the window's first request on, so give a
+        window reaching back before the block you want (a day does).
+        """
+        where, params = self._window(window)
+        rows = self._all(
+            "SELECT r.started_at AS started_at, COALESCE(r.total_tokens, 0) AS total_tokens, "
+            "r.estimated_cost_usd AS cost_usd FROM session_stats AS r "
+            f"{where} " + ("AND" if where else "WHERE") + " r.started_at IS NOT NULL ORDER BY r.started_at",
+            params,
+        )
+        blocks: list[dict[str, Any]] = []
+        end = None
+        for r in rows:
+            moment = datetime.fromisoformat(r["started_at"].replace("Z", "+00:00"))
+            if end is None or moment >= end:
+                start = moment.replace(minute=0, second=0, microsecond=0)
+                end = start + timedelta(seconds=self.BLOCK_SECS)
+                blocks.append(
+                    {"start": _iso(start), "end": _iso(end), "requests": 0, "total_tokens": 0, "cost_usd": None}
+                )
+            block = blocks[-1]
+            block["requests"] += 1
+            block["total_tokens"] += r["total_tokens"]
+            if r["cost_usd"] is not None:
+                block["cost_usd"] = (block["cost_usd"] or 0.0) + r["cost_usd"]
+            block["last_request"] = r["started_at"]
+        return {"blocks": blocks, **_window_dict(window)}
 
     def recent_sessions(self, limit: int, window: StatsWindow) -> list[dict[str, Any]]:
         """The most recently active sessions."""
@@ -1059,6 +1204,9 @@ class SessionStore:
     def turns(self, session_id: str, request_ids: list[str]) -> Deferred[list[dict[str, Any]]]:
         return self._query("turns", session_id, request_ids)
 
+    def tool_calls(self, session_id: str) -> Deferred[list[dict[str, Any]]]:
+        return self._query("tool_calls", session_id)
+
     def turns_after(self, session_id: str, request_id: str) -> Deferred[list[dict[str, Any]]]:
         return self._query("turns_after", session_id, request_id)
 
@@ -1094,6 +1242,11 @@ STATS: Mapping[str, str] = {
     "spending": "stats_spending",
     "user-agents": "user_agents",
     "model-list": "models",
+    "usage": "stats_usage",
+    "clients": "stats_clients",
+    "projects": "stats_projects",
+    "durations": "stats_durations",
+    "blocks": "stats_blocks",
 }
 
 

@@ -16,7 +16,7 @@ from lunaroute.exchange import Enrichment, Exchange, Timings
 from lunaroute.sessions.events import exchange_events
 from lunaroute.sessions.sqlite import SQLiteWriter
 
-__all__ = ["anthropic_summary", "make_exchange", "write_exchanges"]
+__all__ = ["anthropic_summary", "long_session_exchanges", "make_exchange", "write_exchanges"]
 
 
 def anthropic_summary(
@@ -129,3 +129,87 @@ def write_exchanges(db_path: str, exchanges: Iterable[Exchange]) -> None:
         writer.write_batch(events)
     finally:
         writer.close()
+
+
+LONG_SYSTEM = "You are Claude Code, an interactive CLI tool that helps users with software engineering tasks."
+LONG_TOOLS = (
+    {"name": "Read", "description": "Read a file from the local filesystem.", "input_schema": {"type": "object"}},
+    {"name": "Bash", "description": "Run a shell command.", "input_schema": {"type": "object"}},
+)
+
+
+def long_session_exchanges(
+    session_id: str,
+    turns: int,
+    *,
+    start: float,
+    text_bytes: int = 40,
+    keep_messages: int | None = 6,
+    change_every: int = 0,
+    model: str = "claude-sonnet-4-5",
+) -> list[Exchange]:
+    """
+    A Claude Code-like session of C{turns} requests: turn 1 asks, every
+    answer calls C{Read} and the next request carries its result back, so
+    the conversation grows by two messages a turn.  Each request resends
+    the last C{keep_messages} messages (C{None}: the whole conversation, as
+    clients do, which makes the bodies grow quadratically); C{text_bytes}
+    pads every text.  With C{change_every}, the system prompt changes at
+    every C{change_every}-th turn and the tool definitions at the ones
+    after (the turns that pay a cache write).  Turns are ten seconds apart.
+    """
+    pad = ("lorem ipsum dolor sit amet " * (text_bytes // 27 + 1))[:text_bytes]
+    history: list[dict[str, Any]] = [{"role": "user", "content": f"question 1 {pad}"}]
+    out: list[Exchange] = []
+    for index in range(turns):
+        number = index + 1
+        version = number // change_every if change_every else 0
+        tools_version = (number - 1) // change_every if change_every else 0
+        tools = [dict(t) for t in LONG_TOOLS]
+        if tools_version:
+            tools[1]["description"] = f"Run a shell command (revision {tools_version})."
+        body = {
+            "model": model,
+            "max_tokens": 4096,
+            "system": LONG_SYSTEM + (f" Revision {version}." if version else ""),
+            "tools": tools,
+            "messages": history[-keep_messages:] if keep_messages else list(history),
+        }
+        call_id = f"toolu_{number:05d}"
+        changed = bool(change_every) and (number % change_every in (0, 1)) and number > 1
+        summary = anthropic_summary(
+            f"answer {number}: {pad}",
+            model=model,
+            input_tokens=50,
+            output_tokens=40,
+            cache_read=1000 + 300 * number,
+            cache_write=2000 if changed or number == 1 else 300,
+            tool_calls=[(call_id, "Read", {"file_path": f"/tmp/long/file-{number}.txt"})],
+            stop_reason="tool_use",
+        )
+        results = None
+        if index > 0:
+            results = [{"tool_call_id": f"toolu_{number - 1:05d}", "tool_name": "Read", "duration_ms": 400.0}]
+        out.append(
+            make_exchange(
+                session_id,
+                f"long-{number:05d}",
+                body,
+                summary,
+                received=start + index * 10.0,
+                cost_usd=0.001 * number,
+                tool_results=results,
+                duration=2.0,
+            )
+        )
+        history += [
+            {"role": "assistant", "content": [
+                {"type": "text", "text": f"answer {number}: {pad}"},
+                {"type": "tool_use", "id": call_id, "name": "Read", "input": {"file_path": f"/tmp/long/file-{number}.txt"}},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": call_id, "content": f"contents of file {number} {pad}"},
+                {"type": "text", "text": f"question {number + 1} {pad}"},
+            ]},
+        ]
+    return out

@@ -22,6 +22,7 @@ and stopped with the proxy's listener in C{stopService}.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
@@ -51,10 +52,14 @@ def ui_resource(
     clock: Any,
     pricing: PricingTable,
     feed: LiveFeed | None = None,
+    readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> IResource:
-    """The UI site's whole resource: guard, then API or pages."""
+    """
+    The UI site's whole resource: guard, then API or pages.  C{readiness}
+    gives the proxy's C{/readyz} report for the settings page.
+    """
     api = SessionAPI(store, settings, clock, feed, pricing).resource()
-    pages = UIPages(store, settings, clock, pricing).resource()
+    pages = UIPages(store, settings, clock, pricing, readiness).resource()
     return UIGuard(
         PathDispatch(_is_ui_api_path, api, pages),
         settings.http_server,
@@ -72,7 +77,13 @@ def ui_url(settings: Any, port: int | None = None) -> str:
     return f"http://{host}:{settings.ui.port if port is None else port}"
 
 
-def make_ui_service(settings: Any, recorder: Any, reactor: Any, pricing: PricingTable | None = None) -> ListenerService | None:
+def make_ui_service(
+    settings: Any,
+    recorder: Any,
+    reactor: Any,
+    pricing: PricingTable | None = None,
+    readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> ListenerService | None:
     """
     The UI's listener service, or C{None} when it does not run
     (C{ui.enabled: false}, or no recording to SQLite).  Listening fails
@@ -90,7 +101,7 @@ def make_ui_service(settings: Any, recorder: Any, reactor: Any, pricing: Pricing
     )
     feed = LiveFeed()
     feed.attach(recorder)
-    site = gateway_site(ui_resource(store, settings, reactor, pricing, feed), settings.http_server, reactor)
+    site = gateway_site(ui_resource(store, settings, reactor, pricing, feed, readiness), settings.http_server, reactor)
     host = settings.ui.host
     endpoint = serverFromString(reactor, f"tcp:{settings.ui.port}:interface={host.replace(':', chr(92) + ':')}")
     service = ListenerService(endpoint, site, f"{host}:{settings.ui.port} (ui)", reactor)

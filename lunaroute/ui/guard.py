@@ -48,7 +48,10 @@ CONTENT_SECURITY_POLICY = (
 _SECURITY_HEADERS = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode("ascii")),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin, not no-referrer: a browser sends "Origin: null" with a
+    # form POST under no-referrer, and this guard refuses foreign origins;
+    # no URL of the UI (a search, a session id) ever reaches another site.
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
 )
 

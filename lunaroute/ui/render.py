@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 __all__ = [
+    "chart",
     "cost",
     "duration",
     "e",
@@ -158,12 +159,36 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2, default=str)
 
 
-_NAV = (("/", "Dashboard"), ("/sessions", "Sessions"), ("/settings", "Settings"))
+_NAV = (("/", "Dashboard"), ("/sessions", "Sessions"), ("/analytics", "Analytics"), ("/settings", "Settings"))
 _CURRENT_PAGE = ' aria-current="page"'
 
 
-def layout(title: str, body: str, *, current: str = "", search: str = "", refresh: int = 0) -> bytes:
-    """A whole page: head (the shipped style sheet and script), navigation, C{body} (already HTML)."""
+_CHART_SCRIPTS = (
+    '<script src="/static/vendor/chart.umd.min.js" defer></script><script src="/static/charts.js" defer></script>'
+)
+
+
+def chart(kind: str, src: str, title: str, **attrs: Any) -> str:
+    """
+    A chart's place: C{/static/charts.js} draws chart C{kind} on its canvas
+    from the JSON at C{src} (the session API).  C{attrs} become C{data-*}
+    attributes (escaped).
+    """
+    extra = "".join(f' data-{k.replace("_", "-")}="{e(v)}"' for k, v in attrs.items() if v is not None)
+    return (
+        f'<figure class="chart" data-chart="{e(kind)}" data-src="{e(src)}"{extra}>'
+        f'<figcaption>{e(title)}</figcaption><div class="canvas"><canvas role="img" aria-label="{e(title)}"></canvas></div>'
+        "</figure>"
+    )
+
+
+def layout(
+    title: str, body: str, *, current: str = "", search: str = "", refresh: int = 0, charts: bool = False
+) -> bytes:
+    """
+    A whole page: head (the shipped style sheet and script, and the chart
+    scripts when C{charts}), navigation, C{body} (already HTML).
+    """
     nav = "".join(
         f'<a href="{href}"{_CURRENT_PAGE if href == current else ""}>{label}</a>' for href, label in _NAV
     )
@@ -175,7 +200,7 @@ def layout(title: str, body: str, *, current: str = "", search: str = "", refres
         f"<title>{e(title)} · LunaRoute</title>"
         '<link rel="stylesheet" href="/static/app.css">'
         '<script src="/static/app.js" defer></script>'
-        f"</head><body{refresh_attr}>"
+        f"{_CHART_SCRIPTS if charts else ''}</head><body{refresh_attr}>"
         '<header class="top"><a class="brand" href="/">LunaRoute</a>'
         f"<nav>{nav}</nav>"
         '<form class="search" action="/sessions" method="get" role="search">'
