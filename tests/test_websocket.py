@@ -487,3 +487,76 @@ async def test_keepalive_pings_and_a_silent_peer_is_dropped(fake, start_gateway,
     assert len(gw.app.sockets) == 1
     answering.transport.loseConnection()
     await answering.lost
+
+
+def _tool_create(model: str) -> dict[str, Any]:
+    create = _create(model=model, text="read the file")
+    create["tools"] = [
+        {
+            "type": "function",
+            "name": "shell",
+            "description": "Runs a shell command",
+            "parameters": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+        }
+    ]
+    return create
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turn_on_an_anthropic_provider_is_translated(fake, start_gateway) -> None:
+    """
+    Codex on Claude over the WebSocket: with only an Anthropic provider, the
+    turn goes to /v1/messages with the gateway's key (never the client's
+    OpenAI key) and comes back as Responses events, a function call included;
+    the record carries the provider's usage and view.
+    """
+    gw = await start_gateway(
+        fake,
+        providers={"openai": {"enabled": False}, "anthropic": {"api_key": "sk-ant-server-key-123456789"}},
+    )
+    seen: list[Any] = []
+    gw.app._sinks = (*gw.app._sinks, seen.append)
+    client = await _connect(gw.port)
+    client.send_json(_tool_create("claude-tools"))
+    await client.until("response.completed")
+    client.sendClose()
+    await client.closed
+
+    (received,) = fake.requests
+    assert received.path == "/v1/messages"
+    assert received.header("x-api-key") == "sk-ant-server-key-123456789"
+    assert received.header("authorization") is None
+    sent = json.loads(received.body)
+    assert sent["model"] == "claude-tools" and sent["tools"][0]["name"] == "shell" and sent["stream"] is True
+
+    types = [frame["type"] for frame in client.frames]
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert "response.function_call_arguments.delta" in types
+    done_items = [f["item"] for f in client.frames if f["type"] == "response.output_item.done"]
+    calls = [item for item in done_items if item["type"] == "function_call"]
+    assert calls and calls[0]["name"] == "shell" and isinstance(json.loads(calls[0]["arguments"]), dict)
+    usage = client.frames[-1]["response"]["usage"]
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+
+    (exchange,) = seen
+    assert exchange.provider == "anthropic" and exchange.outcome == "ok"
+    assert exchange.upstream_path == "/v1/messages"
+    assert exchange.response is not None and exchange.response.usage is not None
+    assert exchange.response.usage.output_tokens == usage["output_tokens"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_translated_turn_gets_the_providers_error_as_a_responses_error(fake, start_gateway) -> None:
+    """An Anthropic 529 on a translated turn is one error frame in OpenAI's terms, with the status."""
+    gw = await start_gateway(
+        fake,
+        providers={"openai": {"enabled": False}, "anthropic": {"api_key": "sk-ant-server-key-123456789"}},
+    )
+    client = await _connect(gw.port)
+    client.send_json(_create(model="claude-overloaded"))
+    await client.until("error")
+    client.sendClose()
+    await client.closed
+    (frame,) = client.frames
+    assert frame["status"] == 529
+    assert frame["error"]["message"]

@@ -85,7 +85,6 @@ from lunaroute.routing.retry import (
     retry_after_from_headers,
 )
 from lunaroute.routing.translation import (
-    NoTranslator,
     default_provider,
     provider_dialect,
     resolve_model,
@@ -581,7 +580,18 @@ class GatewayApp:
         C{flight.sending} holds the pending attempt (for cancelling).
         """
         assert self._router is not None
-        return await self._send_plan(request, flight, exchange, view, body, b"", plan, self._router, translate=False)
+        return await self._send_plan(request, flight, exchange, view, body, b"", plan, self._router)
+
+    def turn_provider(self) -> IProvider | None:
+        """
+        The provider of a WebSocket turn without routing: the OpenAI one, or,
+        when none is enabled, the provider a translator reaches (Codex on Claude).
+        """
+        return self._default_provider("openai", "openai_responses")
+
+    def turn_translator(self, view: RequestView, provider: IProvider) -> Translator | None:
+        """The translator a turn sent to C{provider} needs (C{None}: passthrough)."""
+        return self._translation(view, provider)
 
     def finish_exchange(self, exchange: Exchange) -> None:
         """Enrich, seal and hand a finished exchange to the sinks (WebSocket turns)."""
@@ -763,7 +773,6 @@ class GatewayApp:
         query: bytes,
         plan: Plan,
         router: Router,
-        translate: bool = True,
     ) -> tuple[Any, IProvider]:
         """
         The send step with routing: try the plan's attempts in order, retry
@@ -783,7 +792,7 @@ class GatewayApp:
             # Built before the breaker is asked: a request that cannot be
             # translated is the client's 400, and no probe slot is taken.
             path, attempt_query, headers, payload = self._attempt_request(
-                request, exchange, view, provider, body, query, plan, router, index, first_failure, translate
+                request, exchange, view, provider, body, query, plan, router, index, first_failure
             )
             if not router.acquire(attempt):
                 outcome = Outcome(error=CIRCUIT_OPEN, detail="circuit breaker open")
@@ -842,15 +851,28 @@ class GatewayApp:
         raise NoProvider("no provider can take this request now")
 
     def upstream_request(
-        self, provider: IProvider, exchange: Exchange, client_headers: Any, payload: bytes, model: str | None
-    ) -> tuple[Any, bytes]:
+        self, request: Any, exchange: Exchange, view: RequestView, provider: IProvider, payload: bytes
+    ) -> tuple[str, Any, bytes]:
         """
-        The headers and body a passthrough WebSocket turn sends to
-        C{provider}: the client's end-to-end headers and C{payload}, with the
-        provider's request modification applied (L{_modify}).
+        What a WebSocket turn without routing sends to C{provider}: (path,
+        headers, body).  Passthrough: the client's end-to-end headers and
+        C{payload}; translated (Codex on Claude): the translator's request.
+        Either way with the provider's request modification (L{_modify}).
+        Raises L{lunaroute.dialects.translate.errors.UntranslatableField}.
         """
-        headers = self.upstream_headers(client_headers, exchange)
-        return headers, self._modify(provider, exchange, headers, exchange.path, payload, model, exchange.dialect)
+        settings = getattr(provider, "settings", None)
+        translator = self._translation(view, provider)
+        if translator is not None:
+            model = resolve_model(view.model, settings)
+            path, headers, body = self._translated_request(
+                request, exchange, provider, translator, view.json or {}, model
+            )
+            return path, headers, self._modify(provider, exchange, headers, path, body, model, translator.target)
+        headers = self.upstream_headers(request.requestHeaders, exchange)
+        model = _configured_model(provider) or view.model
+        return exchange.path, headers, self._modify(
+            provider, exchange, headers, exchange.path, payload, model, exchange.dialect
+        )
 
     def _modify(
         self,
@@ -901,25 +923,18 @@ class GatewayApp:
         router: Router,
         index: int,
         first_failure: Outcome | None,
-        translate: bool = True,
     ) -> tuple[str, bytes, Any, bytes]:
         """
         What attempt C{index} of C{plan} sends to C{provider}: (path, query,
         headers, body).  Passthrough: the client's bytes with the attempt's
         model and, on a fallback, the switch notice.  Translated: the
         translator's request (L{_translated_request}).  Raises
-        L{NoTranslator} (a WebSocket turn: C{translate} false),
         L{lunaroute.dialects.translate.errors.UntranslatableField}, or
         L{_EstimateLocally} (C{count_tokens} for a provider without one).
         """
         attempt = plan.attempts[index]
         translator = self._translation(view, provider)
         if translator is not None:
-            if not translate:
-                raise NoTranslator(
-                    f"provider {provider.name!r} needs translation, which the WebSocket transport does "
-                    "not offer; use HTTP streaming"
-                )
             if exchange.kind == "count_tokens":
                 raise _EstimateLocally(provider)
             source = self._attempt_source(view, body, plan, router, index, first_failure)

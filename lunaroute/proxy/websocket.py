@@ -34,6 +34,7 @@ from twisted.web.http_headers import Headers
 from lunaroute.dialects.capture import ResponseCapture
 from lunaroute.dialects.request_view import parse_request, replace_model
 from lunaroute.dialects.sse import SSEParser
+from lunaroute.dialects.translate.base import StreamTranslator
 from lunaroute.errors import LunaRouteError, UpstreamError
 from lunaroute.interfaces import IProvider
 from lunaroute.logs import log_observer
@@ -282,12 +283,13 @@ class _Turn:
                 body = strip_markers(view.dialect, body)
             provider = app.providers[plan.attempts[0].provider_name]
         else:
-            provider = app.provider_for("openai")
+            provider = app.turn_provider()
             if provider is None:
                 socket.send_frame(error_frame(503, "no enabled openai provider is configured"))
                 return
             configured = getattr(getattr(provider, "settings", None), "model", None)
-            if configured and view.json is not None and view.model != configured:
+            translated = app.turn_translator(view, provider) is not None
+            if configured and view.json is not None and view.model != configured and not translated:
                 body = replace_model(body, configured)
         exchange = app.start_socket_exchange(upgrade, view, provider, body, received)
         if plan is not None:
@@ -315,11 +317,8 @@ class _Turn:
                 response, provider = await app.send_turn(turn_request, self, exchange, view, body, plan)
                 exchange.provider = provider.name
             else:
-                headers, body = app.upstream_request(
-                    provider, exchange, turn_request.requestHeaders, body,
-                    getattr(getattr(provider, "settings", None), "model", None) or view.model,
-                )
-                self.sending = provider.request(b"POST", exchange.path, b"", headers, body)
+                path, headers, body = app.upstream_request(turn_request, exchange, view, provider, body)
+                self.sending = provider.request(b"POST", path, b"", headers, body)
                 response = await self.sending
         except defer.CancelledError:
             self._interrupted(exchange)
@@ -327,7 +326,10 @@ class _Turn:
         except (UpstreamError, LunaRouteError) as exc:
             status, code = status_for(exc)
             exchange.status = status
-            exchange.outcome = "timeout" if status == 504 else "unreachable"
+            if isinstance(exc, UpstreamError):
+                exchange.outcome = "timeout" if status == 504 else "unreachable"
+            else:
+                exchange.outcome = "bad_request"
             exchange.error = str(exc)
             socket.send_frame(error_frame(status, str(exc), code, "server_error"))
             return
@@ -337,14 +339,19 @@ class _Turn:
         exchange.status = response.code
         exchange.response_headers = MaskedHeaders(response.headers)
         content_type = first_value(response.headers, b"content-type") or ""
+        # A turn another dialect's provider answered (Codex on Claude): the
+        # capture reads the provider's dialect (its usage and model for the
+        # record and the cost), the client gets Responses events.
+        translator = app.turn_translator(view, provider)
         capture = ResponseCapture(
-            "openai_responses",
+            translator.target if translator is not None else "openai_responses",
             streaming=True,
             content_type=content_type,
             content_encoding=first_value(response.headers, b"content-encoding"),
         )
-        streaming = response.code == 200 and "text/event-stream" in content_type
-        relay = _EventRelay(socket.send_frame if streaming else None, capture.feed, clock.seconds)
+        streaming = 200 <= response.code < 300 and "text/event-stream" in content_type
+        stream = translator.stream(view.model or "") if translator is not None and streaming else None
+        relay = _EventRelay(socket.send_frame if streaming else None, capture.feed, clock.seconds, stream)
         self.body = relay
         if self.cancelled:
             relay.aborted = True
@@ -368,6 +375,8 @@ class _Turn:
                 error = parsed.get("error") if isinstance(parsed, dict) else None
             except ValueError:
                 error = None
+            if translator is not None:
+                error = translator.error(parsed if error is not None else None, response.code).get("error")
             if not isinstance(error, dict):
                 error = {"type": "server_error", "message": message}
             socket.send_frame(json.dumps({"type": "error", "status": response.code, "error": error}).encode())
@@ -418,11 +427,16 @@ class _EventRelay(Protocol):
         send: Callable[[bytes], None] | None,
         on_chunk: Callable[[bytes], Any],
         now: Callable[[], float],
+        stream: StreamTranslator | None = None,
     ) -> None:
         self._send = send
         self._on_chunk = on_chunk
         self._now = now
         self._parser = SSEParser()
+        # A translated turn: each provider event goes through the stream
+        # translator, whose Responses SSE frames are split into events again.
+        self._stream = stream
+        self._translated = SSEParser() if stream is not None else None
         self.done: defer.Deferred[None] = defer.Deferred()
         self.raw = b""
         self.bytes = 0
@@ -461,19 +475,47 @@ class _EventRelay(Protocol):
 
     def _emit(self, events: list[Any]) -> None:
         assert self._send is not None
+        if self._stream is not None:
+            events = self._translate(events)
         for event in events:
             data = event.data
             if not data or data == "[DONE]":
                 continue
             self._send(data.encode("utf-8"))
 
+    def _translate(self, events: list[Any]) -> list[Any]:
+        """The provider's events as the client's (a translated turn)."""
+        assert self._stream is not None and self._translated is not None
+        out: list[Any] = []
+        for event in events:
+            data = event.data
+            if not data:
+                continue
+            try:
+                parsed: Any = data if data == "[DONE]" else json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(parsed, (dict, str)):
+                out.extend(self._translated.feed(self._stream.feed(parsed)))
+        return out
+
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         from twisted.web.client import ResponseDone
 
         if self._send is not None and not self.aborted:
             self._emit(self._parser.close())
+            if self._stream is not None and self._translated is not None:
+                tail = self._translated.feed(self._stream.close()) + self._translated.close()
+                self._emit_frames(tail)
         if not reason.check(ResponseDone) and not self.aborted:
             self.lost = True
         self.done.callback(None)
+
+    def _emit_frames(self, events: list[Any]) -> None:
+        """Send events that are already the client's (the translator's closing ones)."""
+        assert self._send is not None
+        for event in events:
+            if event.data and event.data != "[DONE]":
+                self._send(event.data.encode("utf-8"))
 
 
