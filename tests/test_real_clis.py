@@ -336,3 +336,34 @@ async def test_claude_code_tool_loops_on_an_openai_only_gateway(fake, start_gate
     bash = [c for c in _chat_requests(fake) if "tools-bash" in c.json["model"]]
     tool_messages = [m for m in bash[-1].json["messages"] if m["role"] == "tool"]
     assert tool_messages and "hello from the fake provider" in tool_messages[-1]["content"]
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("websockets", [False, True], ids=["http", "websocket"])
+async def test_codex_tool_call_on_an_anthropic_only_gateway(fake, start_gateway, tmp_path, websockets):
+    """
+    Codex on Claude: the gateway's only provider speaks Anthropic.  The real
+    CLI completes a tool call over HTTP and over its WebSocket; every model
+    call reached the fake as /v1/messages with the gateway's key (never the
+    client's OpenAI key), and the tool's output went back as a tool_result.
+    """
+    gateway = await start_gateway(
+        fake, providers={"openai": {"enabled": False}, "anthropic": {"api_key": "sk-ant-server-key-123456"}}
+    )
+    result = await in_thread(
+        run_codex, gateway.url, tmp_path, "list files", "claude-sonnet-4-5-tools-exec_command-shell", websockets
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    sent = _messages_requests(fake)
+    assert len(sent) >= 2 and not [r for r in fake.requests if r.path == "/v1/responses"]
+    kinds = [
+        block.get("type")
+        for message in sent[-1].json["messages"]
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+    ]
+    assert "tool_use" in kinds and "tool_result" in kinds, kinds
+    assert all(r.header("authorization") is None for r in sent)
+    assert all(r.header("x-api-key") == "sk-ant-server-key-123456" for r in sent)
+    frames = _ws_frames(gateway)
+    assert (frames["in"] >= 2) if websockets else (frames["in"] == 0), frames

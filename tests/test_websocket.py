@@ -21,7 +21,13 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 
-from lunaroute.proxy.websocket import PING_INTERVAL_SECS, PING_TIMEOUT_SECS, error_frame, response_create_body
+from lunaroute.proxy.websocket import (
+    PING_INTERVAL_SECS,
+    PING_TIMEOUT_SECS,
+    SocketConversation,
+    error_frame,
+    response_create_body,
+)
 from lunaroute.testing.helpers import free_port
 
 
@@ -114,6 +120,30 @@ def test_other_frame_types_need_no_answer() -> None:
 def test_a_frame_that_is_not_an_object_is_refused() -> None:
     with pytest.raises(ValueError):
         response_create_body(b"[1,2]")
+
+
+def test_the_socket_conversation_continues_its_last_response() -> None:
+    """previous_response_id plus new items becomes the whole input, for a provider that keeps no state."""
+    conversation = SocketConversation()
+    first = {"model": "m", "input": "hi"}
+    assert conversation.expanded(first) == {"model": "m", "input": [{"type": "message", "role": "user", "content": "hi"}]}
+    conversation.started(first)
+    call = {"type": "function_call", "call_id": "c1", "name": "shell", "arguments": "{}"}
+    conversation.completed({"id": "resp_1", "output": [call]})
+    output = {"type": "function_call_output", "call_id": "c1", "output": "done"}
+    second = {"model": "m", "previous_response_id": "resp_1", "input": [output]}
+    whole = conversation.expanded(second)
+    assert whole == {"model": "m", "input": [{"type": "message", "role": "user", "content": "hi"}, call, output]}
+    # A response this socket does not hold (or an older one) cannot be continued.
+    assert conversation.expanded({**second, "previous_response_id": "resp_0"}) is None
+    conversation.started(second)
+    conversation.completed({"id": "resp_2", "output": []})
+    assert conversation.last_id == "resp_2"
+    assert conversation.expanded(second) is None
+    # A turn whose whole input is unknown leaves nothing to continue.
+    conversation.started({"previous_response_id": "elsewhere", "input": []})
+    conversation.completed({"id": "resp_3", "output": []})
+    assert conversation.last_id is None
 
 
 def test_error_frame_shape() -> None:

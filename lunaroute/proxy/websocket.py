@@ -93,6 +93,63 @@ def response_create_body(payload: bytes) -> bytes | None:
     return json.dumps(body, ensure_ascii=False).encode()
 
 
+class SocketConversation:
+    """
+    The conversation of a socket's last response, so that a turn continuing
+    it (C{previous_response_id} and only the new input items, as Codex sends
+    on its WebSocket) can be sent whole to a provider that keeps no state:
+    a turn translated for Anthropic, where C{previous_response_id} means
+    nothing.  Pure: the socket tells it each turn's body and each completed
+    response.
+    """
+
+    def __init__(self) -> None:
+        self.last_id: str | None = None
+        self._items: list[Any] | None = None
+        self._pending: list[Any] | None = None
+
+    def full_input(self, body: dict[str, Any]) -> list[Any] | None:
+        """
+        The turn's whole input: the new items, after the last response's
+        conversation when C{previous_response_id} names it.  C{None} when the
+        turn continues a response this socket does not hold.
+        """
+        items = body.get("input")
+        new = [{"type": "message", "role": "user", "content": items}] if isinstance(items, str) else items
+        if not isinstance(new, list):
+            new = []
+        previous = body.get("previous_response_id")
+        if not previous:
+            return list(new)
+        if previous != self.last_id or self._items is None:
+            return None
+        return [*self._items, *new]
+
+    def expanded(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """C{body} with its whole input and no C{previous_response_id}; C{None} when unknown."""
+        full = self.full_input(body)
+        if full is None:
+            return None
+        out = {key: value for key, value in body.items() if key != "previous_response_id"}
+        out["input"] = full
+        return out
+
+    def started(self, body: dict[str, Any]) -> None:
+        """A turn with C{body} is sent."""
+        self._pending = self.full_input(body)
+
+    def completed(self, response: Any) -> None:
+        """The turn's C{response.completed} arrived: it is now the conversation to continue."""
+        if not isinstance(response, dict):
+            return
+        output = response.get("output")
+        if self._pending is None or not isinstance(output, list):
+            self.last_id, self._items = None, None
+            return
+        self.last_id = response.get("id") if isinstance(response.get("id"), str) else None
+        self._items = [*self._pending, *output]
+
+
 def _accept_deflate(offers: list[Any]) -> Any:
     for offer in offers:
         if isinstance(offer, PerMessageDeflateOffer):
@@ -141,6 +198,7 @@ class ResponsesSocket(WebSocketServerProtocol):
         self.headers: Headers = upgrade.requestHeaders
         self._turns: defer.DeferredLock = defer.DeferredLock()
         self._current: _Turn | None = None
+        self.conversation = SocketConversation()
         self.closed = False
         self._opened = False
         #: Fires once the socket's connection is gone.
@@ -291,6 +349,7 @@ class _Turn:
             translated = app.turn_translator(view, provider) is not None
             if configured and view.json is not None and view.model != configured and not translated:
                 body = replace_model(body, configured)
+        body, view = self._stateless(body, view, provider, plan, header)
         exchange = app.start_socket_exchange(upgrade, view, provider, body, received)
         if plan is not None:
             exchange.rule = plan.rule_name
@@ -302,6 +361,39 @@ class _Turn:
             exchange.error = f"internal gateway error: {type(exc).__name__}"
         finally:
             app.finish_exchange(exchange)
+
+    def _stateless(
+        self, body: bytes, view: Any, provider: IProvider, plan: Plan | None, header: Callable[[str], str | None]
+    ) -> tuple[bytes, Any]:
+        """
+        A turn that continues the socket's last response goes whole to a
+        provider that keeps no state (any attempt translated): the
+        conversation so far replaces C{previous_response_id}.  The socket
+        notes every turn's input to continue it later.
+        """
+        app = self.socket.app
+        conversation = self.socket.conversation
+        data = view.json if isinstance(view.json, dict) else {}
+        providers = [app.providers[a.provider_name] for a in plan.attempts] if plan is not None else [provider]
+        if data.get("previous_response_id") and any(app.turn_translator(view, p) for p in providers):
+            whole = conversation.expanded(data)
+            if whole is not None:
+                body = json.dumps(whole, ensure_ascii=False).encode()
+                view = parse_request("openai_responses", body, header)
+                data = whole
+        conversation.started(data)
+        return body, view
+
+    def _send_frame(self, data: bytes) -> None:
+        """A frame to the client; a completed response becomes the socket's conversation."""
+        if b'"response.completed"' in data:
+            try:
+                event = json.loads(data)
+            except ValueError:
+                event = None
+            if isinstance(event, dict) and event.get("type") == "response.completed":
+                self.socket.conversation.completed(event.get("response"))
+        self.socket.send_frame(data)
 
     async def _send(
         self, exchange: Any, provider: IProvider, body: bytes, view: Any, plan: Plan | None
@@ -351,7 +443,7 @@ class _Turn:
         )
         streaming = 200 <= response.code < 300 and "text/event-stream" in content_type
         stream = translator.stream(view.model or "") if translator is not None and streaming else None
-        relay = _EventRelay(socket.send_frame if streaming else None, capture.feed, clock.seconds, stream)
+        relay = _EventRelay(self._send_frame if streaming else None, capture.feed, clock.seconds, stream)
         self.body = relay
         if self.cancelled:
             relay.aborted = True
