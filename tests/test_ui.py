@@ -163,9 +163,15 @@ async def test_sessions_table_filters_sorts_and_pages_from_the_url(ui: UI) -> No
     assert 'href="/sessions?limit=1&amp;sort=cost&amp;offset=1"' in page
     _, page, _ = await ui.get("/sessions?limit=1&sort=cost&offset=1")
     assert 'rel="prev" href="/sessions?limit=1&amp;sort=cost"' in page
-    # A state the form does not show is kept as a hidden field.
-    _, page, _ = await ui.get("/sessions?min_total_tokens=100")
-    assert '<input type="hidden" name="min_total_tokens" value="100">' in page
+    # The range and date filters are controls too, under "More filters" (open when one is set).
+    _, page, _ = await ui.get("/sessions?min_total_tokens=50&from=2025-06-15")
+    assert '<details class="more-filters" open>' in page
+    assert '<input type="number" name="min_total_tokens" value="50" step="1">' in page
+    assert '<input type="date" name="from" value="2025-06-15">' in page
+    assert f'href="/sessions/{CC}"' in page and f'href="/sessions/{SDK}"' not in page
+    # A state the form does not show (limit) is kept as a hidden field.
+    _, page, _ = await ui.get("/sessions?limit=2")
+    assert '<input type="hidden" name="limit" value="2">' in page
     # The same list as JSON from the API, with the same parameters.
     _, page, _ = await ui.get("/sessions?client=Codex&sort=cost")
     assert 'this page on the API: <a href="/api/sessions?client=Codex&amp;sort=cost">JSON</a>' in page

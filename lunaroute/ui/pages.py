@@ -433,7 +433,33 @@ class UIPages:
             )
             return f'<label>{e(label)}<select name="{name}">{opts}</select></label>'
 
-        shown = {"text_search", "client", "model", "provider", "project", "days", "success", "sort", "order"}
+        def field(name: str, label: str, kind: str, step: str = "") -> str:
+            step_attr = f' step="{step}"' if step else ""
+            return (
+                f'<label>{e(label)}<input type="{kind}" name="{name}" value="{e(state.get(name, ""))}"{step_attr}></label>'
+            )
+
+        ranges = [
+            (f"{bound}_{stem}", f"{bound.capitalize()} {label}", step)
+            for stem, label, step in (
+                ("total_tokens", "tokens", "1"),
+                ("input_tokens", "input tokens", "1"),
+                ("output_tokens", "output tokens", "1"),
+                ("cost", "cost ($)", "any"),
+                ("duration_ms", "duration (ms)", "any"),
+            )
+            for bound in ("min", "max")
+        ]
+        more_names = ["from", "to", *(name for name, _, _ in ranges)]
+        more = (
+            '<details class="more-filters"' + (" open" if any(state.get(n) for n in more_names) else "") + ">"
+            "<summary>More filters</summary><div class=\"more\">"
+            + field("from", "Active from (UTC)", "date")
+            + field("to", "to (inclusive)", "date")
+            + "".join(field(name, label, "number", step) for name, label, step in ranges)
+            + "</div></details>"
+        )
+        shown = {"text_search", "client", "model", "provider", "project", "days", "success", "sort", "order", *more_names}
         hidden = "".join(
             f'<input type="hidden" name="{e(k)}" value="{e(v)}">'
             for k, v in state.items()
@@ -450,6 +476,7 @@ class UIPages:
             + select("success", "Status", [("", "any"), ("true", "ok"), ("false", "failed")])
             + select("sort", "Sort", [("", "last activity"), *((s, s.replace("_", " ")) for s in SORTS if s != "last_activity")])
             + select("order", "Order", [("", "descending"), ("asc", "ascending")])
+            + more
             + hidden
             + '<button type="submit">Apply</button> <a href="/sessions">Clear</a></form>'
         )
