@@ -118,8 +118,10 @@ def test_translation_line_says_where_a_dialect_without_provider_goes():
     ]
     keyed = translation({"providers": {"anthropic": {"enabled": False}, "openai": {"api_key": "sk-x"}}})
     assert keyed == ["translation: anthropic requests go to provider openai (openai), translated"]
-    # No Chat -> Anthropic translator yet: an Anthropic-only gateway serves no OpenAI requests.
-    assert translation({"providers": {"openai": {"enabled": False}}}) == []
+    # And the other way: an Anthropic-only gateway serves OpenAI requests (Chat, Responses) on Claude.
+    assert translation({"providers": {"openai": {"enabled": False}, "anthropic": {"api_key": "sk-ant-x"}}}) == [
+        "translation: openai requests go to provider anthropic (anthropic), translated"
+    ]
     provider_line = next(
         line for line in setting_lines(settings_from_mapping(
             {"providers": {"openai": {"model_map": {"a": "b"}, "supports_responses": False}}}, env={}
