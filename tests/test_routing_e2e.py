@@ -132,10 +132,14 @@ async def test_a_marker_sends_the_request_to_the_named_provider_and_is_stripped(
 
 
 @pytest.mark.parametrize("strategy_rule", [{"primary": None}])
-def test_cross_dialect_rules_are_refused_at_start(strategy_rule):
-    """A rule falling back to a provider of the other dialect needs translation: one line at start."""
+def test_cross_dialect_rules_are_refused_at_start(strategy_rule, monkeypatch):
+    """A rule falling back to a provider no translator reaches: one line at start."""
     from lunaroute.config import settings_from_mapping
+    from lunaroute.dialects.translate import base
     from lunaroute.errors import ConfigError
+
+    for pair in (("openai_chat", "anthropic"), ("openai_responses", "anthropic")):
+        monkeypatch.delitem(base._REGISTRY, pair, raising=False)
 
     with pytest.raises(ConfigError) as info:
         settings_from_mapping(

@@ -212,8 +212,17 @@ def test_clear_and_unknown_markers_route_normally() -> None:
     assert unknown.rule_name == "claude"
 
 
-def test_marker_naming_a_provider_no_translator_reaches_is_a_400() -> None:
-    """Chat Completions -> Anthropic has no translator in this branch: a marker cannot send there."""
+def without_translators_to_anthropic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These checks are about a pair with no translator: make sure none is registered."""
+    from lunaroute.dialects.translate import base
+
+    for pair in (("openai_chat", "anthropic"), ("openai_responses", "anthropic")):
+        monkeypatch.delitem(base._REGISTRY, pair, raising=False)
+
+
+def test_marker_naming_a_provider_no_translator_reaches_is_a_400(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a Chat Completions -> Anthropic translator a marker cannot send there."""
+    without_translators_to_anthropic(monkeypatch)
     r, _, _ = router([])
     marked_chat = view("gpt-5", "openai_chat", messages=marked("[LUNAROUTE:anthropic_backup]"))
     with pytest.raises(MarkerDialectMismatch) as info:
@@ -257,12 +266,13 @@ def test_cross_dialect_rule_and_model_maps() -> None:
     assert names(r.plan(view("claude-sonnet-4-5", "openai_chat"), "openai", no_headers)) == ["openai"]
 
 
-def test_providers_no_translator_reaches_are_left_out() -> None:
+def test_providers_no_translator_reaches_are_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     Without a rule, a request goes to the other dialect's provider only when
     a translator reaches it: Claude Code to the lone Anthropic provider yes,
     an OpenAI request (no Chat -> Anthropic translator here) gets no plan.
     """
+    without_translators_to_anthropic(monkeypatch)
     r, _, _ = router([{"name": "mixed", "listener": "anthropic", "primary": "anthropic_backup", "fallbacks": ["local"]}])
     plan = r.plan(view("x"), "anthropic", no_headers)
     assert names(plan) == ["anthropic_backup", "local"]

@@ -98,7 +98,7 @@ def test_routing_line_says_whether_rules_apply():
     assert "routing: 1 rule(s) (claude); retries and fallbacks on" in on
 
 
-def test_translation_line_says_where_a_dialect_without_provider_goes():
+def test_translation_line_says_where_a_dialect_without_provider_goes(monkeypatch):
     """
     Claude Code on an OpenAI-only gateway: the start-up log says Anthropic
     requests are translated for the openai provider, and that a keyless one
@@ -116,7 +116,10 @@ def test_translation_line_says_where_a_dialect_without_provider_goes():
     ]
     keyed = translation({"providers": {"anthropic": {"enabled": False}, "openai": {"api_key": "sk-x"}}})
     assert keyed == ["translation: anthropic requests go to provider openai (openai), translated"]
-    # No Chat -> Anthropic translator yet: an Anthropic-only gateway serves no OpenAI requests.
+    # Without a Chat -> Anthropic translator an Anthropic-only gateway serves no OpenAI requests.
+    from lunaroute.dialects.translate import base
+
+    monkeypatch.delitem(base._REGISTRY, ("openai_chat", "anthropic"), raising=False)
     assert translation({"providers": {"openai": {"enabled": False}}}) == []
     provider_line = next(
         line for line in setting_lines(settings_from_mapping(
