@@ -190,6 +190,12 @@ class TranslatingRelay(RelayProtocol):
         self._too_large = False
         self._client_gone = False
 
+    def connectionMade(self) -> None:
+        if getattr(self._request, "channel", None) is None:
+            # The client left before the body started: nothing to write to.
+            self._client_gone = True
+        super().connectionMade()
+
     def _cancel(self, d: Any) -> None:
         # The client went away: nothing more is written to it.
         self._client_gone = True
