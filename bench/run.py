@@ -10,9 +10,11 @@ Starts, each as its own process:
   - the upstream: C{bench/fast_upstream.py} (default) or LunaRoute's own
     C{FakeProvider} (C{--upstream fake});
   - nginx as a reference reverse proxy, when C{nginx} is on the PATH;
-  - the gateway (C{twistd -n lunaroute}) in three configurations: C{plain}
-    (defaults), C{recording} (JSONL + SQLite into a temporary directory) and
-    C{no-metrics} (C{metrics.enabled: false});
+  - the gateway (C{twistd -n lunaroute}) in five configurations: C{plain}
+    (defaults), C{recording} (JSONL + SQLite into a temporary directory),
+    C{no-metrics} (C{metrics.enabled: false}), C{routing} (ten rules) and
+    C{translation} (no Anthropic provider: every Messages request translated
+    to the upstream's Chat Completions and back, L{translation_config});
   - with C{--peers}, peer gateways (C{bench/peer_targets.py}): the LiteLLM
     proxy (targets C{litellm} and C{litellm-passthrough}) and
     claude-code-router (C{ccr}), each installed in its own directory under
@@ -346,6 +348,21 @@ def routing_config(upstream: int, rules: int = 10) -> dict[str, Any]:
     rule_list.append({"name": "claude", "model_pattern": "^claude-", "primary": "anthropic",
                       "fallbacks": ["anthropic_backup"]})
     return {"providers": providers, "routing": {"rules": rule_list}}
+
+
+def translation_config(upstream: int) -> dict[str, Any]:
+    """
+    Claude Code on an OpenAI-compatible server (issue 16): no Anthropic
+    provider, so every Messages request is translated to Chat Completions
+    and the upstream's Chat answer back to Anthropic, streams event by event.
+    """
+    base = f"http://{HOST}:{upstream}"
+    return {
+        "providers": {
+            "anthropic": {"enabled": False},
+            "openai": {"base_url": base + "/v1", "api_key": "sk-bench-translation"},
+        }
+    }
 
 
 def start_gateway(
@@ -1109,6 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
             "gateway+recording": {"session_recording": {"enabled": True, "sessions_dir": sessions_dir}},
             "gateway-metrics": {"metrics": {"enabled": False}},
             "gateway+routing": routing_config(upstream),
+            "gateway+translation": translation_config(upstream),
         }
         gateways = []
         for name, extra in configs.items():

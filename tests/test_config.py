@@ -1101,6 +1101,14 @@ _TWO_OPENAI = {
 }
 
 
+def without_translators_to_anthropic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These checks are about a pair with no translator: make sure none is registered."""
+    from lunaroute.dialects.translate import base
+
+    for pair in (("openai_chat", "anthropic"), ("openai_responses", "anthropic")):
+        monkeypatch.delitem(base._REGISTRY, pair, raising=False)
+
+
 @pytest.mark.parametrize(
     ("rule", "message"),
     [
@@ -1126,8 +1134,9 @@ _TWO_OPENAI = {
         ({"primary": "openai", "header": {"bad header": "x"}}, "routing.rules[0].header.bad header: not a valid HTTP header name"),
     ],
 )
-def test_routing_rules_are_checked(rule: dict[str, Any], message: str) -> None:
+def test_routing_rules_are_checked(rule: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A malformed rule, or one naming a provider that cannot serve it, is one line naming it."""
+    without_translators_to_anthropic(monkeypatch)
     assert str(config_error({"providers": _TWO_OPENAI, "routing": {"rules": [rule]}})) == message
 
 

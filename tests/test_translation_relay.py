@@ -605,3 +605,23 @@ def test_an_unreadable_answer_through_the_gateway_is_a_gateway_error_on_the_reco
     [exchange] = gateway.exchanges
     assert exchange.outcome == "gateway_error" and exchange.status == 502
     assert exchange.error == "the provider's answer is not a JSON object"
+
+
+def test_a_gateway_cut_ends_the_translated_stream_with_an_error_event() -> None:
+    """Shutdown past its deadline: the provider is cut, the client's stream gets an error event."""
+    protocol, request, response = relay()
+    protocol.dataReceived(sse(chunk({"role": "assistant", "content": "a"})))
+    protocol.cut()
+    assert response.transport.stopped and protocol.cut_by_gateway
+    assert events(request.writes[-1]) == ["error"]
+
+
+def test_a_client_gone_before_the_body_gets_nothing_written() -> None:
+    request = ClientRequest()
+    request.channel = None
+    protocol = TranslatingRelay(
+        request, Clock(), 60.0, translator=MESSAGES_TO_CHAT, client_model="x", status=200, streaming=True,
+    )
+    response = Response(body=None)
+    response.deliverBody(protocol)
+    assert response.transport.stopped and request.writes == [] and protocol.done.called

@@ -5,7 +5,8 @@ into the client's as it arrives.
 
 The translators themselves (L{lunaroute.dialects.translate}) are free of
 I/O; this module moves bytes around them.  A stream is converted event by
-event: provider bytes -> L{SSEParser} -> C{json.loads} of each C{data:} ->
+event: provider bytes -> the recording's L{ResponseCapture} (its SSE parser
+and C{json.loads}, done once) -> each parsed event to
 L{StreamTranslator.feed} -> C{request.write}, with the same backpressure,
 idle timeout and disconnect handling as the plain relay (it is one).  A
 JSON answer is read whole (bounded) and translated once.
@@ -188,6 +189,12 @@ class TranslatingRelay(RelayProtocol):
         self._size = 0
         self._too_large = False
         self._client_gone = False
+
+    def connectionMade(self) -> None:
+        if getattr(self._request, "channel", None) is None:
+            # The client left before the body started: nothing to write to.
+            self._client_gone = True
+        super().connectionMade()
 
     def _cancel(self, d: Any) -> None:
         # The client went away: nothing more is written to it.
