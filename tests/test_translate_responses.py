@@ -74,7 +74,7 @@ def messages_meaning(body: dict[str, Any]) -> list[tuple[Any, ...]]:
     for message in body["messages"]:
         for block in message["content"]:
             if block["type"] == "text":
-                out.append(("developer" if message["role"] == "system" else message["role"], block["text"]))
+                out.append((message["role"], block["text"]))
             elif block["type"] == "tool_use":
                 out.append(("call", block["id"], block["name"], block["input"]))
             elif block["type"] == "tool_result":

@@ -207,14 +207,12 @@ def _message(
     if "name" in message:
         drops.append(f"{path}.name")  # Anthropic has no participant names
     if role in ("system", "developer"):
+        # Every system message joins the one system prompt, in order: a
+        # `system` turn inside `messages` needs Anthropic's
+        # mid-conversation-system beta, which a translated request cannot
+        # count on.
         text = _text_only(content, f"{path}.content")
-        if not text:
-            return
-        if messages:
-            # Mid-conversation instructions stay in place, as Claude Code
-            # itself sends them to Anthropic.
-            messages.append({"role": "system", "content": [{"type": "text", "text": text}]})
-        else:
+        if text:
             system.append({"type": "text", "text": text})
     elif role == "user":
         _push(messages, "user", _user_blocks(content, f"{path}.content"))
