@@ -101,7 +101,9 @@ def test_every_detector_provides_idetector() -> None:
         (IpAddressDetector(), "std::vector Vec::new 12:34:56 00:1a:2b:3c:4d:5e a :: b", []),
         # Secrets by shape
         (SecretDetector(), f"key {ANTHROPIC_KEY}.", [ANTHROPIC_KEY]),
-        (SecretDetector(), "sk-proj-abc123def456ghi789jkl012 AKIAIOSFODNN7EXAMPLE", ["sk-proj-abc123def456ghi789jkl012", "AKIAIOSFODNN7EXAMPLE"]),
+        (SecretDetector(), "sk-proj-abc123def456ghi789jkl012mno345pq AKIAIOSFODNN7EXAMPLE", ["sk-proj-abc123def456ghi789jkl012mno345pq", "AKIAIOSFODNN7EXAMPLE"]),
+        (SecretDetector(), "sk-" + "T3BlbkFJ" * 6, ["sk-" + "T3BlbkFJ" * 6]),
+        (SecretDetector(), 'b"sk-ssh-ed25519-cert-v01" and sk-ecdsa-sha2-nistp256-cert-v01', []),
         (SecretDetector(), "ghp_" + "a1" * 18 + " github_pat_11ABCDEFG0123456789_abcdefghij", ["ghp_" + "a1" * 18, "github_pat_11ABCDEFG0123456789_abcdefghij"]),
         (SecretDetector(), "task-abcdefghijklmnopqrstuvwxyz1234 sk-this-is-a-long-kebab-case-name AKIA1234", []),
     ],

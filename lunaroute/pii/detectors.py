@@ -396,7 +396,10 @@ def _ip_confidence(value: str) -> float:
 # (a literal the text must contain, the token's pattern starting with it,
 # the kind).  Keys must stand alone: "task-..." is not an "sk-" key.
 _SECRET_SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = (
-    ("sk-", re.compile(r"sk-(?:ant-[A-Za-z0-9_-]{20,}|(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,})"), "API_KEY"),
+    # Anthropic keys after their own prefix; OpenAI's (legacy 48 characters,
+    # project keys longer) at least 32, so SSH's "sk-ssh-ed25519-cert-v01"
+    # and other sk- names are not taken.
+    ("sk-", re.compile(r"sk-(?:ant-[A-Za-z0-9_-]{20,}|(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,})"), "API_KEY"),
     ("AKIA", re.compile(r"AKIA[0-9A-Z]{16}(?![A-Za-z0-9])"), "AWS_KEY"),
     ("ASIA", re.compile(r"ASIA[0-9A-Z]{16}(?![A-Za-z0-9])"), "AWS_KEY"),
     ("gh", re.compile(r"gh[pousr]_[A-Za-z0-9]{30,}"), "GITHUB_TOKEN"),
@@ -420,8 +423,9 @@ class SecretDetector:
     (C{sk-...}, C{sk-proj-...}) API keys, AWS access key ids (C{AKIA...},
     C{ASIA...}), GitHub tokens (C{ghp_}, C{gho_}, C{ghu_}, C{ghs_},
     C{ghr_}, C{github_pat_}) and PEM private key blocks.  An C{sk-} token
-    must hold a digit and stand alone (C{task-...} is not a key), so long
-    kebab-case names are not taken for keys.
+    must hold a digit and stand alone (C{task-...} is not a key), and an
+    OpenAI one be at least 32 characters long, so kebab-case names and
+    SSH's C{sk-ssh-ed25519-cert-v01} are not taken for keys.
     """
 
     name = "secrets"
