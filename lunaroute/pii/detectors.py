@@ -77,6 +77,8 @@ class EmailDetector:
 
     name = "email"
     kinds = ("EMAIL",)
+    # Never matches across a NUL: may scan many strings joined by one.
+    joinable = True
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
@@ -159,6 +161,8 @@ class PhoneDetector:
 
     name = "phone"
     kinds = ("PHONE",)
+    # Never matches across a NUL: may scan many strings joined by one.
+    joinable = True
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
@@ -208,6 +212,8 @@ class SsnDetector:
 
     name = "ssn"
     kinds = ("SSN",)
+    # Never matches across a NUL: may scan many strings joined by one.
+    joinable = True
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
@@ -277,6 +283,8 @@ class CreditCardDetector:
 
     name = "credit_card"
     kinds = ("CREDIT_CARD",)
+    # Never matches across a NUL: may scan many strings joined by one.
+    joinable = True
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
@@ -333,6 +341,8 @@ class IpAddressDetector:
 
     name = "ip_address"
     kinds = ("IP_ADDRESS",)
+    # Never matches across a NUL: may scan many strings joined by one.
+    joinable = True
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
@@ -430,6 +440,8 @@ class SecretDetector:
 
     name = "secrets"
     kinds = ("API_KEY", "AWS_KEY", "GITHUB_TOKEN", "PRIVATE_KEY")
+    # Never matches across a NUL: may scan many strings joined by one.
+    joinable = True
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
@@ -456,8 +468,12 @@ class SecretDetector:
 class PatternDetector:
     """
     A user's regular expression (C{session_recording.pii.custom_patterns}):
-    every non-empty match is a C{kind} with the pattern's confidence.
+    every non-empty match is a C{kind} with the pattern's confidence.  It is
+    run on each string by itself (C{joinable} false), so C{^}, C{$} and
+    C{\\A} keep their meaning and a match never spans two JSON values.
     """
+
+    joinable = False
 
     def __init__(self, name: str, pattern: str, kind: str, confidence: float = 1.0) -> None:
         self.name = name
@@ -465,6 +481,10 @@ class PatternDetector:
         self.kinds = (kind,)
         self.confidence = confidence
         self._pattern = re.compile(pattern)
+
+    def search(self, text: str) -> bool:
+        """Whether C{text} may hold a match: one C-level search, cheaper than L{detect}."""
+        return self._pattern.search(text) is not None
 
     def detect(self, text: str) -> list[Detection]:
         return [
