@@ -101,7 +101,9 @@ def test_every_detector_provides_idetector() -> None:
         (IpAddressDetector(), "std::vector Vec::new 12:34:56 00:1a:2b:3c:4d:5e a :: b", []),
         # Secrets by shape
         (SecretDetector(), f"key {ANTHROPIC_KEY}.", [ANTHROPIC_KEY]),
-        (SecretDetector(), "sk-proj-abc123def456ghi789jkl012 AKIAIOSFODNN7EXAMPLE", ["sk-proj-abc123def456ghi789jkl012", "AKIAIOSFODNN7EXAMPLE"]),
+        (SecretDetector(), "sk-proj-abc123def456ghi789jkl012mno345pq AKIAIOSFODNN7EXAMPLE", ["sk-proj-abc123def456ghi789jkl012mno345pq", "AKIAIOSFODNN7EXAMPLE"]),
+        (SecretDetector(), "sk-" + "T3BlbkFJ" * 6, ["sk-" + "T3BlbkFJ" * 6]),
+        (SecretDetector(), 'b"sk-ssh-ed25519-cert-v01" and sk-ecdsa-sha2-nistp256-cert-v01', []),
         (SecretDetector(), "ghp_" + "a1" * 18 + " github_pat_11ABCDEFG0123456789_abcdefghij", ["ghp_" + "a1" * 18, "github_pat_11ABCDEFG0123456789_abcdefghij"]),
         (SecretDetector(), "task-abcdefghijklmnopqrstuvwxyz1234 sk-this-is-a-long-kebab-case-name AKIA1234", []),
     ],
@@ -230,10 +232,13 @@ def test_json_walk_keeps_structure_keys_and_tool_arguments_valid() -> None:
 
 
 def test_strings_are_scanned_apart() -> None:
-    """A value is never found across two strings (the joined scan separates them)."""
+    """A value is never found across two strings; custom patterns run per string, so anchors work."""
     assert Redactor(ALL).redact_json(["555-123", "4567", "john@", "example.com"]) == ["555-123", "4567", "john@", "example.com"]
-    crossing = Redactor([PatternDetector("any", r"ab[\s\S]cd", "X")]).redact_json(["xxab", "cdyy"])
-    assert crossing == ["xx[X]", "[X]yy"]  # a custom match across strings is redacted in both
+    custom = Redactor([PatternDetector("any", r"ab[\s\S]cd", "X"), PatternDetector("id", r"^\d{9}$", "ID")])
+    assert custom.redact_json(["xxab", "cdyy", "123456789", "a 123456789"]) == ["xxab", "cdyy", "[ID]", "a 123456789"]
+    mixed = Redactor([*ALL, PatternDetector("ticket", r"TICKET-\d+", "TICKET")])
+    assert mixed.redact_json({"a": "TICKET-7 for a@b.co", "b": ["8.8.8.8"]}) == {"a": "[TICKET] for [EMAIL]", "b": ["[IP_ADDRESS]"]}
+    assert mixed.counts() == {"TICKET": 1, "EMAIL": 1, "IP_ADDRESS": 1}
 
 
 def test_counters() -> None:

@@ -20,6 +20,7 @@ import treq
 from test_real_clis import run_claude
 from test_session_api_live import mount_api
 from test_websocket import _connect, _create
+from twisted.logger import formatEvent, globalLogPublisher
 
 from lunaroute.testing.helpers import free_port, in_thread
 
@@ -151,3 +152,25 @@ async def test_apply_to_upstream_covers_codex_websocket_turns(fake, start_gatewa
     assert sent
     body = sent[-1].body.decode("utf-8")
     assert leaks_in(body) == [] and "[EMAIL:" in body and "[API_KEY:" in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokenize_without_a_secret_warns_at_start_up(fake, start_gateway, tmp_path: Path) -> None:
+    """redaction_mode tokenize without hmac_secret: one warning line, and values are masked."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        gw = await start_gateway(fake, session_recording={
+            "enabled": True, "sessions_dir": str(tmp_path / "sessions"),
+            "pii": {"enabled": True, "redaction_mode": "tokenize"},
+        })
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if "hmac_secret" in formatEvent(e)]
+    assert lines == [
+        "PII redaction: on (tokenize, no hmac_secret: masking; records and request log)",
+        "session_recording.pii: redaction_mode tokenize needs hmac_secret; without one, "
+        "values are masked ([EMAIL]) instead of tokenized",
+    ]
+    assert [e.get("log_level").name for e in events if "needs hmac_secret" in formatEvent(e)] == ["warn"]
+    assert gw.service.redactor.redact_text("a@b.co") == "[EMAIL]"

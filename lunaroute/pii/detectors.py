@@ -77,6 +77,8 @@ class EmailDetector:
 
     name = "email"
     kinds = ("EMAIL",)
+    # Never matches across a NUL: may scan many strings joined by one.
+    joinable = True
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
@@ -159,6 +161,8 @@ class PhoneDetector:
 
     name = "phone"
     kinds = ("PHONE",)
+    # Never matches across a NUL: may scan many strings joined by one.
+    joinable = True
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
@@ -208,6 +212,8 @@ class SsnDetector:
 
     name = "ssn"
     kinds = ("SSN",)
+    # Never matches across a NUL: may scan many strings joined by one.
+    joinable = True
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
@@ -277,6 +283,8 @@ class CreditCardDetector:
 
     name = "credit_card"
     kinds = ("CREDIT_CARD",)
+    # Never matches across a NUL: may scan many strings joined by one.
+    joinable = True
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
@@ -333,6 +341,8 @@ class IpAddressDetector:
 
     name = "ip_address"
     kinds = ("IP_ADDRESS",)
+    # Never matches across a NUL: may scan many strings joined by one.
+    joinable = True
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
@@ -396,7 +406,10 @@ def _ip_confidence(value: str) -> float:
 # (a literal the text must contain, the token's pattern starting with it,
 # the kind).  Keys must stand alone: "task-..." is not an "sk-" key.
 _SECRET_SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = (
-    ("sk-", re.compile(r"sk-(?:ant-[A-Za-z0-9_-]{20,}|(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,})"), "API_KEY"),
+    # Anthropic keys after their own prefix; OpenAI's (legacy 48 characters,
+    # project keys longer) at least 32, so SSH's "sk-ssh-ed25519-cert-v01"
+    # and other sk- names are not taken.
+    ("sk-", re.compile(r"sk-(?:ant-[A-Za-z0-9_-]{20,}|(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,})"), "API_KEY"),
     ("AKIA", re.compile(r"AKIA[0-9A-Z]{16}(?![A-Za-z0-9])"), "AWS_KEY"),
     ("ASIA", re.compile(r"ASIA[0-9A-Z]{16}(?![A-Za-z0-9])"), "AWS_KEY"),
     ("gh", re.compile(r"gh[pousr]_[A-Za-z0-9]{30,}"), "GITHUB_TOKEN"),
@@ -420,12 +433,15 @@ class SecretDetector:
     (C{sk-...}, C{sk-proj-...}) API keys, AWS access key ids (C{AKIA...},
     C{ASIA...}), GitHub tokens (C{ghp_}, C{gho_}, C{ghu_}, C{ghs_},
     C{ghr_}, C{github_pat_}) and PEM private key blocks.  An C{sk-} token
-    must hold a digit and stand alone (C{task-...} is not a key), so long
-    kebab-case names are not taken for keys.
+    must hold a digit and stand alone (C{task-...} is not a key), and an
+    OpenAI one be at least 32 characters long, so kebab-case names and
+    SSH's C{sk-ssh-ed25519-cert-v01} are not taken for keys.
     """
 
     name = "secrets"
     kinds = ("API_KEY", "AWS_KEY", "GITHUB_TOKEN", "PRIVATE_KEY")
+    # Never matches across a NUL: may scan many strings joined by one.
+    joinable = True
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
@@ -452,8 +468,12 @@ class SecretDetector:
 class PatternDetector:
     """
     A user's regular expression (C{session_recording.pii.custom_patterns}):
-    every non-empty match is a C{kind} with the pattern's confidence.
+    every non-empty match is a C{kind} with the pattern's confidence.  It is
+    run on each string by itself (C{joinable} false), so C{^}, C{$} and
+    C{\\A} keep their meaning and a match never spans two JSON values.
     """
+
+    joinable = False
 
     def __init__(self, name: str, pattern: str, kind: str, confidence: float = 1.0) -> None:
         self.name = name
@@ -461,6 +481,10 @@ class PatternDetector:
         self.kinds = (kind,)
         self.confidence = confidence
         self._pattern = re.compile(pattern)
+
+    def search(self, text: str) -> bool:
+        """Whether C{text} may hold a match: one C-level search, cheaper than L{detect}."""
+        return self._pattern.search(text) is not None
 
     def detect(self, text: str) -> list[Detection]:
         return [

@@ -245,6 +245,8 @@ class Redactor:
         if mode not in MODES or any(m not in MODES for m in (modes or {}).values()):
             raise ValueError(f"redaction modes are {', '.join(MODES)}")
         self.detectors = tuple(detectors)
+        self._joinable = tuple(d for d in self.detectors if getattr(d, "joinable", False))
+        self._each = tuple(d for d in self.detectors if not getattr(d, "joinable", False))
         self.mode = mode
         self.min_confidence = min_confidence
         self.partial_show_chars = partial_show_chars
@@ -280,10 +282,10 @@ class Redactor:
         """
         What L{redact_json} with L{redact_text} gives, faster: the strings
         of C{value} are joined (separated by a NUL, which no built-in
-        pattern crosses) and each detector scans the joined text once,
-        rather than paying its fixed cost on each of the hundreds of small
-        strings of a request body.  A custom pattern's match that crosses
-        from one string into the next is redacted in both.
+        pattern crosses: their C{joinable} attribute) and each built-in
+        detector scans the joined text once, rather than paying its fixed
+        cost on each of the hundreds of small strings of a request body.
+        Other detectors (custom patterns) run on each string by itself.
         """
         if type(value) is str:
             return _redact_string(value, self.redact_text)
@@ -291,22 +293,40 @@ class Redactor:
         _collect(value, texts)
         if not texts:
             return value
-        joined = _SEPARATOR.join(texts)
-        spans = self.spans(joined)
-        if not spans:
+        local: dict[int, list[Detection]] = {}
+        if self._joinable:
+            joined = _SEPARATOR.join(texts)
+            spans = find_spans(joined, self._joinable, self.min_confidence)
+            if spans:
+                self._split_back(texts, spans, local)
+        for detector in self._each:
+            # A custom pattern on each string; a plain search first (in C)
+            # keeps the hundreds of strings without a match cheap.
+            search = getattr(detector, "search", None)
+            for index, text in enumerate(texts):
+                if not text or (search is not None and not search(text)):
+                    continue
+                for span in detector.detect(text):
+                    if span.confidence >= self.min_confidence and span.end > span.start:
+                        local.setdefault(index, []).append(span)
+        if not local:
             return value
-        self._count(span.kind for span in spans)
-        new_texts = self._split_back(joined, texts, spans)
+        new_texts = list(texts)
+        for index, spans in local.items():
+            if len(spans) > 1:
+                spans = resolve_overlaps(spans)
+            self._count(span.kind for span in spans)
+            new_texts[index] = self._apply(texts[index], spans)
         return _rebuild(value, iter(new_texts))
 
-    def _split_back(self, joined: str, texts: list[str], spans: list[Detection]) -> list[str]:
-        """Each string of C{texts} with the spans of the joined text that fall in it applied."""
+    @staticmethod
+    def _split_back(texts: list[str], spans: list[Detection], local: dict[int, list[Detection]]) -> None:
+        """Add to C{local} (by string index) the spans of the joined text, in each string's offsets."""
         starts: list[int] = []
         offset = 0
         for text in texts:
             starts.append(offset)
             offset += len(text) + len(_SEPARATOR)
-        local: dict[int, list[Detection]] = {}
         for span in spans:
             index = bisect.bisect_right(starts, span.start) - 1
             while index < len(texts) and starts[index] < span.end:
@@ -316,10 +336,6 @@ class Redactor:
                 if end > start:
                     local.setdefault(index, []).append(span._replace(start=start, end=end))
                 index += 1
-        out = list(texts)
-        for index, found in local.items():
-            out[index] = self._apply(texts[index], found)
-        return out
 
     def _apply(self, text: str, spans: list[Detection]) -> str:
         """C{text} with C{spans} replaced; a string holding JSON is walked instead."""

@@ -201,6 +201,9 @@ class RecorderService(Service):
     @param threadpool: where batches run; by default a dedicated
         C{ThreadPool(1, 1)} that the service starts and stops.  A pool passed
         in is not started or stopped here.
+    @param redactor: a L{lunaroute.pii.Redactor} (C{session_recording.pii}):
+        the events are made with it, on the writer thread, so no writer
+        ever sees unredacted text.
     """
 
     name = "recorder"
