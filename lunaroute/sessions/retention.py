@@ -41,6 +41,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import json
 import os
 import shutil
 import sqlite3
@@ -393,8 +394,6 @@ def compress_file(path: str, level: int = ZSTD_LEVEL) -> tuple[str, int, int] | 
 
 def file_requests(path: str) -> dict[str, set[str]]:
     """The request ids of a session file, by session id (bad lines skipped)."""
-    import json
-
     found: dict[str, set[str]] = {}
     with open_session_file(path) as handle:
         for line in handle:
