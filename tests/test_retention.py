@@ -233,8 +233,12 @@ def count(db: Path, sql: str, *args: Any) -> int:
         conn.close()
 
 
-def test_deleted_sessions_leave_no_row_and_no_search_entry_and_the_file_shrinks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [200, 7])
+def test_deleted_sessions_leave_no_row_and_no_search_entry_and_the_file_shrinks(
+    tmp_path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Requests of deleted files and sessions idle past max_age_days go from every table and the FTS index."""
+    monkeypatch.setattr(retention, "DELETE_CHUNK", chunk)
     db = tmp_path / "sessions.db"
     old_start = NOW - 40 * DAY
     new_start = NOW - 1 * DAY
@@ -411,7 +415,9 @@ def test_a_failing_run_is_counted_and_the_next_one_still_happens(tmp_path: Path,
     service.stopService()
 
 
-def test_the_service_uses_the_recorders_writers_and_spares_open_files(tmp_path: Path) -> None:
+def test_the_service_uses_the_recorders_writers_and_spares_open_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In the gateway: idle handles are released, open ones spared; rows go on the writer's connection."""
     root = tmp_path / "sessions"
     recording = recording_settings(root, max_age_days=30)
@@ -421,6 +427,7 @@ def test_the_service_uses_the_recorders_writers_and_spares_open_files(tmp_path: 
     sqlite_writer = SQLiteWriter(recording.db_path)
     recorder = RecorderService([jsonl, sqlite_writer], clock, threadpool=InlineThreadPool())
     old = exchange_events(build_exchange("old", received=NOW - 45 * DAY))
+    old += exchange_events(build_exchange("old", received=NOW - 45 * DAY + 5))
     idle = exchange_events(build_exchange("idle", received=NOW - 10 * DAY))
     live = exchange_events(build_exchange("live", received=NOW - 60))
     for events in (old, idle, live):
@@ -430,12 +437,26 @@ def test_the_service_uses_the_recorders_writers_and_spares_open_files(tmp_path: 
     dated(paths["old"], 45)
     dated(paths["idle"], 10)
     service = RetentionService(recording, recording.retention, clock, recorder=recorder, threadpool=InlineThreadPool())
+    # Deletions go to the writers' thread one chunk per call, so recording
+    # batches run in between.
+    calls: list[str] = []
+    real_call = recorder.call_in_writer_thread
+
+    def spy(fn: Any, *args: Any) -> Any:
+        calls.append(fn.__name__)
+        return real_call(fn, *args)
+
+    recorder.call_in_writer_thread = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(retention, "DELETE_CHUNK", 1)
     report = service.run_once().result
+    assert calls == [
+        "release_files_written_before", "request_ids_idle_before", "delete_requests", "delete_requests", "reclaim_space"
+    ]
     assert not paths["old"].exists() and not Path(str(paths["old"]) + ".zst").exists()
     assert Path(str(paths["idle"]) + ".zst").exists() and not paths["idle"].exists()
     assert paths["live"].exists()
     assert jsonl.open_paths() == {str(paths["live"])}
-    assert (report.requests_deleted, report.sessions_deleted) == (1, 1)
+    assert (report.requests_deleted, report.sessions_deleted) == (2, 1)
     assert [r[0] for r in sqlite_writer.connection().execute("SELECT session_id FROM sessions ORDER BY 1")] == [
         "idle", "live"
     ]
