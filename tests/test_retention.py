@@ -39,7 +39,7 @@ from lunaroute.sessions.retention import (
     run_file_phase,
     scan_session_files,
 )
-from lunaroute.sessions.sqlite import SQLiteWriter
+from lunaroute.sessions.sqlite import SCHEMA_VERSION, SQLiteWriter
 from lunaroute.sessions.store import SessionQueries
 from lunaroute.testing.helpers import in_thread
 
@@ -658,3 +658,29 @@ def test_cleanup_dry_run_shows_the_size_limit_before_compression(tmp_path: Path,
     assert retention.run_cleanup(argparse.Namespace(config=str(config), dry_run=False), out=out, now=NOW) == 0
     assert "compressed 1 file(s), deleted 0 file(s)" in out.getvalue()
     assert Path(str(old) + ".zst").exists()
+
+
+def test_cleanup_with_a_database_from_a_newer_lunaroute_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files are still handled; the database is left alone, said in one line, exit status 1."""
+    import argparse
+    import io
+
+    root = tmp_path / "sessions"
+    dated(write_session(root, "weekold", n=2), 8)
+    db = root / "sessions.db"
+    writer = SQLiteWriter(str(db))
+    writer.open()
+    writer.connection().execute("PRAGMA user_version = 999")
+    writer.close()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"session_recording:\n  sessions_dir: {root}\n  cleanup:\n    retention: {{}}\n")
+    monkeypatch.delenv("LUNAROUTE_CONFIG", raising=False)
+    out = io.StringIO()
+    assert retention.run_cleanup(argparse.Namespace(config=str(config), dry_run=False), out=out, now=NOW) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"error: database: database schema version 999 is newer than this LunaRoute understands ({SCHEMA_VERSION})"
+    ]
+    assert "compressed 1 file(s)" in out.getvalue() and "1 error(s)" in out.getvalue()

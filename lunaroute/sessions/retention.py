@@ -866,6 +866,7 @@ def run_cleanup(args: Any, out: Any = None, now: float | None = None) -> int:
 
     from lunaroute.config import load_settings
     from lunaroute.errors import ConfigError
+    from lunaroute.sessions.sqlite import SchemaTooNew
 
     out = out or sys.stdout
     try:
@@ -904,7 +905,7 @@ def run_cleanup(args: Any, out: Any = None, now: float | None = None) -> int:
     if use_db:
         try:
             removed = _database_phase_with_own_writer(db_path, _all_ids(report.files.requests), retention, now)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, SchemaTooNew) as exc:
             report.errors.append(f"database: {exc}")
         else:
             report.requests_deleted = removed["requests"]
