@@ -684,3 +684,21 @@ def test_cleanup_with_a_database_from_a_newer_lunaroute_is_one_error_line(
         f"error: database: database schema version 999 is newer than this LunaRoute understands ({SCHEMA_VERSION})"
     ]
     assert "compressed 1 file(s)" in out.getvalue() and "1 error(s)" in out.getvalue()
+
+
+def test_an_idle_open_file_past_the_age_limit_is_let_go_and_deleted(tmp_path: Path) -> None:
+    """compress_after_days above max_age_days: the writer still releases files idle past the age limit."""
+    root = tmp_path / "sessions"
+    recording = recording_settings(root, compress_after_days=60, max_age_days=30)
+    clock = Clock()
+    clock.advance(NOW)
+    jsonl = JSONLWriter(str(root))
+    recorder = RecorderService([jsonl], clock, threadpool=InlineThreadPool())
+    jsonl.write_batch(exchange_events(build_exchange("idle", received=NOW - 45 * DAY)))
+    (path,) = root.rglob("*.jsonl")
+    dated(path, 45)
+    service = RetentionService(recording, recording.retention, clock, recorder=recorder, threadpool=InlineThreadPool())
+    report = service.run_once().result
+    assert [Path(p).name for p, _, _ in report.files.deleted] == ["session_idle.jsonl"] and not path.exists()
+    assert jsonl.open_paths() == frozenset()
+    jsonl.close()

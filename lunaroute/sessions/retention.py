@@ -700,7 +700,9 @@ class RetentionService(TimerService):
             d = succeed(None)
         else:
             if jsonl is not None:
-                cutoff = now - self.retention.compress_after_days * DAY
+                # Files idle past either cutoff are let go, so both rules can apply.
+                idle_days = min(self.retention.compress_after_days, self.retention.max_age_days)
+                cutoff = now - idle_days * DAY
                 d = self.recorder.call_in_writer_thread(jsonl.release_files_written_before, cutoff)
             else:
                 d = succeed(frozenset())
