@@ -1116,6 +1116,11 @@ def _flatten_section(name: str, value: Any, layers: _Layers) -> None:
             layers.set((name, "sessions_dir"), item, origin="session_recording.directory")
         elif name == "session_recording" and key in ("pii", "cleanup"):
             # Nested blocks, checked when built.
+            if key == "cleanup" and layers.origins.get(path) == "session_recording.jsonl":
+                # jsonl.retention came first and holds the policy; an empty
+                # cleanup block must not replace it (both set is an error).
+                _check_keys(_require_mapping(item, path), path, ("retention",))
+                continue
             layers.set(path, item)
         elif name == "session_recording" and key in _WRITER_KEYS:
             if isinstance(item, Mapping):

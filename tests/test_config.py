@@ -1025,10 +1025,19 @@ def test_retention_in_the_originals_code_form_jsonl_retention() -> None:
     assert str(config_error({"session_recording": {"jsonl": {"retention": {"max_age_days": 0}}}})) == (
         "session_recording.jsonl.retention.max_age_days: must be at least 1, got 0"
     )
-    both = {"cleanup": {"retention": {}}, "jsonl": {"retention": {}}}
-    assert str(config_error({"session_recording": both})) == (
-        "session_recording.jsonl.retention: alias of session_recording.cleanup.retention; set only one of them"
-    )
+    for both in (
+        {"cleanup": {"retention": {}}, "jsonl": {"retention": {}}},
+        {"jsonl": {"retention": {}}, "cleanup": {"retention": {}}},
+    ):
+        assert str(config_error({"session_recording": both})) == (
+            "session_recording.jsonl.retention: alias of session_recording.cleanup.retention; set only one of them"
+        )
+    # An empty cleanup block after the alias does not undo it, in either order.
+    for order in ({"jsonl": {"retention": {"max_age_days": 9}}, "cleanup": {}},
+                  {"cleanup": {}, "jsonl": {"retention": {"max_age_days": 9}}}):
+        assert settings_from_mapping({"session_recording": order}).session_recording.retention == (
+            config_module.RetentionSettings(max_age_days=9)
+        )
     sizes = {"cleanup": {"retention": {"max_size_mb": 10, "max_total_size_gb": 1}}}
     assert str(config_error({"session_recording": sizes})) == (
         "session_recording.cleanup.retention.max_size_mb: alias of max_total_size_gb (in MB); set only one of them"

@@ -39,7 +39,7 @@ from lunaroute.sessions.retention import (
     run_file_phase,
     scan_session_files,
 )
-from lunaroute.sessions.sqlite import SQLiteWriter
+from lunaroute.sessions.sqlite import SCHEMA_VERSION, SQLiteWriter
 from lunaroute.sessions.store import SessionQueries
 from lunaroute.testing.helpers import in_thread
 
@@ -233,8 +233,12 @@ def count(db: Path, sql: str, *args: Any) -> int:
         conn.close()
 
 
-def test_deleted_sessions_leave_no_row_and_no_search_entry_and_the_file_shrinks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [200, 7])
+def test_deleted_sessions_leave_no_row_and_no_search_entry_and_the_file_shrinks(
+    tmp_path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Requests of deleted files and sessions idle past max_age_days go from every table and the FTS index."""
+    monkeypatch.setattr(retention, "DELETE_CHUNK", chunk)
     db = tmp_path / "sessions.db"
     old_start = NOW - 40 * DAY
     new_start = NOW - 1 * DAY
@@ -411,7 +415,9 @@ def test_a_failing_run_is_counted_and_the_next_one_still_happens(tmp_path: Path,
     service.stopService()
 
 
-def test_the_service_uses_the_recorders_writers_and_spares_open_files(tmp_path: Path) -> None:
+def test_the_service_uses_the_recorders_writers_and_spares_open_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In the gateway: idle handles are released, open ones spared; rows go on the writer's connection."""
     root = tmp_path / "sessions"
     recording = recording_settings(root, max_age_days=30)
@@ -421,6 +427,7 @@ def test_the_service_uses_the_recorders_writers_and_spares_open_files(tmp_path: 
     sqlite_writer = SQLiteWriter(recording.db_path)
     recorder = RecorderService([jsonl, sqlite_writer], clock, threadpool=InlineThreadPool())
     old = exchange_events(build_exchange("old", received=NOW - 45 * DAY))
+    old += exchange_events(build_exchange("old", received=NOW - 45 * DAY + 5))
     idle = exchange_events(build_exchange("idle", received=NOW - 10 * DAY))
     live = exchange_events(build_exchange("live", received=NOW - 60))
     for events in (old, idle, live):
@@ -430,12 +437,26 @@ def test_the_service_uses_the_recorders_writers_and_spares_open_files(tmp_path: 
     dated(paths["old"], 45)
     dated(paths["idle"], 10)
     service = RetentionService(recording, recording.retention, clock, recorder=recorder, threadpool=InlineThreadPool())
+    # Deletions go to the writers' thread one chunk per call, so recording
+    # batches run in between.
+    calls: list[str] = []
+    real_call = recorder.call_in_writer_thread
+
+    def spy(fn: Any, *args: Any) -> Any:
+        calls.append(fn.__name__)
+        return real_call(fn, *args)
+
+    recorder.call_in_writer_thread = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(retention, "DELETE_CHUNK", 1)
     report = service.run_once().result
+    assert calls == [
+        "release_files_written_before", "request_ids_idle_before", "delete_requests", "delete_requests", "reclaim_space"
+    ]
     assert not paths["old"].exists() and not Path(str(paths["old"]) + ".zst").exists()
     assert Path(str(paths["idle"]) + ".zst").exists() and not paths["idle"].exists()
     assert paths["live"].exists()
     assert jsonl.open_paths() == {str(paths["live"])}
-    assert (report.requests_deleted, report.sessions_deleted) == (1, 1)
+    assert (report.requests_deleted, report.sessions_deleted) == (2, 1)
     assert [r[0] for r in sqlite_writer.connection().execute("SELECT session_id FROM sessions ORDER BY 1")] == [
         "idle", "live"
     ]
@@ -637,3 +658,47 @@ def test_cleanup_dry_run_shows_the_size_limit_before_compression(tmp_path: Path,
     assert retention.run_cleanup(argparse.Namespace(config=str(config), dry_run=False), out=out, now=NOW) == 0
     assert "compressed 1 file(s), deleted 0 file(s)" in out.getvalue()
     assert Path(str(old) + ".zst").exists()
+
+
+def test_cleanup_with_a_database_from_a_newer_lunaroute_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files are still handled; the database is left alone, said in one line, exit status 1."""
+    import argparse
+    import io
+
+    root = tmp_path / "sessions"
+    dated(write_session(root, "weekold", n=2), 8)
+    db = root / "sessions.db"
+    writer = SQLiteWriter(str(db))
+    writer.open()
+    writer.connection().execute("PRAGMA user_version = 999")
+    writer.close()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"session_recording:\n  sessions_dir: {root}\n  cleanup:\n    retention: {{}}\n")
+    monkeypatch.delenv("LUNAROUTE_CONFIG", raising=False)
+    out = io.StringIO()
+    assert retention.run_cleanup(argparse.Namespace(config=str(config), dry_run=False), out=out, now=NOW) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"error: database: database schema version 999 is newer than this LunaRoute understands ({SCHEMA_VERSION})"
+    ]
+    assert "compressed 1 file(s)" in out.getvalue() and "1 error(s)" in out.getvalue()
+
+
+def test_an_idle_open_file_past_the_age_limit_is_let_go_and_deleted(tmp_path: Path) -> None:
+    """compress_after_days above max_age_days: the writer still releases files idle past the age limit."""
+    root = tmp_path / "sessions"
+    recording = recording_settings(root, compress_after_days=60, max_age_days=30)
+    clock = Clock()
+    clock.advance(NOW)
+    jsonl = JSONLWriter(str(root))
+    recorder = RecorderService([jsonl], clock, threadpool=InlineThreadPool())
+    jsonl.write_batch(exchange_events(build_exchange("idle", received=NOW - 45 * DAY)))
+    (path,) = root.rglob("*.jsonl")
+    dated(path, 45)
+    service = RetentionService(recording, recording.retention, clock, recorder=recorder, threadpool=InlineThreadPool())
+    report = service.run_once().result
+    assert [Path(p).name for p, _, _ in report.files.deleted] == ["session_idle.jsonl"] and not path.exists()
+    assert jsonl.open_paths() == frozenset()
+    jsonl.close()

@@ -41,6 +41,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import json
 import os
 import shutil
 import sqlite3
@@ -54,7 +55,7 @@ from urllib.parse import quote
 
 import zstandard
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -393,8 +394,6 @@ def compress_file(path: str, level: int = ZSTD_LEVEL) -> tuple[str, int, int] | 
 
 def file_requests(path: str) -> dict[str, set[str]]:
     """The request ids of a session file, by session id (bad lines skipped)."""
-    import json
-
     found: dict[str, set[str]] = {}
     with open_session_file(path) as handle:
         for line in handle:
@@ -511,22 +510,45 @@ def run_file_phase(
     return result
 
 
+# Requests deleted per transaction.  Deleting a request costs about as much
+# as indexing its text did (external-content FTS): a few milliseconds for a
+# Claude Code turn.  In the gateway each chunk is one call on the writers'
+# thread, so recording batches go in between and a first run over months of
+# sessions never holds recording up for long.
+DELETE_CHUNK = 200
+
+
+def idle_cutoff(settings: RetentionSettings, now: float) -> str:
+    """The last activity before which a session is past C{max_age_days}, as the events write times."""
+    cutoff = datetime.fromtimestamp(now - settings.max_age_days * DAY, UTC)
+    return cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _chunks(ids: Iterable[str]) -> list[list[str]]:
+    ordered = sorted(set(ids))
+    return [ordered[start:start + DELETE_CHUNK] for start in range(0, len(ordered), DELETE_CHUNK)]
+
+
 def run_database_phase(
     writer: Any, request_ids: Iterable[str], settings: RetentionSettings, now: float, full_vacuum: bool = True
 ) -> dict[str, int]:
     """
     On the database writer's connection (an L{SQLiteWriter}): remove the
     requests of the deleted files and of the sessions idle for more than
-    C{max_age_days}, with their search entries; recompute or remove their
-    sessions; then give the space back (L{SQLiteWriter.reclaim_space};
-    C{full_vacuum} allows the one-time C{VACUUM} of a database made before
-    incremental vacuum).  Returns the counts and the bytes the file shrank by.
+    C{max_age_days}, with their search entries, L{DELETE_CHUNK} per
+    transaction; recompute or remove their sessions; then give the space
+    back (L{SQLiteWriter.reclaim_space}; C{full_vacuum} allows the one-time
+    C{VACUUM} of a database made before incremental vacuum).  Returns the
+    counts and the bytes the file shrank by.
     """
-    cutoff = datetime.fromtimestamp(now - settings.max_age_days * DAY, UTC)
-    cutoff_text = cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    ids = set(request_ids) | set(writer.request_ids_idle_before(cutoff_text))
-    removed: dict[str, int] = dict(writer.delete_requests(ids))
-    removed["bytes_freed"] = writer.reclaim_space(full_vacuum) if removed["requests"] else 0
+    ids = set(request_ids) | set(writer.request_ids_idle_before(idle_cutoff(settings, now)))
+    removed = {"requests": 0, "sessions": 0, "bytes_freed": 0}
+    for chunk in _chunks(ids):
+        done = writer.delete_requests(chunk)
+        removed["requests"] += done["requests"]
+        removed["sessions"] += done["sessions"]
+    if removed["requests"]:
+        removed["bytes_freed"] = writer.reclaim_space(full_vacuum)
     return removed
 
 
@@ -678,7 +700,9 @@ class RetentionService(TimerService):
             d = succeed(None)
         else:
             if jsonl is not None:
-                cutoff = now - self.retention.compress_after_days * DAY
+                # Files idle past either cutoff are let go, so both rules can apply.
+                idle_days = min(self.retention.compress_after_days, self.retention.max_age_days)
+                cutoff = now - idle_days * DAY
                 d = self.recorder.call_in_writer_thread(jsonl.release_files_written_before, cutoff)
             else:
                 d = succeed(frozenset())
@@ -706,11 +730,7 @@ class RetentionService(TimerService):
             ids = _all_ids(report.files.requests)
             sqlite_writer = self._writer("sqlite")
             if sqlite_writer is not None:
-                # No full VACUUM here: it would hold recording up for as
-                # long as it rewrites the file (docs/retention.md).
-                return self.recorder.call_in_writer_thread(
-                    run_database_phase, sqlite_writer, ids, self.retention, now, False
-                )
+                return self._database_on_writer_thread(sqlite_writer, ids, now)
             db_path = os.path.expanduser(recording.db_path)
             if recording.sqlite_enabled and os.path.exists(db_path):
                 return self._in_thread(_database_phase_with_own_writer, db_path, ids, self.retention, now)
@@ -741,6 +761,25 @@ class RetentionService(TimerService):
         for waiter in waiters:
             waiter.callback(None)
         return result
+
+    @inlineCallbacks
+    def _database_on_writer_thread(self, writer: Any, ids: set[str], now: float) -> Any:
+        """
+        L{run_database_phase} as a series of short calls on the writers'
+        thread (one per chunk), so recording batches run in between; and
+        no full VACUUM, which would hold recording up for as long as it
+        rewrites the file (docs/retention.md).
+        """
+        call = self.recorder.call_in_writer_thread
+        idle = yield call(writer.request_ids_idle_before, idle_cutoff(self.retention, now))
+        removed = {"requests": 0, "sessions": 0, "bytes_freed": 0}
+        for chunk in _chunks(ids | set(idle)):
+            done = yield call(writer.delete_requests, chunk)
+            removed["requests"] += done["requests"]
+            removed["sessions"] += done["sessions"]
+        if removed["requests"]:
+            removed["bytes_freed"] = yield call(writer.reclaim_space, False)
+        return removed
 
     def _finished(self, report: RetentionReport) -> RetentionReport:
         self.runs += 1
@@ -829,6 +868,7 @@ def run_cleanup(args: Any, out: Any = None, now: float | None = None) -> int:
 
     from lunaroute.config import load_settings
     from lunaroute.errors import ConfigError
+    from lunaroute.sessions.sqlite import SchemaTooNew
 
     out = out or sys.stdout
     try:
@@ -867,7 +907,7 @@ def run_cleanup(args: Any, out: Any = None, now: float | None = None) -> int:
     if use_db:
         try:
             removed = _database_phase_with_own_writer(db_path, _all_ids(report.files.requests), retention, now)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, SchemaTooNew) as exc:
             report.errors.append(f"database: {exc}")
         else:
             report.requests_deleted = removed["requests"]
