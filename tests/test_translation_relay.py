@@ -511,15 +511,14 @@ def test_readyz_names_the_provider_that_serves_a_dialect_through_translation() -
     assert out[0]["dialects"]["anthropic"]["provider"] == "openai"
 
 
-def test_websocket_turns_are_never_translated(registry: Any) -> None:
+def test_websocket_turns_are_translated_like_http_requests(registry: Any) -> None:
     """
-    A Responses WebSocket turn whose attempt would need translation is
-    refused (NoTranslator, which the socket sends as an error frame) before
-    anything is sent, even with a translator registered.
+    A Responses WebSocket turn whose attempt needs translation goes through
+    the translator: the provider gets the translated body at the
+    translator's path, and the exchange keeps the provider's view.
     """
     from lunaroute.dialects.request_view import parse_request
     from lunaroute.routing.plan import Router
-    from lunaroute.routing.translation import NoTranslator
 
     base.register(StubResponsesToChat())
     settings = settings_from_mapping(
@@ -548,8 +547,10 @@ def test_websocket_turns_are_never_translated(registry: Any) -> None:
     )
     failures: list[Failure] = []
     defer.ensureDeferred(app.send_turn(Turn(), Turn(), exchange, view, body, plan)).addErrback(failures.append)
-    assert failures and failures[0].check(NoTranslator)
-    assert "WebSocket" in str(failures[0].value) and providers["openai"].calls == []
+    assert failures == []
+    (call,) = providers["openai"].calls
+    assert call["path"] == "/v1/chat/completions"
+    assert exchange.upstream_path == "/v1/chat/completions" and exchange.upstream_body == call["body"]
 
 
 class BrokenStream:
