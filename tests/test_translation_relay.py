@@ -511,11 +511,11 @@ def test_readyz_names_the_provider_that_serves_a_dialect_through_translation() -
     assert out[0]["dialects"]["anthropic"]["provider"] == "openai"
 
 
-def test_websocket_turns_are_never_translated(registry: Any) -> None:
+def test_websocket_turns_are_translated_by_the_registered_translator(registry: Any) -> None:
     """
-    A Responses WebSocket turn whose attempt would need translation is
-    refused (NoTranslator, which the socket sends as an error frame) before
-    anything is sent, even with a translator registered.
+    A Responses WebSocket turn whose attempt needs translation (issue 18)
+    goes through the registered translator like an HTTP request: its
+    request at the translator's target path, no NoTranslator refusal.
     """
     from lunaroute.dialects.request_view import parse_request
     from lunaroute.routing.plan import Router
@@ -548,8 +548,10 @@ def test_websocket_turns_are_never_translated(registry: Any) -> None:
     )
     failures: list[Failure] = []
     defer.ensureDeferred(app.send_turn(Turn(), Turn(), exchange, view, body, plan)).addErrback(failures.append)
-    assert failures and failures[0].check(NoTranslator)
-    assert "WebSocket" in str(failures[0].value) and providers["openai"].calls == []
+    assert not [f for f in failures if f.check(NoTranslator)]
+    [call] = providers["openai"].calls
+    assert call["path"] == "/v1/chat/completions"
+    assert json.loads(call["body"])["messages"] == [{"role": "user", "content": "hi"}]
 
 
 class BrokenStream:

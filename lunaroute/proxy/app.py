@@ -994,7 +994,7 @@ class GatewayApp:
         provider's view (C{upstream_body}, C{upstream_path}).
         """
         dropped: list[str] = []
-        payload = encode_body(translator.request(source, model, dropped))
+        payload = encode_body(translator.request(source, model, dropped), source)
         if dropped:
             log.debug(
                 "translating {source} to {target} for {provider} dropped {fields}",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
 from typing import Any
 
@@ -27,6 +28,9 @@ from twisted.web.http_headers import Headers
 from lunaroute.dialects.capture import ResponseCapture
 from lunaroute.dialects.sse import SSEEvent
 from lunaroute.dialects.translate.base import StreamTranslator, Translator
+from lunaroute.dialects.translate.common import utf8
+from lunaroute.dialects.translate.errors import UntranslatableField
+from lunaroute.dialects.translate.validate import check_finite, check_unicode
 from lunaroute.logs import log_observer
 from lunaroute.proxy.headers import HOP_BY_HOP
 from lunaroute.proxy.relay import RelayProtocol
@@ -46,6 +50,8 @@ __all__ = [
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
 ANTHROPIC_VERSION = b"2023-06-01"
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 _DONE = b"data: [DONE]"
 _NL_DONE = b"\n" + _DONE
@@ -101,9 +107,26 @@ def translated_response_headers(upstream: Headers) -> list[tuple[bytes, list[byt
     ]
 
 
-def encode_body(body: dict[str, Any]) -> bytes:
-    """A translated request body as compact ASCII JSON (the encoder's fast path)."""
-    return json.dumps(body, separators=(",", ":")).encode("ascii")
+def encode_body(body: dict[str, Any], client_body: Any = None) -> bytes:
+    """
+    A translated request body as compact ASCII JSON (the encoder's fast
+    path).  Raises L{UntranslatableField} naming the field for what JSON
+    cannot carry to the provider: a NaN or infinity (Python's parser takes
+    C{NaN} and C{1e999}), a lone UTF-16 surrogate (C{"\\ud800"}, which
+    other dialects' servers refuse as invalid JSON).  The field is named
+    by its path in C{client_body} (the client's request) when given.
+    """
+    named = body if client_body is None else client_body
+    try:
+        text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        check_finite(named)
+        raise UntranslatableField("body", "holds a number JSON cannot carry") from None
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        # Rare (characters beyond the BMP are escaped as pairs too): find the field.
+        check_unicode(named)
+        check_unicode(body)
+    return text.encode("ascii")
 
 
 def estimate_input_tokens(body: dict[str, Any]) -> int:
@@ -305,4 +328,4 @@ def _ignore(data: bytes) -> None:
 
 def encode_json(body: dict[str, Any]) -> bytes:
     """A translated answer as the client's JSON bytes."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return utf8(json.dumps(body, separators=(",", ":"), ensure_ascii=False))

@@ -30,8 +30,10 @@ from lunaroute.dialects.translate.common import (
     chat_function_tool,
     end_chat_request,
     sort_top_level,
+    utf8,
 )
 from lunaroute.dialects.translate.errors import UntranslatableField
+from lunaroute.dialects.translate.validate import check_messages_request
 
 __all__ = [
     "MESSAGES_TO_CHAT",
@@ -107,6 +109,7 @@ def messages_request_to_chat(
     # Known extras (thinking, context_management...) and fields newer than
     # this code are dropped: neither can be said in Chat Completions.
     drops = sort_top_level(body, _HANDLED_FIELDS, _REFUSED_FIELDS, dropped)
+    check_messages_request(body)
     target = model if model is not None else as_str(body.get("model"))
     out: dict[str, Any] = {"model": target}
 
@@ -409,7 +412,7 @@ def _stream_error_status(error: dict[str, Any]) -> int:
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json_compact(data)}\n\n".encode()
+    return utf8(f"event: {name}\ndata: {json_compact(data)}\n\n")
 
 
 _BLOCK_STOP = "content_block_stop"

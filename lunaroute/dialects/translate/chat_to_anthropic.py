@@ -29,8 +29,9 @@ from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, opt_str
 from lunaroute.dialects.model import json_compact
 from lunaroute.dialects.openai_chat import content_text
 from lunaroute.dialects.translate import base
-from lunaroute.dialects.translate.common import Direction, sort_top_level
+from lunaroute.dialects.translate.common import Direction, sort_top_level, utf8
 from lunaroute.dialects.translate.errors import UntranslatableField
+from lunaroute.dialects.translate.validate import check_chat_request
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -109,6 +110,7 @@ def chat_request_to_messages(
     dropped: list[str] | None = None,
     *,
     keep_thinking: bool = False,
+    check: bool = True,
 ) -> dict[str, Any]:
     """
     Translate a Chat Completions request body into an Anthropic Messages one.
@@ -117,8 +119,12 @@ def chat_request_to_messages(
     purpose are appended to ``dropped``.  Raises :class:`UntranslatableField`
     for what cannot be carried.  ``keep_thinking`` turns assistant messages'
     :data:`THINKING_KEY` lists back into thinking blocks (the Responses path).
+    ``check`` checks the client's body's shape first (the Responses path
+    checked its own body already).
     """
     drops = sort_top_level(body, _HANDLED_FIELDS, _REFUSED_FIELDS, dropped)
+    if check:
+        check_chat_request(body)
     if as_int(body.get("n"), 1) > 1:
         raise UntranslatableField("n", "Anthropic answers with one message per request")
     _response_format(body.get("response_format"), drops)
@@ -471,7 +477,7 @@ def openai_error_from_anthropic(body: Any, status: int) -> dict[str, Any]:
 def sse_data(data: dict[str, Any] | str) -> bytes:
     """One ``data:`` frame of a Chat Completions stream."""
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"data: {text}\n\n".encode()
+    return utf8(f"data: {text}\n\n")
 
 
 class AnthropicToChatChunks:

@@ -44,7 +44,7 @@ def responses_request_to_messages(
     drops: list[str] = dropped if dropped is not None else []
     chat = responses_request_to_chat(body, model, drops, for_anthropic=True)
     second: list[str] = []
-    out = chat_request_to_messages(chat, None, second, keep_thinking=True)
+    out = chat_request_to_messages(chat, None, second, keep_thinking=True, check=False)
     # What the second step leaves out, by the name the client used.
     drops.extend(_CHAT_NAMES.get(path, path) for path in second)
     return out

@@ -1,0 +1,452 @@
+"""
+Hostile clients and misbehaving providers on translated exchanges: every
+bad client body is a 400 in the client's own dialect naming the field
+(never a 500), every odd provider answer a well-formed answer or a clear
+error in the client's dialect with the record saying what happened, the
+pure translators never raise anything but UntranslatableField, and no
+credential crosses a dialect.  In memory: GatewayApp through StubTreq, a
+fake IProvider, a Clock.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import treq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from treq.testing import StubTreq
+from twisted.internet import defer, error
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from lunaroute.config import settings_from_mapping
+from lunaroute.dialects.translate.errors import UntranslatableField
+from lunaroute.exchange import Exchange
+from lunaroute.interfaces import IProvider
+
+CHAT_OK = {
+    "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-5",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 2},
+}
+ANTHROPIC_OK = {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+    "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn", "stop_sequence": None,
+    "usage": {"input_tokens": 7, "output_tokens": 2},
+}
+
+
+class UpstreamTransport:
+    def __init__(self) -> None:
+        self.stopped = False
+        self.protocol: Any = None
+
+    def stopProducing(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.protocol.connectionLost(Failure(ResponseFailed([Failure(error.ConnectionAborted())])))
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+
+class Response:
+    """An IResponse with a fixed status, headers and body, delivered in C{pieces}."""
+
+    def __init__(
+        self, code: int = 200, body: bytes = b"", headers: dict[bytes, list[bytes]] | None = None,
+        pieces: int = 0, end: Failure | None = None,
+    ) -> None:
+        self.code = code
+        self.phrase = b"OK"
+        self.headers = Headers(headers or {b"content-type": [b"application/json"]})
+        self.body = body
+        self.pieces = pieces
+        self.end = end or Failure(ResponseDone())
+        self.transport = UpstreamTransport()
+
+    def deliverBody(self, protocol: Any) -> None:
+        self.transport.protocol = protocol
+        protocol.makeConnection(self.transport)
+        if self.pieces:
+            for i in range(0, len(self.body), self.pieces):
+                if self.transport.stopped:
+                    return
+                protocol.dataReceived(self.body[i:i + self.pieces])
+        elif self.body:
+            protocol.dataReceived(self.body)
+        if not self.transport.stopped:
+            protocol.connectionLost(self.end)
+
+
+@implementer(IProvider)
+class Provider:
+    def __init__(self, settings: Any, response: Response) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.provider_type = settings.provider_type
+        self.has_server_key = bool(settings.api_key)
+        self.response = response
+        self.pool = None
+        self.calls: list[dict[str, Any]] = []
+
+    def request(self, method: bytes, path: str, query: bytes, headers: Headers, body: bytes) -> Any:
+        self.calls.append({"path": path, "query": query, "headers": headers, "body": body})
+        return defer.succeed(self.response)
+
+    def note_in_flight(self, count: int) -> None:
+        pass
+
+    def probe(self) -> Any:
+        return defer.succeed(None)
+
+    def close(self) -> Any:
+        return defer.succeed(None)
+
+
+class Gateway:
+    def __init__(self, providers: dict[str, Any], response: Response | None = None) -> None:
+        from lunaroute.proxy.app import GatewayApp
+
+        self.settings = settings_from_mapping({"providers": providers}, env={})
+        self.clock = Clock()
+        self.providers = {
+            name: Provider(p, response or Response()) for name, p in self.settings.providers.items() if p.enabled
+        }
+        self.exchanges: list[Exchange] = []
+        self.app = GatewayApp(self.settings, self.providers, self.clock, sinks=[self.exchanges.append])
+        self.stub = StubTreq(self.app.resource())
+
+    def post(self, path: str, body: bytes, headers: dict[bytes, list[bytes]] | None = None) -> tuple[int, Headers, bytes]:
+        out: list[Any] = []
+        d = self.stub.request("POST", "http://gateway.test" + path, data=body, headers=headers or {})
+        d.addCallback(lambda r: treq.content(r).addCallback(lambda c: out.append((r.code, r.headers, c))))
+        d.addErrback(out.append)
+        self.stub.flush()
+        assert out and not isinstance(out[0], Failure), out
+        return out[0]
+
+    def calls(self) -> list[dict[str, Any]]:
+        return [call for provider in self.providers.values() for call in provider.calls]
+
+
+OPENAI_ONLY = {"anthropic": {"enabled": False}, "openai": {"base_url": "http://o.test/v1", "api_key": "sk-server-openai"}}
+ANTHROPIC_ONLY = {"openai": {"enabled": False}, "anthropic": {"base_url": "http://a.test", "api_key": "sk-server-anthropic"}}
+CHAT_ONLY = {
+    "anthropic": {"enabled": False},
+    "openai": {"base_url": "http://o.test/v1", "api_key": "sk-server-openai", "supports_responses": False},
+}
+
+# (client path, providers, the provider's success answer)
+DIRECTIONS = {
+    "messages->chat": ("/v1/messages", OPENAI_ONLY, CHAT_OK),
+    "chat->messages": ("/v1/chat/completions", ANTHROPIC_ONLY, ANTHROPIC_OK),
+    "responses->messages": ("/v1/responses", ANTHROPIC_ONLY, ANTHROPIC_OK),
+    "responses->chat": ("/v1/responses", CHAT_ONLY, CHAT_OK),
+}
+
+
+def gateway_for(direction: str, response: Response | None = None) -> tuple[Gateway, str]:
+    path, providers, ok = DIRECTIONS[direction]
+    return Gateway(providers, response or Response(body=json.dumps(ok).encode())), path
+
+
+def assert_client_error(direction: str, status: int, body: bytes, field: str | None = None) -> dict[str, Any]:
+    """A 4xx/5xx in the client's dialect: Anthropic's error object for Messages, OpenAI's otherwise."""
+    parsed = json.loads(body)
+    assert isinstance(parsed, dict) and isinstance(parsed.get("error"), dict), body
+    if direction.startswith("messages"):
+        assert parsed["type"] == "error", body
+    else:
+        assert "type" not in parsed or parsed["type"] != "error", body
+    message = parsed["error"]["message"]
+    assert isinstance(message, str) and message
+    if field is not None:
+        assert field in message, (field, message)
+    return parsed
+
+
+def sent_nothing(gateway: Gateway) -> bool:
+    return gateway.calls() == []
+
+
+# -- 1. hostile client bodies -------------------------------------------------
+
+MSG = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+CHAT = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}
+RESP = {"model": "gpt-5", "input": [{"role": "user", "content": "hi"}]}
+BASES = {"messages->chat": MSG, "chat->messages": CHAT, "responses->messages": RESP, "responses->chat": RESP}
+
+
+def with_(base: dict[str, Any], **fields: Any) -> bytes:
+    body = dict(base)
+    body.update(fields)
+    return json.dumps(body).encode()
+
+
+HOSTILE: list[tuple[str, bytes, str]] = [
+    # Messages in
+    ("messages->chat", with_(MSG, messages=1), "messages"),
+    ("messages->chat", with_(MSG, messages={"role": "user"}), "messages"),
+    ("messages->chat", with_(MSG, messages=[None]), "messages[0]"),
+    ("messages->chat", with_(MSG, messages=[{"role": "user", "content": 5}]), "messages[0].content"),
+    ("messages->chat", with_(MSG, messages=[{"role": 7, "content": "x"}]), "messages[0].role"),
+    ("messages->chat", with_(MSG, messages=[{"role": "user", "content": [None]}]), "messages[0].content[0]"),
+    ("messages->chat", with_(MSG, messages=[{"role": "user", "content": [{"type": "text", "text": None}]}]),
+     "messages[0].content[0].text"),
+    ("messages->chat", with_(MSG, messages=[{"role": "user", "content": [{"type": "zzz"}]}]),
+     "messages[0].content[0].type"),
+    ("messages->chat", with_(MSG, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": None}}]}]),
+     "messages[0].content[0].source.data"),
+    ("messages->chat", with_(MSG, messages=[{"role": "user", "content": [{"type": "image", "source": "x"}]}]),
+     "messages[0].content[0].source"),
+    ("messages->chat", with_(MSG, messages=[{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_nope", "content": "x"}]}]),
+     "messages[0].content[0].tool_use_id"),
+    ("messages->chat", with_(MSG, messages=[{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t", "name": "f", "input": "not an object"}]}]),
+     "messages[0].content[0].input"),
+    ("messages->chat", with_(MSG, tools="str"), "tools"),
+    ("messages->chat", with_(MSG, tools=[1]), "tools[0]"),
+    ("messages->chat", with_(MSG, tools=[{"name": None}]), "tools[0].name"),
+    ("messages->chat", with_(MSG, tool_choice="auto"), "tool_choice"),
+    ("messages->chat", with_(MSG, max_tokens="5"), "max_tokens"),
+    ("messages->chat", with_(MSG, max_tokens=10**30), "max_tokens"),
+    ("messages->chat", with_(MSG, max_tokens=-1), "max_tokens"),
+    ("messages->chat", with_(MSG, temperature="hot"), "temperature"),
+    ("messages->chat", with_(MSG, stop_sequences="x"), "stop_sequences"),
+    ("messages->chat", with_(MSG, system=5), "system"),
+    ("messages->chat", with_(MSG, system=[5]), "system[0]"),
+    ("messages->chat", with_(MSG, stream="yes"), "stream"),
+    ("messages->chat", with_(MSG, model=5), "model"),
+    ("messages->chat", with_(MSG, metadata=5), "metadata"),
+    # Chat in
+    ("chat->messages", with_(CHAT, messages="s"), "messages"),
+    ("chat->messages", with_(CHAT, messages=[{"role": "user", "content": 5}]), "messages[0].content"),
+    ("chat->messages", with_(CHAT, messages=[{"role": {"x": 1}, "content": "hi"}]), "messages[0].role"),
+    ("chat->messages", with_(CHAT, messages=[{"role": "tool", "content": "x"}]), "messages[0].tool_call_id"),
+    ("chat->messages", with_(CHAT, messages=[{"role": "tool", "tool_call_id": "call_nope", "content": "x"}]),
+     "messages[0].tool_call_id"),
+    ("chat->messages", with_(CHAT, messages=[{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": None, "arguments": "{}"}}]}]),
+     "messages[0].tool_calls[0].function.name"),
+    ("chat->messages", with_(CHAT, messages=[{"role": "assistant", "tool_calls": "x"}]), "messages[0].tool_calls"),
+    ("chat->messages", with_(CHAT, tools="str"), "tools"),
+    ("chat->messages", with_(CHAT, tools=[{"type": "function", "function": "f"}]), "tools[0].function"),
+    ("chat->messages", with_(CHAT, max_tokens="5"), "max_tokens"),
+    ("chat->messages", with_(CHAT, max_completion_tokens=2**63), "max_completion_tokens"),
+    ("chat->messages", with_(CHAT, temperature=[1]), "temperature"),
+    ("chat->messages", with_(CHAT, stop=5), "stop"),
+    ("chat->messages", with_(CHAT, stream="yes"), "stream"),
+    # Responses in (both targets)
+    *[
+        (direction, body, field)
+        for direction in ("responses->messages", "responses->chat")
+        for body, field in [
+            (with_(RESP, input=5), "input"),
+            (with_(RESP, input={"a": 1}), "input"),
+            (with_(RESP, input=[None]), "input[0]"),
+            (with_(RESP, input=[{"type": {"x": 1}}]), "input[0].type"),
+            (with_(RESP, input=[{"role": "user", "content": 5}]), "input[0].content"),
+            (with_(RESP, input=[{"role": "user", "content": [{"type": None}]}]), "input[0].content[0].type"),
+            (with_(RESP, input=[{"type": "function_call", "call_id": 1, "name": "f", "arguments": "{}"}]),
+             "input[0].call_id"),
+            (with_(RESP, input=[{"type": "function_call_output", "call_id": None, "output": "x"}]),
+             "input[0].call_id"),
+            (with_(RESP, tools="str"), "tools"),
+            (with_(RESP, tools=[{"type": {"a": 1}}]), "tools[0].type"),
+            (with_(RESP, tools=[{"type": "function", "name": None}]), "tools[0].name"),
+            (with_(RESP, instructions=5), "instructions"),
+            (with_(RESP, max_output_tokens="5"), "max_output_tokens"),
+            (with_(RESP, temperature="hot"), "temperature"),
+            (with_(RESP, reasoning=5), "reasoning"),
+            (with_(RESP, text={"format": 5}), "text.format"),
+            (with_(RESP, stream="yes"), "stream"),
+        ]
+    ],
+]
+
+
+@pytest.mark.parametrize(("direction", "body", "field"), HOSTILE)
+def test_a_wrong_type_is_a_400_in_the_clients_dialect_naming_the_field(direction: str, body: bytes, field: str) -> None:
+    """
+    Wrong JSON types anywhere the translators read were quietly coerced
+    (a number as ``messages`` sent an empty conversation, a dict as an
+    item's ``type`` was a 500): now a 400 in the client's dialect whose
+    message names the field, and nothing is sent.
+    """
+    gateway, path = gateway_for(direction)
+    status, _, answer = gateway.post(path, body)
+    assert status == 400, answer
+    parsed = assert_client_error(direction, status, answer, field + ":")
+    assert parsed["error"]["type"] == "invalid_request_error"
+    assert sent_nothing(gateway)
+    # (a non-string model is refused before an exchange is recorded)
+    assert all(exchange.outcome == "bad_request" for exchange in gateway.exchanges)
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+@pytest.mark.parametrize(
+    ("raw_value", "where"), [(b"NaN", "NaN"), (b"Infinity", "Infinity"), (b"-Infinity", "-Infinity"), (b"1e999", "1e999")]
+)
+def test_nan_and_infinity_are_a_400_naming_the_field(direction: str, raw_value: bytes, where: str) -> None:
+    """
+    Python's JSON parser takes NaN, Infinity and 1e999; the translated body
+    went to the provider as ``NaN`` (not JSON).  Now a 400 naming the field.
+    """
+    gateway, path = gateway_for(direction)
+    schema = {"type": "object", "properties": {"n": {"type": "number", "maximum": "X"}}}
+    tool: dict[str, Any] = {
+        "messages->chat": {"name": "f", "input_schema": schema},
+        "chat->messages": {"type": "function", "function": {"name": "f", "parameters": schema}},
+    }.get(direction, {"type": "function", "name": "f", "parameters": schema})
+    body = with_(BASES[direction], tools=[tool]).replace(b'"X"', raw_value)
+    status, _, answer = gateway.post(path, body)
+    assert status == 400, answer
+    message = assert_client_error(direction, status, answer)["error"]["message"]
+    assert "tools[0]." in message and "properties.n.maximum" in message
+    assert "finite" in message and sent_nothing(gateway)
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_a_lone_surrogate_is_a_400_naming_the_field(direction: str) -> None:
+    """
+    ``"\\ud800"`` parses in Python but is not text; the other dialect's
+    server refuses it as invalid JSON with its own field names.  A 400
+    naming the client's field; a real character beyond the BMP (escaped as
+    a surrogate pair) still goes through.
+    """
+    gateway, path = gateway_for(direction)
+    body = dict(BASES[direction])
+    key = "input" if direction.startswith("responses") else "messages"
+    body[key] = [{"role": "user", "content": "a\ud800b"}]
+    status, _, answer = gateway.post(path, json.dumps(body).encode())
+    assert status == 400, answer
+    message = assert_client_error(direction, status, answer)["error"]["message"]
+    assert "surrogate" in message and f"{key}[0].content" in message and sent_nothing(gateway)
+
+    body[key] = [{"role": "user", "content": "snake \U0001f40d"}]
+    status, _, answer = gateway.post(path, json.dumps(body).encode())
+    assert status == 200, answer
+    assert "snake \U0001f40d" in json.dumps(json.loads(gateway.calls()[0]["body"]), ensure_ascii=False)
+
+
+# -- the pure translators under hypothesis -----------------------------------
+
+_WORDS = [
+    "text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking", "user", "assistant", "system",
+    "developer", "tool", "function", "message", "function_call", "function_call_output", "custom_tool_call",
+    "reasoning", "input_text", "output_text", "input_image", "image_url", "base64", "url", "auto", "any", "none",
+    "required", "custom", "stop", "length", "tool_calls", "message_start", "content_block_start",
+    "content_block_delta", "content_block_stop", "message_delta", "message_stop", "error", "text_delta",
+    "input_json_delta", "thinking_delta", "signature_delta", "document", "file", "enabled", "json_schema",
+    "data:image/png;base64,@@", "[DONE]", "lunaroute.anthropic.thinking:{",
+]
+_KEYS = [
+    "type", "role", "content", "text", "messages", "system", "tools", "tool_choice", "name", "input", "id",
+    "tool_use_id", "is_error", "source", "media_type", "data", "url", "image_url", "tool_calls", "function",
+    "arguments", "tool_call_id", "model", "max_tokens", "stop", "stop_sequences", "temperature", "instructions",
+    "call_id", "output", "summary", "encrypted_content", "reasoning", "effort", "format", "delta", "index",
+    "choices", "finish_reason", "usage", "content_block", "message", "stop_reason", "error", "input_schema",
+    "parameters", "thinking", "partial_json", "signature", "reasoning_content", "refusal", "prompt_tokens",
+    "input_tokens", "output_tokens", "stream", "metadata", "user_id", "n", "max_output_tokens",
+]
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=True),
+    st.text(max_size=6), st.sampled_from(_WORDS),
+)
+JSONISH = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(_KEYS), inner, max_size=6)),
+    max_leaves=40,
+)
+DIRECTION_PAIRS = [
+    ("anthropic", "openai_chat"), ("openai_chat", "anthropic"),
+    ("openai_responses", "anthropic"), ("openai_responses", "openai_chat"),
+]
+
+
+def _translators() -> list[Any]:
+    from lunaroute.dialects.translate import base
+
+    found = [base.translator_for(source, target) for source, target in DIRECTION_PAIRS]
+    assert all(found)
+    return found
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=JSONISH, top=st.dictionaries(st.sampled_from(_KEYS), JSONISH, max_size=8))
+def test_request_translators_raise_only_untranslatable_field(body: Any, top: dict[str, Any]) -> None:
+    """Any JSON as a request (and any object): a translated body, or UntranslatableField."""
+    for translator in _translators():
+        for candidate in (body, top):
+            try:
+                out = translator.request(candidate, None, [])
+            except UntranslatableField:
+                continue
+            assert isinstance(out, dict)
+            json.dumps(out)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.dictionaries(st.sampled_from(_KEYS), JSONISH, max_size=8), anything=JSONISH, status=st.integers(100, 999))
+def test_response_and_error_translators_never_raise(body: dict[str, Any], anything: Any, status: int) -> None:
+    """A provider's JSON object as an answer, any JSON as an error body: always a dict in the client's terms."""
+    for translator in _translators():
+        assert isinstance(translator.response(body, "m"), dict)
+        for error_body in (body, anything, None):
+            answer = translator.error(error_body, status)
+            assert isinstance(answer, dict) and isinstance(answer.get("error"), dict)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(events=st.lists(st.one_of(st.dictionaries(st.sampled_from(_KEYS), JSONISH, max_size=6), st.just("[DONE]")), max_size=8))
+def test_stream_translators_never_raise(events: list[Any]) -> None:
+    """Any sequence of parsed provider events: bytes for each, and a close that never raises."""
+    for translator in _translators():
+        stream = translator.stream("m")
+        for event in events:
+            assert isinstance(stream.feed(event), bytes)
+        assert isinstance(stream.close(), bytes)
+
+
+@pytest.mark.parametrize("pair", DIRECTION_PAIRS)
+def test_a_providers_lone_surrogate_does_not_break_the_clients_frame(pair: tuple[str, str]) -> None:
+    """
+    JSON allows ``"\\ud800"`` and a provider may send one; the frame encoder
+    raised UnicodeEncodeError (the relay then cut the whole stream).  Now
+    the character becomes ``?`` and the frame is valid UTF-8.
+    """
+    from lunaroute.dialects.translate import base
+
+    translator = base.translator_for(*pair)
+    assert translator is not None
+    stream = translator.stream("m")
+    if pair[1] == "openai_chat":
+        events: list[Any] = [
+            {"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a\ud800b"}}]},
+            {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            "[DONE]",
+        ]
+    else:
+        events = [
+            {"type": "message_start", "message": {"id": "m", "model": "x", "usage": {"input_tokens": 1}}},
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a\ud800b"}},
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}},
+            {"type": "message_stop"},
+        ]
+    out = b"".join(stream.feed(event) for event in events) + stream.close()
+    text = out.decode("utf-8")
+    assert "a?b" in text and stream.finished
