@@ -450,3 +450,203 @@ def test_a_providers_lone_surrogate_does_not_break_the_clients_frame(pair: tuple
     out = b"".join(stream.feed(event) for event in events) + stream.close()
     text = out.decode("utf-8")
     assert "a?b" in text and stream.finished
+
+
+# -- 2. misbehaving providers -------------------------------------------------
+
+JSON_HEADERS = {b"content-type": [b"application/json"]}
+SSE_HEADERS = {b"content-type": [b"text/event-stream"]}
+
+
+def chat_stream(crlf: bool = False, done: bool = True) -> bytes:
+    chunks = [
+        {"id": "c", "model": "gpt-5", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hel"}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a":'}}]}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+         "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    ]
+    nl = "\r\n" if crlf else "\n"
+    out = "".join(f"data: {json.dumps(c)}{nl}{nl}" for c in chunks)
+    return (out + (f"data: [DONE]{nl}{nl}" if done else "")).encode()
+
+
+def anthropic_stream(crlf: bool = False, done: bool = True) -> bytes:
+    events = [
+        {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                                              "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hel"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1,
+         "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"a":'}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "1}"}},
+        {"type": "content_block_stop", "index": 1},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 2}},
+    ] + ([{"type": "message_stop"}] if done else [])
+    nl = "\r\n" if crlf else "\n"
+    return "".join(f"event: {e['type']}{nl}data: {json.dumps(e)}{nl}{nl}" for e in events).encode()
+
+
+def provider_stream(direction: str, **kwargs: Any) -> bytes:
+    return chat_stream(**kwargs) if direction.endswith("chat") else anthropic_stream(**kwargs)
+
+
+def provider_ok(direction: str) -> bytes:
+    return json.dumps(CHAT_OK if direction.endswith("chat") else ANTHROPIC_OK).encode()
+
+
+def post_stream(gateway: Gateway, path: str, direction: str, stream: bool = True) -> tuple[int, Headers, bytes]:
+    body = dict(BASES[direction])
+    if stream:
+        body["stream"] = True
+    return gateway.post(path, json.dumps(body).encode())
+
+
+def client_events(direction: str, answer: bytes) -> list[Any]:
+    """The client's stream as parsed data lines (the terminator as the string)."""
+    out: list[Any] = []
+    for line in answer.decode("utf-8").splitlines():
+        if line.startswith("data: "):
+            data = line[6:]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def assert_complete_client_stream(direction: str, answer: bytes) -> None:
+    """A stream the client's SDK accepts as finished, with the text and the tool call."""
+    events = client_events(direction, answer)
+    if direction.startswith("messages"):
+        assert events[-1] == {"type": "message_stop"}
+        text = "".join(e["delta"].get("text", "") for e in events if e.get("type") == "content_block_delta")
+        assert "hel" in text
+        assert any(e.get("type") == "content_block_start" and e["content_block"]["type"] == "tool_use" for e in events)
+    elif direction.startswith("chat"):
+        assert events[-1] == "[DONE]"
+        assert not any(isinstance(e, dict) and "error" in e for e in events)
+    else:
+        assert events[-1]["type"] == "response.completed"
+        items = events[-1]["response"]["output"]
+        assert [item["type"] for item in items] == ["message", "function_call"]
+        assert items[1]["arguments"] == '{"a":1}' or json.loads(items[1]["arguments"]) == {"a": 1}
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+@pytest.mark.parametrize(
+    "variant",
+    ["crlf", "one_byte_per_chunk", "garbage_lines", "no_terminator"],
+)
+def test_odd_but_complete_provider_streams_reach_the_client_whole(direction: str, variant: str) -> None:
+    """CRLF line ends, one byte per read, garbage lines and comments, no [DONE]/message_stop."""
+    body = provider_stream(direction, crlf=variant == "crlf", done=variant != "no_terminator")
+    if variant == "garbage_lines":
+        body = b"data: {garbage\n\n: a comment\n\nfoo bar\n\n" + body
+    gateway, path = gateway_for(direction, Response(200, body, SSE_HEADERS, pieces=1 if variant == "one_byte_per_chunk" else 0))
+    status, headers, answer = post_stream(gateway, path, direction)
+    assert status == 200 and headers.getRawHeaders(b"content-type") == [b"text/event-stream"]
+    assert_complete_client_stream(direction, answer)
+    [exchange] = gateway.exchanges
+    assert exchange.outcome == "ok", exchange.error
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+@pytest.mark.parametrize("cut", ["mid_tool_arguments", "empty_body"])
+def test_a_stream_that_ends_before_its_finish_is_an_error_event_and_a_stream_error_on_the_record(
+    direction: str, cut: str
+) -> None:
+    """
+    A provider whose body ends cleanly but before its finish reason (a
+    proxy that buffers and gives up, a crash between chunks): the client
+    got an error event, yet the record said ``ok``.  Now ``stream_error``
+    with why.
+    """
+    full = provider_stream(direction)
+    body = full[: full.index(b"1}")] if cut == "mid_tool_arguments" else b""
+    gateway, path = gateway_for(direction, Response(200, body, SSE_HEADERS))
+    status, _, answer = post_stream(gateway, path, direction)
+    assert status == 200
+    last = client_events(direction, answer)[-1]
+    if direction.startswith("messages"):
+        assert last["type"] == "error"
+    elif direction.startswith("chat"):
+        assert "error" in last
+    else:
+        assert last["type"] == "response.failed"
+    [exchange] = gateway.exchanges
+    assert exchange.outcome == "stream_error"
+    assert "ended early" in (exchange.error or "")
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_a_json_answer_to_a_stream_request_reaches_the_client_as_a_stream(direction: str) -> None:
+    """
+    A server that ignores ``stream: true`` and answers one JSON object:
+    the client asked for a stream and got ``application/json`` (its SDK's
+    stream helper found no events).  Now the answer is replayed as the
+    client's stream.
+    """
+    gateway, path = gateway_for(direction, Response(200, provider_ok(direction), JSON_HEADERS))
+    status, headers, answer = post_stream(gateway, path, direction)
+    assert status == 200 and headers.getRawHeaders(b"content-type") == [b"text/event-stream"]
+    events = client_events(direction, answer)
+    if direction.startswith("messages"):
+        assert events[0]["type"] == "message_start" and events[-1] == {"type": "message_stop"}
+        assert "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta") == "hello"
+    elif direction.startswith("chat"):
+        assert events[-1] == "[DONE]"
+        assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"]) == "hello"
+    else:
+        assert events[-1]["type"] == "response.completed"
+        assert events[-1]["response"]["output"][0]["content"][0]["text"] == "hello"
+    assert gateway.exchanges[0].outcome == "ok"
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_a_stream_answer_to_a_json_request_is_a_clear_502(direction: str) -> None:
+    """The reverse: a stream the client did not ask for was sent as text/event-stream to a JSON client."""
+    gateway, path = gateway_for(direction, Response(200, provider_stream(direction), SSE_HEADERS))
+    status, headers, answer = post_stream(gateway, path, direction, stream=False)
+    assert status == 502 and headers.getRawHeaders(b"content-type") == [b"application/json"]
+    assert "did not ask for a stream" in assert_client_error(direction, status, answer)["error"]["message"]
+    [exchange] = gateway.exchanges
+    assert exchange.outcome == "gateway_error" and "did not ask for a stream" in (exchange.error or "")
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+@pytest.mark.parametrize(
+    ("status", "body", "content_type"),
+    [
+        (502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", b"text/html"),
+        (500, b"upstream exploded", b"text/plain"),
+        (200, b"", b"application/json"),
+        (200, b"{not json", b"application/json"),
+        (200, b"[1, 2]", b"application/json"),
+    ],
+)
+def test_unreadable_provider_answers_are_errors_in_the_clients_dialect(
+    direction: str, status: int, body: bytes, content_type: bytes
+) -> None:
+    gateway, path = gateway_for(direction, Response(status, body, {b"content-type": [content_type]}))
+    code, headers, answer = post_stream(gateway, path, direction, stream=False)
+    assert code == (status if status >= 400 else 502)
+    assert headers.getRawHeaders(b"content-type") == [b"application/json"]
+    assert_client_error(direction, code, answer)
+    [exchange] = gateway.exchanges
+    assert exchange.outcome == ("upstream_error" if status >= 400 else "gateway_error")
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_the_providers_key_never_reaches_the_client_even_when_its_error_echoes_it(direction: str) -> None:
+    """A provider error body quoting the key it was sent: the client's copy has it redacted."""
+    _, providers, _ = DIRECTIONS[direction]
+    key = next(p["api_key"] for p in providers.values() if p.get("api_key"))
+    echo = json.dumps({"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request_error"}})
+    gateway, path = gateway_for(direction, Response(401, echo.encode()))
+    status, _, answer = post_stream(gateway, path, direction, stream=False)
+    assert status == 401 and key.encode() not in answer and b"[redacted]" in answer
+    stream = provider_stream(direction)[:40] + key.encode()
+    gateway, path = gateway_for(direction, Response(200, stream, SSE_HEADERS))
+    _, _, answer = post_stream(gateway, path, direction)
+    assert key.encode() not in answer

@@ -25,10 +25,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
+from lunaroute.dialects._coerce import as_dict, as_list
 from lunaroute.dialects.capture import ResponseCapture
 from lunaroute.dialects.sse import SSEEvent
 from lunaroute.dialects.translate.base import StreamTranslator, Translator
-from lunaroute.dialects.translate.common import utf8
+from lunaroute.dialects.translate.common import ENDED_EARLY, utf8
 from lunaroute.dialects.translate.errors import UntranslatableField
 from lunaroute.dialects.translate.validate import check_finite, check_unicode
 from lunaroute.logs import log_observer
@@ -42,6 +43,7 @@ __all__ = [
     "TranslatingRelay",
     "encode_body",
     "estimate_input_tokens",
+    "events_from_json",
     "translated_request_headers",
     "translated_response_headers",
 ]
@@ -52,6 +54,12 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 ANTHROPIC_VERSION = b"2023-06-01"
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+_ENDED_EARLY = ENDED_EARLY.encode()
+
+# A provider key shorter than this is not looked for in its answers (it
+# would match ordinary text).
+_MIN_SECRET = 8
 
 _DONE = b"data: [DONE]"
 _NL_DONE = b"\n" + _DONE
@@ -188,15 +196,27 @@ class TranslatingRelay(RelayProtocol):
         content_encoding: str | None = None,
         no_key_hint: str | None = None,
         max_json_bytes: int = MAX_JSON_BYTES,
+        secret: str | None = None,
+        client_stream: bool = False,
     ) -> None:
         super().__init__(request, clock, _ignore, idle_timeout)
         self._translator = translator
         self._client_model = client_model
         self._status = status
         self._hint = no_key_hint
+        self._content_type = (content_type or "").lower()
+        # The client asked for a stream and the provider answered one JSON
+        # object: the client still gets a stream (L{events_from_json}).
+        self._client_stream = client_stream and not streaming
+        # The provider's own key, should its answer echo it (an error body
+        # quoting the request): never shown to the client.
+        self._secret = secret.encode() if secret and len(secret) >= _MIN_SECRET else None
         self._max = max_json_bytes
         self.client_bytes = 0
         self.translation_error: str | None = None
+        # The provider's stream ended cleanly but before its finish reason:
+        # the client got an error event; the record says so.
+        self.ended_early: str | None = None
         self._stream: StreamTranslator | None = translator.stream(client_model) if streaming else None
         if content_type is None:
             content_type = "text/event-stream" if streaming else "application/json"
@@ -226,6 +246,8 @@ class TranslatingRelay(RelayProtocol):
 
     def _write(self, data: bytes) -> None:
         if data and not self._client_gone:
+            if self._secret is not None and self._secret in data:
+                data = data.replace(self._secret, b"[redacted]")
             self.client_bytes += len(data)
             self._request.write(data)
 
@@ -283,7 +305,10 @@ class TranslatingRelay(RelayProtocol):
             # hands on, and close() finishes a stream that had its finish
             # reason, or reports one cut short.
             self.capture.finish()
-            self._write(self._stream.close())
+            closing = self._stream.close()
+            if _ENDED_EARLY in closing and self.failure is None and not self.timed_out:
+                self.ended_early = ENDED_EARLY + " (no finish reason before the end of its body)"
+            self._write(closing)
             return
         self._write(self._json_answer())
 
@@ -302,9 +327,18 @@ class TranslatingRelay(RelayProtocol):
             parsed = None
         if 200 <= status < 300:
             if isinstance(parsed, dict):
+                if self._client_stream:
+                    stream = translator.stream(self._client_model)
+                    frames = [stream.feed(event) for event in events_from_json(translator.target, parsed)]
+                    return b"".join(frames) + stream.close()
                 return encode_json(translator.response(parsed, self._client_model))
             self._request.setResponseCode(502)
-            self.translation_error = "the provider's answer is not a JSON object"
+            if self._client_stream:
+                self._request.setHeader(b"content-type", b"application/json")
+            if self._content_type.startswith("text/event-stream"):
+                self.translation_error = "the provider streamed its answer to a request that did not ask for a stream"
+            else:
+                self.translation_error = "the provider's answer is not a JSON object"
             return encode_json(translator.error({"error": {"message": self.translation_error}}, 502))
         if parsed is None and raw.strip():
             parsed = {"error": {"message": raw[:2000].decode("utf-8", "replace")}}
@@ -312,6 +346,69 @@ class TranslatingRelay(RelayProtocol):
         if self._hint and status in (401, 403):
             _append_hint(answer, self._hint)
         return encode_json(answer)
+
+
+def events_from_json(dialect: str, body: dict[str, Any]) -> list[dict[str, Any] | str]:
+    """
+    A provider's whole JSON answer as the stream it would have sent
+    (C{openai_chat} chunks and C{[DONE]}, or Anthropic events), for a
+    client that asked for a stream from a provider that ignored
+    C{stream: true}.  Lenient: odd fields give an odd but well-formed stream.
+    """
+    if dialect == "anthropic":
+        message = {key: value for key, value in body.items() if key != "content"}
+        message["content"] = []
+        events: list[dict[str, Any] | str] = [{"type": "message_start", "message": message}]
+        blocks = as_list(body.get("content"))
+        for index, block in enumerate(blocks):
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            start = dict(block)
+            delta: dict[str, Any] | None = None
+            if kind == "text":
+                start["text"] = ""
+                delta = {"type": "text_delta", "text": block.get("text") or ""}
+            elif kind == "tool_use":
+                start["input"] = {}
+                delta = {"type": "input_json_delta", "partial_json": json.dumps(block.get("input") or {})}
+            elif kind == "thinking":
+                start["thinking"], start["signature"] = "", ""
+                delta = {"type": "thinking_delta", "thinking": block.get("thinking") or ""}
+            events.append({"type": "content_block_start", "index": index, "content_block": start})
+            if delta is not None:
+                events.append({"type": "content_block_delta", "index": index, "delta": delta})
+            if kind == "thinking" and block.get("signature"):
+                events.append({"type": "content_block_delta", "index": index,
+                               "delta": {"type": "signature_delta", "signature": block["signature"]}})
+            events.append({"type": "content_block_stop", "index": index})
+        usage = as_dict(body.get("usage"))
+        events.append({
+            "type": "message_delta",
+            "delta": {"stop_reason": body.get("stop_reason"), "stop_sequence": body.get("stop_sequence")},
+            "usage": usage,
+        })
+        events.append({"type": "message_stop"})
+        return events
+    choices = as_list(body.get("choices"))
+    first = as_dict(choices[0]) if choices else {}
+    said = as_dict(first.get("message"))
+    first_delta: dict[str, Any] = {key: value for key, value in said.items() if key != "tool_calls"}
+    calls = as_list(said.get("tool_calls"))
+    if calls:
+        first_delta["tool_calls"] = [
+            dict(call, index=i) for i, call in enumerate(calls) if isinstance(call, dict)
+        ]
+    head: dict[str, Any] = {key: body[key] for key in ("id", "model", "created") if key in body}
+    chunks: list[dict[str, Any] | str] = [
+        dict(head, object="chat.completion.chunk", choices=[{"index": 0, "delta": first_delta, "finish_reason": None}]),
+        dict(head, object="chat.completion.chunk",
+             choices=[{"index": 0, "delta": {}, "finish_reason": first.get("finish_reason") or "stop"}]),
+    ]
+    if isinstance(body.get("usage"), dict):
+        chunks.append(dict(head, object="chat.completion.chunk", choices=[], usage=body["usage"]))
+    chunks.append("[DONE]")
+    return chunks
 
 
 def _append_hint(answer: dict[str, Any], hint: str) -> None:

@@ -26,6 +26,7 @@ from lunaroute.dialects.model import json_compact, parse_tool_input
 from lunaroute.dialects.openai_chat import content_text
 from lunaroute.dialects.translate.base import register
 from lunaroute.dialects.translate.common import (
+    ENDED_EARLY,
     ChatChunkReader,
     chat_function_tool,
     end_chat_request,
@@ -465,7 +466,7 @@ class ChatToAnthropicStream(ChatChunkReader):
         if self._finish is not None:
             return self._finish_stream()
         return self._error(
-            {"type": "error", "error": {"type": "api_error", "message": "the provider's stream ended early"}}
+            {"type": "error", "error": {"type": "api_error", "message": ENDED_EARLY}}
         )
 
     def _start(self, data: dict[str, Any]) -> bytes:

@@ -29,7 +29,7 @@ from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, opt_str
 from lunaroute.dialects.model import json_compact
 from lunaroute.dialects.openai_chat import content_text
 from lunaroute.dialects.translate import base
-from lunaroute.dialects.translate.common import Direction, sort_top_level, utf8
+from lunaroute.dialects.translate.common import ENDED_EARLY, Direction, sort_top_level, utf8
 from lunaroute.dialects.translate.errors import UntranslatableField
 from lunaroute.dialects.translate.validate import check_chat_request
 
@@ -538,7 +538,7 @@ class AnthropicToChatChunks:
             self._on_stop({}, out)
             return out
         self.finished = True
-        return [{"error": {"message": "the provider's stream ended early", "type": "server_error",
+        return [{"error": {"message": ENDED_EARLY, "type": "server_error",
                            "param": None, "code": "stream_interrupted"}}]
 
     def _start(self, message: dict[str, Any], out: list[dict[str, Any] | str]) -> None:

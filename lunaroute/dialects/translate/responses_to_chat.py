@@ -29,6 +29,7 @@ from lunaroute.dialects.translate import base
 from lunaroute.dialects.translate.anthropic_to_chat import uses_max_completion_tokens
 from lunaroute.dialects.translate.chat_to_anthropic import THINKING_KEY
 from lunaroute.dialects.translate.common import (
+    ENDED_EARLY,
     ChatChunkReader,
     Direction,
     chat_function_tool,
@@ -529,7 +530,7 @@ class ResponsesEventWriter(ChatChunkReader):
             return b""
         if self._finish is not None:
             return self._complete()
-        return self._fail({"code": "stream_interrupted", "message": "the provider's stream ended early"})
+        return self._fail({"code": "stream_interrupted", "message": ENDED_EARLY})
 
     def _open(self, kind: str, out: list[bytes], prefix: str) -> _Open:
         item = _Open(kind, self._next, f"{prefix}_{self._id}_{self._next}")
