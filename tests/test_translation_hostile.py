@@ -650,3 +650,48 @@ def test_the_providers_key_never_reaches_the_client_even_when_its_error_echoes_i
     gateway, path = gateway_for(direction, Response(200, stream, SSE_HEADERS))
     _, _, answer = post_stream(gateway, path, direction)
     assert key.encode() not in answer
+
+
+# -- 5. security ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_model_names_never_reach_the_provider_url(direction: str) -> None:
+    """A model_map target or a client model full of path syntax stays a JSON string; the path is the translator's."""
+    path, providers, ok = DIRECTIONS[direction]
+    hostile = "../../admin/keys?steal=1#x"
+    mapped = {name: dict(p, model_map={"claude-x": hostile, "gpt-5": hostile}) if p.get("api_key") else p
+              for name, p in providers.items()}
+    gateway = Gateway(mapped, Response(body=json.dumps(ok).encode()))
+    for model in (BASES[direction]["model"], "/../../v1/files%2f..?x=1"):
+        status, _, answer = gateway.post(path, with_(BASES[direction], model=model))
+        assert status == 200, answer
+    first, second = gateway.calls()
+    target = "/v1/chat/completions" if direction.endswith("chat") else "/v1/messages"
+    assert first["path"] == second["path"] == target and first["query"] == second["query"] == b""
+    assert json.loads(first["body"])["model"] == hostile
+    assert json.loads(second["body"])["model"] == "/../../v1/files%2f..?x=1"
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_the_clients_other_dialect_credentials_and_cookies_are_never_forwarded(direction: str) -> None:
+    gateway, path = gateway_for(direction)
+    headers = {
+        b"x-api-key": [b"sk-ant-client"], b"authorization": [b"Bearer sk-client"],
+        b"anthropic-version": [b"2023-06-01"], b"anthropic-beta": [b"x"], b"openai-organization": [b"org-c"],
+        b"openai-project": [b"proj-c"], b"cookie": [b"session=c"], b"proxy-authorization": [b"Basic c"],
+    }
+    status, _, _ = gateway.post(path + "?beta=true", json.dumps(BASES[direction]).encode(), headers)
+    assert status == 200
+    [call] = gateway.calls()
+    sent: Headers = call["headers"]
+    assert call["query"] == b""
+    for name in (b"x-api-key", b"anthropic-beta", b"cookie", b"proxy-authorization"):
+        assert not sent.hasHeader(name), name
+    if direction == "responses->chat":
+        # One family: the client's own OpenAI credentials may go along (the provider's key wins when set).
+        return
+    assert not sent.hasHeader(b"authorization")
+    assert not sent.hasHeader(b"openai-organization") and not sent.hasHeader(b"openai-project")
+    if direction.endswith("chat"):
+        assert not sent.hasHeader(b"anthropic-version")
