@@ -695,3 +695,33 @@ def test_the_clients_other_dialect_credentials_and_cookies_are_never_forwarded(d
     assert not sent.hasHeader(b"openai-organization") and not sent.hasHeader(b"openai-project")
     if direction.endswith("chat"):
         assert not sent.hasHeader(b"anthropic-version")
+
+
+def deep_tool_body(direction: str, depth: int, leaf: bytes) -> bytes:
+    schema = {"type": "object", "x": "X"}
+    tool: dict[str, Any] = {
+        "messages->chat": {"name": "f", "input_schema": schema},
+        "chat->messages": {"type": "function", "function": {"name": "f", "parameters": schema}},
+    }.get(direction, {"type": "function", "name": "f", "parameters": schema})
+    return with_(BASES[direction], tools=[tool]).replace(b'"X"', b"[" * depth + leaf + b"]" * depth)
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_deeply_nested_bodies_are_answered_never_a_500(direction: str) -> None:
+    """
+    Bodies just inside the parser's nesting limit went past it once the
+    translation's own frames were added (RecursionError in the encoder or
+    the NaN search: a 500).  Every depth is now a 200 or a 400 in the
+    client's dialect.
+    """
+    for depth in range(900, 1001, 3):
+        gateway, path = gateway_for(direction)
+        status, _, answer = gateway.post(path, deep_tool_body(direction, depth, b"1"))
+        assert status in (200, 400), (depth, answer)
+        if status == 400:
+            assert "nested too deeply" in assert_client_error(direction, status, answer)["error"]["message"]
+    # A NaN deep down is named by a path cut short.
+    gateway, path = gateway_for(direction)
+    status, _, answer = gateway.post(path, deep_tool_body(direction, 400, b"NaN"))
+    message = assert_client_error(direction, status, answer)["error"]["message"]
+    assert status == 400 and "finite" in message and len(message) < 600

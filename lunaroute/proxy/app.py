@@ -38,6 +38,7 @@ from lunaroute.dialects.errors import openai_error_body
 from lunaroute.dialects.request_view import RequestView, bounded, parse_request, replace_model
 from lunaroute.dialects.session_id import new_session_id
 from lunaroute.dialects.translate.base import Translator
+from lunaroute.dialects.translate.errors import UntranslatableField
 from lunaroute.errors import LunaRouteError, UpstreamError, UpstreamUnreachable
 from lunaroute.exchange import Enrichment, Exchange, Timings
 from lunaroute.interfaces import IProvider
@@ -996,7 +997,11 @@ class GatewayApp:
         provider's view (C{upstream_body}, C{upstream_path}).
         """
         dropped: list[str] = []
-        payload = encode_body(translator.request(source, model, dropped), source)
+        try:
+            payload = encode_body(translator.request(source, model, dropped), source)
+        except RecursionError:
+            # Within the parser's nesting limit, but not with the frames a translation adds.
+            raise UntranslatableField("body", "is nested too deeply to translate") from None
         if dropped:
             log.debug(
                 "translating {source} to {target} for {provider} dropped {fields}",

@@ -313,6 +313,15 @@ class TranslatingRelay(RelayProtocol):
         self._write(self._json_answer())
 
     def _json_answer(self) -> bytes:
+        try:
+            return self._translated_answer()
+        except RecursionError:
+            # A provider answer nested deeper than the encoder goes.
+            self._request.setResponseCode(502)
+            self.translation_error = "the provider's answer is nested too deeply to translate"
+            return encode_json(self._translator.error({"error": {"message": self.translation_error}}, 502))
+
+    def _translated_answer(self) -> bytes:
         translator = self._translator
         status = self._status
         if self.translation_error is not None or self._too_large:
@@ -323,7 +332,7 @@ class TranslatingRelay(RelayProtocol):
         self._body = []
         try:
             parsed: Any = json.loads(raw) if raw.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         if 200 <= status < 300:
             if isinstance(parsed, dict):

@@ -18,6 +18,7 @@ a message naming its own field, not the client's).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from lunaroute.dialects.translate.errors import UntranslatableField
@@ -94,34 +95,48 @@ def _model(body: dict[str, Any]) -> None:
         _str(body["model"], "model")
 
 
-def check_finite(value: Any, path: str = "body") -> None:
+def _walk(value: Any) -> Iterator[tuple[Any, str]]:
+    """
+    Every (value, path) in ``value``, depth first, without recursion (a
+    body may be nested as deep as the parser allows).  Paths name keys as
+    ``a.b`` and items as ``a[0]``; a very long one is cut to its start.
+    """
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        yield item, path
+        if isinstance(item, dict):
+            for key, child in item.items():
+                yield key, path
+                stack.append((child, f"{path}.{key}" if path else str(key)))
+        elif isinstance(item, list):
+            for i, child in enumerate(item):
+                stack.append((child, f"{path}[{i}]"))
+
+
+def _named(path: str) -> str:
+    path = path or "body"
+    return path if len(path) <= _MAX_PATH else path[:_MAX_PATH] + "..."
+
+
+_MAX_PATH = 200
+
+
+def check_finite(value: Any) -> None:
     """Raise naming the first NaN or infinity in ``value`` (JSON has neither)."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _fail(path, "must be a finite number (NaN and Infinity are not JSON)")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_finite(item, f"{key}" if path == "body" else f"{path}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            check_finite(item, f"{path}[{i}]")
+    for item, path in _walk(value):
+        if isinstance(item, float) and not math.isfinite(item):
+            raise _fail(_named(path), "must be a finite number (NaN and Infinity are not JSON)")
 
 
-def check_unicode(value: Any, path: str = "body") -> None:
-    """Raise naming the first string in ``value`` with a lone surrogate (not Unicode text)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _fail(path, "holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{key}" if path == "body" else f"{path}.{key}"
-            check_unicode(key, where)
-            check_unicode(item, where)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            check_unicode(item, f"{path}[{i}]")
+def check_unicode(value: Any) -> None:
+    """Raise naming the first string in ``value`` (or key) with a lone surrogate (not Unicode text)."""
+    for item, path in _walk(value):
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _fail(_named(path), "holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text") from None
 
 
 # -- Anthropic Messages ------------------------------------------------------
