@@ -216,6 +216,12 @@ HOSTILE: list[tuple[str, bytes, str]] = [
     ("messages->chat", with_(MSG, messages=[{"role": "assistant", "content": [
         {"type": "tool_use", "id": "t", "name": "f", "input": "not an object"}]}]),
      "messages[0].content[0].input"),
+    ("messages->chat", with_(MSG, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "text/html", "data": "PGh0bWw+"}}]}]),
+     "messages[0].content[0].source.media_type"),
+    ("messages->chat", with_(MSG, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "not base64!"}}]}]),
+     "messages[0].content[0].source.data"),
     ("messages->chat", with_(MSG, tools="str"), "tools"),
     ("messages->chat", with_(MSG, tools=[1]), "tools[0]"),
     ("messages->chat", with_(MSG, tools=[{"name": None}]), "tools[0].name"),
@@ -241,6 +247,15 @@ HOSTILE: list[tuple[str, bytes, str]] = [
         {"id": "c", "type": "function", "function": {"name": None, "arguments": "{}"}}]}]),
      "messages[0].tool_calls[0].function.name"),
     ("chat->messages", with_(CHAT, messages=[{"role": "assistant", "tool_calls": "x"}]), "messages[0].tool_calls"),
+    *[
+        ("chat->messages", with_(CHAT, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}]}]), "messages[0].content[0].image_url.url")
+        for url in ("data:image/png;base64,", "data:;base64,AAAA", "data:text/html;base64,AAAA",
+                    "data:image/png;base64,@@@", "data:image/png,AAAA", "javascript:alert(1)")
+    ],
+    ("chat->messages", with_(CHAT, messages=[{"role": "user", "content": [
+        {"type": "file", "file": {"file_data": "data:image/png;base64,AAAA"}}]}]),
+     "messages[0].content[0].file.file_data"),
     ("chat->messages", with_(CHAT, tools="str"), "tools"),
     ("chat->messages", with_(CHAT, tools=[{"type": "function", "function": "f"}]), "tools[0].function"),
     ("chat->messages", with_(CHAT, max_tokens="5"), "max_tokens"),
@@ -274,6 +289,18 @@ HOSTILE: list[tuple[str, bytes, str]] = [
             (with_(RESP, stream="yes"), "stream"),
         ]
     ],
+]
+
+
+HOSTILE += [
+    ("responses->messages", with_(RESP, input=[{"role": "user", "content": [
+        {"type": "input_image", "image_url": "javascript:alert(1)"}]}]), "input[0].content[0].image_url"),
+    ("responses->messages", with_(RESP, input=[{"role": "user", "content": [
+        {"type": "input_image", "image_url": "data:text/html;base64,AAAA"}]}]), "input[0].content[0].image_url"),
+    ("responses->messages", with_(RESP, input=[{"role": "user", "content": [
+        {"type": "input_file", "file_data": "data:image/png;base64,AAAA"}]}]), "input[0].content[0].file_data"),
+    ("responses->messages", with_(RESP, input=[{"type": "function_call", "call_id": "c", "name": "f", "arguments": "[1]"}]),
+     "input[0].arguments"),
 ]
 
 

@@ -22,6 +22,7 @@ client never sees.  Every field is listed in docs/translation.md.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -269,14 +270,28 @@ def _user_blocks(content: Any, path: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def media_source(url: str, path: str) -> dict[str, Any]:
-    """An image or PDF URL (``data:`` or http) as an Anthropic ``source``."""
+IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+DOCUMENT_MEDIA_TYPES = frozenset({"application/pdf"})
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def media_source(url: str, path: str, media_types: frozenset[str] = IMAGE_MEDIA_TYPES) -> dict[str, Any]:
+    """
+    An image or PDF URL (``data:`` or http) as an Anthropic ``source``.  A
+    data URL must be base64 of a media type Anthropic takes (``media_types``)
+    with a body that is base64: Anthropic would refuse anything else naming
+    its own field, not the client's.
+    """
     if url.startswith("data:"):
         header, sep, data = url[5:].partition(",")
         media_type, _, encoding = header.partition(";")
         if not sep or encoding != "base64":
             raise UntranslatableField(path, "only base64 data URLs can be carried")
-        return {"type": "base64", "media_type": media_type, "data": data}
+        if media_type.lower() not in media_types:
+            raise UntranslatableField(path, f"the media type {media_type!r} is not one of {', '.join(sorted(media_types))}")
+        if _BASE64.fullmatch(data) is None:
+            raise UntranslatableField(path, "the data URL's body is empty or not base64")
+        return {"type": "base64", "media_type": media_type.lower(), "data": data}
     if url.startswith(("http://", "https://")):
         return {"type": "url", "url": url}
     raise UntranslatableField(path, "neither a data URL nor an http(s) URL")
@@ -286,7 +301,7 @@ def _document(file: dict[str, Any], path: str) -> dict[str, Any]:
     data = file.get("file_data")
     if not isinstance(data, str):
         raise UntranslatableField(f"{path}.file_id", "uploaded OpenAI files cannot be read by Anthropic")
-    block: dict[str, Any] = {"type": "document", "source": media_source(data, f"{path}.file_data")}
+    block: dict[str, Any] = {"type": "document", "source": media_source(data, f"{path}.file_data", DOCUMENT_MEDIA_TYPES)}
     if as_str(file.get("filename")):
         block["title"] = file["filename"]
     return block

@@ -18,6 +18,7 @@ a message naming its own field, not the client's).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,9 @@ __all__ = [
     "check_responses_request",
     "check_unicode",
 ]
+
+_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 # No model takes more; a larger value only earns a 400 naming the provider's field.
 MAX_TOKENS_LIMIT = 2**31 - 1
@@ -155,6 +159,11 @@ def _messages_block(block: Any, path: str, tool_ids: set[str]) -> None:
         if source["type"] == "base64":
             _str(source.get("data"), f"{path}.source.data")
             _str(source.get("media_type"), f"{path}.source.media_type")
+            if kind == "image":
+                if source["media_type"] not in _IMAGE_TYPES:
+                    raise _fail(f"{path}.source.media_type", f"must be one of {', '.join(sorted(_IMAGE_TYPES))}")
+                if _BASE64.fullmatch(source["data"]) is None:
+                    raise _fail(f"{path}.source.data", "is empty or not base64")
         elif source["type"] == "url":
             _str(source.get("url"), f"{path}.source.url")
     elif kind == "tool_use":
