@@ -752,3 +752,13 @@ def test_deeply_nested_bodies_are_answered_never_a_500(direction: str) -> None:
     status, _, answer = gateway.post(path, deep_tool_body(direction, 400, b"NaN"))
     message = assert_client_error(direction, status, answer)["error"]["message"]
     assert status == 400 and "finite" in message and len(message) < 600
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_an_error_status_sent_as_an_event_stream_keeps_the_providers_message(direction: str) -> None:
+    """A 529 whose body is an SSE error event: the client's error carried the raw 'event: error\\ndata: ...' text."""
+    body = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy now"}}\n\n'
+    gateway, path = gateway_for(direction, Response(529, body, SSE_HEADERS))
+    status, _, answer = post_stream(gateway, path, direction)
+    assert status == 529
+    assert assert_client_error(direction, status, answer)["error"]["message"] == "busy now"

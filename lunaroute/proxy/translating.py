@@ -350,7 +350,7 @@ class TranslatingRelay(RelayProtocol):
                 self.translation_error = "the provider's answer is not a JSON object"
             return encode_json(translator.error({"error": {"message": self.translation_error}}, 502))
         if parsed is None and raw.strip():
-            parsed = {"error": {"message": raw[:2000].decode("utf-8", "replace")}}
+            parsed = _sse_error(raw) or {"error": {"message": raw[:2000].decode("utf-8", "replace")}}
         answer = translator.error(parsed, status)
         if self._hint and status in (401, 403):
             _append_hint(answer, self._hint)
@@ -418,6 +418,19 @@ def events_from_json(dialect: str, body: dict[str, Any]) -> list[dict[str, Any] 
         chunks.append(dict(head, object="chat.completion.chunk", choices=[], usage=body["usage"]))
     chunks.append("[DONE]")
     return chunks
+
+
+def _sse_error(raw: bytes) -> dict[str, Any] | None:
+    """The first JSON object of an error status sent as an event stream (C{data: {...}}), if any."""
+    for line in raw[:65536].splitlines():
+        if line.startswith(b"data:"):
+            try:
+                parsed = json.loads(line[5:])
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                return parsed
+    return None
 
 
 def _append_hint(answer: dict[str, Any], hint: str) -> None:
