@@ -203,3 +203,17 @@ async def test_a_provider_stream_that_ends_early_is_a_failed_response_and_a_stre
     assert client.frames[-1]["response"]["error"]["code"] == "stream_interrupted"
     [exchange] = seen
     assert exchange.outcome == "stream_error" and "ended early" in (exchange.error or "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_providers_key_never_reaches_the_socket_even_when_its_error_echoes_it(fake, start_gateway) -> None:
+    gw, _ = await gateway(fake, start_gateway)
+    echo = {"type": "error", "error": {"type": "authentication_error", "message": f"invalid x-api-key {ANTHROPIC_KEY}"}}
+    fake.next_response = (401, {"content-type": "application/json"}, json.dumps(echo))
+    client = await connect(gw.port)
+    client.send_json(create())
+    await client.until("error")
+    await close(client)
+    frame = client.frames[-1]
+    assert frame["status"] == 401 and "[redacted]" in frame["error"]["message"]
+    assert ANTHROPIC_KEY not in json.dumps(client.frames)

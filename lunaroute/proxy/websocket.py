@@ -301,6 +301,8 @@ class _Turn:
         self.body: _EventRelay | None = None
         self.cancelled = False
         self.by_gateway = False
+        # The provider's key on a translated turn (redacted from its frames).
+        self._secret: bytes | None = None
 
     def cancel(self, by_gateway: bool = False) -> None:
         self.cancelled = True
@@ -396,7 +398,14 @@ class _Turn:
                 event = None
             if isinstance(event, dict) and event.get("type") == "response.completed":
                 self.socket.conversation.completed(event.get("response"))
-        self.socket.send_frame(data)
+        self.socket.send_frame(self._redact(data))
+
+    def _redact(self, data: bytes) -> bytes:
+        """A translated turn's frame without the provider's own key, should its answer echo it."""
+        secret = self._secret
+        if secret is not None and secret in data:
+            return data.replace(secret, b"[redacted]")
+        return data
 
     async def _send(
         self, exchange: Any, provider: IProvider, body: bytes, view: Any, plan: Plan | None
@@ -438,6 +447,9 @@ class _Turn:
         # capture reads the provider's dialect (its usage and model for the
         # record and the cost), the client gets Responses events.
         translator = app.turn_translator(view, provider)
+        if translator is not None:
+            key = getattr(getattr(provider, "settings", None), "api_key", None)
+            self._secret = key.encode() if isinstance(key, str) and len(key) >= 8 else None
         capture = ResponseCapture(
             translator.target if translator is not None else "openai_responses",
             streaming=True,
@@ -474,7 +486,7 @@ class _Turn:
                 error = translator.error(parsed if error is not None else None, response.code).get("error")
             if not isinstance(error, dict):
                 error = {"type": "server_error", "message": message}
-            socket.send_frame(json.dumps({"type": "error", "status": response.code, "error": error}).encode())
+            socket.send_frame(self._redact(json.dumps({"type": "error", "status": response.code, "error": error}).encode()))
         elif relay.translation_failed:
             exchange.outcome, exchange.error = "gateway_error", relay.translation_failed
             socket.send_frame(error_frame(502, relay.translation_failed, None, "server_error"))
