@@ -214,13 +214,17 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ),
     (
         "image inside a tool result follows as a user message",
-        {"messages": [{"role": "user", "content": [
+        {"messages": [{"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "screenshot", "input": {}},
+        ]}, {"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": "t1", "content": [
                 {"type": "text", "text": "screenshot"},
                 {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j"}},
             ]},
         ]}]},
         {"messages": [
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "t1", "type": "function", "function": {"name": "screenshot", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "t1", "content": "screenshot"},
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j"}}]},
         ]},

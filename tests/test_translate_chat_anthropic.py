@@ -230,8 +230,10 @@ def test_request_fields_translate(body: dict[str, Any], expected: dict[str, Any]
         ({"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]}]},
          "messages[0].content[0].file.file_id"),
         ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),
-        ({"messages": [USER, {"role": "tool", "tool_call_id": "c", "content": [
-            {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}, "messages[1].content[0].type"),
+        ({"messages": [USER, {"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": [
+            {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}, "messages[2].content[0].type"),
         ({"messages": [{"role": "system", "content": [{"type": "image_url"}]}]}, "messages[0].content[0].type"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,AAA"}}]}]},
          "messages[0].content[0].image_url.url"),

@@ -551,6 +551,7 @@ def test_websocket_turns_are_translated_like_http_requests(registry: Any) -> Non
     (call,) = providers["openai"].calls
     assert call["path"] == "/v1/chat/completions"
     assert exchange.upstream_path == "/v1/chat/completions" and exchange.upstream_body == call["body"]
+    assert json.loads(call["body"])["messages"] == [{"role": "user", "content": "hi"}]
 
 
 class BrokenStream:

@@ -38,6 +38,7 @@ from lunaroute.dialects.errors import openai_error_body
 from lunaroute.dialects.request_view import RequestView, bounded, parse_request, replace_model
 from lunaroute.dialects.session_id import new_session_id
 from lunaroute.dialects.translate.base import Translator
+from lunaroute.dialects.translate.errors import UntranslatableField
 from lunaroute.errors import LunaRouteError, UpstreamError, UpstreamUnreachable
 from lunaroute.exchange import Enrichment, Exchange, Timings
 from lunaroute.interfaces import IProvider
@@ -755,6 +756,8 @@ class GatewayApp:
             if verdict.outcome == "ok":
                 exchange.outcome = "gateway_error"
                 exchange.status = 502
+        elif isinstance(relay, TranslatingRelay) and relay.ended_early is not None and verdict.outcome == "ok":
+            exchange.outcome, exchange.error = "stream_error", relay.ended_early
         if verdict.complete:
             # The client gets the end of its response before any bookkeeping.
             timings.finished = clock.seconds()
@@ -994,7 +997,11 @@ class GatewayApp:
         provider's view (C{upstream_body}, C{upstream_path}).
         """
         dropped: list[str] = []
-        payload = encode_body(translator.request(source, model, dropped))
+        try:
+            payload = encode_body(translator.request(source, model, dropped), source)
+        except RecursionError:
+            # Within the parser's nesting limit, but not with the frames a translation adds.
+            raise UntranslatableField("body", "is nested too deeply to translate") from None
         if dropped:
             log.debug(
                 "translating {source} to {target} for {provider} dropped {fields}",
@@ -1032,12 +1039,18 @@ class GatewayApp:
         """
         content_type = first_value(response.headers, b"content-type")
         content_encoding = first_value(response.headers, b"content-encoding")
-        streaming = 200 <= response.code < 300 and (content_type or "").lower().startswith("text/event-stream")
+        provider_streams = 200 <= response.code < 300 and (content_type or "").lower().startswith("text/event-stream")
+        # A stream to a client that did not ask for one is refused (a 502
+        # naming why), never handed to a client that expects one JSON object.
+        streaming = provider_streams and bool(view.stream)
         request.defaultContentType = None
         for name, values in translated_response_headers(response.headers):
             request.responseHeaders.setRawHeaders(name, values)
-        request.setHeader(b"content-type", b"text/event-stream" if streaming else b"application/json")
-        if streaming:
+        # A client that asked for a stream gets one even when the provider
+        # answered 2xx JSON (a server that ignores stream: true).
+        client_stream = bool(view.stream) and 200 <= response.code < 300
+        request.setHeader(b"content-type", b"text/event-stream" if streaming or client_stream else b"application/json")
+        if streaming or client_stream:
             request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-lunaroute-translated", f"{translator.source}->{translator.target}".encode())
         hint = None
@@ -1050,6 +1063,7 @@ class GatewayApp:
             request, self.clock, _idle_timeout(provider),
             translator=translator, client_model=view.model or "", status=response.code,
             streaming=streaming, content_type=content_type, content_encoding=content_encoding, no_key_hint=hint,
+            secret=getattr(getattr(provider, "settings", None), "api_key", None), client_stream=client_stream,
         )
         capture = relay.capture
         return relay, capture

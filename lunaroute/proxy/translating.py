@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
 from typing import Any
 
@@ -24,9 +25,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
+from lunaroute.dialects._coerce import as_dict, as_list
 from lunaroute.dialects.capture import ResponseCapture
 from lunaroute.dialects.sse import SSEEvent
 from lunaroute.dialects.translate.base import StreamTranslator, Translator
+from lunaroute.dialects.translate.common import ENDED_EARLY, utf8
+from lunaroute.dialects.translate.errors import UntranslatableField
+from lunaroute.dialects.translate.validate import check_finite, check_unicode
 from lunaroute.logs import log_observer
 from lunaroute.proxy.headers import HOP_BY_HOP
 from lunaroute.proxy.relay import RelayProtocol
@@ -38,6 +43,7 @@ __all__ = [
     "TranslatingRelay",
     "encode_body",
     "estimate_input_tokens",
+    "events_from_json",
     "translated_request_headers",
     "translated_response_headers",
 ]
@@ -46,6 +52,14 @@ __all__ = [
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
 ANTHROPIC_VERSION = b"2023-06-01"
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+_ENDED_EARLY = ENDED_EARLY.encode()
+
+# A provider key shorter than this is not looked for in its answers (it
+# would match ordinary text).
+_MIN_SECRET = 8
 
 _DONE = b"data: [DONE]"
 _NL_DONE = b"\n" + _DONE
@@ -101,9 +115,26 @@ def translated_response_headers(upstream: Headers) -> list[tuple[bytes, list[byt
     ]
 
 
-def encode_body(body: dict[str, Any]) -> bytes:
-    """A translated request body as compact ASCII JSON (the encoder's fast path)."""
-    return json.dumps(body, separators=(",", ":")).encode("ascii")
+def encode_body(body: dict[str, Any], client_body: Any = None) -> bytes:
+    """
+    A translated request body as compact ASCII JSON (the encoder's fast
+    path).  Raises L{UntranslatableField} naming the field for what JSON
+    cannot carry to the provider: a NaN or infinity (Python's parser takes
+    C{NaN} and C{1e999}), a lone UTF-16 surrogate (C{"\\ud800"}, which
+    other dialects' servers refuse as invalid JSON).  The field is named
+    by its path in C{client_body} (the client's request) when given.
+    """
+    named = body if client_body is None else client_body
+    try:
+        text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        check_finite(named)
+        raise UntranslatableField("body", "holds a number JSON cannot carry") from None
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        # Rare (characters beyond the BMP are escaped as pairs too): find the field.
+        check_unicode(named)
+        check_unicode(body)
+    return text.encode("ascii")
 
 
 def estimate_input_tokens(body: dict[str, Any]) -> int:
@@ -165,15 +196,27 @@ class TranslatingRelay(RelayProtocol):
         content_encoding: str | None = None,
         no_key_hint: str | None = None,
         max_json_bytes: int = MAX_JSON_BYTES,
+        secret: str | None = None,
+        client_stream: bool = False,
     ) -> None:
         super().__init__(request, clock, _ignore, idle_timeout)
         self._translator = translator
         self._client_model = client_model
         self._status = status
         self._hint = no_key_hint
+        self._content_type = (content_type or "").lower()
+        # The client asked for a stream and the provider answered one JSON
+        # object: the client still gets a stream (L{events_from_json}).
+        self._client_stream = client_stream and not streaming
+        # The provider's own key, should its answer echo it (an error body
+        # quoting the request): never shown to the client.
+        self._secret = secret.encode() if secret and len(secret) >= _MIN_SECRET else None
         self._max = max_json_bytes
         self.client_bytes = 0
         self.translation_error: str | None = None
+        # The provider's stream ended cleanly but before its finish reason:
+        # the client got an error event; the record says so.
+        self.ended_early: str | None = None
         self._stream: StreamTranslator | None = translator.stream(client_model) if streaming else None
         if content_type is None:
             content_type = "text/event-stream" if streaming else "application/json"
@@ -203,6 +246,8 @@ class TranslatingRelay(RelayProtocol):
 
     def _write(self, data: bytes) -> None:
         if data and not self._client_gone:
+            if self._secret is not None and self._secret in data:
+                data = data.replace(self._secret, b"[redacted]")
             self.client_bytes += len(data)
             self._request.write(data)
 
@@ -260,11 +305,23 @@ class TranslatingRelay(RelayProtocol):
             # hands on, and close() finishes a stream that had its finish
             # reason, or reports one cut short.
             self.capture.finish()
-            self._write(self._stream.close())
+            closing = self._stream.close()
+            if _ENDED_EARLY in closing and self.failure is None and not self.timed_out:
+                self.ended_early = ENDED_EARLY + " (no finish reason before the end of its body)"
+            self._write(closing)
             return
         self._write(self._json_answer())
 
     def _json_answer(self) -> bytes:
+        try:
+            return self._translated_answer()
+        except RecursionError:
+            # A provider answer nested deeper than the encoder goes.
+            self._request.setResponseCode(502)
+            self.translation_error = "the provider's answer is nested too deeply to translate"
+            return encode_json(self._translator.error({"error": {"message": self.translation_error}}, 502))
+
+    def _translated_answer(self) -> bytes:
         translator = self._translator
         status = self._status
         if self.translation_error is not None or self._too_large:
@@ -275,20 +332,105 @@ class TranslatingRelay(RelayProtocol):
         self._body = []
         try:
             parsed: Any = json.loads(raw) if raw.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         if 200 <= status < 300:
             if isinstance(parsed, dict):
+                if self._client_stream:
+                    stream = translator.stream(self._client_model)
+                    frames = [stream.feed(event) for event in events_from_json(translator.target, parsed)]
+                    return b"".join(frames) + stream.close()
                 return encode_json(translator.response(parsed, self._client_model))
             self._request.setResponseCode(502)
-            self.translation_error = "the provider's answer is not a JSON object"
+            if self._client_stream:
+                self._request.setHeader(b"content-type", b"application/json")
+            if self._content_type.startswith("text/event-stream"):
+                self.translation_error = "the provider streamed its answer to a request that did not ask for a stream"
+            else:
+                self.translation_error = "the provider's answer is not a JSON object"
             return encode_json(translator.error({"error": {"message": self.translation_error}}, 502))
         if parsed is None and raw.strip():
-            parsed = {"error": {"message": raw[:2000].decode("utf-8", "replace")}}
+            parsed = _sse_error(raw) or {"error": {"message": raw[:2000].decode("utf-8", "replace")}}
         answer = translator.error(parsed, status)
         if self._hint and status in (401, 403):
             _append_hint(answer, self._hint)
         return encode_json(answer)
+
+
+def events_from_json(dialect: str, body: dict[str, Any]) -> list[dict[str, Any] | str]:
+    """
+    A provider's whole JSON answer as the stream it would have sent
+    (C{openai_chat} chunks and C{[DONE]}, or Anthropic events), for a
+    client that asked for a stream from a provider that ignored
+    C{stream: true}.  Lenient: odd fields give an odd but well-formed stream.
+    """
+    if dialect == "anthropic":
+        message = {key: value for key, value in body.items() if key != "content"}
+        message["content"] = []
+        events: list[dict[str, Any] | str] = [{"type": "message_start", "message": message}]
+        blocks = as_list(body.get("content"))
+        for index, block in enumerate(blocks):
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            start = dict(block)
+            delta: dict[str, Any] | None = None
+            if kind == "text":
+                start["text"] = ""
+                delta = {"type": "text_delta", "text": block.get("text") or ""}
+            elif kind == "tool_use":
+                start["input"] = {}
+                delta = {"type": "input_json_delta", "partial_json": json.dumps(block.get("input") or {})}
+            elif kind == "thinking":
+                start["thinking"], start["signature"] = "", ""
+                delta = {"type": "thinking_delta", "thinking": block.get("thinking") or ""}
+            events.append({"type": "content_block_start", "index": index, "content_block": start})
+            if delta is not None:
+                events.append({"type": "content_block_delta", "index": index, "delta": delta})
+            if kind == "thinking" and block.get("signature"):
+                events.append({"type": "content_block_delta", "index": index,
+                               "delta": {"type": "signature_delta", "signature": block["signature"]}})
+            events.append({"type": "content_block_stop", "index": index})
+        usage = as_dict(body.get("usage"))
+        events.append({
+            "type": "message_delta",
+            "delta": {"stop_reason": body.get("stop_reason"), "stop_sequence": body.get("stop_sequence")},
+            "usage": usage,
+        })
+        events.append({"type": "message_stop"})
+        return events
+    choices = as_list(body.get("choices"))
+    first = as_dict(choices[0]) if choices else {}
+    said = as_dict(first.get("message"))
+    first_delta: dict[str, Any] = {key: value for key, value in said.items() if key != "tool_calls"}
+    calls = as_list(said.get("tool_calls"))
+    if calls:
+        first_delta["tool_calls"] = [
+            dict(call, index=i) for i, call in enumerate(calls) if isinstance(call, dict)
+        ]
+    head: dict[str, Any] = {key: body[key] for key in ("id", "model", "created") if key in body}
+    chunks: list[dict[str, Any] | str] = [
+        dict(head, object="chat.completion.chunk", choices=[{"index": 0, "delta": first_delta, "finish_reason": None}]),
+        dict(head, object="chat.completion.chunk",
+             choices=[{"index": 0, "delta": {}, "finish_reason": first.get("finish_reason") or "stop"}]),
+    ]
+    if isinstance(body.get("usage"), dict):
+        chunks.append(dict(head, object="chat.completion.chunk", choices=[], usage=body["usage"]))
+    chunks.append("[DONE]")
+    return chunks
+
+
+def _sse_error(raw: bytes) -> dict[str, Any] | None:
+    """The first JSON object of an error status sent as an event stream (C{data: {...}}), if any."""
+    for line in raw[:65536].splitlines():
+        if line.startswith(b"data:"):
+            try:
+                parsed = json.loads(line[5:])
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                return parsed
+    return None
 
 
 def _append_hint(answer: dict[str, Any], hint: str) -> None:
@@ -305,4 +447,4 @@ def _ignore(data: bytes) -> None:
 
 def encode_json(body: dict[str, Any]) -> bytes:
     """A translated answer as the client's JSON bytes."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return utf8(json.dumps(body, separators=(",", ":"), ensure_ascii=False))

@@ -35,11 +35,13 @@ from lunaroute.dialects.capture import ResponseCapture
 from lunaroute.dialects.request_view import parse_request, replace_model
 from lunaroute.dialects.sse import SSEParser
 from lunaroute.dialects.translate.base import StreamTranslator
+from lunaroute.dialects.translate.common import ENDED_EARLY
 from lunaroute.errors import LunaRouteError, UpstreamError
 from lunaroute.interfaces import IProvider
 from lunaroute.logs import log_observer
 from lunaroute.proxy.errors import first_header, status_for
 from lunaroute.proxy.headers import MaskedHeaders, first_value, header_reader
+from lunaroute.proxy.outcome import provider_error
 from lunaroute.routing.markers import strip_markers
 from lunaroute.routing.plan import Plan
 
@@ -51,6 +53,7 @@ log = Logger(observer=log_observer)
 __all__ = ["responses_socket_resource", "wants_websocket", "error_frame", "response_create_body"]
 
 _CLEAN = Failure(ConnectionDone())
+_ENDED_EARLY = ENDED_EARLY.encode()
 
 # Ping an idle socket this often; a peer that does not answer within the
 # timeout is dropped.
@@ -298,6 +301,8 @@ class _Turn:
         self.body: _EventRelay | None = None
         self.cancelled = False
         self.by_gateway = False
+        # The provider's key on a translated turn (redacted from its frames).
+        self._secret: bytes | None = None
 
     def cancel(self, by_gateway: bool = False) -> None:
         self.cancelled = True
@@ -393,7 +398,14 @@ class _Turn:
                 event = None
             if isinstance(event, dict) and event.get("type") == "response.completed":
                 self.socket.conversation.completed(event.get("response"))
-        self.socket.send_frame(data)
+        self.socket.send_frame(self._redact(data))
+
+    def _redact(self, data: bytes) -> bytes:
+        """A translated turn's frame without the provider's own key, should its answer echo it."""
+        secret = self._secret
+        if secret is not None and secret in data:
+            return data.replace(secret, b"[redacted]")
+        return data
 
     async def _send(
         self, exchange: Any, provider: IProvider, body: bytes, view: Any, plan: Plan | None
@@ -435,6 +447,9 @@ class _Turn:
         # capture reads the provider's dialect (its usage and model for the
         # record and the cost), the client gets Responses events.
         translator = app.turn_translator(view, provider)
+        if translator is not None:
+            key = getattr(getattr(provider, "settings", None), "api_key", None)
+            self._secret = key.encode() if isinstance(key, str) and len(key) >= 8 else None
         capture = ResponseCapture(
             translator.target if translator is not None else "openai_responses",
             streaming=True,
@@ -471,10 +486,25 @@ class _Turn:
                 error = translator.error(parsed if error is not None else None, response.code).get("error")
             if not isinstance(error, dict):
                 error = {"type": "server_error", "message": message}
-            socket.send_frame(json.dumps({"type": "error", "status": response.code, "error": error}).encode())
+            socket.send_frame(self._redact(json.dumps({"type": "error", "status": response.code, "error": error}).encode()))
+        elif relay.translation_failed:
+            exchange.outcome, exchange.error = "gateway_error", relay.translation_failed
+            socket.send_frame(error_frame(502, relay.translation_failed, None, "server_error"))
         elif relay.lost:
             exchange.outcome, exchange.error = "upstream_error", "the provider's stream was cut"
             socket.send_frame(error_frame(502, "the provider's stream was cut", None, "server_error"))
+        else:
+            # The provider's in-stream error event (its status was 200), or a
+            # translated stream that ended before its finish reason: the
+            # client got a failed response; the record says so too.
+            in_stream_type, in_stream_message = provider_error(exchange.response)
+            if in_stream_type is not None or in_stream_message is not None:
+                exchange.outcome = "upstream_error"
+                exchange.error = in_stream_message or in_stream_type
+                exchange.error_type = in_stream_type
+            elif relay.ended_early:
+                exchange.outcome = "stream_error"
+                exchange.error = ENDED_EARLY + " (no finish reason before the end of its body)"
         timings.finished = clock.seconds()
 
     def _interrupted(self, exchange: Any) -> None:
@@ -537,6 +567,10 @@ class _EventRelay(Protocol):
         self.last_byte: float | None = None
         self.aborted = False
         self.lost = False
+        # A translated turn: why the translator failed (the turn is cut), and
+        # whether the provider's stream ended before its finish reason.
+        self.translation_failed: str | None = None
+        self.ended_early = False
 
     def connectionMade(self) -> None:
         if self.aborted:
@@ -587,8 +621,15 @@ class _EventRelay(Protocol):
                 parsed: Any = data if data == "[DONE]" else json.loads(data)
             except ValueError:
                 continue
-            if isinstance(parsed, (dict, str)):
-                out.extend(self._translated.feed(self._stream.feed(parsed)))
+            if isinstance(parsed, (dict, str)) and self.translation_failed is None:
+                try:
+                    out.extend(self._translated.feed(self._stream.feed(parsed)))
+                except Exception:
+                    log.failure("translating a WebSocket turn's stream failed")
+                    self.translation_failed = "the gateway could not translate the provider's stream"
+                    transport: Any = self.transport
+                    if transport is not None:
+                        transport.stopProducing()
         return out
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
@@ -596,10 +637,12 @@ class _EventRelay(Protocol):
 
         if self._send is not None and not self.aborted:
             self._emit(self._parser.close())
-            if self._stream is not None and self._translated is not None:
-                tail = self._translated.feed(self._stream.close()) + self._translated.close()
+            if self._stream is not None and self._translated is not None and self.translation_failed is None:
+                closing = self._stream.close()
+                self.ended_early = _ENDED_EARLY in closing and reason.check(ResponseDone) is not None
+                tail = self._translated.feed(closing) + self._translated.close()
                 self._emit_frames(tail)
-        if not reason.check(ResponseDone) and not self.aborted:
+        if not reason.check(ResponseDone) and not self.aborted and self.translation_failed is None:
             self.lost = True
         self.done.callback(None)
 

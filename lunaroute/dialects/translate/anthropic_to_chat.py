@@ -26,12 +26,15 @@ from lunaroute.dialects.model import json_compact, parse_tool_input
 from lunaroute.dialects.openai_chat import content_text
 from lunaroute.dialects.translate.base import register
 from lunaroute.dialects.translate.common import (
+    ENDED_EARLY,
     ChatChunkReader,
     chat_function_tool,
     end_chat_request,
     sort_top_level,
+    utf8,
 )
 from lunaroute.dialects.translate.errors import UntranslatableField
+from lunaroute.dialects.translate.validate import check_messages_request
 
 __all__ = [
     "MESSAGES_TO_CHAT",
@@ -107,6 +110,7 @@ def messages_request_to_chat(
     # Known extras (thinking, context_management...) and fields newer than
     # this code are dropped: neither can be said in Chat Completions.
     drops = sort_top_level(body, _HANDLED_FIELDS, _REFUSED_FIELDS, dropped)
+    check_messages_request(body)
     target = model if model is not None else as_str(body.get("model"))
     out: dict[str, Any] = {"model": target}
 
@@ -409,7 +413,7 @@ def _stream_error_status(error: dict[str, Any]) -> int:
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json_compact(data)}\n\n".encode()
+    return utf8(f"event: {name}\ndata: {json_compact(data)}\n\n")
 
 
 _BLOCK_STOP = "content_block_stop"
@@ -462,7 +466,7 @@ class ChatToAnthropicStream(ChatChunkReader):
         if self._finish is not None:
             return self._finish_stream()
         return self._error(
-            {"type": "error", "error": {"type": "api_error", "message": "the provider's stream ended early"}}
+            {"type": "error", "error": {"type": "api_error", "message": ENDED_EARLY}}
         )
 
     def _start(self, data: dict[str, Any]) -> bytes:

@@ -22,6 +22,7 @@ client never sees.  Every field is listed in docs/translation.md.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -29,8 +30,9 @@ from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, opt_str
 from lunaroute.dialects.model import json_compact
 from lunaroute.dialects.openai_chat import content_text
 from lunaroute.dialects.translate import base
-from lunaroute.dialects.translate.common import Direction, sort_top_level
+from lunaroute.dialects.translate.common import ENDED_EARLY, Direction, sort_top_level, utf8
 from lunaroute.dialects.translate.errors import UntranslatableField
+from lunaroute.dialects.translate.validate import check_chat_request
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -109,6 +111,7 @@ def chat_request_to_messages(
     dropped: list[str] | None = None,
     *,
     keep_thinking: bool = False,
+    check: bool = True,
 ) -> dict[str, Any]:
     """
     Translate a Chat Completions request body into an Anthropic Messages one.
@@ -117,8 +120,12 @@ def chat_request_to_messages(
     purpose are appended to ``dropped``.  Raises :class:`UntranslatableField`
     for what cannot be carried.  ``keep_thinking`` turns assistant messages'
     :data:`THINKING_KEY` lists back into thinking blocks (the Responses path).
+    ``check`` checks the client's body's shape first (the Responses path
+    checked its own body already).
     """
     drops = sort_top_level(body, _HANDLED_FIELDS, _REFUSED_FIELDS, dropped)
+    if check:
+        check_chat_request(body)
     if as_int(body.get("n"), 1) > 1:
         raise UntranslatableField("n", "Anthropic answers with one message per request")
     _response_format(body.get("response_format"), drops)
@@ -263,14 +270,28 @@ def _user_blocks(content: Any, path: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def media_source(url: str, path: str) -> dict[str, Any]:
-    """An image or PDF URL (``data:`` or http) as an Anthropic ``source``."""
+IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+DOCUMENT_MEDIA_TYPES = frozenset({"application/pdf"})
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def media_source(url: str, path: str, media_types: frozenset[str] = IMAGE_MEDIA_TYPES) -> dict[str, Any]:
+    """
+    An image or PDF URL (``data:`` or http) as an Anthropic ``source``.  A
+    data URL must be base64 of a media type Anthropic takes (``media_types``)
+    with a body that is base64: Anthropic would refuse anything else naming
+    its own field, not the client's.
+    """
     if url.startswith("data:"):
         header, sep, data = url[5:].partition(",")
         media_type, _, encoding = header.partition(";")
         if not sep or encoding != "base64":
             raise UntranslatableField(path, "only base64 data URLs can be carried")
-        return {"type": "base64", "media_type": media_type, "data": data}
+        if media_type.lower() not in media_types:
+            raise UntranslatableField(path, f"the media type {media_type!r} is not one of {', '.join(sorted(media_types))}")
+        if _BASE64.fullmatch(data) is None:
+            raise UntranslatableField(path, "the data URL's body is empty or not base64")
+        return {"type": "base64", "media_type": media_type.lower(), "data": data}
     if url.startswith(("http://", "https://")):
         return {"type": "url", "url": url}
     raise UntranslatableField(path, "neither a data URL nor an http(s) URL")
@@ -280,7 +301,7 @@ def _document(file: dict[str, Any], path: str) -> dict[str, Any]:
     data = file.get("file_data")
     if not isinstance(data, str):
         raise UntranslatableField(f"{path}.file_id", "uploaded OpenAI files cannot be read by Anthropic")
-    block: dict[str, Any] = {"type": "document", "source": media_source(data, f"{path}.file_data")}
+    block: dict[str, Any] = {"type": "document", "source": media_source(data, f"{path}.file_data", DOCUMENT_MEDIA_TYPES)}
     if as_str(file.get("filename")):
         block["title"] = file["filename"]
     return block
@@ -471,7 +492,7 @@ def openai_error_from_anthropic(body: Any, status: int) -> dict[str, Any]:
 def sse_data(data: dict[str, Any] | str) -> bytes:
     """One ``data:`` frame of a Chat Completions stream."""
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"data: {text}\n\n".encode()
+    return utf8(f"data: {text}\n\n")
 
 
 class AnthropicToChatChunks:
@@ -532,7 +553,7 @@ class AnthropicToChatChunks:
             self._on_stop({}, out)
             return out
         self.finished = True
-        return [{"error": {"message": "the provider's stream ended early", "type": "server_error",
+        return [{"error": {"message": ENDED_EARLY, "type": "server_error",
                            "param": None, "code": "stream_interrupted"}}]
 
     def _start(self, message: dict[str, Any], out: list[dict[str, Any] | str]) -> None:

@@ -10,7 +10,31 @@ from lunaroute.dialects._coerce import as_dict, as_int, as_list
 from lunaroute.dialects.translate.base import StreamTranslator
 from lunaroute.dialects.translate.errors import UntranslatableField
 
-__all__ = ["ChatChunkReader", "Direction", "chat_function_tool", "end_chat_request", "sort_top_level"]
+__all__ = [
+    "ENDED_EARLY",
+    "ChatChunkReader",
+    "Direction",
+    "chat_function_tool",
+    "end_chat_request",
+    "sort_top_level",
+    "utf8",
+]
+
+# The message of the error event a stream converter's close() sends when the
+# provider's body ended before its finish reason (the relay looks for it).
+ENDED_EARLY = "the provider's stream ended early"
+
+
+def utf8(text: str) -> bytes:
+    """
+    ``text`` as UTF-8 for the client; a lone UTF-16 surrogate (a provider's
+    ``"\\ud800"``, which JSON's syntax allows and Unicode does not) becomes
+    ``?`` instead of failing the whole frame.
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
 
 
 def sort_top_level(

@@ -29,13 +29,16 @@ from lunaroute.dialects.translate import base
 from lunaroute.dialects.translate.anthropic_to_chat import uses_max_completion_tokens
 from lunaroute.dialects.translate.chat_to_anthropic import THINKING_KEY
 from lunaroute.dialects.translate.common import (
+    ENDED_EARLY,
     ChatChunkReader,
     Direction,
     chat_function_tool,
     end_chat_request,
     sort_top_level,
+    utf8,
 )
 from lunaroute.dialects.translate.errors import UntranslatableField
+from lunaroute.dialects.translate.validate import check_responses_request
 
 __all__ = [
     "THINKING_MARK",
@@ -97,6 +100,7 @@ def responses_request_to_chat(
     kept in reasoning items rides along.
     """
     drops = sort_top_level(body, _HANDLED_FIELDS, _REFUSED_FIELDS, dropped)
+    check_responses_request(body)
     target = model if model is not None else as_str(body.get("model"))
     out: dict[str, Any] = {"model": target}
     messages: list[dict[str, Any]] = []
@@ -502,7 +506,7 @@ class ResponsesEventWriter(ChatChunkReader):
     def _event(self, kind: str, data: dict[str, Any]) -> bytes:
         data = {"type": kind, "sequence_number": self._seq, **data}
         self._seq += 1
-        return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
+        return utf8(f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n")
 
     def _response(self, status: str | None = "in_progress", output: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         usage = responses_usage_from_chat(self._usage) if self._usage is not None else None
@@ -526,7 +530,7 @@ class ResponsesEventWriter(ChatChunkReader):
             return b""
         if self._finish is not None:
             return self._complete()
-        return self._fail({"code": "stream_interrupted", "message": "the provider's stream ended early"})
+        return self._fail({"code": "stream_interrupted", "message": ENDED_EARLY})
 
     def _open(self, kind: str, out: list[bytes], prefix: str) -> _Open:
         item = _Open(kind, self._next, f"{prefix}_{self._id}_{self._next}")
