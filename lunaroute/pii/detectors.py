@@ -169,9 +169,16 @@ class PhoneDetector:
         if "+" in text:
             for found in _matches(_PHONE_INTL, text):
                 start, end = found.span()
-                digits = sum(c.isdigit() for c in text[start:end])
-                if 8 <= digits <= 15 and _free(text, start, end, "+"):
-                    out.append(Detection(start, end, "PHONE", 0.85))
+                # Too many digits (the number runs into another one): the
+                # longest prefix of whole groups that is a phone number.
+                ends = [g.end() for g in _DIGITS.finditer(text, start, end)]
+                while ends:
+                    end = ends.pop()
+                    digits = sum(c.isdigit() for c in text[start:end])
+                    if digits <= 15:
+                        if digits >= 8 and _free(text, start, end, "+"):
+                            out.append(Detection(start, end, "PHONE", 0.85))
+                        break
         for found in _matches(_PHONE_NANP, text):
             start, end = found.span()
             if _free(text, start, end, ".-+/"):
@@ -232,7 +239,9 @@ class SsnDetector:
 # Credit cards
 
 
-_CARD = re.compile(r"\d(?:[ -]?\d){12,18}")
+# Digit groups joined by single spaces or hyphens, and each group.
+_CARD_RUN = re.compile(r"\d+(?:[ -]\d+)*")
+_DIGITS = re.compile(r"\d+")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -288,13 +297,24 @@ class CreditCardDetector:
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
-        for found in _matches(_CARD, text):
-            start, end = found.span()
-            digits = found.group(0).replace(" ", "").replace("-", "")
-            if not 13 <= len(digits) <= 19 or not _card_issuer(digits) or not luhn_valid(digits):
-                continue
-            if _free(text, start, end, ".-+/"):
-                out.append(Detection(start, end, "CREDIT_CARD", 0.95))
+        for found in _matches(_CARD_RUN, text):
+            # A run of digit groups ("+1 415 555 0199 4111 1111 1111 1111",
+            # two cards in a row): every stretch of whole groups is a
+            # candidate, the longest valid one first, so a card next to
+            # other numbers is still found.
+            groups = [(g.start(), g.end()) for g in _DIGITS.finditer(text, found.start(), found.end())]
+            first = 0
+            while first < len(groups):
+                for last in range(min(len(groups), first + 19) - 1, first - 1, -1):
+                    start, end = groups[first][0], groups[last][1]
+                    digits = text[start:end].replace(" ", "").replace("-", "")
+                    if not 13 <= len(digits) <= 19 or not _card_issuer(digits) or not luhn_valid(digits):
+                        continue
+                    if _free(text, start, end, ".-+/"):
+                        out.append(Detection(start, end, "CREDIT_CARD", 0.95))
+                        first = last
+                        break
+                first += 1
         return out
 
 
