@@ -17,7 +17,14 @@ import pytest_twisted
 import treq
 
 from lunaroute.config import PiiSettings
-from lunaroute.pii import Detection, EmailDetector, PatternDetector, Redactor, redactor_from_settings, resolve_overlaps
+from lunaroute.pii import (
+    Detection,
+    EmailDetector,
+    PatternDetector,
+    Redactor,
+    redactor_from_settings,
+    resolve_overlaps,
+)
 from lunaroute.proxy.reqlog import RequestLogPrinter
 from lunaroute.sessions.events import exchange_events
 from lunaroute.testing.exchanges import make_exchange
