@@ -13,10 +13,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 
-from lunaroute.config import PiiSettings
+from lunaroute.config import PiiSettings, settings_from_mapping
+from lunaroute.errors import ConfigError
 from lunaroute.pii import (
     Detection,
     EmailDetector,
@@ -25,6 +27,7 @@ from lunaroute.pii import (
     redactor_from_settings,
     resolve_overlaps,
 )
+from lunaroute.pii.detectors import backtracking_risk
 from lunaroute.proxy.reqlog import RequestLogPrinter
 from lunaroute.sessions.events import exchange_events
 from lunaroute.testing.exchanges import make_exchange
@@ -201,3 +204,27 @@ def test_the_request_log_redacts_the_url_query() -> None:
     assert "mallory" not in out.getvalue() and "/v1/messages?note=[EMAIL]" in out.getvalue()
     events = exchange_events(exchange, redactor=_redactor())
     assert events[0]["path"] == "/v1/messages?note=[EMAIL]"
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"(a+)+$", r"(a*)*b", r"(\w+\s?)*$", r"(.*a){20}", r"(a|a)*$", r"(\w|\d)+$", r"(?:x+)+", r"^(([a-z])+.)+[A-Z]"],
+)
+def test_a_catastrophic_custom_pattern_is_refused_at_start_up(pattern: str) -> None:
+    """A custom pattern that could backtrack exponentially is a one-line config error, not a hung recorder."""
+    raw = {"session_recording": {"pii": {"enabled": True, "custom_patterns": [{"name": "evil", "pattern": pattern}]}}}
+    with pytest.raises(ConfigError) as caught:
+        settings_from_mapping(raw)
+    message = str(caught.value)
+    assert "\n" not in message and "custom_patterns[0].pattern" in message and "backtrack" in message
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"TICKET-\d+", r"(?:foo|bar)+", r"\b[A-Z]{2}\d{6}\b", r"(?i)secret-[a-z0-9]{8}", r"(?:\s|,)+x", r"EMP-(\d{4})-(\d{2})",
+     r"(?<=id=)\w+", r"(ab){3}", r"sk-[a-zA-Z0-9]{32,}"],
+)
+def test_ordinary_custom_patterns_are_accepted(pattern: str) -> None:
+    raw = {"session_recording": {"pii": {"enabled": True, "custom_patterns": [{"name": "ok", "pattern": pattern}]}}}
+    assert settings_from_mapping(raw).session_recording.pii.custom_patterns[0].pattern == pattern
+    assert backtracking_risk(pattern) is None
