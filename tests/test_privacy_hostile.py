@@ -228,3 +228,36 @@ def test_ordinary_custom_patterns_are_accepted(pattern: str) -> None:
     raw = {"session_recording": {"pii": {"enabled": True, "custom_patterns": [{"name": "ok", "pattern": pattern}]}}}
     assert settings_from_mapping(raw).session_recording.pii.custom_patterns[0].pattern == pattern
     assert backtracking_risk(pattern) is None
+
+
+def test_captured_span_content_is_redacted_with_pii_on(tmp_path: Path) -> None:
+    """telemetry.capture_content with PII on: the prompt and answer on the span are redacted; the service wires it."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from lunaroute.config import TelemetrySettings
+    from lunaroute.service import make_gateway_service
+    from lunaroute.telemetry import make_tracer
+
+    exporter = InMemorySpanExporter()
+    tracer = make_tracer(
+        TelemetrySettings(enabled=True, service_name="qa", capture_content=True),
+        {"anthropic": "anthropic"},
+        SimpleSpanProcessor(exporter),
+    )
+    tracer.redactor = _redactor()
+    exchange = make_exchange("session-1", 1_700_000_000.0, user_text=f"mail {EMAIL}", answer=f"call {PHONE} or {ANT}")
+    tracer.observe(exchange)
+    attributes = [dict(span.attributes or {}) for span in exporter.get_finished_spans()]
+    content = json.dumps(attributes)
+    assert "gen_ai.input.messages" in content and "[EMAIL]" in content
+    assert leaks_in(content) == []
+
+    settings = settings_from_mapping(
+        {
+            "telemetry": {"enabled": True, "capture_content": True},
+            "session_recording": {"enabled": True, "sessions_dir": str(tmp_path), "pii": {"enabled": True}},
+        }
+    )
+    service = make_gateway_service(settings)
+    assert service.tracer is not None and service.tracer.redactor is service.redactor is not None
