@@ -12,11 +12,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 
 from lunaroute.api.export import spreadsheet_cell
-from lunaroute.testing.helpers import free_port
+from lunaroute.testing.browser import CHROMIUM, DevTools
+from lunaroute.testing.helpers import free_port, in_thread
 
 # Payloads that would do something if they reached the page as markup.
 SCRIPT = "<script>window.__pwned = 1</script>"
@@ -181,4 +183,51 @@ async def test_delete_needs_a_post_with_this_uis_token(fake, start_gateway, tmp_
     ok = await treq.post(url, data={"csrf": token.group(1)})
     text = await ok.text()
     assert ok.code == 200, text[-600:]
+    assert (await get(gw.url + f"/api/sessions/{sid}"))[0] == 404
+
+
+def _walk_in_chromium(ui: str, session_id: str, request_ids: list[str], profile: Path) -> dict[str, Any]:
+    """Load the hostile pages in one Chromium, then delete the session with the page's own form."""
+    browser = DevTools(profile)
+    seen: dict[str, Any] = {}
+    try:
+        browser.open(ui + f"/sessions/{session_id}")
+        for path in (
+            f"/sessions/{session_id}", f"/sessions/{session_id}/diff/{request_ids[1]}", "/analytics",
+            "/sessions?text_search=window", "/", f"/sessions/{session_id}/turns?start=0&count=5",
+        ):
+            browser.navigate(ui + path)
+            browser.until("document.readyState === 'complete'")
+            seen[path] = browser.eval("[typeof window.__pwned, document.querySelectorAll('main img, main svg, main script').length]")
+        browser.navigate(ui + f"/sessions/{session_id}")
+        browser.eval("window.confirm = () => true; true")
+        browser.click_and_wait("document.querySelector('form.delete button').click()")
+        seen["after delete"] = browser.eval("document.querySelector('main h1').textContent")
+    finally:
+        browser.close()
+    return seen
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@pytest_twisted.ensureDeferred
+async def test_in_chromium_no_payload_runs_and_the_delete_button_works(fake, start_gateway, tmp_path: Path) -> None:
+    """A real browser on the real UI site: no injected script or handler runs on any page; Delete deletes."""
+    fake.default_text = f"Answer {HOSTILE} "
+    gw, ui, sid = await one_session(fake, start_gateway, tmp_path, delete_enabled=True)
+    response = await treq.post(
+        gw.url + "/v1/messages",
+        data=json.dumps(hostile_turn(f"changed {CLOSE} {SVG}", "claude-sonnet-4-5", first=False)).encode(),
+        headers={"content-type": ["application/json"], "x-api-key": ["sk-ant-client-key-123456789"],
+                 "anthropic-version": ["2023-06-01"], "x-session-id": ["plain-session-1"]},
+    )
+    await response.content()
+    await gw.service.recorder.flush()
+    _, _, timeline = await get(gw.url + f"/api/sessions/{sid}/timeline")
+    request_ids = list(dict.fromkeys(e["request_id"] for e in json.loads(timeline)["events"] if e.get("request_id")))
+    assert len(request_ids) == 2
+    seen = await in_thread(_walk_in_chromium, ui, sid, request_ids, tmp_path / "profile")
+    for path, state in seen.items():
+        if path != "after delete":
+            assert state == ["undefined", 0], (path, state)
+    assert seen["after delete"] == "Deleted"
     assert (await get(gw.url + f"/api/sessions/{sid}"))[0] == 404
