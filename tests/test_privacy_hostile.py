@@ -261,3 +261,41 @@ def test_captured_span_content_is_redacted_with_pii_on(tmp_path: Path) -> None:
     )
     service = make_gateway_service(settings)
     assert service.tracer is not None and service.tracer.redactor is service.redactor is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_client_values_in_modification_templates(fake, start_gateway, tmp_path: Path) -> None:
+    """A client-chosen model and session id holding ${env.HOME}, CRLF, '}' or unicode: filled once, no header injected."""
+    gw = await start_gateway(
+        fake,
+        providers={
+            "anthropic": {
+                "base_url": fake.url,
+                "request_headers": {"headers": {"X-Model": "m=${model}", "X-Session": "s=${session_id}"}},
+                "request_body": {"overrides": {"metadata": {"user_id": "${model}|${session_id}"}}},
+            }
+        },
+        session_recording={"enabled": True, "sessions_dir": str(tmp_path / "sessions")},
+    )
+    hostile_model = "claude-${env.HOME}}\r\nX-Injected: yes\r\n-ü🚀"
+    body = {"model": hostile_model, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    response = await treq.post(
+        gw.url + "/v1/messages",
+        data=json.dumps(body).encode(),
+        headers={"content-type": ["application/json"], "x-api-key": ["sk-ant-client-key-123456789"],
+                 "anthropic-version": ["2023-06-01"], "x-session-id": ["sess-${request_id}"]},
+    )
+    text = await response.text()
+    assert response.code == 200, text
+    (sent,) = [r for r in fake.requests if r.path == "/v1/messages"]
+    headers = {str(k).lower(): v for k, v in sent.headers.items()}
+    assert "x-injected" not in headers
+    model_header = headers["x-model"]
+    model_header = model_header if isinstance(model_header, str) else model_header[0]
+    assert "\r" not in model_header and "\n" not in model_header
+    assert model_header.startswith("m=claude-${env.HOME}}")  # never expanded
+    assert "ü🚀" in model_header.encode("latin-1").decode("utf-8")  # sent as UTF-8 bytes
+    forwarded = sent.json
+    assert forwarded["model"] == hostile_model
+    assert forwarded["metadata"]["user_id"].startswith(hostile_model + "|")
+    assert "${" not in str(headers["x-session"])  # an id the gateway checked, never the raw header
