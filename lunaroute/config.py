@@ -1324,6 +1324,16 @@ def _regex(value: Any) -> str:
     return text
 
 
+def _pii_regex(value: Any) -> str:
+    from lunaroute.pii.detectors import backtracking_risk
+
+    text = _regex(value)
+    risk = backtracking_risk(text)
+    if risk is not None:
+        raise _Invalid(f"pattern could backtrack catastrophically and stall recording: {risk}; rewrite it")
+    return text
+
+
 def _fraction(value: Any) -> float:
     number = _number(0)(value)
     if number > 1:
@@ -1371,7 +1381,7 @@ def _build_pii(raw: Any) -> PiiSettings:
         patterns.append(
             CustomPiiPattern(
                 name=_checked(entry["name"], (*where, "name"), _text),
-                pattern=_checked(entry["pattern"], (*where, "pattern"), _regex),
+                pattern=_checked(entry["pattern"], (*where, "pattern"), _pii_regex),
                 confidence=_checked(entry.get("confidence", 1.0), (*where, "confidence"), _fraction),
                 redaction_mode=_checked(
                     entry.get("redaction_mode"),

@@ -98,6 +98,7 @@ class GatewayService(MultiService):
         # OpenTelemetry only when on: off, nothing is imported or registered.
         self.tracer = make_tracer_for(settings)
         if self.tracer is not None:
+            self.tracer.redactor = self.redactor
             sinks.append(self.tracer.observe)
             if self.metrics is not None:
                 from lunaroute.telemetry import TelemetryCollector

@@ -182,13 +182,20 @@ def _bounded(text: str) -> str:
     return text if len(text) <= CONTENT_LIMIT else text[:CONTENT_LIMIT] + "…"
 
 
-def _input_messages(body: Mapping[str, Any] | None) -> str | None:
-    """The prompt of a request body (system and messages, or Responses input), as JSON."""
+def _input_messages(body: Mapping[str, Any] | None, redactor: Any = None) -> str | None:
+    """
+    The prompt of a request body (system and messages, or Responses input),
+    as JSON; redacted (before it is cut short) with a PII C{redactor}.
+    """
     if not body:
         return None
-    picked = {key: body[key] for key in ("system", "instructions", "messages", "input") if key in body}
+    picked: Any = {key: body[key] for key in ("system", "instructions", "messages", "input") if key in body}
     if not picked:
         return None
+    if redactor is not None:
+        from lunaroute.pii.records import redact_value
+
+        picked = redact_value(picked, redactor, "record")
     return _bounded(json.dumps(picked, ensure_ascii=False, default=str))
 
 
@@ -210,6 +217,9 @@ class GatewayTracer:
     ) -> None:
         self.settings = settings
         self.capture_content = settings.capture_content
+        # The PII redactor (session_recording.pii) applied to captured
+        # content; set by the service.
+        self.redactor: Any = None
         # The SDK's provider only for what it reads from the environment:
         # the sampler (OTEL_TRACES_SAMPLER) and the resource
         # (OTEL_RESOURCE_ATTRIBUTES).  Spans are built as ReadableSpans
@@ -453,11 +463,18 @@ class GatewayTracer:
             if response.tool_calls:
                 attributes["lunaroute.tool_calls"] = tuple(call.name for call in response.tool_calls)
         if self.capture_content:
-            prompt = _input_messages(exchange.request_json)
+            # With session_recording.pii on, captured content is redacted
+            # like the records: a trace backend is one more store.
+            prompt = _input_messages(exchange.request_json, self.redactor)
             if prompt is not None:
                 attributes["gen_ai.input.messages"] = prompt
             if response is not None and response.text:
-                attributes["gen_ai.output.messages"] = _bounded(response.text)
+                text = response.text
+                if self.redactor is not None:
+                    from lunaroute.pii.records import redact_text_or_drop
+
+                    text = redact_text_or_drop(text, self.redactor, "record")
+                attributes["gen_ai.output.messages"] = _bounded(text)
         return attributes
 
     # -- stopping --------------------------------------------------------

@@ -129,14 +129,14 @@ def test_luhn() -> None:
 
 
 def test_overlaps_longest_then_most_confident_wins() -> None:
-    """Overlapping detections: the longest wins, then the most confident; disjoint ones are all kept."""
+    """Overlapping detections: one span covering them all, of the longest's kind, then the most confident's; disjoint ones are all kept."""
     spans = [
         Detection(0, 10, "A", 0.5),
         Detection(2, 12, "B", 0.9),  # same length as A, more confident
         Detection(3, 5, "C", 1.0),  # shorter, inside both
         Detection(20, 25, "D", 0.1),
     ]
-    assert resolve_overlaps(spans) == [Detection(2, 12, "B", 0.9), Detection(20, 25, "D", 0.1)]
+    assert resolve_overlaps(spans) == [Detection(0, 12, "B", 0.9), Detection(20, 25, "D", 0.1)]
     card_and_phone = find_spans("pay 4111-1111-1111-1111 now", [CreditCardDetector(), PatternDetector("p", r"1111-1111", "P")])
     assert [s.kind for s in card_and_phone] == ["CREDIT_CARD"]
 

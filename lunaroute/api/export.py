@@ -48,9 +48,15 @@ def export_jsonl(session: Mapping[str, Any]) -> bytes:
     return "".join(_dumps(turn) + "\n" for turn in session.get("requests", [])).encode("utf-8")
 
 
+# What makes a spreadsheet run a cell as a formula: = + - @ (and their
+# full-width forms, which some locales accept), or a tab, carriage return or
+# line feed before them; leading spaces are skipped by some spreadsheets.
+_FORMULA_START = frozenset("=+-@\uff1d\uff0b\uff0d\uff20\t\r\n")
+
+
 def spreadsheet_cell(value: Any) -> Any:
-    # A spreadsheet runs a cell starting with = + - @ as a formula.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """C{value}, or a text that could run as a spreadsheet formula quoted with a leading C{'}."""
+    if isinstance(value, str) and value.lstrip(" \u00a0\u3000")[:1] in _FORMULA_START and value.strip(" "):
         return "'" + value
     return value
 

@@ -169,9 +169,16 @@ class PhoneDetector:
         if "+" in text:
             for found in _matches(_PHONE_INTL, text):
                 start, end = found.span()
-                digits = sum(c.isdigit() for c in text[start:end])
-                if 8 <= digits <= 15 and _free(text, start, end, "+"):
-                    out.append(Detection(start, end, "PHONE", 0.85))
+                # Too many digits (the number runs into another one): the
+                # longest prefix of whole groups that is a phone number.
+                ends = [g.end() for g in _DIGITS.finditer(text, start, end)]
+                while ends:
+                    end = ends.pop()
+                    digits = sum(c.isdigit() for c in text[start:end])
+                    if digits <= 15:
+                        if digits >= 8 and _free(text, start, end, "+"):
+                            out.append(Detection(start, end, "PHONE", 0.85))
+                        break
         for found in _matches(_PHONE_NANP, text):
             start, end = found.span()
             if _free(text, start, end, ".-+/"):
@@ -232,7 +239,9 @@ class SsnDetector:
 # Credit cards
 
 
-_CARD = re.compile(r"\d(?:[ -]?\d){12,18}")
+# Digit groups joined by single spaces or hyphens, and each group.
+_CARD_RUN = re.compile(r"\d+(?:[ -]\d+)*")
+_DIGITS = re.compile(r"\d+")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -288,13 +297,24 @@ class CreditCardDetector:
 
     def detect(self, text: str) -> list[Detection]:
         out: list[Detection] = []
-        for found in _matches(_CARD, text):
-            start, end = found.span()
-            digits = found.group(0).replace(" ", "").replace("-", "")
-            if not 13 <= len(digits) <= 19 or not _card_issuer(digits) or not luhn_valid(digits):
-                continue
-            if _free(text, start, end, ".-+/"):
-                out.append(Detection(start, end, "CREDIT_CARD", 0.95))
+        for found in _matches(_CARD_RUN, text):
+            # A run of digit groups ("+1 415 555 0199 4111 1111 1111 1111",
+            # two cards in a row): every stretch of whole groups is a
+            # candidate, the longest valid one first, so a card next to
+            # other numbers is still found.
+            groups = [(g.start(), g.end()) for g in _DIGITS.finditer(text, found.start(), found.end())]
+            first = 0
+            while first < len(groups):
+                for last in range(min(len(groups), first + 19) - 1, first - 1, -1):
+                    start, end = groups[first][0], groups[last][1]
+                    digits = text[start:end].replace(" ", "").replace("-", "")
+                    if not 13 <= len(digits) <= 19 or not _card_issuer(digits) or not luhn_valid(digits):
+                        continue
+                    if _free(text, start, end, ".-+/"):
+                        out.append(Detection(start, end, "CREDIT_CARD", 0.95))
+                        first = last
+                        break
+                first += 1
         return out
 
 
@@ -492,3 +512,119 @@ class PatternDetector:
             for found in self._pattern.finditer(text)
             if found.end() > found.start()
         ]
+
+
+# --------------------------------------------------------------------------
+# Custom patterns that could backtrack catastrophically
+
+_REPEAT = re.compile(r"\*|\+|\{(\d*)(,?)(\d*)\}")
+
+
+def _quantifier(pattern: str, at: int) -> tuple[int, bool, bool]:
+    """
+    The quantifier at C{pattern[at]}, if any: C{(length, repeats,
+    unbounded)}; C{repeats} when it allows more than one repetition.
+    """
+    found = _REPEAT.match(pattern, at)
+    if found is None:
+        return (1 if pattern.startswith("?", at) else 0), False, False
+    length = found.end() - at
+    if found.group(0) in ("*", "+"):
+        repeats = unbounded = True
+    else:
+        low, comma, high = found.groups()
+        if not low and not comma:
+            return 0, False, False  # "{}" is a literal
+        unbounded = bool(comma) and not high
+        repeats = unbounded or int(high or low or "0") > 1
+    if pattern.startswith(("?", "+"), at + length):
+        length += 1  # lazy or possessive
+    return length, repeats, unbounded
+
+
+def _first_literal(branch: str) -> str | None:
+    """The literal character C{branch} starts with, or C{None} when it starts with a class, escape or group."""
+    if not branch or branch[0] in "\\[(.^$":
+        return None
+    return branch[0]
+
+
+def backtracking_risk(pattern: str) -> str | None:
+    """
+    Why C{pattern} (a custom PII pattern) may backtrack catastrophically
+    (exponential time on a short hostile string, which would stall the
+    recorder, or the proxy with C{apply_to_upstream}), or C{None}.
+
+    Python's C{re} cannot be interrupted, so such patterns are refused at
+    start-up.  Flagged: a repeated group that contains an unbounded
+    repetition (C{(a+)+}, C{(\\w+\\s?)*}, C{(.*a){20}}), and a repeated
+    group of alternatives that can start alike (C{(a|a)*},
+    C{(\\w|\\d)+}, C{(ab|ac)+}).  A conservative syntactic check: it can
+    refuse a pattern that would have been fast (rewrite it, e.g. with a
+    character class), and cannot prove a pattern fast.
+    """
+    # Per open group: whether it holds an unbounded repetition, and the
+    # start of each of its alternatives.
+    stack: list[tuple[bool, list[int]]] = [(False, [0])]
+    at = 0
+    size = len(pattern)
+    while at < size:
+        char = pattern[at]
+        if char == "\\":
+            at += 2
+        elif char == "[":
+            at += 1
+            if pattern.startswith("^", at):
+                at += 1
+            if pattern.startswith("]", at):
+                at += 1
+            while at < size and pattern[at] != "]":
+                at += 2 if pattern[at] == "\\" else 1
+            at += 1
+        elif char == "(":
+            at += 1
+            if pattern.startswith("?", at):
+                at += 1
+                if pattern.startswith("#", at):
+                    at = pattern.find(")", at) + 1 or size
+                    continue
+                if pattern.startswith(("P<", "<="), at) or pattern.startswith("<!", at):
+                    at = pattern.find(">", at) + 1 if pattern.startswith("P<", at) else at + 2
+                elif pattern.startswith("P=", at):
+                    at = pattern.find(")", at) + 1 or size
+                    continue
+                else:
+                    while at < size and pattern[at] not in ":=!)":
+                        at += 1
+                    if pattern.startswith(")", at):
+                        at += 1  # inline flags, "(?i)"
+                        continue
+                    at += 1
+            stack.append((False, [at]))
+            continue
+        elif char == "|":
+            stack[-1][1].append(at + 1)
+            at += 1
+            continue
+        elif char == ")" and len(stack) > 1:
+            inner, starts = stack.pop()
+            branches = [pattern[start : end - 1] for start, end in zip(starts, [*starts[1:], at + 1], strict=True)]
+            at += 1
+            length, repeats, unbounded = _quantifier(pattern, at)
+            at += length
+            if repeats and inner:
+                return "a repeated group holds an unbounded repetition (like (a+)+)"
+            if repeats and len(branches) > 1:
+                firsts = [_first_literal(branch) for branch in branches]
+                if firsts.count(None) > 1 or len({f for f in firsts if f is not None}) < len([f for f in firsts if f]):
+                    return "a repeated group of alternatives that can match alike (like (a|a)*)"
+            if inner or unbounded:
+                stack[-1] = (True, stack[-1][1])
+            continue
+        else:
+            at += 1
+        length, _repeats, unbounded = _quantifier(pattern, at)
+        at += length
+        if unbounded:
+            stack[-1] = (True, stack[-1][1])
+    return None

@@ -85,22 +85,32 @@ def find_spans(text: str, detectors: Iterable[Any], min_confidence: float = 0.0)
 
 def resolve_overlaps(spans: Iterable[Detection]) -> list[Detection]:
     """
-    The spans to redact when detections overlap: the longest wins, then the
-    most confident, then the earliest; the result is sorted by start and
-    has no overlaps.
+    The spans to redact when detections overlap: overlapping detections
+    become one span covering all of them (nothing any detector found is
+    left in the text), labelled with the winner's kind and confidence: the
+    longest, then the most confident, then the earliest.  The result is
+    sorted by start and has no overlaps.
     """
-    ranked = sorted(spans, key=lambda s: (-(s.end - s.start), -s.confidence, s.start))
-    starts: list[int] = []
     kept: list[Detection] = []
-    for span in ranked:
-        at = bisect.bisect_left(starts, span.start)
-        if at > 0 and kept[at - 1].end > span.start:
-            continue
-        if at < len(kept) and kept[at].start < span.end:
-            continue
-        starts.insert(at, span.start)
-        kept.insert(at, span)
+    cluster: list[Detection] = []
+    end = -1
+    for span in sorted(spans, key=lambda s: (s.start, s.end)):
+        if cluster and span.start >= end:
+            kept.append(_merged(cluster, end))
+            cluster = []
+        cluster.append(span)
+        end = max(end, span.end) if len(cluster) > 1 else span.end
+    if cluster:
+        kept.append(_merged(cluster, end))
     return kept
+
+
+def _merged(cluster: list[Detection], end: int) -> Detection:
+    """One span from C{cluster[0].start} to C{end}, of the winner's kind."""
+    if len(cluster) == 1:
+        return cluster[0]
+    winner = min(cluster, key=lambda s: (-(s.end - s.start), -s.confidence, s.start))
+    return winner._replace(start=cluster[0].start, end=end)
 
 
 def apply_spans(text: str, spans: Sequence[Detection], replace: Callable[[Detection, str], str]) -> str:

@@ -81,7 +81,7 @@ class RequestLogPrinter:
         lines = [
             f"request   {exchange.request_id}",
             f"session   {exchange.session_id}",
-            f"route     {exchange.method} {exchange.path} → {exchange.provider}",
+            f"route     {exchange.method} {self._clean(exchange.path)} → {exchange.provider}",
             f"model     {exchange.model}",
             f"streaming {'yes' if exchange.streaming else 'no'}",
             f"messages  {count}",

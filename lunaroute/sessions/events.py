@@ -695,10 +695,11 @@ def exchange_events(
             dialect=exchange.dialect,
             streaming=exchange.streaming,
             client_ip=plain(exchange.client_ip),
-            user_agent=exchange.user_agent,
+            user_agent=plain(exchange.user_agent),
             client=client_name(exchange.user_agent),
             method=exchange.method,
-            path=exchange.path,
+            # The query string is the client's: it can hold anything.
+            path=plain(exchange.path),
         ),
         event(
             "request_recorded",

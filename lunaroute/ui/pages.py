@@ -19,7 +19,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from klein import Klein
 from twisted.internet.defer import gatherResults
@@ -120,6 +120,23 @@ def _token_state(settings: Any) -> str:
 def _static(name: str) -> bytes:
     return importlib.resources.files("lunaroute.ui").joinpath("static", name).read_bytes()
 
+
+
+def _form_field(request: Any, name: bytes) -> str:
+    """
+    A field of a POSTed form (C{application/x-www-form-urlencoded}), else of
+    the query string.  The UI's site, like the proxy's, does not have
+    Twisted decode request bodies into C{request.args}
+    (C{parsePOSTFormSubmission=False}), so the form's body is read here.
+    """
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if content_type == b"application/x-www-form-urlencoded" and request.content is not None:
+        request.content.seek(0)
+        fields = parse_qs(request.content.read(64 * 1024), keep_blank_values=True)
+        request.content.seek(0)
+        if name in fields:
+            return fields[name][0].decode("latin-1")
+    return (request.args.get(name) or [b""])[0].decode("latin-1")
 
 class UIPages:
     """
@@ -861,7 +878,7 @@ class UIPages:
         check_ids(("session_id", session_id))
         if not self.settings.ui.delete_enabled:
             return self._error_page(request, 403, "deleting sessions is disabled (set ui.delete_enabled: true)")
-        presented = (request.args.get(b"csrf") or [b""])[0].decode("latin-1")
+        presented = _form_field(request, b"csrf")
         if not hmac.compare_digest(presented, self.csrf_token(session_id)):
             return self._error_page(
                 request, 403, "this delete did not come from this UI's page (missing or wrong CSRF token)"
