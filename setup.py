@@ -50,7 +50,11 @@ setup(
         "autobahn>=24.4",
     ],
     extras_require={
+        # The PostgreSQL session store (session_recording.postgres, docs/postgres.md).
+        "postgres": ["psycopg[binary]>=3.2", "psycopg-pool>=3.2"],
         "test": [
+            "psycopg[binary]>=3.2",
+            "psycopg-pool>=3.2",
             "pytest>=8",
             "pytest-twisted>=1.14",
             "pytest-timeout>=2",

@@ -31,6 +31,7 @@ from lunaroute.proxy.reqlog import RequestLogPrinter
 from lunaroute.proxy.site import ListenerService, gateway_site
 from lunaroute.routing.plan import Router
 from lunaroute.sessions.recorder import make_recorder
+from lunaroute.sessions.store import make_session_store
 from lunaroute.stats import PricingTable, SessionStatsCollector
 from lunaroute.twisted_compat import clear_exit_signal
 from lunaroute.ui import make_ui_service, ui_url
@@ -104,11 +105,18 @@ class GatewayService(MultiService):
             readiness=ReadinessChecker(reactor),
             request_log=request_log,
             router=self.router,
+            store_status=self.store_status,
+        )
+        # The read model (SQLite or PostgreSQL), one for the API and the UI.
+        self.session_store = (
+            make_session_store(settings.session_recording, reactor) if self.recorder is not None else None
         )
         # The session API (/sessions, /api/...) in front of the proxy routes,
         # all behind the access guard.
         resource = GuardedResource(
-            with_session_api(self.gateway.resource(), settings, self.recorder, reactor, self.pricing),
+            with_session_api(
+                self.gateway.resource(), settings, self.recorder, reactor, self.pricing, self.session_store
+            ),
             AccessPolicy(settings.http_server),
         )
         self.site = gateway_site(resource, settings.http_server, reactor)
@@ -122,7 +130,7 @@ class GatewayService(MultiService):
         self.proxy_listener.setServiceParent(self)
         # The web UI: its own listener, the third child (None when ui.enabled
         # is false or nothing is recorded to SQLite; setting_lines says why).
-        self.ui_listener = make_ui_service(settings, self.recorder, reactor, self.pricing)
+        self.ui_listener = make_ui_service(settings, self.recorder, reactor, self.pricing, self.session_store)
         if self.ui_listener is not None:
             self.ui_listener.setServiceParent(self)
         if self.recorder is not None:
@@ -144,6 +152,17 @@ class GatewayService(MultiService):
                 "lost_exchanges": self.recorder.loss_counts(),
             }
         return out
+
+    def store_status(self) -> dict[str, Any] | None:
+        """The shared store's health for C{/readyz} (the PostgreSQL writer's), or C{None}."""
+        if self.recorder is None:
+            return None
+        for writer in self.recorder.writers:
+            status = getattr(writer, "status", None)
+            if status is not None:
+                result: dict[str, Any] = status()
+                return result
+        return None
 
     def listening_port(self) -> defer.Deferred[Any]:
         """
@@ -193,6 +212,11 @@ class GatewayService(MultiService):
             self.router.stop()
         for provider in self.providers.values():
             yield _quietly(provider.close(), f"close {provider.name} pool")
+        if self.session_store is not None:
+            try:
+                self.session_store.close()
+            except Exception:
+                log.failure("closing the session store failed")
         if self.settings.statistics.print_summary or self.settings.logging.level == "debug":
             try:
                 log.info("session summary\n{summary}", summary=self.stats.summary_text())

@@ -134,6 +134,9 @@ class GatewayApp:
         whatever it answers is relayed as it is (pure passthrough).
     @param socket_metrics: the L{lunaroute.metrics.GatewayMetrics} counting
         client WebSockets and their frames, if metrics are on.
+    @param store_status: C{() -> dict | None}: the shared session store's
+        health (the PostgreSQL writer's C{ok}/C{degraded} and backlog), shown
+        by C{/readyz} without making the gateway unready.
     """
 
     app = Klein()
@@ -153,6 +156,7 @@ class GatewayApp:
         request_log: Any = None,
         router: Router | None = None,
         socket_metrics: Any = None,
+        store_status: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self.settings = settings
         self.providers = providers
@@ -163,6 +167,7 @@ class GatewayApp:
         self._metrics_renderer = metrics_renderer
         self._live_stats = live_stats
         self._readiness = readiness
+        self._store_status = store_status
         self.request_log = request_log
         self._router = router
         # GatewayMetrics (socket_opened/closed/frame) for WebSocket turns.
@@ -273,6 +278,11 @@ class GatewayApp:
         body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "dialects": report}
         if self._router is not None:
             body["providers"] = self._router.states()
+        # A degraded session store (recording queues and retries) is shown,
+        # but the proxy still serves: it does not make the gateway unready.
+        store = self._store_status() if self._store_status is not None else None
+        if store is not None:
+            body["store"] = store
         return json.dumps(body, default=str).encode()
 
     def _router_problem(self, listener: str) -> str | None:

@@ -21,7 +21,6 @@ and stopped with the proxy's listener in C{stopService}.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
@@ -32,7 +31,7 @@ from lunaroute.api.app import LiveFeed, SessionAPI
 from lunaroute.config import ui_unavailable_reason
 from lunaroute.interfaces import ISessionStore
 from lunaroute.proxy.site import ListenerService, gateway_site
-from lunaroute.sessions.store import SessionStore
+from lunaroute.sessions.store import make_session_store
 from lunaroute.stats.pricing import PricingTable
 from lunaroute.ui.guard import CONTENT_SECURITY_POLICY, UIGuard, is_loopback_host
 from lunaroute.ui.pages import UIPages
@@ -72,7 +71,9 @@ def ui_url(settings: Any, port: int | None = None) -> str:
     return f"http://{host}:{settings.ui.port if port is None else port}"
 
 
-def make_ui_service(settings: Any, recorder: Any, reactor: Any, pricing: PricingTable | None = None) -> ListenerService | None:
+def make_ui_service(
+    settings: Any, recorder: Any, reactor: Any, pricing: PricingTable | None = None, store: Any = None
+) -> ListenerService | None:
     """
     The UI's listener service, or C{None} when it does not run
     (C{ui.enabled: false}, or no recording to SQLite).  Listening fails
@@ -83,11 +84,10 @@ def make_ui_service(settings: Any, recorder: Any, reactor: Any, pricing: Pricing
     recording = settings.session_recording
     if pricing is None:
         pricing = PricingTable.load(settings.statistics.pricing_file, settings.statistics.pricing)
-    store = SessionStore(
-        os.path.expanduser(recording.db_path),
-        reactor=reactor,
-        jsonl_dir=os.path.expanduser(recording.jsonl_dir) if recording.jsonl_enabled else None,
-    )
+    if store is None:
+        store = make_session_store(recording, reactor)
+    if store is None:
+        return None
     feed = LiveFeed()
     feed.attach(recorder)
     site = gateway_site(ui_resource(store, settings, reactor, pricing, feed), settings.http_server, reactor)
