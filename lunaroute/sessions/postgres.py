@@ -518,10 +518,16 @@ def to_tsquery_text(text: str, param: str = "q") -> str:
 # Reading
 
 _HEADLINE_OPTIONS = f"StartSel={_OPEN}, StopSel={_CLOSE}, MaxWords=28, MinWords=10, ShortWord=2, MaxFragments=1"
+# The turn's texts for ts_headline.  Its parser would drop anything that
+# looks like an HTML tag from the snippet: < and > are swapped for
+# control characters it takes for blanks first, and back afterwards
+# (L{_UNTAG}).
 _DOCUMENT = (
-    "left(concat_ws(' … ', NULLIF(r.request_text, ''), NULLIF(r.response_text, ''), NULLIF(r.thinking_text, ''), "
-    "NULLIF(r.tool_input_text, ''), NULLIF(r.tool_result_text, '')), 200000)"
+    "translate(left(concat_ws(' … ', NULLIF(r.request_text, ''), NULLIF(r.response_text, ''), "
+    "NULLIF(r.thinking_text, ''), NULLIF(r.tool_input_text, ''), NULLIF(r.tool_result_text, '')), 200000), "
+    "'<>', E'\\x01\\x02')"
 )
+_UNTAG = {0x01: "<", 0x02: ">"}
 
 
 class PostgresQueries(SessionQueries):
@@ -580,7 +586,7 @@ class PostgresQueries(SessionQueries):
         for row in rows:
             hit = {k: row[k] for k in ("session_id", "request_id", "started_at", "model_used", "title", "client",
                                        "project")}
-            hit["snippet"], hit["snippet_text"] = _snippets(row["snippet"] or "")
+            hit["snippet"], hit["snippet_text"] = _snippets((row["snippet"] or "").translate(_UNTAG))
             hit["rank"] = float(row["score"])
             hits.append(hit)
         return hits

@@ -97,7 +97,7 @@ class PostgresServer:
             self.init()
         options = (
             f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            "-c fsync=off -c full_page_writes=off -c max_connections=200"
         )
         result = self._run("pg_ctl", "-D", self.data, "-l", self.log_file, "-o", options, "-w", "-t", "60", "start",
                            check=False)
