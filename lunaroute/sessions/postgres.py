@@ -974,6 +974,10 @@ class PostgresWriter:
                 raise
             self._failed(error)
 
+    def open_or_raise(self) -> None:
+        """Connect and migrate now, failing if the database cannot be reached (the command line)."""
+        self._connection()
+
     def write_batch(self, events: list[dict[str, Any]]) -> None:
         if self._backlog or self.problem is not None:
             self._enqueue(events)
@@ -1198,3 +1202,90 @@ class PostgresWriter:
         with conn.transaction():
             for (session_id,) in conn.execute("SELECT session_id FROM sessions ORDER BY session_id").fetchall():
                 self._recompute_session(conn, session_id)
+
+
+# --------------------------------------------------------------------------
+# Copying an SQLite store
+
+_TOOL_CALL_COLUMNS = ("request_id", "call_index", "tool_call_id", "session_id", "tool_name", "input_json",
+                      "duration_ms", "created_at", "result_request_id", "is_error")
+_STREAM_COLUMNS = ("request_id", "session_id", "ttft_ms", "chunk_count", "event_count", "bytes_out", "stream_ms",
+                   "chunk_gap_mean_ms", "chunk_gap_p50_ms", "chunk_gap_p95_ms", "chunk_gap_max_ms")
+
+
+def _copy_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...], overwrite: bool) -> str:
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
+    action = f"DO UPDATE SET {updates}" if overwrite else "DO NOTHING"
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('%s' for _ in columns)}) "
+        f"ON CONFLICT ({', '.join(key)}) {action}"
+    )
+
+
+def copy_rows(
+    source: Any, writer: PostgresWriter | None, batch_size: int = 500, skip_existing: bool = True
+) -> tuple[int, int, int]:
+    """
+    Copy the rows of an SQLite session database (C{source}, a current
+    C{sqlite3} connection) into the writer's PostgreSQL store, one
+    transaction per C{batch_size} requests, and recompute the sessions
+    touched.  C{writer} C{None}: count only.
+
+    @return: C{(requests copied, requests skipped as present, sessions)}.
+    """
+    copied = skipped = 0
+    sessions: set[str] = set()
+    conn = writer._connection() if writer is not None else None
+    last_id = 0
+    columns = ", ".join(_STATS_COLUMNS)
+    while True:
+        rows = source.execute(
+            f"SELECT id, {columns} FROM session_stats WHERE id > ? ORDER BY id LIMIT ?", (last_id, batch_size)
+        ).fetchall()
+        if not rows:
+            break
+        last_id = rows[-1][0]
+        ids = [row[1] for row in rows]
+        request_ids = {row[1]: row[2] for row in rows}
+        if conn is None:
+            copied += len(rows)
+            sessions.update(request_ids.values())
+            continue
+        with conn.transaction():
+            present: set[str] = set()
+            if skip_existing:
+                present = {r[0] for r in conn.execute(
+                    "SELECT request_id FROM session_stats WHERE request_id = ANY(%s)", (ids,)).fetchall()}
+            fresh = [row for row in rows if row[1] not in present]
+            skipped += len(rows) - len(fresh)
+            if fresh:
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        _copy_sql("session_stats", _STATS_COLUMNS, ("request_id",), not skip_existing),
+                        [[_clean(v) for v in row[1:]] for row in fresh],
+                    )
+                    fresh_ids = [row[1] for row in fresh]
+                    marks = ", ".join("?" for _ in fresh_ids)
+                    calls = source.execute(
+                        f"SELECT {', '.join(_TOOL_CALL_COLUMNS)} FROM tool_call_executions "
+                        f"WHERE request_id IN ({marks})", fresh_ids).fetchall()
+                    if calls:
+                        cursor.executemany(
+                            _copy_sql("tool_call_executions", _TOOL_CALL_COLUMNS, ("request_id", "call_index"),
+                                      not skip_existing),
+                            [[_clean(v) for v in call] for call in calls],
+                        )
+                    streams = source.execute(
+                        f"SELECT {', '.join(_STREAM_COLUMNS)} FROM stream_metrics WHERE request_id IN ({marks})",
+                        fresh_ids).fetchall()
+                    if streams:
+                        cursor.executemany(
+                            _copy_sql("stream_metrics", _STREAM_COLUMNS, ("request_id",), not skip_existing),
+                            [list(stream) for stream in streams],
+                        )
+                touched = sorted({row[2] for row in fresh})
+                for session_id in touched:
+                    writer._recompute_session(conn, session_id)  # type: ignore[union-attr]
+                sessions.update(touched)
+            copied += len(fresh)
+    return copied, skipped, len(sessions)
