@@ -466,3 +466,34 @@ def test_bad_postgres_settings_are_one_line_naming_the_key(block: dict[str, Any]
     with pytest.raises(ConfigError) as caught:
         settings_from_mapping({"session_recording": {"postgres": block}}, env={})
     assert key in str(caught.value) and "\n" not in str(caught.value)
+
+
+# -- wiring --------------------------------------------------------------------
+
+
+def test_the_configured_postgres_store_is_the_one_the_api_and_ui_read(postgres_dsn: str) -> None:
+    """With postgres enabled (SQLite off) the read model is the PostgreSQL store; the UI and API run."""
+    from lunaroute.api import RecordingOff, session_api_resource
+    from lunaroute.config import ui_unavailable_reason
+    from lunaroute.sessions.recorder import make_writers
+    from lunaroute.sessions.store import SessionStore, make_session_store
+
+    settings = settings_from_mapping(
+        {"session_recording": {"enabled": True, "jsonl": False, "sqlite": False,
+                               "postgres": {"enabled": True, "connection_string": postgres_dsn}},
+         "ui": {"enabled": True}},
+        env={},
+    )
+    recording = settings.session_recording
+    store = make_session_store(recording, Clock())
+    assert isinstance(store, PostgresSessionStore)
+    store.close()
+    assert [w.name for w in make_writers(recording, Clock())] == ["postgres"]
+    assert ui_unavailable_reason(settings) is None
+    recorder = RecorderService([], Clock(), threadpool=InlineThreadPool())
+    api_store = make_session_store(recording, Clock())
+    assert not isinstance(session_api_resource(settings, recorder, Clock(), store=api_store), RecordingOff)
+    assert api_store is not None
+    api_store.close()
+    sqlite_only = settings_from_mapping({"session_recording": {"enabled": True}}, env={})
+    assert isinstance(make_session_store(sqlite_only.session_recording, Clock()), SessionStore)
