@@ -98,3 +98,67 @@ def test_copy_an_sqlite_store_into_postgres(capsys: pytest.CaptureFixture[str], 
 def test_from_sqlite_needs_postgres(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "import-sessions", "--from-sqlite", str(tmp_path / "s.db"))
     assert code == 1 and "--postgres" in err
+
+
+# -- report and search over PostgreSQL ------------------------------------------
+
+
+def _record_report_sample(dsn: str, tmp_path: Path) -> Path:
+    from test_reports import EXCHANGES, record
+
+    from lunaroute.sessions.postgres import PostgresWriter
+    from lunaroute.testing.exchanges import make_exchange
+
+    sqlite_db = tmp_path / "reports.db"
+    record(sqlite_db, EXCHANGES)
+    writer = PostgresWriter(dsn)
+    for spec in EXCHANGES:
+        spec = dict(spec)
+        writer.write_batch(exchange_events(make_exchange(spec.pop("session_id"), spec.pop("received"), **spec)))
+    writer.close()
+    return sqlite_db
+
+
+@pytest.mark.parametrize("kind", ["daily", "weekly", "monthly", "session", "blocks"])
+def test_reports_over_postgres_equal_the_sqlite_ones(kind: str, postgres_dsn: str, tmp_path: Path) -> None:
+    """lunaroute-server report --postgres: the same figures, row for row, as over the SQLite store."""
+    import io
+    import json
+    from datetime import UTC, datetime
+
+    from test_reports import args
+
+    from lunaroute.sessions.reports import run_report
+
+    sqlite_db = _record_report_sample(postgres_dsn, tmp_path)
+    now = datetime(2025, 7, 2, 11, 0, tzinfo=UTC)
+    outputs = []
+    for options in ({"db_path": str(sqlite_db)}, {"db_path": None, "postgres": postgres_dsn}):
+        out = io.StringIO()
+        assert run_report(args(sqlite_db, kind, breakdown=True, model=None, **options), out=out, now=now) == 0
+        outputs.append(json.loads(out.getvalue()))
+    assert outputs[0] == outputs[1]
+    filtered = io.StringIO()
+    assert run_report(args(sqlite_db, kind, db_path=None, postgres=postgres_dsn, model="opus", project="x"),
+                      out=filtered, now=now) == 0
+
+
+def test_search_command_over_postgres(postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import json
+    import os
+
+    from test_reports import search_args
+
+    from lunaroute.sessions.reports import run_search
+
+    for name in [k for k in os.environ if k.startswith("LUNAROUTE_")]:
+        monkeypatch.delenv(name)
+    sqlite_db = _record_report_sample(postgres_dsn, tmp_path)
+    out = io.StringIO()
+    assert run_search(search_args(sqlite_db, "umbrella", db_path=None, postgres=postgres_dsn), out=out) == 0
+    hits = json.loads(out.getvalue())["hits"]
+    assert [(h["session_id"], h["request_id"]) for h in hits] == [("s4", "r6")]
+    assert "[umbrella]" in hits[0]["snippet"]
+    bad = io.StringIO()
+    assert run_search(search_args(sqlite_db, '"unbalanced', db_path=None, postgres=postgres_dsn), out=bad) == 2

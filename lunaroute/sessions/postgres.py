@@ -558,6 +558,24 @@ class PostgresQueries(SessionQueries):
         first, ranked among the C{window} most recently recorded matches;
         C{rank} is C{-ts_rank_cd} (lower is better, as bm25).
         """
+        hits = []
+        for row in self.search_rows(query, limit, param, window):
+            hit = {k: row[k] for k in ("session_id", "request_id", "started_at", "model_used", "title", "client",
+                                       "project")}
+            hit["snippet"], hit["snippet_text"] = _snippets(row["snippet"])
+            hit["rank"] = float(row["score"])
+            hits.append(hit)
+        return hits
+
+    def search_rows(
+        self, query: str, limit: int = 20, param: str = "q", window: int | None = 5_000
+    ) -> list[Any]:
+        """
+        The ranked hits as rows: C{id}, C{score}, C{session_id},
+        C{request_id}, C{started_at}, C{model_used}, C{model_requested},
+        the session's C{title}, C{client}, C{project}, and C{snippet}
+        (matches between the store's private-use markers).
+        """
         if not query.strip():
             raise BadParameter(f"{param} must not be empty", param)
         tsquery = to_tsquery_text(query, param)
@@ -573,7 +591,7 @@ class PostgresQueries(SessionQueries):
                 ORDER BY score, m.id DESC LIMIT ?
             )
             SELECT ranked.id AS id, ranked.score AS score, r.session_id, r.request_id, r.started_at,
-                   r.model_used, s.title, s.client, s.project,
+                   r.completed_at, r.model_used, r.model_requested, s.title, s.client, s.project,
                    ts_headline('simple', {_DOCUMENT}, q.q, ?) AS snippet
             FROM ranked JOIN session_stats AS r ON r.id = ranked.id
             LEFT JOIN sessions AS s ON s.session_id = r.session_id, q
@@ -582,14 +600,19 @@ class PostgresQueries(SessionQueries):
             (tsquery, window or None, int(limit), _HEADLINE_OPTIONS),
             param,
         )
-        hits = []
         for row in rows:
-            hit = {k: row[k] for k in ("session_id", "request_id", "started_at", "model_used", "title", "client",
-                                       "project")}
-            hit["snippet"], hit["snippet_text"] = _snippets((row["snippet"] or "").translate(_UNTAG))
-            hit["rank"] = float(row["score"])
-            hits.append(hit)
-        return hits
+            row["snippet"] = (row["snippet"] or "").translate(_UNTAG)
+        return rows
+
+    def more_matches_than(self, query: str, window: int, param: str = "q") -> bool:
+        """Whether more than C{window} turns match C{query} (a search then ranked only the most recent)."""
+        rows = self._match(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM session_stats WHERE search_vector @@ to_tsquery('simple', ?) "
+            "LIMIT ?) AS m",
+            (to_tsquery_text(query, param), int(window) + 1),
+            param,
+        )
+        return int(rows[0][0]) > window
 
     def delete_session(self, session_id: str) -> dict[str, Any]:
         """Remove a session's rows (its search entries go with them) and its JSONL files."""
