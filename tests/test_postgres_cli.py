@@ -16,12 +16,9 @@ from test_session_store import sample_exchanges
 from lunaroute.cli import main
 from lunaroute.sessions.events import exchange_events
 from lunaroute.sessions.jsonl import JSONLWriter
+from lunaroute.sessions.postgres import SCHEMA_VERSION, PgConnection, PostgresQueries, connect
 from lunaroute.sessions.store import SessionFilters, SessionQueries, StatsWindow
 from lunaroute.testing.sessions import write_exchanges
-
-psycopg = pytest.importorskip("psycopg")
-
-from lunaroute.sessions.postgres import SCHEMA_VERSION, PgConnection, PostgresQueries, connect  # noqa: E402
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

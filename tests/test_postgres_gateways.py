@@ -21,13 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 
 from lunaroute.testing.helpers import free_ports, in_thread, twistd_lists_plugin, wait_until_healthy
-
-psycopg = pytest.importorskip("psycopg")
 
 TWISTD = shutil.which("twistd") or str(Path(sys.executable).with_name("twistd"))
 

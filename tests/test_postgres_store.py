@@ -15,6 +15,7 @@ import json
 import threading
 from typing import Any
 
+import psycopg
 import pytest
 import pytest_twisted
 import treq
@@ -27,15 +28,9 @@ from lunaroute.errors import ConfigError
 from lunaroute.interfaces import ISessionStore, ISessionWriter
 from lunaroute.proxy.app import GatewayApp
 from lunaroute.secrets import mask_connection_string
+from lunaroute.sessions import postgres as pg
 from lunaroute.sessions.events import exchange_events
-from lunaroute.sessions.recorder import InlineThreadPool, RecorderService, loss_reason
-from lunaroute.sessions.store import BadParameter, SessionFilters, StoreUnavailable
-from lunaroute.testing.exchanges import make_exchange
-
-psycopg = pytest.importorskip("psycopg")
-
-from lunaroute.sessions import postgres as pg  # noqa: E402
-from lunaroute.sessions.postgres import (  # noqa: E402
+from lunaroute.sessions.postgres import (
     SCHEMA_VERSION,
     BacklogFull,
     PgConnection,
@@ -47,6 +42,9 @@ from lunaroute.sessions.postgres import (  # noqa: E402
     migrate,
     to_tsquery_text,
 )
+from lunaroute.sessions.recorder import InlineThreadPool, RecorderService, loss_reason
+from lunaroute.sessions.store import BadParameter, SessionFilters, StoreUnavailable
+from lunaroute.testing.exchanges import make_exchange
 
 NOON = 1749988800.0
 
