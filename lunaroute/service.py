@@ -151,6 +151,9 @@ class GatewayService(MultiService):
                 "dropped_events": self.recorder.dropped_events,
                 "lost_exchanges": self.recorder.loss_counts(),
             }
+            store = self.store_status()
+            if store is not None:
+                out["recording"]["store"] = store
         return out
 
     def store_status(self) -> dict[str, Any] | None:

@@ -155,6 +155,8 @@ async def test_three_gateways_one_database_one_session(fake: Any, postgres_dsn: 
         assert body["input_tokens"] == want_input and body["output_tokens"] == want_output
         code, ready = await in_thread(_get, f"{gateways[1][1]}/readyz")
         assert code == 200 and ready["store"]["status"] == "ok"
+        code, stats = await in_thread(_get, f"{gateways[1][1]}/_lunaroute/stats")
+        assert code == 200 and stats["recording"]["store"]["backlog_events"] == 0
     finally:
         for proc, _ in gateways:
             outputs.append(_stop(proc))
