@@ -22,6 +22,7 @@ import treq
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
 
 from lunaroute.config import PostgresSettings, setting_lines, settings_from_mapping
 from lunaroute.errors import ConfigError
@@ -116,7 +117,7 @@ def test_migrations_are_versioned_applied_once_and_refuse_a_newer_schema(postgre
 def test_writer_provides_the_interface_and_replays_change_nothing(postgres_dsn: str) -> None:
     """A batch written twice (import-sessions after a live write) leaves the same rows and sums."""
     writer = PostgresWriter(postgres_dsn)
-    assert ISessionWriter.providedBy(writer)
+    verifyObject(ISessionWriter, writer)
     batch = events(*(turn("s1", i) for i in range(3)))
     writer.write_batch(batch)
     before = query(postgres_dsn, "SELECT * FROM sessions")
@@ -353,7 +354,7 @@ async def test_store_answers_through_the_pool_off_the_reactor(postgres_dsn: str)
     writer.close()
     store = PostgresSessionStore(PostgresSettings(enabled=True, connection_string=postgres_dsn), reactor=reactor)
     try:
-        assert ISessionStore.providedBy(store)
+        verifyObject(ISessionStore, store)
         rows, total = await store.list_sessions(SessionFilters(), "last_activity", "desc", 10, 0)
         assert total == 1 and rows[0]["request_count"] == 3 and "last_request_at" not in rows[0]
         hits = await store.search("number", 5)
