@@ -496,3 +496,31 @@ def test_the_configured_postgres_store_is_the_one_the_api_and_ui_read(postgres_d
     api_store.close()
     sqlite_only = settings_from_mapping({"session_recording": {"enabled": True}}, env={})
     assert isinstance(make_session_store(sqlite_only.session_recording, Clock()), SessionStore)
+
+
+def test_a_refused_batch_in_the_backlog_is_counted_when_the_next_batch_retries_it(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, logged_failures: Any
+) -> None:
+    """Under steady traffic the backlog is retried inside the next write: a batch refused then still counts."""
+    logged_failures.expect(psycopg.errors.CheckViolation)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        migrate(conn)
+        conn.execute("ALTER TABLE session_stats ADD CONSTRAINT no_poison CHECK (response_text <> 'poison')")
+    flaky = _Flaky(monkeypatch)
+    clock = Clock()
+    writer = PostgresWriter(postgres_dsn, clock=clock)
+    recorder = _recorder(writer, clock)
+    flaky.down = True
+    writer._drop_connection()
+    recorder.record(make_exchange("q", NOON, request_id="q-1", answer="poison"))
+    clock.advance(0.1)
+    recorder.record(make_exchange("q", NOON + 1, request_id="q-2", answer="fine"))
+    clock.advance(0.1)
+    assert writer.backlog_events > 0
+    flaky.down = False
+    recorder.record(make_exchange("q", NOON + 2, request_id="q-3", answer="also fine"))
+    clock.advance(1.0)  # one tick: the new batch, and the backlog retried before it
+    assert not writer.degraded
+    assert recorder.loss_counts()["writer_error:postgres"] == 1
+    assert query(postgres_dsn, "SELECT request_id FROM session_stats ORDER BY id") == [("q-2",), ("q-3",)]
+    recorder.stopService()

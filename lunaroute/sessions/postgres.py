@@ -42,7 +42,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -803,16 +802,6 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _millis(end: str | None, start: str | None) -> float | None:
-    if end is None or start is None:
-        return None
-    try:
-        span = datetime.fromisoformat(end) - datetime.fromisoformat(start)
-    except ValueError:
-        return None
-    return float(round(span.total_seconds() * 1000))
-
-
 class _SessionChange:
     """What a batch adds to one session row: differences, and the candidates for its other columns."""
 
@@ -936,6 +925,7 @@ class PostgresWriter:
         self._next_retry = 0.0
         self.problem: str | None = None
         self.lost_exchanges = 0
+        self._unreported_lost = 0
         self.recovered_batches = 0
 
     # -- state -------------------------------------------------------------
@@ -1037,6 +1027,8 @@ class PostgresWriter:
             except Exception as error:
                 if _transient(error):
                     self._failed(error)
+                    self.lost_exchanges += lost
+                    self._unreported_lost += lost
                     return lost
                 log.failure("PostgreSQL session store refused a batch; dropped")
                 lost += _exchanges(batch)
@@ -1045,6 +1037,16 @@ class PostgresWriter:
             self.recovered_batches += 1
         self._recovered()
         self.lost_exchanges += lost
+        self._unreported_lost += lost
+        return lost
+
+    def take_lost(self) -> int:
+        """
+        Exchanges dropped from the backlog (refused by the database) since
+        the last call, for the recorder to count: a retry may run inside
+        L{write_batch}, whose own batch is not the one lost.
+        """
+        lost, self._unreported_lost = self._unreported_lost, 0
         return lost
 
     def pending_exchanges(self) -> int:

@@ -431,11 +431,14 @@ class RecorderService(Service):
         for writer in writers:
             name = getattr(writer, "name", repr(writer))
             try:
-                result.lose(f"writer_error:{name}", writer.retry())
+                writer.retry()
             except Exception:
                 failure = Failure()
                 failure.cleanFailure()
                 result.failures.append((name, failure))
+            take_lost = getattr(writer, "take_lost", None)
+            if take_lost is not None:
+                result.lose(f"writer_error:{name}", take_lost())
         return result
 
     def _write_batch(self, batch: list[Exchange]) -> _BatchResult:
@@ -472,6 +475,11 @@ class RecorderService(Service):
                 failure = Failure()
                 failure.cleanFailure()
                 result.failures.append((name, failure))
+            # A writer with a backlog (PostgreSQL) may have dropped older
+            # batches while retrying inside this call.
+            take_lost = getattr(writer, "take_lost", None)
+            if take_lost is not None:
+                result.lose(f"writer_error:{name}", take_lost())
         return result
 
     def _batch_done(self, result: _BatchResult | Failure, exchanges: int = 0) -> None:
