@@ -524,3 +524,19 @@ def test_a_refused_batch_in_the_backlog_is_counted_when_the_next_batch_retries_i
     assert recorder.loss_counts()["writer_error:postgres"] == 1
     assert query(postgres_dsn, "SELECT request_id FROM session_stats ORDER BY id") == [("q-2",), ("q-3",)]
     recorder.stopService()
+
+
+def test_a_malformed_connection_string_stops_start_up_with_one_line() -> None:
+    """A connection string libpq cannot parse is a configuration error naming the key, the password unshown."""
+    from lunaroute.service import make_gateway_service
+
+    settings = settings_from_mapping(
+        {"session_recording": {"enabled": True, "jsonl": False, "sqlite": False, "postgres": {
+            "enabled": True, "connection_string": "host=db password=hunter2secret port=5432 nonsense"}}},
+        env={},
+    )
+    with pytest.raises(SystemExit) as caught:
+        make_gateway_service(settings, Clock())
+    message = str(caught.value)
+    assert "session_recording.postgres.connection_string" in message and "nonsense" in message
+    assert "hunter2secret" not in message and "\n" not in message

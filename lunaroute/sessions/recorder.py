@@ -671,8 +671,9 @@ def make_writers(recording_settings: Any, clock: Any = None) -> list[ISessionWri
 def check_postgres_driver(recording_settings: Any) -> None:
     """
     With C{session_recording.postgres.enabled}, psycopg and psycopg_pool
-    must be installed (C{pip install lunaroute[postgres]}): L{ConfigError}
-    otherwise.  The database itself may be down at start-up.
+    must be installed (C{pip install lunaroute[postgres]}) and the
+    connection string must parse: L{ConfigError} otherwise.  The database
+    itself may be down at start-up.
     """
     postgres = getattr(recording_settings, "postgres", None)
     if postgres is None or not postgres.enabled:
@@ -685,6 +686,14 @@ def check_postgres_driver(recording_settings: Any) -> None:
             "the PostgreSQL store needs psycopg and psycopg_pool: pip install 'lunaroute[postgres]'",
             key="session_recording.postgres.enabled",
         ) from None
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(postgres.connection_string)
+    except psycopg.Error as exc:
+        # libpq's message names the bad part, never the password.
+        problem = (str(exc).strip().splitlines() or ["malformed"])[0]
+        raise ConfigError(f"not a valid connection string: {problem}", key="session_recording.postgres.connection_string") from None
 
 
 def _first_problem(exc: BaseException) -> str:
