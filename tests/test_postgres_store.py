@@ -540,3 +540,32 @@ def test_a_malformed_connection_string_stops_start_up_with_one_line() -> None:
     message = str(caught.value)
     assert "session_recording.postgres.connection_string" in message and "nonsense" in message
     assert "hunter2secret" not in message and "\n" not in message
+
+
+def test_metrics_show_the_store_degraded_with_its_backlog(postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/metrics: lunaroute_session_store_degraded and _backlog_events follow the PostgreSQL writer."""
+    from lunaroute.metrics import GatewayMetrics
+
+    flaky = _Flaky(monkeypatch)
+    clock = Clock()
+    writer = PostgresWriter(postgres_dsn, clock=clock)
+    recorder = _recorder(writer, clock)
+    metrics = GatewayMetrics()
+    metrics.bind_recorder(recorder)
+
+    def scrape() -> str:
+        return metrics.render()[0].decode()
+
+    assert 'lunaroute_session_store_degraded{store="postgres"} 0.0' in scrape()
+    flaky.down = True
+    writer._drop_connection()
+    recorder.record(turn("m", 1))
+    clock.advance(0.1)
+    text = scrape()
+    assert 'lunaroute_session_store_degraded{store="postgres"} 1.0' in text
+    assert f'lunaroute_session_store_backlog_events{{store="postgres"}} {float(writer.backlog_events)}' in text
+    assert writer.backlog_events > 0
+    flaky.down = False
+    clock.advance(1.0)
+    assert 'lunaroute_session_store_backlog_events{store="postgres"} 0.0' in scrape()
+    recorder.stopService()
