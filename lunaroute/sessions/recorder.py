@@ -12,6 +12,11 @@ writer that raises is logged and counted and the others carry on.  Stopping
 the service drains the queue, so every accepted exchange is on disk before
 the process exits.
 
+A writer whose database may be away for a while (the PostgreSQL store)
+keeps failed batches in a bounded backlog of its own; the timer lets it
+retry when its backoff says so (C{retry_due}/C{retry}), and what it drops is
+counted like any other loss.
+
 Nothing is lost silently: every exchange a writer did not store is counted
 under a reason (L{RecorderService.loss_counts}), shown in C{/metrics}, the
 stats endpoint and the line logged when the recorder stops.
