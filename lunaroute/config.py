@@ -35,7 +35,7 @@ import yaml
 
 from lunaroute.errors import ConfigError
 from lunaroute.modify import DEFAULT_ENV_ALLOWLIST, compile_modifier
-from lunaroute.secrets import mask_secret
+from lunaroute.secrets import mask_connection_string, mask_secret
 
 __all__ = [
     "BUILTIN_BASE_URLS",
@@ -272,6 +272,34 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class PostgresSettings:
+    """
+    The PostgreSQL session store (C{session_recording.postgres}): one store
+    many gateways write and the API, UI and reports read (docs/postgres.md).
+    C{connection_string} is a libpq URL or C{key=value} string, C{${VAR}}
+    expanded; it is only ever shown masked (L{mask_connection_string}).
+    """
+
+    enabled: bool = False
+    connection_string: str | None = None
+    max_connections: int = 5
+    min_connections: int = 1
+    acquire_timeout_seconds: float = 30.0
+    idle_timeout_seconds: float = 600.0
+    max_lifetime_seconds: float = 1800.0
+
+    def __repr__(self) -> str:
+        return (
+            f"PostgresSettings(enabled={self.enabled!r}, "
+            f"connection_string={mask_connection_string(self.connection_string)!r}, "
+            f"max_connections={self.max_connections!r}, min_connections={self.min_connections!r}, "
+            f"acquire_timeout_seconds={self.acquire_timeout_seconds!r}, "
+            f"idle_timeout_seconds={self.idle_timeout_seconds!r}, "
+            f"max_lifetime_seconds={self.max_lifetime_seconds!r})"
+        )
+
+
+@dataclass(frozen=True)
 class RecordingSettings:
     """Session recording: where and how conversations are written."""
 
@@ -287,6 +315,7 @@ class RecordingSettings:
     pii: PiiSettings = field(default_factory=PiiSettings)
     # None: no retention configured (files are kept).
     retention: RetentionSettings | None = None
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
 
 
 @dataclass(frozen=True)
@@ -635,6 +664,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "directory",
         "jsonl",
         "sqlite",
+        "postgres",
         "batch_size",
         "batch_interval_ms",
         "max_queue_events",
@@ -730,7 +760,8 @@ _STRATEGY_NEEDS = {
 }
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HTTP_CLIENT_KEYS = tuple(f.name for f in dataclasses.fields(HttpClientSettings))
-_WRITER_KEYS = {"jsonl": ("enabled", "directory", "retention"), "sqlite": ("enabled", "path")}
+_POSTGRES_KEYS = tuple(f.name for f in dataclasses.fields(PostgresSettings))
+_WRITER_KEYS = {"jsonl": ("enabled", "directory", "retention"), "sqlite": ("enabled", "path"), "postgres": _POSTGRES_KEYS}
 _PRICING_RATES = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
 _PRICING_KEYS = (*_PRICING_RATES, "long_context")
 _PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -1304,7 +1335,36 @@ def _build_recording(layers: _Layers, env: Mapping[str, str]) -> RecordingSettin
             if (section, "cleanup") in layers.values
             else None
         ),
+        postgres=_build_postgres(layers),
     )
+
+
+def _build_postgres(layers: _Layers) -> PostgresSettings:
+    path = ("session_recording", "postgres")
+    defaults = PostgresSettings()
+    settings = PostgresSettings(
+        enabled=layers.get((*path, "enabled"), False, _bool),
+        connection_string=layers.get((*path, "connection_string"), None, _optional_text),
+        max_connections=layers.get((*path, "max_connections"), defaults.max_connections, _integer(1)),
+        min_connections=layers.get((*path, "min_connections"), defaults.min_connections, _integer(0)),
+        acquire_timeout_seconds=layers.get(
+            (*path, "acquire_timeout_seconds"), defaults.acquire_timeout_seconds, _number(0, exclusive=True)
+        ),
+        idle_timeout_seconds=layers.get(
+            (*path, "idle_timeout_seconds"), defaults.idle_timeout_seconds, _number(0, exclusive=True)
+        ),
+        max_lifetime_seconds=layers.get(
+            (*path, "max_lifetime_seconds"), defaults.max_lifetime_seconds, _number(0, exclusive=True)
+        ),
+    )
+    if settings.enabled and not settings.connection_string:
+        layers.fail((*path, "connection_string"), "must be set when session_recording.postgres.enabled is true")
+    if settings.min_connections > settings.max_connections:
+        layers.fail(
+            (*path, "min_connections"),
+            f"must not exceed max_connections ({settings.max_connections}), got {settings.min_connections}",
+        )
+    return settings
 
 
 def _checked(value: Any, path: Iterable[Any], convert: Callable[[Any], Any]) -> Any:
@@ -2222,6 +2282,8 @@ def setting_lines(settings: Settings) -> list[str]:
             writers.append(f"jsonl {recording.jsonl_dir}")
         if recording.sqlite_enabled:
             writers.append(f"sqlite {recording.db_path}")
+        if recording.postgres.enabled:
+            writers.append(f"postgres {mask_connection_string(recording.postgres.connection_string)}")
         lines.append(f"session recording: on ({', '.join(writers) or 'no writers'})")
     else:
         lines.append("session recording: off")
@@ -2271,6 +2333,6 @@ def ui_unavailable_reason(settings: Settings) -> str | None:
     recording = settings.session_recording
     if not recording.enabled:
         return "it shows recorded sessions: set session_recording.enabled: true"
-    if not recording.sqlite_enabled:
+    if not recording.sqlite_enabled and not recording.postgres.enabled:
         return "it reads the session database: set session_recording.sqlite.enabled: true"
     return None

@@ -173,12 +173,15 @@ class _RecorderCollector:
         yield CounterMetricFamily("lunaroute_recorder_written_events", "")
         yield CounterMetricFamily("lunaroute_recorder_write_failures", "")
         yield CounterMetricFamily("lunaroute_recorder_lost_exchanges", "", labels=["reason"])
+        yield GaugeMetricFamily("lunaroute_session_store_degraded", "", labels=["store"])
+        yield GaugeMetricFamily("lunaroute_session_store_backlog_events", "", labels=["store"])
 
     def collect(self) -> Iterator[Metric]:
         recorder = self.recorder
         if recorder is None:
             return
         yield from self._figures(recorder)
+        yield from self._stores(recorder)
         loss_counts = getattr(recorder, "loss_counts", None)
         if loss_counts is None:
             return
@@ -194,6 +197,31 @@ class _RecorderCollector:
             yield lost
         except Exception:
             log.failure("reading the recorder's loss counts failed")
+
+    def _stores(self, recorder: Any) -> Iterator[Metric]:
+        """The shared stores' state (the PostgreSQL writer's C{status()}), when one is recording."""
+        try:
+            statuses = [w.status() for w in getattr(recorder, "writers", ()) if hasattr(w, "status")]
+            if not statuses:
+                return
+            degraded = GaugeMetricFamily(
+                "lunaroute_session_store_degraded",
+                "1 while the shared session store cannot be written (batches wait in its backlog), else 0.",
+                labels=["store"],
+            )
+            backlog = GaugeMetricFamily(
+                "lunaroute_session_store_backlog_events",
+                "Recording events waiting for the shared session store to come back.",
+                labels=["store"],
+            )
+            for status in statuses:
+                store = str(status.get("store", UNKNOWN))
+                degraded.add_metric([store], 1.0 if status.get("status") == "degraded" else 0.0)
+                backlog.add_metric([store], float(status.get("backlog_events", 0)))
+            yield degraded
+            yield backlog
+        except Exception:
+            log.failure("reading the session store's state failed")
 
     def _figures(self, recorder: Any) -> Iterator[Metric]:
         figures = (

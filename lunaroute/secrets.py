@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["is_secret_name", "mask_secret", "mask_value", "masked_header_items"]
+__all__ = ["is_secret_name", "mask_connection_string", "mask_secret", "mask_value", "masked_header_items"]
 
 # Words that make a name a credential's name.
 _SECRET_WORDS = frozenset(
@@ -75,6 +75,26 @@ def mask_secret(value: str | None) -> str:
     if len(value) > 12:
         return f"{value[:4]}…{value[-4:]}"
     return "***"
+
+
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/?#@]*):([^@/?#]*)@", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+
+
+def mask_connection_string(value: str | None) -> str:
+    """
+    A database connection string as it may be logged: the password of a
+    URL (C{postgresql://user:***@host/db}), a C{password=} parameter of a
+    URL query or a C{key=value} string replaced by C{***}.  C{<none>} when
+    unset.
+    """
+    if not value:
+        return "<none>"
+    if "://" in value:
+        masked = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}:***@", value)
+        return _QUERY_PASSWORD.sub(lambda m: f"{m.group(1)}***", masked)
+    return _KV_PASSWORD.sub(lambda m: f"{m.group(1)}***", value)
 
 
 def mask_value(value: Any) -> Any:

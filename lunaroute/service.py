@@ -33,6 +33,7 @@ from lunaroute.proxy.site import ListenerService, gateway_site
 from lunaroute.routing.plan import Router
 from lunaroute.sessions.recorder import make_recorder
 from lunaroute.sessions.retention import make_retention_service
+from lunaroute.sessions.store import make_session_store
 from lunaroute.stats import PricingTable, SessionStatsCollector
 from lunaroute.twisted_compat import clear_exit_signal
 from lunaroute.ui import make_ui_service, ui_url
@@ -125,11 +126,18 @@ class GatewayService(MultiService):
                 self.redactor if self.redactor is not None and settings.session_recording.pii.apply_to_upstream else None
             ),
             trace_propagator=self.tracer.inject if self.tracer is not None else None,
+            store_status=self.store_status,
+        )
+        # The read model (SQLite or PostgreSQL), one for the API and the UI.
+        self.session_store = (
+            make_session_store(settings.session_recording, reactor) if self.recorder is not None else None
         )
         # The session API (/sessions, /api/...) in front of the proxy routes,
         # all behind the access guard.
         resource = GuardedResource(
-            with_session_api(self.gateway.resource(), settings, self.recorder, reactor, self.pricing),
+            with_session_api(
+                self.gateway.resource(), settings, self.recorder, reactor, self.pricing, self.session_store
+            ),
             AccessPolicy(settings.http_server),
         )
         self.site = gateway_site(resource, settings.http_server, reactor)
@@ -144,7 +152,8 @@ class GatewayService(MultiService):
         # The web UI: its own listener, the third child (None when ui.enabled
         # is false or nothing is recorded to SQLite; setting_lines says why).
         self.ui_listener = make_ui_service(
-            settings, self.recorder, reactor, self.pricing, readiness=self.gateway.readiness_report
+            settings, self.recorder, reactor, self.pricing, readiness=self.gateway.readiness_report,
+            store=self.session_store,
         )
         if self.ui_listener is not None:
             self.ui_listener.setServiceParent(self)
@@ -178,9 +187,23 @@ class GatewayService(MultiService):
                 "dropped_events": self.recorder.dropped_events,
                 "lost_exchanges": self.recorder.loss_counts(),
             }
+            store = self.store_status()
+            if store is not None:
+                out["recording"]["store"] = store
         if self.tracer is not None:
             out["telemetry"] = self.tracer.stats()
         return out
+
+    def store_status(self) -> dict[str, Any] | None:
+        """The shared store's health for C{/readyz} (the PostgreSQL writer's), or C{None}."""
+        if self.recorder is None:
+            return None
+        for writer in self.recorder.writers:
+            status = getattr(writer, "status", None)
+            if status is not None:
+                result: dict[str, Any] = status()
+                return result
+        return None
 
     def listening_port(self) -> defer.Deferred[Any]:
         """
@@ -238,6 +261,11 @@ class GatewayService(MultiService):
             self.router.stop()
         for provider in self.providers.values():
             yield _quietly(provider.close(), f"close {provider.name} pool")
+        if self.session_store is not None:
+            try:
+                self.session_store.close()
+            except Exception:
+                log.failure("closing the session store failed")
         if self.settings.statistics.print_summary or self.settings.logging.level == "debug":
             try:
                 log.info("session summary\n{summary}", summary=self.stats.summary_text())

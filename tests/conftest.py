@@ -182,3 +182,44 @@ async def start_gateway():
 @pytest_twisted.async_yield_fixture
 async def gateway(fake, start_gateway):
     yield await start_gateway(fake)
+
+
+# -- PostgreSQL (lunaroute.testing.postgres) ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """
+    One PostgreSQL server for the whole run.  Skipped when it cannot start
+    here (no initdb/pg_ctl, no psycopg), unless LUNAROUTE_REQUIRE_POSTGRES
+    is set (CI): then that is a failure.
+    """
+    import os
+
+    from lunaroute.testing.postgres import REQUIRE_ENV, PostgresServer, postgres_missing_reason
+
+    missing = postgres_missing_reason()
+    if missing is not None:
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"{REQUIRE_ENV} is set but {missing}")
+        pytest.skip(missing)
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: Any) -> Iterator[str]:
+    """A fresh, empty database of the test server, dropped afterwards."""
+    if not postgres_server.running:
+        postgres_server.start()
+    dsn = postgres_server.create_database()
+    try:
+        yield dsn
+    finally:
+        if not postgres_server.running:
+            postgres_server.start()
+        postgres_server.drop_database(dsn)

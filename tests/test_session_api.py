@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from test_session_store import CC, CX, NOON, SDK, record_sample
+from test_session_store import CC, CX, NOON, SDK, record_sample, sample_exchanges
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
@@ -34,17 +34,64 @@ BASE = "http://gateway"
 
 
 class Api:
-    def __init__(self, tmp_path: Path, **ui: Any) -> None:
+    """
+    The API over a store holding the sample sessions: SQLite, or the
+    PostgreSQL store when given C{postgres_dsn} (the API does not know which).
+    """
+
+    def __init__(self, tmp_path: Path, postgres_dsn: str | None = None, **ui: Any) -> None:
         self.db = str(tmp_path / "sessions.db")
-        record_sample(self.db)
+        self.postgres_dsn = postgres_dsn
         self.jsonl = tmp_path / "jsonl"
         self.clock = Clock()
         self.clock.advance(NOON + 3600)
-        self.store = SessionStore(self.db, reactor=self.clock, threadpool=InlineThreadPool(), jsonl_dir=str(self.jsonl))
+        self.store: Any
+        if postgres_dsn is None:
+            record_sample(self.db)
+            self.store = SessionStore(
+                self.db, reactor=self.clock, threadpool=InlineThreadPool(), jsonl_dir=str(self.jsonl)
+            )
+        else:
+            from lunaroute.config import PostgresSettings
+            from lunaroute.sessions.postgres import PostgresSessionStore
+
+            self.write(sample_exchanges())
+            self.store = PostgresSessionStore(
+                PostgresSettings(enabled=True, connection_string=postgres_dsn, min_connections=0),
+                reactor=self.clock, threadpool=InlineThreadPool(), jsonl_dir=str(self.jsonl),
+            )
         self.settings = settings_from_mapping({"ui": ui} if ui else {}, env={})
         self.feed = LiveFeed()
         self.api = SessionAPI(self.store, self.settings, self.clock, self.feed)
         self.stub = StubTreq(self.api.resource())
+
+    def write(self, exchanges: list[Any]) -> None:
+        """Record more exchanges into the store."""
+        if self.postgres_dsn is None:
+            write_exchanges(self.db, exchanges)
+            return
+        from lunaroute.sessions.events import exchange_events
+        from lunaroute.sessions.postgres import PostgresWriter
+
+        writer = PostgresWriter(self.postgres_dsn)
+        writer.write_batch([e for x in exchanges for e in exchange_events(x)])
+        writer.close()
+
+    def execute(self, sql: str, *params: Any) -> None:
+        """Change the store behind the recorder's back (C{?} placeholders)."""
+        if self.postgres_dsn is None:
+            conn = sqlite3.connect(self.db)
+            conn.execute(sql, params)
+            conn.commit()
+            conn.close()
+            return
+        import psycopg
+
+        with psycopg.connect(self.postgres_dsn, autocommit=True) as pg:
+            pg.execute(sql.replace("?", "%s"), params)  # type: ignore[call-overload]
+
+    def close(self) -> None:
+        self.store.close()
 
     async def get(self, path: str) -> tuple[int, Any]:
         response = await self.stub.get(BASE + path)
@@ -61,9 +108,13 @@ class Api:
         return response.code, json.loads(await response.content())
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Api:
-    return Api(tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The API over each store (the PostgreSQL one needs a test server: lunaroute.testing.postgres)."""
+    dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgres" else None
+    made = Api(tmp_path, dsn)
+    yield made
+    made.close()
 
 
 def ids(body: dict[str, Any]) -> list[str]:
@@ -205,13 +256,10 @@ async def test_detail_timeline_raw_tools(api: Api) -> None:
 @pytest_twisted.ensureDeferred
 async def test_raw_masks_credentials_stored_by_anyone(api: Api) -> None:
     """A key written into the database by something else than the recorder is still masked."""
-    conn = sqlite3.connect(api.db)
-    conn.execute(
+    api.execute(
         "UPDATE session_stats SET request_json = ? WHERE request_id = 'sdk-req-1'",
-        (json.dumps({"model": "m", "api_key": "sk-live-abcdefghijklmnop"}),),
+        json.dumps({"model": "m", "api_key": "sk-live-abcdefghijklmnop"}),
     )
-    conn.commit()
-    conn.close()
     _, raw = await api.get(f"/sessions/{SDK}/raw/sdk-req-1")
     assert raw["request_json"]["api_key"] != "sk-live-abcdefghijklmnop"
     assert "sk-live-abcdefghijklmnop" not in json.dumps(raw)
@@ -262,7 +310,7 @@ async def test_exports(api: Api) -> None:
 async def test_html_export_escapes_everything_and_loads_nothing(api: Api) -> None:
     """Recorded markup is shown as text; the page has no script and a CSP forbidding fetches."""
     evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-    write_exchanges(api.db, [make_exchange(
+    api.write([make_exchange(
         "evil-1", "evil-req", {"model": "m", "messages": [{"role": "user", "content": evil}]},
         anthropic_summary(f"answer {evil}", thinking=evil, tool_calls=[("t1", "Bash", {"command": evil})]),
         received=NOON + 100)])
@@ -329,7 +377,7 @@ async def test_live_tail_pushes_exchanges_recorded_after_connecting(api: Api) ->
     assert b"".join(received).startswith(b": tailing session")
     assert api.feed.subscriber_count(CC) == 1
 
-    write_exchanges(api.db, [
+    api.write([
         make_exchange(CC, "cc-req-3", {"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "next"}]},
                       anthropic_summary("third answer"), received=NOON + 30),
         make_exchange(SDK, "sdk-req-2", {"model": "m", "messages": [{"role": "user", "content": "other"}]},

@@ -16,7 +16,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
-from lunaroute.sessions.events import client_name, request_facts
+from lunaroute.sessions.events import client_name, exchange_events, request_facts
 from lunaroute.sessions.recorder import InlineThreadPool
 from lunaroute.sessions.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteWriter, connect, migrate
 from lunaroute.sessions.store import (
@@ -100,9 +100,43 @@ def db(tmp_path: Path) -> str:
     return path
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def queries_for(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """
+    The store contract: C{queries_for(exchanges)} records them with a
+    store's writer and gives its read model, for SQLite and for PostgreSQL.
+    """
+    opened: list[Any] = []
+
+    def make(exchanges: list[Any]) -> SessionQueries:
+        if request.param == "sqlite":
+            path = str(tmp_path / f"sessions-{len(opened)}.db")
+            write_exchanges(path, exchanges)
+            conn: Any = sqlite3.connect(path)
+            opened.append(conn)
+            return SessionQueries(conn, jsonl_dir=None)
+        from lunaroute.sessions.postgres import PgConnection, PostgresQueries, PostgresWriter, connect
+
+        dsn = request.getfixturevalue("postgres_dsn")
+        writer = PostgresWriter(dsn)
+        writer.write_batch([e for x in exchanges for e in exchange_events(x)])
+        writer.close()
+        conn = connect(dsn)
+        opened.append(conn)
+        return PostgresQueries(PgConnection(conn))
+
+    yield make
+    for conn in opened:
+        conn.close()
+
+
 @pytest.fixture
-def q(db: str) -> SessionQueries:
-    return SessionQueries(sqlite3.connect(db), jsonl_dir=None)
+def q(queries_for: Any) -> SessionQueries:
+    return queries_for(sample_exchanges())
+
+
+def on_postgres(q: SessionQueries) -> bool:
+    return type(q).__name__ == "PostgresQueries"
 
 
 def row(db: str, sql: str, *args: Any) -> tuple[Any, ...]:
@@ -270,28 +304,31 @@ def test_fts_syntax_phrases_prefixes_operators_and_columns(q: SessionQueries) ->
     assert ids("wombat AND French") == {"sdk-req-1"}
     assert {"sdk-req-1", "cx-req-1"} <= ids("wombat OR TypeError")
     assert "cc-req-2" not in ids("hello NOT greets")
-    assert ids("response_text: capybara") == {"cc-req-1"}
-    assert ids("tool_result_text: hello") == {"cc-req-2"}
+    if on_postgres(q):
+        # No per-column index in PostgreSQL: a column filter says so.
+        with pytest.raises(BadParameter, match="column filters"):
+            q.search("response_text: capybara", 5)
+    else:
+        assert ids("response_text: capybara") == {"cc-req-1"}
+        assert ids("tool_result_text: hello") == {"cc-req-2"}
     # Plain text with punctuation FTS5 refuses is quoted word by word.
     assert ids("TypeError: undefined") == {"cx-req-1"}
     assert to_fts_query("foo.py bar") == '"foo.py" "bar"'
 
 
-def test_search_ranks_the_most_recent_matches_with_a_snippet_per_hit(tmp_path: Path) -> None:
+def test_search_ranks_the_most_recent_matches_with_a_snippet_per_hit(queries_for: Any) -> None:
     """
     A search ranks among the window's most recently recorded matches
     (bm25's cost stays bounded however many turns match), every match with
     window=None; each hit of a prefix query has its own snippet.
     """
-    db = str(tmp_path / "s.db")
     old = plain_exchange("old", NOON, request_id="old-1", user_text="zebra zebra zebra zebra zebra", answer="ok")
     new = [
         plain_exchange("new", NOON + 60 * i, request_id=f"new-{i}", user_text=f"a zebra crossing number{i}",
                        answer="the road is long and wide and zebras cross it slowly " * 3)
         for i in range(1, 4)
     ]
-    write_exchanges(db, [old, *new])
-    q = SessionQueries(sqlite3.connect(db))
+    q = queries_for([old, *new])
     assert [h["request_id"] for h in q.search("zebra", 10, window=None)][0] == "old-1"
     assert {h["request_id"] for h in q.search("zebra", 10, window=3)} == {"new-1", "new-2", "new-3"}
     assert {h["request_id"] for h in q.search("zebra", 10, window=10)} == {"old-1", "new-1", "new-2", "new-3"}

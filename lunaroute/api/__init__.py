@@ -17,14 +17,13 @@ routes, see L{lunaroute.proxy.access.route_class}).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from twisted.web.resource import IResource, Resource
 
 from lunaroute.api.app import LiveFeed, SessionAPI, json_error
-from lunaroute.sessions.store import SessionStore
+from lunaroute.sessions.store import make_session_store
 
 __all__ = ["LiveFeed", "PathDispatch", "RecordingOff", "SessionAPI", "is_api_path", "mount", "with_session_api"]
 
@@ -64,7 +63,7 @@ def mount(api_resource: IResource, gateway_resource: IResource) -> IResource:
 
 
 class RecordingOff(Resource):
-    """The session API's paths when nothing is recorded to SQLite: a JSON 404 saying so."""
+    """The session API's paths when nothing is recorded to a database: a JSON 404 saying so."""
 
     isLeaf = True
 
@@ -72,33 +71,35 @@ class RecordingOff(Resource):
         return json_error(
             request,
             404,
-            "the session API needs session recording to SQLite "
-            "(session_recording.enabled and session_recording.sqlite.enabled)",
+            "the session API needs session recording to SQLite or PostgreSQL "
+            "(session_recording.enabled and session_recording.sqlite.enabled or .postgres.enabled)",
             "recording_disabled",
         )
 
 
-def session_api_resource(settings: Any, recorder: Any, reactor: Any, pricing: Any = None) -> IResource:
+def session_api_resource(
+    settings: Any, recorder: Any, reactor: Any, pricing: Any = None, store: Any = None
+) -> IResource:
     """
-    The session API over the recorder's database, or L{RecordingOff} when
-    recording (with the SQLite writer) is off.  C{pricing}: the gateway's
+    The session API over the recorder's database (C{store}, or the one
+    L{make_session_store} gives: PostgreSQL or SQLite), or L{RecordingOff}
+    when recording to a database is off.  C{pricing}: the gateway's
     L{PricingTable} (loaded from the settings when not given).
     """
     recording = settings.session_recording
-    if recorder is None or not recording.enabled or not recording.sqlite_enabled:
+    if recorder is None:
         return RecordingOff()
-    store = SessionStore(
-        os.path.expanduser(recording.db_path),
-        reactor=reactor,
-        jsonl_dir=os.path.expanduser(recording.jsonl_dir) if recording.jsonl_enabled else None,
-    )
+    if store is None:
+        store = make_session_store(recording, reactor)
+    if store is None:
+        return RecordingOff()
     feed = LiveFeed()
     feed.attach(recorder)
     return SessionAPI(store, settings, reactor, feed, pricing).resource()
 
 
 def with_session_api(
-    gateway_resource: IResource, settings: Any, recorder: Any, reactor: Any, pricing: Any = None
+    gateway_resource: IResource, settings: Any, recorder: Any, reactor: Any, pricing: Any = None, store: Any = None
 ) -> IResource:
     """The gateway's resource with the session API mounted in front (see the module docstring)."""
-    return mount(session_api_resource(settings, recorder, reactor, pricing), gateway_resource)
+    return mount(session_api_resource(settings, recorder, reactor, pricing, store), gateway_resource)

@@ -161,6 +161,9 @@ class GatewayApp:
     @param trace_propagator: C{(exchange, headers) -> None}, called with the
         headers of each upstream attempt (L{lunaroute.telemetry}: the
         C{traceparent}), when telemetry is on.
+    @param store_status: C{() -> dict | None}: the shared session store's
+        health (the PostgreSQL writer's C{ok}/C{degraded} and backlog), shown
+        by C{/readyz} without making the gateway unready.
     """
 
     app = Klein()
@@ -182,6 +185,7 @@ class GatewayApp:
         socket_metrics: Any = None,
         upstream_redactor: Redactor | None = None,
         trace_propagator: Callable[[Exchange, Headers], None] | None = None,
+        store_status: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self.settings = settings
         self.providers = providers
@@ -192,6 +196,7 @@ class GatewayApp:
         self._metrics_renderer = metrics_renderer
         self._live_stats = live_stats
         self._readiness = readiness
+        self._store_status = store_status
         self.request_log = request_log
         self._router = router
         self._upstream_redactor = upstream_redactor
@@ -330,6 +335,11 @@ class GatewayApp:
         body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "dialects": report}
         if self._router is not None:
             body["providers"] = self._router.states()
+        # A degraded session store (recording queues and retries) is shown,
+        # but the proxy still serves: it does not make the gateway unready.
+        store = self._store_status() if self._store_status is not None else None
+        if store is not None:
+            body["store"] = store
         return body
 
     def _router_problem(self, listener: str) -> str | None:

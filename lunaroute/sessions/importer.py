@@ -1,6 +1,8 @@
 """
 C{lunaroute-server import-sessions}: rebuild or fill the SQLite session store
-from the JSONL files, after a crash, an upgrade or with SQLite recording off.
+from the JSONL files, after a crash, an upgrade or with SQLite recording off;
+with C{--postgres}, fill the PostgreSQL store from the JSONL files or (with
+C{--from-sqlite}) from an SQLite session database.
 
 The SQLite writer builds every row from events alone and upserts by request
 id, so feeding it the JSONL events gives the same database the gateway would
@@ -129,6 +131,25 @@ class _ExistingRequests:
             conn.close()
 
 
+class _PostgresExisting:
+    """L{_ExistingRequests} for the PostgreSQL store."""
+
+    def __init__(self, dsn: str) -> None:
+        from lunaroute.sessions.postgres import connect
+
+        self._conn = connect(dsn)
+
+    def among(self, request_ids: list[str]) -> set[str]:
+        rows = self._conn.execute(
+            "SELECT request_id FROM session_stats WHERE completed_at IS NOT NULL AND request_id = ANY(%s)",
+            (request_ids,),
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class _Progress:
     """A one-line progress bar on a terminal; silent otherwise."""
 
@@ -160,23 +181,35 @@ def import_sessions(
     skip_existing: bool = True,
     dry_run: bool = False,
     progress_out: TextIO | None = None,
+    postgres_dsn: str | None = None,
 ) -> ImportReport:
-    from lunaroute.sessions.sqlite import SQLiteWriter
-
     """
-    Import the JSONL files under C{sessions_dir} into C{db_path}.
+    Import the JSONL files under C{sessions_dir} into C{db_path}, or into
+    the PostgreSQL store at C{postgres_dsn} when given.
 
     @param skip_existing: leave out the requests the database already holds
         (checked per request id, so a session recorded partly is completed);
         when false every event is applied again.
     """
+    from lunaroute.sessions.sqlite import SQLiteWriter
+
     report = ImportReport()
     files = session_files(sessions_dir)
-    existing = _ExistingRequests(db_path) if skip_existing else None
-    writer = None if dry_run else SQLiteWriter(str(db_path))
-    if writer is not None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        writer.open()
+    existing: Any = None
+    writer: Any = None
+    if postgres_dsn is not None:
+        from lunaroute.sessions.postgres import PostgresWriter
+
+        if not dry_run:
+            writer = PostgresWriter(postgres_dsn)
+            writer.open_or_raise()
+        existing = _PostgresExisting(postgres_dsn) if skip_existing else None
+    else:
+        existing = _ExistingRequests(db_path) if skip_existing else None
+        writer = None if dry_run else SQLiteWriter(str(db_path))
+        if writer is not None:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            writer.open()
     progress = _Progress(len(files), progress_out or sys.stderr)
     batch: list[dict[str, Any]] = []
     seen_sessions: set[str] = set()
@@ -219,6 +252,38 @@ def import_sessions(
     return report
 
 
+def copy_sqlite_to_postgres(
+    db_path: Path,
+    dsn: str,
+    *,
+    batch_size: int = 500,
+    skip_existing: bool = True,
+    dry_run: bool = False,
+) -> ImportReport:
+    """
+    Copy an SQLite session database's rows (requests, tool calls, stream
+    metrics) into the PostgreSQL store, then recompute the sessions they
+    belong to from their requests.  With C{skip_existing} a request already
+    there is left as it is; otherwise it is overwritten.
+    """
+    from lunaroute.sessions.postgres import PostgresWriter, copy_rows
+    from lunaroute.sessions.sqlite import connect as sqlite_connect
+
+    report = ImportReport(files=1)
+    source = sqlite_connect(str(db_path))
+    writer = None if dry_run else PostgresWriter(dsn)
+    try:
+        if writer is not None:
+            writer.open_or_raise()
+        copied = copy_rows(source, writer, batch_size=batch_size, skip_existing=skip_existing)
+        report.requests, report.skipped_requests, report.sessions = copied
+    finally:
+        source.close()
+        if writer is not None:
+            writer.close()
+    return report
+
+
 def run_import(args: argparse.Namespace) -> int:
     """The C{import-sessions} command; returns the exit status."""
     from lunaroute.config import load_settings
@@ -238,6 +303,13 @@ def run_import(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         print("lunaroute-server: --batch-size must be at least 1", file=sys.stderr)
         return 1
+    postgres = getattr(args, "postgres", None)
+    from_sqlite = getattr(args, "from_sqlite", None)
+    if from_sqlite is not None and postgres is None:
+        print("lunaroute-server: --from-sqlite copies into PostgreSQL: give --postgres too", file=sys.stderr)
+        return 1
+    if postgres is not None:
+        return _run_postgres_import(args, recording, sessions_dir, postgres, from_sqlite)
     if not sessions_dir.is_dir():
         print(f"lunaroute-server: sessions directory not found: {sessions_dir}", file=sys.stderr)
         return 1
@@ -255,4 +327,111 @@ def run_import(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"bad line: {problem}", file=sys.stderr)
     print(("dry run: " if args.dry_run else "") + report.summary(args.dry_run) + f" (database {db_path})")
+    return 0
+
+
+def postgres_dsn_for(option: str, recording: Any) -> str | None:
+    """C{--postgres DSN}, or (C{--postgres} alone) the configured store's connection string."""
+    return option or recording.postgres.connection_string
+
+
+def _run_postgres_import(
+    args: argparse.Namespace, recording: Any, sessions_dir: Path, option: str, from_sqlite: str | None
+) -> int:
+    import psycopg
+
+    from lunaroute.secrets import mask_connection_string
+
+    dsn = postgres_dsn_for(option, recording)
+    if not dsn:
+        print(
+            "lunaroute-server: --postgres needs a connection string, or session_recording.postgres."
+            "connection_string in the config",
+            file=sys.stderr,
+        )
+        return 1
+    where = mask_connection_string(dsn)
+    try:
+        if from_sqlite is not None:
+            source = Path(os.path.expanduser(from_sqlite))
+            if not source.is_file():
+                print(f"lunaroute-server: SQLite database not found: {source}", file=sys.stderr)
+                return 1
+            report = copy_sqlite_to_postgres(
+                source, dsn, batch_size=args.batch_size, skip_existing=args.skip_existing, dry_run=args.dry_run
+            )
+            verb = "would copy" if args.dry_run else "copied"
+            print(
+                ("dry run: " if args.dry_run else "")
+                + f"{report.requests} requests in {report.sessions} sessions {verb} from {source}; "
+                f"{report.skipped_requests} skipped as already present (database {where})"
+            )
+            return 0
+        if not sessions_dir.is_dir():
+            print(f"lunaroute-server: sessions directory not found: {sessions_dir}", file=sys.stderr)
+            return 1
+        report = import_sessions(
+            sessions_dir, Path(), batch_size=args.batch_size, skip_existing=args.skip_existing,
+            dry_run=args.dry_run, postgres_dsn=dsn,
+        )
+    except (OSError, sqlite3.Error, psycopg.Error) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"lunaroute-server: import failed ({where}): {first}", file=sys.stderr)
+        return 1
+    for problem in report.problems:
+        print(f"bad line: {problem}", file=sys.stderr)
+    print(("dry run: " if args.dry_run else "") + report.summary(args.dry_run) + f" (database {where})")
+    return 0
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    """The C{migrate} command: create or upgrade the session store's schema; returns the exit status."""
+    from lunaroute.config import load_settings
+    from lunaroute.secrets import mask_connection_string
+
+    try:
+        settings = load_settings(args.config, env=os.environ)
+    except ConfigError as exc:
+        print(f"lunaroute-server: configuration error: {exc}", file=sys.stderr)
+        return 1
+    recording = settings.session_recording
+    dsn = args.postgres or (recording.postgres.connection_string if recording.postgres.enabled else None)
+    if dsn and not args.db_path:
+        import psycopg
+
+        from lunaroute.sessions.postgres import SCHEMA_VERSION, SchemaTooNew, migrate, schema_version
+
+        where = mask_connection_string(dsn)
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+                before = schema_version(conn)
+                after = migrate(conn)
+        except (psycopg.Error, SchemaTooNew) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            print(f"lunaroute-server: migrate failed ({where}): {first}", file=sys.stderr)
+            return 1
+        change = f"upgraded from {before}" if before != after else "already current"
+        print(f"postgres {where}: schema version {after} of {SCHEMA_VERSION} ({change})")
+        return 0
+    from lunaroute.sessions.sqlite import SCHEMA_VERSION as SQLITE_VERSION
+    from lunaroute.sessions.sqlite import SchemaTooNew as SQLiteTooNew
+    from lunaroute.sessions.sqlite import connect as sqlite_connect
+
+    path = os.path.expanduser(args.db_path) if args.db_path else recording.db_path
+    try:
+        exists = os.path.exists(path)
+        before = 0
+        if exists:
+            probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                before = probe.execute("PRAGMA user_version").fetchone()[0]
+            finally:
+                probe.close()
+        database = sqlite_connect(path)
+        database.close()
+    except (OSError, sqlite3.Error, SQLiteTooNew) as exc:
+        print(f"lunaroute-server: migrate failed ({path}): {exc}", file=sys.stderr)
+        return 1
+    change = f"upgraded from {before}" if before != SQLITE_VERSION else "already current"
+    print(f"sqlite {path}: schema version {SQLITE_VERSION} ({change if exists else 'created'})")
     return 0

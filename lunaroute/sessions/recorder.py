@@ -12,6 +12,11 @@ writer that raises is logged and counted and the others carry on.  Stopping
 the service drains the queue, so every accepted exchange is on disk before
 the process exits.
 
+A writer whose database may be away for a while (the PostgreSQL store)
+keeps failed batches in a bounded backlog of its own; the timer lets it
+retry when its backoff says so (C{retry_due}/C{retry}), and what it drops is
+counted like any other loss.
+
 Nothing is lost silently: every exchange a writer did not store is counted
 under a reason (L{RecorderService.loss_counts}), shown in C{/metrics}, the
 stats endpoint and the line logged when the recorder stops.
@@ -85,8 +90,12 @@ def loss_reason(writer_name: str, error: BaseException) -> str:
     """
     The loss reason for a writer failure: C{disk_full:<writer>} when the
     disk or quota is full (C{ENOSPC}, C{EDQUOT}, SQLite's C{SQLITE_FULL}),
-    else C{writer_error:<writer>}.
+    the error's own C{loss_reason} when it has one (the PostgreSQL writer's
+    C{backlog_full}), else C{writer_error:<writer>}.
     """
+    own = getattr(error, "loss_reason", None)
+    if isinstance(own, str):
+        return f"{own}:{writer_name}"
     full = (isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS) or (
         isinstance(error, sqlite3.Error)
         and getattr(error, "sqlite_errorcode", None) is not None
@@ -263,6 +272,8 @@ class RecorderService(Service):
             name = getattr(writer, "name", repr(writer))
             self._lost[f"disk_full:{name}"] = 0
             self._lost[f"writer_error:{name}"] = 0
+            for reason in getattr(writer, "loss_reasons", ()):
+                self._lost[f"{reason}:{name}"] = 0
 
     # -- metrics -----------------------------------------------------------
 
@@ -398,6 +409,8 @@ class RecorderService(Service):
 
     def _flush(self) -> Deferred[None] | None:
         """Start writing the next batch unless one is already being written."""
+        if self._in_flight is None and not self._queue:
+            return self._retry_writers()
         if self._in_flight is not None or not self._queue:
             return self._in_flight
         batch = self._take_batch()
@@ -405,6 +418,40 @@ class RecorderService(Service):
         self._in_flight = d
         d.addBoth(self._batch_done, len(batch))
         return d
+
+    def _retry_writers(self) -> Deferred[None] | None:
+        """
+        Let writers that keep a backlog while their database is down (the
+        PostgreSQL writer) retry, when their backoff says so; on the writer
+        thread, like a batch.
+        """
+        now = self.clock.seconds()
+        due: list[Any] = []
+        for writer in self.writers:
+            retry_due = getattr(writer, "retry_due", None)
+            if retry_due is not None and retry_due(now):
+                due.append(writer)
+        if not due:
+            return None
+        d = self._in_thread(self._retry_in_thread, due)
+        self._in_flight = d
+        d.addBoth(self._batch_done)
+        return d
+
+    def _retry_in_thread(self, writers: list[Any]) -> _BatchResult:
+        result = _BatchResult()
+        for writer in writers:
+            name = getattr(writer, "name", repr(writer))
+            try:
+                writer.retry()
+            except Exception:
+                failure = Failure()
+                failure.cleanFailure()
+                result.failures.append((name, failure))
+            take_lost = getattr(writer, "take_lost", None)
+            if take_lost is not None:
+                result.lose(f"writer_error:{name}", take_lost())
+        return result
 
     def _write_batch(self, batch: list[Exchange]) -> _BatchResult:
         """Runs in the writer thread: make the events, give them to each writer."""
@@ -447,6 +494,11 @@ class RecorderService(Service):
                 failure = Failure()
                 failure.cleanFailure()
                 result.failures.append((name, failure))
+            # A writer with a backlog (PostgreSQL) may have dropped older
+            # batches while retrying inside this call.
+            take_lost = getattr(writer, "take_lost", None)
+            if take_lost is not None:
+                result.lose(f"writer_error:{name}", take_lost())
         return result
 
     def _batch_done(self, result: _BatchResult | Failure, exchanges: int = 0) -> None:
@@ -634,14 +686,54 @@ def _when_done(d: Deferred[Any]) -> Deferred[None]:
 # Wiring
 
 
-def make_writers(recording_settings: Any) -> list[ISessionWriter]:
-    """The writers C{session_recording} enables: JSONL, SQLite, both or none."""
+def make_writers(recording_settings: Any, clock: Any = None) -> list[ISessionWriter]:
+    """The writers C{session_recording} enables: JSONL, SQLite, PostgreSQL, any of them or none."""
     writers: list[ISessionWriter] = []
     if recording_settings.jsonl_enabled:
         writers.append(JSONLWriter(os.path.expanduser(recording_settings.jsonl_dir)))
     if recording_settings.sqlite_enabled:
         writers.append(SQLiteWriter(os.path.expanduser(recording_settings.db_path)))
+    postgres = getattr(recording_settings, "postgres", None)
+    if postgres is not None and postgres.enabled:
+        from lunaroute.sessions.postgres import PostgresWriter
+
+        writers.append(
+            PostgresWriter(
+                postgres.connection_string,
+                clock=clock,
+                max_backlog_events=recording_settings.max_queue_events,
+                connect_timeout=postgres.acquire_timeout_seconds,
+            )
+        )
     return writers
+
+
+def check_postgres_driver(recording_settings: Any) -> None:
+    """
+    With C{session_recording.postgres.enabled}, psycopg and psycopg_pool
+    must be installed (C{pip install lunaroute[postgres]}) and the
+    connection string must parse: L{ConfigError} otherwise.  The database
+    itself may be down at start-up.
+    """
+    postgres = getattr(recording_settings, "postgres", None)
+    if postgres is None or not postgres.enabled:
+        return
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "the PostgreSQL store needs psycopg and psycopg_pool: pip install 'lunaroute[postgres]'",
+            key="session_recording.postgres.enabled",
+        ) from None
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(postgres.connection_string)
+    except psycopg.Error as exc:
+        # libpq's message names the bad part, never the password.
+        problem = (str(exc).strip().splitlines() or ["malformed"])[0]
+        raise ConfigError(f"not a valid connection string: {problem}", key="session_recording.postgres.connection_string") from None
 
 
 def _first_problem(exc: BaseException) -> str:
@@ -720,6 +812,7 @@ def check_writers(recording_settings: Any) -> None:
         check_database(
             os.path.expanduser(recording_settings.db_path), _setting_key(recording_settings, "sqlite")
         )
+    check_postgres_driver(recording_settings)
 
 
 def make_recorder(
@@ -735,9 +828,10 @@ def make_recorder(
     """
     if not recording_settings.enabled:
         return None
-    writers = make_writers(recording_settings)
+    check_postgres_driver(recording_settings)
+    writers = make_writers(recording_settings, clock)
     if not writers:
-        log.warn("session recording is enabled but neither jsonl nor sqlite is; nothing is recorded")
+        log.warn("session recording is enabled but no writer (jsonl, sqlite, postgres) is; nothing is recorded")
         return None
     check_writers(recording_settings)
     return RecorderService(

@@ -879,6 +879,36 @@ def columns_of(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
+def connect_postgres(dsn: str) -> Any:
+    """
+    A connection to the PostgreSQL store (L{lunaroute.sessions.postgres.PgConnection},
+    taking this module's C{?} SQL), or a L{ReportError} naming the store, password masked.
+    """
+    import psycopg
+
+    from lunaroute.secrets import mask_connection_string
+    from lunaroute.sessions.postgres import SCHEMA_VERSION, PgConnection, connect, schema_version
+
+    where = mask_connection_string(dsn)
+    try:
+        conn = connect(dsn, connect_timeout=10, migrate_to=None)
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ReportError(f"cannot reach the PostgreSQL session store {where}: {first}") from None
+    if schema_version(conn) != SCHEMA_VERSION:
+        conn.close()
+        raise ReportError(f"the PostgreSQL session store {where} is not migrated: run 'lunaroute-server migrate'")
+    return PgConnection(conn)
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is optional
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
 # The quarter of an hour a request was received in: C{2025-06-15T14:3}
 # for 14:45-14:59 (the digit is the quarter).
 _AT = "COALESCE(s.started_at, s.completed_at)"
@@ -893,6 +923,7 @@ def query_usage_rows(
     model: str | None = None,
     project: str | None = None,
     by_session: bool = False,
+    postgres: bool = False,
 ) -> tuple[list[UsageRow], list[str]]:
     """
     The usage of the requests received in C{[low, high)} (ISO UTC), summed
@@ -900,9 +931,10 @@ def query_usage_rows(
     client) and, with C{by_session}, session (see L{UsageRow}); the model
     (part of its id) and project (part of its path) filters applied in SQL.
     Also returns notes for the user (a filter the database cannot apply).
+    C{postgres}: C{conn} is the PostgreSQL store's (L{connect_postgres}).
     """
     notes: list[str] = []
-    session_columns = columns_of(conn, "sessions")
+    session_columns = {"project", "client"} if postgres else columns_of(conn, "sessions")
     has_project = "project" in session_columns
     has_client = "client" in session_columns
     join = " LEFT JOIN sessions AS se ON se.session_id = s.session_id" if has_project or has_client else ""
@@ -944,13 +976,16 @@ def query_usage_rows(
         "CASE WHEN s.dialect LIKE 'openai%' THEN MAX(0, s.input_tokens - s.cache_read_tokens) "
         "ELSE s.input_tokens END"
     )
+    if postgres:
+        where = [w.replace("instr(", "strpos(") for w in where]
+        net_input = net_input.replace("MAX(0, ", "GREATEST(0, ")
     sql = (
         f"SELECT MIN({_AT}) AS first_at, MAX({_AT}) AS last_at, "
         f"{keys[1]} AS model, {keys[2]} AS client, s.user_agent AS user_agent, {keys[4]} AS session_id, "
         f"COUNT(*) AS requests, COUNT(s.estimated_cost_usd) AS priced, SUM(s.estimated_cost_usd) AS cost, "
         f"SUM({net_input}) AS input_tokens, SUM(s.output_tokens) AS output_tokens, "
         "SUM(s.cache_creation_tokens) AS cache_creation_tokens, SUM(s.cache_read_tokens) AS cache_read_tokens "
-        f"FROM session_stats AS s{join} WHERE " + " AND ".join(where) + " GROUP BY " + ", ".join(keys)
+        f"FROM session_stats AS s{join} WHERE " + " AND ".join(where) + " GROUP BY " + ", ".join(k for k in keys if k != "NULL")
     )
     rows = []
     for record in conn.execute(sql, params):
@@ -1031,6 +1066,33 @@ def query_search(
     return SearchResult(hits, windowed=low is not None, window=int(window or 0))
 
 
+def query_search_postgres(conn: Any, query: str, limit: int = 20, window: int | None = SEARCH_WINDOW) -> SearchResult:
+    """L{query_search} over the PostgreSQL store (its query language: docs/postgres.md)."""
+    from lunaroute.sessions.postgres import PostgresQueries
+    from lunaroute.sessions.store import _CLOSE, _OPEN, BadParameter
+
+    if not query.strip():
+        raise ReportError("empty search query", EXIT_USAGE)
+    queries = PostgresQueries(conn)
+    try:
+        rows = queries.search_rows(query, limit, "query", window or None)
+        windowed = bool(window) and queries.more_matches_than(query, int(window or 0), "query")
+    except BadParameter as exc:
+        raise ReportError(f"bad search query {query!r}: {exc.message} (see docs/postgres.md)", EXIT_USAGE) from None
+    hits = [
+        SearchHit(
+            session_id=row["session_id"],
+            request_id=row["request_id"],
+            at=row["started_at"] or row["completed_at"],
+            model=row["model_used"] or row["model_requested"],
+            snippet=row["snippet"].replace(_OPEN, HIT_START).replace(_CLOSE, HIT_END),
+            score=float(row["score"]),
+        )
+        for row in rows
+    ]
+    return SearchResult(hits, windowed=windowed, window=int(window or 0))
+
+
 # --------------------------------------------------------------------------
 # The commands
 
@@ -1055,6 +1117,25 @@ def _settings(config: str | None) -> Any:
         raise ReportError(f"configuration error: {exc}") from None
 
 
+def _postgres_dsn(args: argparse.Namespace) -> str | None:
+    """
+    The PostgreSQL store to read: C{--postgres DSN}, C{--postgres} alone
+    (the configured one), or, without C{--db-path}, the configured store
+    when C{session_recording.postgres.enabled}; else C{None} (SQLite).
+    """
+    option = getattr(args, "postgres", None)
+    if option:
+        return str(option)
+    if option is None and getattr(args, "db_path", None):
+        return None
+    postgres = _settings(args.config).session_recording.postgres
+    if option is not None:
+        if not postgres.connection_string:
+            raise ReportError("--postgres needs a connection string, or session_recording.postgres in the config")
+        return str(postgres.connection_string)
+    return str(postgres.connection_string) if postgres.enabled and postgres.connection_string else None
+
+
 def _db_path(args: argparse.Namespace) -> str:
     if args.db_path:
         return str(os.path.expanduser(args.db_path))
@@ -1070,12 +1151,14 @@ def run_report(args: argparse.Namespace, out: TextIO | None = None, now: datetim
         until = parse_day(args.until) if args.until else None
         client = client_choice(args.client) if args.client else None
         low, high = day_bounds(since, until, zone)
-        conn = connect_readonly(_db_path(args))
+        dsn = _postgres_dsn(args)
+        conn = connect_postgres(dsn) if dsn else connect_readonly(_db_path(args))
         try:
             rows, notes = query_usage_rows(
-                conn, low=low, high=high, model=args.model, project=args.project, by_session=args.kind == "session"
+                conn, low=low, high=high, model=args.model, project=args.project, by_session=args.kind == "session",
+                postgres=dsn is not None,
             )
-        except sqlite3.Error as exc:
+        except _database_errors() as exc:
             raise ReportError(f"cannot read the session database: {exc}") from None
         finally:
             conn.close()
@@ -1115,12 +1198,23 @@ def run_search(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if not args.db_path:
                 raise
             settings = None  # the database is given: only the API address falls back to its default
-        db_path = os.path.expanduser(args.db_path) if args.db_path else settings.session_recording.db_path
-        conn = connect_readonly(db_path)
-        try:
-            result = query_search(conn, args.query, args.limit, None if args.all else SEARCH_WINDOW)
-        finally:
-            conn.close()
+        dsn = _postgres_dsn(args) if settings is not None or getattr(args, "postgres", None) else None
+        window = None if args.all else SEARCH_WINDOW
+        if dsn:
+            pg = connect_postgres(dsn)
+            try:
+                result = query_search_postgres(pg, args.query, args.limit, window)
+            except _database_errors() as exc:
+                raise ReportError(f"search failed: {exc}") from None
+            finally:
+                pg.close()
+        else:
+            db_path = os.path.expanduser(args.db_path) if args.db_path else settings.session_recording.db_path
+            conn = connect_readonly(db_path)
+            try:
+                result = query_search(conn, args.query, args.limit, window)
+            finally:
+                conn.close()
     except ReportError as exc:
         print(f"lunaroute-server: {exc}", file=sys.stderr)
         return exc.status
@@ -1173,6 +1267,11 @@ def add_report_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--breakdown", "-b", action="store_true", help="a row per model under each line")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--db-path", metavar="PATH", help="SQLite session database (default from config)")
+    parser.add_argument(
+        "--postgres", nargs="?", const="", metavar="DSN",
+        help="read the PostgreSQL store: this connection string, or alone the configured one "
+        "(the default when session_recording.postgres is enabled)",
+    )
     parser.add_argument("--config", "-c", help="config file to take the database path from")
 
 
@@ -1187,4 +1286,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--timezone", "-z", metavar="ZONE", help="IANA time zone for times (default: local)")
     parser.add_argument("--db-path", metavar="PATH", help="SQLite session database (default from config)")
+    parser.add_argument(
+        "--postgres", nargs="?", const="", metavar="DSN",
+        help="search the PostgreSQL store: this connection string, or alone the configured one "
+        "(the default when session_recording.postgres is enabled)",
+    )
     parser.add_argument("--config", "-c", help="config file to take the database path and API address from")

@@ -54,6 +54,8 @@ __all__ = [
     "StatsWindow",
     "StoreError",
     "StoreUnavailable",
+    "ThreadedStore",
+    "make_session_store",
     "to_fts_query",
 ]
 
@@ -317,8 +319,15 @@ def _turn(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
+# Session columns a store keeps for its own bookkeeping, never shown (the
+# PostgreSQL store's time of the latest request).
+INTERNAL_SESSION_COLUMNS = ("last_request_at",)
+
+
 def _session(row: sqlite3.Row) -> dict[str, Any]:
     out = _row(row)
+    for column in INTERNAL_SESSION_COLUMNS:
+        out.pop(column, None)
     out["metadata"] = {"client": out.get("client"), "project": out.get("project"), "title": out.get("title")}
     return out
 
@@ -332,6 +341,13 @@ class SessionQueries:
     The read model's queries, blocking, over one connection (read-only in
     the API; the command line may pass any).  Not thread-safe: one per
     thread.
+
+    The SQL here is shared by both stores: SQLite, and PostgreSQL through a
+    connection whose C{execute} takes the same C{?} placeholders and gives
+    rows that index by name and position
+    (L{lunaroute.sessions.postgres.PostgresQueries}).  What differs, the
+    full-text search and deleting, is in the methods a store overrides:
+    L{_text_filter}, L{search}, L{delete_session}.
     """
 
     def __init__(self, conn: sqlite3.Connection, jsonl_dir: str | None = None) -> None:
@@ -403,14 +419,9 @@ class SessionQueries:
             where.append("s.success = ?")
             params.append(int(filters.success))
         if filters.text_search is not None and filters.text_search.strip():
-            # The matches' rowids, then their sessions by primary key: FTS5
-            # would fetch each match's whole content row (text and bodies,
-            # on overflow pages) to give its session_id column.
-            where.append(
-                "s.session_id IN (SELECT r.session_id FROM session_stats AS r WHERE r.id IN "
-                "(SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?))"
-            )
-            params.append(to_fts_query(filters.text_search))
+            sql, values = self._text_filter(filters.text_search)
+            where.append(sql)
+            params.extend(values)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         column = SORTS[sort]
         direction = "DESC" if order == "desc" else "ASC"
@@ -422,6 +433,17 @@ class SessionQueries:
             "text_search",
         )
         return [_session(r) for r in rows], int(total)
+
+    def _text_filter(self, text: str) -> tuple[str, list[Any]]:
+        """The condition on C{s.session_id} for sessions whose recorded text matches C{text}."""
+        # The matches' rowids, then their sessions by primary key: FTS5
+        # would fetch each match's whole content row (text and bodies, on
+        # overflow pages) to give its session_id column.
+        return (
+            "s.session_id IN (SELECT r.session_id FROM session_stats AS r WHERE r.id IN "
+            "(SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?))",
+            [to_fts_query(text)],
+        )
 
     def get_session(self, session_id: str) -> dict[str, Any]:
         """The session row with its C{requests} (per-turn figures, oldest first)."""
@@ -756,7 +778,7 @@ class SessionQueries:
         models = self._all(
             "SELECT COALESCE(r.model_used, r.model_requested) AS model, SUM(r.estimated_cost_usd) AS cost_usd, "
             "COUNT(*) AS requests, COUNT(r.estimated_cost_usd) AS priced_requests "
-            f"FROM session_stats AS r {where} GROUP BY model ORDER BY cost_usd DESC, model",
+            f"FROM session_stats AS r {where} GROUP BY model ORDER BY SUM(r.estimated_cost_usd) IS NULL, cost_usd DESC, model",
             params,
         )
         total = sum(r["cost_usd"] or 0.0 for r in days)
@@ -782,7 +804,7 @@ class SessionQueries:
             out_days.append({"day": r["day"], "cost_usd": r["cost_usd"], "cumulative_usd": running})
         providers = self._all(
             "SELECT r.provider AS provider, COALESCE(SUM(r.estimated_cost_usd), 0) AS cost_usd, COUNT(*) AS requests "
-            f"FROM session_stats AS r {where} GROUP BY r.provider ORDER BY cost_usd DESC",
+            f"FROM session_stats AS r {where} GROUP BY r.provider ORDER BY cost_usd DESC, r.provider",
             params,
         )
         unpriced = self.conn.execute(
@@ -984,7 +1006,7 @@ class SessionQueries:
             "SELECT r.user_agent AS user_agent, COUNT(*) AS requests, "
             "COUNT(DISTINCT r.session_id) AS sessions, COALESCE(SUM(r.total_tokens), 0) AS total_tokens, "
             "SUM(r.estimated_cost_usd) AS cost_usd, MAX(r.started_at) AS last_seen "
-            f"FROM session_stats AS r {where} GROUP BY r.user_agent ORDER BY requests DESC",
+            f"FROM session_stats AS r {where} GROUP BY r.user_agent ORDER BY requests DESC, r.user_agent",
             params,
         )
         # The client from the user agent here, not the stored column: rows
@@ -1099,54 +1121,33 @@ def open_read_only(db_path: str) -> sqlite3.Connection:
 
 
 @implementer(ISessionStore)
-class SessionStore:
+class ThreadedStore:
     """
-    L{ISessionStore} over the SQLite session database: each query runs in
-    C{threadpool} (the reactor's by default) on that thread's own
-    read-only connection, and fires a L{Deferred} on the reactor.
+    L{ISessionStore} over a L{SessionQueries}: each query runs in
+    C{threadpool} (the reactor's by default) and fires a L{Deferred} on the
+    reactor.  A store says how a thread gets its queries object and maps
+    its database's errors (L{_call}); the rest is shared.
 
-    @param db_path: the database the SQLite writer fills.
     @param reactor: provides C{callFromThread} and C{seconds} (the clock
         for C{days} windows).
     @param threadpool: where queries run; a pool with an C{inline}
         attribute (L{lunaroute.sessions.recorder.InlineThreadPool}) runs them
         at once, for tests.
-    @param jsonl_dir: the JSONL folder, whose files L{delete_session} removes.
     """
 
-    def __init__(
-        self, db_path: str, reactor: Any = None, threadpool: Any = None, jsonl_dir: str | None = None
-    ) -> None:
+    def __init__(self, reactor: Any = None, threadpool: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        self.db_path = os.path.expanduser(db_path)
-        self.jsonl_dir = os.path.expanduser(jsonl_dir) if jsonl_dir else None
         self.reactor = reactor
         self._threadpool = threadpool
-        self._local = threading.local()
 
     # -- plumbing ----------------------------------------------------------
 
-    def _queries(self) -> SessionQueries:
-        queries = getattr(self._local, "queries", None)
-        if queries is None:
-            queries = SessionQueries(open_read_only(self.db_path), self.jsonl_dir)
-            self._local.queries = queries
-        return queries
-
     def _call(self, method: str, *args: Any) -> Any:
-        queries = self._queries()
-        try:
-            return getattr(queries, method)(*args)
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise StoreUnavailable(f"the session database is busy: {exc}") from None
-            # A replaced or corrupt file: reopen on the next query.
-            self._local.queries = None
-            queries.conn.close()
-            raise
+        """Run C{SessionQueries.<method>(*args)} in this thread; a store's own."""
+        raise NotImplementedError
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         pool = self._threadpool if self._threadpool is not None else self.reactor.getThreadPool()
@@ -1165,11 +1166,7 @@ class SessionStore:
         return float(self.reactor.seconds())
 
     def close(self) -> None:
-        """Close this thread's connection (the others close with their threads)."""
-        queries = getattr(self._local, "queries", None)
-        if queries is not None:
-            queries.conn.close()
-            self._local.queries = None
+        """Release what the store holds open."""
 
     # -- ISessionStore -----------------------------------------------------
 
@@ -1219,6 +1216,53 @@ class SessionStore:
         return self._query("recent_sessions", limit, window)
 
     def delete_session(self, session_id: str) -> Deferred[dict[str, Any]]:
+        return self._query("delete_session", session_id)
+
+
+class SessionStore(ThreadedStore):
+    """
+    L{ISessionStore} over the SQLite session database: each query runs on
+    its pool thread's own read-only connection.
+
+    @param db_path: the database the SQLite writer fills.
+    @param jsonl_dir: the JSONL folder, whose files L{delete_session} removes.
+    """
+
+    def __init__(
+        self, db_path: str, reactor: Any = None, threadpool: Any = None, jsonl_dir: str | None = None
+    ) -> None:
+        super().__init__(reactor, threadpool)
+        self.db_path = os.path.expanduser(db_path)
+        self.jsonl_dir = os.path.expanduser(jsonl_dir) if jsonl_dir else None
+        self._local = threading.local()
+
+    def _queries(self) -> SessionQueries:
+        queries = getattr(self._local, "queries", None)
+        if queries is None:
+            queries = SessionQueries(open_read_only(self.db_path), self.jsonl_dir)
+            self._local.queries = queries
+        return queries
+
+    def _call(self, method: str, *args: Any) -> Any:
+        queries = self._queries()
+        try:
+            return getattr(queries, method)(*args)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise StoreUnavailable(f"the session database is busy: {exc}") from None
+            # A replaced or corrupt file: reopen on the next query.
+            self._local.queries = None
+            queries.conn.close()
+            raise
+
+    def close(self) -> None:
+        """Close this thread's connection (the others close with their threads)."""
+        queries = getattr(self._local, "queries", None)
+        if queries is not None:
+            queries.conn.close()
+            self._local.queries = None
+
+    def delete_session(self, session_id: str) -> Deferred[dict[str, Any]]:
         def delete() -> dict[str, Any]:
             self._queries()  # the database must exist and be current
             conn = connect(self.db_path)
@@ -1228,6 +1272,26 @@ class SessionStore:
                 conn.close()
 
         return self._run(delete)
+
+
+def make_session_store(recording: Any, reactor: Any = None) -> ThreadedStore | None:
+    """
+    The read model the session API, the UI and reports use for these
+    C{session_recording} settings: the PostgreSQL store when
+    C{postgres.enabled}, else the SQLite database when C{sqlite.enabled},
+    else C{None}.
+    """
+    if not recording.enabled:
+        return None
+    jsonl_dir = os.path.expanduser(recording.jsonl_dir) if recording.jsonl_enabled else None
+    postgres = getattr(recording, "postgres", None)
+    if postgres is not None and postgres.enabled:
+        from lunaroute.sessions.postgres import PostgresSessionStore
+
+        return PostgresSessionStore(postgres, reactor=reactor, jsonl_dir=jsonl_dir)
+    if recording.sqlite_enabled:
+        return SessionStore(os.path.expanduser(recording.db_path), reactor=reactor, jsonl_dir=jsonl_dir)
+    return None
 
 
 # Statistics by name (the API's /api/stats/<name>, /api/user-agents,

@@ -21,7 +21,6 @@ and stopped with the proxy's listener in C{stopService}.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ from lunaroute.api.app import LiveFeed, SessionAPI
 from lunaroute.config import ui_unavailable_reason
 from lunaroute.interfaces import ISessionStore
 from lunaroute.proxy.site import ListenerService, gateway_site
-from lunaroute.sessions.store import SessionStore
+from lunaroute.sessions.store import make_session_store
 from lunaroute.stats.pricing import PricingTable
 from lunaroute.ui.guard import CONTENT_SECURITY_POLICY, UIGuard, is_loopback_host
 from lunaroute.ui.pages import UIPages
@@ -83,6 +82,7 @@ def make_ui_service(
     reactor: Any,
     pricing: PricingTable | None = None,
     readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    store: Any = None,
 ) -> ListenerService | None:
     """
     The UI's listener service, or C{None} when it does not run
@@ -94,11 +94,10 @@ def make_ui_service(
     recording = settings.session_recording
     if pricing is None:
         pricing = PricingTable.load(settings.statistics.pricing_file, settings.statistics.pricing)
-    store = SessionStore(
-        os.path.expanduser(recording.db_path),
-        reactor=reactor,
-        jsonl_dir=os.path.expanduser(recording.jsonl_dir) if recording.jsonl_enabled else None,
-    )
+    if store is None:
+        store = make_session_store(recording, reactor)
+    if store is None:
+        return None
     feed = LiveFeed()
     feed.attach(recorder)
     site = gateway_site(ui_resource(store, settings, reactor, pricing, feed, readiness), settings.http_server, reactor)
