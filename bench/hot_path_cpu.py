@@ -56,6 +56,8 @@ from run import CLIENT_HEADERS, Procs, child_env, request_body, start_upstream  
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "recording": {"session_recording": {"enabled": True}},
+    # Only for experiments: the same with fewer, larger batches.
+    "recording-1s": {"session_recording": {"enabled": True, "batch_interval_ms": 1000}},
 }
 
 
@@ -90,6 +92,10 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _sys() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def gateway_main(config_path: str, phases: list[tuple[str, bool, int, int]], profile: bool, sessions: int) -> None:
     from twisted.internet import defer, reactor, task
     from twisted.internet.protocol import ProcessProtocol
@@ -101,6 +107,20 @@ def gateway_main(config_path: str, phases: list[tuple[str, bool, int, int]], pro
     service = make_gateway_service(settings, reactor)
     results: dict[str, Any] = {}
     writer_profile: list[Any] = []
+    writer_cpu = [0.0]
+    if service.recorder is not None:
+        # The writer thread's own CPU time, batch by batch.
+        recorder = service.recorder
+        timed_batch = recorder._write_batch
+
+        def timed_write_batch(batch: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return timed_batch(batch)
+            finally:
+                writer_cpu[0] += time.thread_time() - start
+
+        recorder._write_batch = timed_write_batch  # type: ignore[method-assign]
     if profile and service.recorder is not None:
         # The recorder's writer thread gets its own profiler (cProfile sees
         # one thread): wrap the batch function it runs there.
@@ -120,7 +140,7 @@ def gateway_main(config_path: str, phases: list[tuple[str, bool, int, int]], pro
         def __init__(self) -> None:
             self.done: defer.Deferred[None] = defer.Deferred()
             self.buffer = b""
-            self.start = self.start_thread = 0.0
+            self.start = self.start_thread = self.start_sys = self.start_writer = 0.0
             self.profiler: Any = None
 
         def outReceived(self, data: bytes) -> None:
@@ -133,7 +153,8 @@ def gateway_main(config_path: str, phases: list[tuple[str, bool, int, int]], pro
 
                         self.profiler = cProfile.Profile()
                         self.profiler.enable()
-                    self.start, self.start_thread = _cpu(), time.thread_time()
+                    self.start, self.start_thread, self.start_sys = _cpu(), time.thread_time(), _sys()
+                    self.start_writer = writer_cpu[0]
                     self.transport.write(b"go\n")
                 elif line == b"done":
                     self.done.callback(None)
@@ -161,6 +182,8 @@ def gateway_main(config_path: str, phases: list[tuple[str, bool, int, int]], pro
             thread = time.thread_time() - client.start_thread
             await drained()
             total = _cpu() - client.start
+            system = _sys() - client.start_sys
+            writer = writer_cpu[0] - client.start_writer
             if client.profiler is not None:
                 client.profiler.disable()
                 results[name + ":profile"] = _profile_lines(client.profiler, requests)
@@ -174,6 +197,8 @@ def gateway_main(config_path: str, phases: list[tuple[str, bool, int, int]], pro
                 "requests": requests,
                 "cpu_us": 1e6 * total / requests,
                 "reactor_thread_us": 1e6 * thread / requests,
+                "system_us": 1e6 * system / requests,
+                "writer_thread_us": 1e6 * writer / requests,
             }
         if service.recorder is not None:
             results["recorded_dropped"] = service.recorder.dropped_events
@@ -232,6 +257,11 @@ def _profile_lines(profiler: Any, requests: int, top: int = 35) -> list[str]:
 
 
 def run_config(tmp: str, upstream: int, name: str, args: argparse.Namespace, profile: bool) -> dict[str, Any]:
+    env = child_env()
+    if name.endswith("@base"):
+        # The same configuration on another checkout's code (an A/B run).
+        name = name[: -len("@base")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (args.baseline, env.get("PYTHONPATH")) if p)
     sessions_dir = tempfile.mkdtemp(prefix="sessions-", dir=tmp)
     config: dict[str, Any] = {
         "host": "127.0.0.1",
@@ -251,7 +281,7 @@ def run_config(tmp: str, upstream: int, name: str, args: argparse.Namespace, pro
         ["stream", True, args.warmup // 2, args.requests // 2],
     ]
     argv = [sys.executable, __file__, "--gateway", path, json.dumps(phases), str(int(profile)), str(args.sessions)]
-    out = subprocess.run(argv, capture_output=True, text=True, env=child_env(), timeout=900)
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
     shutil.rmtree(sessions_dir, ignore_errors=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -269,8 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="default,recording")
     parser.add_argument("--profile", action="store_true", help="one more round per configuration under cProfile")
     parser.add_argument("--out", default=None, help="also write the results (JSON) here")
+    parser.add_argument(
+        "--baseline", default=None,
+        help="another checkout (e.g. from git archive): each configuration also runs on its code, as NAME@base",
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.configs.split(",") if n]
+    if args.baseline:
+        names = [n for name in names for n in (f"{name}@base", name)]
 
     tmp = tempfile.mkdtemp(prefix="lunaroute-hotpath-")
     procs = Procs(tmp)
@@ -285,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
                 r = runs[name][-1]
                 print(
                     f"round {round_ + 1} {name:10s} json {r['json']['cpu_us']:7.1f} us "
-                    f"(reactor {r['json']['reactor_thread_us']:6.1f})  stream {r['stream']['cpu_us']:7.1f} us "
-                    f"(reactor {r['stream']['reactor_thread_us']:6.1f})",
+                    f"(reactor {r['json']['reactor_thread_us']:6.1f}, writer {r['json']['writer_thread_us']:5.1f}, "
+                    f"sys {r['json']['system_us']:5.1f})  "
+                    f"stream {r['stream']['cpu_us']:7.1f} us "
+                    f"(reactor {r['stream']['reactor_thread_us']:6.1f}, sys {r['stream']['system_us']:5.1f})",
                     flush=True,
                 )
         if args.profile:
@@ -312,10 +350,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"runs: {', '.join(f'{v:.0f}' for v in row[phase]['all'])}")
         row["dropped"] = [r.get("recorded_dropped") for r in runs[name]]
         summary[name] = row
-    if "default" in summary and "recording" in summary:
-        for phase in ("json", "stream"):
-            off, on = summary["default"][phase]["cpu_us"], summary["recording"][phase]["cpu_us"]
-            print(f"  recording on vs off, {phase}: {100 * (on - off) / off:+.0f}%")
+    for suffix in ("@base", ""):
+        if "default" + suffix in summary and "recording" + suffix in summary:
+            for phase in ("json", "stream"):
+                off, on = summary["default" + suffix][phase]["cpu_us"], summary["recording" + suffix][phase]["cpu_us"]
+                print(f"  recording on vs off{suffix}, {phase}: {100 * (on - off) / off:+.0f}%")
     for name, result in profiles.items():
         for phase in ("json", "stream"):
             print(f"\ncProfile, {name}, {phase} ({result[phase]['requests']} requests):")
