@@ -96,7 +96,41 @@ def _sys() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
-def gateway_main(config_path: str, phases: list[tuple[str, bool, int, int]], profile: bool, sessions: int) -> None:
+def _time_steps(service: Any, steps: dict[str, float]) -> None:
+    """
+    Wrap the gateway's own steps (parse, start, upstream headers, collect,
+    enrich, each sink) to add up their reactor-thread CPU time in C{steps}.
+    Bench only: it replaces attributes of the running gateway.
+    """
+    from lunaroute.proxy import app as app_module
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                steps[name] = steps.get(name, 0.0) + time.thread_time() - start
+
+        return wrapper
+
+    gateway = service.gateway
+    gateway._sinks = tuple(timed(f"sink {getattr(f, '__qualname__', f)}", f) for f in gateway._sinks)
+    gateway._enricher = timed("enrich", gateway._enricher)
+    gateway._start_observers = tuple(
+        timed(f"start observer {getattr(f, '__qualname__', f)}", f) for f in gateway._start_observers
+    )
+    for name in ("_start_exchange", "upstream_headers", "_collect"):
+        setattr(gateway, name, timed(name.lstrip("_"), getattr(gateway, name)))
+    app_module.parse_request = timed("parse_request", app_module.parse_request)  # type: ignore[attr-defined]
+    from lunaroute.dialects.capture import ResponseCapture
+
+    ResponseCapture.feed = timed("tap (capture.feed)", ResponseCapture.feed)  # type: ignore[method-assign]
+
+
+def gateway_main(
+    config_path: str, phases: list[tuple[str, bool, int, int]], profile: bool, sessions: int, steps_on: bool = False
+) -> None:
     from twisted.internet import defer, reactor, task
     from twisted.internet.protocol import ProcessProtocol
 
@@ -106,6 +140,9 @@ def gateway_main(config_path: str, phases: list[tuple[str, bool, int, int]], pro
     settings = load_settings(config_path, env={})
     service = make_gateway_service(settings, reactor)
     results: dict[str, Any] = {}
+    steps: dict[str, float] = {}
+    if steps_on:
+        _time_steps(service, steps)
     # Time in the cyclic garbage collector (all threads), by generation.
     import gc
 
@@ -170,6 +207,7 @@ def gateway_main(config_path: str, phases: list[tuple[str, bool, int, int]], pro
                     self.start, self.start_thread, self.start_sys = _cpu(), time.thread_time(), _sys()
                     self.start_writer = writer_cpu[0]
                     self.start_gc = list(gc_time)
+                    steps.clear()
                     self.transport.write(b"go\n")
                 elif line == b"done":
                     self.done.callback(None)
@@ -216,6 +254,7 @@ def gateway_main(config_path: str, phases: list[tuple[str, bool, int, int]], pro
                 "system_us": 1e6 * system / requests,
                 "writer_thread_us": 1e6 * writer / requests,
                 "gc_us": collected,
+                "steps_us": {k: round(1e6 * v / requests, 1) for k, v in steps.items()},
             }
         if service.recorder is not None:
             results["recorded_dropped"] = service.recorder.dropped_events
@@ -304,7 +343,8 @@ def run_config(tmp: str, upstream: int, name: str, args: argparse.Namespace, pro
         ["json", False, args.warmup, args.requests],
         ["stream", True, args.warmup // 2, args.requests // 2],
     ]
-    argv = [sys.executable, __file__, "--gateway", path, json.dumps(phases), str(int(profile)), str(args.sessions)]
+    argv = [sys.executable, __file__, "--gateway", path, json.dumps(phases), str(int(profile)), str(args.sessions),
+            str(int(args.steps))]
     out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
     shutil.rmtree(sessions_dir, ignore_errors=True)
     for line in out.stdout.splitlines():
@@ -323,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="default,recording")
     parser.add_argument("--profile", action="store_true", help="one more round per configuration under cProfile")
     parser.add_argument("--out", default=None, help="also write the results (JSON) here")
+    parser.add_argument(
+        "--steps", action="store_true",
+        help="also time LunaRoute's own steps (parse, start, headers, collect, enrich, each sink) per request",
+    )
     parser.add_argument(
         "--baseline", default=None,
         help="another checkout (e.g. from git archive): each configuration also runs on its code, as NAME@base",
@@ -373,6 +417,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:10s} {phase:6s} {cpu:7.1f} us  (reactor thread {reactor_:6.1f} us)  "
                   f"runs: {', '.join(f'{v:.0f}' for v in row[phase]['all'])}")
         row["dropped"] = [r.get("recorded_dropped") for r in runs[name]]
+        if args.steps:
+            for phase in ("json", "stream"):
+                named = sorted({k for r in runs[name] for k in r[phase].get("steps_us", {})})
+                medians = {k: statistics.median(r[phase]["steps_us"].get(k, 0.0) for r in runs[name]) for k in named}
+                row[phase]["steps_us"] = medians
+                print(f"    {phase} steps (us/request): "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in medians.items())
+                      + f"; together {sum(medians.values()):.1f}")
         summary[name] = row
     for suffix in ("@base", ""):
         if "default" + suffix in summary and "recording" + suffix in summary:
@@ -394,6 +446,6 @@ if __name__ == "__main__":
         client_main(int(sys.argv[2]), bool(int(sys.argv[3])), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--gateway":
         gateway_main(sys.argv[2], [tuple(p) for p in json.loads(sys.argv[3])], bool(int(sys.argv[4])),
-                     int(sys.argv[5]))
+                     int(sys.argv[5]), bool(int(sys.argv[6])))
     else:
         sys.exit(main())

@@ -102,6 +102,10 @@ ExchangeObserver = Callable[[Exchange], None]
 # read it within this many seconds has its connection aborted.
 CUT_GRACE_SECS = 30.0
 
+# A relayed stream is parsed for the record in passes of this many bytes
+# (and at its end), not chunk by chunk (see ResponseCapture's bulk_bytes).
+TAP_BULK_BYTES = 16 * 1024
+
 __all__ = ["ExchangeObserver", "GatewayApp", "listener_for_path"]
 
 
@@ -772,6 +776,7 @@ class GatewayApp:
                     content_type=first_value(response.headers, b"content-type"),
                     content_encoding=first_value(response.headers, b"content-encoding"),
                     on_event=self.request_log.listener(exchange) if self.request_log is not None else None,
+                    bulk_bytes=TAP_BULK_BYTES,
                 )
             on_chunk = capture.feed if capture is not None else _ignore
             relay = RelayProtocol(request, clock, on_chunk, idle_timeout=_idle_timeout(provider))
