@@ -199,7 +199,25 @@ def makeService(options: Options, reactor: Any = None) -> Any:
                 raise SystemExit(
                     f"lunaroute: cannot listen on {settings.ui.host}:{settings.ui.port} (ui): {problem}"
                 )
+        from twisted.internet import reactor as running_reactor
+
+        running_reactor.callWhenRunning(freeze_startup_heap)
     return make_gateway_service(settings, reactor=reactor, second_signal_cuts=True)
+
+
+def freeze_startup_heap() -> None:
+    """
+    Move everything alive once the gateway has started (modules, settings,
+    routes, metric families: objects that live as long as the process) out
+    of the cyclic garbage collector's reach (C{gc.freeze}), after one last
+    collection.  The collections that requests trigger then scan only what
+    requests allocate: measured at 31 → 6 µs of collector time per request
+    (docs/performance.md, "Hot path and recording, 2026-12-01").
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def main(argv: list[str] | None = None) -> None:

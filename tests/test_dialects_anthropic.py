@@ -329,3 +329,34 @@ def test_one_hour_writes_above_the_total_are_capped() -> None:
     raw = _cache_usage(0, 0) | {"cache_creation_input_tokens": 10, "cache_creation": {"ephemeral_1h_input_tokens": 99}}
     usage = summarize_anthropic_json({"type": "message", "content": [], "usage": raw}).usage
     assert (usage.cache_creation_tokens, usage.cache_creation_1h_tokens, usage.cache_creation_5m_tokens) == (10, 10, 0)
+
+
+def test_accumulator_keeps_its_own_copy_of_the_events() -> None:
+    """The summary does not change when the caller reuses the event dicts (copy_json)."""
+    acc = AnthropicStreamAccumulator()
+    start = {"type": "message_start", "message": {"id": "msg_1", "model": "m", "content": [],
+                                                  "usage": {"input_tokens": 3, "output_tokens": 1}}}
+    block = {"type": "content_block_start", "index": 0,
+             "content_block": {"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}}
+    acc.add("message_start", start)
+    acc.add("content_block_start", block)
+    start["message"]["usage"]["input_tokens"] = 99
+    start["message"]["id"] = "changed"
+    block["content_block"]["name"] = "changed"
+    acc.add("message_stop", {"type": "message_stop"})
+    summary = acc.summary()
+    assert summary.response_id == "msg_1"
+    assert summary.usage.input_tokens == 3
+    assert [call.name for call in summary.tool_calls] == ["Bash"]
+
+
+def test_copy_json_copies_containers_at_every_depth() -> None:
+    from lunaroute.dialects._coerce import copy_json
+
+    value: dict[str, Any] = {"a": [{"b": [1, 2.5, None, True, "s"]}], "c": {"d": {}}}
+    copied = copy_json(value)
+    assert copied == value
+    assert copied is not value and copied["a"] is not value["a"] and copied["a"][0]["b"] is not value["a"][0]["b"]
+    assert copied["c"]["d"] is not value["c"]["d"]
+    odd = {"t": (1, [2])}
+    assert copy_json(odd)["t"] == (1, [2]) and copy_json(odd)["t"][1] is not odd["t"][1]

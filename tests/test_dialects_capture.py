@@ -334,3 +334,46 @@ def test_feed_survives_accumulator_misbehaviour(monkeypatch: pytest.MonkeyPatch)
     summary = capture("anthropic", [(STREAMS / "anthropic_thinking_tools.sse").read_bytes()])
     assert summary.partial is True
     assert summary.event_count == 23
+
+
+@pytest.mark.parametrize(("dialect", "name", "content_type"), STREAM_FIXTURES, ids=STREAM_IDS)
+@pytest.mark.parametrize("bulk", [1, 100, 16 * 1024])
+def test_bulk_mode_gives_the_same_summary(dialect: str, name: str, content_type: str, bulk: int) -> None:
+    """Parsing the stream in passes of bulk_bytes gives exactly the chunk-by-chunk summary."""
+    data = (STREAMS / name).read_bytes()
+    expected = reference(dialect, name, content_type)
+    for seed in range(5):
+        summary = capture(dialect, random_chunks(data, seed), content_type, bulk_bytes=bulk)
+        assert summary.to_dict() == expected, seed
+    compressed = gzip.compress(data)
+    summary = capture(dialect, random_chunks(compressed, 1), content_type, bulk_bytes=bulk,
+                      content_encoding="gzip")
+    assert summary.to_dict() == expected
+
+
+def test_bulk_mode_defers_parsing_until_enough_has_arrived() -> None:
+    """In bulk mode a chunk is only kept until bulk_bytes arrived (or finish); then it is parsed."""
+    data = (STREAMS / "anthropic_thinking_tools.sse").read_bytes()
+    cap = ResponseCapture("anthropic", streaming=True, content_type=SSE, bulk_bytes=len(data) // 2 + 1)
+    first, rest = data[: len(data) // 2], data[len(data) // 2:]
+    cap.feed(first)
+    assert cap._event_count == 0  # noqa: SLF001 - nothing parsed yet
+    cap.feed(rest)
+    assert cap._event_count > 0  # noqa: SLF001 - the pass ran once enough had arrived
+    assert cap.finish().to_dict() == reference("anthropic", "anthropic_thinking_tools.sse", SSE)
+
+
+def test_bulk_mode_is_off_with_an_event_listener() -> None:
+    """A listener (the request log) sees each event as it arrives, so no bulk then."""
+    data = (STREAMS / "anthropic_thinking_tools.sse").read_bytes()
+    seen: list[str] = []
+    cap = ResponseCapture("anthropic", streaming=True, content_type=SSE, bulk_bytes=1 << 20,
+                          on_event=lambda event, payload: seen.append(event.event))
+    cap.feed(data[: data.index(b"\n\n") + 2])
+    assert seen == ["message_start"]
+
+
+def test_bulk_mode_still_gives_up_on_an_endless_line() -> None:
+    """The buffer limit still applies in bulk mode: an endless line makes the summary partial."""
+    summary = capture("anthropic", [b"data: " + b"x" * 1000] * 50, max_buffer_bytes=10_000, bulk_bytes=4096)
+    assert summary.partial is True

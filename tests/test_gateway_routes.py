@@ -60,3 +60,66 @@ async def test_anthropic_only_dialect_hides_openai_routes(fake, start_gateway):
     assert "error" in response.json() and "message" in response.json()["error"]
     readyz = await in_thread(httpx.get, gw.url + "/readyz")
     assert "openai" not in readyz.json()["dialects"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_hot_routes_skip_klein_url_map(gateway, monkeypatch):
+    """
+    POST /v1/messages (and the other conversation routes) are dispatched by
+    a dict lookup, not by binding and matching Klein's URL map; other paths
+    still go through the map.
+    """
+    from werkzeug.routing import Map
+
+    binds: list[str] = []
+    real_bind = Map.bind
+
+    def counting_bind(self, *args, **kwargs):
+        binds.append(kwargs.get("path_info") or "")
+        return real_bind(self, *args, **kwargs)
+
+    monkeypatch.setattr(Map, "bind", counting_bind)
+    response = await in_thread(
+        httpx.post,
+        gateway.url + "/v1/messages",
+        json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-api-key": "sk-test", "anthropic-version": "2023-06-01"},
+    )
+    assert response.status_code == 200
+    assert binds == []
+    health = await in_thread(httpx.get, gateway.url + "/healthz")
+    assert health.status_code == 200
+    assert binds == ["/healthz"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_hot_route_errors_match_klein_routes(gateway, monkeypatch, logged_failures):
+    """
+    A bug while forwarding is a 500 in the client's dialect on a hot route
+    exactly as on a route Klein dispatches (count_tokens runs the same step),
+    and a bad body is the same 400.
+    """
+    from lunaroute.proxy.app import GatewayApp
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("boom")
+
+    headers = {"x-api-key": "sk-test", "anthropic-version": "2023-06-01"}
+    bad = await in_thread(httpx.post, gateway.url + "/v1/messages", content=b"{nope", headers=headers)
+    bad_klein = await in_thread(
+        httpx.post, gateway.url + "/v1/messages/count_tokens", content=b"{nope", headers=headers
+    )
+    assert bad.status_code == bad_klein.status_code == 400
+    assert bad.json() == bad_klein.json()
+    assert bad.json()["type"] == "error"
+
+    logged_failures.expect(RuntimeError)
+    monkeypatch.setattr(GatewayApp, "forward", broken)
+    hot = await in_thread(httpx.post, gateway.url + "/v1/messages", json={}, headers=headers)
+    routed = await in_thread(httpx.post, gateway.url + "/v1/messages/count_tokens", json={}, headers=headers)
+    assert hot.status_code == routed.status_code == 500
+    assert hot.json() == routed.json()
+    assert hot.json()["error"]["type"] == "api_error"
+    chat = await in_thread(httpx.post, gateway.url + "/v1/chat/completions", json={}, headers=headers)
+    assert chat.status_code == 500
+    assert chat.json()["error"]["code"] == "internal_error"

@@ -279,3 +279,17 @@ async def test_second_stop_signal_cuts_streams_at_once(fake, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_freeze_startup_heap_takes_live_objects_out_of_the_collector() -> None:
+    """After start-up, what lives as long as the gateway is frozen (gc.freeze): collections skip it."""
+    import gc
+
+    from lunaroute.tap import freeze_startup_heap
+
+    assert gc.get_freeze_count() == 0
+    try:
+        freeze_startup_heap()
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()

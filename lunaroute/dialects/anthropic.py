@@ -10,10 +10,9 @@ summary is asked for, so a delta costs an append.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, opt_str
+from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, copy_json, opt_str
 from lunaroute.dialects.model import (
     ResponseSummary,
     ToolCall,
@@ -124,12 +123,12 @@ class AnthropicStreamAccumulator:
 
     def _on_message_start(self, data: dict[str, Any]) -> None:
         # Deep copy: the summary must not change if the caller reuses data.
-        self._message = copy.deepcopy(as_dict(data.get("message")))
+        self._message = copy_json(as_dict(data.get("message")))
         self._usage = {}
 
     def _on_block_start(self, data: dict[str, Any]) -> None:
         index = as_int(data.get("index"), len(self._blocks))
-        block = _Block(copy.deepcopy(as_dict(data.get("content_block"))))
+        block = _Block(copy_json(as_dict(data.get("content_block"))))
         self._blocks[index] = block
         self._last_index = index
 
@@ -164,7 +163,7 @@ class AnthropicStreamAccumulator:
         self._stopped = True
 
     def _on_error(self, data: dict[str, Any]) -> None:
-        self._error = copy.deepcopy(data)
+        self._error = copy_json(data)
 
     def _ignore(self, data: dict[str, Any]) -> None:
         pass

@@ -120,6 +120,14 @@ class ResponseCapture:
     ``on_event``, if given, is called with each parsed stream event (and the
     dialect) after the accumulator has seen it; the pretty request log
     subscribes this way.  Whatever it raises is ignored.
+
+    ``bulk_bytes`` (streams without ``on_event`` only): keep up to this many
+    bytes of the stream as they arrive and parse them together, when that
+    much has arrived or at ``finish()``.  The summary is the same (the
+    parser does not care where the chunks were split); what changes is that
+    each relayed chunk costs a list append instead of a parse, and the work
+    is done in a few large passes (the proxy's tap: about 9 µs per event
+    spread over the stream's reactor turns before).
     """
 
     def __init__(
@@ -131,6 +139,7 @@ class ResponseCapture:
         content_encoding: str | None = None,
         max_buffer_bytes: int = 64 * 1024 * 1024,
         on_event: Callable[[SSEEvent, dict[str, Any]], None] | None = None,
+        bulk_bytes: int = 0,
     ) -> None:
         if dialect not in DIALECTS:
             raise ValueError(f"unknown dialect {dialect!r}")
@@ -141,6 +150,10 @@ class ResponseCapture:
             self._sse = content_type.strip().lower().startswith("text/event-stream")
         self._max = max_buffer_bytes
         self._on_event = on_event
+        # Stream chunks not parsed yet (bulk mode), and their size.
+        self._bulk = bulk_bytes if self._sse and on_event is None else 0
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self._partial = False
         # Set once the body can no longer be followed; later chunks are
         # ignored and the summary says partial.
@@ -168,6 +181,22 @@ class ResponseCapture:
         """Take the next body chunk exactly as relayed; never raises."""
         if self._dead or self._summary is not None or not chunk:
             return
+        if self._bulk:
+            self._pending.append(chunk)
+            self._pending_size += len(chunk)
+            if self._pending_size >= self._bulk:
+                self._take_pending()
+            return
+        self._take(chunk)
+
+    def _take_pending(self) -> None:
+        pending = b"".join(self._pending)
+        self._pending = []
+        self._pending_size = 0
+        if pending and not self._dead:
+            self._take(pending)
+
+    def _take(self, chunk: bytes) -> None:
         try:
             for inflater in self._inflaters:
                 chunk = inflater.decompress(chunk)
@@ -190,6 +219,8 @@ class ResponseCapture:
         return self._summary
 
     def _finish(self) -> ResponseSummary:
+        if self._pending:
+            self._take_pending()
         if not self._dead:
             try:
                 self._flush()

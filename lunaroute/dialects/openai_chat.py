@@ -11,10 +11,9 @@ choice 0 feeds the summary's text and tool calls.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, opt_str
+from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, copy_json, opt_str
 from lunaroute.dialects.model import (
     ResponseSummary,
     ToolCall,
@@ -154,7 +153,7 @@ class ChatCompletionAccumulator:
         error = data.get("error")
         if isinstance(error, dict):
             # Some servers report mid-stream failures as {"error": {...}}.
-            self._error = copy.deepcopy(data)
+            self._error = copy_json(data)
             return
         for key in _HEADER_FIELDS:
             value = data.get(key)
@@ -162,7 +161,7 @@ class ChatCompletionAccumulator:
                 self._header[key] = value
         usage = data.get("usage")
         if isinstance(usage, dict):
-            self._usage = copy.deepcopy(usage)
+            self._usage = copy_json(usage)
         for raw_choice in as_list(data.get("choices")):
             choice = as_dict(raw_choice)
             index = as_int(choice.get("index"))

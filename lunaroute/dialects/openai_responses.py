@@ -12,10 +12,9 @@ stream cut short still yields what had arrived.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, opt_str
+from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, copy_json, opt_str
 from lunaroute.dialects.model import (
     ResponseSummary,
     ToolCall,
@@ -111,7 +110,7 @@ class ResponsesAccumulator:
         if kind in _TERMINAL:
             response = data.get("response")
             if isinstance(response, dict):
-                self._final = copy.deepcopy(response)
+                self._final = copy_json(response)
             return
         handler = _HANDLERS.get(kind)
         if handler is not None:
@@ -154,30 +153,30 @@ class ResponsesAccumulator:
         return item
 
     def _on_created(self, data: dict[str, Any]) -> None:
-        self._response = copy.deepcopy(as_dict(data.get("response")))
+        self._response = copy_json(as_dict(data.get("response")))
 
     def _on_item_added(self, data: dict[str, Any]) -> None:
         index = as_int(data.get("output_index"), len(self._items))
-        self._items[index] = _Item(copy.deepcopy(as_dict(data.get("item"))))
+        self._items[index] = _Item(copy_json(as_dict(data.get("item"))))
 
     def _on_item_done(self, data: dict[str, Any]) -> None:
-        self._item(data).final = copy.deepcopy(as_dict(data.get("item")))
+        self._item(data).final = copy_json(as_dict(data.get("item")))
 
     def _on_content_part_added(self, data: dict[str, Any]) -> None:
         parts = self._item(data).content
-        parts[as_int(data.get("content_index"))] = _Part(copy.deepcopy(as_dict(data.get("part"))))
+        parts[as_int(data.get("content_index"))] = _Part(copy_json(as_dict(data.get("part"))))
 
     def _on_content_part_done(self, data: dict[str, Any]) -> None:
         part = _part(self._item(data).content, as_int(data.get("content_index")))
-        part.final = copy.deepcopy(as_dict(data.get("part")))
+        part.final = copy_json(as_dict(data.get("part")))
 
     def _on_summary_part_added(self, data: dict[str, Any]) -> None:
         parts = self._item(data).summary
-        parts[as_int(data.get("summary_index"))] = _Part(copy.deepcopy(as_dict(data.get("part"))))
+        parts[as_int(data.get("summary_index"))] = _Part(copy_json(as_dict(data.get("part"))))
 
     def _on_summary_part_done(self, data: dict[str, Any]) -> None:
         part = _part(self._item(data).summary, as_int(data.get("summary_index")), "summary_text")
-        part.final = copy.deepcopy(as_dict(data.get("part")))
+        part.final = copy_json(as_dict(data.get("part")))
 
     def _on_content_delta(self, data: dict[str, Any]) -> None:
         part = _part(self._item(data).content, as_int(data.get("content_index")))
@@ -215,7 +214,7 @@ class ResponsesAccumulator:
             self._item(data).args_final = arguments
 
     def _on_error(self, data: dict[str, Any]) -> None:
-        self._error = copy.deepcopy(data)
+        self._error = copy_json(data)
 
 
 _HANDLERS = {
