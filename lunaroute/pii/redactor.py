@@ -137,65 +137,27 @@ def redact_json(value: Any, redact_text: Callable[[str], str]) -> Any:
     something to redact is parsed, walked and serialised again, so it stays
     valid JSON even when a value spans an escape sequence.
     """
+    return map_strings(value, lambda text: _redact_string(text, redact_text))
+
+
+def map_strings(value: Any, replace: Callable[[str], str]) -> Any:
+    """
+    C{value} (JSON-like: dicts, lists, tuples, strings, scalars) with each
+    string replaced by C{replace(string)}, visited in order (dict values,
+    then list items, depth first; keys are kept).  Containers are copied
+    only where something changed, so a value nothing changes comes back as
+    the same object.
+    """
     kind = type(value)
     if kind is str:
-        return _redact_string(value, redact_text)
-    if kind is dict or (kind not in _CONTAINERS and isinstance(value, Mapping)):
-        out = None
-        for key, item in value.items():
-            if type(item) not in _WALKED:
-                continue
-            new = redact_json(item, redact_text)
-            if new is not item:
-                if out is None:
-                    out = dict(value)
-                out[key] = new
-        return value if out is None else out
-    if kind is list or kind is tuple:
-        items = None
-        for index, item in enumerate(value):
-            if type(item) not in _WALKED:
-                continue
-            new = redact_json(item, redact_text)
-            if new is not item:
-                if items is None:
-                    items = list(value)
-                items[index] = new
-        return value if items is None else items
-    return value
-
-
-_WALKED = frozenset({str, dict, list, tuple})
-_SEPARATOR = "\x00"
-
-
-def _collect(value: Any, texts: list[str]) -> None:
-    """Append the strings of C{value} to C{texts}, in the order L{_rebuild} visits them."""
-    kind = type(value)
-    if kind is str:
-        texts.append(value)
-    elif kind is dict or (kind not in _CONTAINERS and isinstance(value, Mapping)):
-        for item in value.values():
-            if type(item) in _WALKED:
-                _collect(item, texts)
-    elif kind is list or kind is tuple:
-        for item in value:
-            if type(item) in _WALKED:
-                _collect(item, texts)
-
-
-def _rebuild(value: Any, texts: Any) -> Any:
-    """C{value} with its strings replaced, in order, by those of the iterator C{texts}; copied where changed."""
-    kind = type(value)
-    if kind is str:
-        new: str = next(texts)
+        new = replace(value)
         return value if new == value else new
     if kind is dict or (kind not in _CONTAINERS and isinstance(value, Mapping)):
         out = None
         for key, item in value.items():
             if type(item) not in _WALKED:
                 continue
-            changed = _rebuild(item, texts)
+            changed = map_strings(item, replace)
             if changed is not item:
                 if out is None:
                     out = dict(value)
@@ -206,13 +168,27 @@ def _rebuild(value: Any, texts: Any) -> Any:
         for index, item in enumerate(value):
             if type(item) not in _WALKED:
                 continue
-            changed = _rebuild(item, texts)
+            changed = map_strings(item, replace)
             if changed is not item:
                 if items is None:
                     items = list(value)
                 items[index] = changed
         return value if items is None else items
     return value
+
+
+_WALKED = frozenset({str, dict, list, tuple})
+_SEPARATOR = "\x00"
+
+
+def _collect(value: Any, texts: list[str]) -> None:
+    """Append the strings of C{value} to C{texts}, in the order L{map_strings} visits them."""
+
+    def keep(text: str) -> str:
+        texts.append(text)
+        return text
+
+    map_strings(value, keep)
 
 
 def _redact_string(text: str, redact_text: Callable[[str], str]) -> str:
@@ -327,7 +303,8 @@ class Redactor:
                 spans = resolve_overlaps(spans)
             self._count(span.kind for span in spans)
             new_texts[index] = self._apply(texts[index], spans)
-        return _rebuild(value, iter(new_texts))
+        replacements = iter(new_texts)
+        return map_strings(value, lambda _: next(replacements))
 
     @staticmethod
     def _split_back(texts: list[str], spans: list[Detection], local: dict[int, list[Detection]]) -> None:
