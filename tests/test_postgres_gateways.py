@@ -361,6 +361,7 @@ async def test_claude_code_through_nginx_round_robin_on_three_gateways(
         await in_thread(_wait_for, recorded, "every model call in the shared store")
         code, body = await in_thread(_get, f"{gateways[2][1]}/sessions/{session_id}")
         assert code == 200 and len(body["requests"]) == len(calls)
+        api_cost = body["estimated_cost_usd"]
     finally:
         balancer.terminate()
         await in_thread(balancer.wait, 30)
@@ -413,3 +414,4 @@ async def test_claude_code_through_nginx_round_robin_on_three_gateways(
     claude_cost = sum(r["total_cost_usd"] for r in runs)
     assert claude_cost > 0
     assert session[len(columns)] == pytest.approx(claude_cost, rel=1e-6)
+    assert api_cost == pytest.approx(claude_cost, rel=1e-6)
