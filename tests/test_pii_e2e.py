@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest_twisted
 import treq
-from test_real_clis import run_claude
 from test_session_api_live import mount_api
 from test_websocket import _connect, _create
 from twisted.logger import formatEvent, globalLogPublisher
 
+from lunaroute.testing.clis import run_claude
 from lunaroute.testing.helpers import free_port, in_thread
 
 KEY = "sk-ant-api03-Qm7vXr2Lp9Tz4Wk8Hn3Bc6Df1Gj5Ks0Yd-AbCdEfGh"

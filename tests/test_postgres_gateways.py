@@ -97,8 +97,11 @@ def _get(url: str) -> tuple[int, Any]:
 def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check():
-            return
+        try:
+            if check():
+                return
+        except psycopg.errors.UndefinedTable:
+            pass  # no gateway has created the schema yet (it does on its first write)
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -307,7 +310,7 @@ async def test_claude_code_through_nginx_round_robin_on_three_gateways(
     tokens and cost are the ones Claude Code reports (C{usage},
     C{total_cost_usd}, per run).
     """
-    from test_real_clis import CLAUDE, run_claude
+    from lunaroute.testing.clis import CLAUDE, run_claude
 
     _binary_or_skip(CLAUDE, "the Claude Code CLI (scripts/install-clis.sh)")
     nginx = _binary_or_skip(shutil.which("nginx"), "nginx")

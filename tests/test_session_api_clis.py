@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest_twisted
 import treq
-from test_real_clis import run_claude, run_codex
 from test_session_api_live import mount_api
 
+from lunaroute.testing.clis import run_claude, run_codex
 from lunaroute.testing.helpers import in_thread
 
 
