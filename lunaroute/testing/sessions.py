@@ -137,7 +137,6 @@ def write_exchanges(db_path: str, exchanges: Iterable[Exchange]) -> None:
         writer.close()
 
 
-
 def write_postgres_exchanges(dsn: str, exchanges: Iterable[Exchange]) -> None:
     """Record C{exchanges} into the PostgreSQL store at C{dsn} with its real writer."""
     from lunaroute.sessions.postgres import PostgresWriter
@@ -147,6 +146,7 @@ def write_postgres_exchanges(dsn: str, exchanges: Iterable[Exchange]) -> None:
         writer.write_batch([e for x in exchanges for e in exchange_events(x)])
     finally:
         writer.close()
+
 
 LONG_SYSTEM = "You are Claude Code, an interactive CLI tool that helps users with software engineering tasks."
 LONG_TOOLS = (
