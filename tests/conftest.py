@@ -223,3 +223,37 @@ def postgres_dsn(postgres_server: Any) -> Iterator[str]:
         if not postgres_server.running:
             postgres_server.start()
         postgres_server.drop_database(dsn)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def queries_for(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:
+    """
+    The store contract: C{queries_for(exchanges)} records them with a
+    store's writer and gives its read model (a C{SessionQueries}), for
+    SQLite and for PostgreSQL.
+    """
+    import sqlite3
+
+    from lunaroute.sessions.store import SessionQueries
+    from lunaroute.testing.sessions import write_exchanges, write_postgres_exchanges
+
+    opened: list[Any] = []
+
+    def make(exchanges: list[Any]) -> SessionQueries:
+        if request.param == "sqlite":
+            path = str(tmp_path / f"sessions-{len(opened)}.db")
+            write_exchanges(path, exchanges)
+            conn: Any = sqlite3.connect(path)
+            opened.append(conn)
+            return SessionQueries(conn, jsonl_dir=None)
+        from lunaroute.sessions.postgres import PgConnection, PostgresQueries, connect
+
+        dsn = request.getfixturevalue("postgres_dsn")
+        write_postgres_exchanges(dsn, exchanges)
+        conn = connect(dsn)
+        opened.append(conn)
+        return PostgresQueries(PgConnection(conn))
+
+    yield make
+    for conn in opened:
+        conn.close()

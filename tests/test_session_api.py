@@ -268,10 +268,15 @@ async def test_raw_masks_credentials_stored_by_anyone(api: Api) -> None:
 @pytest_twisted.ensureDeferred
 async def test_statistics_routes(api: Api) -> None:
     """Every stats route answers with its window; days and from/to are checked."""
-    for name in ("overview", "tokens", "tools", "costs", "models", "hours", "spending"):
+    for name in (
+        "overview", "tokens", "tools", "costs", "models", "hours", "spending",
+        "usage", "clients", "projects", "durations", "blocks",
+    ):
         code, body = await api.get(f"/api/stats/{name}?days=30")
-        assert code == 200, name
+        assert code == 200, (name, body)
         assert body["window"]["from"] == "2025-05-16T13:00:00.000Z"
+    _, clients = await api.get("/api/stats/clients")
+    assert {c["client"] for c in clients["clients"]} >= {"Claude Code", "Codex"}
     _, overview = await api.get("/api/stats/overview?from=2025-06-15")
     assert overview["requests"] == 3 and overview["sessions"] == 2
     _, overview = await api.get("/api/stats/overview")

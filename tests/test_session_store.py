@@ -16,7 +16,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
-from lunaroute.sessions.events import client_name, exchange_events, request_facts
+from lunaroute.sessions.events import client_name, request_facts
 from lunaroute.sessions.recorder import InlineThreadPool
 from lunaroute.sessions.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteWriter, connect, migrate
 from lunaroute.sessions.store import (
@@ -98,36 +98,6 @@ def db(tmp_path: Path) -> str:
     path = str(tmp_path / "sessions.db")
     record_sample(path)
     return path
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def queries_for(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    """
-    The store contract: C{queries_for(exchanges)} records them with a
-    store's writer and gives its read model, for SQLite and for PostgreSQL.
-    """
-    opened: list[Any] = []
-
-    def make(exchanges: list[Any]) -> SessionQueries:
-        if request.param == "sqlite":
-            path = str(tmp_path / f"sessions-{len(opened)}.db")
-            write_exchanges(path, exchanges)
-            conn: Any = sqlite3.connect(path)
-            opened.append(conn)
-            return SessionQueries(conn, jsonl_dir=None)
-        from lunaroute.sessions.postgres import PgConnection, PostgresQueries, PostgresWriter, connect
-
-        dsn = request.getfixturevalue("postgres_dsn")
-        writer = PostgresWriter(dsn)
-        writer.write_batch([e for x in exchanges for e in exchange_events(x)])
-        writer.close()
-        conn = connect(dsn)
-        opened.append(conn)
-        return PostgresQueries(PgConnection(conn))
-
-    yield make
-    for conn in opened:
-        conn.close()
 
 
 @pytest.fixture

@@ -24,7 +24,12 @@ from lunaroute.config import settings_from_mapping
 from lunaroute.sessions.recorder import InlineThreadPool
 from lunaroute.sessions.store import SessionStore
 from lunaroute.stats.pricing import PricingTable
-from lunaroute.testing.sessions import anthropic_summary, make_exchange, write_exchanges
+from lunaroute.testing.sessions import (
+    anthropic_summary,
+    make_exchange,
+    write_exchanges,
+    write_postgres_exchanges,
+)
 from lunaroute.ui import CONTENT_SECURITY_POLICY, make_ui_service, ui_resource, ui_url
 from lunaroute.ui.conversation import ToolResult, request_parts
 from lunaroute.ui.render import safe_snippet
@@ -82,13 +87,30 @@ def hostile_exchanges() -> list[Any]:
 
 
 class UI:
-    def __init__(self, tmp_path: Path, **config: Any) -> None:
+    """
+    The UI over the sample and hostile sessions: in an SQLite database, or
+    in the PostgreSQL store when given C{postgres_dsn}.
+    """
+
+    def __init__(self, tmp_path: Path, postgres_dsn: str | None = None, **config: Any) -> None:
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.db = str(tmp_path / "sessions.db")
-        write_exchanges(self.db, [*sample_exchanges(), *hostile_exchanges()])
+        exchanges = [*sample_exchanges(), *hostile_exchanges()]
         self.clock = Clock()
         self.clock.advance(NOON + 3600)
-        self.store = SessionStore(self.db, reactor=self.clock, threadpool=InlineThreadPool())
+        self.store: Any
+        if postgres_dsn is None:
+            write_exchanges(self.db, exchanges)
+            self.store = SessionStore(self.db, reactor=self.clock, threadpool=InlineThreadPool())
+        else:
+            from lunaroute.config import PostgresSettings
+            from lunaroute.sessions.postgres import PostgresSessionStore
+
+            write_postgres_exchanges(postgres_dsn, exchanges)
+            self.store = PostgresSessionStore(
+                PostgresSettings(enabled=True, connection_string=postgres_dsn, min_connections=0),
+                reactor=self.clock, threadpool=InlineThreadPool(),
+            )
         self.settings = settings_from_mapping(config, env={})
         pricing = PricingTable.load(None, {})
         self.stub = StubTreq(ui_resource(self.store, self.settings, self.clock, pricing, LiveFeed()))
@@ -102,6 +124,65 @@ class UI:
 @pytest.fixture
 def ui(tmp_path: Path) -> UI:
     return UI(tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ui_on(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The UI over each store (the PostgreSQL one needs a test server: lunaroute.testing.postgres)."""
+    dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgres" else None
+    made = UI(tmp_path, dsn)
+    yield made
+    made.store.close()
+
+
+def cards(page: str) -> dict[str, str]:
+    """A page's figure cards: label -> value."""
+    return dict(re.findall(r'<div class="label">([^<]+)</div><div class="value">([^<]+)</div>', page))
+
+
+def table_rows(page: str, kind: str) -> list[list[str]]:
+    """The cells of each body row of the page's C{kind} figures table."""
+    found = re.search(rf'<table class="figures-table {kind}">.*?<tbody>(.*?)</tbody>', page, re.S)
+    assert found is not None, kind
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", found.group(1), re.S)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pages_show_the_same_figures_over_each_store(ui_on: UI) -> None:
+    """
+    The dashboard, the list, a session and the analytics page (per day,
+    week and month, by client and project, durations) over SQLite and over
+    PostgreSQL: 200, with the same figures.
+    """
+    code, page, _ = await ui_on.get("/?days=30")
+    assert code == 200
+    assert cards(page) == {
+        "Sessions": "4", "Requests": "6", "Tokens": "95,460", "Cost": "$0.532", "Success rate": "83%",
+        "Cache hit rate": "19%", "Avg TTFT": "250 ms", "Avg proxy overhead": "3 ms", "Today": "$0.032",
+        "This week": "$0.532", "This month": "$0.532", "Current 5-hour block": "$0.032",
+    }
+    assert [r[0] for r in table_rows(page, "tools")] == ["Bash&quot;&gt;&lt;img src=x onerror=alert(1)&gt;", "Read"]
+    code, page, _ = await ui_on.get("/sessions?sort=cost")
+    assert code == 200
+    assert re.findall(r'<td class="title"><a href="/sessions/([^"]+)"', page) == [SDK, CC, HOSTILE, CX]
+    code, page, _ = await ui_on.get(f"/sessions/{CC}")
+    assert code == 200
+    assert cards(page) == {"Requests": "2", "Tokens": "70", "Cost": "$0.030", "Duration": "6.0 s"}
+    assert "Tool <strong>Read</strong> · 1.2 s" in page and "Let me read the capybara notes." in page
+    code, page, _ = await ui_on.get("/analytics?days=30")
+    assert code == 200
+    days = table_rows(page, "usage")
+    assert [d[:5] for d in days] == [["2025-06-15", "3", "5", "1", "80%"], ["2025-06-12", "1", "1", "0", "100%"]]
+    assert [(c[0], c[2], c[5]) for c in table_rows(page, "client")] == [
+        ("Anthropic Python SDK", "1", "$0.500"), ("Claude Code", "4", "$0.032"), ("Codex", "1", "—"),
+    ]
+    assert [(p[0], p[2]) for p in table_rows(page, "project")] == [("—", "3"), ("/tmp/cc-tool", "2"), ("/tmp/cx-work", "1")]
+    durations = {d[0]: d[1] for d in table_rows(page, "durations")}
+    assert (durations["1.0 s – 2.0 s"], durations["30.0 s – 1 min 0 s"]) == ("5", "1")
+    for period, first in (("weeks", "2025-06-09"), ("months", "2025-06")):
+        code, page, _ = await ui_on.get(f"/analytics?days=30&period={period}")
+        assert code == 200, period
+        assert [r[:3] for r in table_rows(page, "usage")] == [[first, "4", "6"]]
 
 
 def assert_inert(page: str) -> None:

@@ -530,7 +530,11 @@ _UNTAG = {0x01: "<", 0x02: ">"}
 
 
 class PostgresQueries(SessionQueries):
-    """The read model over PostgreSQL: the shared queries, with its own search and delete."""
+    """
+    The read model over PostgreSQL: the shared queries, with its own search
+    and delete, and PostgreSQL's SQL for the few hooks
+    (L{SessionQueries._week_start}, L{SessionQueries._binary}).
+    """
 
     def __init__(self, conn: PgConnection, jsonl_dir: str | None = None) -> None:
         self.conn = conn  # type: ignore[assignment]
@@ -541,6 +545,14 @@ class PostgresQueries(SessionQueries):
             return self._all(sql, params)
         except psycopg.errors.SyntaxError as error:
             raise BadParameter(f"{param}: malformed search query: {error}", param) from None
+
+    def _week_start(self, day: str) -> str:
+        # date_trunc's weeks are ISO weeks: they start on Monday, as SQLite's
+        # date(day, 'weekday 0', '-6 days') does.
+        return f"to_char(date_trunc('week', CAST({day} AS date)), 'YYYY-MM-DD')"
+
+    def _binary(self, expression: str) -> str:
+        return f'{expression} COLLATE "C"'
 
     def _text_filter(self, text: str) -> tuple[str, list[Any]]:
         return (

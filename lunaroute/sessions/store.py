@@ -332,6 +332,25 @@ def _session(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
+def _ordered(rows: Iterable[Any], *keys: str) -> list[dict[str, Any]]:
+    """
+    Result rows as dicts, sorted as SQLite's C{ORDER BY} sorts them: each
+    key a column, C{-column} for descending; C{NULL} first ascending and
+    last descending; text by code point.  The grouped statistics sort here
+    rather than in SQL so that both stores give the same order: PostgreSQL
+    puts C{NULL} the other way round and compares text by the database's
+    collation.
+    """
+    out = [dict(r) for r in rows]
+    for key in reversed(keys):
+        name = key.lstrip("-")
+        out.sort(
+            key=lambda r: (r[name] is not None, r[name] if r[name] is not None else 0),
+            reverse=key.startswith("-"),
+        )
+    return out
+
+
 # --------------------------------------------------------------------------
 # The queries
 
@@ -347,7 +366,13 @@ class SessionQueries:
     rows that index by name and position
     (L{lunaroute.sessions.postgres.PostgresQueries}).  What differs, the
     full-text search and deleting, is in the methods a store overrides:
-    L{_text_filter}, L{search}, L{delete_session}.
+    L{_text_filter}, L{search}, L{delete_session}; and two small SQL hooks,
+    L{_week_start} (the one date computation) and L{_binary} (text by code
+    point).  Everything else is SQL both understand: no date functions
+    (timestamps are ISO text, cut with C{substr}), no C{NULL} order or
+    text collation left to the database (explicit C{NULLS FIRST}, or
+    sorted in Python by L{_ordered}), no output column names inside
+    C{ORDER BY} expressions (PostgreSQL refuses them).
     """
 
     def __init__(self, conn: sqlite3.Connection, jsonl_dir: str | None = None) -> None:
@@ -428,7 +453,8 @@ class SessionQueries:
         total = self._match(f"SELECT COUNT(*) FROM sessions AS s {clause}", params, "text_search")[0][0]
         rows = self._match(
             f"SELECT s.* FROM sessions AS s {clause} "
-            f"ORDER BY {column} IS NULL, {column} {direction}, s.session_id {direction} LIMIT ? OFFSET ?",
+            f"ORDER BY {column} IS NULL, {column} {direction}, {self._binary('s.session_id')} {direction} "
+            "LIMIT ? OFFSET ?",
             [*params, limit, offset],
             "text_search",
         )
@@ -457,7 +483,7 @@ class SessionQueries:
     def _turns(self, session_id: str) -> list[sqlite3.Row]:
         return self._all(
             f"SELECT {_TURNS_SQL} FROM session_stats AS r WHERE r.session_id = ? "
-            "ORDER BY COALESCE(r.started_at, r.completed_at), r.id",
+            "ORDER BY COALESCE(r.started_at, r.completed_at) NULLS FIRST, r.id",
             (session_id,),
         )
 
@@ -474,7 +500,7 @@ class SessionQueries:
         rows = self._all(
             f"SELECT {_TURNS_SQL}, r.response_text, r.thinking_text FROM session_stats AS r "
             f"WHERE r.session_id = ? AND r.request_id IN ({marks}) "
-            "ORDER BY COALESCE(r.started_at, r.completed_at), r.id",
+            "ORDER BY COALESCE(r.started_at, r.completed_at) NULLS FIRST, r.id",
             (session_id, *ids),
         )
         return [_turn(r) for r in rows]
@@ -502,7 +528,7 @@ class SessionQueries:
         self._require_session(session_id)
         rows = self._all(
             f"SELECT {_TURNS_SQL}, r.response_text, r.thinking_text FROM session_stats AS r "
-            "WHERE r.session_id = ? ORDER BY COALESCE(r.started_at, r.completed_at), r.id",
+            "WHERE r.session_id = ? ORDER BY COALESCE(r.started_at, r.completed_at) NULLS FIRST, r.id",
             (session_id,),
         )
         calls: dict[str, list[dict[str, Any]]] = {}
@@ -603,10 +629,10 @@ class SessionQueries:
             "SELECT tool_name, COUNT(*) AS calls, COUNT(CASE WHEN is_error = 1 THEN 1 END) AS errors, "
             "COUNT(duration_ms) AS timed_calls, SUM(duration_ms) AS total_duration_ms, "
             "AVG(duration_ms) AS avg_duration_ms, MAX(duration_ms) AS max_duration_ms "
-            "FROM tool_call_executions WHERE session_id = ? GROUP BY tool_name ORDER BY calls DESC, tool_name",
+            "FROM tool_call_executions WHERE session_id = ? GROUP BY tool_name",
             (session_id,),
         )
-        return [dict(r) for r in rows]
+        return _ordered(rows, "-calls", "tool_name")
 
     def export_rows(self, session_id: str) -> dict[str, Any]:
         """The session with every request in full (bodies and texts), for export."""
@@ -626,13 +652,11 @@ class SessionQueries:
         return session
 
     def _tool_calls(self, session_id: str) -> list[dict[str, Any]]:
-        return [
+        rows = [
             _row(r)
-            for r in self._all(
-                "SELECT * FROM tool_call_executions WHERE session_id = ? ORDER BY created_at, request_id, call_index",
-                (session_id,),
-            )
+            for r in self._all("SELECT * FROM tool_call_executions WHERE session_id = ?", (session_id,))
         ]
+        return _ordered(rows, "created_at", "request_id", "call_index")
 
     def tool_calls(self, session_id: str) -> list[dict[str, Any]]:
         """
@@ -761,10 +785,10 @@ class SessionQueries:
         where, params = self._window(window)
         rows = self._all(
             f"SELECT substr(r.started_at, 1, 10) AS day, {self._TOKEN_SUMS} "
-            f"FROM session_stats AS r {where} GROUP BY day ORDER BY day",
+            f"FROM session_stats AS r {where} GROUP BY day",
             params,
         )
-        return {"days": [dict(r) for r in rows], **_window_dict(window)}
+        return {"days": _ordered(rows, "day"), **_window_dict(window)}
 
     def stats_costs(self, window: StatsWindow) -> dict[str, Any]:
         """Cost per UTC day and per model."""
@@ -772,20 +796,20 @@ class SessionQueries:
         days = self._all(
             "SELECT substr(r.started_at, 1, 10) AS day, SUM(r.estimated_cost_usd) AS cost_usd, "
             "COUNT(*) AS requests, COUNT(r.estimated_cost_usd) AS priced_requests "
-            f"FROM session_stats AS r {where} GROUP BY day ORDER BY day",
+            f"FROM session_stats AS r {where} GROUP BY day",
             params,
         )
         models = self._all(
             "SELECT COALESCE(r.model_used, r.model_requested) AS model, SUM(r.estimated_cost_usd) AS cost_usd, "
             "COUNT(*) AS requests, COUNT(r.estimated_cost_usd) AS priced_requests "
-            f"FROM session_stats AS r {where} GROUP BY model ORDER BY SUM(r.estimated_cost_usd) IS NULL, cost_usd DESC, model",
+            f"FROM session_stats AS r {where} GROUP BY model",
             params,
         )
         total = sum(r["cost_usd"] or 0.0 for r in days)
         return {
             "total_cost_usd": total,
-            "days": [dict(r) for r in days],
-            "models": [dict(r) for r in models],
+            "days": _ordered(days, "day"),
+            "models": _ordered(models, "-cost_usd", "model"),
             **_window_dict(window),
         }
 
@@ -794,17 +818,17 @@ class SessionQueries:
         where, params = self._window(window)
         days = self._all(
             "SELECT substr(r.started_at, 1, 10) AS day, COALESCE(SUM(r.estimated_cost_usd), 0) AS cost_usd "
-            f"FROM session_stats AS r {where} GROUP BY day ORDER BY day",
+            f"FROM session_stats AS r {where} GROUP BY day",
             params,
         )
         running = 0.0
         out_days = []
-        for r in days:
+        for r in _ordered(days, "day"):
             running += r["cost_usd"]
             out_days.append({"day": r["day"], "cost_usd": r["cost_usd"], "cumulative_usd": running})
         providers = self._all(
             "SELECT r.provider AS provider, COALESCE(SUM(r.estimated_cost_usd), 0) AS cost_usd, COUNT(*) AS requests "
-            f"FROM session_stats AS r {where} GROUP BY r.provider ORDER BY cost_usd DESC, r.provider",
+            f"FROM session_stats AS r {where} GROUP BY r.provider",
             params,
         )
         unpriced = self.conn.execute(
@@ -816,7 +840,7 @@ class SessionQueries:
         return {
             "total_cost_usd": running,
             "days": out_days,
-            "providers": [dict(r) for r in providers],
+            "providers": _ordered(providers, "-cost_usd", "provider"),
             "unpriced_requests": unpriced,
             **_window_dict(window),
         }
@@ -829,10 +853,10 @@ class SessionQueries:
             f"{self._TOKEN_SUMS}, COUNT(DISTINCT r.session_id) AS sessions, "
             "COUNT(CASE WHEN r.success = 0 THEN 1 END) AS failed_requests, "
             "AVG(r.ttft_ms) AS avg_ttft_ms, AVG(r.provider_ms) AS avg_provider_ms "
-            f"FROM session_stats AS r {where} GROUP BY model, r.provider ORDER BY requests DESC, model",
+            f"FROM session_stats AS r {where} GROUP BY model, r.provider",
             params,
         )
-        return {"models": [dict(r) for r in rows], **_window_dict(window)}
+        return {"models": _ordered(rows, "-requests", "model", "provider"), **_window_dict(window)}
 
     def stats_hours(self, window: StatsWindow) -> dict[str, Any]:
         """Requests, tokens and cost per hour of the day (UTC, 0 to 23; hours without any included)."""
@@ -857,10 +881,10 @@ class SessionQueries:
             "COUNT(CASE WHEN t.is_error = 1 THEN 1 END) AS errors, COUNT(DISTINCT t.session_id) AS sessions, "
             "COUNT(t.duration_ms) AS timed_calls, SUM(t.duration_ms) AS total_duration_ms, "
             "AVG(t.duration_ms) AS avg_duration_ms "
-            f"FROM tool_call_executions AS t {where} GROUP BY t.tool_name ORDER BY calls DESC, tool_name",
+            f"FROM tool_call_executions AS t {where} GROUP BY t.tool_name",
             params,
         )
-        return {"tools": [dict(r) for r in rows], **_window_dict(window)}
+        return {"tools": _ordered(rows, "-calls", "tool_name"), **_window_dict(window)}
 
     _BUCKET_SUMS = (
         "COUNT(*) AS requests, COUNT(DISTINCT r.session_id) AS sessions, "
@@ -876,25 +900,43 @@ class SessionQueries:
         "AVG(r.provider_ms) AS avg_provider_ms, AVG(r.proxy_overhead_ms) AS avg_proxy_overhead_ms"
     )
 
-    # Bucket keys of L{stats_usage}: an hour, a day, the Monday starting a
-    # week, a month (UTC, from the stored ISO start time).
-    _PERIODS: Mapping[str, str] = {
-        "hours": "substr(r.started_at, 1, 13) || ':00'",
-        "days": "substr(r.started_at, 1, 10)",
-        "weeks": "date(substr(r.started_at, 1, 10), 'weekday 0', '-6 days')",
-        "months": "substr(r.started_at, 1, 7)",
-    }
+    def _binary(self, expression: str) -> str:
+        """
+        C{expression} compared by code point, whatever the database's
+        collation: SQLite's text comparison already is (C{BINARY}); the
+        PostgreSQL store overrides it.
+        """
+        return expression
+
+    def _week_start(self, day: str) -> str:
+        """
+        SQL for the Monday starting the week of C{day} (SQL giving a
+        C{YYYY-MM-DD} text), as C{YYYY-MM-DD} text: SQLite's C{date()}; the
+        PostgreSQL store overrides it.
+        """
+        return f"date({day}, 'weekday 0', '-6 days')"
+
+    def _periods(self) -> dict[str, str]:
+        """
+        Bucket keys of L{stats_usage}: an hour, a day, the Monday starting a
+        week, a month (UTC, from the stored ISO start time).
+        """
+        day = "substr(r.started_at, 1, 10)"
+        return {
+            "hours": "substr(r.started_at, 1, 13) || ':00'",
+            "days": day,
+            "weeks": self._week_start(day),
+            "months": "substr(r.started_at, 1, 7)",
+        }
 
     def _buckets(self, key: str, window: StatsWindow) -> list[dict[str, Any]]:
         where, params = self._window(window)
         rows = self._all(
-            f"SELECT {key} AS period, {self._BUCKET_SUMS} FROM session_stats AS r {where} "
-            "GROUP BY period ORDER BY period",
+            f"SELECT {key} AS period, {self._BUCKET_SUMS} FROM session_stats AS r {where} GROUP BY period",
             params,
         )
         out = []
-        for r in rows:
-            bucket = dict(r)
+        for bucket in _ordered(rows, "period"):
             judged = bucket["successful_requests"] + bucket["failed_requests"]
             bucket["success_rate"] = bucket["successful_requests"] / judged if judged else None
             out.append(bucket)
@@ -906,17 +948,21 @@ class SessionQueries:
         sessions, outcomes and success rate, tokens by kind, cost, average
         latencies (duration, TTFT, provider, proxy overhead).
         """
-        return {period: self._buckets(key, window) for period, key in self._PERIODS.items()} | _window_dict(window)
+        return {period: self._buckets(key, window) for period, key in self._periods().items()} | _window_dict(window)
 
     def _grouped(self, column: str, name: str, window: StatsWindow) -> list[dict[str, Any]]:
         where, params = self._window(window)
         rows = self._all(
             f"SELECT {column} AS group_key, {self._BUCKET_SUMS}, MAX(r.started_at) AS last_seen "
             "FROM session_stats AS r LEFT JOIN sessions AS s ON s.session_id = r.session_id "
-            f"{where} GROUP BY group_key ORDER BY cost_usd IS NULL, cost_usd DESC, requests DESC, group_key",
+            f"{where} GROUP BY group_key",
             params,
         )
-        return [{name: r["group_key"], **{k: r[k] for k in r.keys() if k != "group_key"}} for r in rows]
+        # Costliest first (descending puts unpriced groups last), then busiest.
+        return [
+            {name: r["group_key"], **{k: v for k, v in r.items() if k != "group_key"}}
+            for r in _ordered(rows, "-cost_usd", "-requests", "group_key")
+        ]
 
     def stats_clients(self, window: StatsWindow) -> dict[str, Any]:
         """Per client (Claude Code, Codex, an SDK...): requests, sessions, outcomes, tokens, cost, latencies."""
@@ -1006,13 +1052,15 @@ class SessionQueries:
             "SELECT r.user_agent AS user_agent, COUNT(*) AS requests, "
             "COUNT(DISTINCT r.session_id) AS sessions, COALESCE(SUM(r.total_tokens), 0) AS total_tokens, "
             "SUM(r.estimated_cost_usd) AS cost_usd, MAX(r.started_at) AS last_seen "
-            f"FROM session_stats AS r {where} GROUP BY r.user_agent ORDER BY requests DESC, r.user_agent",
+            f"FROM session_stats AS r {where} GROUP BY r.user_agent",
             params,
         )
         # The client from the user agent here, not the stored column: rows
         # recorded before schema 4 have none.
         return {
-            "user_agents": [{"client": client_name(r["user_agent"]), **dict(r)} for r in rows],
+            "user_agents": [
+                {"client": client_name(r["user_agent"]), **r} for r in _ordered(rows, "-requests", "user_agent")
+            ],
             **_window_dict(window),
         }
 
@@ -1022,10 +1070,10 @@ class SessionQueries:
         rows = self._all(
             "SELECT COALESCE(r.model_used, r.model_requested) AS model, r.provider AS provider, "
             "COUNT(*) AS requests, MAX(r.started_at) AS last_seen "
-            f"FROM session_stats AS r {where} GROUP BY model, r.provider ORDER BY requests DESC, model",
+            f"FROM session_stats AS r {where} GROUP BY model, r.provider",
             params,
         )
-        return {"models": [dict(r) for r in rows], **_window_dict(window)}
+        return {"models": _ordered(rows, "-requests", "model", "provider"), **_window_dict(window)}
 
     # -- deleting ----------------------------------------------------------
 

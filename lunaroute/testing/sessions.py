@@ -16,7 +16,13 @@ from lunaroute.exchange import Enrichment, Exchange, Timings
 from lunaroute.sessions.events import exchange_events
 from lunaroute.sessions.sqlite import SQLiteWriter
 
-__all__ = ["anthropic_summary", "long_session_exchanges", "make_exchange", "write_exchanges"]
+__all__ = [
+    "anthropic_summary",
+    "long_session_exchanges",
+    "make_exchange",
+    "write_exchanges",
+    "write_postgres_exchanges",
+]
 
 
 def anthropic_summary(
@@ -127,6 +133,17 @@ def write_exchanges(db_path: str, exchanges: Iterable[Exchange]) -> None:
         for exchange in exchanges:
             events += exchange_events(exchange)
         writer.write_batch(events)
+    finally:
+        writer.close()
+
+
+def write_postgres_exchanges(dsn: str, exchanges: Iterable[Exchange]) -> None:
+    """Record C{exchanges} into the PostgreSQL store at C{dsn} with its real writer."""
+    from lunaroute.sessions.postgres import PostgresWriter
+
+    writer = PostgresWriter(dsn)
+    try:
+        writer.write_batch([e for x in exchanges for e in exchange_events(x)])
     finally:
         writer.close()
 
