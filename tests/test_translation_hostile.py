@@ -762,3 +762,52 @@ def test_an_error_status_sent_as_an_event_stream_keeps_the_providers_message(dir
     status, _, answer = post_stream(gateway, path, direction)
     assert status == 529
     assert assert_client_error(direction, status, answer)["error"]["message"] == "busy now"
+
+
+def _chat_chunk(delta: Any, finish: str | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "model": "g", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+@pytest.mark.parametrize("pair", [("anthropic", "openai_chat"), ("openai_responses", "openai_chat")])
+def test_a_chat_servers_object_arguments_and_missing_call_ids_are_kept(pair: tuple[str, str]) -> None:
+    """
+    Some OpenAI-compatible servers send a tool call's ``arguments`` as an
+    object, or no call ``id``: the arguments were dropped (the tool ran with
+    ``{}``) and the id was empty (the result could not be paired).  Now the
+    object's JSON is the arguments and a fresh id is made, streamed or not.
+    """
+    from lunaroute.dialects.translate import base
+
+    translator = base.translator_for(*pair)
+    assert translator is not None
+    stream = translator.stream("m")
+    events: list[Any] = [
+        _chat_chunk({"role": "assistant", "tool_calls": [
+            {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": {"path": "a.txt"}}},
+            {"index": 1, "type": "function", "function": {"name": "g", "arguments": "{}"}},
+        ]}),
+        _chat_chunk({}, "tool_calls"),
+        "[DONE]",
+    ]
+    out = (b"".join(stream.feed(event) for event in events) + stream.close()).decode()
+    datas = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("data: ")]
+    if pair[0] == "anthropic":
+        starts = [d["content_block"] for d in datas if d["type"] == "content_block_start"]
+        partial = [d["delta"]["partial_json"] for d in datas if d["type"] == "content_block_delta"]
+        assert starts[0]["id"] == "call_a" and starts[1]["id"].startswith("call_") and len(starts[1]["id"]) > 5
+        assert json.loads(partial[0]) == {"path": "a.txt"}
+    else:
+        calls = [item for item in datas[-1]["response"]["output"] if item["type"] == "function_call"]
+        assert calls[0]["call_id"] == "call_a" and calls[1]["call_id"].startswith("call_") and len(calls[1]["call_id"]) > 5
+        assert json.loads(calls[0]["arguments"]) == {"path": "a.txt"}
+
+    whole = dict(CHAT_OK, choices=[{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"path": "b.txt"}}}]}}])
+    answer = translator.response(whole, "m")
+    if pair[0] == "anthropic":
+        [block] = answer["content"]
+        assert block["input"] == {"path": "b.txt"} and block["id"].startswith("call_") and len(block["id"]) > 5
+    else:
+        [item] = answer["output"]
+        assert json.loads(item["arguments"]) == {"path": "b.txt"} and len(item["call_id"]) > 5
