@@ -811,3 +811,20 @@ def test_a_chat_servers_object_arguments_and_missing_call_ids_are_kept(pair: tup
     else:
         [item] = answer["output"]
         assert json.loads(item["arguments"]) == {"path": "b.txt"} and len(item["call_id"]) > 5
+
+
+def test_the_lone_surrogate_search_passes_pairs_and_catches_every_lone_one() -> None:
+    """
+    The search runs on every translated body: emoji (surrogate pairs once
+    escaped, in many Claude Code prompts) must not send it down the slow
+    path, every lone surrogate must.
+    """
+    from lunaroute.proxy.translating import has_lone_surrogate
+
+    def escaped(text: str) -> str:
+        return json.dumps({"t": text}, separators=(",", ":"))
+
+    for fine in ("plain", "\U0001f916 made with Claude Code", "\U0001f916\U0001f40d", "é ü 中"):
+        assert not has_lone_surrogate(escaped(fine)), fine
+    for lone in ("a\ud800b", "a\udc00b", "\ud800\ud800", "x\udfff", "end\ud800", "\U0001f916\udc00", "\udc00\U0001f916"):
+        assert has_lone_surrogate(escaped(lone)), repr(lone)
