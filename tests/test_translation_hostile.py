@@ -304,6 +304,16 @@ HOSTILE += [
 ]
 
 
+HOSTILE += [
+    ("messages->chat", with_(MSG, messages=[]), "messages"),
+    ("chat->messages", with_(CHAT, messages=[]), "messages"),
+    ("chat->messages", with_(CHAT, messages=[{"role": "system", "content": "only a system prompt"}]), "messages"),
+    ("responses->messages", with_(RESP, input=[]), "input"),
+    ("responses->messages", with_(RESP, input=[{"type": "reasoning", "summary": []}]), "input"),
+    ("responses->chat", with_(RESP, input=[]), "input"),
+]
+
+
 @pytest.mark.parametrize(("direction", "body", "field"), HOSTILE)
 def test_a_wrong_type_is_a_400_in_the_clients_dialect_naming_the_field(direction: str, body: bytes, field: str) -> None:
     """

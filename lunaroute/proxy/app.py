@@ -998,7 +998,12 @@ class GatewayApp:
         """
         dropped: list[str] = []
         try:
-            payload = encode_body(translator.request(source, model, dropped), source)
+            translated = translator.request(source, model, dropped)
+            if translated.get("messages") == []:
+                # Both dialects refuse an empty conversation, naming their own field.
+                field = "input" if translator.source == "openai_responses" else "messages"
+                raise UntranslatableField(field, "holds no message to send")
+            payload = encode_body(translated, source)
         except RecursionError:
             # Within the parser's nesting limit, but not with the frames a translation adds.
             raise UntranslatableField("body", "is nested too deeply to translate") from None
