@@ -838,3 +838,28 @@ def test_the_lone_surrogate_search_passes_pairs_and_catches_every_lone_one() -> 
         assert not has_lone_surrogate(escaped(fine)), fine
     for lone in ("a\ud800b", "a\udc00b", "\ud800\ud800", "x\udfff", "end\ud800", "\U0001f916\udc00", "\udc00\U0001f916"):
         assert has_lone_surrogate(escaped(lone)), repr(lone)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (with_(MSG, messages=5), "messages"),
+        (with_(MSG, messages=[{"role": "user", "content": [{"type": "text", "text": 1}]}]), "messages[0].content[0].text"),
+        (with_(MSG, tools="all"), "tools"),
+    ],
+)
+def test_count_tokens_on_a_hostile_body_is_a_400_not_an_estimate(body: bytes, field: str) -> None:
+    """count_tokens estimated by the gateway estimated anything (messages: 5 gave 4 tokens); a too-deep body was a 500."""
+    gateway = Gateway(OPENAI_ONLY)
+    status, _, answer = gateway.post("/v1/messages/count_tokens", body)
+    assert status == 400
+    assert_client_error("messages->chat", status, answer, field + ":")
+    assert gateway.calls() == [] and gateway.exchanges[0].outcome == "bad_request"
+
+
+def test_count_tokens_on_a_deeply_nested_body_is_never_a_500() -> None:
+    for depth in range(900, 1001, 3):
+        gateway = Gateway(OPENAI_ONLY)
+        status, _, answer = gateway.post("/v1/messages/count_tokens", deep_tool_body("messages->chat", depth, b"1"))
+        assert status in (200, 400), (depth, answer)
+        assert_client_error("messages->chat", status, answer) if status == 400 else json.loads(answer)["input_tokens"]

@@ -39,6 +39,7 @@ from lunaroute.dialects.request_view import RequestView, bounded, parse_request,
 from lunaroute.dialects.session_id import new_session_id
 from lunaroute.dialects.translate.base import Translator
 from lunaroute.dialects.translate.errors import UntranslatableField
+from lunaroute.dialects.translate.validate import check_messages_request
 from lunaroute.errors import LunaRouteError, UpstreamError, UpstreamUnreachable
 from lunaroute.exchange import Enrichment, Exchange, Timings
 from lunaroute.interfaces import IProvider
@@ -679,7 +680,14 @@ class GatewayApp:
                 flight.sending = provider.request(request.method, path, query, headers, payload)
                 response = await flight.sending
         except _EstimateLocally as local:
-            return self._estimate_tokens(request, exchange, view, local.provider)
+            try:
+                return self._estimate_tokens(request, exchange, view, local.provider)
+            except UntranslatableField as exc:
+                # A body the estimate cannot read: the 400 a provider would give.
+                status, code = status_for(exc)
+                exchange.status = status
+                exchange.outcome, exchange.error = "bad_request", str(exc)
+                return write_error(request, listener, status, str(exc), code)
         except UpstreamError as exc:
             status, code = status_for(exc)
             exchange.status = status
@@ -1079,7 +1087,12 @@ class GatewayApp:
         estimate (L{estimate_input_tokens}), marked so in a header and in
         the record's response headers.
         """
-        tokens = estimate_input_tokens(view.json or {})
+        body = view.json or {}
+        try:
+            check_messages_request(body)
+            tokens = estimate_input_tokens(body)
+        except RecursionError:
+            raise UntranslatableField("body", "is nested too deeply to count") from None
         exchange.provider = provider.name
         exchange.status = 200
         exchange.upstream_body = exchange.upstream_path = None
