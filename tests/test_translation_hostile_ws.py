@@ -252,3 +252,22 @@ async def test_a_json_answer_to_a_translated_turn_is_replayed_as_events(fake, st
     assert seen[0].outcome == "ok"
     sent = fake.requests[-1].json
     assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_provider_that_drops_a_translated_turn_ends_it_once(fake, start_gateway) -> None:
+    """
+    The provider's connection drops mid-stream: the turn ends with one
+    response.failed and no second 'error' frame (Codex would take a stray
+    one for its next turn's answer); the next turn on the socket works.
+    """
+    gw, seen = await gateway(fake, start_gateway)
+    client = await connect(gw.port)
+    client.send_json(create(model="claude-drop"))
+    await client.until("response.failed")
+    client.send_json(create(model="claude-sonnet-4-5"))
+    await client.until("response.completed")
+    await close(client)
+    types = [frame["type"] for frame in client.frames]
+    assert "error" not in types and types.count("response.failed") == 1
+    assert seen[0].outcome == "upstream_error" and "cut" in (seen[0].error or "")

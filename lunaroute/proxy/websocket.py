@@ -496,7 +496,8 @@ class _Turn:
             socket.send_frame(error_frame(502, relay.translation_failed, None, "server_error"))
         elif relay.lost:
             exchange.outcome, exchange.error = "upstream_error", "the provider's stream was cut"
-            socket.send_frame(error_frame(502, "the provider's stream was cut", None, "server_error"))
+            if not relay.failure_sent:
+                socket.send_frame(error_frame(502, "the provider's stream was cut", None, "server_error"))
         else:
             # The provider's in-stream error event (its status was 200), or a
             # translated stream that ended before its finish reason: the
@@ -603,6 +604,10 @@ class _EventRelay(Protocol):
         # whether the provider's stream ended before its finish reason.
         self.translation_failed: str | None = None
         self.ended_early = False
+        # The translator's close already sent the turn's terminal event
+        # (response.failed): no second error frame (Codex would take it for
+        # the next turn's).
+        self.failure_sent = False
 
     def connectionMade(self) -> None:
         if self.aborted:
@@ -673,7 +678,8 @@ class _EventRelay(Protocol):
             self._emit(self._parser.close())
             if self._stream is not None and self._translated is not None and self.translation_failed is None:
                 closing = self._stream.close()
-                self.ended_early = _ENDED_EARLY in closing and reason.check(ResponseDone) is not None
+                self.failure_sent = _ENDED_EARLY in closing
+                self.ended_early = self.failure_sent and reason.check(ResponseDone) is not None
                 tail = self._translated.feed(closing) + self._translated.close()
                 self._emit_frames(tail)
         if not reason.check(ResponseDone) and not self.aborted and self.translation_failed is None:
