@@ -304,6 +304,16 @@ HOSTILE += [
 ]
 
 
+HOSTILE += [
+    ("messages->chat", with_(MSG, messages=[]), "messages"),
+    ("chat->messages", with_(CHAT, messages=[]), "messages"),
+    ("chat->messages", with_(CHAT, messages=[{"role": "system", "content": "only a system prompt"}]), "messages"),
+    ("responses->messages", with_(RESP, input=[]), "input"),
+    ("responses->messages", with_(RESP, input=[{"type": "reasoning", "summary": []}]), "input"),
+    ("responses->chat", with_(RESP, input=[]), "input"),
+]
+
+
 @pytest.mark.parametrize(("direction", "body", "field"), HOSTILE)
 def test_a_wrong_type_is_a_400_in_the_clients_dialect_naming_the_field(direction: str, body: bytes, field: str) -> None:
     """
@@ -762,3 +772,94 @@ def test_an_error_status_sent_as_an_event_stream_keeps_the_providers_message(dir
     status, _, answer = post_stream(gateway, path, direction)
     assert status == 529
     assert assert_client_error(direction, status, answer)["error"]["message"] == "busy now"
+
+
+def _chat_chunk(delta: Any, finish: str | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "model": "g", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+@pytest.mark.parametrize("pair", [("anthropic", "openai_chat"), ("openai_responses", "openai_chat")])
+def test_a_chat_servers_object_arguments_and_missing_call_ids_are_kept(pair: tuple[str, str]) -> None:
+    """
+    Some OpenAI-compatible servers send a tool call's ``arguments`` as an
+    object, or no call ``id``: the arguments were dropped (the tool ran with
+    ``{}``) and the id was empty (the result could not be paired).  Now the
+    object's JSON is the arguments and a fresh id is made, streamed or not.
+    """
+    from lunaroute.dialects.translate import base
+
+    translator = base.translator_for(*pair)
+    assert translator is not None
+    stream = translator.stream("m")
+    events: list[Any] = [
+        _chat_chunk({"role": "assistant", "tool_calls": [
+            {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": {"path": "a.txt"}}},
+            {"index": 1, "type": "function", "function": {"name": "g", "arguments": "{}"}},
+        ]}),
+        _chat_chunk({}, "tool_calls"),
+        "[DONE]",
+    ]
+    out = (b"".join(stream.feed(event) for event in events) + stream.close()).decode()
+    datas = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("data: ")]
+    if pair[0] == "anthropic":
+        starts = [d["content_block"] for d in datas if d["type"] == "content_block_start"]
+        partial = [d["delta"]["partial_json"] for d in datas if d["type"] == "content_block_delta"]
+        assert starts[0]["id"] == "call_a" and starts[1]["id"].startswith("call_") and len(starts[1]["id"]) > 5
+        assert json.loads(partial[0]) == {"path": "a.txt"}
+    else:
+        calls = [item for item in datas[-1]["response"]["output"] if item["type"] == "function_call"]
+        assert calls[0]["call_id"] == "call_a" and calls[1]["call_id"].startswith("call_") and len(calls[1]["call_id"]) > 5
+        assert json.loads(calls[0]["arguments"]) == {"path": "a.txt"}
+
+    whole = dict(CHAT_OK, choices=[{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"path": "b.txt"}}}]}}])
+    answer = translator.response(whole, "m")
+    if pair[0] == "anthropic":
+        [block] = answer["content"]
+        assert block["input"] == {"path": "b.txt"} and block["id"].startswith("call_") and len(block["id"]) > 5
+    else:
+        [item] = answer["output"]
+        assert json.loads(item["arguments"]) == {"path": "b.txt"} and len(item["call_id"]) > 5
+
+
+def test_the_lone_surrogate_search_passes_pairs_and_catches_every_lone_one() -> None:
+    """
+    The search runs on every translated body: emoji (surrogate pairs once
+    escaped, in many Claude Code prompts) must not send it down the slow
+    path, every lone surrogate must.
+    """
+    from lunaroute.proxy.translating import has_lone_surrogate
+
+    def escaped(text: str) -> str:
+        return json.dumps({"t": text}, separators=(",", ":"))
+
+    for fine in ("plain", "\U0001f916 made with Claude Code", "\U0001f916\U0001f40d", "é ü 中"):
+        assert not has_lone_surrogate(escaped(fine)), fine
+    for lone in ("a\ud800b", "a\udc00b", "\ud800\ud800", "x\udfff", "end\ud800", "\U0001f916\udc00", "\udc00\U0001f916"):
+        assert has_lone_surrogate(escaped(lone)), repr(lone)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (with_(MSG, messages=5), "messages"),
+        (with_(MSG, messages=[{"role": "user", "content": [{"type": "text", "text": 1}]}]), "messages[0].content[0].text"),
+        (with_(MSG, tools="all"), "tools"),
+    ],
+)
+def test_count_tokens_on_a_hostile_body_is_a_400_not_an_estimate(body: bytes, field: str) -> None:
+    """count_tokens estimated by the gateway estimated anything (messages: 5 gave 4 tokens); a too-deep body was a 500."""
+    gateway = Gateway(OPENAI_ONLY)
+    status, _, answer = gateway.post("/v1/messages/count_tokens", body)
+    assert status == 400
+    assert_client_error("messages->chat", status, answer, field + ":")
+    assert gateway.calls() == [] and gateway.exchanges[0].outcome == "bad_request"
+
+
+def test_count_tokens_on_a_deeply_nested_body_is_never_a_500() -> None:
+    for depth in range(900, 1001, 3):
+        gateway = Gateway(OPENAI_ONLY)
+        status, _, answer = gateway.post("/v1/messages/count_tokens", deep_tool_body("messages->chat", depth, b"1"))
+        assert status in (200, 400), (depth, answer)
+        assert_client_error("messages->chat", status, answer) if status == 400 else json.loads(answer)["input_tokens"]

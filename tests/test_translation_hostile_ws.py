@@ -217,3 +217,57 @@ async def test_the_providers_key_never_reaches_the_socket_even_when_its_error_ec
     frame = client.frames[-1]
     assert frame["status"] == 401 and "[redacted]" in frame["error"]["message"]
     assert ANTHROPIC_KEY not in json.dumps(client.frames)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_json_answer_to_a_translated_turn_is_replayed_as_events(fake, start_gateway) -> None:
+    """
+    An Anthropic provider that ignores stream: true and answers one JSON
+    message: the socket got an 'error' frame with status 200.  Now the
+    Responses events of that answer, ending with response.completed, and
+    the response continues the socket's conversation.
+    """
+    gw, seen = await gateway(fake, start_gateway)
+    message = {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+        "content": [{"type": "text", "text": "hello there"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "shell", "input": {"command": "ls"}}],
+        "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 3},
+    }
+    fake.next_response = (200, {"content-type": "application/json"}, json.dumps(message))
+    client = await connect(gw.port)
+    client.send_json(create())
+    await client.until("response.completed")
+    types = [frame["type"] for frame in client.frames]
+    assert "error" not in types and types[0] == "response.created"
+    final = client.frames[-1]["response"]
+    assert [item["type"] for item in final["output"]] == ["message", "function_call"]
+    assert json.loads(final["output"][1]["arguments"]) == {"command": "ls"}
+    assert final["usage"]["output_tokens"] == 3
+    # The replayed response is the socket's conversation: the next turn may continue it.
+    output = {"type": "function_call_output", "call_id": "toolu_1", "output": "a.txt"}
+    client.send_json(create(previous=final["id"], items=[output]))
+    await client.until("response.completed", 2)
+    await close(client)
+    assert seen[0].outcome == "ok"
+    sent = fake.requests[-1].json
+    assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_provider_that_drops_a_translated_turn_ends_it_once(fake, start_gateway) -> None:
+    """
+    The provider's connection drops mid-stream: the turn ends with one
+    response.failed and no second 'error' frame (Codex would take a stray
+    one for its next turn's answer); the next turn on the socket works.
+    """
+    gw, seen = await gateway(fake, start_gateway)
+    client = await connect(gw.port)
+    client.send_json(create(model="claude-drop"))
+    await client.until("response.failed")
+    client.send_json(create(model="claude-sonnet-4-5"))
+    await client.until("response.completed")
+    await close(client)
+    types = [frame["type"] for frame in client.frames]
+    assert "error" not in types and types.count("response.failed") == 1
+    assert seen[0].outcome == "upstream_error" and "cut" in (seen[0].error or "")

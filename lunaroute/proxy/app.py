@@ -41,6 +41,7 @@ from lunaroute.dialects.request_view import RequestView, bounded, parse_request,
 from lunaroute.dialects.session_id import new_session_id
 from lunaroute.dialects.translate.base import Translator
 from lunaroute.dialects.translate.errors import UntranslatableField
+from lunaroute.dialects.translate.validate import check_messages_request
 from lunaroute.errors import LunaRouteError, UpstreamError, UpstreamUnreachable
 from lunaroute.exchange import Enrichment, Exchange, Timings
 from lunaroute.interfaces import IProvider
@@ -742,7 +743,14 @@ class GatewayApp:
                 flight.sending = provider.request(request.method, path, query, headers, payload)
                 response = await flight.sending
         except _EstimateLocally as local:
-            return self._estimate_tokens(request, exchange, view, local.provider)
+            try:
+                return self._estimate_tokens(request, exchange, view, local.provider)
+            except UntranslatableField as exc:
+                # A body the estimate cannot read: the 400 a provider would give.
+                status, code = status_for(exc)
+                exchange.status = status
+                exchange.outcome, exchange.error = "bad_request", str(exc)
+                return write_error(request, listener, status, str(exc), code)
         except UpstreamError as exc:
             status, code = status_for(exc)
             exchange.status = status
@@ -1062,7 +1070,12 @@ class GatewayApp:
         """
         dropped: list[str] = []
         try:
-            payload = encode_body(translator.request(source, model, dropped), source)
+            translated = translator.request(source, model, dropped)
+            if translated.get("messages") == []:
+                # Both dialects refuse an empty conversation, naming their own field.
+                field = "input" if translator.source == "openai_responses" else "messages"
+                raise UntranslatableField(field, "holds no message to send")
+            payload = encode_body(translated, source)
         except RecursionError:
             # Within the parser's nesting limit, but not with the frames a translation adds.
             raise UntranslatableField("body", "is nested too deeply to translate") from None
@@ -1138,7 +1151,12 @@ class GatewayApp:
         estimate (L{estimate_input_tokens}), marked so in a header and in
         the record's response headers.
         """
-        tokens = estimate_input_tokens(view.json or {})
+        body = view.json or {}
+        try:
+            check_messages_request(body)
+            tokens = estimate_input_tokens(body)
+        except RecursionError:
+            raise UntranslatableField("body", "is nested too deeply to count") from None
         exchange.provider = provider.name
         exchange.status = 200
         exchange.upstream_body = exchange.upstream_path = None

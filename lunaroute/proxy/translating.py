@@ -44,6 +44,7 @@ __all__ = [
     "encode_body",
     "estimate_input_tokens",
     "events_from_json",
+    "has_lone_surrogate",
     "translated_request_headers",
     "translated_response_headers",
 ]
@@ -53,7 +54,31 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 
 ANTHROPIC_VERSION = b"2023-06-01"
 
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# A surrogate escape in compact ASCII JSON (characters beyond the BMP, the
+# emoji of many Claude Code prompts, are escaped as high-low pairs).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """
+    Whether compact ASCII JSON escapes a lone surrogate: a high one not
+    followed at once by a low one, or a low one not right after a high one.
+    An escaped backslash before C{ud800} text may match too (the caller
+    then looks properly); pairs never do.
+    """
+    if "\\ud" not in text and "\\uD" not in text:
+        return False
+    low_due = -1
+    for match in _SURROGATE_ESCAPE.finditer(text):
+        if match.group()[3] in "89abAB":
+            if low_due != -1:
+                return True
+            low_due = match.end()
+        else:
+            if match.start() != low_due:
+                return True
+            low_due = -1
+    return low_due != -1
 
 _ENDED_EARLY = ENDED_EARLY.encode()
 
@@ -130,10 +155,11 @@ def encode_body(body: dict[str, Any], client_body: Any = None) -> bytes:
     except ValueError:
         check_finite(named)
         raise UntranslatableField("body", "holds a number JSON cannot carry") from None
-    if _SURROGATE_ESCAPE.search(text) is not None:
-        # Rare (characters beyond the BMP are escaped as pairs too): find the field.
+    if has_lone_surrogate(text):
+        # Rare (or an escaped backslash before "ud800" text): find the field.
         check_unicode(named)
-        check_unicode(body)
+        if named is not body:
+            check_unicode(body)
     return text.encode("ascii")
 
 

@@ -42,6 +42,7 @@ from lunaroute.logs import log_observer
 from lunaroute.proxy.errors import first_header, status_for
 from lunaroute.proxy.headers import MaskedHeaders, first_value, header_reader
 from lunaroute.proxy.outcome import provider_error
+from lunaroute.proxy.translating import MAX_JSON_BYTES, events_from_json
 from lunaroute.routing.markers import strip_markers
 from lunaroute.routing.plan import Plan
 
@@ -458,7 +459,8 @@ class _Turn:
         )
         streaming = 200 <= response.code < 300 and "text/event-stream" in content_type
         stream = translator.stream(view.model or "") if translator is not None and streaming else None
-        relay = _EventRelay(self._send_frame if streaming else None, capture.feed, clock.seconds, stream)
+        keep = MAX_JSON_BYTES if translator is not None and 200 <= response.code < 300 else 65536
+        relay = _EventRelay(self._send_frame if streaming else None, capture.feed, clock.seconds, stream, keep)
         self.body = relay
         if self.cancelled:
             relay.aborted = True
@@ -474,6 +476,8 @@ class _Turn:
             exchange.response = capture.finish()
         if relay.aborted:
             self._interrupted(exchange)
+        elif not streaming and translator is not None and 200 <= response.code < 300:
+            self._replay_json(exchange, translator, view, relay)
         elif not streaming:
             exchange.outcome = "upstream_error" if response.code >= 400 else "ok"
             message = relay.raw.decode("utf-8", "replace")[:4000]
@@ -492,7 +496,8 @@ class _Turn:
             socket.send_frame(error_frame(502, relay.translation_failed, None, "server_error"))
         elif relay.lost:
             exchange.outcome, exchange.error = "upstream_error", "the provider's stream was cut"
-            socket.send_frame(error_frame(502, "the provider's stream was cut", None, "server_error"))
+            if not relay.failure_sent:
+                socket.send_frame(error_frame(502, "the provider's stream was cut", None, "server_error"))
         else:
             # The provider's in-stream error event (its status was 200), or a
             # translated stream that ended before its finish reason: the
@@ -506,6 +511,29 @@ class _Turn:
                 exchange.outcome = "stream_error"
                 exchange.error = ENDED_EARLY + " (no finish reason before the end of its body)"
         timings.finished = clock.seconds()
+
+    def _replay_json(self, exchange: Any, translator: Any, view: Any, relay: _EventRelay) -> None:
+        """
+        A translated turn answered 2xx with one JSON object (a provider that
+        ignored C{stream: true}): replayed to the socket as the Responses
+        events it translates to, or a 502 error frame if it is not JSON.
+        """
+        try:
+            parsed = json.loads(relay.raw) if not relay.truncated else None
+        except (ValueError, RecursionError):
+            parsed = None
+        if not isinstance(parsed, dict):
+            exchange.outcome, exchange.status = "gateway_error", 502
+            exchange.error = "the provider's answer is not a JSON object"
+            self.socket.send_frame(error_frame(502, exchange.error, None, "server_error"))
+            return
+        stream = translator.stream(view.model or "")
+        frames = b"".join(stream.feed(event) for event in events_from_json(translator.target, parsed)) + stream.close()
+        parser = SSEParser()
+        for event in parser.feed(frames) + parser.close():
+            if event.data and event.data != "[DONE]":
+                self._send_frame(event.data.encode("utf-8"))
+        exchange.outcome = "ok"
 
     def _interrupted(self, exchange: Any) -> None:
         if self.by_gateway:
@@ -550,8 +578,13 @@ class _EventRelay(Protocol):
         on_chunk: Callable[[bytes], Any],
         now: Callable[[], float],
         stream: StreamTranslator | None = None,
+        keep: int = 65536,
     ) -> None:
         self._send = send
+        # How much of a body that is not streamed is kept (an error's, or
+        # a translated turn's whole JSON answer).
+        self._keep = keep
+        self.truncated = False
         self._on_chunk = on_chunk
         self._now = now
         self._parser = SSEParser()
@@ -560,7 +593,7 @@ class _EventRelay(Protocol):
         self._stream = stream
         self._translated = SSEParser() if stream is not None else None
         self.done: defer.Deferred[None] = defer.Deferred()
-        self.raw = b""
+        self.raw = bytearray()
         self.bytes = 0
         self.chunks = 0
         self.first_byte: float | None = None
@@ -571,6 +604,10 @@ class _EventRelay(Protocol):
         # whether the provider's stream ended before its finish reason.
         self.translation_failed: str | None = None
         self.ended_early = False
+        # The translator's close already sent the turn's terminal event
+        # (response.failed): no second error frame (Codex would take it for
+        # the next turn's).
+        self.failure_sent = False
 
     def connectionMade(self) -> None:
         if self.aborted:
@@ -594,8 +631,10 @@ class _EventRelay(Protocol):
         except Exception:
             log.failure("capturing a WebSocket turn failed")
         if self._send is None:
-            if len(self.raw) < 65536:
+            if len(self.raw) < self._keep:
                 self.raw += data
+            else:
+                self.truncated = True
             return
         self._emit(self._parser.feed(data))
 
@@ -639,7 +678,8 @@ class _EventRelay(Protocol):
             self._emit(self._parser.close())
             if self._stream is not None and self._translated is not None and self.translation_failed is None:
                 closing = self._stream.close()
-                self.ended_early = _ENDED_EARLY in closing and reason.check(ResponseDone) is not None
+                self.failure_sent = _ENDED_EARLY in closing
+                self.ended_early = self.failure_sent and reason.check(ResponseDone) is not None
                 tail = self._translated.feed(closing) + self._translated.close()
                 self._emit_frames(tail)
         if not reason.check(ResponseDone) and not self.aborted and self.translation_failed is None:

@@ -28,6 +28,8 @@ from lunaroute.dialects.translate.base import register
 from lunaroute.dialects.translate.common import (
     ENDED_EARLY,
     ChatChunkReader,
+    call_arguments,
+    call_id,
     chat_function_tool,
     end_chat_request,
     sort_top_level,
@@ -375,11 +377,11 @@ def chat_response_to_messages(resp: dict[str, Any], model: str) -> dict[str, Any
     for call in as_list(message.get("tool_calls")):
         call = as_dict(call)
         function = as_dict(call.get("function"))
-        arguments = parse_tool_input(as_str(function.get("arguments")))
+        arguments = parse_tool_input(call_arguments(function.get("arguments")))
         content.append(
             {
                 "type": "tool_use",
-                "id": as_str(call.get("id")),
+                "id": call_id(call.get("id")),
                 "name": as_str(function.get("name")),
                 "input": arguments if isinstance(arguments, dict) else {},
             }
@@ -516,12 +518,12 @@ class ChatToAnthropicStream(ChatChunkReader):
                 out.append(_event("content_block_start", {
                     "type": "content_block_start", "index": index,
                     "content_block": {
-                        "type": "tool_use", "id": as_str(fragment.get("id")),
+                        "type": "tool_use", "id": call_id(fragment.get("id")),
                         "name": as_str(function.get("name")), "input": {},
                     },
                 }))
-            arguments = function.get("arguments")
-            if isinstance(arguments, str) and arguments:
+            arguments = call_arguments(function.get("arguments"))
+            if arguments:
                 out.append(_event("content_block_delta", {
                     "type": "content_block_delta", "index": index,
                     "delta": {"type": "input_json_delta", "partial_json": arguments},

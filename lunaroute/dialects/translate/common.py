@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,11 +16,37 @@ __all__ = [
     "ENDED_EARLY",
     "ChatChunkReader",
     "Direction",
+    "call_arguments",
+    "call_id",
     "chat_function_tool",
     "end_chat_request",
     "sort_top_level",
     "utf8",
 ]
+
+def call_arguments(value: Any) -> str:
+    """
+    A Chat tool call's ``arguments`` as text: a string as is; an object or
+    array (some OpenAI-compatible servers send the parsed arguments) as its
+    compact JSON, never dropped; anything else empty.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return ""
+
+
+def call_id(value: Any) -> str:
+    """
+    A provider's tool-call id, or a fresh one when it sent none (some
+    servers do): the client sends it back with the result, and an empty or
+    repeated id would pair results with the wrong call.
+    """
+    if isinstance(value, str) and value:
+        return value
+    return f"call_{uuid.uuid4().hex[:24]}"
+
 
 # The message of the error event a stream converter's close() sends when the
 # provider's body ended before its finish reason (the relay looks for it).

@@ -32,6 +32,8 @@ from lunaroute.dialects.translate.common import (
     ENDED_EARLY,
     ChatChunkReader,
     Direction,
+    call_arguments,
+    call_id,
     chat_function_tool,
     end_chat_request,
     sort_top_level,
@@ -433,8 +435,8 @@ def chat_completion_to_response(body: dict[str, Any], client_model: str) -> dict
     for n, raw in enumerate(as_list(message.get("tool_calls"))):
         call = as_dict(raw)
         function = as_dict(call.get("function"))
-        output.append(_function_item(f"fc_{response_id}_{n}", as_str(call.get("id")), as_str(function.get("name")),
-                                     as_str(function.get("arguments"))))
+        output.append(_function_item(f"fc_{response_id}_{n}", call_id(call.get("id")), as_str(function.get("name")),
+                                     call_arguments(function.get("arguments"))))
     usage = body.get("usage")
     return response_object(
         response_id, client_model, as_int(body.get("created"), int(time.time())), output,
@@ -609,12 +611,12 @@ class ResponsesEventWriter(ChatChunkReader):
             self._close_text(out)
             call = self._calls[position] = _Open("function_call", self._next, f"fc_{self._id}_{self._next}")
             self._next += 1
-            call.call_id = as_str(fragment.get("id"))
+            call.call_id = call_id(fragment.get("id"))
             call.name = as_str(function.get("name"))
             item = _function_item(call.item_id, call.call_id, call.name, "", "in_progress")
             out.append(self._event("response.output_item.added", {"output_index": call.index, "item": item}))
-        arguments = function.get("arguments")
-        if isinstance(arguments, str) and arguments:
+        arguments = call_arguments(function.get("arguments"))
+        if arguments:
             call.parts.append(arguments)
             out.append(self._event("response.function_call_arguments.delta",
                                    {"item_id": call.item_id, "output_index": call.index, "delta": arguments}))
