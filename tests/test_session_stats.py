@@ -386,6 +386,22 @@ def test_responses_function_call_output_from_codex() -> None:
     ]
 
 
+def test_responses_items_with_a_hostile_type_are_skipped() -> None:
+    """An input item whose type is an object or a list (hostile input) is no call and no result; nothing raises."""
+    stats = SessionStatsCollector(100, PricingTable.load())
+    body = {
+        "model": "gpt-5",
+        "input": [
+            {"type": {"x": 1}, "call_id": "c1", "name": "shell"},
+            {"type": ["function_call_output"], "call_id": "c1", "output": "ok"},
+            {"type": "function_call_output", "call_id": "c2", "output": "ok"},
+        ],
+    }
+    answer = exchange("codex", dialect="openai_responses", request_json=body)
+    observe(stats, answer)
+    assert answer.tool_results == [{"tool_call_id": "c2", "tool_name": None, "duration_ms": None}]
+
+
 def test_result_for_unseen_call_is_reported_without_duration() -> None:
     """
     Claude Code's captured tool_result request, for a call the gateway never

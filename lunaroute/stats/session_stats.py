@@ -519,6 +519,12 @@ def _chat_results(body: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
     return _results_after_last_answer(body, _chat_calls, _chat_result_ids)
 
 
+def _item_type(item: dict[str, Any]) -> str | None:
+    """A Responses input item's C{type}, or C{None} when it is not a string (hostile input)."""
+    kind = item.get("type")
+    return kind if isinstance(kind, str) else None
+
+
 def _responses_results(body: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
     items = body.get("input")
     if not isinstance(items, list):
@@ -531,7 +537,7 @@ def _responses_results(body: dict[str, Any]) -> tuple[dict[str, str], list[str]]
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             continue
-        kind = item.get("type")
+        kind = _item_type(item)
         if kind in _RESPONSES_CALL_TYPES and isinstance(item.get("call_id"), str):
             names[item["call_id"]] = str(item.get("name") or "unknown")
         elif kind == "reasoning" or (kind in ("message", None) and item.get("role") == "assistant"):
@@ -540,7 +546,7 @@ def _responses_results(body: dict[str, Any]) -> tuple[dict[str, str], list[str]]
         item["call_id"]
         for item in items[turn_start:]
         if isinstance(item, dict)
-        and item.get("type") in _RESPONSES_RESULT_TYPES
+        and _item_type(item) in _RESPONSES_RESULT_TYPES
         and isinstance(item.get("call_id"), str)
     ]
     return names, results
