@@ -189,6 +189,11 @@ def _still_at(identity: tuple[int, int], path: str) -> bool:
     return identity == (at_path.st_ino, at_path.st_dev)
 
 
+# How often the writer re-opens a session file that retention took away
+# while the writer waited for it (see JSONLWriter._open_locked).
+_REOPEN_ATTEMPTS = 20
+
+
 @implementer(ISessionWriter)
 class JSONLWriter:
     """
@@ -258,9 +263,12 @@ class JSONLWriter:
         """
         Open C{path} for appending with a shared lock held: retention
         compressing or deleting that file (an exclusive lock) is waited for,
-        and if it took the file away, the file is created again.
+        and if it took the file away, the file is created again.  Each
+        retry follows a compression or deletion that finished, so a few
+        are plenty for retention's schedule; the bound only stops a loop
+        against something that keeps replacing the file.
         """
-        for _attempt in range(3):
+        for _attempt in range(_REOPEN_ATTEMPTS):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             # Unbuffered: our single write() per batch goes straight to the
             # kernel, so no half-flushed buffer can split a line.  Readable
