@@ -1057,10 +1057,13 @@ class SessionQueries:
         plain = session_file_name(session_id)
         removed = []
         for day in sorted(os.listdir(self.jsonl_dir)):
+            folder = os.path.join(self.jsonl_dir, day)
+            if os.path.islink(folder) or not os.path.isdir(folder):
+                continue  # never through a symlink out of the sessions folder
             for name in (plain, plain + ".zst"):
-                path = os.path.join(self.jsonl_dir, day, name)
-                if os.path.isfile(path):
-                    os.remove(path)
+                path = os.path.join(folder, name)
+                if os.path.isfile(path) or os.path.islink(path):
+                    os.remove(path)  # a symlink itself, never what it points to
                     removed.append(os.path.join(day, name))
         return removed
 
