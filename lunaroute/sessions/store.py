@@ -53,6 +53,7 @@ __all__ = [
     "SessionStore",
     "StatsWindow",
     "StoreError",
+    "NothingRecordedYet",
     "StoreUnavailable",
     "to_fts_query",
 ]
@@ -96,6 +97,13 @@ class StoreUnavailable(StoreError):
 
     status = 503
     error_type = "store_unavailable"
+
+
+class NothingRecordedYet(StoreUnavailable):
+    """
+    No session database yet: nothing was recorded.  The API answers 503;
+    the UI shows its pages empty.
+    """
 
 
 # --------------------------------------------------------------------------
@@ -1084,7 +1092,7 @@ def open_read_only(db_path: str) -> sqlite3.Connection:
     @raise StoreUnavailable: no database there, or not one this code reads.
     """
     if not os.path.exists(db_path):
-        raise StoreUnavailable(f"no session database at {db_path} yet (nothing recorded)")
+        raise NothingRecordedYet(f"no session database at {db_path} yet (nothing recorded)")
     try:
         conn = sqlite3.connect(
             f"file:{quote(os.path.abspath(db_path))}?mode=ro", uri=True, timeout=10.0, check_same_thread=False
@@ -1092,6 +1100,9 @@ def open_read_only(db_path: str) -> sqlite3.Connection:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"cannot read the session database: {exc}") from None
+    if version == 0:
+        conn.close()  # a database the gateway is creating: empty so far
+        raise NothingRecordedYet(f"the session database at {db_path} is being created (nothing recorded)")
     if version != SCHEMA_VERSION:
         conn.close()
         raise StoreUnavailable(
