@@ -396,3 +396,13 @@ def test_files_dated_in_the_future_are_kept(tmp_path: Path) -> None:
     result = run_file_phase(str(root), RetentionSettings(max_total_size_gb=1000 / 1024**3), RET_NOW)
     assert future is not None and future.exists() and old is not None and not old.exists()
     assert [path for path, _, _ in result.deleted] == [str(old)]
+
+
+def test_a_client_named_by_its_user_agent_is_redacted() -> None:
+    """A user agent whose first word is an email: the recorded client name is redacted too."""
+    exchange = make_exchange("session-1", 1_700_000_000.0, user_text="hi", answer="ok")
+    exchange.user_agent = f"{EMAIL} curl-ish"
+    started = exchange_events(exchange, redactor=_redactor())[0]
+    assert started["client"] == "[EMAIL]" and started["user_agent"] == "[EMAIL] curl-ish"
+    exchange.user_agent = "claude-cli/2.0.14 (external, cli)"
+    assert exchange_events(exchange, redactor=_redactor())[0]["client"] == "Claude Code"
