@@ -406,3 +406,24 @@ def test_a_client_named_by_its_user_agent_is_redacted() -> None:
     assert started["client"] == "[EMAIL]" and started["user_agent"] == "[EMAIL] curl-ish"
     exchange.user_agent = "claude-cli/2.0.14 (external, cli)"
     assert exchange_events(exchange, redactor=_redactor())[0]["client"] == "Claude Code"
+
+
+@pytest_twisted.ensureDeferred
+async def test_pii_on_leaves_the_upstream_body_byte_for_byte_unless_applied(fake, start_gateway, tmp_path: Path) -> None:
+    """Without apply_to_upstream the provider gets the client's exact bytes; with it, the redacted body, still valid JSON."""
+    raw = (
+        '{ "model" : "claude-sonnet-4-5", "max_tokens":8,\n "messages":[{"role":"user",'
+        f'"content":"mail {EMAIL} \\u00e9 {ANT}"}}] }}'
+    ).encode()
+    headers = {"content-type": ["application/json"], "x-api-key": ["sk-ant-client-key-123456789"],
+               "anthropic-version": ["2023-06-01"]}
+    for apply in (False, True):
+        gw = await start_gateway(fake, **pii_config(tmp_path / f"s{apply}", apply_to_upstream=apply))
+        response = await treq.post(gw.url + "/v1/messages", data=raw, headers=headers)
+        assert response.code == 200, await response.text()
+        await response.content()
+        sent = [r for r in fake.requests if r.path == "/v1/messages"][-1].body
+        if apply:
+            assert leaks_in(sent.decode()) == [] and "[EMAIL:" in json.loads(sent)["messages"][0]["content"]
+        else:
+            assert sent == raw
