@@ -104,13 +104,19 @@ def hostile_body() -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize(
+    "mode",
+    [{}, {"redaction_mode": "mask"}, {"redaction_mode": "remove"}, {"redaction_mode": "partial"},
+     {"redaction_mode": "tokenize", "hmac_secret": None}],
+    ids=["tokenize", "mask", "remove", "partial", "tokenize-without-secret"],
+)
 @pytest_twisted.ensureDeferred
-async def test_pii_from_every_input_reaches_no_output(fake, start_gateway, tmp_path: Path) -> None:
+async def test_pii_from_every_input_reaches_no_output(fake, start_gateway, tmp_path: Path, mode: dict[str, Any]) -> None:
     """Prompt, system, tool input/result, answer, headers and URL query: no value in any file, table, API or UI page."""
     sessions = tmp_path / "sessions"
     ui_port = free_port()
     fake.default_text = f"Sure, I will mail {EMAIL} and call {PHONE}; key {ANT}. "
-    gw = await start_gateway(fake, **pii_config(sessions), ui={"enabled": True, "port": ui_port})
+    gw = await start_gateway(fake, **pii_config(sessions, **mode), ui={"enabled": True, "port": ui_port})
     session_id = "qa-hostile-session-1"
     response = await treq.post(
         gw.url + f"/v1/messages?note={EMAIL}&ip={IP}",
@@ -141,7 +147,7 @@ async def test_pii_from_every_input_reaches_no_output(fake, start_gateway, tmp_p
         f"/sessions/{session_id}/export?format=jsonl",
         f"/sessions/{session_id}/export?format=html",
         f"/sessions/{session_id}/export?format=csv",
-        "/api/search?q=EMAIL",
+        "/api/search?q=claude",
         "/api/user-agents",
         "/api/sessions/recent",
         "/metrics",
