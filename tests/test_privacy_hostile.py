@@ -258,6 +258,8 @@ def test_captured_span_content_is_redacted_with_pii_on(tmp_path: Path) -> None:
     )
     tracer.redactor = _redactor()
     exchange = make_exchange("session-1", 1_700_000_000.0, user_text=f"mail {EMAIL}", answer=f"call {PHONE} or {ANT}")
+    exchange.client_ip = IP
+    exchange.user_agent = f"curl/8 {EMAIL}"
     tracer.observe(exchange)
     attributes = [dict(span.attributes or {}) for span in exporter.get_finished_spans()]
     content = json.dumps(attributes)
