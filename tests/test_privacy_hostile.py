@@ -435,3 +435,15 @@ async def test_pii_on_leaves_the_upstream_body_byte_for_byte_unless_applied(fake
             assert leaks_in(sent.decode()) == [] and "[EMAIL:" in json.loads(sent)["messages"][0]["content"]
         else:
             assert sent == raw
+
+
+def test_an_empty_session_file_is_never_taken_from_a_writer(tmp_path: Path) -> None:
+    """compress_file leaves an empty file (one a writer has just created) where it is."""
+    from lunaroute.sessions.retention import compress_file
+
+    day = tmp_path / "2026-01-01"
+    day.mkdir()
+    empty = day / "session_new.jsonl"
+    empty.write_bytes(b"")
+    assert compress_file(str(empty)) is None
+    assert empty.exists() and not (day / "session_new.jsonl.zst").exists()

@@ -338,8 +338,8 @@ def compress_file(path: str, level: int = ZSTD_LEVEL) -> tuple[str, int, int] | 
     """
     Compress the plain session file C{path} into C{path + ".zst"} (see the
     module docstring for how) and remove it.  Returns C{(target, bytes
-    before, compressed bytes added)}, or C{None} when the file is in use or
-    gone (nothing changed).
+    before, compressed bytes added)}, or C{None} when the file is in use,
+    gone or empty (nothing changed).
 
     @raise OSError: or C{zstandard.ZstdError}; nothing is removed then.
     """
@@ -348,6 +348,11 @@ def compress_file(path: str, level: int = ZSTD_LEVEL) -> tuple[str, int, int] | 
         return None
     try:
         info = os.fstat(fd)
+        if info.st_size == 0:
+            # Nothing to compress, and most likely a file a writer has just
+            # created and is about to lock: taking it away would make the
+            # writer start over (and, again and again, give up on a batch).
+            return None
         directory = os.path.dirname(path)
         target = path + ".zst"
         tmp_fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
