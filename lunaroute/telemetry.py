@@ -414,6 +414,14 @@ class GatewayTracer:
                 error=(attempt.get("detail") or str(error)) if error else None,
             )
 
+    def _plain(self, text: str) -> str:
+        """C{text} redacted like the records when PII redaction is on (the client's IP, its user agent)."""
+        if self.redactor is None:
+            return text
+        from lunaroute.pii.records import redact_text_or_drop
+
+        return redact_text_or_drop(text, self.redactor, "record")
+
     def _request_attributes(self, exchange: Exchange) -> dict[str, Any]:
         provider_type = self._provider_types.get(exchange.provider or "")
         attributes: dict[str, Any] = {
@@ -432,9 +440,9 @@ class GatewayTracer:
         if exchange.status is not None:
             attributes["http.response.status_code"] = exchange.status
         if exchange.client_ip:
-            attributes["client.address"] = exchange.client_ip
+            attributes["client.address"] = self._plain(exchange.client_ip)
         if exchange.user_agent:
-            attributes["user_agent.original"] = exchange.user_agent
+            attributes["user_agent.original"] = self._plain(exchange.user_agent)
         if exchange.outcome != "ok":
             attributes["error.type"] = exchange.error_type or exchange.outcome
         if exchange.is_conversation:

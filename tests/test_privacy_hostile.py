@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 import pytest_twisted
 import treq
 
-from lunaroute.config import PiiSettings, settings_from_mapping
+from lunaroute.config import PiiSettings, RetentionSettings, settings_from_mapping
 from lunaroute.errors import ConfigError
 from lunaroute.pii import (
     Detection,
@@ -30,6 +31,10 @@ from lunaroute.pii import (
 from lunaroute.pii.detectors import backtracking_risk
 from lunaroute.proxy.reqlog import RequestLogPrinter
 from lunaroute.sessions.events import exchange_events
+from lunaroute.sessions.importer import import_sessions
+from lunaroute.sessions.retention import run_file_phase
+from lunaroute.sessions.sqlite import connect
+from lunaroute.sessions.store import SessionQueries
 from lunaroute.testing.exchanges import make_exchange
 from lunaroute.testing.helpers import free_port
 
@@ -99,13 +104,19 @@ def hostile_body() -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize(
+    "mode",
+    [{}, {"redaction_mode": "mask"}, {"redaction_mode": "remove"}, {"redaction_mode": "partial"},
+     {"redaction_mode": "tokenize", "hmac_secret": None}],
+    ids=["tokenize", "mask", "remove", "partial", "tokenize-without-secret"],
+)
 @pytest_twisted.ensureDeferred
-async def test_pii_from_every_input_reaches_no_output(fake, start_gateway, tmp_path: Path) -> None:
+async def test_pii_from_every_input_reaches_no_output(fake, start_gateway, tmp_path: Path, mode: dict[str, Any]) -> None:
     """Prompt, system, tool input/result, answer, headers and URL query: no value in any file, table, API or UI page."""
     sessions = tmp_path / "sessions"
     ui_port = free_port()
     fake.default_text = f"Sure, I will mail {EMAIL} and call {PHONE}; key {ANT}. "
-    gw = await start_gateway(fake, **pii_config(sessions), ui={"enabled": True, "port": ui_port})
+    gw = await start_gateway(fake, **pii_config(sessions, **mode), ui={"enabled": True, "port": ui_port})
     session_id = "qa-hostile-session-1"
     response = await treq.post(
         gw.url + f"/v1/messages?note={EMAIL}&ip={IP}",
@@ -136,7 +147,7 @@ async def test_pii_from_every_input_reaches_no_output(fake, start_gateway, tmp_p
         f"/sessions/{session_id}/export?format=jsonl",
         f"/sessions/{session_id}/export?format=html",
         f"/sessions/{session_id}/export?format=csv",
-        "/api/search?q=EMAIL",
+        "/api/search?q=claude",
         "/api/user-agents",
         "/api/sessions/recent",
         "/metrics",
@@ -247,6 +258,8 @@ def test_captured_span_content_is_redacted_with_pii_on(tmp_path: Path) -> None:
     )
     tracer.redactor = _redactor()
     exchange = make_exchange("session-1", 1_700_000_000.0, user_text=f"mail {EMAIL}", answer=f"call {PHONE} or {ANT}")
+    exchange.client_ip = IP
+    exchange.user_agent = f"curl/8 {EMAIL}"
     tracer.observe(exchange)
     attributes = [dict(span.attributes or {}) for span in exporter.get_finished_spans()]
     content = json.dumps(attributes)
@@ -299,3 +312,138 @@ async def test_hostile_client_values_in_modification_templates(fake, start_gatew
     assert forwarded["model"] == hostile_model
     assert forwarded["metadata"]["user_id"].startswith(hostile_model + "|")
     assert "${" not in str(headers["x-session"])  # an id the gateway checked, never the raw header
+
+
+# --------------------------------------------------------------------------
+# Retention against a hostile sessions folder
+
+RET_NOW = 1_768_003_200.0  # 2026-01-10T00:00:00Z
+RET_DAY = 86_400.0
+
+
+def _aged(path: Path, days: float) -> Path:
+    stamp = RET_NOW - days * RET_DAY
+    os.utime(path, (stamp, stamp), follow_symlinks=False)
+    return path
+
+
+def _session_lines(session_id: str, n: int = 2) -> bytes:
+    return b"".join(
+        json.dumps({"type": "completed", "session_id": session_id, "request_id": f"{session_id}-r{i}"}).encode() + b"\n"
+        for i in range(n)
+    )
+
+
+def test_a_corrupt_compressed_file_is_still_deleted_and_import_goes_on(tmp_path: Path) -> None:
+    """A damaged .jsonl.zst past max_age is deleted (not an error every run forever); import skips it, reports it."""
+    root = tmp_path / "sessions"
+    day = root / "2025-11-01"
+    day.mkdir(parents=True)
+    corrupt = _aged(day / "session_broken.jsonl.zst", 40) if (day / "session_broken.jsonl.zst").write_bytes(
+        b"\x28\xb5\x2f\xfd not really zstd"
+    ) else None
+    good = day / "session_good.jsonl"
+    good.write_bytes(_session_lines("good"))
+    report = import_sessions(root, tmp_path / "import.db")
+    assert report.sessions == 1 and report.requests == 2
+    assert any("session_broken.jsonl.zst" in problem for problem in report.problems)
+    result = run_file_phase(str(root), RetentionSettings(max_age_days=30), RET_NOW)
+    assert corrupt is not None and not corrupt.exists()
+    assert result.errors == [] and [path for path, _, _ in result.deleted] == [str(corrupt)]
+
+
+def test_retention_never_follows_a_symlink_out_of_the_sessions_folder(tmp_path: Path) -> None:
+    """Symlinked day folders, session files and .zst targets pointing outside: nothing outside is read, changed or deleted."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    precious = outside / "session_victim.jsonl"
+    precious.write_bytes(_session_lines("victim"))
+    _aged(precious, 60)
+    secret = outside / "secret.txt"
+    secret.write_bytes(b"top secret\n")
+    root = tmp_path / "sessions"
+    day = root / "2025-11-01"
+    day.mkdir(parents=True)
+    (root / "2025-10-01").symlink_to(outside, target_is_directory=True)
+    link = day / "session_link.jsonl"
+    link.symlink_to(precious)
+    # A plain file whose .zst name is a symlink to a file outside.
+    plain = day / "session_mixed.jsonl"
+    plain.write_bytes(_session_lines("mixed"))
+    _aged(plain, 10)
+    (day / "session_mixed.jsonl.zst").symlink_to(secret)
+    # Unrelated files are left alone, old or not.
+    for name in ("notes.txt", "session_x.json", ".hidden", "session_y.jsonl.bak"):
+        _aged(day / name, 90) if (day / name).write_bytes(b"keep") else None
+    before = {p: p.read_bytes() for p in outside.iterdir()}
+
+    result = run_file_phase(str(root), RetentionSettings(max_age_days=30, compress_after_days=7), RET_NOW)
+    assert {p: p.read_bytes() for p in outside.iterdir()} == before
+    assert plain.exists() and result.errors  # refused, reported, not read through the link
+    assert all(b"top secret" not in p.read_bytes() for p in day.iterdir() if p.is_file() and not p.is_symlink())
+    assert all((day / name).exists() for name in ("notes.txt", "session_x.json", ".hidden", "session_y.jsonl.bak"))
+
+    # Deleting the victim's session through the API's delete: not through the symlinked folder.
+    db = tmp_path / "sessions.db"
+    import_sessions(outside, db)
+    conn = connect(str(db))
+    try:
+        SessionQueries(conn, str(root)).delete_session("victim")
+    finally:
+        conn.close()
+    assert precious.exists()
+
+
+def test_files_dated_in_the_future_are_kept(tmp_path: Path) -> None:
+    """Clock skew: a file dated tomorrow is neither compressed nor deleted, and is the last to go under size pressure."""
+    root = tmp_path / "sessions"
+    day = root / "2026-01-09"
+    day.mkdir(parents=True)
+    future = _aged(day / "session_future.jsonl", -3) if (day / "session_future.jsonl").write_bytes(b"x" * 600) else None
+    old = _aged(day / "session_old.jsonl", 2) if (day / "session_old.jsonl").write_bytes(b"y" * 600) else None
+    result = run_file_phase(str(root), RetentionSettings(max_total_size_gb=1000 / 1024**3), RET_NOW)
+    assert future is not None and future.exists() and old is not None and not old.exists()
+    assert [path for path, _, _ in result.deleted] == [str(old)]
+
+
+def test_a_client_named_by_its_user_agent_is_redacted() -> None:
+    """A user agent whose first word is an email: the recorded client name is redacted too."""
+    exchange = make_exchange("session-1", 1_700_000_000.0, user_text="hi", answer="ok")
+    exchange.user_agent = f"{EMAIL} curl-ish"
+    started = exchange_events(exchange, redactor=_redactor())[0]
+    assert started["client"] == "[EMAIL]" and started["user_agent"] == "[EMAIL] curl-ish"
+    exchange.user_agent = "claude-cli/2.0.14 (external, cli)"
+    assert exchange_events(exchange, redactor=_redactor())[0]["client"] == "Claude Code"
+
+
+@pytest_twisted.ensureDeferred
+async def test_pii_on_leaves_the_upstream_body_byte_for_byte_unless_applied(fake, start_gateway, tmp_path: Path) -> None:
+    """Without apply_to_upstream the provider gets the client's exact bytes; with it, the redacted body, still valid JSON."""
+    raw = (
+        '{ "model" : "claude-sonnet-4-5", "max_tokens":8,\n "messages":[{"role":"user",'
+        f'"content":"mail {EMAIL} \\u00e9 {ANT}"}}] }}'
+    ).encode()
+    headers = {"content-type": ["application/json"], "x-api-key": ["sk-ant-client-key-123456789"],
+               "anthropic-version": ["2023-06-01"]}
+    for apply in (False, True):
+        gw = await start_gateway(fake, **pii_config(tmp_path / f"s{apply}", apply_to_upstream=apply))
+        response = await treq.post(gw.url + "/v1/messages", data=raw, headers=headers)
+        assert response.code == 200, await response.text()
+        await response.content()
+        sent = [r for r in fake.requests if r.path == "/v1/messages"][-1].body
+        if apply:
+            assert leaks_in(sent.decode()) == [] and "[EMAIL:" in json.loads(sent)["messages"][0]["content"]
+        else:
+            assert sent == raw
+
+
+def test_an_empty_session_file_is_never_taken_from_a_writer(tmp_path: Path) -> None:
+    """compress_file leaves an empty file (one a writer has just created) where it is."""
+    from lunaroute.sessions.retention import compress_file
+
+    day = tmp_path / "2026-01-01"
+    day.mkdir()
+    empty = day / "session_new.jsonl"
+    empty.write_bytes(b"")
+    assert compress_file(str(empty)) is None
+    assert empty.exists() and not (day / "session_new.jsonl.zst").exists()

@@ -231,3 +231,44 @@ async def test_in_chromium_no_payload_runs_and_the_delete_button_works(fake, sta
             assert state == ["undefined", 0], (path, state)
     assert seen["after delete"] == "Deleted"
     assert (await get(gw.url + f"/api/sessions/{sid}"))[0] == 404
+
+
+
+@pytest.mark.parametrize("database", ["missing", "being created"])
+@pytest_twisted.ensureDeferred
+async def test_every_page_works_before_anything_is_recorded(tmp_path: Path, database: str) -> None:
+    """No database yet (or one the gateway is creating): the pages show empty, not a 503; a session is a 404."""
+    import sqlite3
+
+    from treq.testing import StubTreq
+    from twisted.internet.task import Clock
+
+    from lunaroute.api.app import LiveFeed
+    from lunaroute.config import settings_from_mapping
+    from lunaroute.sessions.recorder import InlineThreadPool
+    from lunaroute.sessions.store import SessionStore
+    from lunaroute.stats.pricing import PricingTable
+    from lunaroute.ui import ui_resource
+
+    db = tmp_path / "sessions.db"
+    if database == "being created":
+        sqlite3.connect(db).close()  # exists, schema version 0
+    clock = Clock()
+    clock.advance(1_768_003_200.0)
+    store = SessionStore(str(db), reactor=clock, threadpool=InlineThreadPool())
+    stub = StubTreq(ui_resource(store, settings_from_mapping({}, env={}), clock, PricingTable.load(None, {}), LiveFeed()))
+    base = "http://127.0.0.1:8082"
+    for path in ("/", "/sessions", "/analytics", "/sessions?text_search=anything", "/analytics?days=1"):
+        response = await stub.get(base + path)
+        body = (await response.content()).decode()
+        assert response.code == 200, (path, response.code, body[-400:])
+        assert "No session recorded yet" in body and response.headers.hasHeader(b"content-security-policy")
+    response = await stub.get(base + "/sessions.csv")
+    from lunaroute.ui.pages import LIST_CSV_COLUMNS
+
+    assert response.code == 200 and (await response.content()).decode().splitlines() == [",".join(LIST_CSV_COLUMNS)]
+    response = await stub.get(base + "/sessions.json")
+    assert response.code == 200 and json.loads(await response.content())["sessions"] == []
+    response = await stub.get(base + "/sessions/nothing-here")
+    await response.content()
+    assert response.code == 404

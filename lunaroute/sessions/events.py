@@ -696,7 +696,7 @@ def exchange_events(
             streaming=exchange.streaming,
             client_ip=plain(exchange.client_ip),
             user_agent=plain(exchange.user_agent),
-            client=client_name(exchange.user_agent),
+            client=plain(client_name(exchange.user_agent)),
             method=exchange.method,
             # The query string is the client's: it can hold anything.
             path=plain(exchange.path),

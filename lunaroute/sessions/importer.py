@@ -64,9 +64,17 @@ def read_events(path: Path, report: ImportReport) -> Iterator[dict[str, Any]]:
     The events of one file.  A bad line is reported with its file and line
     number and skipped; a torn last line (a killed writer) is skipped quietly.
     """
+    import zstandard
+
     from lunaroute.sessions.retention import read_session_bytes
 
-    data = read_session_bytes(path)
+    try:
+        data = read_session_bytes(path)
+    except (OSError, zstandard.ZstdError, EOFError) as exc:
+        # A damaged compressed file: reported, the other files imported.
+        report.failed_lines += 1
+        report.problems.append(f"{path}: cannot be read: {exc}")
+        return
     lines = data.split(b"\n")
     torn_tail = not data.endswith(b"\n")
     for number, raw in enumerate(lines, start=1):

@@ -307,7 +307,9 @@ def _lock_exclusive(path: str) -> int | None:
     the file is in use (a writer holds its shared lock) or gone.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # Never through a symlink (one swapped in after the scan could
+        # point out of the sessions folder).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     try:
@@ -336,8 +338,8 @@ def compress_file(path: str, level: int = ZSTD_LEVEL) -> tuple[str, int, int] | 
     """
     Compress the plain session file C{path} into C{path + ".zst"} (see the
     module docstring for how) and remove it.  Returns C{(target, bytes
-    before, compressed bytes added)}, or C{None} when the file is in use or
-    gone (nothing changed).
+    before, compressed bytes added)}, or C{None} when the file is in use,
+    gone or empty (nothing changed).
 
     @raise OSError: or C{zstandard.ZstdError}; nothing is removed then.
     """
@@ -346,13 +348,19 @@ def compress_file(path: str, level: int = ZSTD_LEVEL) -> tuple[str, int, int] | 
         return None
     try:
         info = os.fstat(fd)
+        if info.st_size == 0:
+            # Nothing to compress, and most likely a file a writer has just
+            # created and is about to lock: taking it away would make the
+            # writer start over (and, again and again, give up on a batch).
+            return None
         directory = os.path.dirname(path)
         target = path + ".zst"
         tmp_fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
         try:
             with os.fdopen(tmp_fd, "w+b") as out:
-                if os.path.exists(target):
-                    with open(target, "rb") as earlier:
+                if os.path.lexists(target):
+                    # O_NOFOLLOW: a symlink there is an error, never read.
+                    with os.fdopen(os.open(target, os.O_RDONLY | os.O_NOFOLLOW), "rb") as earlier:
                         shutil.copyfileobj(earlier, out, _CHUNK)
                 start = out.tell()
                 digest = hashlib.sha256()
@@ -420,7 +428,15 @@ def delete_file(path: str, requests: dict[str, set[str]] | None = None) -> bool:
         return False
     try:
         if requests is not None:
-            for session_id, ids in file_requests(path).items():
+            try:
+                found = file_requests(path)
+            except (OSError, zstandard.ZstdError, EOFError) as exc:
+                # A damaged file is still deleted when its time comes (else
+                # it would stay forever, and count toward the size limit);
+                # its sessions' rows go when they are idle past max_age_days.
+                log.warn("retention: {path} cannot be read ({error}); deleted all the same", path=path, error=exc)
+                found = {}
+            for session_id, ids in found.items():
                 requests.setdefault(session_id, set()).update(ids)
         os.unlink(path)
         return True

@@ -53,6 +53,7 @@ __all__ = [
     "SessionStore",
     "StatsWindow",
     "StoreError",
+    "NothingRecordedYet",
     "StoreUnavailable",
     "ThreadedStore",
     "make_session_store",
@@ -98,6 +99,13 @@ class StoreUnavailable(StoreError):
 
     status = 503
     error_type = "store_unavailable"
+
+
+class NothingRecordedYet(StoreUnavailable):
+    """
+    No session database yet: nothing was recorded.  The API answers 503;
+    the UI shows its pages empty.
+    """
 
 
 # --------------------------------------------------------------------------
@@ -1127,10 +1135,13 @@ class SessionQueries:
         plain = session_file_name(session_id)
         removed = []
         for day in sorted(os.listdir(self.jsonl_dir)):
+            folder = os.path.join(self.jsonl_dir, day)
+            if os.path.islink(folder) or not os.path.isdir(folder):
+                continue  # never through a symlink out of the sessions folder
             for name in (plain, plain + ".zst"):
-                path = os.path.join(self.jsonl_dir, day, name)
-                if os.path.isfile(path):
-                    os.remove(path)
+                path = os.path.join(folder, name)
+                if os.path.isfile(path) or os.path.islink(path):
+                    os.remove(path)  # a symlink itself, never what it points to
                     removed.append(os.path.join(day, name))
         return removed
 
@@ -1151,7 +1162,7 @@ def open_read_only(db_path: str) -> sqlite3.Connection:
     @raise StoreUnavailable: no database there, or not one this code reads.
     """
     if not os.path.exists(db_path):
-        raise StoreUnavailable(f"no session database at {db_path} yet (nothing recorded)")
+        raise NothingRecordedYet(f"no session database at {db_path} yet (nothing recorded)")
     try:
         conn = sqlite3.connect(
             f"file:{quote(os.path.abspath(db_path))}?mode=ro", uri=True, timeout=10.0, check_same_thread=False
@@ -1159,6 +1170,9 @@ def open_read_only(db_path: str) -> sqlite3.Connection:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"cannot read the session database: {exc}") from None
+    if version == 0:
+        conn.close()  # a database the gateway is creating: empty so far
+        raise NothingRecordedYet(f"the session database at {db_path} is being created (nothing recorded)")
     if version != SCHEMA_VERSION:
         conn.close()
         raise StoreUnavailable(

@@ -38,6 +38,7 @@ from lunaroute.sessions.events import iso_timestamp
 from lunaroute.sessions.store import (
     MAX_LIMIT,
     SORTS,
+    NothingRecordedYet,
     StatsWindow,
     StoreError,
     check_ids,
@@ -179,7 +180,33 @@ class UIPages:
     @app.handle_errors(StoreError)
     def store_error(self, request: Any, failure: Any) -> bytes:
         exc = failure.value
+        if isinstance(exc, NothingRecordedYet):
+            return self._nothing_recorded(request)
         return self._error_page(request, exc.status, exc.message)
+
+    def _nothing_recorded(self, request: Any) -> bytes:
+        """
+        What a page shows before the first session is recorded (no database
+        yet): the lists empty, a session 404, the dashboard a hint.
+        """
+        path = request.path.decode("utf-8", "replace")
+        if path == "/sessions.csv":
+            request.setHeader(b"content-type", b"text/csv; charset=utf-8")
+            request.setHeader(b"content-disposition", b'attachment; filename="sessions.csv"')
+            return (",".join(LIST_CSV_COLUMNS) + "\r\n").encode("utf-8")
+        if path == "/sessions.json":
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"content-disposition", b'attachment; filename="sessions.json"')
+            return b'{"sessions": [], "total": 0, "exported": 0}'
+        if path.startswith("/sessions/"):
+            return self._error_page(request, 404, "no such session (nothing has been recorded yet)")
+        titles = {"/": "Dashboard", "/sessions": "Sessions", "/analytics": "Analytics"}
+        title = titles.get(path, "LunaRoute")
+        body = (
+            f"<h1>{e(title)}</h1><p class=\"empty\">No session recorded yet. Point Claude Code, Codex or an SDK at "
+            "the gateway and its sessions appear here.</p>"
+        )
+        return _html(request, layout(title, body, current=path if path in titles else ""))
 
     @app.handle_errors(HTTPException)
     def routing_error(self, request: Any, failure: Any) -> bytes:
