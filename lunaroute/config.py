@@ -64,6 +64,7 @@ __all__ = [
     "SwitchNotificationSettings",
     "TemplateSettings",
     "UISettings",
+    "load_command_settings",
     "load_settings",
     "ui_unavailable_reason",
     "mask_secret",
@@ -2078,6 +2079,21 @@ def load_settings(
 
 
 _EXAMPLE_PATH = re.compile(r"^(?:\./)*examples/configs/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)$")
+
+
+def load_command_settings(path: str | None, program: str = "lunaroute-server") -> Settings | None:
+    """
+    The settings of a command-line subcommand (C{cleanup}, C{import-sessions},
+    C{migrate}): from C{path} and the environment, or C{None} after printing
+    the configuration error as one line on stderr (the command then exits 1).
+    """
+    import sys
+
+    try:
+        return load_settings(path, env=os.environ)
+    except ConfigError as exc:
+        print(f"{program}: configuration error: {exc}", file=sys.stderr)
+        return None
 
 
 def shipped_examples_dir() -> str:

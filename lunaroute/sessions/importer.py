@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from lunaroute.errors import ConfigError
-
 
 @dataclass
 class ImportReport:
@@ -294,12 +292,10 @@ def copy_sqlite_to_postgres(
 
 def run_import(args: argparse.Namespace) -> int:
     """The C{import-sessions} command; returns the exit status."""
-    from lunaroute.config import load_settings
+    from lunaroute.config import load_command_settings
 
-    try:
-        settings = load_settings(args.config, env=os.environ)
-    except ConfigError as exc:
-        print(f"lunaroute-server: configuration error: {exc}", file=sys.stderr)
+    settings = load_command_settings(args.config)
+    if settings is None:
         return 1
     recording = settings.session_recording
     if args.sessions_dir:
@@ -394,13 +390,11 @@ def _run_postgres_import(
 
 def run_migrate(args: argparse.Namespace) -> int:
     """The C{migrate} command: create or upgrade the session store's schema; returns the exit status."""
-    from lunaroute.config import load_settings
+    from lunaroute.config import load_command_settings
     from lunaroute.secrets import mask_connection_string
 
-    try:
-        settings = load_settings(args.config, env=os.environ)
-    except ConfigError as exc:
-        print(f"lunaroute-server: configuration error: {exc}", file=sys.stderr)
+    settings = load_command_settings(args.config)
+    if settings is None:
         return 1
     recording = settings.session_recording
     dsn = args.postgres or (recording.postgres.connection_string if recording.postgres.enabled else None)

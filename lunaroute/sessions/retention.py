@@ -882,15 +882,12 @@ def run_cleanup(args: Any, out: Any = None, now: float | None = None) -> int:
     import sys
     import time
 
-    from lunaroute.config import load_settings
-    from lunaroute.errors import ConfigError
+    from lunaroute.config import load_command_settings
     from lunaroute.sessions.sqlite import SchemaTooNew
 
     out = out or sys.stdout
-    try:
-        settings = load_settings(args.config, env=os.environ)
-    except ConfigError as exc:
-        print(f"lunaroute-server: configuration error: {exc}", file=sys.stderr)
+    settings = load_command_settings(args.config)
+    if settings is None:
         return 1
     recording = settings.session_recording
     retention = recording.retention
