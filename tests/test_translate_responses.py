@@ -445,6 +445,27 @@ def test_max_tokens_stream_ends_incomplete() -> None:
     assert data["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
 
 
+@pytest.mark.parametrize(
+    ("arguments", "status"), [('{"command": "ls', "incomplete"), ('{"command": "ls"}', "completed")]
+)
+def test_a_call_cut_by_the_output_limit_is_incomplete(arguments: str, status: str) -> None:
+    """Stopped by max tokens inside a call's arguments: that function_call is incomplete, not one to run."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "shell", "arguments": arguments}}
+    events: list[dict[str, Any] | str] = [
+        chunk({"role": "assistant", "tool_calls": [call]}), chunk({}, "length"), "[DONE]",
+    ]
+    out = frames(b"".join(chat_to_responses(events)))
+    [item] = [data["item"] for name, data in out if name == "response.output_item.done"]
+    assert item["type"] == "function_call" and item["arguments"] == arguments and item["status"] == status
+    name, data = out[-1]
+    assert name == "response.incomplete" and data["response"]["output"][0]["status"] == status
+
+
 def test_error_mid_stream_becomes_response_failed() -> None:
     produced = anthropic_to_responses(stream_events("anthropic_overloaded.sse"))
     name, data = frames(b"".join(produced))[-1]

@@ -410,6 +410,15 @@ def _message_item_out(item_id: str, text: str, status: str = "completed") -> dic
     return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
 
+def _whole_json(text: str) -> bool:
+    """Whether C{text} is one complete JSON value (a tool call's arguments)."""
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _function_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
     return {"id": item_id, "type": "function_call", "status": status, "arguments": arguments,
             "call_id": call_id, "name": name}
@@ -630,7 +639,10 @@ class ResponsesEventWriter(ChatChunkReader):
             arguments = "".join(call.parts)
             where = {"item_id": call.item_id, "output_index": call.index}
             out.append(self._event("response.function_call_arguments.done", {**where, "arguments": arguments}))
-            final = _function_item(call.item_id, call.call_id, call.name, arguments)
+            # Cut by the output limit inside its arguments: the call is
+            # incomplete, not one to run.
+            status = "incomplete" if self._finish == "length" and not _whole_json(arguments) else "completed"
+            final = _function_item(call.item_id, call.call_id, call.name, arguments, status)
             self._done[call.index] = final
             out.append(self._event("response.output_item.done", {"output_index": call.index, "item": final}))
         self._calls = {}
