@@ -43,6 +43,31 @@ async def test_streamed_request_is_logged_with_text_usage_and_stop_reason(fake, 
     assert "supersecretvalue42" not in text
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_translated_stream_is_printed_as_it_arrives(fake, start_gateway, capsys):
+    """Claude Code on an OpenAI-only gateway: the provider's Chat stream text is printed live, then the summary."""
+    gw = await start_gateway(
+        fake,
+        logging={"log_requests": True},
+        providers={"anthropic": {"enabled": False}, "openai": {"api_key": "sk-openai-server-key-123456"}},
+    )
+    client = gw.anthropic()
+
+    def run():
+        with client.messages.stream(
+            model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            return "".join(stream.text_stream)
+
+    assert await in_thread(run) == fake.reply_text
+    text = capsys.readouterr().out
+    box = text.index("LunaRoute request")
+    # Printed live, before the response's summary, and so not repeated in it.
+    assert box < text.index(fake.reply_text) < text.index("LunaRoute response")
+    assert "text      " not in text
+    assert "usage     in=" in text
+
+
 def test_stream_text_is_printed_as_it_arrives():
     """
     The printer subscribes to the capture's parsed events: text deltas are

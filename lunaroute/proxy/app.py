@@ -1141,6 +1141,9 @@ class GatewayApp:
             translator=translator, client_model=view.model or "", status=response.code,
             streaming=streaming, content_type=content_type, content_encoding=content_encoding, no_key_hint=hint,
             secret=getattr(getattr(provider, "settings", None), "api_key", None), client_stream=client_stream,
+            on_provider_event=(
+                self.request_log.listener(exchange, translator.target) if self.request_log is not None else None
+            ),
         )
         capture = relay.capture
         return relay, capture

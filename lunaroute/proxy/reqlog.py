@@ -90,14 +90,18 @@ class RequestLogPrinter:
             lines += [f"> {k}: {self._clean(v)}" for k, v in exchange.request_headers.items()]
         self._write(_box("LunaRoute request", lines) + "\n")
 
-    def listener(self, exchange: Exchange) -> Callable[[SSEEvent, dict[str, Any]], None] | None:
+    def listener(
+        self, exchange: Exchange, dialect: str | None = None
+    ) -> Callable[[SSEEvent, dict[str, Any]], None] | None:
         """
         A listener for the response capture's parsed events that prints the
         streamed text as it arrives (C{None} for a non-streaming request).
+        C{dialect} is the events' dialect when it is not the client's (a
+        translated answer: the provider's events).
         """
         if not exchange.streaming or self._redactor is not None:
             return None
-        dialect = exchange.dialect
+        dialect = dialect or exchange.dialect
 
         def on_event(event: SSEEvent, data: dict[str, Any]) -> None:
             text = _stream_text(dialect, event.event, data)

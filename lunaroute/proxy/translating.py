@@ -18,6 +18,7 @@ import json
 import math
 import re
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -224,8 +225,11 @@ class TranslatingRelay(RelayProtocol):
         max_json_bytes: int = MAX_JSON_BYTES,
         secret: str | None = None,
         client_stream: bool = False,
+        on_provider_event: Callable[[SSEEvent, dict[str, Any]], None] | None = None,
     ) -> None:
         super().__init__(request, clock, _ignore, idle_timeout)
+        # Told of each of the provider's parsed events (the request log).
+        self._on_provider_event = on_provider_event
         self._translator = translator
         self._client_model = client_model
         self._status = status
@@ -315,6 +319,12 @@ class TranslatingRelay(RelayProtocol):
             log.failure("translating the provider's stream failed")
             self.translation_error = "the gateway could not translate the provider's stream"
             self.cut_translation()
+            return
+        if self._on_provider_event is not None and event is not None and isinstance(data, dict):
+            try:
+                self._on_provider_event(event, data)
+            except Exception:
+                log.failure("the request log's stream listener failed")
 
     def cut_translation(self) -> None:
         """Stop reading the provider (a body that cannot be translated)."""
