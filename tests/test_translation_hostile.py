@@ -18,17 +18,16 @@ import treq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
-from twisted.internet import defer, error
+from twisted.internet import error
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
-from zope.interface import implementer
 
 from lunaroute.config import settings_from_mapping
 from lunaroute.dialects.translate.errors import UntranslatableField
 from lunaroute.exchange import Exchange
-from lunaroute.interfaces import IProvider
+from lunaroute.testing.providers import CannedProvider
 
 CHAT_OK = {
     "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-5",
@@ -88,29 +87,6 @@ class Response:
             protocol.connectionLost(self.end)
 
 
-@implementer(IProvider)
-class Provider:
-    def __init__(self, settings: Any, response: Response) -> None:
-        self.settings = settings
-        self.name = settings.name
-        self.provider_type = settings.provider_type
-        self.has_server_key = bool(settings.api_key)
-        self.response = response
-        self.pool = None
-        self.calls: list[dict[str, Any]] = []
-
-    def request(self, method: bytes, path: str, query: bytes, headers: Headers, body: bytes) -> Any:
-        self.calls.append({"path": path, "query": query, "headers": headers, "body": body})
-        return defer.succeed(self.response)
-
-    def note_in_flight(self, count: int) -> None:
-        pass
-
-    def probe(self) -> Any:
-        return defer.succeed(None)
-
-    def close(self) -> Any:
-        return defer.succeed(None)
 
 
 class Gateway:
@@ -120,7 +96,7 @@ class Gateway:
         self.settings = settings_from_mapping({"providers": providers}, env={})
         self.clock = Clock()
         self.providers = {
-            name: Provider(p, response or Response()) for name, p in self.settings.providers.items() if p.enabled
+            name: CannedProvider(p, response or Response()) for name, p in self.settings.providers.items() if p.enabled
         }
         self.exchanges: list[Exchange] = []
         self.app = GatewayApp(self.settings, self.providers, self.clock, sinks=[self.exchanges.append])

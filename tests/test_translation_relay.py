@@ -20,15 +20,14 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
-from zope.interface import implementer
 
 from lunaroute.config import settings_from_mapping
 from lunaroute.dialects.translate import base
 from lunaroute.dialects.translate.anthropic_to_chat import MESSAGES_TO_CHAT
 from lunaroute.exchange import Exchange, Timings
-from lunaroute.interfaces import IProvider
 from lunaroute.proxy.app import GatewayApp
 from lunaroute.proxy.translating import TranslatingRelay, estimate_input_tokens, translated_request_headers
+from lunaroute.testing.providers import CannedProvider
 
 MESSAGES_BODY = b'{"model":"claude-x","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
 CHAT_OK = json.dumps(
@@ -94,29 +93,6 @@ class Response:
             protocol.connectionLost(Failure(ResponseDone()))
 
 
-@implementer(IProvider)
-class Provider:
-    def __init__(self, settings: Any, response: Any) -> None:
-        self.settings = settings
-        self.name = settings.name
-        self.provider_type = settings.provider_type
-        self.has_server_key = bool(settings.api_key)
-        self.response = response
-        self.pool = None
-        self.calls: list[dict[str, Any]] = []
-
-    def request(self, method: bytes, path: str, query: bytes, headers: Headers, body: bytes) -> Any:
-        self.calls.append({"path": path, "query": query, "headers": headers, "body": body})
-        return defer.succeed(self.response)
-
-    def note_in_flight(self, count: int) -> None:
-        pass
-
-    def probe(self) -> Any:
-        return defer.succeed(None)
-
-    def close(self) -> Any:
-        return defer.succeed(None)
 
 
 class Gateway:
@@ -124,7 +100,7 @@ class Gateway:
         self.settings = settings_from_mapping({"providers": providers}, env={})
         self.clock = Clock()
         self.providers = {
-            name: Provider(p, response) for name, p in self.settings.providers.items() if p.enabled
+            name: CannedProvider(p, response) for name, p in self.settings.providers.items() if p.enabled
         }
         self.exchanges: list[Exchange] = []
         self.app = GatewayApp(self.settings, self.providers, self.clock, sinks=[self.exchanges.append])
@@ -528,7 +504,7 @@ def test_websocket_turns_are_translated_like_http_requests(registry: Any) -> Non
         env={},
     )
     clock = Clock()
-    providers = {"openai": Provider(settings.providers["openai"], Response())}
+    providers = {"openai": CannedProvider(settings.providers["openai"], Response())}
     app = GatewayApp(settings, providers, clock, router=Router(settings, providers, clock))
     body = b'{"model":"gpt-5-codex","input":"hi"}'
     view = parse_request("openai_responses", body, lambda name: None)

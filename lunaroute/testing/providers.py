@@ -1,0 +1,44 @@
+"""An in-memory L{IProvider} for tests of the send and relay steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from lunaroute.interfaces import IProvider
+
+__all__ = ["CannedProvider"]
+
+
+@implementer(IProvider)
+class CannedProvider:
+    """
+    A provider built from its settings that answers every request with the
+    same C{response} object (an C{IResponse} stand-in) and records each
+    call's path, query, headers and body in C{calls}.
+    """
+
+    def __init__(self, settings: Any, response: Any) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.provider_type = settings.provider_type
+        self.has_server_key = bool(settings.api_key)
+        self.response = response
+        self.pool = None
+        self.calls: list[dict[str, Any]] = []
+
+    def request(self, method: bytes, path: str, query: bytes, headers: Headers, body: bytes) -> Any:
+        self.calls.append({"path": path, "query": query, "headers": headers, "body": body})
+        return defer.succeed(self.response)
+
+    def note_in_flight(self, count: int) -> None:
+        pass
+
+    def probe(self) -> Any:
+        return defer.succeed(None)
+
+    def close(self) -> Any:
+        return defer.succeed(None)
