@@ -216,6 +216,24 @@ def test_parse_request_refuses_bodies_that_are_not_model_calls(body: bytes) -> N
     assert caught.value.status == 400
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"x":1}', "model: field required"),
+        (b'{"model":null}', "model: field required"),
+        (b'{"model":5}', "model: expected a non-empty string, got a number"),
+        (b'{"model":""}', "model: expected a non-empty string, got an empty string"),
+        (b'{"model":["a"]}', "model: expected a non-empty string, got an array"),
+        (b'{"model":true}', "model: expected a non-empty string, got a boolean"),
+    ],
+)
+def test_a_bad_model_is_named_for_what_it_is(body: bytes, message: str) -> None:
+    """A missing model and a model of the wrong type get different messages."""
+    with pytest.raises(BadRequestBody) as caught:
+        parse_request("anthropic", body, _no_headers)
+    assert str(caught.value) == message
+
+
 @pytest.mark.parametrize("depth", [1000, 5000, 100_000])
 def test_deeply_nested_body_is_a_bad_request_not_a_recursion_error(depth: int) -> None:
     """JSON nested 1000+ deep raises BadRequestBody, never RecursionError."""

@@ -102,8 +102,10 @@ def parse_request(
         return RequestView(dialect=dialect, session_id=extract_session_id(None, header))
     parsed = parse_json_object(body)
     model = parsed.get("model")
-    if not isinstance(model, str) or not model:
+    if model is None:
         raise BadRequestBody("model: field required")
+    if not isinstance(model, str) or not model:
+        raise BadRequestBody(f"model: expected a non-empty string, got {_json_kind(model)}")
     return RequestView(
         dialect=dialect,
         model=model,
@@ -111,6 +113,21 @@ def parse_request(
         session_id=extract_session_id(parsed, header),
         json=parsed,
     )
+
+
+def _json_kind(value: object) -> str:
+    """How a JSON value is named in an error message."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "an empty string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
 
 
 def _top_level_values(text: str, key: str) -> list[tuple[int, int]]:
