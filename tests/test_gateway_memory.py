@@ -34,6 +34,7 @@ from lunaroute.providers.http import HTTPProvider
 from lunaroute.proxy.access import AccessPolicy, GuardedResource
 from lunaroute.proxy.app import GatewayApp
 from lunaroute.proxy.site import QuietSite
+from lunaroute.testing.providers import UpstreamTransport
 
 ANTHROPIC_BODY = b'{"model":"claude-x","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
 CHAT_BODY = b'{"model":"gpt-x","messages":[{"role":"user","content":"hi"}]}'
@@ -41,27 +42,6 @@ TOKEN = "gateway-token-0123456789"
 
 
 # -- fakes ---------------------------------------------------------------
-
-
-class UpstreamTransport:
-    """The transport a relay gets for the provider's body; remembers being stopped."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-        self.protocol: Any = None
-
-    def stopProducing(self) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        # What Twisted does when the body's connection is aborted.
-        self.protocol.connectionLost(Failure(ResponseFailed([Failure(error.ConnectionAborted())])))
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
 
 
 class FakeResponse:

@@ -18,16 +18,15 @@ import treq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
-from twisted.internet import error
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
 from lunaroute.config import settings_from_mapping
 from lunaroute.dialects.translate.errors import UntranslatableField
 from lunaroute.exchange import Exchange
-from lunaroute.testing.providers import CannedProvider
+from lunaroute.testing.providers import CannedProvider, UpstreamTransport
 
 CHAT_OK = {
     "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-5",
@@ -39,23 +38,6 @@ ANTHROPIC_OK = {
     "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn", "stop_sequence": None,
     "usage": {"input_tokens": 7, "output_tokens": 2},
 }
-
-
-class UpstreamTransport:
-    def __init__(self) -> None:
-        self.stopped = False
-        self.protocol: Any = None
-
-    def stopProducing(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            self.protocol.connectionLost(Failure(ResponseFailed([Failure(error.ConnectionAborted())])))
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
 
 
 class Response:
@@ -85,8 +67,6 @@ class Response:
             protocol.dataReceived(self.body)
         if not self.transport.stopped:
             protocol.connectionLost(self.end)
-
-
 
 
 class Gateway:

@@ -27,7 +27,7 @@ from lunaroute.dialects.translate.anthropic_to_chat import MESSAGES_TO_CHAT
 from lunaroute.exchange import Exchange, Timings
 from lunaroute.proxy.app import GatewayApp
 from lunaroute.proxy.translating import TranslatingRelay, estimate_input_tokens, translated_request_headers
-from lunaroute.testing.providers import CannedProvider
+from lunaroute.testing.providers import CannedProvider, UpstreamTransport
 
 MESSAGES_BODY = b'{"model":"claude-x","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
 CHAT_OK = json.dumps(
@@ -56,23 +56,6 @@ def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, Any
 # -- fakes ---------------------------------------------------------------
 
 
-class UpstreamTransport:
-    def __init__(self) -> None:
-        self.stopped = False
-        self.protocol: Any = None
-
-    def stopProducing(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            self.protocol.connectionLost(Failure(ResponseFailed([Failure(error.ConnectionAborted())])))
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-
 class Response:
     """An IResponse whose body is delivered by the test (C{feed}, C{end})."""
 
@@ -91,8 +74,6 @@ class Response:
         if self.body is not None:
             protocol.dataReceived(self.body)
             protocol.connectionLost(Failure(ResponseDone()))
-
-
 
 
 class Gateway:

@@ -1,16 +1,42 @@
-"""An in-memory L{IProvider} for tests of the send and relay steps."""
+"""An in-memory L{IProvider} and body transport for tests of the send and relay steps."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, error
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from lunaroute.interfaces import IProvider
 
-__all__ = ["CannedProvider"]
+__all__ = ["CannedProvider", "UpstreamTransport"]
+
+
+class UpstreamTransport:
+    """
+    The transport a relay gets for the provider's body (set C{protocol}
+    before use); remembers being stopped, and ends the body as Twisted
+    does when its connection is aborted.
+    """
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.protocol: Any = None
+
+    def stopProducing(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        self.protocol.connectionLost(Failure(ResponseFailed([Failure(error.ConnectionAborted())])))
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
 
 
 @implementer(IProvider)
