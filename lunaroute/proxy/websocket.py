@@ -639,14 +639,8 @@ class _EventRelay(Protocol):
         self._emit(self._parser.feed(data))
 
     def _emit(self, events: list[Any]) -> None:
-        assert self._send is not None
-        if self._stream is not None:
-            events = self._translate(events)
-        for event in events:
-            data = event.data
-            if not data or data == "[DONE]":
-                continue
-            self._send(data.encode("utf-8"))
+        """Send the provider's events as frames (translated first, for a translated turn)."""
+        self._emit_frames(self._translate(events) if self._stream is not None else events)
 
     def _translate(self, events: list[Any]) -> list[Any]:
         """The provider's events as the client's (a translated turn)."""
@@ -687,7 +681,7 @@ class _EventRelay(Protocol):
         self.done.callback(None)
 
     def _emit_frames(self, events: list[Any]) -> None:
-        """Send events that are already the client's (the translator's closing ones)."""
+        """Send events that are already the client's, each event's data one frame."""
         assert self._send is not None
         for event in events:
             if event.data and event.data != "[DONE]":
