@@ -242,6 +242,32 @@ async def test_unmodified_requests_stay_byte_for_byte(fake, gateways, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_model_template_is_the_model_sent(fake, gateways):
+    """${model} is what the provider is asked for: the provider's model_map applied, passed through or translated."""
+    template = {"request_headers": {"headers": {"X-Model": "${model}"}}}
+    gw = await gateways.start(
+        {"providers": {
+            "anthropic": {"base_url": fake.url, "model_map": {"claude-x": "claude-mapped"}, **template},
+            "openai": {"enabled": False},
+        }}
+    )
+    headers = {"content-type": "application/json", "x-api-key": "k", "anthropic-version": "2023-06-01"}
+    body = b'{"model":"claude-x","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+    response = await in_thread(httpx.post, gw.url + "/v1/messages", content=body, headers=headers)
+    assert response.status_code == 200
+    assert fake.requests[-1].json["model"] == "claude-mapped" and fake.requests[-1].header("x-model") == "claude-mapped"
+    # An OpenAI request on this Anthropic-only gateway is translated; unmapped, its own model is sent.
+    chat = b'{"model":"gpt-x","messages":[{"role":"user","content":"hi"}]}'
+    response = await in_thread(
+        httpx.post, gw.url + "/v1/chat/completions", content=chat,
+        headers={"content-type": "application/json", "authorization": "Bearer k"},
+    )
+    assert response.status_code == 200
+    assert fake.requests[-1].path == "/v1/messages"
+    assert fake.requests[-1].json["model"] == "gpt-x" and fake.requests[-1].header("x-model") == "gpt-x"
+
+
+@pytest_twisted.ensureDeferred
 async def test_each_routing_attempt_gets_its_own_providers_changes(fake, backup, gateways):
     """With routing, the primary and the fallback each get their own headers and body changes."""
     gw = await gateways.start(

@@ -727,19 +727,7 @@ class GatewayApp:
                 )
                 exchange.provider = provider.name
             else:
-                translator = self._translation(view, provider)
-                if translator is not None:
-                    if exchange.kind == "count_tokens":
-                        raise _EstimateLocally(provider)
-                    model = resolve_model(view.model, getattr(provider, "settings", None))
-                    path, headers, payload = self._translated_request(
-                        request, exchange, provider, translator, view.json or {}, model
-                    )
-                    query, dialect = b"", translator.target
-                else:
-                    path, headers, payload = exchange.path, self.upstream_headers(request.requestHeaders, exchange), body
-                    model, dialect = _configured_model(provider) or view.model, exchange.dialect
-                payload = self._modify(provider, exchange, headers, path, payload, model, dialect)
+                path, query, headers, payload = self.upstream_request(request, exchange, view, provider, body, query)
                 flight.sending = provider.request(request.method, path, query, headers, payload)
                 response = await flight.sending
         except _EstimateLocally as local:
@@ -879,12 +867,6 @@ class GatewayApp:
                 index, retries = index + 1, 0
                 continue
             started = clock.seconds()
-            translator = self._translation(view, provider)
-            payload = self._modify(
-                provider, exchange, headers, path, payload,
-                resolve_model(view.model, getattr(provider, "settings", None)) if translator else attempt.model or view.model,
-                translator.target if translator is not None else exchange.dialect,
-            )
             flight.sending = provider.request(request.method, path, attempt_query, headers, payload)
             response = None
             try:
@@ -926,28 +908,37 @@ class GatewayApp:
         raise NoProvider("no provider can take this request now")
 
     def upstream_request(
-        self, request: Any, exchange: Exchange, view: RequestView, provider: IProvider, payload: bytes
-    ) -> tuple[str, Any, bytes]:
+        self,
+        request: Any,
+        exchange: Exchange,
+        view: RequestView,
+        provider: IProvider,
+        payload: bytes,
+        query: bytes = b"",
+    ) -> tuple[str, bytes, Any, bytes]:
         """
-        What a WebSocket turn without routing sends to C{provider}: (path,
-        headers, body).  Passthrough: the client's end-to-end headers and
-        C{payload}; translated (Codex on Claude): the translator's request.
-        Either way with the provider's request modification (L{_modify}).
-        Raises L{lunaroute.dialects.translate.errors.UntranslatableField}.
+        What a request without routing (an HTTP request or a WebSocket turn)
+        sends to C{provider}: (path, query, headers, body).  Passthrough:
+        the client's end-to-end headers and C{payload} (its model already
+        replaced by L{forward}); translated: the translator's request for
+        the mapped model.  Either way with the provider's request
+        modification (L{_modify}).  Raises
+        L{lunaroute.dialects.translate.errors.UntranslatableField}, or
+        L{_EstimateLocally} (C{count_tokens} for a provider without one).
         """
-        settings = getattr(provider, "settings", None)
+        mapped = resolve_model(view.model, getattr(provider, "settings", None))
         translator = self._translation(view, provider)
         if translator is not None:
-            model = resolve_model(view.model, settings)
+            if exchange.kind == "count_tokens":
+                raise _EstimateLocally(provider)
             path, headers, body = self._translated_request(
-                request, exchange, provider, translator, view.json or {}, model
+                request, exchange, provider, translator, view.json or {}, mapped
             )
-            return path, headers, self._modify(provider, exchange, headers, path, body, model, translator.target)
+            body = self._modify(provider, exchange, headers, path, body, mapped or view.model, translator.target)
+            return path, b"", headers, body
         headers = self.upstream_headers(request.requestHeaders, exchange)
-        model = _configured_model(provider) or view.model
-        return exchange.path, headers, self._modify(
-            provider, exchange, headers, exchange.path, payload, model, exchange.dialect
-        )
+        body = self._modify(provider, exchange, headers, exchange.path, payload, mapped or view.model, exchange.dialect)
+        return exchange.path, query, headers, body
 
     def _modify(
         self,
@@ -1003,7 +994,8 @@ class GatewayApp:
         What attempt C{index} of C{plan} sends to C{provider}: (path, query,
         headers, body).  Passthrough: the client's bytes with the attempt's
         model and, on a fallback, the switch notice.  Translated: the
-        translator's request (L{_translated_request}).  Raises
+        translator's request (L{_translated_request}).  Either way with the
+        provider's request modification (L{_modify}).  Raises
         L{lunaroute.dialects.translate.errors.UntranslatableField}, or
         L{_EstimateLocally} (C{count_tokens} for a provider without one).
         """
@@ -1016,7 +1008,8 @@ class GatewayApp:
             path, headers, payload = self._translated_request(
                 request, exchange, provider, translator, source, attempt.model
             )
-            return path, b"", headers, payload
+            model = attempt.model or view.model
+            return path, b"", headers, self._modify(provider, exchange, headers, path, payload, model, translator.target)
         exchange.upstream_body = exchange.upstream_path = None
         payload = body
         if attempt.model and view.json is not None and view.model != attempt.model:
@@ -1025,7 +1018,9 @@ class GatewayApp:
             notice = router.switch_notice(plan, index, first_failure, view.model or "")
             if notice:
                 payload = inject_switch_notice(view.dialect, payload, notice)
-        return exchange.path, query, self.upstream_headers(request.requestHeaders, exchange), payload
+        headers = self.upstream_headers(request.requestHeaders, exchange)
+        model = attempt.model or view.model
+        return exchange.path, query, headers, self._modify(provider, exchange, headers, exchange.path, payload, model, exchange.dialect)
 
     # -- translation (the send and relay steps of a translated attempt) ----
 
@@ -1381,11 +1376,6 @@ def _attempt_record(attempt: Attempt, outcome: Outcome, elapsed: float | None) -
 def _client_ip(request: Any) -> str | None:
     peer = request.getClientAddress()
     return getattr(peer, "host", None)
-
-
-def _configured_model(provider: IProvider) -> str | None:
-    """The model a provider's settings put in every request, if any."""
-    return getattr(getattr(provider, "settings", None), "model", None)
 
 
 def _fmt_ms(value: float | None) -> str:

@@ -422,8 +422,8 @@ class _Turn:
                 response, provider = await app.send_turn(turn_request, self, exchange, view, body, plan)
                 exchange.provider = provider.name
             else:
-                path, headers, body = app.upstream_request(turn_request, exchange, view, provider, body)
-                self.sending = provider.request(b"POST", path, b"", headers, body)
+                path, query, headers, body = app.upstream_request(turn_request, exchange, view, provider, body)
+                self.sending = provider.request(b"POST", path, query, headers, body)
                 response = await self.sending
         except defer.CancelledError:
             self._interrupted(exchange)
