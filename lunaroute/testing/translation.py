@@ -46,7 +46,9 @@ def pieces(draw: st.DrawFn, text: str, most: int = 4) -> list[str]:
     cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=most)))
     return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "tests" / "fixtures"
+# The checkout's captured fixtures: the suite runs from the checkout, and
+# this module may be the installed copy (site-packages), not the source.
+FIXTURES = Path.cwd() / "tests" / "fixtures"
 
 
 def client_fixture(name: str) -> dict[str, Any]:
