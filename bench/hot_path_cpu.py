@@ -25,7 +25,10 @@ reported):
 
   - C{default}: statistics and metrics on, recording off;
   - C{recording}: the same with session recording (JSONL and SQLite) into a
-    temporary directory.
+    temporary directory;
+  - C{floor} (on request): not the gateway but the bare stack it is built on,
+    C{bench/stack_floor.py} (twisted.web's server forwarding with Agent over a
+    persistent pool, nothing else): the floor under the gateway's numbers.
 
 C{--profile} runs cProfile in the gateway during the timed requests of one
 extra round and prints the functions with the most own time, with their
@@ -58,6 +61,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "recording": {"session_recording": {"enabled": True}},
     # Only for experiments: the same with fewer, larger batches.
     "recording-1s": {"session_recording": {"enabled": True, "batch_interval_ms": 1000}},
+    # The bare stack: twisted.web's server and Agent forwarding, nothing else
+    # (bench/stack_floor.py); the floor under the gateway's numbers.
+    "floor": {"floor": True},
 }
 
 
@@ -137,8 +143,15 @@ def gateway_main(
     from lunaroute.config import load_settings
     from lunaroute.service import make_gateway_service
 
-    settings = load_settings(config_path, env={})
-    service = make_gateway_service(settings, reactor)
+    with open(config_path) as handle:
+        floor = json.load(handle).get("floor")
+    if floor:
+        # The bare stack (bench/stack_floor.py), not the gateway.
+        from stack_floor import FloorService
+
+        service: Any = FloorService(reactor, floor)
+    else:
+        service = make_gateway_service(load_settings(config_path, env={}), reactor)
     results: dict[str, Any] = {}
     steps: dict[str, float] = {}
     if steps_on:
@@ -333,6 +346,8 @@ def run_config(tmp: str, upstream: int, name: str, args: argparse.Namespace, pro
         "ui": {"enabled": False},
     }
     extra = json.loads(json.dumps(CONFIGS[name]))
+    if extra.get("floor"):
+        extra["floor"] = f"http://127.0.0.1:{upstream}"
     if "session_recording" in extra:
         extra["session_recording"]["sessions_dir"] = sessions_dir
     config.update(extra)

@@ -1,0 +1,120 @@
+"""
+The least a proxy on LunaRoute's fixed stack does per request: the floor
+under the hot path's CPU target.
+
+A C{twisted.web} server (the same C{Site} class LunaRoute's proxy is built on)
+whose one resource forwards every request to the upstream with
+C{twisted.web.client.Agent} over a persistent C{HTTPConnectionPool}, copies
+the status and headers back and streams the body through as it arrives.  No
+parsing, statistics, metrics, guard, routing or recording: what is left is the
+cost of the stack the brief fixes (twisted.web's server, Agent and its pool,
+Deferreds, the reactor and the sockets).
+
+C{bench/hot_path_cpu.py --configs floor,default} runs it in the same harness as
+the gateway (same client, same upstream, same CPU accounting), so that
+LunaRoute's own share of the CPU per request is the difference.
+
+It is a benchmark fixture, not a product: it forwards every header but the
+hop-by-hop ones and does no error handling beyond answering 502.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.web import resource, server
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"host", b"te", b"trailer",
+        b"upgrade", b"proxy-connection"}
+
+
+@implementer(IBodyProducer)
+class _Bytes:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        consumer.write(self.body)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _Relay(protocol.Protocol):
+    def __init__(self, request: server.Request) -> None:
+        self.request = request
+
+    def dataReceived(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.request.finish()
+
+
+class _Forward(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, agent: Agent, origin: bytes) -> None:
+        super().__init__()
+        self.agent = agent
+        self.origin = origin
+
+    def render(self, request: server.Request) -> Any:
+        assert request.content is not None
+        body = request.content.read()
+        headers = Headers()
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            if name.lower() not in _HOP:
+                headers.setRawHeaders(name, values)
+        assert request.method is not None and request.uri is not None
+        d = self.agent.request(request.method, self.origin + request.uri, headers, _Bytes(body))
+
+        def respond(response: Any) -> None:
+            request.setResponseCode(response.code)
+            for name, values in response.headers.getAllRawHeaders():
+                if name.lower() not in _HOP:
+                    request.responseHeaders.setRawHeaders(name, values)
+            response.deliverBody(_Relay(request))
+
+        def failed(_failure: Any) -> None:
+            request.setResponseCode(502)
+            request.finish()
+
+        d.addCallbacks(respond, failed)
+        return server.NOT_DONE_YET
+
+
+class FloorService:
+    """Shaped like the gateway service as C{hot_path_cpu.py} uses it."""
+
+    recorder = None
+
+    def __init__(self, reactor: Any, upstream: str) -> None:
+        self.reactor = reactor
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 32
+        self.site = server.Site(_Forward(Agent(reactor, pool=pool), upstream.encode("ascii")))
+        self.site.displayTracebacks = False
+        self._port: Any = None
+
+    def startService(self) -> None:
+        self._port = self.reactor.listenTCP(0, self.site, interface="127.0.0.1")
+
+    def stopService(self) -> Any:
+        return self._port.stopListening()
+
+    async def listening_port(self) -> Any:
+        return self._port
