@@ -10,6 +10,9 @@ Starts, each as its own process:
   - the upstream: C{bench/fast_upstream.py} (default) or LunaRoute's own
     C{FakeProvider} (C{--upstream fake});
   - nginx as a reference reverse proxy, when C{nginx} is on the PATH;
+  - C{twisted-floor}: the bare stack LunaRoute is built on
+    (C{bench/stack_floor.py}: twisted.web's server forwarding with Agent
+    over a persistent pool, nothing else), the floor under its numbers;
   - the gateway (C{twistd -n lunaroute}) in five configurations: C{plain}
     (defaults), C{recording} (JSONL + SQLite into a temporary directory),
     C{no-metrics} (C{metrics.enabled: false}), C{routing} (ten rules) and
@@ -1120,6 +1123,15 @@ def main(argv: list[str] | None = None) -> int:
                 results["notes"].append("nginx not installed: no reference proxy")
             else:
                 targets["nginx"], pids["nginx"] = started_nginx[0], started_nginx[1].pid
+        floor_port = free_port()
+        floor = procs.start(
+            "twisted-floor",
+            [PY, os.path.join(HERE, "stack_floor.py"), "--port", str(floor_port),
+             "--upstream", f"http://{HOST}:{upstream}"],
+            env=child_env(),
+        )
+        wait_port(floor_port, floor)
+        targets["twisted-floor"], pids["twisted-floor"] = floor_port, floor.pid
         sessions_dir = os.path.join(tmp, "sessions")
         configs = {
             "gateway": {},
@@ -1185,7 +1197,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             except (ValueError, OSError, loadgen.ProtocolError) as exc:
                 checked = {"error": str(exc)[:300]}
-                if name in gateways or name == "nginx":
+                if name in gateways or name in ("nginx", "twisted-floor"):
                     results["notes"].append(f"{name}: invalid answer: {checked['error']}")
                 else:
                     results["notes"].append(f"peer target {name} skipped: invalid answer: {checked['error']}")
@@ -1268,7 +1280,7 @@ def main(argv: list[str] | None = None) -> int:
         n_large = max(100, n // 4)
         print(f"large request: {len(big) // 1024} KB body, {n_large} requests per target")
         large_targets = {
-            k: v for k, v in targets.items() if k in ("direct", "nginx", "gateway") or k not in gateways
+            k: v for k, v in targets.items() if k in ("direct", "nginx", "twisted-floor", "gateway") or k not in gateways
         }
         seq = timed_rounds(
             large_targets,

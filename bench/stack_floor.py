@@ -118,3 +118,24 @@ class FloorService:
 
     async def listening_port(self) -> Any:
         return self._port
+
+
+def main(argv: list[str] | None = None) -> int:
+    """C{python bench/stack_floor.py --port N --upstream http://127.0.0.1:M} (a reference target of run.py)."""
+    import argparse
+
+    from twisted.internet import reactor
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True)
+    args = parser.parse_args(argv)
+    service = FloorService(reactor, args.upstream)
+    service.site.noisy = False
+    reactor.listenTCP(args.port, service.site, interface="127.0.0.1")  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

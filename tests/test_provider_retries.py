@@ -244,6 +244,39 @@ def test_a_client_leaving_during_connect_is_a_cancellation_not_a_retry(logged_fa
     assert logged_failures.events == []
 
 
+def test_a_client_leaving_while_the_provider_has_the_request_is_a_cancellation(logged_failures: Any) -> None:
+    """
+    Cancelling after the request was written: Twisted's Agent aborts the
+    connection and fails with ResponseNeverReceived([CancelledError]).  That
+    is the client leaving, not the provider failing: a CancelledError (no
+    retry, no "closed the connection without answering" that would count
+    against the provider's circuit breaker).  Found when wrk stopping 64
+    connections at once opened both breakers of a healthy provider.
+    """
+    clock = Clock()
+
+    def abort(d: defer.Deferred[Any]) -> None:
+        d.errback(ResponseNeverReceived([Failure(defer.CancelledError())]))
+
+    waiting: defer.Deferred[Any] = defer.Deferred(abort)
+    agent = ScriptedAgent(waiting)
+    d = _post(_provider(agent, clock))
+    d.cancel()
+    assert _failure_of(d).check(defer.CancelledError)
+    clock.advance(sum(RETRY_BACKOFF_SECS) * 10)
+    assert len(agent.calls) == 1
+    assert logged_failures.events == []
+
+
+def test_a_connection_the_provider_closed_is_still_its_failure() -> None:
+    """The same exception with the provider's own reason stays UpstreamUnreachable."""
+    clock = Clock()
+    agent = ScriptedAgent(ResponseNeverReceived([Failure(error.ConnectionDone())]))
+    failure = _failure_of(_post(_provider(agent, clock)))
+    assert failure.check(UpstreamUnreachable)
+    assert "closed the connection" in str(failure.value)
+
+
 def test_a_relay_whose_client_already_left_aborts_instead_of_crashing() -> None:
     """
     The body starts after the client's request was cleaned up (channel None):

@@ -304,10 +304,12 @@ class HTTPProvider:
                 )
             if failure.check(defer.CancelledError, UpstreamError):
                 return failure
-            if failure.check(error.ConnectingCancelledError):
+            if failure.check(error.ConnectingCancelledError) or _cancelled_in_flight(failure):
                 # The caller cancelled (the client went away) while the
-                # connection was being opened: a cancellation, never a
-                # failure to retry.
+                # connection was being opened, or while the provider had the
+                # request (Twisted reports ResponseNeverReceived wrapping the
+                # CancelledError): a cancellation, never a failure to retry
+                # nor a verdict on the provider (its circuit breaker).
                 raise defer.CancelledError()
             if failure.check(*_CONNECT_FAILURES, RequestNotSent):
                 raise UpstreamUnreachable(
@@ -348,6 +350,14 @@ class HTTPProvider:
 
     def close(self) -> defer.Deferred[None]:
         return self.pool.closeCachedConnections()
+
+
+def _cancelled_in_flight(failure: Failure) -> bool:
+    """Whether Agent's failure is our own cancellation of a request already sent."""
+    if not failure.check(ResponseNeverReceived, ResponseFailed):
+        return False
+    reasons = getattr(failure.value, "reasons", None) or []
+    return any(isinstance(reason, Failure) and reason.check(defer.CancelledError) for reason in reasons)
 
 
 def _describe(failure: Failure) -> str:
