@@ -71,9 +71,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
 # The client (its own process): warm up, wait for "go", send, say "done".
 
 
+# Conversation history added to every request body (--history-kb), passed to
+# the client process through the environment.
+HISTORY_KB = int(os.environ.get("BENCH_HISTORY_KB", "0"))
+
+
 def client_main(port: int, stream: bool, warmup: int, requests: int, sessions: int) -> None:
     raws = [
-        loadgen.build_request(port, "/v1/messages", request_body(stream, session=i), CLIENT_HEADERS)
+        loadgen.build_request(
+            port, "/v1/messages", request_body(stream, session=i, history_kb=HISTORY_KB), CLIENT_HEADERS
+        )
         for i in range(sessions)
     ]
     client = loadgen.BlockingClient(port)
@@ -154,7 +161,7 @@ def gateway_main(
         service = make_gateway_service(load_settings(config_path, env={}), reactor)
     results: dict[str, Any] = {}
     steps: dict[str, float] = {}
-    if steps_on:
+    if steps_on and not floor:
         _time_steps(service, steps)
     # Time in the cyclic garbage collector (all threads), by generation.
     import gc
@@ -379,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="one more round per configuration under cProfile")
     parser.add_argument("--out", default=None, help="also write the results (JSON) here")
     parser.add_argument(
+        "--history-kb", type=int, default=0,
+        help="KB of conversation history in every request body (100: a Claude Code sized 102 KB body)",
+    )
+    parser.add_argument(
         "--steps", action="store_true",
         help="also time LunaRoute's own steps (parse, start, headers, collect, enrich, each sink) per request",
     )
@@ -387,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         help="another checkout (e.g. from git archive): each configuration also runs on its code, as NAME@base",
     )
     args = parser.parse_args(argv)
+    os.environ["BENCH_HISTORY_KB"] = str(args.history_kb)
     names = [n for n in args.configs.split(",") if n]
     if args.baseline:
         names = [n for name in names for n in (f"{name}@base", name)]

@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from lunaroute.dialects.capture import ResponseCapture
 from lunaroute.dialects.model import ResponseSummary, ToolCall, Usage
 from lunaroute.exchange import Exchange, Timings
+from lunaroute.stats import session_stats as _stats
 from lunaroute.stats.pricing import PricingTable
 from lunaroute.stats.session_stats import SessionStatsCollector
 
@@ -649,3 +652,67 @@ def test_observe_only_reads_the_record(pricing: PricingTable) -> None:
     ex.complete()  # sealed without enrichment: no cost on the record
     stats.observe(ex)
     assert stats.aggregate()["estimated_cost_usd"] in (0, 0.0, None)
+
+
+# -- the newest turn's tool results, found from the end ---------------------
+
+_IDS = st.sampled_from(["a", "b", "c", "d"])
+_ANTHROPIC_BLOCK = st.one_of(
+    st.builds(lambda i, n: {"type": "tool_use", "id": i, "name": n}, _IDS, st.sampled_from(["Read", "Bash", "Edit"])),
+    st.builds(lambda i: {"type": "tool_result", "tool_use_id": i}, _IDS),
+    st.just({"type": "text", "text": "hi"}),
+    st.just("not a block"),
+)
+_ANTHROPIC_MESSAGE = st.one_of(
+    st.builds(lambda role, blocks: {"role": role, "content": blocks},
+              st.sampled_from(["user", "assistant"]), st.lists(_ANTHROPIC_BLOCK, max_size=4)),
+    st.just("not a message"),
+)
+
+
+def _forward_reference(body: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """The plain definition: every call's name from the start (latest wins), results after the last answer."""
+    names: dict[str, str] = {}
+    last = -1
+    messages = body["messages"]
+    for index, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            last = index
+            names.update(_stats._anthropic_calls(message))
+    results = [i for m in messages[last + 1:] if isinstance(m, dict) for i in _stats._anthropic_result_ids(m)]
+    return names, results
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ANTHROPIC_MESSAGE, max_size=12))
+def test_newest_results_found_from_the_end_match_the_forward_definition(messages: list[Any]) -> None:
+    """
+    The enrich step walks back from the end and stops once the newest turn's
+    results are named (a long conversation must not cost a walk over every
+    message per request): same ids, and the same name for each as a walk
+    over the whole history would give.
+    """
+    body = {"messages": messages}
+    names, results = _stats._anthropic_results(body)
+    want_names, want_results = _forward_reference(body)
+    assert results == want_results
+    assert names == {i: want_names[i] for i in results if i in want_names}
+
+
+def test_the_enrich_step_does_not_walk_the_history_before_the_named_results() -> None:
+    """Messages before the answer that named every result are never read."""
+
+    class Untouchable(dict):  # type: ignore[type-arg]
+        def get(self, *args: Any) -> Any:
+            raise AssertionError("an old message was read")
+
+    old = [Untouchable(role="assistant", content=[]) for _ in range(50)]
+    body = {
+        "messages": [
+            *old,
+            {"role": "user", "content": "go on"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read"}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1"}]},
+        ]
+    }
+    assert _stats._anthropic_results(body) == ({"t1": "Read"}, ["t1"])

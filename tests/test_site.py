@@ -316,3 +316,39 @@ def test_timeouts_close_quietly_and_abort_a_peer_that_does_not_let_go():
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert not [e for e in events if "Timing out client" in e.get("log_format", "")]
+
+
+class Echo(Resource):
+    """Answers with the body it received and the kind of buffer that held it."""
+
+    isLeaf = True
+
+    def render_POST(self, request):
+        return type(request.content).__name__.encode() + b":" + request.content.read()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_large_body_within_the_limit_is_kept_in_memory_not_a_temporary_file(chunked, monkeypatch):
+    """
+    Twisted keeps bodies of 100,000 bytes or more (and chunked ones) in a
+    temporary file; the gateway reads every body into memory anyway, so the
+    file was only extra system calls on every long Claude Code request.
+    """
+    import tempfile
+
+    def no_files(*args, **kwargs):
+        raise AssertionError("a temporary file was created for the body")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_files)
+    site, _ = _site(Echo())
+    channel, transport = _connect(site)
+    body = b"x" * 150_000
+    if chunked:
+        head = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        wire = head + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    else:
+        wire = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    channel.dataReceived(wire)
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"BytesIO:" + body in answer

@@ -460,26 +460,40 @@ def _results_after_last_answer(
     results_in: Callable[[dict[str, Any]], Iterable[str]],
 ) -> tuple[dict[str, str], list[str]]:
     """
-    For message-list dialects: the names of every tool call the assistant
-    made in the history, and the result ids carried by the messages after
-    its last answer (the newest turn).
+    For message-list dialects: the result ids carried by the messages after
+    the assistant's last answer (the newest turn), and the names the
+    history gives those ids (the latest call with each id).
+
+    Walks back from the end and stops once every result is named (usually
+    at the last answer), so a long conversation costs what its newest turns
+    do, not a walk over every message on every request.
     """
     messages = body.get("messages")
     if not isinstance(messages, list):
         return {}, []
-    names: dict[str, str] = {}
-    last_assistant = -1
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") != "assistant":
-            continue
-        last_assistant = index
-        names.update(calls_in(message))
+    index = len(messages) - 1
+    while index >= 0:
+        message = messages[index]
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            break
+        index -= 1
     results = [
         call_id
-        for message in messages[last_assistant + 1:]
+        for message in messages[index + 1:]
         if isinstance(message, dict)
         for call_id in results_in(message)
     ]
+    names: dict[str, str] = {}
+    unnamed = set(results)
+    while unnamed and index >= 0:
+        message = messages[index]
+        index -= 1
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        # Within a message, as across messages, the latest call of an id wins.
+        found = {call_id: name for call_id, name in calls_in(message) if call_id in unnamed}
+        names.update(found)
+        unnamed.difference_update(found)
     return names, results
 
 
