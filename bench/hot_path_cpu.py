@@ -61,6 +61,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "recording": {"session_recording": {"enabled": True}},
     # Only for experiments: the same with fewer, larger batches.
     "recording-1s": {"session_recording": {"enabled": True, "batch_interval_ms": 1000}},
+    # Only for experiments: what metrics, statistics and both cost.
+    "no-metrics": {"metrics": {"enabled": False}},
+    "no-stats": {"statistics": {"session_stats_max_sessions": 0}},
+    "lean": {"metrics": {"enabled": False}, "statistics": {"session_stats_max_sessions": 0}},
     # The bare stack: twisted.web's server and Agent forwarding, nothing else
     # (bench/stack_floor.py); the floor under the gateway's numbers.
     "floor": {"floor": True},
@@ -139,6 +143,22 @@ def _time_steps(service: Any, steps: dict[str, float]) -> None:
     from lunaroute.dialects.capture import ResponseCapture
 
     ResponseCapture.feed = timed("tap (capture.feed)", ResponseCapture.feed)  # type: ignore[method-assign]
+    # Coarser spans, which include the steps above: the request's
+    # synchronous front (guard, routes, parse, start, headers, and handing
+    # the request to Agent, which writes it to a pooled connection), the
+    # provider's send alone, and the relay's end (collect, enrich, sinks).
+    from lunaroute.proxy.relay import RelayProtocol
+
+    site_resource = service.site.resource
+    site_resource.render = timed("[span] front: site resource render", site_resource.render)
+    for provider in gateway.providers.values():
+        provider.request = timed("[span] provider.request (Agent send)", provider.request)
+    RelayProtocol.connectionLost = timed(  # type: ignore[method-assign]
+        "[span] relay end (connectionLost)", RelayProtocol.connectionLost
+    )
+    RelayProtocol.dataReceived = timed(  # type: ignore[method-assign]
+        "[span] relay dataReceived", RelayProtocol.dataReceived
+    )
 
 
 def gateway_main(

@@ -86,7 +86,9 @@ def test_never_sent_failures_are_retried_up_to_max_retries(make_failure: Any) ->
     clock = Clock()
     agent = ScriptedAgent(*[make_failure() for _ in range(4)])
     d = _post(_provider(agent, clock, max_retries=3))
-    assert len(agent.calls) == 1 and not d.called
+    settled: list[Any] = []
+    d.addBoth(lambda result: settled.append(result) or result)
+    assert len(agent.calls) == 1 and not settled
     for attempt, delay in enumerate(RETRY_BACKOFF_SECS, start=2):
         clock.advance(delay - 0.001)
         assert len(agent.calls) == attempt - 1, "no retry before the backoff elapsed"
@@ -323,3 +325,30 @@ def test_the_idle_pool_grows_to_the_concurrency_seen_within_bounds() -> None:
     assert provider.pool.maxPersistentPerHost == 64
     provider.note_in_flight(MAX_IDLE_PER_HOST + 1)
     assert provider.pool.maxPersistentPerHost == 64
+
+
+def test_a_client_leaving_during_the_backoff_cancels_the_retry(logged_failures: Any) -> None:
+    """Cancelled while waiting to retry a refused connection: no second send, ever."""
+    clock = Clock()
+    agent = ScriptedAgent(error.ConnectionRefusedError())
+    d = _post(_provider(agent, clock))
+    assert len(agent.calls) == 1
+    d.cancel()
+    assert _failure_of(d).check(defer.CancelledError)
+    clock.advance(sum(RETRY_BACKOFF_SECS) * 10)
+    assert len(agent.calls) == 1
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_client_leaving_during_a_retry_cancels_that_send() -> None:
+    """Cancelled while the retry is in flight: the pending send itself is cancelled."""
+    clock = Clock()
+    cancelled = []
+    second: defer.Deferred[Any] = defer.Deferred(lambda d: cancelled.append(True))
+    agent = ScriptedAgent(error.ConnectionRefusedError(), second)
+    d = _post(_provider(agent, clock))
+    clock.advance(RETRY_BACKOFF_SECS[0])
+    assert len(agent.calls) == 2
+    d.cancel()
+    assert cancelled == [True]
+    assert _failure_of(d).check(defer.CancelledError)

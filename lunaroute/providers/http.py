@@ -254,29 +254,38 @@ class HTTPProvider:
         except Exception as exc:
             return defer.fail(exc)
         self.apply_auth(headers)
-        return defer.ensureDeferred(self._request_with_retries(method, url, headers, body))
+        return self._send(method, url, headers, body, 0)
 
-    async def _request_with_retries(
-        self, method: bytes, url: bytes, headers: Headers, body: bytes
-    ) -> IResponse:
-        attempt = 0
-        while True:
-            try:
-                return await self._request_once(method, url, headers, body)
-            except UpstreamUnreachable as exc:
-                if not exc.retryable or attempt >= self._max_retries:
-                    raise
-                delay = RETRY_BACKOFF_SECS[min(attempt, len(RETRY_BACKOFF_SECS) - 1)]
-                attempt += 1
-                log.info(
-                    "retrying {provider} in {delay}s after {reason} ({attempt}/{max})",
-                    provider=self.name,
-                    delay=delay,
-                    reason=str(exc),
-                    attempt=attempt,
-                    max=self._max_retries,
-                )
-                await task.deferLater(self._clock, delay)
+    def _send(self, method: bytes, url: bytes, headers: Headers, body: bytes, attempt: int) -> defer.Deferred[IResponse]:
+        """
+        Send once; when that fails before the request left
+        (L{UpstreamUnreachable} with C{retryable}) and retries remain, send
+        again after the backoff.  Plain Deferreds rather than a coroutine:
+        this runs for every request, and cancelling the result cancels
+        whatever is pending (the send, or the backoff's timer).
+        """
+        d = self._request_once(method, url, headers, body)
+        if attempt < self._max_retries:
+            d.addErrback(self._retry, method, url, headers, body, attempt)
+        return d
+
+    def _retry(
+        self, failure: Failure, method: bytes, url: bytes, headers: Headers, body: bytes, attempt: int
+    ) -> Failure | defer.Deferred[IResponse]:
+        exc = failure.value
+        if not isinstance(exc, UpstreamUnreachable) or not exc.retryable:
+            return failure
+        delay = RETRY_BACKOFF_SECS[min(attempt, len(RETRY_BACKOFF_SECS) - 1)]
+        log.info(
+            "retrying {provider} in {delay}s after {reason} ({attempt}/{max})",
+            provider=self.name,
+            delay=delay,
+            reason=str(exc),
+            attempt=attempt + 1,
+            max=self._max_retries,
+        )
+        wait: defer.Deferred[None] = task.deferLater(self._clock, delay)
+        return wait.addCallback(lambda _: self._send(method, url, headers, body, attempt + 1))
 
     def _request_once(
         self, method: bytes, url: bytes, headers: Headers, body: bytes
