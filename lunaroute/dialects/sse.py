@@ -88,25 +88,36 @@ class SSEParser:
         return [(event.event, event.data) for event in self.close()]
 
     def _pairs(self, text: str) -> list[tuple[str, str]]:
-        first = text.find("\n\n")
-        last = text.rfind("\n\n")
-        if last < first + 2 or "\r" in text:
-            # One blank line at most, or CR line ends: the line parser.
+        if "\r" in text or self._skip_lf or not text:
+            # CR line ends (or nothing): the line parser.
             return [(event.event, event.data) for event in self._feed_text(text)]
-        # Up to the first blank line the line parser finishes whatever event
-        # earlier text started (and takes a BOM or a CR's LF); after that
-        # blank line no line and no event is pending.
-        events = self._feed_text(text[: first + 2])
-        pairs = [(event.event, event.data) for event in events]
-        events.clear()
-        middle = text[first + 2 : last + 2]
-        if _PLAIN_EVENTS.fullmatch(middle):
-            # Only "event: X" / "data: Y" events, one line each (both
-            # patterns read lines exactly as the line parser does).
-            pairs += [(name or "message", data) for name, data in _PLAIN_EVENT.findall(middle)]
-        else:
-            self._blocks(middle[:-2], pairs)
-        pairs.extend((event.event, event.data) for event in self._feed_text(text[last + 2 :]))
+        if self._at_start:
+            self._at_start = False
+            if text.startswith(_BOM):
+                text = text[1:]
+        pairs: list[tuple[str, str]] = []
+        start = 0
+        if self._partial or self._data or self._event_type:
+            # Up to the first blank line the line parser finishes the line
+            # or event that earlier text started; after it nothing is pending.
+            first = text.find("\n\n")
+            if first < 0:
+                return [(event.event, event.data) for event in self._feed_text(text)]
+            start = first + 2
+            pairs = [(event.event, event.data) for event in self._feed_text(text[:start])]
+        last = text.rfind("\n\n")
+        if last >= start:
+            # From a line start with nothing pending to the last blank line:
+            # events that are lines ended by a blank line, one after another.
+            middle = text[start : last + 2]
+            if _PLAIN_EVENTS.fullmatch(middle):
+                # Only "event: X" / "data: Y" events, one line each (both
+                # patterns read lines exactly as the line parser does).
+                pairs += [(name or "message", data) for name, data in _PLAIN_EVENT.findall(middle)]
+            else:
+                self._blocks(middle[:-2], pairs)
+            start = last + 2
+        pairs.extend((event.event, event.data) for event in self._feed_text(text[start:]))
         return pairs
 
     def _blocks(self, text: str, pairs: list[tuple[str, str]]) -> None:
