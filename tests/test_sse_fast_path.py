@@ -211,3 +211,36 @@ def test_payloads_invalid_alone_mark_the_summary_partial(payloads: list[str]) ->
     assert summary.partial
     assert summary.event_count == len(payloads) + 2
     assert repr(summary) == _summary("anthropic", [text], on_event=_ignore)
+
+
+# -- the Anthropic accumulator keeps a listener-less capture's events as they are --
+
+def test_bulk_capture_keeps_the_events_it_owns_without_copying(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lunaroute.dialects.anthropic as anthropic
+
+    copies: list[object] = []
+
+    def counting_copy(value: object) -> object:
+        copies.append(value)
+        return value
+
+    monkeypatch.setattr(anthropic, "copy_json", counting_copy)
+    body = (STREAMS / "anthropic_thinking_tools.sse").read_bytes()
+    bulk = ResponseCapture("anthropic", streaming=True, content_type=SSE, bulk_bytes=16 * 1024)
+    bulk.feed(body)
+    assert bulk.finish().tool_calls and copies == []
+    listened = ResponseCapture("anthropic", streaming=True, content_type=SSE, on_event=_ignore)
+    listened.feed(body)
+    listened.finish()
+    assert copies  # a listener gets the data after the accumulator: copied
+
+
+def test_a_listener_changing_the_data_does_not_change_the_summary() -> None:
+    def vandal(event: object, data: dict[str, object]) -> None:
+        for value in list(data.values()):
+            if isinstance(value, dict):
+                value.clear()
+        data.clear()
+
+    body = (STREAMS / "anthropic_thinking_tools.sse").read_bytes()
+    assert _summary("anthropic", [body], on_event=vandal) == _summary("anthropic", [body], bulk_bytes=1)

@@ -178,7 +178,9 @@ class ResponseCapture:
         # Only a stream needs an accumulator, and only its dialect's.
         if self._sse:
             if dialect == "anthropic":
-                self._anthropic = AnthropicStreamAccumulator()
+                # Without a listener the parsed events are the capture's
+                # alone: the accumulator need not copy what it keeps.
+                self._anthropic = AnthropicStreamAccumulator(owned=on_event is None)
             elif dialect == "openai_chat":
                 self._chat = ChatCompletionAccumulator()
             else:
