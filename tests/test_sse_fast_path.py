@@ -213,10 +213,19 @@ def test_payloads_invalid_alone_mark_the_summary_partial(payloads: list[str]) ->
     assert repr(summary) == _summary("anthropic", [text], on_event=_ignore)
 
 
-# -- the Anthropic accumulator keeps a listener-less capture's events as they are --
+# -- the accumulators keep a listener-less capture's events as they are --
 
-def test_bulk_capture_keeps_the_events_it_owns_without_copying(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lunaroute.dialects.anthropic as anthropic
+_OWNING = [
+    ("anthropic", "anthropic_thinking_tools.sse", "lunaroute.dialects.anthropic"),
+    ("openai_responses", "openai_responses_tools.sse", "lunaroute.dialects.openai_responses"),
+]
+
+
+@pytest.mark.parametrize(("dialect", "fixture", "module"), _OWNING)
+def test_bulk_capture_keeps_the_events_it_owns_without_copying(
+    monkeypatch: pytest.MonkeyPatch, dialect: str, fixture: str, module: str
+) -> None:
+    import importlib
 
     copies: list[object] = []
 
@@ -224,23 +233,31 @@ def test_bulk_capture_keeps_the_events_it_owns_without_copying(monkeypatch: pyte
         copies.append(value)
         return value
 
-    monkeypatch.setattr(anthropic, "copy_json", counting_copy)
-    body = (STREAMS / "anthropic_thinking_tools.sse").read_bytes()
-    bulk = ResponseCapture("anthropic", streaming=True, content_type=SSE, bulk_bytes=16 * 1024)
+    monkeypatch.setattr(importlib.import_module(module), "copy_json", counting_copy)
+    body = (STREAMS / fixture).read_bytes()
+    bulk = ResponseCapture(dialect, streaming=True, content_type=SSE, bulk_bytes=16 * 1024)
     bulk.feed(body)
     assert bulk.finish().tool_calls and copies == []
-    listened = ResponseCapture("anthropic", streaming=True, content_type=SSE, on_event=_ignore)
+    listened = ResponseCapture(dialect, streaming=True, content_type=SSE, on_event=_ignore)
     listened.feed(body)
     listened.finish()
     assert copies  # a listener gets the data after the accumulator: copied
 
 
-def test_a_listener_changing_the_data_does_not_change_the_summary() -> None:
-    def vandal(event: object, data: dict[str, object]) -> None:
-        for value in list(data.values()):
-            if isinstance(value, dict):
-                value.clear()
-        data.clear()
+def _vandal(event: object, data: dict[str, object]) -> None:
+    """A listener that empties every object of the event it is shown."""
+    for value in list(data.values()):
+        if isinstance(value, dict):
+            _vandal(event, value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    _vandal(event, item)
+            value.clear()
+    data.clear()
 
-    body = (STREAMS / "anthropic_thinking_tools.sse").read_bytes()
-    assert _summary("anthropic", [body], on_event=vandal) == _summary("anthropic", [body], bulk_bytes=1)
+
+@pytest.mark.parametrize(("dialect", "fixture", "module"), _OWNING)
+def test_a_listener_changing_the_data_does_not_change_the_summary(dialect: str, fixture: str, module: str) -> None:
+    body = (STREAMS / fixture).read_bytes()
+    assert _summary(dialect, [body], on_event=_vandal) == _summary(dialect, [body], bulk_bytes=1)

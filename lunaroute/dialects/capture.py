@@ -184,7 +184,7 @@ class ResponseCapture:
             elif dialect == "openai_chat":
                 self._chat = ChatCompletionAccumulator()
             else:
-                self._responses = ResponsesAccumulator()
+                self._responses = ResponsesAccumulator(owned=on_event is None)
 
     def feed(self, chunk: bytes) -> None:
         """Take the next body chunk exactly as relayed; never raises."""
