@@ -20,8 +20,12 @@ Two rules shape the code:
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -42,7 +46,7 @@ from lunaroute.twisted_compat import idle_connection_count
 
 log = Logger(observer=log_observer)
 
-__all__ = ["BoundedLabels", "GatewayMetrics", "OTHER", "path_family"]
+__all__ = ["BoundedLabels", "BulkHistogram", "GatewayMetrics", "OTHER", "path_family"]
 
 OTHER = "other"
 UNKNOWN = "unknown"
@@ -112,6 +116,86 @@ def path_family(path: str) -> str:
 
 def _seconds(ms: float | None) -> float | None:
     return None if ms is None else ms / 1000.0
+
+
+class BulkHistogram:
+    """
+    A histogram with one label, observed many values at a time: the same
+    exposition as prometheus-client's C{Histogram} (names, help, buckets,
+    C{_count}, C{_sum}, C{_created}, series order), for a fraction of the
+    cost of one locked C{observe} per value (a stream's chunk gaps).
+
+    An unregistered C{Histogram} with the same definition gives the shape
+    of the exposition (and each series' C{_created}, its child being created
+    when the series is); the values are this object's.  Its C{observe}
+    never runs, so its own values stay at zero.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelname: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._shape = Histogram(name, documentation, [labelname], buckets=buckets, registry=None)
+        self._labelname = labelname
+        self._bounds = [float(bound) for bound in buckets] + [math.inf]
+        # Per label value: the count of each bucket (not cumulative), then the sum.
+        self._series: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_ms(self, value: str, amounts_ms: Iterable[float]) -> None:
+        """Observe each of C{amounts_ms} (milliseconds) in seconds, as C{Histogram.observe} would."""
+        bounds = self._bounds
+        last = len(bounds)
+        where = bisect.bisect_left
+        with self._lock:
+            series = self._series.get(value)
+            if series is None:
+                self._shape.labels(value)
+                series = self._series[value] = [0.0] * (last + 1)
+            total = series[last]
+            for amount_ms in amounts_ms:
+                amount = amount_ms / 1000.0
+                # Added one by one, as observe() does: the same float sum.
+                total += amount
+                i = where(bounds, amount)
+                if i < last and amount <= bounds[i]:  # (NaN: no bucket)
+                    series[i] += 1.0
+            series[last] = total
+
+    def describe(self) -> Iterable[Metric]:
+        return self._shape.describe()
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            families = list(self._shape.collect())
+            # Per label value: the cumulative bucket counts, as Histogram
+            # reports them (the last is the count), and the sum.
+            totals = {
+                value: (list(itertools.accumulate(series[:-1])), series[-1])
+                for value, series in self._series.items()
+            }
+        for family in families:
+            position: dict[str, int] = {}
+            samples = []
+            for sample in family.samples:
+                value = sample.labels[self._labelname]
+                cumulative, total = totals[value]
+                if sample.name.endswith("_bucket"):
+                    index = position.get(value, 0)
+                    position[value] = index + 1
+                    sample = sample._replace(value=cumulative[index])
+                elif sample.name.endswith("_count"):
+                    sample = sample._replace(value=cumulative[-1])
+                elif sample.name.endswith("_sum"):
+                    sample = sample._replace(value=total)
+                samples.append(sample)
+            family.samples = samples
+        return families
 
 
 class _RoutingCollector:
@@ -443,9 +527,9 @@ class GatewayMetrics:
             "lunaroute_streaming_ttft_seconds", "Time from receiving a streaming request to its first byte.",
             ["provider", "model"], buckets=_TTFT_BUCKETS, registry=r,
         )
-        self.streaming_chunk_latency = Histogram(
+        self.streaming_chunk_latency = BulkHistogram(
             "lunaroute_streaming_chunk_latency_seconds", "Gaps between consecutive streamed chunks.",
-            ["provider"], buckets=_CHUNK_BUCKETS, registry=r,
+            "provider", buckets=_CHUNK_BUCKETS, registry=r,
         )
         self.streaming_duration = Histogram(
             "lunaroute_streaming_duration_seconds", "Time from the first to the last streamed byte.",
@@ -630,9 +714,7 @@ class GatewayMetrics:
         if ttft is not None:
             self._child(self.streaming_ttft, provider, model).observe(ttft)
         if exchange.chunk_gaps_ms:
-            histogram = self._child(self.streaming_chunk_latency, provider)
-            for gap in exchange.chunk_gaps_ms:
-                histogram.observe(gap / 1000.0)
+            self.streaming_chunk_latency.observe_ms(provider, exchange.chunk_gaps_ms)
         if timings.first_byte is not None and timings.last_byte is not None:
             self._child(self.streaming_duration, provider, model).observe(max(0.0, timings.last_byte - timings.first_byte))
 

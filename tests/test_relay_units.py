@@ -227,3 +227,27 @@ def test_connect_failure_is_retried_after_backoff():
     assert settled == ["response"]
     clock.advance(1000)  # the request timeout was cancelled: nothing left to fire
     assert not clock.getDelayedCalls()
+
+
+def test_idle_timer_is_not_touched_per_chunk_but_still_counts_from_the_last_one():
+    """
+    Chunks do not reschedule the idle timer (issue 19: a reset per chunk was
+    per-chunk work); when it fires it waits on for what is left since the
+    last chunk, so a stream is still aborted exactly C{idle_timeout} after it.
+    """
+    clock = Clock()
+    request, transport = FakeRequest(), FakeTransport()
+    relay = RelayProtocol(request, clock, lambda chunk: None, idle_timeout=5)
+    relay.makeConnection(transport)
+    (timer,) = clock.getDelayedCalls()
+    for _ in range(3):
+        clock.advance(1)
+        relay.dataReceived(b"x")
+    assert clock.getDelayedCalls() == [timer] and timer.getTime() == 5
+    clock.advance(2)  # t=5: the first timer fires, the stream was idle 2 s only
+    assert not transport.stopped
+    clock.advance(2.5)  # t=7.5
+    assert not transport.stopped
+    clock.advance(0.5)  # t=8: 5 s after the last chunk
+    assert transport.stopped and relay.timed_out
+    assert clock.getDelayedCalls() == []

@@ -68,9 +68,17 @@ class _Block:
 
 
 class AnthropicStreamAccumulator:
-    """Follow Messages stream events and summarise them on demand."""
+    """
+    Follow Messages stream events and summarise them on demand.
 
-    def __init__(self) -> None:
+    The message, blocks and errors it keeps are deep copies of the events'
+    data, unless ``owned``: the caller then hands each event's data over
+    and never uses it again (the capture without a listener), so it is
+    kept as it is.
+    """
+
+    def __init__(self, *, owned: bool = False) -> None:
+        self._copy = _keep if owned else copy_json
         self.event_count = 0
         self._message: dict[str, Any] | None = None
         self._usage: dict[str, Any] = {}
@@ -123,12 +131,12 @@ class AnthropicStreamAccumulator:
 
     def _on_message_start(self, data: dict[str, Any]) -> None:
         # Deep copy: the summary must not change if the caller reuses data.
-        self._message = copy_json(as_dict(data.get("message")))
+        self._message = self._copy(as_dict(data.get("message")))
         self._usage = {}
 
     def _on_block_start(self, data: dict[str, Any]) -> None:
         index = as_int(data.get("index"), len(self._blocks))
-        block = _Block(copy_json(as_dict(data.get("content_block"))))
+        block = _Block(self._copy(as_dict(data.get("content_block"))))
         self._blocks[index] = block
         self._last_index = index
 
@@ -163,10 +171,14 @@ class AnthropicStreamAccumulator:
         self._stopped = True
 
     def _on_error(self, data: dict[str, Any]) -> None:
-        self._error = copy_json(data)
+        self._error = self._copy(data)
 
     def _ignore(self, data: dict[str, Any]) -> None:
         pass
+
+
+def _keep(value: Any) -> Any:
+    return value
 
 
 _HANDLERS = {

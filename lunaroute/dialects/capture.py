@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable
-from typing import Any
+from json.scanner import make_scanner
+from typing import Any, cast
 
 from lunaroute.dialects.anthropic import (
     AnthropicStreamAccumulator,
@@ -40,6 +41,12 @@ _JSON_SUMMARIZERS: dict[str, Callable[[dict[str, Any]], ResponseSummary]] = {
 }
 
 DIALECTS = frozenset(_JSON_SUMMARIZERS)
+
+# The scanner behind json.loads (the C one; the settings of its default
+# decoder), called directly on a stripped payload: one C call per event
+# instead of json.loads' few Python frames.
+# (typeshed types make_scanner's argument oddly; any decoder will do.)
+_scan_once = make_scanner(cast(Any, json.JSONDecoder()))
 
 # While a deflate stream has produced nothing we keep its first bytes, so a
 # server sending raw deflate (no zlib header) under "deflate" can be retried.
@@ -171,11 +178,13 @@ class ResponseCapture:
         # Only a stream needs an accumulator, and only its dialect's.
         if self._sse:
             if dialect == "anthropic":
-                self._anthropic = AnthropicStreamAccumulator()
+                # Without a listener the parsed events are the capture's
+                # alone: the accumulator need not copy what it keeps.
+                self._anthropic = AnthropicStreamAccumulator(owned=on_event is None)
             elif dialect == "openai_chat":
                 self._chat = ChatCompletionAccumulator()
             else:
-                self._responses = ResponsesAccumulator()
+                self._responses = ResponsesAccumulator(owned=on_event is None)
 
     def feed(self, chunk: bytes) -> None:
         """Take the next body chunk exactly as relayed; never raises."""
@@ -243,15 +252,21 @@ class ResponseCapture:
                 self._partial = True
         self._consume(tail)
         if self._sse:
-            for event in self._parser.close():
-                self._dispatch(event)
+            if self._bulk:
+                self._dispatch_pairs(self._parser.close_pairs())
+            else:
+                for event in self._parser.close():
+                    self._dispatch(event)
 
     def _consume(self, data: bytes) -> None:
         if not data:
             return
         if self._sse:
-            for event in self._parser.feed(data):
-                self._dispatch(event)
+            if self._bulk:
+                self._dispatch_pairs(self._parser.feed_pairs(data))
+            else:
+                for event in self._parser.feed(data):
+                    self._dispatch(event)
             if self._parser.buffered_size > self._max:
                 # One endless line or event: give up rather than hoard memory.
                 self._partial = self._dead = True
@@ -298,6 +313,50 @@ class ResponseCapture:
                 self._on_event(event, data)
             except Exception:  # a listener's failure is not the capture's
                 pass
+
+    def _dispatch_pairs(self, pairs: list[tuple[str, str]]) -> None:
+        """
+        :meth:`_dispatch` for many events at once (bulk mode: no listener),
+        with the dialect's accumulator looked up once and each payload
+        decoded by the JSON scanner directly: exactly what ``json.loads``
+        accepts (the payload is stripped, so a value ending before the end
+        of the payload is what ``json.loads`` calls extra data).
+        """
+        dialect = self._dialect
+        named = dialect != "openai_chat"
+        if dialect == "anthropic":
+            add: Callable[..., None] = self._anthropic.add
+        elif dialect == "openai_chat":
+            add = self._chat.add
+        else:
+            add = self._responses.add
+        scan = _scan_once
+        for name, data in pairs:
+            self._event_count += 1
+            payload = data.strip()
+            if not payload:
+                continue
+            if payload == "[DONE]":
+                if dialect == "anthropic":
+                    self._partial = True
+                elif dialect == "openai_chat":
+                    self._chat.mark_done()
+                continue
+            try:
+                value, end = scan(payload, 0)
+            except (StopIteration, ValueError):
+                self._partial = True
+                continue
+            if end != len(payload) or not isinstance(value, dict):
+                self._partial = True
+                continue
+            try:
+                if named:
+                    add(name, value)
+                else:
+                    add(value)
+            except Exception:  # one odd event must not end the capture
+                self._partial = True
 
     @property
     def dialect(self) -> str:

@@ -90,9 +90,17 @@ def _part(parts: dict[int, _Part], index: int, kind: str = "output_text") -> _Pa
 
 
 class ResponsesAccumulator:
-    """Follow Responses API stream events and summarise on demand."""
+    """
+    Follow Responses API stream events and summarise on demand.
 
-    def __init__(self) -> None:
+    The objects it keeps (response, items, parts, errors) are deep copies of
+    the events' data, unless ``owned``: the caller then hands each event's
+    data over and never uses it again (the capture without a listener), so
+    it is kept as it is.
+    """
+
+    def __init__(self, *, owned: bool = False) -> None:
+        self._copy = _keep if owned else copy_json
         self.event_count = 0
         self._response: dict[str, Any] | None = None
         self._final: dict[str, Any] | None = None
@@ -110,7 +118,7 @@ class ResponsesAccumulator:
         if kind in _TERMINAL:
             response = data.get("response")
             if isinstance(response, dict):
-                self._final = copy_json(response)
+                self._final = self._copy(response)
             return
         handler = _HANDLERS.get(kind)
         if handler is not None:
@@ -153,30 +161,30 @@ class ResponsesAccumulator:
         return item
 
     def _on_created(self, data: dict[str, Any]) -> None:
-        self._response = copy_json(as_dict(data.get("response")))
+        self._response = self._copy(as_dict(data.get("response")))
 
     def _on_item_added(self, data: dict[str, Any]) -> None:
         index = as_int(data.get("output_index"), len(self._items))
-        self._items[index] = _Item(copy_json(as_dict(data.get("item"))))
+        self._items[index] = _Item(self._copy(as_dict(data.get("item"))))
 
     def _on_item_done(self, data: dict[str, Any]) -> None:
-        self._item(data).final = copy_json(as_dict(data.get("item")))
+        self._item(data).final = self._copy(as_dict(data.get("item")))
 
     def _on_content_part_added(self, data: dict[str, Any]) -> None:
         parts = self._item(data).content
-        parts[as_int(data.get("content_index"))] = _Part(copy_json(as_dict(data.get("part"))))
+        parts[as_int(data.get("content_index"))] = _Part(self._copy(as_dict(data.get("part"))))
 
     def _on_content_part_done(self, data: dict[str, Any]) -> None:
         part = _part(self._item(data).content, as_int(data.get("content_index")))
-        part.final = copy_json(as_dict(data.get("part")))
+        part.final = self._copy(as_dict(data.get("part")))
 
     def _on_summary_part_added(self, data: dict[str, Any]) -> None:
         parts = self._item(data).summary
-        parts[as_int(data.get("summary_index"))] = _Part(copy_json(as_dict(data.get("part"))))
+        parts[as_int(data.get("summary_index"))] = _Part(self._copy(as_dict(data.get("part"))))
 
     def _on_summary_part_done(self, data: dict[str, Any]) -> None:
         part = _part(self._item(data).summary, as_int(data.get("summary_index")), "summary_text")
-        part.final = copy_json(as_dict(data.get("part")))
+        part.final = self._copy(as_dict(data.get("part")))
 
     def _on_content_delta(self, data: dict[str, Any]) -> None:
         part = _part(self._item(data).content, as_int(data.get("content_index")))
@@ -214,7 +222,11 @@ class ResponsesAccumulator:
             self._item(data).args_final = arguments
 
     def _on_error(self, data: dict[str, Any]) -> None:
-        self._error = copy_json(data)
+        self._error = self._copy(data)
+
+
+def _keep(value: Any) -> Any:
+    return value
 
 
 _HANDLERS = {

@@ -21,6 +21,11 @@ _EOL = re.compile(r"\r\n|\r|\n")
 
 _BOM = "\ufeff"
 
+# The usual event of a provider stream, "event: X" (optional) then "data: Y",
+# each one line and without CR, and any run of them ending in a blank line.
+_PLAIN_EVENT = re.compile(r"(?:event: ([^\n]*)\n)?data: ([^\n]*)\n\n")
+_PLAIN_EVENTS = re.compile(r"(?:(?:event: [^\n]*\n)?data: [^\n]*\n\n)*")
+
 
 @dataclass(frozen=True)
 class SSEEvent:
@@ -61,6 +66,80 @@ class SSEParser:
         if self._closed or not chunk:
             return []
         return self._feed_text(self._decoder.decode(chunk))
+
+    def feed_pairs(self, chunk: bytes) -> list[tuple[str, str]]:
+        """
+        The same events as :meth:`feed`, as ``(event type, data)`` pairs.
+
+        Made for whole bodies (or large parts of them): while the text has
+        no "\\r" (the providers' usual case), the complete events it holds
+        are split on their blank lines and the common shapes (``event: X``
+        then ``data: Y``, or ``data: Y`` alone) are read directly; anything
+        else goes through the line parser, so the pairs (and the parser's
+        state after) are exactly those of :meth:`feed`.  Ids are not
+        returned (the last id is still kept).
+        """
+        if self._closed or not chunk:
+            return []
+        return self._pairs(self._decoder.decode(chunk))
+
+    def close_pairs(self) -> list[tuple[str, str]]:
+        """:meth:`close`, as ``(event type, data)`` pairs."""
+        return [(event.event, event.data) for event in self.close()]
+
+    def _pairs(self, text: str) -> list[tuple[str, str]]:
+        if "\r" in text or self._skip_lf or not text:
+            # CR line ends (or nothing): the line parser.
+            return [(event.event, event.data) for event in self._feed_text(text)]
+        if self._at_start:
+            self._at_start = False
+            if text.startswith(_BOM):
+                text = text[1:]
+        pairs: list[tuple[str, str]] = []
+        start = 0
+        if self._partial or self._data or self._event_type:
+            # Up to the first blank line the line parser finishes the line
+            # or event that earlier text started; after it nothing is pending.
+            first = text.find("\n\n")
+            if first < 0:
+                return [(event.event, event.data) for event in self._feed_text(text)]
+            start = first + 2
+            pairs = [(event.event, event.data) for event in self._feed_text(text[:start])]
+        last = text.rfind("\n\n")
+        if last >= start:
+            # From a line start with nothing pending to the last blank line:
+            # events that are lines ended by a blank line, one after another.
+            middle = text[start : last + 2]
+            if _PLAIN_EVENTS.fullmatch(middle):
+                # Only "event: X" / "data: Y" events, one line each (both
+                # patterns read lines exactly as the line parser does).
+                pairs += [(name or "message", data) for name, data in _PLAIN_EVENT.findall(middle)]
+            else:
+                self._blocks(middle[:-2], pairs)
+            start = last + 2
+        pairs.extend((event.event, event.data) for event in self._feed_text(text[start:]))
+        return pairs
+
+    def _blocks(self, text: str, pairs: list[tuple[str, str]]) -> None:
+        """Events separated by blank lines (``text`` minus the last one's)."""
+        events: list[SSEEvent] = []
+        line_of = self._line
+        for block in text.split("\n\n"):
+            # Each block is lines ended by a blank line: one event at most.
+            if block.startswith("event: "):
+                end = block.find("\n")
+                if block.startswith("data: ", end + 1) and block.find("\n", end + 1) < 0:
+                    pairs.append((block[7:end] or "message", block[end + 7 :]))
+                    continue
+            elif block.startswith("data: ") and "\n" not in block:
+                pairs.append(("message", block[6:]))
+                continue
+            for line in block.split("\n"):
+                line_of(line, events)
+            self._dispatch(events)
+            if events:
+                pairs.extend((event.event, event.data) for event in events)
+                events.clear()
 
     def close(self) -> list[SSEEvent]:
         """End the stream, dispatching an event that lacked its blank line.

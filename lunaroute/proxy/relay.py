@@ -82,13 +82,18 @@ class RelayProtocol(Protocol):
         self.bytes += len(data)
         self.chunks += 1
         self.deliver(data)
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self._idle_timeout)
+        # (The idle timer is not reset here: when it fires it looks at
+        # last_byte and waits on if the stream was not idle that long.)
         if self.chunks == 1:
             self._held = data
             return
-        self._release_held()
-        self._tap(data)
+        if self._held is not None:
+            self._release_held()
+        try:
+            self._on_chunk(data)
+        except Exception:
+            # The tap is best effort; the bytes already went to the client.
+            log.failure("stream tap failed")
 
     def deliver(self, data: bytes) -> None:
         """Send one provider chunk on to the client: as it is, here."""
@@ -134,6 +139,13 @@ class RelayProtocol(Protocol):
             self._idle_call = self._clock.callLater(self._idle_timeout, self._on_idle)
 
     def _on_idle(self) -> None:
+        self._idle_call = None
+        if self.last_byte is not None:
+            # A chunk came since the timer was set: idle since then only.
+            left = self.last_byte + self._idle_timeout - self._clock.seconds()
+            if left > 0:
+                self._idle_call = self._clock.callLater(left, self._on_idle)
+                return
         log.warn("upstream sent nothing for {secs}s; aborting", secs=self._idle_timeout)
         self.timed_out = True
         self._abort()
