@@ -322,9 +322,21 @@ class JSONLWriter:
         """
         lines: dict[str, list[bytes]] = {}
         requests: dict[str, set[str]] = {}
+        # An exchange's events share their session and (nearly always)
+        # their day: find each file once per batch, not once per event.
+        paths: dict[tuple[Any, Any], str] = {}
         for event in events:
-            path = self.path_for(event.get("session_id"), _event_day(event))
-            lines.setdefault(path, []).append(encode_event(event))
+            session_id, stamp = event.get("session_id"), event.get("timestamp")
+            place = (session_id, stamp[:10]) if type(stamp) is str and type(session_id) is str else None
+            path = paths.get(place) if place is not None else None
+            if path is None:
+                path = self.path_for(session_id, _event_day(event))
+                if place is not None:
+                    paths[place] = path
+            chunks = lines.get(path)
+            if chunks is None:
+                chunks = lines[path] = []
+            chunks.append(encode_event(event))
             request_id = event.get("request_id")
             if isinstance(request_id, str):
                 requests.setdefault(path, set()).add(request_id)

@@ -32,6 +32,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
+from operator import itemgetter
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -752,6 +753,12 @@ ON CONFLICT (session_id) DO UPDATE SET
     {", ".join(f"{c} = excluded.{c}" for c in _SESSION_COLUMNS)}
 """
 
+# The parameters of _WRITE_SESSION after the session id, from a session row
+# (duration_ms is computed by SQLite from the last and first moments).
+_session_values = itemgetter(
+    *(name for c in _SESSION_COLUMNS for name in (("last_activity", "started_at") if c == "duration_ms" else (c,)))
+)
+
 # Every stored column of session_stats but id and the generated total_tokens.
 _STATS_COLUMNS = (
     "request_id",
@@ -825,6 +832,8 @@ _SUMMED_COLUMNS = (
 
 # A new request row before its events are applied: the table's defaults.
 _EMPTY_ROW: dict[str, Any] = {c: (0 if c in _SUMMED_COLUMNS else None) for c in _STATS_COLUMNS}
+# A row's values in _STATS_COLUMNS order, in one C call.
+_stats_values = itemgetter(*_STATS_COLUMNS)
 
 _INSERT_STATS = (
     f"INSERT INTO session_stats (id, {', '.join(_STATS_COLUMNS)}) "
@@ -862,6 +871,7 @@ _FTS_INSERT = (
     f"INSERT INTO messages_fts (rowid, {', '.join(_FTS_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in range(len(_FTS_COLUMNS) + 1))})"
 )
+_fts_values = itemgetter(*_FTS_COLUMNS)
 # External-content FTS: an entry is deleted with exactly the values it was
 # indexed with.
 _FTS_DELETE = (
@@ -1025,13 +1035,7 @@ class _SessionTotals:
         row = self.row
         row["success"] = 0 if row["failed_count"] else (1 if row["success_count"] else None)
         row["cost_complete"] = int(row["request_count"] == row["priced_count"])
-        out: list[Any] = [self.session_id]
-        for column in _SESSION_COLUMNS:
-            if column == "duration_ms":
-                out += [row["last_activity"], row["started_at"]]
-            else:
-                out.append(row[column])
-        return tuple(out)
+        return (self.session_id, *_session_values(row))
 
 
 @implementer(ISessionWriter)
@@ -1201,14 +1205,14 @@ class SQLiteWriter:
                 new.update(columns)
                 new["request_id"] = request_id
                 new["id"] = next_id
-                inserts.append((next_id, *[new[c] for c in _STATS_COLUMNS]))
-                fts_insert.append((next_id, *[new[c] for c in _FTS_COLUMNS]))
+                inserts.append((next_id, *_stats_values(new)))
+                fts_insert.append((next_id, *_fts_values(new)))
             else:
                 new = dict(old)
                 new.update(columns)
                 updates.setdefault(tuple(columns), []).append((*columns.values(), request_id))
-                before = tuple(old[c] for c in _FTS_COLUMNS)
-                after = tuple(new[c] for c in _FTS_COLUMNS)
+                before = _fts_values(old)
+                after = _fts_values(new)
                 if before != after:
                     fts_delete.append((old["id"], *before))
                     fts_insert.append((old["id"], *after))

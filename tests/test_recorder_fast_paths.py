@@ -1,0 +1,64 @@
+"""
+The recorder's fast paths (issue 19) give exactly what the plain ways give:
+the memo of secret key names, the NaN search over a request body's bytes.
+"""
+
+from __future__ import annotations
+
+import json
+
+from lunaroute.secrets import is_secret_name
+from lunaroute.sessions import events
+from lunaroute.sessions.events import scrub_secrets
+
+
+def test_nan_search_agrees_with_the_plain_search() -> None:
+    """
+    C{_has_nan} (capital N to capital N) answers as C{b"NaN" in raw} does,
+    also past its 64 steps and for the near misses.
+    """
+    many = b"N" * 100
+    bodies = [
+        b'{"a":1}',
+        b'{"a":NaN}',
+        b'{"a":"NaN"}',
+        b"NaN",
+        b"xNa",
+        b"NNaN",
+        b"N a N",
+        b'{"text":"' + b"No. " * 80 + b'","x":NaN}',
+        b'{"text":"' + b"No. " * 80 + b'","x":1}',
+        b'{"t":"' + many + b'"}',
+        many + b"aN",
+        b'{"NaNa":"\xff\xfeN"}',
+    ]
+    for raw in bodies:
+        assert events._has_nan(raw) is (b"NaN" in raw), raw
+
+
+def test_secret_keys_are_masked_whatever_the_memo_holds() -> None:
+    """
+    The memo of key names is bounded (a client inventing keys makes it start
+    over) and never changes the answer: credentials at any depth, escaped
+    key names and camel case are masked before, while and after it fills.
+    """
+    escaped = json.loads('{"outer": [{"api\\u005fkey": "sk-ant-0123456789abcdef"}]}')
+    body = {
+        "deep": {"list": [{"x": {"apiKey": "sk-proj-0123456789abcdefgh"}}]},
+        "X-API-KEY": "short",
+        "prompt_cache_key": "stays",
+        "max_tokens": 5,
+    }
+    for _round in range(3):
+        assert scrub_secrets(escaped) == {"outer": [{"api_key": "sk-a…cdef"}]}
+        assert scrub_secrets(body) == {
+            "deep": {"list": [{"x": {"apiKey": "sk-p…efgh"}}]},
+            "X-API-KEY": "***",
+            "prompt_cache_key": "stays",
+            "max_tokens": 5,
+        }
+        invented = {f"field_{i}_{_round}": i for i in range(events._SECRET_KEYS_MAX + 10)}
+        assert scrub_secrets(invented) is invented
+        assert len(events._SECRET_KEYS) <= events._SECRET_KEYS_MAX
+    for key, secret in events._SECRET_KEYS.items():
+        assert secret is is_secret_name(key)
