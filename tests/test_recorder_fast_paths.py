@@ -1,15 +1,18 @@
 """
 The recorder's fast paths (issue 19) give exactly what the plain ways give:
-the memo of secret key names, the NaN search over a request body's bytes.
+the memo of secret key names, the NaN search over a request body's bytes;
+and the SQLite writer checkpoints its WAL less often.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from lunaroute.secrets import is_secret_name
 from lunaroute.sessions import events
 from lunaroute.sessions.events import scrub_secrets
+from lunaroute.sessions.sqlite import WAL_AUTOCHECKPOINT_PAGES, SQLiteWriter, connect
 
 
 def test_nan_search_agrees_with_the_plain_search() -> None:
@@ -62,3 +65,23 @@ def test_secret_keys_are_masked_whatever_the_memo_holds() -> None:
         assert len(events._SECRET_KEYS) <= events._SECRET_KEYS_MAX
     for key, secret in events._SECRET_KEYS.items():
         assert secret is is_secret_name(key)
+
+
+def test_the_writer_checkpoints_its_wal_every_10000_pages(tmp_path: Path) -> None:
+    """
+    The writer's connection lets the WAL grow to WAL_AUTOCHECKPOINT_PAGES
+    (docs/performance.md: fewer checkpoints, less CPU per commit); readers
+    keep SQLite's default, and a closed writer leaves no WAL behind.
+    """
+    db = str(tmp_path / "sessions.db")
+    writer = SQLiteWriter(db)
+    conn = writer.connection()
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_AUTOCHECKPOINT_PAGES == 10_000
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    reader = connect(db)
+    try:
+        assert reader.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    finally:
+        reader.close()
+    writer.close()
+    assert not (tmp_path / "sessions.db-wal").exists()

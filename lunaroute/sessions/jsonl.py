@@ -113,6 +113,9 @@ class SessionFilesError(OSError):
 # SQLite writer reuses the text, and written last on the line, so the short
 # fields stay at the start where C{head} and C{cut} see them.
 _BODY_FIELDS = ("request_json", "response_json", "input")
+_BODY_KEYS = {key: json_text(key) + ":" for key in _BODY_FIELDS}
+# A tuple: isinstance() with one is faster than with `dict | list`.
+_BODY_TYPES = (dict, list)
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -124,7 +127,7 @@ def encode_event(event: dict[str, Any]) -> bytes:
     and become C{\\uXXXX} escapes, which is still valid JSON.  Bodies
     (C{request_json}, C{response_json}, a tool call's C{input}) come last.
     """
-    bodies = [key for key in _BODY_FIELDS if isinstance(event.get(key), dict | list)]
+    bodies = [key for key in _BODY_FIELDS if isinstance(event.get(key), _BODY_TYPES)]
     if not bodies:
         text = json_text(event)
     else:
@@ -132,7 +135,7 @@ def encode_event(event: dict[str, Any]) -> bytes:
         head = json_text(rest)[:-1]
         parts = [head]
         for key in bodies:
-            parts.append(f'{"," if len(parts) > 1 or head != "{" else ""}{json_text(key)}:')
+            parts.append(("," if len(parts) > 1 or head != "{" else "") + _BODY_KEYS[key])
             parts.append(json_text(event[key]))
         parts.append("}")
         text = "".join(parts)

@@ -1038,6 +1038,22 @@ class _SessionTotals:
         return (self.session_id, *_session_values(row))
 
 
+# How many WAL pages (4 KiB each) the writer lets accumulate before SQLite
+# copies them into the database (SQLite's default is 1,000, about 4 MB).
+# A checkpoint writes every page changed since the last one once, however
+# often it changed (B-tree and index pages, the search index's segments, the
+# session rows change with every batch), and syncs the WAL and the
+# database: ten times fewer checkpoints cut the commit's CPU by a fifth to
+# a quarter (docs/performance.md).  Durability is unchanged where it
+# matters: with synchronous=NORMAL, a committed batch survives the
+# gateway being killed whatever the WAL's size (it is in the operating
+# system's cache); only a power cut or kernel crash can roll back the
+# batches since the last checkpoint (now up to about 40 MB of them instead
+# of 4 MB), and the database stays consistent, as the JSONL files (never
+# synced) do.  Closing the writer on a graceful stop checkpoints everything.
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+
+
 @implementer(ISessionWriter)
 class SQLiteWriter:
     """
@@ -1068,7 +1084,14 @@ class SQLiteWriter:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = connect(self.db_path)
+            conn = connect(self.db_path)
+            try:
+                # PRAGMA takes no parameters; the value is our own int.
+                conn.execute(f"PRAGMA wal_autocheckpoint = {int(WAL_AUTOCHECKPOINT_PAGES)}").fetchall()
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     # -- ISessionWriter ----------------------------------------------------
