@@ -485,10 +485,11 @@ def _text(value: Any) -> str | None:
     A string SQLite can store.  Lone surrogates (from odd client JSON) cannot
     be encoded as UTF-8 and become visible C{\\udXXX} escapes instead.
     """
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        value = str(value)
+    if type(value) is not str:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            value = str(value)
     if value.isascii() or not _SURROGATE.search(value):
         return value
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -525,6 +526,11 @@ def _int(value: Any) -> int:
 
 
 def _num(value: Any) -> float | None:
+    kind = type(value)
+    if kind is float:
+        return value
+    if kind is int:
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
