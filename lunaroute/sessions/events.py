@@ -40,6 +40,7 @@ __all__ = [
     "exchange_events",
     "finite_json",
     "iso_timestamp",
+    "json_dumps",
     "json_text",
     "request_facts",
     "request_text",
@@ -275,6 +276,15 @@ def _body_text(raw: bytes) -> str | None:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+def json_dumps(value: Any) -> str:
+    """
+    C{value} as compact JSON text like L{json_text}, without the batch's
+    cache: for values no other writer serialises (a whole event, or an
+    event without its bodies), where remembering the text only costs.
+    """
+    return _dumps(value)
 
 
 def json_text(value: Any) -> str:

@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from lunaroute.interfaces import ISessionWriter
 from lunaroute.logs import log_observer
-from lunaroute.sessions.events import json_text
+from lunaroute.sessions.events import json_dumps, json_text
 
 __all__ = ["JSONLWriter", "SessionFilesError", "encode_event", "session_file_name"]
 
@@ -129,10 +129,10 @@ def encode_event(event: dict[str, Any]) -> bytes:
     """
     bodies = [key for key in _BODY_FIELDS if isinstance(event.get(key), _BODY_TYPES)]
     if not bodies:
-        text = json_text(event)
+        text = json_dumps(event)
     else:
         rest = {key: value for key, value in event.items() if key not in bodies}
-        head = json_text(rest)[:-1]
+        head = json_dumps(rest)[:-1]
         parts = [head]
         for key in bodies:
             parts.append(("," if len(parts) > 1 or head != "{" else "") + _BODY_KEYS[key])
@@ -342,7 +342,10 @@ class JSONLWriter:
             chunks.append(encode_event(event))
             request_id = event.get("request_id")
             if isinstance(request_id, str):
-                requests.setdefault(path, set()).add(request_id)
+                ids = requests.get(path)
+                if ids is None:
+                    ids = requests[path] = set()
+                ids.add(request_id)
         first_error: OSError | None = None
         failed: set[str] = set()
         for path, chunks in lines.items():
