@@ -41,8 +41,8 @@ def test_nan_search_agrees_with_the_plain_search() -> None:
 
 def test_secret_keys_are_masked_whatever_the_memo_holds() -> None:
     """
-    The memo of key names is bounded (a client inventing keys makes it start
-    over) and never changes the answer: credentials at any depth, escaped
+    The memo of key names is bounded (a client inventing keys only fills
+    it) and never changes the answer: credentials at any depth, escaped
     key names and camel case are masked before, while and after it fills.
     """
     escaped = json.loads('{"outer": [{"api\\u005fkey": "sk-ant-0123456789abcdef"}]}')

@@ -80,16 +80,18 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 # is_secret_name() per key, in a plain dict: the same few dozen keys recur in
 # every body, and a dict lookup costs a fraction of a cached call.  Bounded:
-# a client inventing keys only makes it start over.
+# once full, other keys are answered by is_secret_name() (cached too) and
+# not remembered.  Entries are never removed, so a reader on another thread
+# never sees a key vanish between "in" and "[]".
 _SECRET_KEYS: dict[str, bool] = {}
 _SECRET_KEYS_MAX = 4096
 
 
 def _secret_key(key: str) -> bool:
-    """C{is_secret_name(key)}, remembered in L{_SECRET_KEYS}."""
-    if len(_SECRET_KEYS) >= _SECRET_KEYS_MAX:
-        _SECRET_KEYS.clear()
-    secret = _SECRET_KEYS[key] = is_secret_name(key)
+    """C{is_secret_name(key)}, remembered in L{_SECRET_KEYS} while there is room."""
+    secret = is_secret_name(key)
+    if len(_SECRET_KEYS) < _SECRET_KEYS_MAX:
+        _SECRET_KEYS[key] = secret
     return secret
 
 
