@@ -65,6 +65,9 @@ def test_secret_keys_are_masked_whatever_the_memo_holds() -> None:
         assert len(events._SECRET_KEYS) <= events._SECRET_KEYS_MAX
     for key, secret in events._SECRET_KEYS.items():
         assert secret is is_secret_name(key)
+    long_key = "x" * 10_000 + "_api_key"
+    assert scrub_secrets({long_key: "sk-ant-0123456789abcdef"}) == {long_key: "sk-a…cdef"}
+    assert long_key not in events._SECRET_KEYS
 
 
 def test_the_writer_checkpoints_its_wal_every_10000_pages(tmp_path: Path) -> None:

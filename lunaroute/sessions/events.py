@@ -81,16 +81,18 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 # is_secret_name() per key, in a plain dict: the same few dozen keys recur in
 # every body, and a dict lookup costs a fraction of a cached call.  Bounded:
 # once full, other keys are answered by is_secret_name() (cached too) and
-# not remembered.  Entries are never removed, so a reader on another thread
-# never sees a key vanish between "in" and "[]".
+# not remembered, and so are keys longer than a name (a client's odd body
+# must not pin megabytes).  Entries are never removed, so a reader on another
+# thread never sees a key vanish between "in" and "[]".
 _SECRET_KEYS: dict[str, bool] = {}
 _SECRET_KEYS_MAX = 4096
+_SECRET_KEY_MAX_CHARS = 128
 
 
 def _secret_key(key: str) -> bool:
     """C{is_secret_name(key)}, remembered in L{_SECRET_KEYS} while there is room."""
     secret = is_secret_name(key)
-    if len(_SECRET_KEYS) < _SECRET_KEYS_MAX:
+    if len(_SECRET_KEYS) < _SECRET_KEYS_MAX and len(key) <= _SECRET_KEY_MAX_CHARS:
         _SECRET_KEYS[key] = secret
     return secret
 

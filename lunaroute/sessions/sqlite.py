@@ -1049,8 +1049,8 @@ class _SessionTotals:
 # A checkpoint writes every page changed since the last one once, however
 # often it changed (B-tree and index pages, the search index's segments, the
 # session rows change with every batch), and syncs the WAL and the
-# database: ten times fewer checkpoints cut the commit's CPU by a fifth to
-# a quarter (docs/performance.md).  Durability is unchanged where it
+# database: ten times fewer checkpoints cut the commit's CPU by a quarter
+# to a third (docs/performance.md).  Durability is unchanged where it
 # matters: with synchronous=NORMAL, a committed batch survives the
 # gateway being killed whatever the WAL's size (it is in the operating
 # system's cache); only a power cut or kernel crash can roll back the
