@@ -124,7 +124,10 @@ def masked_header_items(items: Iterable[tuple[bytes, Iterable[bytes]]]) -> dict[
     out: dict[str, str] = {}
     for name, values in items:
         key = name.decode("latin-1").lower()
-        value = ", ".join(v.decode("latin-1") for v in values)
+        if type(values) is list and len(values) == 1:  # nearly every header
+            value = values[0].decode("latin-1")
+        else:
+            value = ", ".join(v.decode("latin-1") for v in values)
         if is_secret_name(key):
             value = mask_value(value)
         out[key] = value

@@ -40,6 +40,7 @@ __all__ = [
     "exchange_events",
     "finite_json",
     "iso_timestamp",
+    "json_dumps",
     "json_text",
     "request_facts",
     "request_text",
@@ -77,6 +78,24 @@ def _is_secret_key(key: Any) -> bool:
 _CONTAINERS = (dict, list, tuple)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
+# is_secret_name() per key, in a plain dict: the same few dozen keys recur in
+# every body, and a dict lookup costs a fraction of a cached call.  Bounded:
+# once full, other keys are answered by is_secret_name() (cached too) and
+# not remembered, and so are keys longer than a name (a client's odd body
+# must not pin megabytes).  Entries are never removed, so a reader on another
+# thread never sees a key vanish between "in" and "[]".
+_SECRET_KEYS: dict[str, bool] = {}
+_SECRET_KEYS_MAX = 4096
+_SECRET_KEY_MAX_CHARS = 128
+
+
+def _secret_key(key: str) -> bool:
+    """C{is_secret_name(key)}, remembered in L{_SECRET_KEYS} while there is room."""
+    secret = is_secret_name(key)
+    if len(_SECRET_KEYS) < _SECRET_KEYS_MAX and len(key) <= _SECRET_KEY_MAX_CHARS:
+        _SECRET_KEYS[key] = secret
+    return secret
+
 
 def scrub_secrets(value: Any) -> Any:
     """
@@ -89,8 +108,9 @@ def scrub_secrets(value: Any) -> Any:
     kind = type(value)
     if kind is dict or (kind not in _CONTAINERS and isinstance(value, Mapping)):
         out = None
+        known = _SECRET_KEYS
         for key, item in value.items():
-            if type(key) is str and _is_secret_name(key):
+            if type(key) is str and (known[key] if key in known else _secret_key(key)):
                 new = _mask_value(item)
             elif type(item) in _SCALARS:
                 continue
@@ -229,6 +249,23 @@ def _upstream_request(exchange: Exchange, clean: Callable[[Any], Any]) -> dict[s
     return {"upstream_request_json": clean(value), "upstream_path": exchange.upstream_path}
 
 
+def _has_nan(raw: bytes) -> bool:
+    """
+    Whether C{raw} holds C{NaN}: from one capital N to the next (memchr,
+    and capital N is rare in text), where a three-byte search steps
+    through a big body only a few bytes at a time.  Many capitals: the
+    plain search.
+    """
+    at = raw.find(b"N")
+    for _ in range(64):
+        if at < 0:
+            return False
+        if raw.startswith(b"NaN", at):
+            return True
+        at = raw.find(b"N", at + 1)
+    return b"NaN" in raw
+
+
 def _body_text(raw: bytes) -> str | None:
     """
     The request body's own bytes as the JSON text of its parsed value (the
@@ -237,12 +274,21 @@ def _body_text(raw: bytes) -> str | None:
     strict JSON has not).  Spares serialising a body of up to megabytes
     again; C{None} means "serialise it".
     """
-    if not raw.startswith(b"{") or b"\n" in raw or b"\r" in raw or b"NaN" in raw or b"Infinity" in raw:
+    if not raw.startswith(b"{") or b"\n" in raw or b"\r" in raw or _has_nan(raw) or b"Infinity" in raw:
         return None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+def json_dumps(value: Any) -> str:
+    """
+    C{value} as compact JSON text like L{json_text}, without the batch's
+    cache: for values no other writer serialises (a whole event, or an
+    event without its bodies), where remembering the text only costs.
+    """
+    return _dumps(value)
 
 
 def json_text(value: Any) -> str:
@@ -275,7 +321,7 @@ def _content_text(content: Any) -> list[str]:
         for part in content:
             if isinstance(part, str):
                 out.append(part)
-            elif isinstance(part, Mapping) and part.get("type") in (
+            elif (type(part) is dict or isinstance(part, Mapping)) and part.get("type") in (
                 "text",
                 "input_text",
                 "output_text",
@@ -294,16 +340,18 @@ def _turn_start(messages: list[Any]) -> int:
     the whole conversation with every request; what comes before was
     recorded with an earlier request.
     """
-    start = 0
     # A trailing assistant message is a prefill (the start of the answer
     # asked for), not an earlier turn.
     end = len(messages) - 1 if messages and _role(messages[-1]) == "assistant" else len(messages)
-    for index, message in enumerate(messages[:end]):
+    # From the end: the last turn is near it, the history can be long.
+    for index in range(end - 1, -1, -1):
+        message = messages[index]
         if _role(message) == "assistant" or (
-            isinstance(message, Mapping) and message.get("type") in ("function_call", "custom_tool_call")
+            (type(message) is dict or isinstance(message, Mapping))
+            and message.get("type") in ("function_call", "custom_tool_call")
         ):
-            start = index + 1
-    return start
+            return index + 1
+    return 0
 
 
 def request_text(body: Mapping[str, Any] | None) -> str:
@@ -451,7 +499,7 @@ def _messages(body: Mapping[str, Any]) -> list[Any]:
 
 
 def _role(message: Any) -> str | None:
-    if not isinstance(message, Mapping):
+    if type(message) is not dict and not isinstance(message, Mapping):
         return None
     role = message.get("role")
     return role if isinstance(role, str) else None
@@ -475,7 +523,7 @@ def _tool_results(messages: list[Any]) -> tuple[str, list[str]]:
     parts: list[str] = []
     errors: list[str] = []
     for message in messages[start:]:
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):
             continue
         kind = message.get("type")
         if kind in ("function_call_output", "custom_tool_call_output"):
@@ -484,7 +532,7 @@ def _tool_results(messages: list[Any]) -> tuple[str, list[str]]:
             parts.append(_result_text(message.get("content")))
         elif _role(message) == "user" and isinstance(message.get("content"), list):
             for part in message["content"]:
-                if isinstance(part, Mapping) and part.get("type") == "tool_result":
+                if (type(part) is dict or isinstance(part, Mapping)) and part.get("type") == "tool_result":
                     parts.append(_result_text(part.get("content")))
                     if part.get("is_error") is True and isinstance(part.get("tool_use_id"), str):
                         errors.append(part["tool_use_id"])

@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from lunaroute.interfaces import ISessionWriter
 from lunaroute.logs import log_observer
-from lunaroute.sessions.events import json_text
+from lunaroute.sessions.events import json_dumps, json_text
 
 __all__ = ["JSONLWriter", "SessionFilesError", "encode_event", "session_file_name"]
 
@@ -113,6 +113,9 @@ class SessionFilesError(OSError):
 # SQLite writer reuses the text, and written last on the line, so the short
 # fields stay at the start where C{head} and C{cut} see them.
 _BODY_FIELDS = ("request_json", "response_json", "input")
+_BODY_KEYS = {key: json_text(key) + ":" for key in _BODY_FIELDS}
+# A tuple: isinstance() with one is faster than with `dict | list`.
+_BODY_TYPES = (dict, list)
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -124,15 +127,15 @@ def encode_event(event: dict[str, Any]) -> bytes:
     and become C{\\uXXXX} escapes, which is still valid JSON.  Bodies
     (C{request_json}, C{response_json}, a tool call's C{input}) come last.
     """
-    bodies = [key for key in _BODY_FIELDS if isinstance(event.get(key), dict | list)]
+    bodies = [key for key in _BODY_FIELDS if isinstance(event.get(key), _BODY_TYPES)]
     if not bodies:
-        text = json_text(event)
+        text = json_dumps(event)
     else:
         rest = {key: value for key, value in event.items() if key not in bodies}
-        head = json_text(rest)[:-1]
+        head = json_dumps(rest)[:-1]
         parts = [head]
         for key in bodies:
-            parts.append(f'{"," if len(parts) > 1 or head != "{" else ""}{json_text(key)}:')
+            parts.append(("," if len(parts) > 1 or head != "{" else "") + _BODY_KEYS[key])
             parts.append(json_text(event[key]))
         parts.append("}")
         text = "".join(parts)
@@ -322,12 +325,27 @@ class JSONLWriter:
         """
         lines: dict[str, list[bytes]] = {}
         requests: dict[str, set[str]] = {}
+        # An exchange's events share their session and (nearly always)
+        # their day: find each file once per batch, not once per event.
+        paths: dict[tuple[Any, Any], str] = {}
         for event in events:
-            path = self.path_for(event.get("session_id"), _event_day(event))
-            lines.setdefault(path, []).append(encode_event(event))
+            session_id, stamp = event.get("session_id"), event.get("timestamp")
+            place = (session_id, stamp[:10]) if type(stamp) is str and type(session_id) is str else None
+            path = paths.get(place) if place is not None else None
+            if path is None:
+                path = self.path_for(session_id, _event_day(event))
+                if place is not None:
+                    paths[place] = path
+            chunks = lines.get(path)
+            if chunks is None:
+                chunks = lines[path] = []
+            chunks.append(encode_event(event))
             request_id = event.get("request_id")
             if isinstance(request_id, str):
-                requests.setdefault(path, set()).add(request_id)
+                ids = requests.get(path)
+                if ids is None:
+                    ids = requests[path] = set()
+                ids.add(request_id)
         first_error: OSError | None = None
         failed: set[str] = set()
         for path, chunks in lines.items():
