@@ -338,3 +338,18 @@ def test_request_text_and_tools_in_openai_dialects() -> None:
 def test_iso_timestamp_is_utc_with_milliseconds() -> None:
     """Epoch seconds render as UTC with exactly three fraction digits and a Z."""
     assert iso_timestamp(0.5) == "1970-01-01T00:00:00.500Z"
+
+
+def test_masked_header_views_are_recorded_masked_and_as_their_own_dict() -> None:
+    """The request path's lazy header view reaches the record masked, through its cheap copy()."""
+    from twisted.web.http_headers import Headers
+
+    from lunaroute.proxy.headers import MaskedHeaders
+    from lunaroute.sessions.events import _header_dict
+
+    view = MaskedHeaders(Headers({b"x-api-key": [b"sk-ant-api03-abcdefghijklmnop"], b"user-agent": [b"claude-cli"]}))
+    copied = _header_dict(view)
+    assert type(copied) is dict and copied is not _header_dict(view)
+    assert copied["user-agent"] == "claude-cli"
+    assert "abcdefghijklmnop" not in copied["x-api-key"]
+    assert _header_dict({"a": "b"}) == {"a": "b"}

@@ -124,6 +124,10 @@ class MaskedHeaders(Mapping[str, str]):
     def __repr__(self) -> str:
         return repr(self._view())
 
+    def copy(self) -> dict[str, str]:
+        """The masked headers as a new plain C{dict} (cheaper than C{dict(view)})."""
+        return dict(self._view())
+
 
 def masked_headers(headers: Headers) -> dict[str, str]:
     """

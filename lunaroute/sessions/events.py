@@ -662,6 +662,16 @@ def _gap_summary(gaps: list[float]) -> dict[str, float] | None:
 # The events
 
 
+def _header_dict(headers: Mapping[str, str]) -> dict[str, str]:
+    """A new plain dict of headers: C{copy()} when the mapping has one (a dict, L{MaskedHeaders})."""
+    copy = getattr(headers, "copy", None)
+    if callable(copy):
+        copied = copy()
+        if type(copied) is dict:
+            return copied
+    return dict(headers)
+
+
 def exchange_events(
     exchange: Exchange, now_iso: Callable[[], str] | None = None, redactor: Redactor | None = None
 ) -> list[dict[str, Any]]:
@@ -758,7 +768,7 @@ def exchange_events(
             body_bytes=len(exchange.request_body),
             message_count=_message_count(body),
             tools=tool_names(body),
-            request_headers=clean(dict(exchange.request_headers)),
+            request_headers=clean(_header_dict(exchange.request_headers)),
             **_upstream_request(exchange, clean),
         ),
     ]
@@ -804,7 +814,7 @@ def exchange_events(
                 event_count=summary.event_count if summary is not None else 0,
                 bytes_out=exchange.bytes_out,
                 chunk_gap_ms=_gap_summary(exchange.chunk_gaps_ms),
-                response_headers=clean(dict(exchange.response_headers)),
+                response_headers=clean(_header_dict(exchange.response_headers)),
             )
         )
 
