@@ -27,36 +27,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import protocol
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
+
+# The same trivial body producer the gateway uses (no LunaRoute logic in it).
+from lunaroute.providers.http import BytesProducer
 
 _HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"host", b"te", b"trailer",
         b"upgrade", b"proxy-connection"}
-
-
-@implementer(IBodyProducer)
-class _Bytes:
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
-        consumer.write(self.body)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _Relay(protocol.Protocol):
@@ -86,7 +67,7 @@ class _Forward(resource.Resource):
             if name.lower() not in _HOP:
                 headers.setRawHeaders(name, values)
         assert request.method is not None and request.uri is not None
-        d = self.agent.request(request.method, self.origin + request.uri, headers, _Bytes(body))
+        d = self.agent.request(request.method, self.origin + request.uri, headers, BytesProducer(body))
 
         def respond(response: Any) -> None:
             request.setResponseCode(response.code)

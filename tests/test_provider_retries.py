@@ -225,43 +225,33 @@ def test_probe_heads_the_base_url_and_explains_failures() -> None:
     assert not headers.hasHeader(b"x-api-key")
 
 
-def test_a_client_leaving_during_connect_is_a_cancellation_not_a_retry(logged_failures: Any) -> None:
+@pytest.mark.parametrize(
+    "agent_failure",
+    [
+        # While the connection is being opened.
+        lambda: error.ConnectingCancelledError(None),
+        # After the request was written: Agent aborts the connection.
+        lambda: ResponseNeverReceived([Failure(defer.CancelledError())]),
+    ],
+    ids=["during-connect", "provider-has-the-request"],
+)
+def test_a_client_leaving_is_a_cancellation_not_a_retry(agent_failure: Any, logged_failures: Any) -> None:
     """
-    Cancelling the send while the connection is being opened (Twisted reports
-    ConnectingCancelledError) is a cancellation: no retry after the backoff,
-    so no upstream call with nobody waiting, and nothing logged as a failure.
-    """
-    clock = Clock()
-
-    def cancel_connect(d: defer.Deferred[Any]) -> None:
-        d.errback(error.ConnectingCancelledError(None))
-
-    connecting: defer.Deferred[Any] = defer.Deferred(cancel_connect)
-    agent = ScriptedAgent(connecting)
-    d = _post(_provider(agent, clock))
-    d.cancel()
-    assert _failure_of(d).check(defer.CancelledError)
-    clock.advance(sum(RETRY_BACKOFF_SECS) * 10)
-    assert len(agent.calls) == 1
-    assert logged_failures.events == []
-
-
-def test_a_client_leaving_while_the_provider_has_the_request_is_a_cancellation(logged_failures: Any) -> None:
-    """
-    Cancelling after the request was written: Twisted's Agent aborts the
-    connection and fails with ResponseNeverReceived([CancelledError]).  That
-    is the client leaving, not the provider failing: a CancelledError (no
-    retry, no "closed the connection without answering" that would count
-    against the provider's circuit breaker).  Found when wrk stopping 64
-    connections at once opened both breakers of a healthy provider.
+    Cancelling the send, whatever Twisted reports for it (ConnectingCancelledError
+    while connecting; ResponseNeverReceived([CancelledError]) once the request
+    was written), is a cancellation: no retry after the backoff, so no
+    upstream call with nobody waiting, nothing logged as a failure, and no
+    "closed the connection without answering" that would count against the
+    provider's circuit breaker (found when wrk stopping 64 connections at
+    once opened both breakers of a healthy provider).
     """
     clock = Clock()
 
-    def abort(d: defer.Deferred[Any]) -> None:
-        d.errback(ResponseNeverReceived([Failure(defer.CancelledError())]))
+    def cancel(d: defer.Deferred[Any]) -> None:
+        d.errback(agent_failure())
 
-    waiting: defer.Deferred[Any] = defer.Deferred(abort)
-    agent = ScriptedAgent(waiting)
+    pending: defer.Deferred[Any] = defer.Deferred(cancel)
+    agent = ScriptedAgent(pending)
     d = _post(_provider(agent, clock))
     d.cancel()
     assert _failure_of(d).check(defer.CancelledError)
