@@ -87,13 +87,8 @@ class RelayProtocol(Protocol):
         if self.chunks == 1:
             self._held = data
             return
-        if self._held is not None:
-            self._release_held()
-        try:
-            self._on_chunk(data)
-        except Exception:
-            # The tap is best effort; the bytes already went to the client.
-            log.failure("stream tap failed")
+        self._release_held()
+        self._tap(data)
 
     def deliver(self, data: bytes) -> None:
         """Send one provider chunk on to the client: as it is, here."""
