@@ -8,9 +8,10 @@ through these helpers, which fall back to a neutral value on a wrong type.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["as_dict", "as_int", "as_list", "as_str", "copy_json", "opt_str"]
+__all__ = ["as_dict", "as_int", "as_list", "as_str", "copy_json", "json_keeper", "opt_str"]
 
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
@@ -30,6 +31,20 @@ def copy_json(value: Any) -> Any:
     if kind in _IMMUTABLE:
         return value
     return copy.deepcopy(value)
+
+
+def _keep(value: Any) -> Any:
+    return value
+
+
+def json_keeper(owned: bool) -> Callable[[Any], Any]:
+    """
+    How an accumulator keeps the event data it holds on to: as it is when
+    C{owned} (the caller hands each event's data over and never uses it
+    again), else a deep copy (L{copy_json}), so the summary cannot change if
+    the caller reuses the data.
+    """
+    return _keep if owned else copy_json
 
 
 def as_dict(value: Any) -> dict[str, Any]:

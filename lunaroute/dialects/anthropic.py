@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, copy_json, opt_str
+from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, json_keeper, opt_str
 from lunaroute.dialects.model import (
     ResponseSummary,
     ToolCall,
@@ -78,7 +78,7 @@ class AnthropicStreamAccumulator:
     """
 
     def __init__(self, *, owned: bool = False) -> None:
-        self._copy = _keep if owned else copy_json
+        self._copy = json_keeper(owned)
         self.event_count = 0
         self._message: dict[str, Any] | None = None
         self._usage: dict[str, Any] = {}
@@ -175,10 +175,6 @@ class AnthropicStreamAccumulator:
 
     def _ignore(self, data: dict[str, Any]) -> None:
         pass
-
-
-def _keep(value: Any) -> Any:
-    return value
 
 
 _HANDLERS = {

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, copy_json, opt_str
+from lunaroute.dialects._coerce import as_dict, as_int, as_list, as_str, json_keeper, opt_str
 from lunaroute.dialects.model import (
     ResponseSummary,
     ToolCall,
@@ -100,7 +100,7 @@ class ResponsesAccumulator:
     """
 
     def __init__(self, *, owned: bool = False) -> None:
-        self._copy = _keep if owned else copy_json
+        self._copy = json_keeper(owned)
         self.event_count = 0
         self._response: dict[str, Any] | None = None
         self._final: dict[str, Any] | None = None
@@ -223,10 +223,6 @@ class ResponsesAccumulator:
 
     def _on_error(self, data: dict[str, Any]) -> None:
         self._error = self._copy(data)
-
-
-def _keep(value: Any) -> Any:
-    return value
 
 
 _HANDLERS = {
