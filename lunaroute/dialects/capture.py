@@ -177,14 +177,18 @@ class ResponseCapture:
         self._size = 0
         # Only a stream needs an accumulator, and only its dialect's.
         if self._sse:
+            # Without a listener the parsed events are the capture's alone:
+            # the accumulator need not copy what it keeps.
+            self._add: Callable[[str, dict[str, Any]], None]
             if dialect == "anthropic":
-                # Without a listener the parsed events are the capture's
-                # alone: the accumulator need not copy what it keeps.
                 self._anthropic = AnthropicStreamAccumulator(owned=on_event is None)
+                self._add = self._anthropic.add
             elif dialect == "openai_chat":
                 self._chat = ChatCompletionAccumulator()
+                self._add = self._add_chat
             else:
                 self._responses = ResponsesAccumulator(owned=on_event is None)
+                self._add = self._responses.add
 
     def feed(self, chunk: bytes) -> None:
         """Take the next body chunk exactly as relayed; never raises."""
@@ -280,83 +284,56 @@ class ResponseCapture:
         self._chunks.append(data)
 
     def _dispatch(self, event: SSEEvent) -> None:
-        self._event_count += 1
-        payload = event.data.strip()
-        if not payload:
-            return  # an empty data line carries nothing, e.g. a bare keep-alive
-        if payload == "[DONE]":
-            # OpenAI's terminator; Anthropic never sends it.
-            if self._dialect == "anthropic":
-                self._partial = True
-            elif self._dialect == "openai_chat":
-                self._chat.mark_done()
-            return
-        try:
-            data = json.loads(payload)
-        except ValueError:
-            self._partial = True
-            return
-        if not isinstance(data, dict):
-            self._partial = True
-            return
-        try:
-            if self._dialect == "anthropic":
-                self._anthropic.add(event.event, data)
-            elif self._dialect == "openai_chat":
-                self._chat.add(data)
-            else:
-                self._responses.add(event.event, data)
-        except Exception:  # one odd event must not end the capture
-            self._partial = True
-        if self._on_event is not None:
+        data = self._take_event(event.event, event.data)
+        if data is not None and self._on_event is not None:
             try:
                 self._on_event(event, data)
             except Exception:  # a listener's failure is not the capture's
                 pass
 
     def _dispatch_pairs(self, pairs: list[tuple[str, str]]) -> None:
-        """
-        :meth:`_dispatch` for many events at once (bulk mode: no listener),
-        with the dialect's accumulator looked up once and each payload
-        decoded by the JSON scanner directly: exactly what ``json.loads``
-        accepts (the payload is stripped, so a value ending before the end
-        of the payload is what ``json.loads`` calls extra data).
-        """
-        dialect = self._dialect
-        named = dialect != "openai_chat"
-        if dialect == "anthropic":
-            add: Callable[..., None] = self._anthropic.add
-        elif dialect == "openai_chat":
-            add = self._chat.add
-        else:
-            add = self._responses.add
-        scan = _scan_once
+        """:meth:`_dispatch` for many events at once (bulk mode: no listener)."""
+        take = self._take_event
         for name, data in pairs:
-            self._event_count += 1
-            payload = data.strip()
-            if not payload:
-                continue
-            if payload == "[DONE]":
-                if dialect == "anthropic":
-                    self._partial = True
-                elif dialect == "openai_chat":
-                    self._chat.mark_done()
-                continue
-            try:
-                value, end = scan(payload, 0)
-            except (StopIteration, ValueError):
+            take(name, data)
+
+    def _take_event(self, name: str, data: str) -> dict[str, Any] | None:
+        """
+        Hand one event (its C{event:} name and joined data) to the dialect's
+        accumulator; return its decoded data, or C{None} when it carries
+        nothing usable (marked partial where that means a damaged stream).
+        The payload is decoded by the JSON scanner directly: exactly what
+        C{json.loads} accepts (it is stripped, so a value ending before the
+        end of the payload is what C{json.loads} calls extra data).
+        """
+        self._event_count += 1
+        payload = data.strip()
+        if not payload:
+            return None  # an empty data line carries nothing, e.g. a bare keep-alive
+        if payload == "[DONE]":
+            # OpenAI's terminator; Anthropic never sends it.
+            if self._dialect == "anthropic":
                 self._partial = True
-                continue
-            if end != len(payload) or not isinstance(value, dict):
-                self._partial = True
-                continue
-            try:
-                if named:
-                    add(name, value)
-                else:
-                    add(value)
-            except Exception:  # one odd event must not end the capture
-                self._partial = True
+            elif self._dialect == "openai_chat":
+                self._chat.mark_done()
+            return None
+        try:
+            value, end = _scan_once(payload, 0)
+        except (StopIteration, ValueError):
+            self._partial = True
+            return None
+        if end != len(payload) or not isinstance(value, dict):
+            self._partial = True
+            return None
+        try:
+            self._add(name, value)
+        except Exception:  # one odd event must not end the capture
+            self._partial = True
+        return value
+
+    def _add_chat(self, name: str, data: dict[str, Any]) -> None:
+        # Chat Completions chunks have no event names.
+        self._chat.add(data)
 
     @property
     def dialect(self) -> str:
