@@ -27,6 +27,11 @@ _PLAIN_EVENT = re.compile(r"(?:event: ([^\n]*)\n)?data: ([^\n]*)\n\n")
 _PLAIN_EVENTS = re.compile(r"(?:(?:event: [^\n]*\n)?data: [^\n]*\n\n)*")
 
 
+def _pairs_of(events: list[SSEEvent]) -> list[tuple[str, str]]:
+    """Events as the C{(event type, data)} pairs of L{SSEParser.feed_pairs}."""
+    return [(event.event, event.data) for event in events]
+
+
 @dataclass(frozen=True)
 class SSEEvent:
     """One dispatched event: its type, its joined data lines and last id."""
@@ -85,12 +90,12 @@ class SSEParser:
 
     def close_pairs(self) -> list[tuple[str, str]]:
         """:meth:`close`, as ``(event type, data)`` pairs."""
-        return [(event.event, event.data) for event in self.close()]
+        return _pairs_of(self.close())
 
     def _pairs(self, text: str) -> list[tuple[str, str]]:
         if "\r" in text or self._skip_lf or not text:
             # CR line ends (or nothing): the line parser.
-            return [(event.event, event.data) for event in self._feed_text(text)]
+            return _pairs_of(self._feed_text(text))
         if self._at_start:
             self._at_start = False
             if text.startswith(_BOM):
@@ -102,9 +107,9 @@ class SSEParser:
             # or event that earlier text started; after it nothing is pending.
             first = text.find("\n\n")
             if first < 0:
-                return [(event.event, event.data) for event in self._feed_text(text)]
+                return _pairs_of(self._feed_text(text))
             start = first + 2
-            pairs = [(event.event, event.data) for event in self._feed_text(text[:start])]
+            pairs = _pairs_of(self._feed_text(text[:start]))
         last = text.rfind("\n\n")
         if last >= start:
             # From a line start with nothing pending to the last blank line:
@@ -117,7 +122,7 @@ class SSEParser:
             else:
                 self._blocks(middle[:-2], pairs)
             start = last + 2
-        pairs.extend((event.event, event.data) for event in self._feed_text(text[start:]))
+        pairs += _pairs_of(self._feed_text(text[start:]))
         return pairs
 
     def _blocks(self, text: str, pairs: list[tuple[str, str]]) -> None:
@@ -138,7 +143,7 @@ class SSEParser:
                 line_of(line, events)
             self._dispatch(events)
             if events:
-                pairs.extend((event.event, event.data) for event in events)
+                pairs += _pairs_of(events)
                 events.clear()
 
     def close(self) -> list[SSEEvent]:
