@@ -16,7 +16,15 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["is_secret_name", "mask_connection_string", "mask_secret", "mask_value", "masked_header_items"]
+__all__ = [
+    "SECRET_NAME_MEMO",
+    "SECRET_NAME_MEMO_MAX",
+    "is_secret_name",
+    "mask_connection_string",
+    "mask_secret",
+    "mask_value",
+    "masked_header_items",
+]
 
 # Words that make a name a credential's name.
 _SECRET_WORDS = frozenset(
@@ -50,12 +58,31 @@ _SPLIT = re.compile(r"[-_.\s]+")
 _MASKED_SUFFIXES = ("***", "<none>")
 
 
-@functools.lru_cache(maxsize=4096)
+# The answers of is_secret_name, remembered in a plain dict: the same few
+# dozen names recur in every request and body, and a dict lookup costs a
+# fraction of a cached call (scrub_secrets reads it inline while walking
+# every recorded body).  Bounded: once full, other names are answered by the
+# cached rule and not remembered, and neither are names longer than a name
+# (a client's odd body must not pin megabytes).  Entries are never removed,
+# so a reader on another thread never sees a name vanish between "in" and
+# "[]".  Read it, never write it, outside this module.
+SECRET_NAME_MEMO: dict[str, bool] = {}
+SECRET_NAME_MEMO_MAX = 4096
+_MEMO_NAME_MAX_CHARS = 128
+
+
 def is_secret_name(name: str) -> bool:
-    """
-    Whether a header or JSON key of this name holds a credential.
-    Cached: the same few dozen names recur in every request.
-    """
+    """Whether a header or JSON key of this name holds a credential (remembered, see above)."""
+    secret = SECRET_NAME_MEMO.get(name)
+    if secret is None:
+        secret = _is_secret_name(name)
+        if len(SECRET_NAME_MEMO) < SECRET_NAME_MEMO_MAX and len(name) <= _MEMO_NAME_MAX_CHARS:
+            SECRET_NAME_MEMO[name] = secret
+    return secret
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name(name: str) -> bool:
     words = _SPLIT.split(_CAMEL.sub("_", name).lower())
     joined = "_".join(words)
     if joined in _NOT_SECRET_NAMES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lunaroute import secrets
 from lunaroute.secrets import is_secret_name
 from lunaroute.sessions import events
 from lunaroute.sessions.events import scrub_secrets
@@ -60,14 +61,14 @@ def test_secret_keys_are_masked_whatever_the_memo_holds() -> None:
             "prompt_cache_key": "stays",
             "max_tokens": 5,
         }
-        invented = {f"field_{i}_{_round}": i for i in range(events._SECRET_KEYS_MAX + 10)}
+        invented = {f"field_{i}_{_round}": i for i in range(secrets.SECRET_NAME_MEMO_MAX + 10)}
         assert scrub_secrets(invented) is invented
-        assert len(events._SECRET_KEYS) <= events._SECRET_KEYS_MAX
-    for key, secret in events._SECRET_KEYS.items():
+        assert len(secrets.SECRET_NAME_MEMO) <= secrets.SECRET_NAME_MEMO_MAX
+    for key, secret in secrets.SECRET_NAME_MEMO.items():
         assert secret is is_secret_name(key)
     long_key = "x" * 10_000 + "_api_key"
     assert scrub_secrets({long_key: "sk-ant-0123456789abcdef"}) == {long_key: "sk-a…cdef"}
-    assert long_key not in events._SECRET_KEYS
+    assert long_key not in secrets.SECRET_NAME_MEMO
 
 
 def test_the_writer_checkpoints_its_wal_every_10000_pages(tmp_path: Path) -> None:

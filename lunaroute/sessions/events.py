@@ -31,7 +31,7 @@ from typing import Any
 from lunaroute.exchange import Exchange
 from lunaroute.pii.records import redact_value
 from lunaroute.pii.redactor import Redactor
-from lunaroute.secrets import is_secret_name, mask_value
+from lunaroute.secrets import SECRET_NAME_MEMO, is_secret_name, mask_value
 
 __all__ = [
     "EVENT_SCHEMA_VERSION",
@@ -67,34 +67,10 @@ EVENT_TYPES = (
 # Secrets: what is one, and how it is shown, is decided by lunaroute.secrets
 # (the same rules as the request log and the UI).
 
-_is_secret_name = is_secret_name
 _mask_value = mask_value
-
-
-def _is_secret_key(key: Any) -> bool:
-    return isinstance(key, str) and is_secret_name(key)
-
 
 _CONTAINERS = (dict, list, tuple)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
-
-# is_secret_name() per key, in a plain dict: the same few dozen keys recur in
-# every body, and a dict lookup costs a fraction of a cached call.  Bounded:
-# once full, other keys are answered by is_secret_name() (cached too) and
-# not remembered, and so are keys longer than a name (a client's odd body
-# must not pin megabytes).  Entries are never removed, so a reader on another
-# thread never sees a key vanish between "in" and "[]".
-_SECRET_KEYS: dict[str, bool] = {}
-_SECRET_KEYS_MAX = 4096
-_SECRET_KEY_MAX_CHARS = 128
-
-
-def _secret_key(key: str) -> bool:
-    """C{is_secret_name(key)}, remembered in L{_SECRET_KEYS} while there is room."""
-    secret = is_secret_name(key)
-    if len(_SECRET_KEYS) < _SECRET_KEYS_MAX and len(key) <= _SECRET_KEY_MAX_CHARS:
-        _SECRET_KEYS[key] = secret
-    return secret
 
 
 def scrub_secrets(value: Any) -> Any:
@@ -108,9 +84,9 @@ def scrub_secrets(value: Any) -> Any:
     kind = type(value)
     if kind is dict or (kind not in _CONTAINERS and isinstance(value, Mapping)):
         out = None
-        known = _SECRET_KEYS
+        known = SECRET_NAME_MEMO
         for key, item in value.items():
-            if type(key) is str and (known[key] if key in known else _secret_key(key)):
+            if type(key) is str and (known[key] if key in known else is_secret_name(key)):
                 new = _mask_value(item)
             elif type(item) in _SCALARS:
                 continue
