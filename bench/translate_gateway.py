@@ -32,16 +32,14 @@ from typing import Any
 
 import treq
 from treq.testing import StubTreq
-from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
-from zope.interface import implementer
 
 from lunaroute.config import settings_from_mapping
-from lunaroute.interfaces import IProvider
 from lunaroute.proxy.app import GatewayApp
+from lunaroute.testing.providers import CannedProvider
 
 FIXTURE = (
     Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "clients" / "claude_code_messages_tool_result_request.json"
@@ -125,29 +123,6 @@ class _Response:
         protocol.connectionLost(Failure(ResponseDone()))
 
 
-@implementer(IProvider)
-class _Provider:
-    def __init__(self, settings: Any, answer: _Response) -> None:
-        self.settings = settings
-        self.name = settings.name
-        self.provider_type = settings.provider_type
-        self.has_server_key = True
-        self.pool = None
-        self.answer = answer
-
-    def request(self, method: bytes, path: str, query: bytes, headers: Any, body: bytes) -> Any:
-        return defer.succeed(self.answer)
-
-    def note_in_flight(self, count: int) -> None:
-        pass
-
-    def probe(self) -> Any:
-        return defer.succeed(None)
-
-    def close(self) -> Any:
-        return defer.succeed(None)
-
-
 def _gateway(translated: bool, answer: _Response) -> StubTreq:
     if translated:
         providers = {"anthropic": {"enabled": False}, "openai": {"base_url": "http://o.test/v1", "api_key": "sk-x"}}
@@ -155,7 +130,7 @@ def _gateway(translated: bool, answer: _Response) -> StubTreq:
         providers = {"anthropic": {"base_url": "http://a.test", "api_key": "sk-ant-x"}, "openai": {"enabled": False}}
     settings = settings_from_mapping({"providers": providers}, env={})
     gateway = GatewayApp(
-        settings, {n: _Provider(p, answer) for n, p in settings.providers.items() if p.enabled}, Clock()
+        settings, {n: CannedProvider(p, answer) for n, p in settings.providers.items() if p.enabled}, Clock()
     )
     return StubTreq(gateway.resource())
 
