@@ -180,6 +180,21 @@ class _BatchResult:
         if n > 0:
             self.lost[reason] = self.lost.get(reason, 0) + n
 
+    def failed(self, where: str) -> None:
+        """Keep the exception being handled (in an C{except} block) as C{where}'s failure."""
+        failure = Failure()
+        failure.cleanFailure()
+        self.failures.append((where, failure))
+
+    def take_lost(self, writer: Any, name: str) -> None:
+        """
+        Count what C{writer} dropped on its own: a writer with a backlog
+        (PostgreSQL) may drop older batches while retrying.
+        """
+        take_lost = getattr(writer, "take_lost", None)
+        if take_lost is not None:
+            self.lose(f"writer_error:{name}", take_lost())
+
 
 def _lost_in(error: BaseException, batch: list[Exchange]) -> int:
     """
@@ -445,12 +460,8 @@ class RecorderService(Service):
             try:
                 writer.retry()
             except Exception:
-                failure = Failure()
-                failure.cleanFailure()
-                result.failures.append((name, failure))
-            take_lost = getattr(writer, "take_lost", None)
-            if take_lost is not None:
-                result.lose(f"writer_error:{name}", take_lost())
+                result.failed(name)
+            result.take_lost(writer, name)
         return result
 
     def _write_batch(self, batch: list[Exchange]) -> _BatchResult:
@@ -475,9 +486,7 @@ class RecorderService(Service):
                 else:
                     events.extend(exchange_events(exchange, redactor=self.redactor))
             except Exception:
-                failure = Failure()
-                failure.cleanFailure()
-                result.failures.append(("events", failure))
+                result.failed("events")
                 result.lose(LOSS_EVENTS, 1)
             else:
                 made.append(exchange)
@@ -491,14 +500,8 @@ class RecorderService(Service):
                 writer.write_batch(events)
             except Exception as error:
                 result.lose(loss_reason(name, error), _lost_in(error, made))
-                failure = Failure()
-                failure.cleanFailure()
-                result.failures.append((name, failure))
-            # A writer with a backlog (PostgreSQL) may have dropped older
-            # batches while retrying inside this call.
-            take_lost = getattr(writer, "take_lost", None)
-            if take_lost is not None:
-                result.lose(f"writer_error:{name}", take_lost())
+                result.failed(name)
+            result.take_lost(writer, name)
         return result
 
     def _batch_done(self, result: _BatchResult | Failure, exchanges: int = 0) -> None:
