@@ -51,14 +51,26 @@ class GatewayService(MultiService):
     The whole gateway: the proxy listener and its helpers, stopped in order.
     """
 
-    def __init__(self, settings: Settings, reactor: Any, *, second_signal_cuts: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any,
+        *,
+        second_signal_cuts: bool = False,
+        providers: dict[str, Any] | None = None,
+    ) -> None:
+        """
+        @param providers: the L{IProvider}s by name; by default one
+            L{lunaroute.providers.HTTPProvider} per enabled provider of
+            C{settings} (benchmarks pass in-memory ones).
+        """
         super().__init__()
         self.settings = settings
         self.reactor = reactor
         # Under twistd: a second SIGINT/SIGTERM during the graceful stop cuts
         # the streams still running instead of waiting for them.
         self._second_signal_cuts = second_signal_cuts
-        self.providers = providers_from_settings(settings, reactor=reactor)
+        self.providers = providers if providers is not None else providers_from_settings(settings, reactor=reactor)
         # Services stopped after the proxy has drained, in this order.
         self.drained_services: list[Any] = []
 
