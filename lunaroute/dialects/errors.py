@@ -7,14 +7,15 @@ usual exception type instead of choking on an unfamiliar body.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from lunaroute.dialects.model import json_compact
 
 __all__ = ["anthropic_error_body", "openai_error_body"]
 
 
 def _compact(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json_compact(value).encode("utf-8")
 
 
 def anthropic_error_body(error_type: str, message: str) -> bytes:

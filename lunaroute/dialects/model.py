@@ -134,6 +134,11 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
+# One encoder for every call: json.dumps with options builds a new one each
+# time, which costs a third of encoding a tool call's arguments.
+_compact_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def json_compact(value: Any) -> str:
     """Serialise ``value`` the way providers write argument strings."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _compact_encode(value)
