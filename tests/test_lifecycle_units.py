@@ -53,6 +53,16 @@ HOSTILE_TARGETS = [
     b"/v1/messages\tx",
     b"/v1/caf\xc3\xa9",
     b"/v1/\xffx",
+    # Dot segments, plain or percent-encoded, would climb out of the base
+    # URL's path prefix on a server that normalises them.
+    b"/v1/../../admin",
+    b"/v1/./messages",
+    b"/..//evil/x",
+    b"/v1/%2e%2e/admin",
+    b"/v1/%2E./admin",
+    b"/v1/messages%2f..%2fadmin",
+    b"/v1/messages%5c..%5cadmin",
+    b"/v1/..",
     b"/v1\\..\\evil",
     b"\\\\evil\\x",
     b"/v1/messages#frag",
@@ -85,6 +95,13 @@ def test_every_target_not_in_origin_form_is_refused(target: bytes) -> None:
     assert caught.value.message
 
 
+def test_dots_that_are_not_whole_segments_are_kept() -> None:
+    """Model ids and names with dots ('claude-3.5', '.well-known', 'a..b') are ordinary paths; a query may hold anything."""
+    for target in (b"/v1/models/claude-3.5-sonnet", b"/.well-known/x", b"/v1/a..b", b"/v1/..."):
+        assert split_target(target) == (target, b"")
+    assert split_target(b"/v1/messages?next=/../x") == (b"/v1/messages", b"next=/../x")
+
+
 def test_percent_encoded_crlf_stays_in_the_path() -> None:
     """'%0d%0a' is just path text: accepted, not decoded, so it cannot inject a header or a host."""
     path, query = split_target(b"/v1/%0d%0aHost:%20evil.example?x=%0d%0a")
@@ -107,7 +124,7 @@ def test_upstream_url_refuses_every_hostile_path(target: bytes) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [b"/v1/messages", b"/@evil.example/x", b"/:443/x", b"/..//evil/x", b"/v1/%2f%2fevil/x", b"/.evil.example"],
+    [b"/v1/messages", b"/@evil.example/x", b"/:443/x", b"/v1/%2f%2fevil/x", b"/.evil.example", b"/v1/a..b/..."],
 )
 @pytest.mark.parametrize(
     "base_url",

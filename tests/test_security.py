@@ -121,6 +121,38 @@ async def test_relative_target_cannot_carry_the_server_key_to_another_port(start
 
 
 @pytest_twisted.ensureDeferred
+async def test_dot_segments_cannot_climb_out_of_the_base_path(fake, start_gateway):
+    """'/v1/../../admin' (and '%2e%2e', '%2f..%2f'): 400 JSON in dialect; the provider sees nothing."""
+    gw = await start_gateway(
+        fake,
+        providers={
+            "anthropic": {"base_url": fake.url + "/prefix", "api_key": SERVER_KEY},
+            "openai": {"base_url": fake.url + "/prefix/v1", "api_key": SERVER_KEY},
+        },
+    )
+    for target, dialect in (
+        (b"/v1/../../admin", "openai"),  # no dialect in the path or headers: OpenAI
+        (b"/v1/messages/%2e%2e/%2e%2e/%2e%2e/admin", "anthropic"),
+        (b"/v1/chat/completions%2f..%2f..%2f..%2fadmin", "openai"),
+    ):
+        answer = await in_thread(
+            raw_http,
+            gw.port,
+            # HTTP/1.0: the answer comes unchunked.
+            b"POST " + target + b" HTTP/1.0\r\nHost: x\r\n"
+            b"content-type: application/json\r\ncontent-length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY,
+        )
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 400 "), answer
+        payload = json.loads(body)
+        if dialect == "anthropic":
+            assert payload["type"] == "error" and payload["error"]["type"] == "invalid_request_error"
+        else:
+            assert payload["error"]["code"] == "invalid_request_target"
+    assert fake.requests == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_cross_site_post_is_refused_and_never_forwarded(fake, start_gateway):
     """A browser's text/plain POST with an Origin gets 403 in dialect; the provider never sees it."""
     gw = await start_gateway(fake, providers={"anthropic": {"api_key": SERVER_KEY}})

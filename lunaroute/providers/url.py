@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 from twisted.web.client import URI
 
@@ -25,6 +25,10 @@ __all__ = ["BadTarget", "UpstreamBase", "split_target"]
 # '#' or '\' (which some parsers treat as the end of the path).
 _FORBIDDEN = re.compile(rb"[^\x21-\x7e]|[#\\]")
 
+
+# A '.' or '..' path segment, once percent-decoded ('%2e%2e', and '%2f' or
+# '%5c' as the separators around it).
+_DOT_SEGMENT = re.compile(rb"(?:^|[/\\])\.\.?(?:[/\\]|$)")
 
 _MAX_CHECKED_URLS = 512
 
@@ -39,7 +43,8 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
     """
     Split a request target into C{(path, query)}, refusing anything but
     origin form: absolute form (C{http://host/x}), authority form (C{CONNECT
-    host:443}), relative paths, C{//host}, control characters, non-ASCII.
+    host:443}), relative paths, C{//host}, control characters, non-ASCII,
+    and C{.} or C{..} path segments (percent-encoded too).
 
     @raise BadTarget: with a message naming the problem.
     """
@@ -51,6 +56,11 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
     if bad is not None:
         raise BadTarget(f"the request target contains a forbidden byte 0x{bad.group()[0]:02x}")
     path, _, query = target.partition(b"?")
+    # A provider's paths have no dot segments.  Any server normalising them
+    # (or decoding '%2f' first) would let '/v1/../../admin' climb out of the
+    # base URL's path prefix with the server key: refused, decoded or not.
+    if (b"." in path or b"%" in path) and _DOT_SEGMENT.search(unquote_to_bytes(path)):
+        raise BadTarget("the request path must not contain '.' or '..' segments")
     return path, query
 
 
