@@ -3,7 +3,7 @@ LunaRoute's own CPU per request, in one process, without sockets: a steady
 measure of the code LunaRoute adds on top of its stack.
 
     python bench/inprocess_cpu.py [--requests 3000] [--rounds 5] [--configs default,floor]
-                                  [--history-kb 0] [--baseline DIR]
+                                  [--history-kb 0] [--baseline DIR] [--instructions]
 
 C{bench/hot_path_cpu.py} measures the whole gateway process over real
 sockets, which includes the reactor, the system calls and Agent, and moves by
@@ -30,6 +30,12 @@ C{time.process_time} per request, the best of C{--rounds} loops after a
 warm-up, so it is the code's cost without the machine's noise, not what a
 client sees.  C{--baseline DIR} runs each configuration on another checkout
 too (e.g. from C{git archive}), alternating, as C{NAME@base}.
+
+C{--instructions} counts instructions instead (valgrind's callgrind, only
+around the measured loop; C{apt-get install valgrind}): exact and the same
+from run to run, so a change of 0.5 % shows, where the timings move by 10 %
+with the machine's other load.  About ten seconds per configuration and
+phase at C{--requests 400}.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -158,13 +165,13 @@ class _Forget(list):  # type: ignore[type-arg]
         pass
 
 
-def measure(name: str, requests: int, rounds: int, history_kb: int) -> dict[str, float]:
-    """CPU microseconds per request of configuration C{name}, JSON and stream."""
+def measure(
+    name: str, requests: int, rounds: int, history_kb: int, phases: tuple[str, ...] = ("json", "stream")
+) -> dict[str, float]:
+    """CPU microseconds per request of configuration C{name}, for each of C{phases}."""
     extra = json.loads(json.dumps(CONFIGS[name]))
     result: dict[str, float] = {}
-    for stream in (False, True):
-        if os.environ.get("ONLY_PHASE", "json" if not stream else "stream") != ("stream" if stream else "json"):
-            continue
+    for stream in [phase == "stream" for phase in phases]:
         answer = _Answer(stream)
         if extra.get("floor"):
             site = _floor_site(answer)
@@ -209,8 +216,8 @@ def _best_loop(name: str, site: Any, raws: list[bytes], stream: bool, n: int, ro
 
     for i in range(max(200, n // 10)):
         one(raws[i % 4])
-    if os.environ.get("INPROC_SYNC"):
-        # Under valgrind: the caller turns instruction counting on and off.
+    if os.environ.get("INPROCESS_CPU_COUNTED"):
+        # Under callgrind (--instructions): the parent counts only this loop.
         print("READY", flush=True)
         sys.stdin.readline()
         for i in range(n):
@@ -227,6 +234,47 @@ def _best_loop(name: str, site: Any, raws: list[bytes], stream: bool, n: int, ro
     return best
 
 
+def instructions(name: str, code: str, phase: str, requests: int, history_kb: int) -> float:
+    """
+    Instructions per request (callgrind's Ir) of C{phase} of configuration
+    C{name} on the checkout C{code}: exact and the same from run to run,
+    whatever else the machine is doing.  Counting is switched on
+    (C{callgrind_control}) only around the measured loop, after the warm-up.
+    """
+    n = requests // 2 if phase == "stream" else requests
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        env = dict(os.environ, PYTHONPATH=code, INPROCESS_CPU_COUNTED="1", PYTHONHASHSEED="0")
+        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+                sys.executable, __file__, "--child", name, "--phase", phase, "--requests", str(requests),
+                "--rounds", "1", "--history-kb", str(history_kb)]
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=env)
+        assert child.stdin is not None and child.stdout is not None
+
+        def wait_for(word: str) -> None:
+            assert child.stdout is not None
+            for line in child.stdout:
+                if line.strip() == word:
+                    return
+            raise SystemExit(f"{name} under valgrind: {child.stderr.read()[-3000:] if child.stderr else ''}")
+
+        wait_for("READY")
+        subprocess.run(["callgrind_control", "--instr=on", str(child.pid)], capture_output=True, check=True)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        wait_for("DONE")
+        subprocess.run(["callgrind_control", "--instr=off", str(child.pid)], capture_output=True, check=True)
+        child.stdin.write("go\n")
+        child.stdin.close()
+        child.wait(timeout=600)
+        with open(out) as handle:
+            totals = [int(line.split()[1]) for line in handle if line.startswith(("summary:", "totals:"))]
+    if not totals or not max(totals):
+        raise SystemExit(f"{name}: callgrind counted nothing")
+    return max(totals) / n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="non-streaming requests per loop (streams: half)")
@@ -235,15 +283,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history-kb", type=int, default=0, help="KB of history in every body (100: Claude Code sized)")
     parser.add_argument("--baseline", default=None, help="another checkout: each configuration also runs on its code")
     parser.add_argument("--repeat", type=int, default=3, help="alternating runs of each configuration (median)")
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help="count instructions per request under valgrind's callgrind instead of timing (exact, slow)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.child, args.requests, args.rounds, args.history_kb)))
+        phases = (args.phase,) if args.phase else ("json", "stream")
+        print(json.dumps(measure(args.child, args.requests, args.rounds, args.history_kb, phases)))
         return 0
     names = [n for n in args.configs.split(",") if n]
     runs: list[tuple[str, str | None]] = [(n, None) for n in names]
     if args.baseline:
         runs += [(n, os.path.abspath(args.baseline)) for n in names if not CONFIGS[n].get("floor")]
+    if args.instructions:
+        print("Instructions per request in process (callgrind Ir)")
+        for name, code in runs:
+            cells = [
+                f"{phase} {instructions(name, code or REPO, phase, args.requests, args.history_kb):12,.0f}"
+                for phase in ("json", "stream")
+            ]
+            print(f"  {name + ('@base' if code else ''):16s} " + "   ".join(cells))
+        return 0
     results: dict[str, list[dict[str, float]]] = {}
     for _ in range(args.repeat):
         for name, code in runs:
