@@ -198,32 +198,49 @@ class BulkHistogram:
         return families
 
 
-class _PendingCounts:
+class _Pending:
     """
-    Counter increments not yet added to their counters: a plain dict from a
-    counter (or labelled child) to the amount to add, filled on the reactor
-    thread per finished exchange.  Registered first in the registry, it adds
-    them all when the registry is collected (C{/metrics}, or any reader of the
-    registry), before the counters report.  An C{inc()} takes a lock and
-    validates its argument on every call; a dict update costs a tenth of that,
-    and an exchange makes ten or more of them.
+    Counter increments and histogram observations not yet given to their
+    metrics, filled on the reactor thread per finished exchange: C{amounts}
+    maps a C{(metric, label values)} key to the whole number to add, and
+    C{observations} lists C{(histogram child, value)} in the order they were
+    made.  Registered first in the registry, it hands them all over when the
+    registry is collected (C{/metrics}, or any reader of the registry), before
+    the metrics report.  An C{inc()} or C{observe()} takes a lock and checks
+    its argument on every call; a dict update or a list append costs a tenth
+    of that, and an exchange makes a dozen.
 
-    Only for integer amounts and for code running on the reactor thread, as
-    the gateway's observers do: the sum of whole numbers is the same in any
-    order, so the exposition is exactly what per-call increments give.
+    The exposition is exactly what per-call updates give: counts are whole
+    numbers, whose sum is the same in any order, and each histogram sees its
+    values in their original order, so its float sum is the same too.  Only
+    for code on the reactor thread, as the gateway's observers are.  The
+    observations are handed over early when L{MAX_OBSERVATIONS} wait, so a
+    gateway nobody scrapes does not grow.
     """
 
-    def __init__(self) -> None:
-        self.amounts: dict[Any, int] = {}
+    MAX_OBSERVATIONS = 10_000
+
+    def __init__(self, children: dict[tuple[Any, tuple[str, ...]], Any]) -> None:
+        self.children = children
+        self.amounts: dict[tuple[Any, tuple[str, ...]], int] = {}
+        self.observations: list[tuple[Any, float]] = []
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        amounts, self.amounts = self.amounts, {}
-        for counter, amount in amounts.items():
-            counter.inc(amount)
+        self.flush()
         return iter(())
+
+    def flush(self) -> None:
+        """Give every pending increment and observation to its metric."""
+        amounts, self.amounts = self.amounts, {}
+        observations, self.observations = self.observations, []
+        children = self.children
+        for key, amount in amounts.items():
+            children[key].inc(amount)
+        for child, value in observations:
+            child.observe(value)
 
 
 class _RoutingCollector:
@@ -492,8 +509,8 @@ class GatewayMetrics:
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._started: set[str] = set()
         r = self.registry
-        # First in the registry, so that the counters report after it adds.
-        self._pending = _PendingCounts()
+        # First in the registry, so that the metrics report after it adds.
+        self._pending = _Pending(self._children)
         r.register(self._pending)
 
         self.requests = Counter(
@@ -678,9 +695,19 @@ class GatewayMetrics:
 
     def _count(self, metric: Any, *values: str, amount: int = 1) -> None:
         """Add C{amount} to C{metric}'s child for C{values}, when the registry is next read."""
-        child = self._child(metric, *values) if values else metric
+        key = (metric, values)
+        if key not in self._children:
+            # Made now, as inc() would: its series (and _created) starts here.
+            self._children[key] = metric.labels(*values) if values else metric
         amounts = self._pending.amounts
-        amounts[child] = amounts.get(child, 0) + amount
+        amounts[key] = amounts.get(key, 0) + amount
+
+    def _observe_later(self, metric: Any, value: float, *values: str) -> None:
+        """Observe C{value} in C{metric}'s child for C{values}, when the registry is next read."""
+        pending = self._pending
+        pending.observations.append((self._child(metric, *values), value))
+        if len(pending.observations) >= pending.MAX_OBSERVATIONS:
+            pending.flush()
 
     def _observe(self, exchange: Exchange) -> None:
         if exchange.request_id in self._started:
@@ -705,10 +732,10 @@ class GatewayMetrics:
 
         total = _seconds(timings.total_ms)
         if total is not None:
-            self._child(self.request_duration, listener, provider, model).observe(total)
+            self._observe_later(self.request_duration, total, listener, provider, model)
         overhead = _seconds(timings.proxy_overhead_ms)
         if overhead is not None:
-            self._child(self.proxy_overhead, listener, provider).observe(overhead)
+            self._observe_later(self.proxy_overhead, overhead, listener, provider)
 
         if exchange.outcome in _UPSTREAM_ERROR_KINDS:
             self._count(self.upstream_errors, provider, exchange.outcome)
@@ -747,18 +774,20 @@ class GatewayMetrics:
             self._count(self.streaming_chunks, provider, amount=exchange.chunk_count)
         ttft = _seconds(timings.ttft_ms)
         if ttft is not None:
-            self._child(self.streaming_ttft, provider, model).observe(ttft)
+            self._observe_later(self.streaming_ttft, ttft, provider, model)
         if exchange.chunk_gaps_ms:
             self.streaming_chunk_latency.observe_ms(provider, exchange.chunk_gaps_ms)
         if timings.first_byte is not None and timings.last_byte is not None:
-            self._child(self.streaming_duration, provider, model).observe(max(0.0, timings.last_byte - timings.first_byte))
+            self._observe_later(
+                self.streaming_duration, max(0.0, timings.last_byte - timings.first_byte), provider, model
+            )
 
     def _observe_usage(self, exchange: Exchange, provider: str, model: str) -> None:
         # Tool results come with the request, whatever the response was.
         for result in exchange.tool_results:
             duration = _seconds(result.get("duration_ms"))
             if duration is not None:
-                self._child(self.tool_duration, self.labels("tool", result.get("tool_name"))).observe(duration)
+                self._observe_later(self.tool_duration, duration, self.labels("tool", result.get("tool_name")))
         response = exchange.response
         if response is None:
             return
