@@ -2,7 +2,9 @@
 The gateway's request class: enforces C{http_server.max_request_body_bytes}
 while the body arrives, so an oversized upload is never held in memory or on
 disk past the limit (Twisted would otherwise buffer all of it before any
-route runs).
+route runs).  A declared C{Content-Length} over the limit is refused earlier
+still, by L{lunaroute.proxy.site.GatewayChannel}, before the body is read;
+what is counted here is a chunked body.
 
 A body within the limit is kept in memory, whatever its size: Twisted puts
 bodies of 100,000 bytes or more (and every chunked one) in a temporary file,
@@ -24,7 +26,8 @@ DEFAULT_MAX_BODY = 100 * 1024 * 1024
 class GatewayRequest(Request):
     """
     A request that stops storing its body once it passes the site's limit;
-    the route then answers 413 in the client's dialect.
+    the route then answers 413 in the client's dialect (the same body the
+    channel sends for a Content-Length over the limit).
     """
 
     body_too_large = False
@@ -35,8 +38,9 @@ class GatewayRequest(Request):
         return getattr(site, "max_request_body_bytes", DEFAULT_MAX_BODY)
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self._limit():
-            self.body_too_large = True
+        # A Content-Length over the limit never gets here: GatewayChannel
+        # answers 413 as soon as the head is complete.  The count in
+        # handleContentChunk still holds any body to the limit.
         self.content = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
