@@ -557,18 +557,46 @@ def test_a_body_at_the_limit_is_served_and_the_connection_kept():
     assert not _closing(transport) and site.oversized_requests == 0
 
 
-def test_a_chunked_body_over_the_limit_is_dropped_as_it_arrives():
-    """Without Content-Length, the count of GatewayRequest stops storing the body past the limit."""
-    site, _ = _site(Echo(), max_request_body_bytes=10)
+def test_a_chunked_body_is_a_413_the_moment_it_passes_the_limit():
+    """
+    Without Content-Length, GatewayRequest counts the body: within the limit
+    it is kept; the chunk that passes it gets the 413 (path's dialect)
+    at once, what was kept is dropped, the connection closes, and the
+    request never reaches the resource, though its last chunk came in the
+    same bytes.  Before, the whole upload was read, then the route answered.
+    """
+    resource = Recording()
+    site, _ = _site(resource, max_request_body_bytes=10)
     channel, transport = _connect(site)
-    channel.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    channel.dataReceived(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
     channel.dataReceived(b"8\r\n" + b"a" * 8 + b"\r\n")
     [request] = channel.requests
     assert not request.body_too_large and request.content.getvalue() == b"a" * 8
-    channel.dataReceived(b"8\r\n" + b"b" * 8 + b"\r\n")
+    assert transport.value() == b""
+    channel.dataReceived(b"8\r\n" + b"b" * 8 + b"\r\n" + b"0\r\n\r\n")
     assert request.body_too_large and request.content.getvalue() == b""
-    channel.dataReceived(b"8\r\n" + b"c" * 8 + b"\r\n")
-    assert request.content.getvalue() == b""
+    status, headers, body = _response(transport)
+    assert status == b"HTTP/1.1 413 Request Entity Too Large" and headers[b"connection"] == b"close"
+    _assert_openai_error(body, "invalid_request_error")
+    assert body["error"]["message"] == "request body exceeds the 10-byte limit"
+    assert transport.disconnecting
+    assert resource.requests == [] and site.oversized_requests == 1
+
+
+def test_a_chunked_body_within_the_limit_is_served_and_the_next_head_has_its_own_dialect():
+    """The control case, and the head kept for a chunked body's dialect is the current request's."""
+    site, _ = _site(Echo(), max_request_body_bytes=10)
+    channel, transport = _connect(site)
+    channel.dataReceived(
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 200 ") and transport.value().endswith(b"BytesIO:abcd")
+    assert not _closing(transport)
+    transport.clear()
+    channel.dataReceived(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    channel.dataReceived(b"b\r\n" + b"a" * 11 + b"\r\n")
+    _status, _headers, body = _response(transport)
+    _assert_openai_error(body, "invalid_request_error")
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,8 @@ long line, just closes); and a C{Content-Length} over
 C{http_server.max_request_body_bytes} gets its 413 as soon as the head is
 complete, before a byte of the body is read.  Both close the connection:
 after a bad head the framing of what follows is unknown, and closing is what
-stops an oversized upload.
+stops an oversized upload.  A chunked body (no C{Content-Length}) gets the
+same 413 the moment it passes the limit.
 
 L{ListenerService} listens on an endpoint and turns a failure to listen (a
 taken port, an address not on this machine) into one readable line and
@@ -109,6 +110,10 @@ def request_line_path(head: bytes | None) -> str:
 
 def _no_header(name: str) -> str | None:
     return None
+
+
+def _not_processed(command: bytes, path: bytes, version: bytes) -> None:
+    """Stands in for C{requestReceived} of a request already refused."""
 
 
 def _quoted(value: bytes) -> str:
@@ -237,18 +242,33 @@ class GatewayChannel(HTTPChannel):
         self._cancel_head_deadline()
         self._body_framed = False
         length = self.length
-        if length is not None and length > self.site.max_request_body_bytes:
-            # Refused before the body: Twisted's allHeadersReceived would
-            # hand the length to the request and may answer 100-continue.
-            self._refuse_oversized()
-            return
-        self._head_start = None
+        if length is not None:
+            if length > self.site.max_request_body_bytes:
+                # Refused before the body: Twisted's allHeadersReceived would
+                # hand the length to the request and may answer 100-continue.
+                self._refuse_oversized()
+                return
+            self._head_start = None
+        # else a chunked body: _head_start is kept (until requestDone) for
+        # the dialect of a 413 if the body passes the limit (body_over_limit).
         super().allHeadersReceived()
+
+    def body_over_limit(self, request: Any) -> None:
+        """
+        The body of C{request}, which had no C{Content-Length} (chunked), has
+        just passed C{site.max_request_body_bytes} (L{GatewayRequest} counts
+        it): answer the 413 now and close, instead of reading the rest of
+        the upload.  The request is never handed to a route, even if its
+        last chunk is among the bytes being parsed.
+        """
+        request.requestReceived = _not_processed
+        self._refuse_oversized()
 
     def requestDone(self, request: Any) -> None:
         # Set before the base class replays pipelined bytes, which may
         # complete the next head at once.
         self._awaiting_head = True
+        self._head_start = None
         super().requestDone(request)
 
     _abort_call: Any = None
@@ -274,10 +294,9 @@ class GatewayChannel(HTTPChannel):
         site = self.site
         site.oversized_requests += 1
         log.debug(
-            "refused a request from {client}: Content-Length {length} is over "
+            "refused a request from {client}: its body is over "
             "http_server.max_request_body_bytes",
             client=self.client_host,
-            length=self.length,
         )
         self._refuse(413, body_limit_message(site.max_request_body_bytes), None)
 
@@ -356,7 +375,8 @@ class QuietSite(Site):
     @ivar malformed_requests: connections closed with a 400 because their
         request head framed the body badly (or had a line too long).
     @ivar oversized_requests: connections closed with a 413 because their
-        C{Content-Length} was over C{max_request_body_bytes}.
+        C{Content-Length}, or their chunked body so far, was over
+        C{max_request_body_bytes}.
     """
 
     noisy = False
