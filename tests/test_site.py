@@ -11,10 +11,11 @@ import json
 import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -448,6 +449,29 @@ def test_a_malformed_body_framing_is_a_400_in_the_paths_dialect_and_the_connecti
     clock.advance(channel.abortTimeout)
     assert transport.disconnected
     assert transport.value() == written and site.head_timeouts == 0
+
+
+class TCPLikeTransport(StringTransport):
+    """Lets go of its producer twice without complaint, as a TCP transport does."""
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
+def test_a_refused_connection_that_also_times_out_leaves_no_call_behind():
+    """
+    An idle timeout shorter than abortTimeout fires after a refusal: one
+    abort is armed however many ways the connection is closed, and
+    connectionLost cancels it.
+    """
+    site, clock = _site(Recording(), idle_timeout_secs=5)
+    address = IPv4Address("TCP", "10.0.0.1", 40000)
+    channel = site.buildProtocol(address)
+    channel.makeConnection(TCPLikeTransport(peerAddress=address))
+    channel.dataReceived(b"POST /v1/messages HTTP/1.1\r\nContent-Length: -5\r\n\r\n")
+    clock.advance(6)
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
 
 
 def test_a_malformed_content_length_dialect_falls_back_to_the_headers():

@@ -224,7 +224,7 @@ class GatewayChannel(HTTPChannel):
             return (
                 "the request declares the length of its body more than once (Content-Length, "
                 "Transfer-Encoding: chunked); send exactly one of them",
-                "invalid_content_length",
+                "conflicting_body_length",
             )
         self._body_framed = True
         return None
@@ -315,7 +315,7 @@ class GatewayChannel(HTTPChannel):
                 client=self.client_host,
                 message=message,
             )
-        # In line mode, the last request is the one whose head this is.
+        # While a head or a body is read, the last request is the current one.
         header = header_reader(self.requests[-1].requestHeaders) if self.requests else _no_header
         listener = listener_for_path(request_line_path(self._head_start), header)
         self._head_start = None
@@ -335,7 +335,7 @@ class GatewayChannel(HTTPChannel):
         if the peer has not let go within C{abortTimeout}.
         """
         transport: Any = self.transport
-        if self.abortTimeout is not None and transport is not None:
+        if self.abortTimeout is not None and transport is not None and self._abort_call is None:
             self._abort_call = self.callLater(self.abortTimeout, transport.abortConnection)
         self.loseConnection()
 
