@@ -22,6 +22,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.client import RequestNotSent, ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
+from twisted.web.server import Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -33,7 +34,8 @@ from lunaroute.providers.health import ReadinessChecker
 from lunaroute.providers.http import HTTPProvider
 from lunaroute.proxy.access import AccessPolicy, GuardedResource
 from lunaroute.proxy.app import GatewayApp
-from lunaroute.proxy.site import QuietSite
+from lunaroute.proxy.request import GatewayRequest
+from lunaroute.proxy.site import QuietSite, gateway_site
 from lunaroute.testing.providers import UpstreamTransport
 
 ANTHROPIC_BODY = b'{"model":"claude-x","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
@@ -387,6 +389,37 @@ def test_non_ascii_request_line_is_refused_by_the_http_parser() -> None:
     raw = gateway.raw(b"POST /v1/caf\xc3\xa9 HTTP/1.1\r\nHost: gateway.test\r\ncontent-length: 2\r\n\r\n{}")
     assert raw.status() == 400
     assert b"<html" not in raw.sent.lower()
+    assert gateway.calls == 0 and gateway.exchanges == []
+
+
+@pytest.mark.parametrize(
+    ("path", "is_dialect"),
+    [("/v1/messages", _is_anthropic_error), ("/v1/chat/completions", _is_openai_error), ("/v1/embeddings", _is_openai_error)],
+)
+def test_an_oversized_body_gets_the_routes_413_from_the_connection_early(path: str, is_dialect: Any) -> None:
+    """
+    The 413 the connection sends for a Content-Length over the limit (from
+    the head alone) and for a chunked body the moment it passes the limit
+    has the very body the route sends when it sees the request after its
+    whole body (as behind a plain Twisted channel); none is forwarded or
+    recorded, and the connection is closed.
+    """
+    gateway = Gateway({"http_server": {"max_request_body_bytes": 100}})
+    head = b"POST " + path.encode() + b" HTTP/1.1\r\nHost: gateway.test\r\ncontent-type: application/json\r\n"
+    chunked = head + b"transfer-encoding: chunked\r\n\r\n" + b"c8\r\n" + b"x" * 200 + b"\r\n0\r\n\r\n"
+    route_only = Site(gateway.resource, reactor=gateway.clock)
+    route_only.requestFactory = GatewayRequest
+    route_only.max_request_body_bytes = 100  # type: ignore[attr-defined]
+    routed = RawConnection(route_only, chunked)
+    assert routed.status() == 413 and not routed.transport.disconnecting
+    size, _, chunk = routed.body().partition(b"\r\n")
+    route_body = chunk[: int(size, 16)]
+    site = gateway_site(gateway.resource, gateway.settings.http_server, gateway.clock)
+    for early in (RawConnection(site, head + b"content-length: 200\r\n\r\n"), RawConnection(site, chunked)):
+        assert early.status() == 413
+        assert early.body() == route_body
+        assert is_dialect(early.body())
+        assert b"connection: close" in early.sent.lower() and early.transport.disconnecting
     assert gateway.calls == 0 and gateway.exchanges == []
 
 

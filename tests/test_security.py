@@ -153,6 +153,47 @@ async def test_dot_segments_cannot_climb_out_of_the_base_path(fake, start_gatewa
 
 
 @pytest_twisted.ensureDeferred
+async def test_bad_content_length_and_oversized_head_get_json_and_a_closed_socket(fake, start_gateway):
+    """
+    Over a real socket: 'Content-Length: -5' is a 400 and a Content-Length
+    over max_request_body_bytes a 413 sent on the head alone (no body is
+    ever sent), each JSON in the path's dialect with Connection: close, and
+    the gateway closes the socket (raw_http reads until it does).  Nothing
+    reaches the provider.
+    """
+    gw = await start_gateway(fake, http_server={"max_request_body_bytes": 1000})
+    answer = await in_thread(
+        raw_http,
+        gw.port,
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        b"Content-Length: -5\r\n\r\n" + BODY,
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower()
+    error = json.loads(body)
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert "Content-Length" in error["error"]["message"]
+
+    answer = await in_thread(
+        raw_http,
+        gw.port,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        b"Content-Length: 1000000\r\n\r\n",
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower()
+    assert json.loads(body) == {
+        "error": {
+            "message": "request body exceeds the 1000-byte limit",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    assert fake.requests == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_cross_site_post_is_refused_and_never_forwarded(fake, start_gateway):
     """A browser's text/plain POST with an Origin gets 403 in dialect; the provider never sees it."""
     gw = await start_gateway(fake, providers={"anthropic": {"api_key": SERVER_KEY}})

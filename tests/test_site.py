@@ -6,18 +6,27 @@ sockets; and the listener's one-line failure.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from lunaroute.config import settings_from_mapping
-from lunaroute.proxy.site import ListenerService, QuietSite, gateway_site
+from lunaroute.proxy.site import (
+    ListenerService,
+    QuietSite,
+    gateway_site,
+    refusal_response,
+    request_line_path,
+)
 
 REQUEST = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -352,3 +361,293 @@ def test_a_large_body_within_the_limit_is_kept_in_memory_not_a_temporary_file(ch
     answer = transport.value()
     assert answer.startswith(b"HTTP/1.1 200")
     assert b"BytesIO:" + body in answer
+
+
+# -- heads refused before any route runs -----------------------------------
+
+
+class Recording(Resource):
+    """Records every request that reaches it (none should, in the tests below)."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list = []
+
+    def render_POST(self, request):
+        self.requests.append(request)
+        return b"reached the resource"
+
+
+def _response(transport: StringTransport) -> tuple[bytes, dict[bytes, bytes], dict]:
+    """The status line, the headers (lower-case names) and the JSON body of the one response written."""
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = dict(line.lower().split(b": ", 1) for line in lines)
+    assert int(headers[b"content-length"]) == len(body)
+    return status, headers, json.loads(body)
+
+
+def _assert_anthropic_error(body: dict, error_type: str) -> None:
+    assert set(body) == {"type", "error"} and body["type"] == "error"
+    assert set(body["error"]) == {"type", "message"} and body["error"]["type"] == error_type
+
+
+def _assert_openai_error(body: dict, error_type: str) -> None:
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"} and body["error"]["type"] == error_type
+
+
+_BAD_FRAMING = [
+    (b"Content-Length: -5", "Content-Length"),
+    (b"Content-Length: abc", "Content-Length"),
+    (b"Content-Length: 1,2", "Content-Length"),
+    (b"Content-Length: ", "Content-Length"),
+    (b"Content-Length: 0x10", "Content-Length"),
+    (b"Content-Length: 2\r\nContent-Length: 2", "more than once"),
+    (b"Content-Length: 2\r\nTransfer-Encoding: chunked", "more than once"),
+    (b"transfer-encoding: chunked\r\ncontent-length: 2", "more than once"),
+    (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked", "more than once"),
+    (b"Transfer-Encoding: gzip, chunked", "Transfer-Encoding"),
+]
+
+
+@pytest.mark.parametrize(("path", "dialect"), [
+    (b"/v1/messages", "anthropic"),
+    (b"/v1/chat/completions", "openai"),
+    (b"/v1/responses?x=1", "openai"),
+])
+@pytest.mark.parametrize(("framing", "named"), _BAD_FRAMING, ids=[f.decode() for f, _ in _BAD_FRAMING])
+def test_a_malformed_body_framing_is_a_400_in_the_paths_dialect_and_the_connection_closes(framing, named, path, dialect):
+    """
+    Content-Length that is not a number, two framing headers, or an unknown
+    transfer coding: Twisted alone wrote a bare '400 Bad Request' with no
+    body.  Now a 400 JSON error in the client's dialect, Connection: close,
+    the connection closed, and nothing reaches the resource.
+    """
+    resource = Recording()
+    site, clock = _site(resource)
+    channel, transport = _connect(site)
+    channel.dataReceived(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n{}")
+    status, headers, body = _response(transport)
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert headers[b"content-type"] == b"application/json" and headers[b"connection"] == b"close"
+    if dialect == "anthropic":
+        _assert_anthropic_error(body, "invalid_request_error")
+    else:
+        _assert_openai_error(body, "invalid_request_error")
+    assert named in body["error"]["message"]
+    assert transport.disconnecting
+    # Whatever the client sends next is not parsed as HTTP.
+    written = transport.value()
+    channel.dataReceived(b"\r\n\r\nPOST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    assert transport.value() == written
+    assert resource.requests == []
+    assert site.malformed_requests == 1
+    # A peer that does not let go is aborted, as after a timeout; the head deadline is off.
+    clock.advance(channel.abortTimeout)
+    assert transport.disconnected
+    assert transport.value() == written and site.head_timeouts == 0
+
+
+class TCPLikeTransport(StringTransport):
+    """Lets go of its producer twice without complaint, as a TCP transport does."""
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
+def test_a_refused_connection_that_also_times_out_leaves_no_call_behind():
+    """
+    An idle timeout shorter than abortTimeout fires after a refusal: one
+    abort is armed however many ways the connection is closed, and
+    connectionLost cancels it.
+    """
+    site, clock = _site(Recording(), idle_timeout_secs=5)
+    address = IPv4Address("TCP", "10.0.0.1", 40000)
+    channel = site.buildProtocol(address)
+    channel.makeConnection(TCPLikeTransport(peerAddress=address))
+    channel.dataReceived(b"POST /v1/messages HTTP/1.1\r\nContent-Length: -5\r\n\r\n")
+    clock.advance(6)
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_malformed_content_length_dialect_falls_back_to_the_headers():
+    """On a path that names no dialect, the headers received before the bad one decide it (anthropic-version)."""
+    site, _ = _site(Recording())
+    channel, transport = _connect(site)
+    channel.dataReceived(
+        b"POST /v1/embeddings HTTP/1.1\r\nanthropic-version: 2023-06-01\r\nContent-Length: -5\r\n\r\n"
+    )
+    _status, _headers, body = _response(transport)
+    _assert_anthropic_error(body, "invalid_request_error")
+    channel, transport = _connect(site, port=40001)
+    channel.dataReceived(b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: -5\r\n\r\n")
+    _status, _headers, body = _response(transport)
+    _assert_openai_error(body, "invalid_request_error")
+    assert body["error"]["code"] == "invalid_content_length"
+
+
+def test_well_formed_framing_headers_are_served():
+    """The control cases: any capitalisation, 'identity' coding, and a header merely starting like them."""
+    site, _ = _site(Echo())
+    for head in (
+        b"content-length: 2",
+        b"CONTENT-LENGTH:2",
+        b"Transfer-Encoding: identity\r\nContent-Length: 2",
+        b"Content-Type: application/json\r\nContent-Lengthy: x\r\nContent-Length: 2",
+    ):
+        channel, transport = _connect(site)
+        channel.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n\r\n{}")
+        assert transport.value().startswith(b"HTTP/1.1 200 "), head
+        assert transport.value().endswith(b"BytesIO:{}")
+        assert not _closing(transport)
+    assert site.malformed_requests == 0
+
+
+def test_a_header_line_over_twisteds_line_limit_is_a_400_not_a_silent_close():
+    """Twisted closed the connection without a word on a line past 16 KB; now a 400 JSON in dialect."""
+    site, _ = _site(Recording())
+    channel, transport = _connect(site)
+    channel.dataReceived(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+    status, headers, body = _response(transport)
+    assert status == b"HTTP/1.1 400 Bad Request" and headers[b"connection"] == b"close"
+    _assert_anthropic_error(body, "invalid_request_error")
+    assert "16384" in body["error"]["message"]
+    assert transport.disconnecting
+
+
+def _oversized_head(path: bytes, length: int, extra: bytes = b"") -> bytes:
+    return b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + extra + b"Content-Length: %d\r\n\r\n" % length
+
+
+@pytest.mark.parametrize(("path", "dialect"), [
+    (b"/v1/messages", "anthropic"),
+    (b"/v1/chat/completions", "openai"),
+    (b"/v1/responses", "openai"),
+])
+def test_a_declared_body_over_the_limit_is_a_413_as_soon_as_the_head_is_complete(path, dialect):
+    """
+    Content-Length over max_request_body_bytes: the 413 is written when the
+    head ends (it used to wait for the whole body), in the path's dialect,
+    with the route's message, Connection: close and the connection closed.
+    No 100-continue invites the body; none of it is stored; the resource is
+    never called.
+    """
+    resource = Recording()
+    site, _ = _site(resource, max_request_body_bytes=1000)
+    channel, transport = _connect(site)
+    channel.dataReceived(_oversized_head(path, 1001, b"Expect: 100-continue\r\n"))
+    status, headers, body = _response(transport)
+    assert status == b"HTTP/1.1 413 Request Entity Too Large"
+    assert headers[b"content-type"] == b"application/json" and headers[b"connection"] == b"close"
+    message = "request body exceeds the 1000-byte limit"
+    if dialect == "anthropic":
+        _assert_anthropic_error(body, "request_too_large")
+    else:
+        _assert_openai_error(body, "invalid_request_error")
+        assert body["error"]["code"] is None
+    assert body["error"]["message"] == message
+    assert b"100 Continue" not in transport.value()
+    assert transport.disconnecting
+    [request] = channel.requests
+    assert request.content is None
+    # The body that follows is neither read into the request nor answered.
+    written = transport.value()
+    channel.dataReceived(b"x" * 1001)
+    assert transport.value() == written and request.content is None
+    assert resource.requests == [] and site.oversized_requests == 1
+
+
+def test_the_early_413_does_not_wait_for_body_bytes_sent_with_the_head():
+    """Head and the first body bytes in one segment: still the 413 at once, the bytes dropped."""
+    resource = Recording()
+    site, _ = _site(resource, max_request_body_bytes=10)
+    channel, transport = _connect(site)
+    channel.dataReceived(_oversized_head(b"/v1/messages", 100) + b"y" * 50)
+    assert transport.value().startswith(b"HTTP/1.1 413 ")
+    assert b"yyy" not in transport.value()
+    assert channel.requests[0].content is None and resource.requests == []
+
+
+def test_a_body_at_the_limit_is_served_and_the_connection_kept():
+    """The control case: Content-Length equal to the limit reaches the resource."""
+    site, _ = _site(Echo(), max_request_body_bytes=10)
+    channel, transport = _connect(site)
+    channel.dataReceived(_oversized_head(b"/echo", 10) + b"z" * 10)
+    assert transport.value().startswith(b"HTTP/1.1 200 ") and transport.value().endswith(b"z" * 10)
+    assert not _closing(transport) and site.oversized_requests == 0
+
+
+def test_a_chunked_body_is_a_413_the_moment_it_passes_the_limit():
+    """
+    Without Content-Length, GatewayRequest counts the body: within the limit
+    it is kept; the chunk that passes it gets the 413 (path's dialect)
+    at once, what was kept is dropped, the connection closes, and the
+    request never reaches the resource, though its last chunk came in the
+    same bytes.  Before, the whole upload was read, then the route answered.
+    """
+    resource = Recording()
+    site, _ = _site(resource, max_request_body_bytes=10)
+    channel, transport = _connect(site)
+    channel.dataReceived(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    channel.dataReceived(b"8\r\n" + b"a" * 8 + b"\r\n")
+    [request] = channel.requests
+    assert not request.body_too_large and request.content.getvalue() == b"a" * 8
+    assert transport.value() == b""
+    channel.dataReceived(b"8\r\n" + b"b" * 8 + b"\r\n" + b"0\r\n\r\n")
+    assert request.body_too_large and request.content.getvalue() == b""
+    status, headers, body = _response(transport)
+    assert status == b"HTTP/1.1 413 Request Entity Too Large" and headers[b"connection"] == b"close"
+    _assert_openai_error(body, "invalid_request_error")
+    assert body["error"]["message"] == "request body exceeds the 10-byte limit"
+    assert transport.disconnecting
+    assert resource.requests == [] and site.oversized_requests == 1
+
+
+def test_a_chunked_body_within_the_limit_is_served_and_the_next_head_has_its_own_dialect():
+    """The control case, and the head kept for a chunked body's dialect is the current request's."""
+    site, _ = _site(Echo(), max_request_body_bytes=10)
+    channel, transport = _connect(site)
+    channel.dataReceived(
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 200 ") and transport.value().endswith(b"BytesIO:abcd")
+    assert not _closing(transport)
+    transport.clear()
+    channel.dataReceived(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    channel.dataReceived(b"b\r\n" + b"a" * 11 + b"\r\n")
+    _status, _headers, body = _response(transport)
+    _assert_openai_error(body, "invalid_request_error")
+
+
+@pytest.mark.parametrize(
+    ("head", "path"),
+    [
+        (b"POST /v1/messages?beta=true HTTP/1.1\r\nHost: x\r\n", "/v1/messages"),
+        (b"\r\nPOST /v1/chat/completions HTTP/1.1\r\n", "/v1/chat/completions"),
+        (b"GET /v1/responses HTTP/1.1", "/v1/responses"),
+        (b"POST /v1/mess", ""),
+        (b"POST", ""),
+        (b"", ""),
+        (None, ""),
+        (b"POST /caf\xc3\xa9 HTTP/1.1\r\n", "/caf\xc3\xa9"),
+    ],
+)
+def test_request_line_path(head, path):
+    """The path of the request line a head starts with; '' when it is missing or arrived cut short."""
+    assert request_line_path(head) == path
+
+
+def test_refusal_response_is_a_whole_closing_response_with_the_error_body():
+    """Status line, JSON content type and length, Connection: close, and the dialect's body (error_body)."""
+    from lunaroute.proxy.errors import error_body
+
+    response = refusal_response("openai", 413, "too big")
+    assert response == (
+        b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(error_body("openai", 413, "too big"))
+        + error_body("openai", 413, "too big")
+    )

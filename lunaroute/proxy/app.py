@@ -51,6 +51,7 @@ from lunaroute.pii.records import redact_request_body
 from lunaroute.pii.redactor import Redactor
 from lunaroute.proxy.errors import (
     NoProvider,
+    body_limit_message,
     first_header,
     listener_for_path,
     listener_for_request,
@@ -505,9 +506,7 @@ class GatewayApp:
             )
         if getattr(request, "body_too_large", False):
             limit = self.settings.http_server.max_request_body_bytes
-            return write_error(
-                request, listener, 413, f"request body exceeds the {limit}-byte limit"
-            )
+            return write_error(request, listener, 413, body_limit_message(limit))
         received = self.clock.seconds()
         body = self.redact_upstream(request.content.read() if request.content is not None else b"")
         header = header_reader(request.requestHeaders)

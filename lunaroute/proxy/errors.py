@@ -24,6 +24,7 @@ from lunaroute.proxy.headers import first_value, header_reader
 
 __all__ = [
     "NoProvider",
+    "body_limit_message",
     "error_body",
     "first_header",
     "listener_for_path",
@@ -72,6 +73,14 @@ def error_body(listener: str, status: int, message: str, code: str | None = None
     if listener == "anthropic":
         return anthropic_error_body(_ANTHROPIC_ERROR_TYPES.get(status, "api_error"), message)
     return openai_error_body(message, _OPENAI_ERROR_TYPES.get(status, "server_error"), code)
+
+
+def body_limit_message(limit: int) -> str:
+    """
+    The message of the 413 for a body over C{http_server.max_request_body_bytes}
+    (C{limit}), the same whether the route or the connection answers it.
+    """
+    return f"request body exceeds the {limit}-byte limit"
 
 
 def first_header(request: Any, name: bytes) -> str | None:

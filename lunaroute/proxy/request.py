@@ -2,7 +2,10 @@
 The gateway's request class: enforces C{http_server.max_request_body_bytes}
 while the body arrives, so an oversized upload is never held in memory or on
 disk past the limit (Twisted would otherwise buffer all of it before any
-route runs).
+route runs).  A declared C{Content-Length} over the limit is refused earlier
+still, by L{lunaroute.proxy.site.GatewayChannel}, before the body is read;
+what is counted here is a chunked body, which the channel refuses with the
+same 413 the moment it passes the limit.
 
 A body within the limit is kept in memory, whatever its size: Twisted puts
 bodies of 100,000 bytes or more (and every chunked one) in a temporary file,
@@ -23,8 +26,10 @@ DEFAULT_MAX_BODY = 100 * 1024 * 1024
 
 class GatewayRequest(Request):
     """
-    A request that stops storing its body once it passes the site's limit;
-    the route then answers 413 in the client's dialect.
+    A request that stops storing its body once it passes the site's limit
+    and tells its channel (C{body_over_limit}), which answers 413 in the
+    client's dialect; behind another channel, the route answers it once the
+    body has ended.
     """
 
     body_too_large = False
@@ -35,8 +40,9 @@ class GatewayRequest(Request):
         return getattr(site, "max_request_body_bytes", DEFAULT_MAX_BODY)
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self._limit():
-            self.body_too_large = True
+        # A Content-Length over the limit never gets here: GatewayChannel
+        # answers 413 as soon as the head is complete.  The count in
+        # handleContentChunk still holds any body to the limit.
         self.content = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -44,10 +50,14 @@ class GatewayRequest(Request):
             return
         self._body_received += len(data)
         if self._body_received > self._limit():
-            # Chunked upload went over: drop what was kept.
+            # Chunked upload went over: drop what was kept, and let the
+            # gateway's channel answer 413 now rather than after the upload.
             self.body_too_large = True
             if self.content is not None:
                 self.content.close()
             self.content = io.BytesIO()
+            over_limit = getattr(self.channel, "body_over_limit", None)
+            if over_limit is not None:
+                over_limit(self)
             return
         super().handleContentChunk(data)

@@ -13,6 +13,18 @@ Here the site adds three limits, all on the injected reactor's clock:
    answered, so long streams are not cut);
  - a cap on concurrent connections per client IP address.
 
+It also answers, in the client's dialect, two kinds of request that never
+reach a route: a head whose body framing is malformed (a C{Content-Length}
+that is not a number, two of them, one beside C{Transfer-Encoding: chunked},
+an unknown transfer coding, a line past Twisted's line limit) gets a 400,
+where Twisted alone writes a bare C{400 Bad Request} with no body (or, for a
+long line, just closes); and a C{Content-Length} over
+C{http_server.max_request_body_bytes} gets its 413 as soon as the head is
+complete, before a byte of the body is read.  Both close the connection:
+after a bad head the framing of what follows is unknown, and closing is what
+stops an oversized upload.  A chunked body (no C{Content-Length}) gets the
+same 413 the moment it passes the limit.
+
 L{ListenerService} listens on an endpoint and turns a failure to listen (a
 taken port, an address not on this machine) into one readable line and
 exit status 1 instead of a traceback.
@@ -30,11 +42,13 @@ from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IAddress, IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
+from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from lunaroute.logs import log_observer
+from lunaroute.proxy.errors import body_limit_message, error_body, listener_for_path
+from lunaroute.proxy.headers import header_reader
 from lunaroute.proxy.request import DEFAULT_MAX_BODY, GatewayRequest
 
 log = Logger(observer=log_observer)
@@ -53,6 +67,59 @@ REQUEST_TIMEOUT_RESPONSE = (
 
 _CLEAN_CLOSE = Failure(ConnectionDone())
 
+# First bytes of the header names Content-Length and Transfer-Encoding.
+_FRAMING_INITIALS = frozenset(b"cCtT")
+
+# Longest piece of a hostile header value quoted back in an error message.
+_QUOTED_VALUE_CHARS = 64
+
+
+def refusal_response(listener: str, status: int, message: str, code: str | None = None) -> bytes:
+    """
+    A whole response for a request refused before any route runs: the JSON
+    error body of the client's dialect (L{error_body}, as a route writes it)
+    and C{Connection: close}, since the connection is closed after it.
+    """
+    body = error_body(listener, status, message, code)
+    head = (
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n" % (status, RESPONSES.get(status, b"Error"), len(body))
+    )
+    return head + body
+
+
+def request_line_path(head: bytes | None) -> str:
+    """
+    The path of the request line that starts C{head}
+    (C{b"POST /v1/messages?beta=true HTTP/1.1\\r\\n..."}: C{"/v1/messages"}),
+    or C{""} when there is none (or only part of it); for choosing the
+    dialect of an error only, so any bytes are accepted.
+    """
+    if not head:
+        return ""
+    head = head.lstrip(b"\r\n")
+    end = head.find(b"\r\n")
+    parts = (head if end < 0 else head[:end]).split(b" ", 2)
+    if end < 0 and len(parts) < 3:
+        # The request line arrived in pieces: its path may be cut short.
+        return ""
+    if len(parts) < 2:
+        return ""
+    return parts[1].partition(b"?")[0].decode("latin-1")
+
+
+def _no_header(name: str) -> str | None:
+    return None
+
+
+def _not_processed(command: bytes, path: bytes, version: bytes) -> None:
+    """Stands in for C{requestReceived} of a request already refused."""
+
+
+def _quoted(value: bytes) -> str:
+    text = value[:_QUOTED_VALUE_CHARS].decode("latin-1")
+    return repr(text + "..." if len(value) > _QUOTED_VALUE_CHARS else text)
+
 
 class GatewayChannel(HTTPChannel):
     """
@@ -61,6 +128,13 @@ class GatewayChannel(HTTPChannel):
     first request, and from the first byte of each later request on a
     kept-alive connection (so an idle keep-alive connection is left to the
     idle timeout).  A late head gets a 408 and the connection is closed.
+
+    A head that frames its body badly gets a 400, and one whose
+    C{Content-Length} is over C{site.max_request_body_bytes} a 413, in the
+    client's dialect, and the connection is closed (see the module
+    docstring).  The dialect comes from the request line's path, as for a
+    route, or else from the headers received so far
+    (L{listener_for_path}).
     """
 
     site: QuietSite
@@ -87,20 +161,114 @@ class GatewayChannel(HTTPChannel):
         self._awaiting_head = True
         self._arm_head_deadline()
 
+    # The first bytes received of the current request head, kept (not
+    # parsed, not copied) until the head is complete: only a refusal reads
+    # the request line's path from them, to choose the dialect.
+    _head_start: bytes | None = None
+    # Whether the current head has declared its body's length
+    # (Content-Length, or Transfer-Encoding: chunked).
+    _body_framed = False
+
     def dataReceived(self, data: bytes) -> None:
-        if self._awaiting_head and self._head_deadline is None:
-            self._arm_head_deadline()
-        super().dataReceived(data)
+        if self._awaiting_head:
+            if self._head_deadline is None:
+                self._arm_head_deadline()
+            if self._head_start is None:
+                self._head_start = data
+        HTTPChannel.dataReceived(self, data)
+
+    def headerReceived(self, line: bytes) -> bool:
+        """
+        Refuse a malformed C{Content-Length} or C{Transfer-Encoding} in the
+        client's dialect before Twisted refuses it with a bare 400.  Every
+        other header costs one set look-up of its first byte (Twisted never
+        passes an empty line): this runs for every header of every request.
+        A header name is a token, so Twisted's C{Content-Length} is exactly
+        these 14 bytes before a colon.
+        """
+        if line[0] in _FRAMING_INITIALS and (
+            (line[14:15] == b":" and line[:14].lower() == b"content-length")
+            or (line[17:18] == b":" and line[:17].lower() == b"transfer-encoding")
+        ):
+            refusal = self._framing_error(line)
+            if refusal is not None:
+                self._refuse(400, refusal[0], refusal[1])
+                return False
+        ok: bool = HTTPChannel.headerReceived(self, line)
+        return ok
+
+    def _framing_error(self, line: bytes) -> tuple[str, str] | None:
+        """
+        Why a C{Content-Length} or C{Transfer-Encoding} header C{line} is
+        refused (the message and the OpenAI error code), or C{None}: the
+        same cases Twisted refuses.
+        """
+        name, _, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if len(name) == 14:
+            if not value.isdigit():
+                return (
+                    f"invalid Content-Length header {_quoted(value)}: it must be a number of bytes",
+                    "invalid_content_length",
+                )
+        else:
+            coding = value.lower()
+            if coding == b"identity":
+                return None
+            if coding != b"chunked":
+                return (
+                    f"unsupported Transfer-Encoding {_quoted(value)}: only chunked is accepted",
+                    "invalid_transfer_encoding",
+                )
+        if self._body_framed:
+            return (
+                "the request declares the length of its body more than once (Content-Length, "
+                "Transfer-Encoding: chunked); send exactly one of them",
+                "conflicting_body_length",
+            )
+        self._body_framed = True
+        return None
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request line or header line past C{MAX_LENGTH}: a 400 (Twisted just closes)."""
+        self._refuse(
+            400,
+            f"a request line or header line is longer than {self.MAX_LENGTH} bytes",
+            "header_too_large",
+        )
 
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
         self._cancel_head_deadline()
+        self._body_framed = False
+        length = self.length
+        if length is not None:
+            if length > self.site.max_request_body_bytes:
+                # Refused before the body: Twisted's allHeadersReceived would
+                # hand the length to the request and may answer 100-continue.
+                self._refuse_oversized()
+                return
+            self._head_start = None
+        # else a chunked body: _head_start is kept (until requestDone) for
+        # the dialect of a 413 if the body passes the limit (body_over_limit).
         super().allHeadersReceived()
+
+    def body_over_limit(self, request: Any) -> None:
+        """
+        The body of C{request}, which had no C{Content-Length} (chunked), has
+        just passed C{site.max_request_body_bytes} (L{GatewayRequest} counts
+        it): answer the 413 now and close, instead of reading the rest of
+        the upload.  The request is never handed to a route, even if its
+        last chunk is among the bytes being parsed.
+        """
+        request.requestReceived = _not_processed
+        self._refuse_oversized()
 
     def requestDone(self, request: Any) -> None:
         # Set before the base class replays pipelined bytes, which may
         # complete the next head at once.
         self._awaiting_head = True
+        self._head_start = None
         super().requestDone(request)
 
     _abort_call: Any = None
@@ -122,6 +290,55 @@ class GatewayChannel(HTTPChannel):
                 self._head_deadline.cancel()
             self._head_deadline = None
 
+    def _refuse_oversized(self) -> None:
+        site = self.site
+        site.oversized_requests += 1
+        log.debug(
+            "refused a request from {client}: its body is over "
+            "http_server.max_request_body_bytes",
+            client=self.client_host,
+        )
+        self._refuse(413, body_limit_message(site.max_request_body_bytes), None)
+
+    def _refuse(self, status: int, message: str, code: str | None) -> None:
+        """
+        Answer the current request with C{status} and C{message} in its
+        dialect (chosen from its path and the headers received so far, as a
+        route would), then close the connection and ignore what the client
+        still sends.
+        """
+        self._cancel_head_deadline()
+        if status == 400:
+            self.site.malformed_requests += 1
+            log.debug(
+                "refused a malformed request head from {client}: {message}",
+                client=self.client_host,
+                message=message,
+            )
+        # While a head or a body is read, the last request is the current one.
+        header = header_reader(self.requests[-1].requestHeaders) if self.requests else _no_header
+        listener = listener_for_path(request_line_path(self._head_start), header)
+        self._head_start = None
+        if self.transport is not None:
+            self.transport.write(refusal_response(listener, status, message, code))
+        # The rest of the connection is not HTTP we can frame: nothing more
+        # of it is parsed (a real transport also stops reading on close).
+        self.dataReceived = self._ignore  # type: ignore[method-assign]
+        self._close()
+
+    def _ignore(self, data: bytes) -> None:
+        pass
+
+    def _close(self) -> None:
+        """
+        Close after what is buffered is written, as Twisted does, and abort
+        if the peer has not let go within C{abortTimeout}.
+        """
+        transport: Any = self.transport
+        if self.abortTimeout is not None and transport is not None and self._abort_call is None:
+            self._abort_call = self.callLater(self.abortTimeout, transport.abortConnection)
+        self.loseConnection()
+
     def _head_timed_out(self) -> None:
         self._head_deadline = None
         self.site.head_timeouts += 1
@@ -142,10 +359,7 @@ class GatewayChannel(HTTPChannel):
         idle keep-alive connection ends this way.
         """
         log.debug("closing a timed-out connection from {client}", client=self.client_host)
-        transport: Any = self.transport
-        if self.abortTimeout is not None and transport is not None:
-            self._abort_call = self.callLater(self.abortTimeout, transport.abortConnection)
-        self.loseConnection()
+        self._close()
 
 
 class QuietSite(Site):
@@ -158,6 +372,11 @@ class QuietSite(Site):
         late.
     @ivar refused_connections: connections closed on accept because their
         client already had C{max_connections_per_client} open.
+    @ivar malformed_requests: connections closed with a 400 because their
+        request head framed the body badly (or had a line too long).
+    @ivar oversized_requests: connections closed with a 413 because their
+        C{Content-Length}, or their chunked body so far, was over
+        C{max_request_body_bytes}.
     """
 
     noisy = False
@@ -181,6 +400,8 @@ class QuietSite(Site):
         self.connections_per_client: Counter[str] = Counter()
         self.head_timeouts = 0
         self.refused_connections = 0
+        self.malformed_requests = 0
+        self.oversized_requests = 0
         self._last_refusal_logged: dict[str, float] = {}
 
     def log(self, request: Any) -> None:
