@@ -33,6 +33,9 @@ class GatewayRequest(Request):
     """
 
     body_too_large = False
+    # The channel has answered this request (a 413) and is closing: no
+    # route may run for it.
+    answered_by_channel = False
     _body_received = 0
 
     def _limit(self) -> int:
@@ -59,5 +62,12 @@ class GatewayRequest(Request):
             over_limit = getattr(self.channel, "body_over_limit", None)
             if over_limit is not None:
                 over_limit(self)
+                self.answered_by_channel = True
             return
         super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # The last chunk may be in the very bytes that passed the limit.
+        if self.answered_by_channel:
+            return
+        super().requestReceived(command, path, version)

@@ -112,10 +112,6 @@ def _no_header(name: str) -> str | None:
     return None
 
 
-def _not_processed(command: bytes, path: bytes, version: bytes) -> None:
-    """Stands in for C{requestReceived} of a request already refused."""
-
-
 def _quoted(value: bytes) -> str:
     text = value[:_QUOTED_VALUE_CHARS].decode("latin-1")
     return repr(text + "..." if len(value) > _QUOTED_VALUE_CHARS else text)
@@ -168,8 +164,13 @@ class GatewayChannel(HTTPChannel):
     # Whether the current head has declared its body's length
     # (Content-Length, or Transfer-Encoding: chunked).
     _body_framed = False
+    # A request was refused and the connection is closing: what the client
+    # still sends is not HTTP this channel can frame, and is not parsed.
+    _refused = False
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self._awaiting_head:
             if self._head_deadline is None:
                 self._arm_head_deadline()
@@ -261,7 +262,6 @@ class GatewayChannel(HTTPChannel):
         the upload.  The request is never handed to a route, even if its
         last chunk is among the bytes being parsed.
         """
-        request.requestReceived = _not_processed
         self._refuse_oversized()
 
     def requestDone(self, request: Any) -> None:
@@ -323,11 +323,8 @@ class GatewayChannel(HTTPChannel):
             self.transport.write(refusal_response(listener, status, message, code))
         # The rest of the connection is not HTTP we can frame: nothing more
         # of it is parsed (a real transport also stops reading on close).
-        self.dataReceived = self._ignore  # type: ignore[method-assign]
+        self._refused = True
         self._close()
-
-    def _ignore(self, data: bytes) -> None:
-        pass
 
     def _close(self) -> None:
         """
