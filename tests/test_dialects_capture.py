@@ -222,6 +222,43 @@ def test_compressed_bodies_are_decoded_incrementally(
         assert summary.to_dict() == expected
 
 
+def _bomb(decoded_bytes: int) -> bytes:
+    """gzip of a JSON-looking prefix and then zeros: about a thousand times smaller than it decodes to."""
+    packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    out = [packer.compress(b'{"id":"msg_1","content":"')]
+    block = b"\0" * (1 << 20)
+    for _ in range(decoded_bytes // len(block)):
+        out.append(packer.compress(block))
+    out.append(packer.flush())
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("content_type", [SSE, "application/json"])
+def test_a_gzip_bomb_is_never_decoded_past_the_limit(content_type: str) -> None:
+    """256 MB of zeros in 250 KB of gzip: decoding stops at the capture's limit, memory stays near it, the summary says partial."""
+    import tracemalloc
+
+    bomb = _bomb(256 << 20)
+    assert len(bomb) < 300_000
+    chunks = [bomb[i : i + 65536] for i in range(0, len(bomb), 65536)]
+    tracemalloc.start()
+    try:
+        summary = capture("anthropic", chunks, content_type, content_encoding="gzip", max_buffer_bytes=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary.partial
+    assert peak < 8 << 20, peak
+
+
+def test_a_body_decoding_to_just_under_the_limit_is_kept() -> None:
+    """The bound is on decoded bytes: a JSON body just under it still summarises."""
+    body = json.dumps({"type": "error", "error": {"type": "x", "message": "y" * 500_000}}).encode()
+    summary = capture("anthropic", [gzip.compress(body)], "application/json",
+                      content_encoding="gzip", max_buffer_bytes=len(body) + 1)
+    assert not summary.partial and summary.error is not None
+
+
 def test_raw_deflate_without_zlib_header_is_accepted() -> None:
     """Servers sending raw deflate under "deflate" are decoded too."""
     data = (STREAMS / "anthropic_thinking_tools.sse").read_bytes()

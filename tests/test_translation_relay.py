@@ -237,6 +237,29 @@ def test_a_gzip_answer_is_decoded_before_translating() -> None:
     assert gateway.exchanges[0].response is not None and gateway.exchanges[0].response.usage.input_tokens == 7
 
 
+def test_a_gzip_bomb_answer_is_a_502_not_its_decoded_size() -> None:
+    """A JSON answer of 256 MB of zeros in 250 KB of gzip: decoding stops at the relay's limit; the client gets a 502 in its dialect."""
+    import tracemalloc
+    import zlib
+
+    packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    block = b"\0" * (1 << 20)
+    bomb = packer.compress(b'{"id":"') + b"".join(packer.compress(block) for _ in range(256)) + packer.flush()
+    zipped = Response(200, bomb, {b"content-type": [b"application/json"], b"content-encoding": [b"gzip"]})
+    gateway = Gateway(OPENAI_ONLY, zipped)
+    tracemalloc.start()
+    try:
+        status, _, answer = gateway.post("/v1/messages", MESSAGES_BODY)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert status == 502
+    assert json.loads(answer)["type"] == "error"
+    assert "exceeds" in json.loads(answer)["error"]["message"]
+    # The relay and the capture stop at 64 MB each (MAX_JSON_BYTES), never 256 MB.
+    assert peak < 200 << 20, peak
+
+
 def test_count_tokens_is_estimated_locally() -> None:
     gateway = Gateway(OPENAI_ONLY, Response())
     status, headers, answer = gateway.post("/v1/messages/count_tokens", MESSAGES_BODY)

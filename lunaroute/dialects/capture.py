@@ -57,10 +57,31 @@ class _UnsupportedEncoding(Exception):
     """A Content-Encoding we cannot undo with the standard library."""
 
 
+class DecodedTooLarge(Exception):
+    """Compressed bytes that decode to more than the decoder's limit (a gzip bomb, or a runaway body)."""
+
+
+def bounded_decompress(obj: Any, data: bytes, limit: int) -> bytes:
+    """
+    C{obj.decompress(data)} (a C{zlib} decompressor) that never produces
+    more than C{limit} bytes: deflate expands up to about a thousand times,
+    so one 64 KB read of a hostile or broken body could otherwise become
+    64 MB, and a buffered one gigabytes.
+
+    @raise DecodedTooLarge: C{data} decodes to C{limit} bytes or more.
+    """
+    out: bytes = obj.decompress(data, limit)
+    if obj.unconsumed_tail or len(out) >= limit:
+        raise DecodedTooLarge(f"the compressed body decodes to more than {limit} bytes")
+    return out
+
+
 class _Inflater:
     """Incremental gzip / zlib / raw-deflate decoder for one encoding layer."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
+        # At most this many decoded bytes from one call (DecodedTooLarge).
+        self._limit = limit
         # 32 + MAX_WBITS accepts both gzip and zlib headers, so a server that
         # mislabels one as the other still decodes.
         self._obj = zlib.decompressobj(32 + zlib.MAX_WBITS)
@@ -71,25 +92,27 @@ class _Inflater:
         if self._probe is not None:
             self._probe += data
             try:
-                out = self._obj.decompress(data)
+                out = bounded_decompress(self._obj, data, self._limit)
             except zlib.error:
                 # Nothing decoded yet, so the header was the problem: retry
                 # everything seen so far as headerless deflate (once).
                 self._raw = True
                 self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
                 data, self._probe = bytes(self._probe), None
-                return self._more(self._obj.decompress(data))
+                return self._more(bounded_decompress(self._obj, data, self._limit))
             if out or len(self._probe) > _PROBE_LIMIT:
                 self._probe = None
             return self._more(out)
-        return self._more(self._obj.decompress(data))
+        return self._more(bounded_decompress(self._obj, data, self._limit))
 
     def _more(self, out: bytes) -> bytes:
         # gzip allows several members back to back; each needs a new object.
         while self._obj.eof and self._obj.unused_data and not self._raw:
             rest = self._obj.unused_data
             self._obj = zlib.decompressobj(32 + zlib.MAX_WBITS)
-            out += self._obj.decompress(rest)
+            out += bounded_decompress(self._obj, rest, self._limit)
+            if len(out) >= self._limit:
+                raise DecodedTooLarge(f"the compressed body decodes to more than {self._limit} bytes")
         return out
 
     def flush(self) -> bytes:
@@ -100,8 +123,8 @@ class _Inflater:
         return not self._obj.eof
 
 
-def _inflaters(content_encoding: str | None) -> list[_Inflater]:
-    """Decoders for each layer, outermost (last applied) first."""
+def _inflaters(content_encoding: str | None, limit: int) -> list[_Inflater]:
+    """Decoders for each layer, outermost (last applied) first, each bounded by C{limit} bytes a call."""
     names = [
         name.strip().lower()
         for name in (content_encoding or "").split(",")
@@ -111,7 +134,7 @@ def _inflaters(content_encoding: str | None) -> list[_Inflater]:
         if name not in ("gzip", "x-gzip", "deflate"):
             raise _UnsupportedEncoding(name)
     # Layers are listed in the order they were applied: undo the last first.
-    return [_Inflater() for _ in reversed(names)]
+    return [_Inflater(limit) for _ in reversed(names)]
 
 
 class ResponseCapture:
@@ -168,7 +191,7 @@ class ResponseCapture:
         self._summary: ResponseSummary | None = None
         self._event_count = 0
         try:
-            self._inflaters = _inflaters(content_encoding)
+            self._inflaters = _inflaters(content_encoding, max_buffer_bytes)
         except _UnsupportedEncoding:
             self._inflaters = []
             self._partial = self._dead = True

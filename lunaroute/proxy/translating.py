@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from lunaroute.dialects._coerce import as_dict, as_list
-from lunaroute.dialects.capture import ResponseCapture
+from lunaroute.dialects.capture import DecodedTooLarge, ResponseCapture, bounded_decompress
 from lunaroute.dialects.sse import SSEEvent
 from lunaroute.dialects.translate.base import StreamTranslator, Translator
 from lunaroute.dialects.translate.common import ENDED_EARLY, utf8
@@ -177,19 +177,23 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
 
 
 class _Inflate:
-    """Undoes a gzip/deflate body (a provider that ignored C{identity})."""
+    """
+    Undoes a gzip/deflate body (a provider that ignored C{identity}), at
+    most C{limit} decoded bytes a read (L{bounded_decompress}).
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self._obj = zlib.decompressobj(32 + zlib.MAX_WBITS)
+        self._limit = limit
 
     def __call__(self, data: bytes) -> bytes:
-        return self._obj.decompress(data)
+        return bounded_decompress(self._obj, data, self._limit)
 
 
-def _decoder(content_encoding: str | None) -> _Inflate | None:
+def _decoder(content_encoding: str | None, limit: int) -> _Inflate | None:
     encoding = (content_encoding or "").strip().lower()
     if encoding in ("gzip", "x-gzip", "deflate"):
-        return _Inflate()
+        return _Inflate(limit)
     return None
 
 
@@ -257,7 +261,7 @@ class TranslatingRelay(RelayProtocol):
             content_encoding=content_encoding,
             on_event=self._on_event if self._stream is not None else None,
         )
-        self._decode = _decoder(content_encoding) if self._stream is None else None
+        self._decode = _decoder(content_encoding, self._max + 1) if self._stream is None else None
         self._body: list[bytes] = []
         self._size = 0
         self._too_large = False
@@ -296,6 +300,10 @@ class TranslatingRelay(RelayProtocol):
         try:
             if self._decode is not None:
                 data = self._decode(data)
+        except DecodedTooLarge:
+            self._too_large = True
+            self._body = []
+            return
         except Exception:
             self.translation_error = "the provider's answer could not be decoded"
             self.cut_translation()
