@@ -259,6 +259,25 @@ def test_a_body_decoding_to_just_under_the_limit_is_kept() -> None:
     assert not summary.partial and summary.error is not None
 
 
+def test_an_endless_stream_is_followed_up_to_the_limit_then_partial() -> None:
+    """A provider streaming text without end: the record keeps what came before the limit, the accumulator stops growing."""
+    start = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"c",'
+             b'"content":[],"usage":{"input_tokens":5,"output_tokens":1}}}\n\n'
+             b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+             b'"content_block":{"type":"text","text":""}}\n\n')
+    delta = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+             b'"delta":{"type":"text_delta","text":"' + b"w" * 900 + b'"}}\n\n')
+    cap = ResponseCapture("anthropic", streaming=True, content_type=SSE, max_buffer_bytes=200_000,
+                          bulk_bytes=16 * 1024)
+    cap.feed(start)
+    for _ in range(2_000):  # about 2 MB, ten times the limit
+        cap.feed(delta)
+    summary = cap.finish()
+    assert summary.partial
+    assert summary.usage.input_tokens == 5
+    assert 100_000 < len(summary.text) <= 200_000
+
+
 def test_raw_deflate_without_zlib_header_is_accepted() -> None:
     """Servers sending raw deflate under "deflate" are decoded too."""
     data = (STREAMS / "anthropic_thinking_tools.sse").read_bytes()

@@ -15,7 +15,7 @@ from lunaroute.config import settings_from_mapping
 from lunaroute.interfaces import IProvider
 from lunaroute.providers.http import HTTPProvider
 from lunaroute.proxy.headers import masked_headers, relayed_response_headers, upstream_request_headers
-from lunaroute.proxy.relay import RelayProtocol
+from lunaroute.proxy.relay import MAX_CHUNK_GAPS, RelayProtocol
 
 
 class FakeRequest:
@@ -132,6 +132,19 @@ def test_relay_registers_upstream_as_streaming_producer():
     relay.connectionLost(Failure(ResponseDone()))
     assert request.producer is None
     assert relay.done.called
+
+
+def test_an_endless_stream_keeps_a_bounded_list_of_chunk_gaps():
+    """Every chunk is relayed and counted, but only the first MAX_CHUNK_GAPS gaps are kept."""
+    clock = Clock()
+    request, transport = FakeRequest(), FakeTransport()
+    relay = RelayProtocol(request, clock, lambda chunk: None, idle_timeout=60)
+    relay.makeConnection(transport)
+    for _ in range(MAX_CHUNK_GAPS + 500):
+        clock.advance(0.001)
+        relay.dataReceived(b"x")
+    assert relay.chunks == MAX_CHUNK_GAPS + 500 and len(request.written) == MAX_CHUNK_GAPS + 500
+    assert len(relay.gaps_ms) == MAX_CHUNK_GAPS
 
 
 def test_relay_aborts_a_silent_upstream():

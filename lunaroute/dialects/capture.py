@@ -151,6 +151,9 @@ class ResponseCapture:
     dialect) after the accumulator has seen it; the pretty request log
     subscribes this way.  Whatever it raises is ignored.
 
+    Without ``on_event``, a stream is followed up to ``max_buffer_bytes``
+    decoded bytes in all (the summary is partial past that).
+
     ``bulk_bytes`` (streams without ``on_event`` only): keep up to this many
     bytes of the stream as they arrive and parse them together, when that
     much has arrived or at ``finish()``.  The summary is the same (the
@@ -289,6 +292,18 @@ class ResponseCapture:
         if not data:
             return
         if self._sse:
+            if self._on_event is None:
+                # A stream is followed for its record up to the same number
+                # of decoded bytes as a JSON body: no answer comes near it,
+                # and a provider streaming without end must not grow the
+                # accumulator without end.  The relay goes on; the summary
+                # keeps what came before and says partial.  (A listener's
+                # capture drives a translation, which needs every event.)
+                self._size += len(data)
+                if self._size > self._max:
+                    self._partial = self._dead = True
+                    self._parser = SSEParser()
+                    return
             if self._bulk:
                 self._dispatch_pairs(self._parser.feed_pairs(data))
             else:

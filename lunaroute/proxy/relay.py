@@ -22,6 +22,12 @@ from lunaroute.logs import log_observer
 log = Logger(observer=log_observer)
 
 
+# Chunk gaps kept per response (for the chunk-latency histogram and the
+# record's gap summary): a real answer has a few thousand chunks at most; a
+# provider streaming without end must not grow the list without end.
+MAX_CHUNK_GAPS = 100_000
+
+
 class RelayProtocol(Protocol):
     """
     Receives the provider's body via C{IResponse.deliverBody} and writes each
@@ -76,7 +82,7 @@ class RelayProtocol(Protocol):
         now = self._clock.seconds()
         if self.first_byte is None:
             self.first_byte = now
-        elif self.last_byte is not None:
+        elif self.last_byte is not None and self.chunks <= MAX_CHUNK_GAPS:
             self.gaps_ms.append((now - self.last_byte) * 1000.0)
         self.last_byte = now
         self.bytes += len(data)
