@@ -278,6 +278,26 @@ def test_an_endless_stream_is_followed_up_to_the_limit_then_partial() -> None:
     assert 100_000 < len(summary.text) <= 200_000
 
 
+def test_a_listeners_endless_stream_still_reaches_the_listener_but_not_the_record() -> None:
+    """With on_event (a translation), every event still reaches the listener past the limit; the record stops growing."""
+    start = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"c",'
+             b'"content":[],"usage":{"input_tokens":5,"output_tokens":1}}}\n\n'
+             b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+             b'"content_block":{"type":"text","text":""}}\n\n')
+    delta = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+             b'"delta":{"type":"text_delta","text":"' + b"w" * 900 + b'"}}\n\n')
+    seen: list[str] = []
+    cap = ResponseCapture("anthropic", streaming=True, content_type=SSE, max_buffer_bytes=200_000,
+                          on_event=lambda event, data: seen.append(data["type"]))
+    cap.feed(start)
+    for _ in range(2_000):
+        cap.feed(delta)
+    summary = cap.finish()
+    assert seen.count("content_block_delta") == 2_000
+    assert summary.partial
+    assert 100_000 < len(summary.text) <= 200_000
+
+
 def test_raw_deflate_without_zlib_header_is_accepted() -> None:
     """Servers sending raw deflate under "deflate" are decoded too."""
     data = (STREAMS / "anthropic_thinking_tools.sse").read_bytes()

@@ -137,6 +137,10 @@ def _inflaters(content_encoding: str | None, limit: int) -> list[_Inflater]:
     return [_Inflater(limit) for _ in reversed(names)]
 
 
+def _record_nothing(name: str, data: dict[str, Any]) -> None:
+    """The accumulator of a stream past the capture's limit: it keeps nothing more."""
+
+
 class ResponseCapture:
     """Watch one response body and summarise it.
 
@@ -151,8 +155,9 @@ class ResponseCapture:
     dialect) after the accumulator has seen it; the pretty request log
     subscribes this way.  Whatever it raises is ignored.
 
-    Without ``on_event``, a stream is followed up to ``max_buffer_bytes``
-    decoded bytes in all (the summary is partial past that).
+    A stream is recorded up to ``max_buffer_bytes`` decoded bytes in all
+    (the summary is partial past that); with ``on_event``, later events are
+    still parsed and handed to it.
 
     ``bulk_bytes`` (streams without ``on_event`` only): keep up to this many
     bytes of the stream as they arrive and parse them together, when that
@@ -292,18 +297,20 @@ class ResponseCapture:
         if not data:
             return
         if self._sse:
-            if self._on_event is None:
-                # A stream is followed for its record up to the same number
-                # of decoded bytes as a JSON body: no answer comes near it,
-                # and a provider streaming without end must not grow the
-                # accumulator without end.  The relay goes on; the summary
-                # keeps what came before and says partial.  (A listener's
-                # capture drives a translation, which needs every event.)
-                self._size += len(data)
-                if self._size > self._max:
-                    self._partial = self._dead = True
+            # A stream is followed for its record up to the same number of
+            # decoded bytes as a JSON body: no answer comes near it, and a
+            # provider streaming without end must not grow the accumulator
+            # without end.  The relay goes on; the summary keeps what came
+            # before and says partial.  A listener's capture (it drives a
+            # translation) still parses every event for the listener.
+            self._size += len(data)
+            if self._size > self._max and self._add is not _record_nothing:
+                self._partial = True
+                if self._on_event is None:
+                    self._dead = True
                     self._parser = SSEParser()
                     return
+                self._add = _record_nothing
             if self._bulk:
                 self._dispatch_pairs(self._parser.feed_pairs(data))
             else:
