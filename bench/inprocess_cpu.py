@@ -74,48 +74,24 @@ def _upstream_headers(stream: bool) -> Any:
     return headers
 
 
-class _Body:
-    """The provider body's transport (never paused here)."""
+def _answer(stream: bool) -> Any:
+    """fast_upstream's answer as an in-memory C{IResponse}: the JSON body, or the SSE stream one event per read."""
+    from lunaroute.testing.providers import CannedResponse
 
-    def stopProducing(self) -> None:
-        pass
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-
-class _Answer:
-    """An C{IResponse} stand-in: fast_upstream's answer, delivered at once."""
-
-    def __init__(self, stream: bool) -> None:
-        from twisted.python.failure import Failure
-        from twisted.web.client import ResponseDone
-
-        self.code, self.phrase, self.length = 200, b"OK", None
-        self.headers = _upstream_headers(stream)
-        if stream:
-            with open(os.path.join(FIXTURES, "anthropic_thinking_tools.sse"), "rb") as handle:
-                text = handle.read().replace(b"\r\n", b"\n")
-            self.reads = [event + b"\n\n" for event in text.split(b"\n\n") if event.strip()]
-        else:
-            with open(os.path.join(FIXTURES, "anthropic_thinking_tools.json"), "rb") as handle:
-                body = handle.read().strip()
-            self.headers.setRawHeaders("content-length", [str(len(body))])
-            self.reads = [body]
-        # Twisted makes one per response too; made once here.
-        self.done = Failure(ResponseDone())
-
-    def deliverBody(self, protocol: Any) -> None:
-        protocol.makeConnection(_Body())
-        for data in self.reads:
-            protocol.dataReceived(data)
-        protocol.connectionLost(self.done)
+    headers = _upstream_headers(stream)
+    if stream:
+        with open(os.path.join(FIXTURES, "anthropic_thinking_tools.sse"), "rb") as handle:
+            text = handle.read().replace(b"\r\n", b"\n")
+        reads = [event + b"\n\n" for event in text.split(b"\n\n") if event.strip()]
+    else:
+        with open(os.path.join(FIXTURES, "anthropic_thinking_tools.json"), "rb") as handle:
+            body = handle.read().strip()
+        headers.setRawHeaders("content-length", [str(len(body))])
+        reads = [body]
+    return CannedResponse(200, headers, reads)
 
 
-def _floor_site(answer: _Answer) -> Any:
+def _floor_site(answer: Any) -> Any:
     """The server half of bench/stack_floor.py, answered in memory."""
     from stack_floor import _HOP, _QuietSite, _Relay
     from twisted.web import resource, server
@@ -140,7 +116,7 @@ def _floor_site(answer: _Answer) -> Any:
     return _QuietSite(Forward(), parsePOSTFormSubmission=False)
 
 
-def _gateway_site(config: dict[str, Any], answer: _Answer) -> Any:
+def _gateway_site(config: dict[str, Any], answer: Any) -> Any:
     from twisted.internet.testing import MemoryReactorClock
 
     from lunaroute.config import settings_from_mapping
@@ -172,7 +148,7 @@ def measure(
     extra = json.loads(json.dumps(CONFIGS[name]))
     result: dict[str, float] = {}
     for stream in [phase == "stream" for phase in phases]:
-        answer = _Answer(stream)
+        answer = _answer(stream)
         if extra.get("floor"):
             site = _floor_site(answer)
         else:

@@ -33,13 +33,11 @@ from typing import Any
 import treq
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
 from lunaroute.config import settings_from_mapping
 from lunaroute.proxy.app import GatewayApp
-from lunaroute.testing.providers import CannedProvider
+from lunaroute.testing.providers import CannedProvider, CannedResponse
 
 FIXTURE = (
     Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "clients" / "claude_code_messages_tool_result_request.json"
@@ -93,37 +91,14 @@ def chat_stream(events: int) -> bytes:
     return b"".join(out)
 
 
-class _Transport:
-    def stopProducing(self) -> None:
-        pass
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
+def _answer(body: bytes, content_type: bytes, pieces: int) -> CannedResponse:
+    """The provider's answer: the body in one read, or one read per SSE event."""
+    # One network read per event, as a provider's stream arrives.
+    reads = [body] if pieces <= 1 else [frame + b"\n\n" for frame in body.split(b"\n\n")[:-1]]
+    return CannedResponse(200, Headers({b"content-type": [content_type]}), reads)
 
 
-class _Response:
-    def __init__(self, body: bytes, content_type: bytes, pieces: int) -> None:
-        self.code = 200
-        self.phrase = b"OK"
-        self.headers = Headers({b"content-type": [content_type]})
-        self._body = body
-        self._pieces = pieces
-
-    def deliverBody(self, protocol: Any) -> None:
-        protocol.makeConnection(_Transport())
-        if self._pieces <= 1:
-            protocol.dataReceived(self._body)
-        else:
-            # One network read per event, as a provider's stream arrives.
-            for frame in self._body.split(b"\n\n")[:-1]:
-                protocol.dataReceived(frame + b"\n\n")
-        protocol.connectionLost(Failure(ResponseDone()))
-
-
-def _gateway(translated: bool, answer: _Response) -> StubTreq:
+def _gateway(translated: bool, answer: CannedResponse) -> StubTreq:
     if translated:
         providers = {"anthropic": {"enabled": False}, "openai": {"base_url": "http://o.test/v1", "api_key": "sk-x"}}
     else:
@@ -178,16 +153,16 @@ def main() -> None:
     large = json.dumps(fixture).encode()
     print(f"request body: {len(large) // 1024} KB, {len(fixture['tools'])} tools, {len(fixture['messages'])} messages")
     _compare(
-        "JSON request", _gateway(False, _Response(ANTHROPIC_MESSAGE, b"application/json", 1)),
-        _gateway(True, _Response(CHAT_COMPLETION, b"application/json", 1)), large, args.requests,
+        "JSON request", _gateway(False, _answer(ANTHROPIC_MESSAGE, b"application/json", 1)),
+        _gateway(True, _answer(CHAT_COMPLETION, b"application/json", 1)), large, args.requests,
     )
     small = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
                         "messages": [{"role": "user", "content": "hi"}]}).encode()
     events = args.events
     a, b = _compare(
         f"stream of {events} events",
-        _gateway(False, _Response(anthropic_stream(events), b"text/event-stream", events)),
-        _gateway(True, _Response(chat_stream(events), b"text/event-stream", events)),
+        _gateway(False, _answer(anthropic_stream(events), b"text/event-stream", events)),
+        _gateway(True, _answer(chat_stream(events), b"text/event-stream", events)),
         small, max(20, args.requests // 10),
     )
     print(f"added per streamed event: {(b - a) / events * 1e6:.1f} us")

@@ -1,4 +1,4 @@
-"""An in-memory L{IProvider} and body transport for tests of the send and relay steps."""
+"""An in-memory L{IProvider}, response and body transport for tests and benchmarks of the send and relay steps."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from typing import Any
 
 from twisted.internet import defer, error
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed
+from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from lunaroute.interfaces import IProvider
 
-__all__ = ["CannedProvider", "UpstreamTransport"]
+__all__ = ["CannedProvider", "CannedResponse", "UpstreamTransport"]
 
 
 class UpstreamTransport:
@@ -37,6 +37,40 @@ class UpstreamTransport:
 
     def resumeProducing(self) -> None:
         pass
+
+
+class _SteadyTransport:
+    """The body transport of a L{CannedResponse}: never paused, never stopped early."""
+
+    def stopProducing(self) -> None:
+        pass
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+
+class CannedResponse:
+    """
+    An C{IResponse} stand-in whose body is C{reads}, delivered at once (one
+    C{dataReceived} per item, as network reads would come) and then ended
+    with C{ResponseDone}, as Agent ends a whole body.
+    """
+
+    def __init__(self, code: int, headers: Headers, reads: list[bytes], phrase: bytes = b"OK") -> None:
+        self.code = code
+        self.phrase = phrase
+        self.headers = headers
+        self.length = None
+        self.reads = reads
+
+    def deliverBody(self, protocol: Any) -> None:
+        protocol.makeConnection(_SteadyTransport())
+        for data in self.reads:
+            protocol.dataReceived(data)
+        protocol.connectionLost(Failure(ResponseDone()))
 
 
 @implementer(IProvider)
