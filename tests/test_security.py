@@ -194,6 +194,23 @@ async def test_bad_content_length_and_oversized_head_get_json_and_a_closed_socke
 
 
 @pytest_twisted.ensureDeferred
+async def test_malformed_heads_get_json_over_a_real_socket(fake, start_gateway):
+    """A bad HTTP version, a header line without a colon, 501 headers: JSON in the path's dialect, never a bare 400."""
+    gw = await start_gateway(fake, providers={"anthropic": {"api_key": SERVER_KEY}})
+    many = b"".join(b"X-%d: v\r\n" % i for i in range(501))
+    for head, status in (
+        (b"POST /v1/messages HTTP/9.9\r\nHost: x\r\n\r\n", b"400"),
+        (b"POST /v1/messages HTTP/1.1\r\nHost x\r\n\r\n", b"400"),
+        (b"POST /v1/messages HTTP/1.1\r\n" + many + b"\r\n", b"431"),
+    ):
+        answer = await in_thread(raw_http, gw.port, head)
+        first, _, body = answer.partition(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 " + status + b" "), answer
+        assert json.loads(body)["type"] == "error"
+    assert fake.requests == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_cross_site_post_is_refused_and_never_forwarded(fake, start_gateway):
     """A browser's text/plain POST with an Origin gets 403 in dialect; the provider never sees it."""
     gw = await start_gateway(fake, providers={"anthropic": {"api_key": SERVER_KEY}})

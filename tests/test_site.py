@@ -451,6 +451,60 @@ def test_a_malformed_body_framing_is_a_400_in_the_paths_dialect_and_the_connecti
     assert transport.value() == written and site.head_timeouts == 0
 
 
+_BAD_HEADS = [
+    (b"POST /v1/messages HTTP/9.9\r\nHost: x\r\n\r\n", 400, "anthropic", "request line"),
+    (b"POST  /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n", 400, "openai", "request line"),
+    (b"POST /v1/messages HTTP/1.1 x\r\nHost: x\r\n\r\n", 400, "anthropic", "request line"),
+    (b"P@ST /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n", 400, "anthropic", "request line"),
+    (b"POST /v1/messages/caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "anthropic", "request line"),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost x\r\n\r\n", 400, "openai", "header line"),
+    (b"POST /v1/messages HTTP/1.1\r\nBad Name: x\r\n\r\n", 400, "anthropic", "header line"),
+    (b"POST /v1/messages HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", 400, "anthropic", "header line"),
+    (b"POST /v1/messages HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 100) for i in range(200))
+     + b"\r\n", 431, "anthropic", "larger than 16384 bytes"),
+    (b"POST /v1/responses HTTP/1.1\r\n" + b"".join(b"X%d: v\r\n" % i for i in range(501)) + b"\r\n",
+     431, "openai", "more than 500 headers"),
+]
+
+
+@pytest.mark.parametrize(("head", "code", "dialect", "named"), _BAD_HEADS, ids=[n + str(i) for i, (_, _, _, n) in enumerate(_BAD_HEADS)])
+def test_a_head_twisted_would_refuse_bare_is_refused_in_the_clients_dialect(head, code, dialect, named):
+    """
+    A malformed request line or header line, or a head over Twisted's
+    limits: Twisted alone wrote a bare '400 Bad Request' with no body.  Now
+    JSON in the client's dialect (from the path, when there is one), with
+    Connection: close, the connection closed, nothing reaching the resource.
+    """
+    resource = Recording()
+    site, _ = _site(resource)
+    channel, transport = _connect(site)
+    channel.dataReceived(head)
+    status, headers, body = _response(transport)
+    assert status.startswith(b"HTTP/1.1 %d " % code)
+    assert headers[b"content-type"] == b"application/json" and headers[b"connection"] == b"close"
+    if dialect == "anthropic":
+        _assert_anthropic_error(body, "invalid_request_error")
+    else:
+        _assert_openai_error(body, "invalid_request_error")
+    assert named in body["error"]["message"]
+    assert transport.disconnecting and resource.requests == []
+
+
+def test_one_blank_line_before_a_request_is_still_tolerated():
+    """A client's stray CRLF before its request line (as Twisted allows once) is not a malformed request line."""
+    site, _ = _site()
+    channel, transport = _connect(site)
+    channel.dataReceived(b"\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    transport.clear()
+    # The next request on the connection is checked from its own first line.
+    channel.dataReceived(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    transport.clear()
+    channel.dataReceived(b"GET /v1/models HTTP/7.0\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400 ")
+
+
 class TCPLikeTransport(StringTransport):
     """Lets go of its producer twice without complaint, as a TCP transport does."""
 

@@ -32,7 +32,9 @@ exit status 1 instead of a traceback.
 
 from __future__ import annotations
 
+import re
 import socket
+import sys
 from collections import Counter
 from typing import Any
 
@@ -70,6 +72,23 @@ _CLEAN_CLOSE = Failure(ConnectionDone())
 # First bytes of the header names Content-Length and Transfer-Encoding.
 _FRAMING_INITIALS = frozenset(b"cCtT")
 
+# A request head's limits (Twisted's defaults): its bytes, without line ends,
+# and its number of headers.  Past them: a 431 in the client's dialect.
+HEAD_MAX_BYTES = 16384
+HEAD_MAX_HEADERS = 500
+
+# Reason phrases Twisted's table lacks.
+_PHRASES = {431: b"Request Header Fields Too Large"}
+
+# What Twisted accepts (RFC 9110/9112, and Twisted's own limits): a request
+# line of a token method, a target of printable bytes up to 0xb0 and HTTP/1.0
+# or 1.1; a header line of a token name, a colon, and a value without NUL,
+# CR or LF.  Checked here first, in one C call each, so that what Twisted
+# would refuse with a bare 400 (no body) is refused in the client's dialect.
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_REQUEST_LINE = re.compile(_TCHAR + rb"+ [\x21-\xb0]+ HTTP/1\.[01]")
+_HEADER_LINE = re.compile(_TCHAR + rb"+:[^\x00\r\n]*")
+
 # Longest piece of a hostile header value quoted back in an error message.
 _QUOTED_VALUE_CHARS = 64
 
@@ -83,7 +102,7 @@ def refusal_response(listener: str, status: int, message: str, code: str | None 
     body = error_body(listener, status, message, code)
     head = (
         b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-        b"Connection: close\r\n\r\n" % (status, RESPONSES.get(status, b"Error"), len(body))
+        b"Connection: close\r\n\r\n" % (status, RESPONSES.get(status) or _PHRASES.get(status, b"Error"), len(body))
     )
     return head + body
 
@@ -167,6 +186,16 @@ class GatewayChannel(HTTPChannel):
     # A request was refused and the connection is closing: what the client
     # still sends is not HTTP this channel can frame, and is not parsed.
     _refused = False
+    # Bytes and headers of the current head so far (see headerReceived).
+    _head_bytes = 0
+    _head_headers = 0
+
+    # The head limits are this class's own (HEAD_MAX_BYTES, HEAD_MAX_HEADERS,
+    # Twisted's values), checked in headerReceived so that an oversized head
+    # is refused in the client's dialect; Twisted's own checks, which would
+    # answer a bare 400 first, are set out of the way.
+    totalHeadersSize = sys.maxsize
+    maxHeaders = sys.maxsize
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
@@ -176,17 +205,58 @@ class GatewayChannel(HTTPChannel):
                 self._arm_head_deadline()
             if self._head_start is None:
                 self._head_start = data
+                if not self._request_line_ok(data):
+                    return
         HTTPChannel.dataReceived(self, data)
+
+    def _request_line_ok(self, data: bytes) -> bool:
+        """
+        Check the request line at the start of C{data} (the first bytes of a
+        head) as Twisted will (L{_REQUEST_LINE}), and refuse it in the
+        client's dialect if Twisted would refuse it with a bare 400.  Once
+        per request; a line not complete in these bytes, or a request
+        pipelined behind another, is left to Twisted.
+        """
+        start = 2 if data.startswith(b"\r\n") else 0  # one stray CRLF is allowed
+        end = data.find(b"\r\n", start)
+        if end < 0 or not self.persistent:
+            return True
+        self._head_bytes = end - start
+        if _REQUEST_LINE.fullmatch(data, start, end) is not None:
+            return True
+        self._refuse(
+            400,
+            "malformed request line: expected METHOD /path HTTP/1.1 (printable ASCII, one space apart)",
+            "invalid_request_line",
+        )
+        return False
 
     def headerReceived(self, line: bytes) -> bool:
         """
-        Refuse a malformed C{Content-Length} or C{Transfer-Encoding} in the
-        client's dialect before Twisted refuses it with a bare 400.  Every
-        other header costs one set look-up of its first byte (Twisted never
-        passes an empty line): this runs for every header of every request.
+        Refuse a malformed header line, one header too many, or a malformed
+        C{Content-Length} or C{Transfer-Encoding}, in the client's dialect,
+        before Twisted refuses it with a bare 400.  Beyond the one regular
+        expression, every other header costs one set look-up of its first
+        byte (Twisted never passes an empty line): this runs for every
+        header of every request.
         A header name is a token, so Twisted's C{Content-Length} is exactly
         these 14 bytes before a colon.
         """
+        if _HEADER_LINE.fullmatch(line) is None:
+            self._refuse(
+                400,
+                "malformed header line: expected Name: value (a token name, no NUL, CR or LF)",
+                "invalid_header",
+            )
+            return False
+        self._head_headers += 1
+        self._head_bytes += len(line)
+        if self._head_headers > HEAD_MAX_HEADERS:
+            self._refuse(431, f"the request has more than {HEAD_MAX_HEADERS} headers", "header_too_large")
+            return False
+        if self._head_bytes > HEAD_MAX_BYTES:
+            self._refuse(431, f"the request head is larger than {HEAD_MAX_BYTES} bytes", "header_too_large")
+            return False
         if line[0] in _FRAMING_INITIALS and (
             (line[14:15] == b":" and line[:14].lower() == b"content-length")
             or (line[17:18] == b":" and line[:17].lower() == b"transfer-encoding")
@@ -242,6 +312,7 @@ class GatewayChannel(HTTPChannel):
         self._awaiting_head = False
         self._cancel_head_deadline()
         self._body_framed = False
+        self._head_bytes = self._head_headers = 0
         length = self.length
         if length is not None:
             if length > self.site.max_request_body_bytes:
@@ -308,7 +379,7 @@ class GatewayChannel(HTTPChannel):
         still sends.
         """
         self._cancel_head_deadline()
-        if status == 400:
+        if status in (400, 431):
             self.site.malformed_requests += 1
             log.debug(
                 "refused a malformed request head from {client}: {message}",
