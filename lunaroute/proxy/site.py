@@ -13,12 +13,14 @@ Here the site adds three limits, all on the injected reactor's clock:
    answered, so long streams are not cut);
  - a cap on concurrent connections per client IP address.
 
-It also answers, in the client's dialect, two kinds of request that never
-reach a route: a head whose body framing is malformed (a C{Content-Length}
-that is not a number, two of them, one beside C{Transfer-Encoding: chunked},
-an unknown transfer coding, a line past Twisted's line limit) gets a 400,
-where Twisted alone writes a bare C{400 Bad Request} with no body (or, for a
-long line, just closes); and a C{Content-Length} over
+It also answers, in the client's dialect, requests that never reach a
+route: a malformed head (a request line or header line Twisted would refuse,
+a body framing that is malformed: a C{Content-Length} that is not a number,
+two of them, one beside C{Transfer-Encoding: chunked}, an unknown transfer
+coding, a line past Twisted's line limit) gets a 400 and a head past
+Twisted's size or header-count limits a 431, where Twisted alone writes a
+bare C{400 Bad Request} with no body (or, for a long line, just closes); and
+a C{Content-Length} over
 C{http_server.max_request_body_bytes} gets its 413 as soon as the head is
 complete, before a byte of the body is read.  Both close the connection:
 after a bad head the framing of what follows is unknown, and closing is what
