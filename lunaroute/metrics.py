@@ -200,30 +200,26 @@ class BulkHistogram:
 
 class _Pending:
     """
-    Counter increments and histogram observations not yet given to their
-    metrics, filled on the reactor thread per finished exchange: C{amounts}
-    maps a C{(metric, label values)} key to the whole number to add, and
-    C{observations} lists C{(histogram child, value)} in the order they were
-    made.  Registered first in the registry, it hands them all over when the
-    registry is collected (C{/metrics}, or any reader of the registry), before
-    the metrics report.  An C{inc()} or C{observe()} takes a lock and checks
-    its argument on every call; a dict update or a list append costs a tenth
-    of that, and an exchange makes a dozen.
+    Counter increments not yet added to their counters: C{amounts} maps a
+    C{(metric, label values)} key to the whole number to add, filled on the
+    reactor thread per finished exchange.  Registered first in the
+    registry, it adds them when the registry is collected (C{/metrics}, or
+    any reader of the registry), before the counters report.  An C{inc()}
+    takes a lock and checks its argument on every call; a dict update costs
+    a tenth of that, an exchange makes ten or more, and a scrape adds each
+    key's sum once.
 
-    The exposition is exactly what per-call updates give: counts are whole
-    numbers, whose sum is the same in any order, and each histogram sees its
-    values in their original order, so its float sum is the same too.  Only
-    for code on the reactor thread, as the gateway's observers are.  The
-    observations are handed over early when L{MAX_OBSERVATIONS} wait, so a
-    gateway nobody scrapes does not grow.
+    The exposition is exactly what per-call increments give: the amounts are
+    whole numbers, whose sum is the same in any order.  Only for code on the
+    reactor thread, as the gateway's observers are.  The dict holds one
+    entry per labelled series (bounded by L{BoundedLabels}), however long
+    nobody scrapes.  Histograms are observed at once: replaying their values
+    at a scrape would cost the same per value, only later and all at once.
     """
-
-    MAX_OBSERVATIONS = 10_000
 
     def __init__(self, children: dict[tuple[Any, tuple[str, ...]], Any]) -> None:
         self.children = children
         self.amounts: dict[tuple[Any, tuple[str, ...]], int] = {}
-        self.observations: list[tuple[Any, float]] = []
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -233,14 +229,11 @@ class _Pending:
         return iter(())
 
     def flush(self) -> None:
-        """Give every pending increment and observation to its metric."""
+        """Add every pending increment to its counter."""
         amounts, self.amounts = self.amounts, {}
-        observations, self.observations = self.observations, []
         children = self.children
         for key, amount in amounts.items():
             children[key].inc(amount)
-        for child, value in observations:
-            child.observe(value)
 
 
 class _RoutingCollector:
@@ -509,7 +502,7 @@ class GatewayMetrics:
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._started: set[str] = set()
         r = self.registry
-        # First in the registry, so that the metrics report after it adds.
+        # First in the registry, so that the counters report after it adds.
         self._pending = _Pending(self._children)
         r.register(self._pending)
 
@@ -702,13 +695,6 @@ class GatewayMetrics:
         amounts = self._pending.amounts
         amounts[key] = amounts.get(key, 0) + amount
 
-    def _observe_later(self, metric: Any, value: float, *values: str) -> None:
-        """Observe C{value} in C{metric}'s child for C{values}, when the registry is next read."""
-        pending = self._pending
-        pending.observations.append((self._child(metric, *values), value))
-        if len(pending.observations) >= pending.MAX_OBSERVATIONS:
-            pending.flush()
-
     def _observe(self, exchange: Exchange) -> None:
         if exchange.request_id in self._started:
             self._started.discard(exchange.request_id)
@@ -732,10 +718,10 @@ class GatewayMetrics:
 
         total = _seconds(timings.total_ms)
         if total is not None:
-            self._observe_later(self.request_duration, total, listener, provider, model)
+            self._child(self.request_duration, listener, provider, model).observe(total)
         overhead = _seconds(timings.proxy_overhead_ms)
         if overhead is not None:
-            self._observe_later(self.proxy_overhead, overhead, listener, provider)
+            self._child(self.proxy_overhead, listener, provider).observe(overhead)
 
         if exchange.outcome in _UPSTREAM_ERROR_KINDS:
             self._count(self.upstream_errors, provider, exchange.outcome)
@@ -774,12 +760,12 @@ class GatewayMetrics:
             self._count(self.streaming_chunks, provider, amount=exchange.chunk_count)
         ttft = _seconds(timings.ttft_ms)
         if ttft is not None:
-            self._observe_later(self.streaming_ttft, ttft, provider, model)
+            self._child(self.streaming_ttft, provider, model).observe(ttft)
         if exchange.chunk_gaps_ms:
             self.streaming_chunk_latency.observe_ms(provider, exchange.chunk_gaps_ms)
         if timings.first_byte is not None and timings.last_byte is not None:
-            self._observe_later(
-                self.streaming_duration, max(0.0, timings.last_byte - timings.first_byte), provider, model
+            self._child(self.streaming_duration, provider, model).observe(
+                max(0.0, timings.last_byte - timings.first_byte)
             )
 
     def _observe_usage(self, exchange: Exchange, provider: str, model: str) -> None:
@@ -787,7 +773,7 @@ class GatewayMetrics:
         for result in exchange.tool_results:
             duration = _seconds(result.get("duration_ms"))
             if duration is not None:
-                self._observe_later(self.tool_duration, duration, self.labels("tool", result.get("tool_name")))
+                self._child(self.tool_duration, self.labels("tool", result.get("tool_name"))).observe(duration)
         response = exchange.response
         if response is None:
             return

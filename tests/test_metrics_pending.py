@@ -1,8 +1,8 @@
 """
-Per-exchange counter increments and histogram observations are handed to
-prometheus-client when the registry is read (issue 19: one locked call per
-metric per request before).  Whoever reads the registry sees exactly what
-per-call updates would have given.
+Per-exchange counter increments are added to prometheus-client's counters
+when the registry is read (issue 19: one locked call per counter per request
+before).  Whoever reads the registry sees exactly what per-call increments
+would have given.
 """
 
 from __future__ import annotations
@@ -33,14 +33,9 @@ def _direct_count(self: GatewayMetrics, metric: Any, *values: str, amount: int =
     (metric.labels(*values) if values else metric).inc(amount)
 
 
-def _direct_observe(self: GatewayMetrics, metric: Any, value: float, *values: str) -> None:
-    metric.labels(*values).observe(value)
-
-
 def direct_metrics(monkeypatch: pytest.MonkeyPatch) -> GatewayMetrics:
-    """A GatewayMetrics that updates every metric at once, as before."""
+    """A GatewayMetrics that increments every counter at once, as before."""
     monkeypatch.setattr(GatewayMetrics, "_count", _direct_count)
-    monkeypatch.setattr(GatewayMetrics, "_observe_later", _direct_observe)
     return GatewayMetrics()
 
 
@@ -88,7 +83,7 @@ EXCHANGES = st.lists(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(exchanges=EXCHANGES)
 def test_metrics_body_is_byte_for_byte_the_per_call_one(monkeypatch: pytest.MonkeyPatch, exchanges: list[Exchange]) -> None:
-    """Any sequence of exchanges: /metrics is the same bytes as updating each metric per call."""
+    """Any sequence of exchanges: /metrics is the same bytes as incrementing each counter per call."""
     with frozen_time():
         pending = GatewayMetrics()
         with monkeypatch.context() as patch:
@@ -115,15 +110,12 @@ def test_any_reader_of_the_registry_sees_the_pending_updates() -> None:
     assert metrics.registry.get_sample_value("lunaroute_request_duration_seconds_sum", duration) == 6.0
 
 
-def test_an_unscraped_gateway_does_not_grow() -> None:
-    """Without a scrape, observations are handed over once MAX_OBSERVATIONS wait; counts stay one per series."""
+def test_an_unscraped_gateway_keeps_one_pending_amount_per_series() -> None:
+    """Without a scrape, 5,000 exchanges leave one pending amount per labelled series, not per exchange."""
     metrics = GatewayMetrics()
-    pending = metrics._pending
-    for _ in range(pending.MAX_OBSERVATIONS):
-        metrics.observe(_exchange())
-    assert len(pending.observations) < pending.MAX_OBSERVATIONS
-    assert len(pending.amounts) < 20
-    duration = {"listener": "anthropic", "provider": "anthropic", "model": "claude-sonnet-4-5"}
-    assert metrics.registry.get_sample_value(
-        "lunaroute_request_duration_seconds_count", duration
-    ) == pending.MAX_OBSERVATIONS
+    for index in range(5_000):
+        metrics.observe(_exchange(model=("claude-sonnet-4-5", "gpt-5")[index % 2], tools=("Bash",)))
+    assert len(metrics._pending.amounts) < 30
+    labels = {"listener": "anthropic", "provider": "anthropic", "model": "gpt-5", "status": "200"}
+    assert metrics.registry.get_sample_value("lunaroute_requests_total", labels) == 2_500
+    assert metrics._pending.amounts == {}
