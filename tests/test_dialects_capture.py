@@ -259,19 +259,26 @@ def test_a_body_decoding_to_just_under_the_limit_is_kept() -> None:
     assert not summary.partial and summary.error is not None
 
 
+# The start of an Anthropic text stream, and one 900-character text delta.
+_TEXT_STREAM_START = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"c",'
+    b'"content":[],"usage":{"input_tokens":5,"output_tokens":1}}}\n\n'
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+    b'"content_block":{"type":"text","text":""}}\n\n'
+)
+_TEXT_DELTA = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"' + b"w" * 900 + b'"}}\n\n'
+)
+
+
 def test_an_endless_stream_is_followed_up_to_the_limit_then_partial() -> None:
     """A provider streaming text without end: the record keeps what came before the limit, the accumulator stops growing."""
-    start = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"c",'
-             b'"content":[],"usage":{"input_tokens":5,"output_tokens":1}}}\n\n'
-             b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
-             b'"content_block":{"type":"text","text":""}}\n\n')
-    delta = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-             b'"delta":{"type":"text_delta","text":"' + b"w" * 900 + b'"}}\n\n')
     cap = ResponseCapture("anthropic", streaming=True, content_type=SSE, max_buffer_bytes=200_000,
                           bulk_bytes=16 * 1024)
-    cap.feed(start)
+    cap.feed(_TEXT_STREAM_START)
     for _ in range(2_000):  # about 2 MB, ten times the limit
-        cap.feed(delta)
+        cap.feed(_TEXT_DELTA)
     summary = cap.finish()
     assert summary.partial
     assert summary.usage.input_tokens == 5
@@ -280,18 +287,12 @@ def test_an_endless_stream_is_followed_up_to_the_limit_then_partial() -> None:
 
 def test_a_listeners_endless_stream_still_reaches_the_listener_but_not_the_record() -> None:
     """With on_event (a translation), every event still reaches the listener past the limit; the record stops growing."""
-    start = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"c",'
-             b'"content":[],"usage":{"input_tokens":5,"output_tokens":1}}}\n\n'
-             b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
-             b'"content_block":{"type":"text","text":""}}\n\n')
-    delta = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-             b'"delta":{"type":"text_delta","text":"' + b"w" * 900 + b'"}}\n\n')
     seen: list[str] = []
     cap = ResponseCapture("anthropic", streaming=True, content_type=SSE, max_buffer_bytes=200_000,
                           on_event=lambda event, data: seen.append(data["type"]))
-    cap.feed(start)
+    cap.feed(_TEXT_STREAM_START)
     for _ in range(2_000):
-        cap.feed(delta)
+        cap.feed(_TEXT_DELTA)
     summary = cap.finish()
     assert seen.count("content_block_delta") == 2_000
     assert summary.partial
