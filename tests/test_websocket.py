@@ -40,6 +40,7 @@ class _Client(WebSocketClientProtocol):
         self.opened: defer.Deferred[None] = defer.Deferred()
         self.closed: defer.Deferred[int | None] = defer.Deferred()
         self._waiters: list[tuple[str, defer.Deferred[None]]] = []
+        self._counts: list[tuple[str, int, defer.Deferred[None]]] = []
 
     def onOpen(self) -> None:
         self.opened.callback(None)
@@ -51,6 +52,22 @@ class _Client(WebSocketClientProtocol):
             if event.get("type") == kind:
                 self._waiters.remove((kind, waiter))
                 waiter.callback(None)
+        for entry in list(self._counts):
+            if self.count(entry[0]) >= entry[1]:
+                self._counts.remove(entry)
+                entry[2].callback(None)
+
+    def count(self, kind: str) -> int:
+        return sum(1 for event in self.frames if event.get("type") == kind)
+
+    def until_count(self, kind: str, n: int) -> defer.Deferred[None]:
+        """Fires once C{n} events of type C{kind} have arrived."""
+        waiter: defer.Deferred[None] = defer.Deferred()
+        if self.count(kind) >= n:
+            waiter.callback(None)
+        else:
+            self._counts.append((kind, n, waiter))
+        return waiter
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if not self.opened.called:
@@ -256,6 +273,31 @@ async def test_closing_the_socket_mid_turn_cancels_the_provider_request(fake, st
     # The provider sees its client (the gateway) go away mid-stream.
     assert await fake.on_disconnect() == "/v1/responses"
     assert not any(e["type"] == "response.completed" for e in client.frames)
+
+
+@pytest_twisted.ensureDeferred
+async def test_frames_sent_without_waiting_queue_at_most_max_queued_turns(fake, start_gateway) -> None:
+    """A client flooding response.create frames: the turns beyond the queue's cap get a 429 error frame, the rest run."""
+    from lunaroute.proxy.websocket import MAX_QUEUED_TURNS
+
+    fake.gate = defer.Deferred()  # the first turn stops after its first content event
+    gw = await start_gateway(fake)
+    client = await _connect(gw.port)
+    client.send_json(_create())
+    await client.until("response.output_text.delta")
+    extra = 5
+    for _ in range(MAX_QUEUED_TURNS + extra):
+        client.send_json(_create())
+    await client.until_count("error", extra)
+    refused = [e for e in client.frames if e.get("type") == "error"]
+    assert len(refused) == extra
+    assert all(e["status"] == 429 and e["error"]["code"] == "too_many_queued_turns" for e in refused)
+    fake.gate.callback(None)
+    # The running turn and every queued one complete.
+    await client.until_count("response.completed", 1 + MAX_QUEUED_TURNS)
+    client.sendClose()
+    await client.closed
+    assert client.count("error") == extra
 
 
 @pytest_twisted.ensureDeferred

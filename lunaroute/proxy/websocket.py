@@ -192,8 +192,15 @@ class _SocketFactory(WebSocketServerFactory):
         return socket
 
 
+# Turns a socket may queue behind the one running.  Codex sends one
+# response.create and waits for its answer; a client sending frames without
+# waiting would otherwise hold every one of them (each up to the body limit)
+# in memory until its turn.
+MAX_QUEUED_TURNS = 8
+
+
 class ResponsesSocket(WebSocketServerProtocol):
-    """One client's socket: runs its turns in order."""
+    """One client's socket: runs its turns in order (at most L{MAX_QUEUED_TURNS} waiting)."""
 
     def __init__(self, app: GatewayApp, upgrade: Any) -> None:
         super().__init__()
@@ -221,6 +228,17 @@ class ResponsesSocket(WebSocketServerProtocol):
             metrics.socket_frame("in")
         if isBinary:
             self.sendMessage(error_frame(400, "binary frames are not supported"))
+            return
+        if len(self._turns.waiting) >= MAX_QUEUED_TURNS:
+            self.sendMessage(
+                error_frame(
+                    429,
+                    f"{MAX_QUEUED_TURNS} turns are already waiting on this socket: "
+                    "wait for a response before sending the next request",
+                    "too_many_queued_turns",
+                    "rate_limit_error",
+                )
+            )
             return
         self._turns.run(self._run_turn, payload).addErrback(
             lambda f: log.failure("WebSocket turn failed", f)
