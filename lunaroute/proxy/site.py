@@ -442,8 +442,9 @@ class QuietSite(Site):
         late.
     @ivar refused_connections: connections closed on accept because their
         client already had C{max_connections_per_client} open.
-    @ivar malformed_requests: connections closed with a 400 because their
-        request head framed the body badly (or had a line too long).
+    @ivar malformed_requests: connections closed with a 400 or 431 because
+        their request head was malformed (request line, header line, body
+        framing, a line too long) or over the head limits.
     @ivar oversized_requests: connections closed with a 413 because their
         C{Content-Length}, or their chunked body so far, was over
         C{max_request_body_bytes}.
