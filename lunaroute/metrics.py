@@ -676,14 +676,15 @@ class GatewayMetrics:
 
     def _child(self, metric: Any, *values: str) -> Any:
         """
-        The labelled child of a metric, cached: C{labels()} validates and
-        locks on every call, and this runs for every request.  Label values
-        are bounded, so the cache is too.
+        The labelled child of a metric (the metric itself when it has no
+        labels), cached: C{labels()} validates and locks on every call, and
+        this runs for every request.  Label values are bounded, so the cache
+        is too.
         """
         key = (metric, values)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(*values)
+            child = self._children[key] = metric.labels(*values) if values else metric
         return child
 
     def _count(self, metric: Any, *values: str, amount: int = 1) -> None:
@@ -691,7 +692,7 @@ class GatewayMetrics:
         key = (metric, values)
         if key not in self._children:
             # Made now, as inc() would: its series (and _created) starts here.
-            self._children[key] = metric.labels(*values) if values else metric
+            self._child(metric, *values)
         amounts = self._pending.amounts
         amounts[key] = amounts.get(key, 0) + amount
 
